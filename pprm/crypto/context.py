@@ -1,0 +1,183 @@
+"""A SEAL context built from a named parameter set, plus residue access.
+
+:class:`CkksContext` is the one place that touches ``tenseal.sealapi``
+objects for encoding, evaluation and (de)serialisation. It never holds a
+secret key: keys live in :mod:`pprm.crypto.keys` and are handed to the roles
+that may use them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import uuid
+import weakref
+from collections.abc import Sequence
+
+import numpy as np
+import tenseal
+import tenseal.sealapi as seal
+
+from pprm.crypto import seal_stream
+from pprm.crypto.params import ParameterSet
+from pprm.errors import BackendError, CiphertextError
+
+__all__ = ["CkksContext", "TENSEAL_VERSION"]
+
+# The residue layout and stream format are checked against this release;
+# pyproject.toml pins the same version.
+TENSEAL_VERSION = "0.3.18"
+
+if tenseal.__version__ != TENSEAL_VERSION:  # pragma: no cover - guarded by the pin
+    raise BackendError(f"pprm needs tenseal=={TENSEAL_VERSION}, found {tenseal.__version__}")
+
+
+def _scratch_dir() -> str:
+    # SEAL's Python binding only reads and writes files; keep them in RAM
+    # where the OS offers it. Only public material and ciphertexts pass here,
+    # inside a fresh mkdtemp directory (mode 0700, unpredictable name).
+    shm = "/dev/shm"  # noqa: S108
+    base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+    return tempfile.mkdtemp(prefix="pprm-seal-", dir=base)
+
+
+class CkksContext:
+    """SEAL objects for one parameter set.
+
+    Args:
+        params: a validated parameter set.
+
+    Raises:
+        BackendError: SEAL rejects the parameters.
+    """
+
+    def __init__(self, params: ParameterSet) -> None:
+        self.params = params
+        parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
+        parms.set_poly_modulus_degree(params.poly_modulus_degree)
+        parms.set_coeff_modulus(
+            seal.CoeffModulus.Create(params.poly_modulus_degree, list(params.coeff_modulus_bits)))
+        # Insecure sets are below SEAL's own table too; our stricter 2024
+        # bound is enforced in pprm.crypto.params for the secure ones.
+        level = seal.SEC_LEVEL_TYPE.NONE if params.insecure else seal.SEC_LEVEL_TYPE.TC128
+        self.seal = seal.SEALContext(parms, True, level)
+        if not self.seal.parameters_set():
+            raise BackendError(f"SEAL rejected {params.name}: {self.seal.parameters_error_message()}")
+        self.encoder = seal.CKKSEncoder(self.seal)
+        self.evaluator = seal.Evaluator(self.seal)
+        data = self.seal.first_context_data()
+        self.parms_id: tuple[int, int, int, int] = tuple(self.seal.first_parms_id())
+        self.moduli: tuple[int, ...] = tuple(m.value() for m in data.parms().coeff_modulus())
+        self.n = params.poly_modulus_degree
+        self.slots = params.slots
+        self._dir = _scratch_dir()
+        self._finalizer = weakref.finalize(self, shutil.rmtree, self._dir, True)
+        self._lock = threading.Lock()
+        self._version = self._probe_version()
+
+    # -- files ---------------------------------------------------------
+    def _path(self) -> str:
+        return os.path.join(self._dir, uuid.uuid4().hex)
+
+    def save_bytes(self, obj: seal.Ciphertext | seal.PublicKey | seal.Plaintext) -> bytes:
+        """Serialise a public SEAL object (never a secret key) to bytes."""
+        path = self._path()
+        try:
+            obj.save(path)
+            with open(path, "rb") as fh:
+                return fh.read()
+        finally:
+            if os.path.exists(path):
+                os.unlink(path)
+
+    def _load_into(self, obj: seal.Ciphertext | seal.PublicKey, blob: bytes) -> None:
+        path = self._path()
+        try:
+            with open(path, "wb") as fh:
+                fh.write(blob)
+            obj.load(self.seal, path)
+        except (RuntimeError, ValueError) as exc:
+            raise CiphertextError(f"SEAL refused the object: {str(exc).splitlines()[0][:120]}") from None
+        finally:
+            if os.path.exists(path):
+                os.unlink(path)
+
+    def _probe_version(self) -> tuple[int, int]:
+        blob = self.save_bytes(seal.Ciphertext(self.seal))
+        _magic, _h, major, minor, _c, _r, _t = seal_stream.HEADER.unpack_from(blob)
+        return (major, minor)
+
+    # -- encoding ------------------------------------------------------
+    def encode(self, values: Sequence[float] | np.ndarray, scale_bits: int) -> seal.Plaintext:
+        """Encode real values (padded with zeros to the slot count) at scale 2**scale_bits."""
+        arr = np.asarray(values, dtype=np.float64)
+        if arr.ndim != 1 or arr.size > self.slots:
+            raise CiphertextError(f"cannot encode {arr.shape} values into {self.slots} slots")
+        full = np.zeros(self.slots, dtype=np.float64)
+        full[: arr.size] = arr
+        pt = seal.Plaintext()
+        self.encoder.encode(full.tolist(), self.parms_id, float(2**scale_bits), pt)
+        return pt
+
+    def encode_constant(self, value: float, scale_bits: int) -> seal.Plaintext:
+        """Encode one real constant in every slot at scale 2**scale_bits."""
+        pt = seal.Plaintext()
+        self.encoder.encode(float(value), self.parms_id, float(2**scale_bits), pt)
+        return pt
+
+    def decode(self, pt: seal.Plaintext) -> np.ndarray:
+        """Decode a plaintext to its real slot values."""
+        return np.asarray(self.encoder.decode_double(pt), dtype=np.float64)
+
+    # -- residues ------------------------------------------------------
+    def meta(self, scale: float, size: int = 2) -> seal_stream.CiphertextMeta:
+        """Header fields for a ciphertext at the data level of this context."""
+        return seal_stream.CiphertextMeta(self.parms_id, True, size, self.n, len(self.moduli),
+                                          scale, 1, self._version)
+
+    def to_residues(self, ct: seal.Ciphertext) -> np.ndarray:
+        """Copy a ciphertext's residues out as ``uint64[size, L, N]``."""
+        meta, arr = seal_stream.parse(self.save_bytes(ct))
+        if meta.parms_id != self.parms_id:
+            raise CiphertextError("ciphertext is not at this context's data level")
+        return arr
+
+    def from_residues(self, residues: np.ndarray, scale: float) -> seal.Ciphertext:
+        """Build a SEAL ciphertext at the data level from ``uint64[size, L, N]`` residues."""
+        ct = seal.Ciphertext(self.seal)
+        self._load_into(ct, seal_stream.emit(self.meta(scale, residues.shape[0]), residues))
+        return ct
+
+    def load_ciphertext(self, blob: bytes, *, scale: float, size: int = 2) -> seal.Ciphertext:
+        """Strictly parse ciphertext bytes from outside.
+
+        Args:
+            blob: a SEAL ciphertext stream.
+            scale: the exact scale the protocol expects.
+            size: the expected number of polynomials.
+
+        Returns:
+            The ciphertext.
+
+        Raises:
+            CiphertextError: wrong parms_id, level, scale, size, NTT form,
+                residues out of range, or a transparent ciphertext.
+        """
+        meta, arr = seal_stream.parse(blob)
+        if meta.parms_id != self.parms_id or meta.coeff_modulus_size != len(self.moduli):
+            raise CiphertextError("ciphertext has the wrong parms_id or level")
+        if meta.poly_modulus_degree != self.n or not meta.is_ntt_form:
+            raise CiphertextError("ciphertext has the wrong ring dimension or is not in NTT form")
+        if meta.size != size or meta.scale != scale:
+            raise CiphertextError("ciphertext has an unexpected size or scale")
+        for j, q in enumerate(self.moduli):
+            if int(arr[:, j, :].max()) >= q:
+                raise CiphertextError("ciphertext residues exceed their modulus")
+        if not arr[1:].any():
+            raise CiphertextError("ciphertext is transparent")
+        return self.from_residues(arr, scale)
+
+    def __repr__(self) -> str:
+        return f"CkksContext({self.params.name})"

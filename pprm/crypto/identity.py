@@ -1,0 +1,107 @@
+"""A state's long-term identity: Ed25519 signing and X25519 box keys (PyNaCl).
+
+The private halves are held in :class:`Identity` and never appear in its
+repr; :class:`PublicIdentity` is what peers learn from the public card.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import nacl.exceptions
+import nacl.public
+import nacl.signing
+
+from pprm.errors import AuthenticationError, StateError
+
+__all__ = ["Identity", "PublicIdentity", "fingerprint"]
+
+_SIGN_DOMAIN = b"pprm/v1/sign\x00"
+
+
+def fingerprint(verify_key: bytes) -> bytes:
+    """16-byte BLAKE2b fingerprint of an Ed25519 verify key (wire sender id)."""
+    return hashlib.blake2b(verify_key, digest_size=16, person=b"pprm-identity").digest()
+
+
+@dataclass(frozen=True)
+class PublicIdentity:
+    """A peer's public keys as learned from its card."""
+
+    name: str
+    verify_key: bytes
+    box_key: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.verify_key) != 32 or len(self.box_key) != 32:
+            raise StateError(f"identity for {self.name!r} has malformed keys")
+
+    @property
+    def fingerprint(self) -> bytes:
+        """Wire identifier of this identity."""
+        return fingerprint(self.verify_key)
+
+    def verify(self, message: bytes, signature: bytes) -> None:
+        """Check an Ed25519 signature made with :meth:`Identity.sign`.
+
+        Raises:
+            AuthenticationError: the signature does not verify.
+        """
+        try:
+            nacl.signing.VerifyKey(self.verify_key).verify(_SIGN_DOMAIN + message, signature)
+        except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError):
+            raise AuthenticationError(f"signature from {self.name} does not verify") from None
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A state's own identity, private keys included.
+
+    Warning:
+        Never serialise this object into a message; use :attr:`public`.
+    """
+
+    name: str
+    signing_seed: bytes = field(repr=False)
+    box_secret: bytes = field(repr=False)
+
+    @classmethod
+    def generate(cls, name: str) -> Identity:
+        """Create fresh keys from the OS CSPRNG."""
+        return cls(name, bytes(nacl.signing.SigningKey.generate()),
+                   bytes(nacl.public.PrivateKey.generate()))
+
+    @property
+    def public(self) -> PublicIdentity:
+        """The public half."""
+        vk = bytes(nacl.signing.SigningKey(self.signing_seed).verify_key)
+        bk = bytes(nacl.public.PrivateKey(self.box_secret).public_key)
+        return PublicIdentity(self.name, vk, bk)
+
+    def sign(self, message: bytes) -> bytes:
+        """Ed25519 signature (64 bytes) over a domain-separated message."""
+        return nacl.signing.SigningKey(self.signing_seed).sign(_SIGN_DOMAIN + message).signature
+
+    def box_to(self, peer: PublicIdentity, plaintext: bytes, nonce: bytes | None = None) -> bytes:
+        """Encrypt and authenticate ``plaintext`` from this state to ``peer`` (X25519 + XSalsa20-Poly1305).
+
+        Args:
+            peer: recipient.
+            plaintext: bytes to protect.
+            nonce: 24 bytes for known-answer tests only; random otherwise.
+        """
+        box = nacl.public.Box(nacl.public.PrivateKey(self.box_secret), nacl.public.PublicKey(peer.box_key))
+        return bytes(box.encrypt(plaintext, nonce))
+
+    def unbox_from(self, peer: PublicIdentity, ciphertext: bytes) -> bytes:
+        """Open a box that ``peer`` made for this state.
+
+        Raises:
+            AuthenticationError: wrong sender, wrong recipient or tampered bytes.
+        """
+        box = nacl.public.Box(nacl.public.PrivateKey(self.box_secret), nacl.public.PublicKey(peer.box_key))
+        try:
+            return bytes(box.decrypt(ciphertext))
+        except (nacl.exceptions.CryptoError, nacl.exceptions.ValueError, ValueError):
+            raise AuthenticationError(f"boxed body from {peer.name} does not open") from None

@@ -1,0 +1,109 @@
+"""CKKS key material: generation, storage and key ids.
+
+The secret key is written only to its own file, created with mode 0600 before
+SEAL writes to it, and loaded only by the roles that decrypt or encrypt
+symmetrically (the key service). Public material carries a key id that binds
+gallery ciphertexts to the key they were made under.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import tenseal.sealapi as seal
+
+from pprm.crypto.context import CkksContext
+from pprm.errors import StateError
+
+__all__ = [
+    "generate",
+    "key_id_of",
+    "save_secret_key",
+    "load_secret_key",
+    "public_key_bytes",
+    "load_public_key",
+]
+
+
+def generate(ctx: CkksContext) -> tuple[seal.SecretKey, seal.PublicKey]:
+    """Generate a fresh CKKS key pair for ``ctx``.
+
+    Returns:
+        ``(secret_key, public_key)``.
+    """
+    kg = seal.KeyGenerator(ctx.seal)
+    pk = seal.PublicKey()
+    kg.create_public_key(pk)
+    return kg.secret_key(), pk
+
+
+def public_key_bytes(ctx: CkksContext, pk: seal.PublicKey) -> bytes:
+    """Serialise a public key (SEAL stream)."""
+    return ctx.save_bytes(pk)
+
+
+def key_id_of(public_key_blob: bytes) -> str:
+    """Key id: BLAKE2b-128 of the serialised public key, hex.
+
+    Args:
+        public_key_blob: bytes from :func:`public_key_bytes`.
+
+    Returns:
+        32 hex characters.
+    """
+    return hashlib.blake2b(public_key_blob, digest_size=16, person=b"pprm-ckks-keyid").hexdigest()
+
+
+def load_public_key(ctx: CkksContext, path: str) -> seal.PublicKey:
+    """Load a public key saved with :func:`public_key_bytes`.
+
+    Raises:
+        StateError: the file is missing or does not belong to ``ctx``.
+    """
+    pk = seal.PublicKey()
+    try:
+        pk.load(ctx.seal, path)
+    except (RuntimeError, ValueError, OSError):
+        raise StateError(f"CKKS public key at {path} is missing or invalid") from None
+    return pk
+
+
+def save_secret_key(sk: seal.SecretKey, path: str) -> None:
+    """Write the secret key to ``path`` atomically with mode 0600.
+
+    Warning:
+        The file is created 0600 *before* SEAL writes the key into it, so the
+        key is never readable by others, even briefly.
+    """
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.close(fd)
+    try:
+        sk.save(tmp)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_secret_key(ctx: CkksContext, path: str) -> seal.SecretKey:
+    """Load the secret key from its own file.
+
+    Raises:
+        StateError: missing, unreadable, too permissive, or not valid for ``ctx``.
+    """
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError:
+        raise StateError("CKKS secret key file is missing") from None
+    if mode & 0o077:
+        raise StateError(f"CKKS secret key file has mode {mode:o}; it must be 0600")
+    sk = seal.SecretKey()
+    try:
+        sk.load(ctx.seal, path)
+    except (RuntimeError, ValueError, OSError):
+        raise StateError("CKKS secret key file is invalid for this parameter set") from None
+    return sk

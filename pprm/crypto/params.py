@@ -1,0 +1,226 @@
+"""Named CKKS parameter sets: unchecked literals validated into immutable sets.
+
+Every set a state can use is listed in :data:`_LITERALS`. A literal becomes a
+:class:`ParameterSet` only after :func:`_validate` has checked the security
+bound and the numeric headroom of the sealed-profile computation. Peers refer
+to a set by name and prove agreement with :attr:`ParameterSet.digest`, which
+goes into every signed message header.
+
+Warning:
+    Sets whose name starts with ``INSECURE`` exist only to make tests fast.
+    :func:`get` refuses them unless ``allow_insecure=True`` is passed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pprm.errors import ParameterError
+
+__all__ = [
+    "ParameterSet",
+    "HE_MAX_LOG_Q",
+    "DEFAULT_PARAMS",
+    "get",
+    "names",
+    "by_digest",
+]
+
+# Maximum total bit length of the coefficient modulus for 128-bit classical
+# security with a ternary secret, per the 2024 HomomorphicEncryption.org
+# security guidelines (stricter than SEAL's 2018 table; DESIGN.md section 5).
+HE_MAX_LOG_Q: dict[int, int] = {4096: 107, 8192: 214, 16384: 431, 32768: 868}
+
+DEFAULT_PARAMS = "pprm-sealed-n8192-v1"
+
+
+@dataclass(frozen=True)
+class ParameterSet:
+    """A validated, immutable CKKS parameter set for the sealed profile.
+
+    Attributes:
+        name: Registry name, e.g. ``pprm-sealed-n8192-v1``.
+        poly_modulus_degree: Ring dimension N; a block holds N/2 templates.
+        coeff_modulus_bits: Bit sizes of the primes; the last one is SEAL's
+            special (key-switching) prime when there is more than one.
+        gallery_scale_bits: log2 of the scale gallery slots are encoded at.
+        probe_scale_bits: log2 of the factor probe components are quantised by.
+        mask_scale_bits: log2 of the scale the positive mask r is encoded at.
+        mask_log2_max: masks r are drawn log-uniformly from [1, 2**mask_log2_max].
+        decision_margin: |s - tau| at and above which decisions must be exact.
+        insecure: True for test-only sets below 128-bit security.
+    """
+
+    name: str
+    poly_modulus_degree: int
+    coeff_modulus_bits: tuple[int, ...]
+    gallery_scale_bits: int
+    probe_scale_bits: int
+    mask_scale_bits: int
+    mask_log2_max: int
+    decision_margin: float
+    insecure: bool
+
+    @property
+    def slots(self) -> int:
+        """Templates per block with real packing (N/2)."""
+        return self.poly_modulus_degree // 2
+
+    @property
+    def data_primes(self) -> int:
+        """Primes at the level ciphertexts are stored and computed at."""
+        n = len(self.coeff_modulus_bits)
+        return 1 if n == 1 else n - 1
+
+    @property
+    def result_scale_bits(self) -> int:
+        """log2 of the scale of the masked result r*(s - tau) + e."""
+        return self.gallery_scale_bits + self.probe_scale_bits + self.mask_scale_bits
+
+    @property
+    def log_q(self) -> int:
+        """Total coefficient-modulus bits (what the security bound limits)."""
+        return sum(self.coeff_modulus_bits)
+
+    def canonical(self) -> dict[str, Any]:
+        """The fields that define the set, as a JSON-ready dict."""
+        d = asdict(self)
+        d["coeff_modulus_bits"] = list(self.coeff_modulus_bits)
+        return d
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 over the canonical JSON of the set, hex; goes into every header."""
+        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(b"pprm/params/v1\x00" + blob).hexdigest()
+
+
+def _validate(lit: dict[str, Any]) -> ParameterSet:
+    """Turn an unchecked literal into a ParameterSet, or raise ParameterError."""
+    try:
+        ps = ParameterSet(
+            name=str(lit["name"]),
+            poly_modulus_degree=int(lit["poly_modulus_degree"]),
+            coeff_modulus_bits=tuple(int(b) for b in lit["coeff_modulus_bits"]),
+            gallery_scale_bits=int(lit["gallery_scale_bits"]),
+            probe_scale_bits=int(lit["probe_scale_bits"]),
+            mask_scale_bits=int(lit["mask_scale_bits"]),
+            mask_log2_max=int(lit["mask_log2_max"]),
+            decision_margin=float(lit["decision_margin"]),
+            insecure=bool(lit["insecure"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ParameterError(f"parameter literal is malformed: {exc}") from None
+    n = ps.poly_modulus_degree
+    if n < 1024 or n & (n - 1):
+        raise ParameterError(f"{ps.name}: poly_modulus_degree must be a power of two >= 1024")
+    if ps.insecure != ps.name.startswith("INSECURE"):
+        raise ParameterError(f"{ps.name}: only sets named INSECURE* may be insecure, and all must")
+    if not ps.insecure:
+        limit = HE_MAX_LOG_Q.get(n)
+        if limit is None or ps.log_q > limit:
+            raise ParameterError(f"{ps.name}: log Q = {ps.log_q} exceeds the 128-bit bound for N={n}")
+    if any(not 20 <= b <= 60 for b in ps.coeff_modulus_bits):
+        raise ParameterError(f"{ps.name}: SEAL primes must be 20..60 bits")
+    if ps.data_primes != 1:
+        raise ParameterError(f"{ps.name}: the sealed computation runs at one data prime")
+    # Worst slot of the masked result: r <= 2**mask_log2_max, |s - tau| <= 2,
+    # plus the masking noise; it must stay below q0/2 to decode with its sign.
+    q0 = ps.coeff_modulus_bits[0]
+    worst = ps.mask_log2_max + 1 + ps.result_scale_bits + 1
+    if worst > q0 - 1:
+        raise ParameterError(f"{ps.name}: masked result needs {worst} bits, q0 gives {q0 - 1}")
+    # Probe weights w = round(q * 2**p) times 30-bit residue limbs, summed in
+    # groups, must stay exact in float64 (see pprm.matching.kernel).
+    if ps.probe_scale_bits > 16:
+        raise ParameterError(f"{ps.name}: probe_scale_bits above 16 breaks exact accumulation")
+    if not 0 < ps.decision_margin < 0.1:
+        raise ParameterError(f"{ps.name}: decision_margin must be in (0, 0.1)")
+    return ps
+
+
+_SEALED_COMMON: dict[str, Any] = {
+    # 2**22: gallery encoding scale from DESIGN.md section 9 (symmetric
+    # encryption keeps the fresh noise near 2**-22 relative).
+    "gallery_scale_bits": 22,
+    # 2**15: probe quantisation step; with unit-norm probes |w_k| <= 2**15 and
+    # the score lands at scale 2**37 (DESIGN.md section 9).
+    "probe_scale_bits": 15,
+    # 2**10: mask encoding scale (DESIGN.md section 9); r's relative encoding
+    # error stays near 2.5% which cannot flip the sign of r*(s - tau).
+    "mask_scale_bits": 10,
+    # r log-uniform in [1, 2**10] (DESIGN.md section 4).
+    "mask_log2_max": 10,
+    # |s - tau| >= 1e-3 must decide exactly (DESIGN.md sections 4 and 8).
+    "decision_margin": 1e-3,
+}
+
+_LITERALS: tuple[dict[str, Any], ...] = (
+    # The production set: N=8192 gives 4096 templates per block; one 60-bit
+    # prime (the largest SEAL offers) holds the 2**57.6 worst-case slot
+    # (DESIGN.md section 9); log Q = 60 is far under the 214-bit bound.
+    {"name": "pprm-sealed-n8192-v1", "poly_modulus_degree": 8192,
+     "coeff_modulus_bits": [60], "insecure": False, **_SEALED_COMMON},
+    # Same computation at N=4096 (2048 templates per block); log Q = 60 is
+    # under the 107-bit bound, so it is a secure choice for small galleries.
+    {"name": "pprm-sealed-n4096-v1", "poly_modulus_degree": 4096,
+     "coeff_modulus_bits": [60], "insecure": False, **_SEALED_COMMON},
+    # Test-only: N=1024 with a 60-bit modulus is far below 128-bit security
+    # (the bound would be about 27 bits); it keeps unit tests fast.
+    {"name": "INSECURE-sealed-n1024", "poly_modulus_degree": 1024,
+     "coeff_modulus_bits": [60], "insecure": True, **_SEALED_COMMON},
+)
+
+_REGISTRY: dict[str, ParameterSet] = {lit["name"]: _validate(lit) for lit in _LITERALS}
+
+
+def names(*, include_insecure: bool = False) -> list[str]:
+    """Names of the registered parameter sets.
+
+    Args:
+        include_insecure: also list the test-only ``INSECURE*`` sets.
+
+    Returns:
+        Sorted names.
+    """
+    return sorted(n for n, p in _REGISTRY.items() if include_insecure or not p.insecure)
+
+
+def get(name: str, *, allow_insecure: bool = False) -> ParameterSet:
+    """Look up a parameter set by name.
+
+    Args:
+        name: a registered name.
+        allow_insecure: permit ``INSECURE*`` sets (tests only).
+
+    Returns:
+        The validated set.
+
+    Raises:
+        ParameterError: unknown name, or an insecure set without permission.
+
+    Warning:
+        Never pass ``allow_insecure=True`` outside tests: those sets offer no
+        meaningful security.
+    """
+    ps = _REGISTRY.get(name)
+    if ps is None:
+        raise ParameterError(f"unknown parameter set {name!r}; known: {', '.join(names())}")
+    if ps.insecure and not allow_insecure:
+        raise ParameterError(f"parameter set {name!r} is insecure and not allowed here")
+    return ps
+
+
+def by_digest(digest: str, *, allow_insecure: bool = False) -> ParameterSet:
+    """Find the registered set with this digest (the downgrade check for peers).
+
+    Raises:
+        ParameterError: no allowed set has this digest.
+    """
+    for ps in _REGISTRY.values():
+        if ps.digest == digest:
+            return get(ps.name, allow_insecure=allow_insecure)
+    raise ParameterError("parameter digest matches no allowed parameter set")

@@ -1,0 +1,88 @@
+"""One exception root for everything pprm raises on purpose.
+
+Callers catch :class:`PprmError`; where a caller would naturally expect a
+builtin (``ValueError`` for bad arguments, ``LookupError`` for unknown names)
+the subclass derives from that builtin too, as pyca/cryptography does.
+
+Messages are one line and never contain key material, templates or scores.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PprmError",
+    "ParameterError",
+    "TemplateError",
+    "CiphertextError",
+    "BackendError",
+    "StateError",
+    "GalleryError",
+    "UnknownPeerError",
+    "MessageError",
+    "AuthenticationError",
+    "RecipientError",
+    "ReplayError",
+    "ExpiredError",
+    "TokenError",
+    "PolicyError",
+]
+
+
+class PprmError(Exception):
+    """Root of every error pprm raises deliberately."""
+
+
+class ParameterError(PprmError, ValueError):
+    """A parameter set or numeric setting is unknown, invalid or not allowed."""
+
+
+class TemplateError(PprmError, ValueError):
+    """Templates or references are malformed: wrong dimension, NaN, zero vector, duplicates."""
+
+
+class CiphertextError(PprmError, ValueError):
+    """HE bytes do not parse, or do not match the expected parameters, scale or level."""
+
+
+class BackendError(PprmError, RuntimeError):
+    """The requested compute backend is unavailable or failed its self-check."""
+
+
+class StateError(PprmError):
+    """A state directory is missing, incomplete, corrupt or already exists."""
+
+
+class GalleryError(PprmError, LookupError):
+    """A gallery operation names an unknown reference or finds inconsistent storage."""
+
+
+class UnknownPeerError(PprmError, LookupError):
+    """A message or command names a state that is not in the roster."""
+
+
+class MessageError(PprmError, ValueError):
+    """A message is malformed: truncated, oversized, trailing bytes, bad fields."""
+
+
+class AuthenticationError(MessageError):
+    """A signature, box or token failed verification."""
+
+
+class RecipientError(MessageError):
+    """A message is addressed to another state."""
+
+
+class ReplayError(MessageError):
+    """A single-use message was seen before."""
+
+
+class ExpiredError(MessageError):
+    """A message is past its expiry time (or not yet valid)."""
+
+
+class TokenError(PprmError, ValueError):
+    """A candidate token is unknown, forged, expired, or presented by the wrong state."""
+
+
+class PolicyError(PprmError):
+    """The request is well-formed but refused by this state's policy."""

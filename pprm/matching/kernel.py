@@ -1,0 +1,111 @@
+"""The batched multiply-accumulate over RNS residues, and backend selection.
+
+Both profiles spend their time in ``S = sum_k w_k * C_k (mod q)``: integer
+weights times the residues of ``d`` ciphertexts. This module holds the pure
+numpy implementation; a native (cffi) one with the same signature plugs in
+here, and :data:`BACKEND` names the active one.
+
+The numpy path is exact. Each residue (< 2**60) is split into two 30-bit
+limbs; with ``|w_k| <= 2**16`` a product is below 2**46, so a float64 GEMV
+over :data:`GROUP` rows sums at most 2**53 in magnitude and every partial sum
+is an exactly representable integer whatever order BLAS adds in. Group sums
+are added in int64 and reduced mod q once per output coefficient.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from pprm.errors import BackendError
+
+__all__ = ["BACKEND", "multiply_accumulate", "mulmod_pow2", "available_backends"]
+
+LIMB_BITS = 30
+_LIMB_MASK = np.uint64((1 << LIMB_BITS) - 1)
+# 128 rows * 2**16 * 2**30 = 2**53: partial sums stay exact in float64.
+GROUP = 128
+# Weights beyond 16 bits would break the exactness argument above.
+MAX_WEIGHT = 1 << 16
+
+
+def available_backends() -> list[str]:
+    """Backends that can run on this machine, fastest first."""
+    return ["numpy"]
+
+
+def _select() -> str:
+    wanted = os.environ.get("PPRM_BACKEND", "").strip().lower()
+    have = available_backends()
+    if wanted and wanted not in have:
+        raise BackendError(f"PPRM_BACKEND={wanted!r} is not available here (have: {', '.join(have)})")
+    return wanted or have[0]
+
+
+BACKEND = _select()
+
+
+def mulmod_pow2(x: np.ndarray, bits: int, q: int) -> np.ndarray:
+    """``(x * 2**bits) mod q`` for uint64 ``x < q < 2**61`` and ``bits <= 32``.
+
+    The quotient is estimated in float64 (off by at most one) and the
+    remainder computed with wrapping uint64 arithmetic, then corrected.
+    """
+    xq = x.astype(np.uint64)
+    quo = np.floor(xq.astype(np.float64) * float(2**bits) / float(q)).astype(np.uint64)
+    r = ((xq << np.uint64(bits)) - quo * np.uint64(q)).view(np.int64)
+    qi = np.int64(q)
+    r = np.where(r < 0, r + qi, r)
+    r = np.where(r >= qi, r - qi, r)
+    return r.view(np.uint64)
+
+
+def _mac_numpy(block: np.ndarray, weights: np.ndarray, moduli: tuple[int, ...]) -> np.ndarray:
+    d = block.shape[0]
+    out_shape = block.shape[1:]
+    flat = block.reshape(d, -1)
+    acc_lo = np.zeros(flat.shape[1], dtype=np.int64)
+    acc_hi = np.zeros(flat.shape[1], dtype=np.int64)
+    for start in range(0, d, GROUP):
+        rows = flat[start:start + GROUP]
+        wf = weights[start:start + GROUP].astype(np.float64)
+        acc_lo += (wf @ (rows & _LIMB_MASK).astype(np.float64)).astype(np.int64)
+        acc_hi += (wf @ (rows >> np.uint64(LIMB_BITS)).astype(np.float64)).astype(np.int64)
+    # out_shape is [size, L, N]: reduce each prime's rows by its own modulus.
+    lo = acc_lo.reshape(out_shape)
+    hi = acc_hi.reshape(out_shape)
+    res = np.empty(out_shape, dtype=np.uint64)
+    for j, q in enumerate(moduli):
+        qi = np.int64(q)
+        h = mulmod_pow2((hi[:, j, :] % qi).view(np.uint64), LIMB_BITS, q).view(np.int64)
+        s = h + lo[:, j, :] % qi
+        res[:, j, :] = np.where(s >= qi, s - qi, s).view(np.uint64)
+    return res
+
+
+def multiply_accumulate(block: np.ndarray, weights: np.ndarray, moduli: tuple[int, ...]) -> np.ndarray:
+    """Compute ``sum_k weights[k] * block[k] mod q_j`` exactly.
+
+    Args:
+        block: ``uint64[d, size, L, N]`` residues of ``d`` ciphertexts (may be
+            a read-only memory map).
+        weights: ``int64[d]`` with ``|w| <= 2**16``.
+        moduli: the L primes, each below 2**60.
+
+    Returns:
+        ``uint64[size, L, N]``: the residues of the linear combination.
+
+    Raises:
+        BackendError: shapes or ranges the kernel cannot compute exactly.
+    """
+    if block.ndim != 4 or block.dtype != np.uint64 or block.shape[2] != len(moduli):
+        raise BackendError(f"block must be uint64[d, size, L, N] with L={len(moduli)}")
+    w = np.asarray(weights, dtype=np.int64)
+    if w.shape != (block.shape[0],):
+        raise BackendError("one weight per ciphertext is required")
+    if w.size and int(np.abs(w).max()) > MAX_WEIGHT:
+        raise BackendError("weights exceed 2**16 and cannot be accumulated exactly")
+    if block.shape[0] > 1 << 16 or any(q >= 1 << 60 for q in moduli):
+        raise BackendError("dimension or modulus too large for exact accumulation")
+    return _mac_numpy(block, w, moduli)

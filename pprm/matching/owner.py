@@ -1,0 +1,163 @@
+"""Sealed profile, owner side: enrolling into and removing from the gallery.
+
+Encryption is symmetric under the owner's secret key (smaller noise than
+public-key encryption, DESIGN.md section 9), so these operations belong to
+the key-service side of a state, never to the matcher. Plaintext templates
+exist only in memory here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import tenseal.sealapi as seal
+
+from pprm.crypto.context import CkksContext
+from pprm.matching.gallery import MAX_ENCRYPTIONS_PER_BLOCK, Block, EncryptedGallery
+from pprm.matching.templates import normalise_templates, validate_references
+
+__all__ = ["GalleryOwner"]
+
+Progress = Callable[[int, int], None]
+
+
+class GalleryOwner:
+    """Encrypts templates into, and removes records from, an encrypted gallery.
+
+    Args:
+        ctx: the CKKS context.
+        secret_key: the state's CKKS secret key.
+        gallery: the gallery to change.
+    """
+
+    def __init__(self, ctx: CkksContext, secret_key: seal.SecretKey, gallery: EncryptedGallery) -> None:
+        self.ctx = ctx
+        self.gallery = gallery
+        self._encryptor = seal.Encryptor(ctx.seal, secret_key)
+        self._decryptor = seal.Decryptor(ctx.seal, secret_key)
+
+    def __repr__(self) -> str:
+        return f"GalleryOwner({self.ctx.params.name}, records={len(self.gallery)})"
+
+    def _encrypt_columns(self, columns: np.ndarray, progress: Progress | None = None,
+                         done: int = 0, total: int = 0) -> np.ndarray:
+        """Encrypt ``columns[k]`` (slot values of component k) into block residues."""
+        p = self.ctx.params
+        out = np.empty(self.gallery.block_shape, dtype=np.uint64)
+        ct = seal.Ciphertext(self.ctx.seal)
+        for k in range(columns.shape[0]):
+            self._encryptor.encrypt_symmetric(self.ctx.encode(columns[k], p.gallery_scale_bits), ct)
+            out[k] = self.ctx.to_residues(ct)
+            if progress and (k + 1) % 32 == 0:
+                progress(done + k + 1, total)
+        return out
+
+    def _decrypt_block(self, b: int) -> np.ndarray:
+        """Slot values of block ``b`` as ``float64[d, slots]`` (memory only)."""
+        p = self.ctx.params
+        arr = self.gallery.block(b)
+        cols = np.empty((arr.shape[0], self.ctx.slots), dtype=np.float64)
+        pt = seal.Plaintext()
+        for k in range(arr.shape[0]):
+            self._decryptor.decrypt(self.ctx.from_residues(arr[k], float(2**p.gallery_scale_bits)), pt)
+            cols[k] = self.ctx.decode(pt)
+        return cols
+
+    def enroll(self, templates: np.ndarray, references: Sequence[str],
+               progress: Progress | None = None) -> list[int]:
+        """Validate, normalise, encrypt and store templates.
+
+        New templates first fill free slots of blocks that can take another
+        encryption (a fresh ciphertext added homomorphically: the existing
+        content is not re-encrypted), then open new blocks.
+
+        Args:
+            templates: ``(N, dim)`` floats.
+            references: one unique reference per row.
+            progress: called with ``(ciphertexts done, total)``.
+
+        Returns:
+            The new record ids.
+
+        Raises:
+            TemplateError: bad shape, NaN, zero vector, duplicate reference.
+        """
+        g = self.gallery
+        tpl = normalise_templates(templates, g.dim)
+        refs = validate_references(references, tpl.shape[0], g.index.references.values())
+        index = g.index.copy()
+        slots = self.ctx.slots
+        placements: dict[int, list[tuple[int, int]]] = {}  # block -> [(row, slot)]
+        row = 0
+        for b, blk in enumerate(index.blocks):
+            if row >= len(refs):
+                break
+            if blk.encryptions >= MAX_ENCRYPTIONS_PER_BLOCK:
+                continue
+            free = blk.free_slots()
+            if free:
+                take = free[: len(refs) - row]
+                placements[b] = [(row + i, s) for i, s in enumerate(take)]
+                row += len(take)
+        while row < len(refs):
+            index.blocks.append(Block("", 0, [-1] * slots))
+            b = len(index.blocks) - 1
+            n = min(slots, len(refs) - row)
+            placements[b] = [(row + i, i) for i in range(n)]
+            row += n
+        ids: list[int] = []
+        changed: dict[int, np.ndarray] = {}
+        total = len(placements) * g.dim
+        for i, (b, items) in enumerate(sorted(placements.items())):
+            cols = np.zeros((g.dim, slots), dtype=np.float64)
+            blk = index.blocks[b]
+            for r, s in items:
+                cols[:, s] = tpl[r]
+                rid = index.next_id
+                index.next_id += 1
+                blk.slots[s] = rid
+                index.references[rid] = refs[r]
+                ids.append(rid)
+            fresh = self._encrypt_columns(cols, progress, i * g.dim, total)
+            if blk.encryptions:
+                # Add the fresh encryption to the stored block: slot-wise sum.
+                old = g.block(b)
+                for j, q in enumerate(self.ctx.moduli):
+                    s_ = old[:, :, j, :] + fresh[:, :, j, :]  # < 2**61, no overflow
+                    fresh[:, :, j, :] = np.where(s_ >= np.uint64(q), s_ - np.uint64(q), s_)
+            blk.encryptions += 1
+            changed[b] = fresh
+        g.commit(index, changed)
+        return ids
+
+    def remove(self, reference: str) -> int:
+        """Remove one reference: its slot is zeroed and its block re-encrypted.
+
+        Args:
+            reference: an enrolled reference.
+
+        Returns:
+            The removed record id.
+
+        Raises:
+            GalleryError: the reference is not enrolled.
+
+        Warning:
+            Removal decrypts the block in memory and re-encrypts it with fresh
+            randomness, so the old ciphertext of the record is gone from the
+            store, not just masked out.
+        """
+        g = self.gallery
+        index = g.index.copy()
+        rid = index.record_of(reference)
+        b, s = index.locate(rid)
+        cols = self._decrypt_block(b)
+        cols[:, s] = 0.0
+        blk = index.blocks[b]
+        blk.slots[s] = -1
+        cols[:, ~blk.occupancy()] = 0.0
+        del index.references[rid]
+        blk.encryptions = 1
+        g.commit(index, {b: self._encrypt_columns(cols)})
+        return rid

@@ -1,0 +1,73 @@
+"""A state's configuration: validated once, immutable afterwards."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pprm.crypto import params as param_sets
+from pprm.errors import ParameterError, StateError
+
+__all__ = ["StateConfig", "NAME_PATTERN"]
+
+NAME_PATTERN = re.compile(r"^[A-Z][A-Z0-9-]{1,15}$")
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    """Settings of one state.
+
+    Attributes:
+        name: state code, e.g. ``DE`` (upper case, 2-16 characters).
+        threshold: decision threshold tau on cosine similarity.
+        params: name of the CKKS parameter set.
+        k: at most this many candidates are released per query.
+        dim: template dimension of the gallery (512 for ArcFace).
+        query_ttl: seconds a query (and a follow-up) stays valid.
+        token_ttl: seconds a released token can be followed up.
+        allow_insecure: accept ``INSECURE*`` parameter sets (tests only).
+    """
+
+    name: str
+    threshold: float = 0.4
+    params: str = param_sets.DEFAULT_PARAMS
+    k: int = 10
+    dim: int = 512
+    query_ttl: int = 3600
+    token_ttl: int = 7 * 24 * 3600
+    allow_insecure: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not NAME_PATTERN.match(self.name):
+            raise ParameterError("state name must be 2-16 characters: A-Z, digits, '-', starting with a letter")
+        # Below 0.05 impostor scores (std ~0.044 at d=512) clear the threshold;
+        # above 0.95 no genuine pair does.
+        if not 0.05 <= float(self.threshold) <= 0.95:
+            raise ParameterError("threshold must be between 0.05 and 0.95")
+        # Prüm caps candidate lists; 1000 is far beyond any national rule.
+        if not 1 <= int(self.k) <= 1000:
+            raise ParameterError("candidate cap k must be between 1 and 1000")
+        if not 16 <= int(self.dim) <= 4096:
+            raise ParameterError("dimension must be between 16 and 4096")
+        if not 60 <= int(self.query_ttl) <= 7 * 24 * 3600:
+            raise ParameterError("query_ttl must be between one minute and one week")
+        if not 3600 <= int(self.token_ttl) <= 31 * 24 * 3600:
+            raise ParameterError("token_ttl must be between one hour and 31 days")
+        param_sets.get(self.params, allow_insecure=self.allow_insecure)
+
+    @property
+    def parameter_set(self) -> param_sets.ParameterSet:
+        return param_sets.get(self.params, allow_insecure=self.allow_insecure)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": "pprm-state/1", **asdict(self)}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> StateConfig:
+        try:
+            if obj.pop("format") != "pprm-state/1":
+                raise StateError("state config has an unknown format")
+            return cls(**obj)
+        except (TypeError, KeyError, AttributeError):
+            raise StateError("state config is corrupt") from None

@@ -1,0 +1,208 @@
+"""The key service: the only role of a state that holds the CKKS secret key.
+
+It enrols and removes templates (symmetric encryption), decrypts *masked*
+results only when they are bound to a valid, unexpired, single-use signed
+query from a trusted peer, releases at most ``k`` candidates as opaque
+per-query tokens, resolves a token only for the state it was released to,
+and logs every release and resolution.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pprm.crypto import keys
+from pprm.errors import GalleryError, MessageError, TokenError
+from pprm.matching.decide import SealedDecider
+from pprm.matching.owner import GalleryOwner
+from pprm.matching.sealed import MaskedResult
+from pprm.node.state import State
+from pprm.protocol.envelope import Envelope, open_envelope
+from pprm.protocol.messages import FollowUpBody, QueryBody
+from pprm.protocol.replay import ReplayCache
+from pprm.protocol.tokens import TokenMinter
+
+__all__ = ["KeyService", "VerifiedQuery", "Release", "Resolution"]
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class VerifiedQuery:
+    """A query whose envelope, box and body all checked out."""
+
+    envelope: Envelope
+    body: QueryBody
+
+    def __repr__(self) -> str:
+        h = self.envelope.header
+        return f"VerifiedQuery(from={h.sender}, id={h.id})"
+
+
+@dataclass(frozen=True)
+class Release:
+    """What the key service lets out for one query."""
+
+    query: VerifiedQuery
+    hits: int
+    tokens: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """A resolved follow-up."""
+
+    reference: str
+    requester: str
+    query_id: str
+    followup_id: str
+
+
+class KeyService:
+    """Secret-key operations of one state.
+
+    Args:
+        state: the state; its private files are read here and only here.
+    """
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self._sk = keys.load_secret_key(state.ctx, state.secret_key_path())
+        self._minter = TokenMinter(state.token_key())
+        self._replay = ReplayCache(state.path("replay.json"))
+
+    def __repr__(self) -> str:
+        return f"KeyService({self.state.config.name})"
+
+    # -- gallery ownership -------------------------------------------------
+    def enroll(self, templates: np.ndarray, references: Sequence[str],
+               progress: Progress | None = None) -> list[int]:
+        """Encrypt and store templates; see :meth:`GalleryOwner.enroll`.
+
+        Raises:
+            TemplateError: bad templates or references (nothing is stored).
+        """
+        with self.state.lock():
+            owner = GalleryOwner(self.state.ctx, self._sk, self.state.gallery())
+            ids = owner.enroll(templates, references, progress)
+            self.state.audit.append("enroll", count=len(ids), total=len(owner.gallery))
+        return ids
+
+    def remove(self, reference: str) -> None:
+        """Remove one record from the gallery; see :meth:`GalleryOwner.remove`.
+
+        Raises:
+            GalleryError: unknown reference (nothing changes).
+        """
+        with self.state.lock():
+            owner = GalleryOwner(self.state.ctx, self._sk, self.state.gallery())
+            owner.remove(reference)
+            self.state.audit.append("remove", reference=reference, total=len(owner.gallery))
+
+    # -- step one ----------------------------------------------------------
+    def verify_query(self, blob: bytes, now: float | None = None) -> VerifiedQuery:
+        """Verify a query message end to end (signature before parsing).
+
+        Raises:
+            MessageError and subclasses: bad framing, signature, recipient,
+                expiry, replay or body.
+            UnknownPeerError: the sender is not trusted.
+            ParameterError: made for another parameter set.
+        """
+        st = self.state
+        env = open_envelope(blob, lookup=st.lookup, me=st.config.name,
+                            params_digest=st.config.parameter_set.digest, now=now)
+        if env.header.type != "query":
+            raise MessageError(f"expected a query, got a {env.header.type}")
+        self._replay.check(env.header.sender, env.header.id)
+        body = QueryBody.from_bytes(st.identity().unbox_from(env.sender, env.body))
+        return VerifiedQuery(env, body)
+
+    def release(self, query: bytes, result: MaskedResult, now: float | None = None) -> Release:
+        """Decrypt a masked result and pick at most ``k`` candidates.
+
+        The query is verified again here: the key service trusts no caller to
+        have done it. Nothing is recorded; call :meth:`commit_release` once the
+        answer has been handed over.
+
+        Args:
+            query: the signed query message the result answers.
+            result: the matcher's masked result on the current gallery.
+            now: clock override for tests.
+
+        Returns:
+            The release (tokens are fresh and per query).
+
+        Warning:
+            When more than ``k`` candidates clear the threshold, ``k`` of them
+            are chosen uniformly at random; the key service cannot rank them
+            because it only ever sees signs.
+        """
+        vq = self.verify_query(query, now)
+        decider = SealedDecider(self.state.ctx, self._sk, self.state.gallery())
+        hits = decider.hits(result)
+        chosen = list(hits)
+        if len(chosen) > self.state.config.k:
+            chosen = [chosen[i] for i in sorted(_sample(len(chosen), self.state.config.k))]
+        issued = int(time.time() if now is None else now)
+        fpr = vq.envelope.sender.fingerprint
+        tokens = tuple(self._minter.mint(fpr, vq.envelope.header.id, rid, issued) for rid in chosen)
+        return Release(vq, len(hits), tokens)
+
+    def commit_release(self, release: Release, answer_id: str, now: float | None = None) -> None:
+        """Mark the query used and log the release (caller holds the state lock).
+
+        Raises:
+            ReplayError: the query was answered meanwhile.
+        """
+        h = release.query.envelope.header
+        t = time.time() if now is None else now
+        self._replay.add(h.sender, h.id, h.expires, t)
+        self.state.audit.append(
+            "answer", peer=h.sender, query_id=h.id, answer_id=answer_id, case=release.query.body.case,
+            purpose=release.query.body.purpose, hits=release.hits, released=len(release.tokens))
+
+    # -- step two ----------------------------------------------------------
+    def resolve(self, blob: bytes, now: float | None = None) -> Resolution:
+        """Resolve a follow-up's token to its reference, and log it.
+
+        Raises:
+            MessageError and subclasses: bad message, replay, expiry.
+            TokenError: a token not released to this requester for this query,
+                altered, or older than ``token_ttl``.
+            GalleryError: the record was removed since.
+        """
+        st = self.state
+        t = time.time() if now is None else now
+        with st.lock():
+            env = open_envelope(blob, lookup=st.lookup, me=st.config.name,
+                                params_digest=st.config.parameter_set.digest, now=t)
+            if env.header.type != "followup":
+                raise MessageError(f"expected a follow-up, got a {env.header.type}")
+            self._replay.check(env.header.sender, env.header.id)
+            body = FollowUpBody.from_bytes(st.identity().unbox_from(env.sender, env.body))
+            content = self._minter.open(env.sender.fingerprint, body.token)
+            if content.query_id != body.query_id:
+                raise TokenError("token belongs to another query")
+            if content.issued + st.config.token_ttl < t:
+                raise TokenError("token has expired")
+            reference = st.gallery().index.references.get(content.record_id)
+            if reference is None:
+                raise GalleryError("the record behind this token is no longer in the gallery")
+            self._replay.add(env.header.sender, env.header.id, env.header.expires, t)
+            st.audit.append("resolve", peer=env.header.sender, query_id=body.query_id,
+                            followup_id=env.header.id, reference=reference)
+        return Resolution(reference, env.header.sender, body.query_id, env.header.id)
+
+
+def _sample(n: int, k: int) -> set[int]:
+    """k distinct indices out of n, from the OS CSPRNG."""
+    chosen: set[int] = set()
+    while len(chosen) < k:
+        chosen.add(secrets.randbelow(n))
+    return chosen

@@ -1,0 +1,270 @@
+"""A state is a directory.
+
+::
+
+    DIR/
+      state.json            configuration (threshold, parameter set, k, ...)
+      card.json             public card (self-signed)
+      ckks/public.key       CKKS public key (key id = BLAKE2b of these bytes)
+      private/              mode 0700; every file mode 0600
+        identity.key        Ed25519 seed | X25519 secret
+        ckks-secret.key     CKKS secret key (its own file)
+        token.key           key for candidate tokens
+      roster/CODE.card      trusted peers' cards
+      gallery/              encrypted gallery (pprm.matching.gallery)
+      audit.log             hash-chained audit log
+      replay.json           seen message ids
+      outbox.json           queries this state sent, and their answers
+
+Roles get only what they need: :meth:`State.matcher` builds the matcher
+from public material and never opens ``private/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from functools import cached_property
+
+from pprm._fs import atomic_write_bytes, atomic_write_json, locked, read_json
+from pprm.crypto import keys
+from pprm.crypto.context import CkksContext
+from pprm.crypto.identity import Identity, PublicIdentity
+from pprm.errors import ParameterError, StateError, UnknownPeerError
+from pprm.matching.gallery import EncryptedGallery
+from pprm.matching.sealed import SealedMatcher
+from pprm.node.audit import AuditLog
+from pprm.node.config import StateConfig
+from pprm.protocol.card import Card, make_card, parse_card
+
+__all__ = ["State"]
+
+_PRIVATE_FILES = ("identity.key", "ckks-secret.key", "token.key")
+
+
+def _write_private(path: str, data: bytes) -> None:
+    atomic_write_bytes(path, data, mode=0o600)
+
+
+def _read_private(path: str) -> bytes:
+    try:
+        if os.stat(path).st_mode & 0o077:
+            raise StateError(f"{os.path.basename(path)} is readable by others; it must be mode 0600")
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise StateError(f"private file {os.path.basename(path)} is missing") from None
+
+
+class State:
+    """An opened state directory.
+
+    Use :meth:`init` to create one and :meth:`open` to load one.
+    """
+
+    def __init__(self, directory: str, config: StateConfig) -> None:
+        self.dir = os.path.abspath(directory)
+        self.config = config
+
+    def __repr__(self) -> str:
+        return f"State({self.config.name!r}, {self.dir!r})"
+
+    # -- paths ---------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.dir, *parts)
+
+    # -- creation ------------------------------------------------------
+    @classmethod
+    def init(cls, directory: str, name: str, *, threshold: float = 0.4, params: str | None = None,
+             k: int = 10, dim: int = 512, allow_insecure: bool = False) -> State:
+        """Create a new state directory with fresh keys.
+
+        Args:
+            directory: must not exist, or be empty.
+            name: the state code.
+            threshold: decision threshold.
+            params: parameter set name (default ``pprm-sealed-n8192-v1``).
+            k: candidate cap.
+            dim: template dimension.
+            allow_insecure: accept ``INSECURE*`` sets (tests only).
+
+        Returns:
+            The opened state.
+
+        Raises:
+            StateError: the directory exists and is not empty.
+            ParameterError: invalid settings.
+        """
+        kwargs = {} if params is None else {"params": params}
+        config = StateConfig(name=name, threshold=threshold, k=k, dim=dim,
+                             allow_insecure=allow_insecure, **kwargs)  # type: ignore[arg-type]
+        directory = os.path.abspath(directory)
+        if os.path.exists(directory) and os.listdir(directory):
+            raise StateError(f"{directory} exists and is not empty")
+        # Build everything in a sibling temp dir, then rename: a failed init
+        # leaves nothing behind.
+        parent = os.path.dirname(directory)
+        os.makedirs(parent, exist_ok=True)
+        tmp = os.path.join(parent, f".{os.path.basename(directory)}.init-{os.getpid()}")
+        try:
+            os.makedirs(tmp)
+            for sub in ("ckks", "roster", "gallery"):
+                os.makedirs(os.path.join(tmp, sub))
+            os.makedirs(os.path.join(tmp, "private"), mode=0o700)
+            os.chmod(os.path.join(tmp, "private"), 0o700)
+            ident = Identity.generate(name)
+            _write_private(os.path.join(tmp, "private", "identity.key"), ident.signing_seed + ident.box_secret)
+            _write_private(os.path.join(tmp, "private", "token.key"), os.urandom(32))
+            ctx = CkksContext(config.parameter_set)
+            sk, pk = keys.generate(ctx)
+            keys.save_secret_key(sk, os.path.join(tmp, "private", "ckks-secret.key"))
+            pk_blob = keys.public_key_bytes(ctx, pk)
+            atomic_write_bytes(os.path.join(tmp, "ckks", "public.key"), pk_blob)
+            ps = config.parameter_set
+            card = make_card(ident, ps.name, ps.digest, dim, keys.key_id_of(pk_blob), int(time.time()))
+            atomic_write_bytes(os.path.join(tmp, "card.json"), card)
+            atomic_write_json(os.path.join(tmp, "state.json"), config.to_json())
+            AuditLog(os.path.join(tmp, "audit.log")).append(
+                "init", state=name, params=ps.name, threshold_milli=round(config.threshold * 1000),
+                k=k, dim=dim)
+            if os.path.exists(directory):
+                os.rmdir(directory)
+            os.rename(tmp, directory)
+        except BaseException:
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return cls.open(directory)
+
+    @classmethod
+    def open(cls, directory: str) -> State:
+        """Open an existing state directory.
+
+        Raises:
+            StateError: not a state directory, or its config is corrupt.
+        """
+        path = os.path.join(directory, "state.json")
+        if not os.path.isfile(path):
+            raise StateError(f"{directory} is not a pprm state directory (no state.json)")
+        try:
+            obj = read_json(path)
+        except ValueError:
+            raise StateError("state.json is corrupt") from None
+        try:
+            config = StateConfig.from_json(obj)
+        except ParameterError as exc:
+            raise StateError(f"state.json is invalid: {exc}") from None
+        return cls(directory, config)
+
+    # -- shared material -------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive lock for read-modify-write of this state's files."""
+        with locked(self.dir):
+            yield
+
+    @cached_property
+    def audit(self) -> AuditLog:
+        return AuditLog(self.path("audit.log"))
+
+    @cached_property
+    def ctx(self) -> CkksContext:
+        return CkksContext(self.config.parameter_set)
+
+    @property
+    def card_bytes(self) -> bytes:
+        """This state's public card."""
+        with open(self.path("card.json"), "rb") as fh:
+            return fh.read()
+
+    @cached_property
+    def card(self) -> Card:
+        return parse_card(self.card_bytes, allow_insecure=self.config.allow_insecure)
+
+    @property
+    def key_id(self) -> str:
+        return self.card.key_id
+
+    def gallery(self) -> EncryptedGallery:
+        """The encrypted gallery (public material only)."""
+        return EncryptedGallery(self.path("gallery"), self.config.parameter_set, self.key_id,
+                                self.config.dim)
+
+    def matcher(self) -> SealedMatcher:
+        """The matcher role: public material only, it cannot decrypt."""
+        return SealedMatcher(self.ctx, self.gallery())
+
+    def identity(self) -> Identity:
+        """This state's identity keys (private)."""
+        raw = _read_private(self.path("private", "identity.key"))
+        if len(raw) != 64:
+            raise StateError("identity key file is malformed")
+        return Identity(self.config.name, raw[:32], raw[32:])
+
+    def token_key(self) -> bytes:
+        """Key for candidate tokens (private)."""
+        raw = _read_private(self.path("private", "token.key"))
+        if len(raw) != 32:
+            raise StateError("token key file is malformed")
+        return raw
+
+    def secret_key_path(self) -> str:
+        return self.path("private", "ckks-secret.key")
+
+    # -- roster ----------------------------------------------------------
+    def roster(self) -> dict[str, Card]:
+        """Trusted peers by name."""
+        out: dict[str, Card] = {}
+        rdir = self.path("roster")
+        for fname in sorted(os.listdir(rdir)):
+            if fname.endswith(".card"):
+                with open(os.path.join(rdir, fname), "rb") as fh:
+                    card = parse_card(fh.read(), allow_insecure=self.config.allow_insecure)
+                out[card.name] = card
+        return out
+
+    def peer(self, name: str) -> Card:
+        """A trusted peer's card.
+
+        Raises:
+            UnknownPeerError: not in the roster.
+        """
+        card = self.roster().get(name)
+        if card is None:
+            raise UnknownPeerError(f"{name} is not in the roster of {self.config.name}")
+        return card
+
+    def lookup(self, fingerprint: bytes) -> PublicIdentity | None:
+        """Roster identity with this wire fingerprint, or None."""
+        for card in self.roster().values():
+            if card.identity.fingerprint == fingerprint:
+                return card.identity
+        return None
+
+    def trust(self, card_bytes: bytes) -> Card:
+        """Add (or refresh) a peer's card in the roster.
+
+        Args:
+            card_bytes: as printed by ``pprm card``.
+
+        Returns:
+            The verified card.
+
+        Raises:
+            MessageError, AuthenticationError, ParameterError: invalid card.
+            StateError: the card is this state's own, or it would replace a
+                peer's keys with different ones.
+        """
+        card = parse_card(card_bytes, allow_insecure=self.config.allow_insecure)
+        if card.name == self.config.name:
+            raise StateError("a state cannot trust its own card")
+        with self.lock():
+            existing = self.roster().get(card.name)
+            if existing and existing.identity.verify_key != card.identity.verify_key:
+                raise StateError(f"{card.name} is already trusted with other keys; remove it first")
+            atomic_write_bytes(self.path("roster", f"{card.name}.card"), card_bytes)
+            self.audit.append("trust", peer=card.name, fingerprint=card.identity.fingerprint.hex(),
+                              params=card.params)
+        return card
