@@ -33,9 +33,11 @@ __all__ = ["Block", "GalleryIndex", "EncryptedGallery", "MAX_ENCRYPTIONS_PER_BLO
 
 FORMAT = "pprm-gallery/1"
 # Appending into a block adds a fresh encryption to it, which adds its noise
-# to every slot. Four sums at most keep the noise within 2x of a fresh
-# ciphertext (std ~1e-4 in score units), far from the 1e-3 decision margin.
-MAX_ENCRYPTIONS_PER_BLOCK = 4
+# to every slot. The owner must still be able to round a decrypted block back
+# onto the template grid (see ParameterSet.template_grid_bits): with two noise
+# terms the margin is 6.9 sigma. Removal re-encrypts from the rounded values,
+# which resets the count to 1.
+MAX_ENCRYPTIONS_PER_BLOCK = 2
 
 
 @dataclass

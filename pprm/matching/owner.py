@@ -4,6 +4,12 @@ Encryption is symmetric under the owner's secret key (smaller noise than
 public-key encryption, DESIGN.md section 9), so these operations belong to
 the key-service side of a state, never to the matcher. Plaintext templates
 exist only in memory here.
+
+Templates are enrolled rounded to the parameter set's grid
+(``template_grid_bits``). Decryption noise is far below half a grid step, so
+when a record is removed the owner decrypts the block, rounds every component
+back to the exact enrolled value, zeroes the removed slot and encrypts afresh:
+noise never accumulates, however many records a block loses over the years.
 """
 
 from __future__ import annotations
@@ -53,8 +59,12 @@ class GalleryOwner:
                 progress(done + k + 1, total)
         return out
 
+    def _grid(self, values: np.ndarray) -> np.ndarray:
+        step = float(2**self.ctx.params.template_grid_bits)
+        return np.rint(values * step) / step
+
     def _decrypt_block(self, b: int) -> np.ndarray:
-        """Slot values of block ``b`` as ``float64[d, slots]`` (memory only)."""
+        """Enrolled values of block ``b`` as ``float64[d, slots]``, exactly (memory only)."""
         p = self.ctx.params
         arr = self.gallery.block(b)
         cols = np.empty((arr.shape[0], self.ctx.slots), dtype=np.float64)
@@ -62,7 +72,7 @@ class GalleryOwner:
         for k in range(arr.shape[0]):
             self._decryptor.decrypt(self.ctx.from_residues(arr[k], float(2**p.gallery_scale_bits)), pt)
             cols[k] = self.ctx.decode(pt)
-        return cols
+        return self._grid(cols)
 
     def enroll(self, templates: np.ndarray, references: Sequence[str],
                progress: Progress | None = None) -> list[int]:
@@ -84,7 +94,7 @@ class GalleryOwner:
             TemplateError: bad shape, NaN, zero vector, duplicate reference.
         """
         g = self.gallery
-        tpl = normalise_templates(templates, g.dim)
+        tpl = self._grid(normalise_templates(templates, g.dim).astype(np.float64))
         refs = validate_references(references, tpl.shape[0], g.index.references.values())
         index = g.index.copy()
         slots = self.ctx.slots
@@ -146,7 +156,8 @@ class GalleryOwner:
         Warning:
             Removal decrypts the block in memory and re-encrypts it with fresh
             randomness, so the old ciphertext of the record is gone from the
-            store, not just masked out.
+            store, not just masked out. The other records of the block come
+            back exactly (grid rounding), so their noise is reset, not grown.
         """
         g = self.gallery
         index = g.index.copy()
