@@ -50,6 +50,8 @@ class SealedDecider:
         blocks = self.gallery.index.blocks
         if result.blocks != tuple(b.file for b in blocks):
             raise GalleryError("masked result does not match the current gallery; match again")
+        if len(result.ciphertexts) != len(blocks):
+            raise CiphertextError("masked result has the wrong number of ciphertexts")
         if result.scale != float(2**self.ctx.params.result_scale_bits):
             raise CiphertextError("masked result has the wrong scale")
         out: list[int] = []

@@ -101,11 +101,17 @@ def multiply_accumulate(block: np.ndarray, weights: np.ndarray, moduli: tuple[in
     """
     if block.ndim != 4 or block.dtype != np.uint64 or block.shape[2] != len(moduli):
         raise BackendError(f"block must be uint64[d, size, L, N] with L={len(moduli)}")
-    w = np.asarray(weights, dtype=np.int64)
-    if w.shape != (block.shape[0],):
+    raw = np.asarray(weights)
+    # Casting float weights to int64 would silently truncate them.
+    if raw.dtype.kind not in "iu":
+        raise BackendError(f"weights must be integers, got {raw.dtype}")
+    if raw.shape != (block.shape[0],):
         raise BackendError("one weight per ciphertext is required")
-    if w.size and int(np.abs(w).max()) > MAX_WEIGHT:
+    # Compare min and max before casting: abs(-2**63) wraps negative, and
+    # large uint64 values wrap when cast to int64.
+    if raw.size and (int(raw.max()) > MAX_WEIGHT or int(raw.min()) < -MAX_WEIGHT):
         raise BackendError("weights exceed 2**16 and cannot be accumulated exactly")
+    w = raw.astype(np.int64)
     if block.shape[0] > 1 << 16 or any(q >= 1 << 60 for q in moduli):
         raise BackendError("dimension or modulus too large for exact accumulation")
     return _mac_numpy(block, w, moduli)

@@ -66,8 +66,8 @@ def normalise_probe(probe: np.ndarray, dim: int) -> np.ndarray:
     arr = np.asarray(probe)
     if arr.ndim == 1:
         arr = arr[None, :]
-    if arr.ndim != 2 or arr.shape[0] != 1:
-        raise TemplateError(f"a probe must be one template of dimension {dim}, got {np.asarray(probe).shape}")
+    if arr.ndim != 2 or arr.shape[0] != 1 or arr.shape[1] != dim:
+        raise TemplateError(f"a probe must be one template of dimension {dim}, got shape {np.asarray(probe).shape}")
     return normalise_templates(arr, dim)[0]
 
 

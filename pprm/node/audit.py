@@ -88,8 +88,19 @@ class AuditLog:
         """All entries, parsed (not verified)."""
         if not os.path.exists(self.path):
             return []
+        out = []
         with open(self.path, "rb") as fh:
-            return [json.loads(line) for line in fh if line.strip()]
+            for n, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    raise StateError(f"audit log line {n} is damaged") from None
+                if not isinstance(entry, dict):
+                    raise StateError(f"audit log line {n} is damaged")
+                out.append(entry)
+        return out
 
     def verify(self) -> int:
         """Check the whole chain.

@@ -103,17 +103,8 @@ class Requester:
             st.audit.append("query", peer=to, query_id=header.id, case=case, purpose=purpose)
         return msg
 
-    def open(self, answer: bytes, now: float | None = None) -> OpenedAnswer:
-        """Verify and open an answer to one of our queries.
-
-        Opening the same answer again returns the same result; a second,
-        different answer to the same query is refused.
-
-        Raises:
-            MessageError and subclasses: bad, tampered, misaddressed or expired.
-            ReplayError: another answer to this query was already accepted.
-            UnknownPeerError: the sender is not trusted.
-        """
+    def _verify_answer(self, answer: bytes, now: float | None) -> tuple[Header, AnswerBody]:
+        """Verify an answer and check it against the outbox; changes nothing."""
         st = self.state
         roster = st.roster()
 
@@ -127,20 +118,39 @@ class Requester:
         body = AnswerBody.from_bytes(st.identity().unbox_from(env.sender, env.body))
         if body.query_id != h.in_reply_to:
             raise MessageError("answer body and header name different queries")
-        if len(body.candidates) > 1000:
-            raise MessageError("answer releases too many candidates")
-        with st.lock():
-            box = self._outbox()
-            sent = box.get(h.in_reply_to)
-            if sent is None or sent["to"] != h.sender:
-                raise MessageError("answer is for a query this state did not send to that peer")
-            if sent["answer"] not in (None, h.id):
-                raise ReplayError("another answer to this query was already accepted")
-            if sent["answer"] is None:
-                sent["answer"] = h.id
-                atomic_write_json(self._outbox_path, box)
-                st.audit.append("answer_received", peer=h.sender, query_id=h.in_reply_to,
-                                answer_id=h.id, hit=body.hit, candidates=len(body.candidates))
+        sent = self._outbox().get(h.in_reply_to)
+        if sent is None or sent["to"] != h.sender:
+            raise MessageError("answer is for a query this state did not send to that peer")
+        if sent["answer"] not in (None, h.id):
+            raise ReplayError("another answer to this query was already accepted")
+        return h, body
+
+    def _accept(self, h: Header, body: AnswerBody) -> None:
+        """Record the answer as the one accepted for its query (caller holds the lock)."""
+        box = self._outbox()
+        sent = box[h.in_reply_to]
+        if sent["answer"] not in (None, h.id):
+            raise ReplayError("another answer to this query was already accepted")
+        if sent["answer"] is None:
+            sent["answer"] = h.id
+            atomic_write_json(self._outbox_path, box)
+            self.state.audit.append("answer_received", peer=h.sender, query_id=h.in_reply_to,
+                                    answer_id=h.id, hit=body.hit, candidates=len(body.candidates))
+
+    def open(self, answer: bytes, now: float | None = None) -> OpenedAnswer:
+        """Verify and open an answer to one of our queries.
+
+        Opening the same answer again returns the same result; a second,
+        different answer to the same query is refused.
+
+        Raises:
+            MessageError and subclasses: bad, tampered, misaddressed or expired.
+            ReplayError: another answer to this query was already accepted.
+            UnknownPeerError: the sender is not trusted.
+        """
+        h, body = self._verify_answer(answer, now)
+        with self.state.lock():
+            self._accept(h, body)
         return OpenedAnswer(h.sender, h.in_reply_to, body.hit, body.candidates)
 
     def follow_up(self, answer: bytes, token: str, now: float | None = None) -> bytes:
@@ -158,17 +168,18 @@ class Requester:
             TokenError: the token is not in that answer.
             MessageError and subclasses: the answer does not verify.
         """
-        opened = self.open(answer, now)
-        if token not in opened.candidates:
+        ah, answer_body = self._verify_answer(answer, now)
+        if token not in answer_body.candidates:
             raise TokenError("token is not among the candidates of this answer")
         st = self.state
-        peer = st.peer(opened.sender)
+        peer = st.peer(ah.sender)
         t = int(time.time() if now is None else now)
         ident = st.identity()
         header = Header("followup", st.config.name, peer.name, new_id(), t, t + st.config.query_ttl,
-                        peer.params_digest, "sealed", opened.query_id)
-        body = FollowUpBody(opened.query_id, token)
+                        peer.params_digest, "sealed", ah.in_reply_to)
+        body = FollowUpBody(ah.in_reply_to, token)
         msg = seal_envelope(ident, header, ident.box_to(peer.identity, body.to_bytes()))
         with st.lock():
-            st.audit.append("followup", peer=peer.name, query_id=opened.query_id, followup_id=header.id)
+            self._accept(ah, answer_body)
+            st.audit.append("followup", peer=peer.name, query_id=ah.in_reply_to, followup_id=header.id)
         return msg

@@ -35,7 +35,12 @@ def decode(blob: bytes, what: str) -> dict[str, Any]:
         raise MessageError(f"{what} is not valid canonical JSON") from None
     if not isinstance(obj, dict):
         raise MessageError(f"{what} is not a JSON object")
-    if encode(obj) != blob:
+    try:
+        again = encode(obj)
+    except ValueError:
+        # NaN/Infinity parse but cannot be re-encoded (allow_nan=False).
+        raise MessageError(f"{what} is not in canonical form") from None
+    if again != blob:
         raise MessageError(f"{what} is not in canonical form")
     return obj
 

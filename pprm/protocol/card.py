@@ -14,7 +14,7 @@ from typing import Any
 
 from pprm.crypto import params as param_sets
 from pprm.crypto.identity import Identity, PublicIdentity
-from pprm.errors import MessageError, ParameterError
+from pprm.errors import MessageError, ParameterError, StateError
 from pprm.protocol import canonical
 
 __all__ = ["Card", "make_card", "parse_card", "CARD_FORMAT"]
@@ -94,7 +94,8 @@ def parse_card(blob: bytes, *, allow_insecure: bool = False) -> Card:
             raise ValueError
         if not isinstance(key_id, str) or len(key_id) != 32:
             raise ValueError
-    except (TypeError, ValueError, AttributeError):
+    # StateError: PublicIdentity refuses keys that are not 32 bytes long.
+    except (TypeError, ValueError, AttributeError, StateError):
         raise MessageError("card has a malformed field") from None
     unsigned = dict(obj)
     del unsigned["signature"]

@@ -1,0 +1,284 @@
+"""The encrypted gallery and its owner: append, removal, binding, atomicity, no plaintext at rest.
+
+Everything runs State-free: a CKKS context, a key pair, an EncryptedGallery
+in ``tmp_path`` and a GalleryOwner, on the insecure N=1024 set (512 slots
+per block) with 32-dimensional templates to keep encryption cheap.
+
+Tolerance: a decrypted component carries the noise of at most
+MAX_ENCRYPTIONS_PER_BLOCK fresh symmetric encryptions at scale 2**24, measured
+at ~6e-6 std (2.6e-5 max) for two at N=1024; ``TOL = 1e-4`` is ~16 standard
+deviations and still below half a template-grid step (2**-13 = 1.2e-4), which
+is what lets the owner round decrypted blocks back exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tenseal.sealapi as seal
+
+from pprm.crypto import params
+from pprm.crypto.context import CkksContext
+from pprm.errors import GalleryError, StateError, TemplateError
+from pprm.matching.gallery import MAX_ENCRYPTIONS_PER_BLOCK, EncryptedGallery
+from pprm.matching.owner import GalleryOwner
+from pprm.matching.templates import normalise_templates
+
+DIM = 32
+TOL = 1e-4
+
+Env = tuple[EncryptedGallery, GalleryOwner]
+
+
+@pytest.fixture
+def env(tmp_path: Path, ctx: CkksContext, keypair: tuple[seal.SecretKey, seal.PublicKey], key_id: str) -> Env:
+    gallery = EncryptedGallery(str(tmp_path / "gallery"), ctx.params, key_id, DIM)
+    return gallery, GalleryOwner(ctx, keypair[0], gallery)
+
+
+def _templates(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+
+
+def _refs(prefix: str, n: int) -> list[str]:
+    return [f"{prefix}-{i:05d}" for i in range(n)]
+
+
+def _grid(ctx: CkksContext, x: np.ndarray) -> np.ndarray:
+    step = float(2**ctx.params.template_grid_bits)
+    return np.rint(np.asarray(x, dtype=np.float64) * step) / step
+
+
+def _decrypt_block(ctx: CkksContext, sk: seal.SecretKey, gallery: EncryptedGallery, b: int) -> np.ndarray:
+    """Raw decrypted slot values of block ``b``, ``float64[DIM, slots]`` (no rounding)."""
+    arr = gallery.block(b)
+    out = np.empty((arr.shape[0], ctx.slots))
+    dec = seal.Decryptor(ctx.seal, sk)
+    pt = seal.Plaintext()
+    for k in range(arr.shape[0]):
+        dec.decrypt(ctx.from_residues(arr[k], float(2**ctx.params.gallery_scale_bits)), pt)
+        out[k] = ctx.decode(pt)
+    return out
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    out = {}
+    for root, _dirs, files in os.walk(directory):
+        for f in files:
+            p = os.path.join(root, f)
+            out[os.path.relpath(p, directory)] = Path(p).read_bytes()
+    return out
+
+
+def _block_path(gallery: EncryptedGallery, b: int) -> Path:
+    return Path(gallery.directory, "blocks", gallery.index.blocks[b].file)
+
+
+def _expect_slots(ctx: CkksContext, values: np.ndarray, slots: dict[int, np.ndarray]) -> None:
+    """Occupied slots decrypt to their grid-rounded templates; every other slot to ~0."""
+    expected = np.zeros_like(values)
+    for s, row in slots.items():
+        expected[:, s] = _grid(ctx, row)
+    assert np.abs(values - expected).max() < TOL
+
+
+def test_enroll_then_append_leaves_other_blocks_untouched(
+        env: Env, ctx: CkksContext, keypair: tuple[seal.SecretKey, seal.PublicKey]) -> None:
+    gallery, owner = env
+    first = _templates(ctx.slots + 10, 1)
+    ids = owner.enroll(first, _refs("A", len(first)))
+    assert ids == list(range(len(first)))
+    assert len(gallery.index.blocks) == 2 and len(gallery) == len(first)
+    full_file = gallery.index.blocks[0].file
+    full_bytes = _block_path(gallery, 0).read_bytes()
+    tail_file = gallery.index.blocks[1].file
+
+    second = _templates(5, 2)
+    new_ids = owner.enroll(second, _refs("B", 5))
+    assert new_ids == list(range(len(first), len(first) + 5))
+    # Block 0 (full) is neither rewritten nor renamed: same file, same bytes.
+    assert gallery.index.blocks[0].file == full_file
+    assert _block_path(gallery, 0).read_bytes() == full_bytes
+    # Block 1 got a new version with the free slots 10..14 filled.
+    blk = gallery.index.blocks[1]
+    assert blk.file != tail_file and not (Path(gallery.directory) / "blocks" / tail_file).exists()
+    assert blk.encryptions == 2
+    assert blk.slots[:15] == list(range(ctx.slots, ctx.slots + 10)) + new_ids
+    assert all(s == -1 for s in blk.slots[15:])
+
+    values = _decrypt_block(ctx, keypair[0], gallery, 1)
+    want = {i: normalise_templates(first, DIM)[ctx.slots + i] for i in range(10)}
+    want.update({10 + i: normalise_templates(second, DIM)[i] for i in range(5)})
+    _expect_slots(ctx, values, want)
+    # And the state survives a reopen.
+    again = EncryptedGallery(gallery.directory, ctx.params, gallery.key_id, DIM)
+    assert again.index.to_json() == gallery.index.to_json()
+
+
+def test_block_takes_at_most_max_encryptions(
+        env: Env, ctx: CkksContext, keypair: tuple[seal.SecretKey, seal.PublicKey]) -> None:
+    gallery, owner = env
+    rows = _templates(MAX_ENCRYPTIONS_PER_BLOCK + 1, 3)
+    for i in range(MAX_ENCRYPTIONS_PER_BLOCK):
+        owner.enroll(rows[i: i + 1], [f"R{i}"])
+        assert len(gallery.index.blocks) == 1
+        assert gallery.index.blocks[0].encryptions == i + 1
+    # The block has free slots left, but one more encryption is not allowed.
+    owner.enroll(rows[-1:], ["R-last"])
+    assert len(gallery.index.blocks) == 2
+    assert gallery.index.blocks[0].encryptions == MAX_ENCRYPTIONS_PER_BLOCK
+    assert gallery.index.blocks[1].encryptions == 1
+    assert gallery.index.blocks[1].slots[0] == MAX_ENCRYPTIONS_PER_BLOCK
+    # The summed block still rounds back to exactly what was enrolled.
+    values = _decrypt_block(ctx, keypair[0], gallery, 0)
+    unit = normalise_templates(rows, DIM)
+    _expect_slots(ctx, values, {i: unit[i] for i in range(MAX_ENCRYPTIONS_PER_BLOCK)})
+    assert np.array_equal(_grid(ctx, values[:, :MAX_ENCRYPTIONS_PER_BLOCK]),
+                          _grid(ctx, unit[:MAX_ENCRYPTIONS_PER_BLOCK].T))
+
+
+def test_remove_zeroes_the_slot_and_frees_it(
+        env: Env, ctx: CkksContext, keypair: tuple[seal.SecretKey, seal.PublicKey]) -> None:
+    gallery, owner = env
+    rows = _templates(20, 4)
+    owner.enroll(rows[:12], _refs("A", 12))
+    owner.enroll(rows[12:], _refs("B", 8))  # an appended block: 2 encryptions
+    old_file = gallery.index.blocks[0].file
+    assert gallery.index.blocks[0].encryptions == 2
+
+    rid = owner.remove("A-00005")
+    assert rid == 5
+    blk = gallery.index.blocks[0]
+    assert blk.slots[5] == -1 and 5 not in gallery.index.references
+    assert "A-00005" not in gallery.index.references.values()
+    with pytest.raises(GalleryError):
+        gallery.index.record_of("A-00005")
+    # The block was re-encrypted afresh: new file, old one gone, count reset.
+    assert blk.file != old_file and not (Path(gallery.directory) / "blocks" / old_file).exists()
+    assert blk.encryptions == 1
+
+    values = _decrypt_block(ctx, keypair[0], gallery, 0)
+    unit = normalise_templates(rows, DIM)
+    keep = {i: unit[i] for i in range(20) if i != 5}
+    _expect_slots(ctx, values, keep)  # slot 5 included: ~0 within TOL
+    assert np.abs(values[:, 5]).max() < TOL
+
+    # The freed slot is reused by the next enrolment.
+    owner.enroll(_templates(1, 5), ["C-0"])
+    assert gallery.index.blocks[0].slots[5] == 20
+    assert gallery.index.references[20] == "C-0"
+
+
+def test_removing_an_unknown_reference_changes_nothing(env: Env) -> None:
+    gallery, owner = env
+    owner.enroll(_templates(3, 6), _refs("A", 3))
+    before = _snapshot(Path(gallery.directory))
+    index_before = gallery.index.to_json()
+    for ref in ("A-99999", "", "a-00000", "A-00001 "):
+        with pytest.raises(GalleryError):
+            owner.remove(ref)
+    assert _snapshot(Path(gallery.directory)) == before
+    assert gallery.index.to_json() == index_before
+    # A reference that was removed is unknown from then on.
+    owner.remove("A-00001")
+    after = _snapshot(Path(gallery.directory))
+    assert after != before
+    with pytest.raises(GalleryError):
+        owner.remove("A-00001")
+    assert _snapshot(Path(gallery.directory)) == after
+
+
+def test_failed_enrolment_changes_no_files(env: Env) -> None:
+    gallery, owner = env
+    owner.enroll(_templates(4, 7), _refs("A", 4))
+    before = _snapshot(Path(gallery.directory))
+    index_before = gallery.index.to_json()
+    nan = _templates(3, 8)
+    nan[1, 0] = np.nan
+    bad_inputs = [
+        (nan, _refs("B", 3)),
+        (_templates(3, 8), ["B-1", "B-2", "B-1"]),
+        (_templates(2, 8), ["B-1", "A-00002"]),
+        (_templates(2, 8), ["B-1"]),
+        (np.ones((2, DIM + 1), dtype=np.float32), ["B-1", "B-2"]),
+        (np.zeros((1, DIM), dtype=np.float32), ["B-1"]),
+        (np.ones((1, DIM), dtype=np.int64), ["B-1"]),
+        (_templates(1, 8), ["bad\nref"]),
+    ]
+    for tpl, refs in bad_inputs:
+        with pytest.raises(TemplateError):
+            owner.enroll(tpl, refs)
+    assert _snapshot(Path(gallery.directory)) == before
+    assert gallery.index.to_json() == index_before
+
+
+def test_gallery_is_bound_to_key_params_and_dimension(env: Env, ctx: CkksContext, key_id: str) -> None:
+    gallery, owner = env
+    owner.enroll(_templates(2, 9), _refs("A", 2))
+    d = gallery.directory
+    EncryptedGallery(d, ctx.params, key_id, DIM)  # the right binding opens
+    with pytest.raises(StateError, match="another CKKS key"):
+        EncryptedGallery(d, ctx.params, "0" * 32, DIM)
+    with pytest.raises(StateError, match="parameter set"):
+        EncryptedGallery(d, params.get("pprm-sealed-n4096-v1"), key_id, DIM)
+    with pytest.raises(StateError, match="dimension"):
+        EncryptedGallery(d, ctx.params, key_id, DIM * 2)
+
+
+def test_corrupt_index_and_blocks_are_refused(env: Env, ctx: CkksContext, key_id: str) -> None:
+    gallery, owner = env
+    owner.enroll(_templates(2, 10), _refs("A", 2))
+    index = Path(gallery.directory, "index.json")
+    good = index.read_bytes()
+    index.write_text('{"format": "pprm-gallery/1"}')
+    with pytest.raises(StateError):
+        EncryptedGallery(gallery.directory, ctx.params, key_id, DIM)
+    index.write_bytes(good)
+    # A block file of the wrong shape, then a missing one.
+    path = _block_path(gallery, 0)
+    np.save(path, np.zeros((DIM, 2, 1, 8), dtype=np.uint64))
+    with pytest.raises(GalleryError, match="shape"):
+        EncryptedGallery(gallery.directory, ctx.params, key_id, DIM).block(0)
+    path.unlink()
+    with pytest.raises(GalleryError, match="missing"):
+        EncryptedGallery(gallery.directory, ctx.params, key_id, DIM).block(0)
+
+
+def test_no_plaintext_template_bytes_on_disk(env: Env, ctx: CkksContext) -> None:
+    gallery, owner = env
+    rows = _templates(6, 11)
+    owner.enroll(rows, _refs("A", 6))
+    unit = normalise_templates(rows, DIM)
+    files = _snapshot(Path(gallery.directory))
+    assert any(name.startswith("blocks") for name in files)
+    # Every 16-byte run of float32 components (4 in a row), and every 8-byte
+    # float64 component, of the input, the normalised and the grid-rounded
+    # rows: a random ciphertext contains one by chance with probability ~2**-100.
+    needles: set[bytes] = set()
+    for form in (rows, unit, _grid(ctx, unit).astype(np.float32)):
+        raw = np.ascontiguousarray(form, dtype="<f4").tobytes()
+        needles.update(raw[i: i + 16] for i in range(0, len(raw) - 15, 4))
+    for form64 in (unit.astype(np.float64), _grid(ctx, unit)):
+        raw = np.ascontiguousarray(form64, dtype="<f8").tobytes()
+        needles.update(raw[i: i + 8] for i in range(0, len(raw), 8) if raw[i: i + 8] != bytes(8))
+    for name, blob in files.items():
+        leaked = [n for n in needles if n in blob]
+        assert not leaked, f"{name} contains template bytes"
+    # The index holds references and slot numbers, never a fractional number.
+    assert re.search(rb"\d\.\d", files["index.json"]) is None
+
+
+def test_blocks_load_memory_mapped_read_only(env: Env, ctx: CkksContext, key_id: str) -> None:
+    gallery, owner = env
+    owner.enroll(_templates(3, 12), _refs("A", 3))
+    fresh = EncryptedGallery(gallery.directory, ctx.params, key_id, DIM)
+    arr = fresh.block(0)
+    assert isinstance(arr, np.memmap)
+    assert arr.shape == fresh.block_shape == (DIM, 2, 1, ctx.n) and arr.dtype == np.uint64
+    assert not arr.flags.writeable
+    assert fresh.block(0) is arr  # mapped once, then reused
+    assert fresh.stored_bytes() >= arr.nbytes
