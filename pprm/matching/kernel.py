@@ -2,8 +2,11 @@
 
 Both profiles spend their time in ``S = sum_k w_k * C_k (mod q)``: integer
 weights times the residues of ``d`` ciphertexts. This module holds the pure
-numpy implementation; a native (cffi) one with the same signature plugs in
-here, and :data:`BACKEND` names the active one.
+numpy implementation. The native one (:mod:`pprm.matching._native`, a cffi
+C kernel that setup.py builds when a compiler is present) has the same
+signature; it is chosen when it loads and passes a bit-for-bit self-check
+against the numpy path. :data:`BACKEND` names the active one, and
+``PPRM_BACKEND=numpy`` forces the numpy path.
 
 The numpy path is exact. Each residue (< 2**60) is split into two 30-bit
 limbs; with ``|w_k| <= 2**16`` a product is below 2**46, so a float64 GEMV
@@ -15,10 +18,12 @@ are added in int64 and reduced mod q once per output coefficient.
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
 from pprm.errors import BackendError
+from pprm.matching import _native
 
 __all__ = ["BACKEND", "multiply_accumulate", "mulmod_pow2", "available_backends"]
 
@@ -30,20 +35,33 @@ GROUP = 128
 MAX_WEIGHT = 1 << 16
 
 
+_native_ok: bool | None = None
+
+
 def available_backends() -> list[str]:
     """Backends that can run on this machine, fastest first."""
-    return ["numpy"]
+    global _native_ok
+    if _native_ok is None:
+        # Built, loadable and bit-identical to the numpy path; checked once per process.
+        _native_ok = _native.available() and _native.self_check()
+        if _native.available() and not _native_ok:
+            warnings.warn("pprm native kernel failed its self-check against the numpy path; using numpy",
+                          RuntimeWarning, stacklevel=2)
+        if not _native.available() and os.environ.get("PPRM_BACKEND", "").strip().lower() != "numpy":
+            warnings.warn("pprm native kernel is not built (no C compiler at install?); using the numpy kernel",
+                          RuntimeWarning, stacklevel=2)
+    return ["native", "numpy"] if _native_ok else ["numpy"]
 
 
 def _select() -> str:
     wanted = os.environ.get("PPRM_BACKEND", "").strip().lower()
     have = available_backends()
+    # CI sets PPRM_REQUIRE_NATIVE=1 so that a silently missing build fails loudly.
+    if os.environ.get("PPRM_REQUIRE_NATIVE") == "1" and "native" not in have:
+        raise BackendError("PPRM_REQUIRE_NATIVE=1 but the native kernel is not built or failed its self-check")
     if wanted and wanted not in have:
         raise BackendError(f"PPRM_BACKEND={wanted!r} is not available here (have: {', '.join(have)})")
     return wanted or have[0]
-
-
-BACKEND = _select()
 
 
 def mulmod_pow2(x: np.ndarray, bits: int, q: int) -> np.ndarray:
@@ -114,4 +132,15 @@ def multiply_accumulate(block: np.ndarray, weights: np.ndarray, moduli: tuple[in
     w = raw.astype(np.int64)
     if block.shape[0] > 1 << 16 or any(q >= 1 << 60 for q in moduli):
         raise BackendError("dimension or modulus too large for exact accumulation")
+    if any(q <= 0 for q in moduli):
+        raise BackendError("moduli must be positive")
+    if BACKEND == "native":
+        return _native.multiply_accumulate(block, w, moduli)
+    if block.shape[0] == 0:
+        # The empty sum; _mac_numpy cannot reshape a zero-row block.
+        return np.zeros(block.shape[1:], dtype=np.uint64)
     return _mac_numpy(block, w, moduli)
+
+
+# Selected last: the native self-check compares against _mac_numpy, defined above.
+BACKEND = _select()

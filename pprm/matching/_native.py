@@ -1,0 +1,188 @@
+"""Loader and thin wrapper for the optional native multiply-accumulate kernel.
+
+The C kernel (``native/pprm_kernel.c``, built by cffi in API mode as
+``pprm._native_kernel``) computes exactly what
+:func:`pprm.matching.kernel.multiply_accumulate` computes, with the same
+argument checks, but streams the residues once with 128-bit lazy
+accumulation and splits the work over pthreads. cffi releases the GIL for
+the duration of the call, so other Python threads keep running.
+
+The extension is optional: :func:`available` says whether it was built and
+loads, and :func:`self_check` compares it bit for bit with the numpy path on
+a small random case before anyone should rely on it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+import numpy as np
+
+from pprm.errors import BackendError
+
+__all__ = ["available", "multiply_accumulate", "self_check", "default_threads"]
+
+_MODULE = "pprm._native_kernel"
+# The limits of pprm.matching.kernel (not imported here: kernel imports this module).
+_MAX_WEIGHT = 1 << 16
+_MAX_MODULUS = 1 << 60
+_MAX_D = 1 << 16
+
+_lib: Any = None
+_ffi: Any = None
+_load_error: str | None = None
+
+
+def _load() -> None:
+    # Import once; remember a failure so later calls neither retry nor raise.
+    global _lib, _ffi, _load_error
+    if _lib is not None or _load_error is not None:
+        return
+    try:
+        # importlib keeps the compiled module (which has no type stubs) out of mypy's view.
+        mod = importlib.import_module(_MODULE)
+    except ImportError as exc:
+        _load_error = str(exc) or type(exc).__name__
+        return
+    _lib, _ffi = mod.lib, mod.ffi
+
+
+def available() -> bool:
+    """Whether the native extension was built and can be loaded.
+
+    Returns:
+        True if ``pprm._native_kernel`` imports; the numpy path must be used otherwise.
+    """
+    _load()
+    return _lib is not None
+
+
+def default_threads() -> int:
+    """Thread count used when none is given: ``PPRM_THREADS``, else 0 (all online cores).
+
+    Returns:
+        A non-negative thread count; 0 lets the kernel use every online core.
+
+    Raises:
+        BackendError: ``PPRM_THREADS`` is set but is not a non-negative integer.
+    """
+    raw = os.environ.get("PPRM_THREADS", "").strip()
+    if not raw:
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BackendError(f"PPRM_THREADS={raw!r} is not an integer") from None
+    if value < 0:
+        raise BackendError(f"PPRM_THREADS={raw!r} must be >= 0 (0 = all cores)")
+    return value
+
+
+def multiply_accumulate(
+    block: np.ndarray, weights: np.ndarray, moduli: tuple[int, ...], threads: int | None = None
+) -> np.ndarray:
+    """Compute ``sum_k weights[k] * block[k] mod q_j`` exactly, in C.
+
+    Same contract as :func:`pprm.matching.kernel.multiply_accumulate`.
+
+    Args:
+        block: ``uint64[d, size, L, N]`` residues of ``d`` ciphertexts (may be
+            a read-only memory map; a non-contiguous array is copied first).
+        weights: ``int64[d]`` (any integer dtype) with ``|w| <= 2**16``.
+        moduli: the L primes, each below 2**60.
+        threads: worker threads; 0 means all online cores, None means
+            ``PPRM_THREADS`` or else all online cores.
+
+    Returns:
+        ``uint64[size, L, N]``: the residues of the linear combination, each in ``[0, q_j)``.
+
+    Raises:
+        BackendError: the extension is not built, or shapes or ranges the
+            kernel cannot compute exactly (the same checks as the numpy path,
+            plus a zero modulus, which has no residues).
+    """
+    if not available():
+        raise BackendError(f"the native kernel is not built ({_load_error})")
+    if block.ndim != 4 or block.dtype != np.uint64 or block.shape[2] != len(moduli):
+        raise BackendError(f"block must be uint64[d, size, L, N] with L={len(moduli)}")
+    raw = np.asarray(weights)
+    # Casting float weights to int64 would silently truncate them.
+    if raw.dtype.kind not in "iu":
+        raise BackendError(f"weights must be integers, got {raw.dtype}")
+    if raw.shape != (block.shape[0],):
+        raise BackendError("one weight per ciphertext is required")
+    # Compare min and max before casting: abs(-2**63) wraps negative, and
+    # large uint64 values wrap when cast to int64.
+    if raw.size and (int(raw.max()) > _MAX_WEIGHT or int(raw.min()) < -_MAX_WEIGHT):
+        raise BackendError("weights exceed 2**16 and cannot be accumulated exactly")
+    w = np.ascontiguousarray(raw, dtype=np.int64)
+    if block.shape[0] > _MAX_D or any(q >= _MAX_MODULUS for q in moduli):
+        raise BackendError("dimension or modulus too large for exact accumulation")
+    if any(q <= 0 for q in moduli):
+        raise BackendError("moduli must be positive")
+    if threads is None:
+        threads = default_threads()
+    if threads < 0:
+        raise BackendError("threads must be >= 0 (0 = all cores)")
+
+    d, size, nprimes, n = block.shape
+    rows = size * nprimes
+    # Row (s, j) of the flattened [size * L] axis is reduced by prime j.
+    row_moduli = np.ascontiguousarray(np.tile(np.asarray(moduli, dtype=np.uint64), size))
+    src = np.ascontiguousarray(block)
+    out = np.empty((size, nprimes, n), dtype=np.uint64)
+    if out.size == 0:
+        return out
+    ffi, lib = _ffi, _lib
+    rc = lib.pprm_mac_sealed(
+        ffi.from_buffer("uint64_t[]", src, require_writable=False),
+        ffi.from_buffer("int64_t[]", w, require_writable=False),
+        ffi.from_buffer("uint64_t[]", row_moduli, require_writable=False),
+        ffi.from_buffer("uint64_t[]", out, require_writable=True),
+        d,
+        rows,
+        n,
+        min(int(threads), 1 << 30),
+    )
+    if rc != lib.PPRM_OK:
+        reason = "out of memory" if rc == lib.PPRM_ENOMEM else "invalid arguments"
+        raise BackendError(f"native kernel failed: {reason}")
+    return out
+
+
+def self_check(seed: int = 0) -> bool:
+    """Compare the native kernel with the numpy path, bit for bit, on a small random case.
+
+    The case has extreme values (``q - 1`` residues, ``+-2**16`` weights),
+    two ciphertext components, two primes, and a coefficient count that is
+    not a multiple of the kernel's tile. It is small enough (under 1 ms) to
+    run at import, so the kernel does it on one thread; the threaded split
+    only deals whole tiles out and is covered by the test suite.
+
+    Args:
+        seed: seed of the random case.
+
+    Returns:
+        True if the extension is available and agrees exactly; False otherwise.
+    """
+    if not available():
+        return False
+    # Imported here, not at the top: kernel imports this module and calls self_check
+    # while it is itself being imported (by then _mac_numpy is defined).
+    from pprm.matching import kernel
+
+    rng = np.random.default_rng(seed)
+    moduli = (1152921504606830593, 1152921504606748673)
+    d, size, n = 37, 2, 700
+    q = np.asarray(moduli, dtype=np.uint64).reshape(1, 1, 2, 1)
+    block = rng.integers(0, 1 << 62, size=(d, size, len(moduli), n), dtype=np.uint64) % q
+    block[0] = q - np.uint64(1)
+    weights = rng.integers(-_MAX_WEIGHT, _MAX_WEIGHT + 1, size=d, dtype=np.int64)
+    weights[:2] = (_MAX_WEIGHT, -_MAX_WEIGHT)
+    expected = kernel._mac_numpy(block, weights, moduli)
+    try:
+        return bool(np.array_equal(multiply_accumulate(block, weights, moduli, threads=1), expected))
+    except BackendError:
+        return False
