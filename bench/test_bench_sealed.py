@@ -1,0 +1,120 @@
+"""Benchmarks of the sealed query, its plaintext reference and the kernel.
+
+Run with ``pytest bench/ --benchmark-only``. Nothing here asserts a time:
+the figures go to pytest-benchmark's table, and sizes and ratios to
+``extra_info`` (kept by ``--benchmark-json``). Correctness is still checked
+on the side (answers to planted mates must be hits; the kernel must match a
+big-integer reference), so a fast but wrong path cannot pass unnoticed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import numpy as np
+
+from pprm.cli.bench import RESPONDER, BenchSetup, numpy_baseline_ms
+from pprm.matching import kernel
+from pprm.matching.sealed import quantise_probe
+from pprm.matching.templates import normalise_probe
+from pprm.node.requester import Requester
+from pprm.node.responder import Responder
+from pprm.synthetic import mate_probe
+
+
+def _figures(sealed: BenchSetup, params: str, median_s: float) -> dict[str, object]:
+    n = len(sealed)
+    _kind, probe = sealed.probe(0, seed=9)
+    numpy_ms = numpy_baseline_ms(sealed.templates, probe)
+    return {
+        "params": params,
+        "backend": kernel.BACKEND,
+        "n": n,
+        "blocks": len(sealed.responder.gallery().index.blocks),
+        "us_per_template": median_s * 1e6 / n,
+        "numpy_ms": numpy_ms,
+        "ratio_to_numpy": median_s * 1e3 / numpy_ms,
+        "stored_bytes_per_template": sealed.stored_bytes() / n,
+        "ram_bytes_per_template": sealed.ram_bytes() / n,
+        # Other work on the machine skews every figure: record the load it ran under.
+        "load_average": os.getloadavg()[0],
+    }
+
+
+def test_sealed_query(benchmark, sealed, bench_params, bench_rounds):
+    """Full responder path per query: verify, match, decrypt, mint tokens, sign and box."""
+    requester = Requester(sealed.requester)
+    responder = Responder(sealed.responder)
+    counter = itertools.count()
+    sent: list[tuple[int, bytes]] = []
+    answers: list[bytes] = []
+
+    def fresh_query() -> tuple[tuple[bytes], dict[str, object]]:
+        # Every round needs its own query: answered queries are refused as replays.
+        i = next(counter)
+        index = (i * 7919) % len(sealed)
+        msg = requester.query(RESPONDER, mate_probe(sealed.gallery, index, i), case=f"B-{i}",
+                              purpose="benchmark")
+        sent.append((index, msg))
+        return (msg,), {}
+
+    def answer(msg: bytes) -> None:
+        answers.append(responder.answer(msg))
+
+    benchmark.pedantic(answer, setup=fresh_query, rounds=bench_rounds, warmup_rounds=1, iterations=1)
+
+    opened = [requester.open(a) for a in answers]
+    assert all(o.hit for o in opened), "a planted mate was missed"
+    info = _figures(sealed, bench_params, benchmark.stats.stats.median)
+    info.update(query_bytes=len(sent[0][1]), answer_bytes_hit=len(answers[0]),
+                candidates=[len(o.candidates) for o in opened])
+    benchmark.extra_info.update(info)
+
+
+def test_sealed_matcher_only(benchmark, sealed, bench_params, bench_rounds):
+    """The matcher alone: multiply-accumulate, threshold, mask, serialise (no keys, no envelope)."""
+    matcher = sealed.responder.matcher()
+    _kind, probe = sealed.probe(1, seed=9)
+    tau = sealed.responder.config.threshold
+    benchmark.pedantic(matcher.match, args=(probe, tau), rounds=bench_rounds, warmup_rounds=1, iterations=1)
+    benchmark.extra_info.update(_figures(sealed, bench_params, benchmark.stats.stats.median))
+
+
+def test_numpy_plaintext_baseline(benchmark, sealed, bench_params):
+    """The plaintext reference of DESIGN.md section 8: float32 G @ q over the same templates."""
+    g = np.ascontiguousarray(sealed.templates, dtype=np.float32)
+    _kind, probe = sealed.probe(0, seed=9)
+    q = np.ascontiguousarray(probe, dtype=np.float32)
+    scores = benchmark(np.matmul, g, q)
+    assert scores.shape == (len(sealed),)
+    median = benchmark.stats.stats.median
+    benchmark.extra_info.update(params=bench_params, n=len(sealed), bytes_per_template=g.nbytes / len(sealed),
+                                gb_per_s=g.nbytes / median / 1e9,
+                                us_per_template=median * 1e6 / len(sealed))
+
+
+def test_kernel_one_block(benchmark, smallest, bench_params):
+    """multiply_accumulate over one gallery block held in RAM (the matcher's inner loop)."""
+    sealed = smallest
+    gallery = sealed.responder.gallery()
+    ctx = sealed.responder.ctx
+    block = np.array(gallery.block(0))  # a private copy in RAM, not the memory map
+    _kind, probe = sealed.probe(0, seed=9)
+    w = quantise_probe(normalise_probe(probe, gallery.dim), ctx.params.probe_scale_bits)
+    out = benchmark(kernel.multiply_accumulate, block, w, ctx.moduli)
+
+    # Exactness on a few coefficients, against Python's big integers.
+    q = ctx.moduli[0]
+    wl = [int(x) for x in w]
+    for c in (0, 1, block.shape[-1] - 1):
+        for poly in range(block.shape[1]):
+            want = sum(wk * int(v) for wk, v in zip(wl, block[:, poly, 0, c], strict=True)) % q
+            assert int(out[poly, 0, c]) == want
+
+    median = benchmark.stats.stats.median
+    macs = block.shape[0] * block.shape[1] * block.shape[2] * block.shape[3]
+    benchmark.extra_info.update(
+        params=bench_params, backend=kernel.BACKEND, block_shape=list(block.shape), block_bytes=block.nbytes,
+        templates_per_block=ctx.params.slots, macs=macs, macs_per_s=macs / median,
+        gb_per_s=block.nbytes / median / 1e9, ms_per_1k_templates=median * 1e6 / ctx.params.slots)

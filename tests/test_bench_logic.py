@@ -1,0 +1,212 @@
+"""The logic of ``pprm bench`` (pprm.cli.bench), on a small insecure gallery.
+
+Timings are only checked for being recorded, never for their values; the
+byte figures are checked against what the parameter set implies, and the
+encrypted decisions against plaintext truth.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import tenseal
+
+import pprm
+from pprm.cli.bench import (
+    TARGETS,
+    Agreement,
+    build_setup,
+    format_table,
+    near_threshold_probe,
+    run_bench,
+)
+from pprm.crypto import keys
+from pprm.crypto import params as param_sets
+from pprm.errors import ParameterError
+from pprm.matching.decide import SealedDecider
+from pprm.synthetic import make_gallery
+
+PARAMS = "INSECURE-sealed-n1024"
+N = 600
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[str], str]:
+    workdir = str(tmp_path_factory.mktemp("bench-work"))
+    messages: list[str] = []
+    result = run_bench(sizes=[N], params=PARAMS, allow_insecure=True, repeats=1,
+                       progress=messages.append, workdir=workdir)
+    return result, messages, workdir
+
+
+def test_result_is_json_ready_and_describes_the_machine(bench):
+    result, _messages, _workdir = bench
+    assert json.loads(json.dumps(result)) == result
+    assert result["params"] == PARAMS
+    assert result["repeats"] == 1 and result["agreement_probes"] == 10
+    m = result["machine"]
+    assert m["cores"] == os.cpu_count()
+    assert m["numpy"] == np.__version__
+    assert m["tenseal"] == tenseal.__version__
+    assert m["backend"] == pprm.BACKEND
+    assert m["platform"] and m["python"]
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as fh:
+            models = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
+        if models:
+            assert m["cpu"] == models[0]
+    assert result["targets"] == TARGETS
+
+
+def test_decisions_agree_with_plaintext_truth(bench):
+    result, _messages, _workdir = bench
+    (row,) = result["sizes"]
+    a = row["agreement"]
+    assert a["probes"] == 10
+    assert a["pairs"] == 10 * N
+    assert a["decisive"] + a["within_margin"] == a["pairs"]
+    assert a["disagreements"] == 0
+    # The blended probes put pairs near tau, so the check is not won on easy pairs.
+    assert a["near_threshold"] >= 5
+    # Planted mates and blends produce hits; impostors alone would not.
+    assert a["hits"] >= 3
+    assert row["answers"]["checked"] >= 1
+    assert row["answers"]["disagreements"] == 0
+    assert result["agreement_total"] == a
+
+
+def test_byte_figures_follow_from_the_parameters(bench):
+    result, _messages, _workdir = bench
+    (row,) = result["sizes"]
+    ps = param_sets.get(PARAMS, allow_insecure=True)
+    blocks = math.ceil(N / ps.slots)
+    assert row["n"] == N and row["blocks"] == blocks and row["templates_per_block"] == ps.slots
+    # One block: dim ciphertexts x 2 polynomials x L primes x N coefficients x 8 bytes.
+    block_bytes = result["dim"] * 2 * ps.data_primes * ps.poly_modulus_degree * 8
+    assert row["ram_bytes"] == blocks * block_bytes
+    assert row["ram_bytes_per_template"] == pytest.approx(blocks * block_bytes / N)
+    assert row["ram_bytes_per_slot"] == pytest.approx(block_bytes / ps.slots)
+    # On disk: the residues plus .npy headers and the index, nothing else.
+    assert row["ram_bytes"] < row["stored_bytes"] < row["ram_bytes"] + 64 * N + 4096 * blocks
+    assert row["stored_bytes_per_template"] == pytest.approx(row["stored_bytes"] / N)
+    # The query carries the float32 probe (base64 in a boxed body).
+    assert row["query_bytes"] > 4 * result["dim"]
+    assert row["answer_bytes"] > 0
+    assert row["answer_candidates_hit"] >= 1
+    assert row["answer_bytes_hit"] > row["answer_bytes"]
+
+
+def test_timings_are_recorded_and_consistent(bench):
+    result, _messages, _workdir = bench
+    (row,) = result["sizes"]
+    assert len(row["query_ms_runs"]) == 1
+    assert row["query_ms"] == pytest.approx(float(np.median(row["query_ms_runs"])))
+    for key in ("enroll_s", "query_ms", "matcher_ms", "decide_ms", "numpy_ms"):
+        assert row[key] > 0, key
+    assert row["us_per_template"] == pytest.approx(row["query_ms"] * 1e3 / N)
+    assert row["ratio_to_numpy"] == pytest.approx(row["query_ms"] / row["numpy_ms"])
+
+
+def test_progress_is_reported_and_scratch_states_are_removed(bench):
+    _result, messages, workdir = bench
+    assert any("enrolled" in msg for msg in messages)
+    assert any("0 disagreements" in msg for msg in messages)
+    assert os.listdir(workdir) == []
+
+
+def test_format_table_shows_every_size_and_the_targets(bench):
+    result, _messages, _workdir = bench
+    text = format_table(result)
+    assert PARAMS in text
+    assert "query ms" in text and "x numpy" in text and "RAM B/tpl" in text
+    assert any(line.split()[:2] == ["600", "2"] for line in text.splitlines())
+    assert "not measured (run with size 100,000)" in text
+    assert "too few pairs to show" in text
+
+    at_target = copy.deepcopy(result)
+    at_target["machine"]["backend"] = "numpy"
+    at_target["sizes"][0].update(n=100_000, query_ms=2500.0)
+    at_target["agreement_total"]["decisive"] = 10**6
+    text = format_table(at_target)
+    assert "2,500 ms at 100,000 (met)" in text
+    assert "1,000,000 pairs, 0 disagreements (met)" in text
+
+    at_target["sizes"][0]["query_ms"] = 3500.0
+    at_target["agreement_total"]["disagreements"] = 1
+    text = format_table(at_target)
+    assert "3,500 ms at 100,000 (NOT met)" in text
+    assert "1 disagreements (NOT met)" in text
+
+    # The query target is for the numpy path: a native-kernel run does not claim it.
+    at_target["machine"]["backend"] = "native"
+    text = format_table(at_target)
+    assert "not shown, measured with the native kernel (rerun with PPRM_BACKEND=numpy)" in text
+    assert "(met)" not in text.splitlines()[-2]
+
+
+def test_agreement_counts_flips_only_outside_the_margin():
+    tau, margin = 0.4, 1e-3
+    scores = np.array([0.9, 0.4005, 0.3995, 0.41, 0.39, 0.0])
+    truth = scores >= tau
+    a = Agreement()
+    a.add(scores, truth, tau, margin)
+    assert (a.pairs, a.decisive, a.disagreements, a.within_margin, a.within_margin_flips) == (6, 4, 0, 2, 0)
+    assert a.near_threshold == 2
+
+    flipped = truth.copy()
+    flipped[[1, 3]] = ~flipped[[1, 3]]  # one flip inside the margin, one outside
+    b = Agreement()
+    b.add(scores, flipped, tau, margin)
+    assert b.disagreements == 1 and b.within_margin_flips == 1
+
+    with pytest.raises(ValueError):
+        b.add(scores, flipped[:3], tau, margin)
+
+
+def test_near_threshold_probe_lands_near_tau():
+    g = make_gallery(2000, seed=3)
+    rng = np.random.default_rng(5)
+    probe = near_threshold_probe(g.templates, rng, 0.4)
+    assert probe.dtype == np.float32
+    assert np.linalg.norm(probe) == pytest.approx(1.0, abs=1e-6)
+    s = g.templates.astype(np.float64) @ probe.astype(np.float64)
+    near = np.abs(s - 0.4) < 0.1
+    assert near.sum() >= 4
+    assert np.sort(s)[-7] < 0.25  # only the blended templates score high
+
+
+def test_setup_maps_record_ids_to_rows(tmp_path):
+    setup = build_setup(40, PARAMS, allow_insecure=True, root=str(tmp_path))
+    try:
+        kind, probe = setup.probe(0)
+        assert kind == "mate"
+        s = setup.scores(probe)
+        best = int(np.argmax(s))
+        st = setup.responder
+        result = st.matcher().match(probe, st.config.threshold)
+        decider = SealedDecider(st.ctx, keys.load_secret_key(st.ctx, st.secret_key_path()), st.gallery())
+        mask = setup.hit_mask(decider.hits(result))
+        assert mask[best] and mask.sum() == (s >= 0.4).sum()
+    finally:
+        setup.close()
+    assert os.listdir(tmp_path) == []
+
+
+def test_refuses_bad_arguments():
+    with pytest.raises(ParameterError):
+        run_bench([N], params=PARAMS)  # insecure set without allow_insecure
+    with pytest.raises(ParameterError):
+        run_bench([], params=PARAMS, allow_insecure=True)
+    with pytest.raises(ParameterError):
+        run_bench([0], params=PARAMS, allow_insecure=True)
+    with pytest.raises(ParameterError):
+        run_bench([N], params=PARAMS, allow_insecure=True, repeats=0)
+    with pytest.raises(ParameterError):
+        run_bench([N], params=PARAMS, allow_insecure=True, agreement_probes=0)
+    with pytest.raises(ParameterError):
+        run_bench([N], params="no-such-set")

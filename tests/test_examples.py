@@ -1,0 +1,83 @@
+"""Every script in examples/ runs to completion and prints what it promises.
+
+Examples must accept ``--gallery N --params NAME`` so they can run here on a
+small, fast (insecure, test-only) configuration. A new example needs an entry
+in :data:`EXPECTED`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+FAST_ARGS = ["--gallery", "300", "--params", "INSECURE-sealed-n1024"]
+
+# Per example: patterns that must match a line of its output, and how many
+# lines must end in " ok".
+EXPECTED: dict[str, tuple[list[str], int]] = {
+    "five_states.py": (
+        [
+            r"^Five states, 300 synthetic templates each, INSECURE-sealed-n1024",
+            r"^  DE: enrolled 300 encrypted templates",
+            r"^  every state trusts the other four \(roster of DE: AT, FR, HU, NL\)$",
+            r"^DE searches all peers for a person enrolled in FR \(planted: FR-\d{7}\)$",
+            r"^AT searches all peers for a person enrolled in DE \(planted: DE-\d{7}\)$",
+            r"^  FR: hit, 1 candidate -> FR-\d{7} +truth: FR-\d{7} +ok$",
+            r"^DE searches all peers for a person enrolled nowhere$",
+            r"^audit logs: DE \d+ entries, .* all chains verify$",
+            r"^all 24 answers agree with the plaintext truth$",
+        ],
+        24,
+    ),
+}
+
+
+def _examples() -> list[str]:
+    return sorted(p.name for p in EXAMPLES.glob("*.py"))
+
+
+def test_every_example_has_expectations():
+    assert _examples(), "examples/ holds no scripts"
+    assert set(_examples()) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", _examples())
+def test_example_runs(name):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, str(EXAMPLES / name), *FAST_ARGS], capture_output=True,
+                          text=True, timeout=300, env=env, cwd=EXAMPLES.parent)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    patterns, ok_lines = EXPECTED[name]
+    for pattern in patterns:
+        assert any(re.search(pattern, line) for line in lines), f"no line matches {pattern!r}:\n{proc.stdout}"
+    assert sum(line.endswith(" ok") for line in lines) == ok_lines, proc.stdout
+    assert "DISAGREE" not in proc.stdout
+
+
+def test_five_states_planted_truth_lines_are_consistent():
+    """Each mate search hits exactly at the planted state, with the planted reference."""
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "five_states.py"), *FAST_ARGS, "--seed", "7"],
+                          capture_output=True, text=True, timeout=300, cwd=EXAMPLES.parent)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    current = ""
+    hits: dict[str, list[str]] = {}
+    for line in proc.stdout.splitlines():
+        m = re.match(r"^\w\w searches all peers for a person enrolled (?:in \w\w \(planted: (\S+)\)|nowhere)", line)
+        if m:
+            current = m.group(1) or "nowhere"
+            hits[current] = []
+            continue
+        m = re.match(r"^  \w\w: hit, \d+ candidates? -> (.*?) +truth:", line)
+        if m:
+            hits[current].append(m.group(1))
+    assert len(hits) == 6
+    assert hits.pop("nowhere") == []
+    for ref, resolved in hits.items():
+        assert resolved == [ref]
