@@ -107,8 +107,8 @@ def test_enroll_then_append_leaves_other_blocks_untouched(
     blk = gallery.index.blocks[1]
     assert blk.file != tail_file and not (Path(gallery.directory) / "blocks" / tail_file).exists()
     assert blk.encryptions == 2
-    assert blk.slots[:15] == list(range(ctx.slots, ctx.slots + 10)) + new_ids
-    assert all(s == -1 for s in blk.slots[15:])
+    assert blk.slots[:15].tolist() == list(range(ctx.slots, ctx.slots + 10)) + new_ids
+    assert (blk.slots[15:] == -1).all()
 
     values = _decrypt_block(ctx, keypair[0], gallery, 1)
     want = {i: normalise_templates(first, DIM)[ctx.slots + i] for i in range(10)}
@@ -282,3 +282,24 @@ def test_blocks_load_memory_mapped_read_only(env: Env, ctx: CkksContext, key_id:
     assert not arr.flags.writeable
     assert fresh.block(0) is arr  # mapped once, then reused
     assert fresh.stored_bytes() >= arr.nbytes
+
+
+def test_references_live_in_one_switched_file_off_the_matcher_path(env: Env, ctx: CkksContext, key_id: str) -> None:
+    gallery, owner = env
+    owner.enroll(_templates(20, 9), _refs("R", 20))
+    owner.remove("R-00003")
+    root = Path(gallery.directory)
+    refs_files = sorted(p.name for p in root.glob("refs-*.json"))
+    # Exactly the file the index names survives; the superseded ones are gone.
+    assert refs_files == [gallery.index.refs_file]
+    # Opening the gallery reads the slot maps only; references load on demand.
+    fresh = EncryptedGallery(gallery.directory, ctx.params, key_id, DIM)
+    assert fresh.index._references is None
+    assert len(fresh) == 19
+    assert fresh.index._references is None
+    assert "R-00003" not in fresh.index.references.values() and len(fresh.index.references) == 19
+    # A damaged references file is a clear StateError, not a crash.
+    (root / gallery.index.refs_file).write_text("{not json")
+    broken = EncryptedGallery(gallery.directory, ctx.params, key_id, DIM)
+    with pytest.raises(StateError, match="references"):
+        _ = broken.index.references

@@ -8,7 +8,9 @@ On disk (``gallery/``):
 
 * ``index.json``: parameter set, key id, dimension, and per block its file,
   how many fresh encryptions were summed into it, and which record sits in
-  each slot; plus record id -> reference.
+  each slot (int64, base64); plus the name of the references file.
+* ``refs-<random>.json``: record id -> reference; read only by the owner and
+  the key service, never on the matcher's path.
 * ``blocks/b-<random>.npy``: ``uint64[d, 2, L, N]`` residues of the block's
   ciphertexts in NTT form, memory-mapped at query time.
 
@@ -18,6 +20,8 @@ crash leaves the old consistent gallery. No plaintext template is ever written.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -42,62 +46,97 @@ MAX_ENCRYPTIONS_PER_BLOCK = 2
 
 @dataclass
 class Block:
-    """One block: its residue file and slot occupancy (record id or -1)."""
+    """One block: its residue file and slot occupancy (record id, or -1 when free)."""
 
     file: str
     encryptions: int
-    slots: list[int]
+    slots: np.ndarray
 
     def free_slots(self) -> list[int]:
-        return [i for i, r in enumerate(self.slots) if r < 0]
+        return [int(i) for i in np.flatnonzero(self.slots < 0)]
 
     def occupancy(self) -> np.ndarray:
-        return np.asarray(self.slots, dtype=np.int64) >= 0
+        return self.slots >= 0
+
+
+def _slots_to_json(slots: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(slots, dtype="<i8").tobytes()).decode("ascii")
+
+
+def _slots_from_json(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text, validate=True), dtype="<i8").astype(np.int64)
 
 
 @dataclass
 class GalleryIndex:
-    """What the gallery holds, without the ciphertexts."""
+    """What the gallery holds, without the ciphertexts.
+
+    The slot maps are all the matcher needs and load fast (binary in JSON);
+    the references live in a separate file that only the owner and the key
+    service read, on demand (:attr:`references`).
+    """
 
     params: str
     params_digest: str
     key_id: str
     dim: int
     blocks: list[Block] = field(default_factory=list)
-    references: dict[int, str] = field(default_factory=dict)
     next_id: int = 0
+    refs_file: str = ""
+    directory: str = ""
+    _references: dict[int, str] | None = field(default=None, repr=False)
+
+    @property
+    def references(self) -> dict[int, str]:
+        """Record id -> reference, loaded on first use."""
+        if self._references is None:
+            self._references = {}
+            if self.refs_file:
+                try:
+                    obj = read_json(os.path.join(self.directory, self.refs_file))
+                    self._references = {int(k): str(v) for k, v in obj.items()}
+                except (OSError, ValueError, AttributeError):
+                    raise StateError("gallery references are missing or corrupt") from None
+        return self._references
 
     def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT, "params": self.params, "params_digest": self.params_digest,
-            "key_id": self.key_id, "dim": self.dim, "next_id": self.next_id,
-            "blocks": [{"file": b.file, "encryptions": b.encryptions, "slots": b.slots} for b in self.blocks],
-            "references": {str(k): v for k, v in sorted(self.references.items())},
+            "key_id": self.key_id, "dim": self.dim, "next_id": self.next_id, "references": self.refs_file,
+            "blocks": [{"file": b.file, "encryptions": b.encryptions, "slots": _slots_to_json(b.slots)}
+                       for b in self.blocks],
         }
 
     @classmethod
-    def from_json(cls, obj: Any) -> GalleryIndex:
+    def from_json(cls, obj: Any, directory: str) -> GalleryIndex:
         try:
             if obj["format"] != FORMAT:
                 raise StateError(f"gallery index has unknown format {obj['format']!r}")
             return cls(
                 params=str(obj["params"]), params_digest=str(obj["params_digest"]),
                 key_id=str(obj["key_id"]), dim=int(obj["dim"]), next_id=int(obj["next_id"]),
-                blocks=[Block(str(b["file"]), int(b["encryptions"]), [int(s) for s in b["slots"]])
+                blocks=[Block(str(b["file"]), int(b["encryptions"]), _slots_from_json(b["slots"]))
                         for b in obj["blocks"]],
-                references={int(k): str(v) for k, v in obj["references"].items()},
+                refs_file=str(obj["references"]), directory=directory,
             )
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, binascii.Error):
             raise StateError("gallery index is corrupt") from None
 
     def copy(self) -> GalleryIndex:
-        return GalleryIndex.from_json(self.to_json())
+        """A deep copy, references included (loaded if needed)."""
+        return GalleryIndex(self.params, self.params_digest, self.key_id, self.dim,
+                            [Block(b.file, b.encryptions, b.slots.copy()) for b in self.blocks],
+                            self.next_id, self.refs_file, self.directory, dict(self.references))
+
+    def __len__(self) -> int:
+        return sum(int(b.occupancy().sum()) for b in self.blocks)
 
     def locate(self, record_id: int) -> tuple[int, int]:
         """(block, slot) of a record."""
         for b, blk in enumerate(self.blocks):
-            if record_id in blk.slots:
-                return b, blk.slots.index(record_id)
+            where = np.flatnonzero(blk.slots == record_id)
+            if where.size:
+                return b, int(where[0])
         raise GalleryError(f"record {record_id} has no slot")
 
     def record_of(self, reference: str) -> int:
@@ -131,7 +170,11 @@ class EncryptedGallery:
         self.dim = dim
         path = os.path.join(directory, "index.json")
         if os.path.exists(path):
-            self.index = GalleryIndex.from_json(read_json(path))
+            try:
+                raw = read_json(path)
+            except ValueError:
+                raise StateError("gallery index is corrupt") from None
+            self.index = GalleryIndex.from_json(raw, directory)
             if self.index.params_digest != params.digest or self.index.params != params.name:
                 raise StateError("gallery was made under another parameter set; refusing it")
             if self.index.key_id != key_id:
@@ -139,7 +182,7 @@ class EncryptedGallery:
             if self.index.dim != dim:
                 raise StateError("gallery dimension differs from the state's configuration")
         else:
-            self.index = GalleryIndex(params.name, params.digest, key_id, dim)
+            self.index = GalleryIndex(params.name, params.digest, key_id, dim, directory=directory)
         self._maps: dict[str, np.ndarray] = {}
 
     @property
@@ -147,7 +190,7 @@ class EncryptedGallery:
         return (self.dim, 2, self.params.data_primes, self.params.poly_modulus_degree)
 
     def __len__(self) -> int:
-        return len(self.index.references)
+        return len(self.index)
 
     def block(self, b: int) -> np.ndarray:
         """Residues of block ``b``, memory-mapped read-only.
@@ -172,13 +215,16 @@ class EncryptedGallery:
         total = 0
         for blk in self.index.blocks:
             total += os.path.getsize(os.path.join(self.directory, "blocks", blk.file))
+        if self.index.refs_file:
+            total += os.path.getsize(os.path.join(self.directory, self.index.refs_file))
         return total + os.path.getsize(os.path.join(self.directory, "index.json"))
 
     def commit(self, index: GalleryIndex, changed: dict[int, np.ndarray]) -> None:
-        """Write changed blocks to fresh files, then switch the index atomically.
+        """Write changed blocks and the references to fresh files, then switch the index atomically.
 
         Args:
-            index: the new index (blocks in ``changed`` get new file names here).
+            index: the new index (a :meth:`GalleryIndex.copy` that was edited);
+                blocks in ``changed`` get new file names here.
             changed: block number -> residues to store.
         """
         blocks_dir = os.path.join(self.directory, "blocks")
@@ -189,10 +235,19 @@ class EncryptedGallery:
             name = f"b-{uuid.uuid4().hex}.npy"
             atomic_save_npy(os.path.join(blocks_dir, name), arr)
             index.blocks[b].file = name
+        refs = {str(k): v for k, v in sorted(index.references.items())}
+        index.refs_file = f"refs-{uuid.uuid4().hex}.json"
+        index.directory = self.directory
+        atomic_write_json(os.path.join(self.directory, index.refs_file), refs)
         atomic_write_json(os.path.join(self.directory, "index.json"), index.to_json())
         self.index = index
+        # Only now are the old files unreferenced; a crash before this point
+        # leaves the old index pointing at complete old files.
         live = {blk.file for blk in index.blocks}
         for name in os.listdir(blocks_dir):
             if name not in live:
                 os.unlink(os.path.join(blocks_dir, name))
                 self._maps.pop(name, None)
+        for name in os.listdir(self.directory):
+            if name.startswith("refs-") and name != index.refs_file:
+                os.unlink(os.path.join(self.directory, name))

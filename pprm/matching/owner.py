@@ -111,7 +111,7 @@ class GalleryOwner:
                 placements[b] = [(row + i, s) for i, s in enumerate(take)]
                 row += len(take)
         while row < len(refs):
-            index.blocks.append(Block("", 0, [-1] * slots))
+            index.blocks.append(Block("", 0, np.full(slots, -1, dtype=np.int64)))
             b = len(index.blocks) - 1
             n = min(slots, len(refs) - row)
             placements[b] = [(row + i, i) for i in range(n)]

@@ -19,6 +19,7 @@ import numpy as np
 from pprm.crypto import keys
 from pprm.errors import GalleryError, MessageError, TokenError
 from pprm.matching.decide import SealedDecider
+from pprm.matching.gallery import EncryptedGallery
 from pprm.matching.owner import GalleryOwner
 from pprm.matching.sealed import MaskedResult
 from pprm.node.state import State
@@ -123,7 +124,8 @@ class KeyService:
         body = QueryBody.from_bytes(st.identity().unbox_from(env.sender, env.body))
         return VerifiedQuery(env, body)
 
-    def release(self, query: bytes, result: MaskedResult, now: float | None = None) -> Release:
+    def release(self, query: bytes, result: MaskedResult, now: float | None = None,
+                gallery: EncryptedGallery | None = None) -> Release:
         """Decrypt a masked result and pick at most ``k`` candidates.
 
         The query is verified again here: the key service trusts no caller to
@@ -134,6 +136,8 @@ class KeyService:
             query: the signed query message the result answers.
             result: the matcher's masked result on the current gallery.
             now: clock override for tests.
+            gallery: the gallery view the matcher used (saves reloading its
+                index); the decider still checks the result against it.
 
         Returns:
             The release (tokens are fresh and per query).
@@ -144,7 +148,7 @@ class KeyService:
             because it only ever sees signs.
         """
         vq = self.verify_query(query, now)
-        decider = SealedDecider(self.state.ctx, self._sk, self.state.gallery())
+        decider = SealedDecider(self.state.ctx, self._sk, gallery or self.state.gallery())
         hits = decider.hits(result)
         chosen = list(hits)
         if len(chosen) > self.state.config.k:

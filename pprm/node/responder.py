@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from pprm.matching.sealed import SealedMatcher
 from pprm.node.keyservice import KeyService
 from pprm.node.state import State
 from pprm.protocol.envelope import Header, new_id, seal_envelope
@@ -57,8 +58,11 @@ class Responder:
         t = time.time() if now is None else now
         with st.lock():
             vq = self.key_service.verify_query(query, t)
-            result = st.matcher().match(vq.body.probe, st.config.threshold, progress)
-            release = self.key_service.release(query, result, t)
+            # One view of the gallery for both roles: the matcher's public
+            # material, and the index the key service maps hits through.
+            gallery = st.gallery()
+            result = SealedMatcher(st.ctx, gallery).match(vq.body.probe, st.config.threshold, progress)
+            release = self.key_service.release(query, result, t, gallery)
             qh = vq.envelope.header
             body = AnswerBody(qh.id, bool(release.tokens), release.tokens)
             ident = st.identity()
