@@ -176,9 +176,9 @@ def test_followup_with_foreign_or_altered_tokens(net: dict[str, Node]) -> None:
     with pytest.raises(TokenError):
         req.follow_up(a1, t2)
 
-    raw = bytearray(unb64(t1, "t"))
+    raw = bytearray(unb64(t1[2:], "t"))  # strip the "T1" format tag
     raw[30] ^= 0x01
-    altered = b64(bytes(raw))
+    altered = "T1" + b64(bytes(raw))
     # A token released to NL for the same record, presented by DE.
     qn = Requester(net["NL"].state).query("FR", _mate(net, "FR", 20), "C", "other requester")
     tn = Requester(net["NL"].state).open(Responder(fr).answer(qn)).candidates[0]

@@ -55,7 +55,7 @@ def test_two_mints_of_one_record_are_unlinkable() -> None:
     m = TokenMinter(KEY)
     toks = {m.mint(REQ_A, QID, 7, 1) for _ in range(20)}
     assert len(toks) == 20
-    raws = [unb64(t, "t") for t in toks]
+    raws = [unb64(t[2:], "t") for t in toks]
     # Not even a common prefix (the nonce leads) or common ciphertext bytes.
     assert len({r[:24] for r in raws}) == 20
     assert len({r[24:] for r in raws}) == 20
@@ -75,12 +75,12 @@ def test_every_altered_character_fails() -> None:
 
 def test_every_flipped_byte_fails() -> None:
     m = TokenMinter(KEY)
-    raw = unb64(m.mint(REQ_A, QID, 7, 1), "t")
+    raw = unb64(m.mint(REQ_A, QID, 7, 1)[2:], "t")
     for i in range(len(raw)):
         bad = bytearray(raw)
         bad[i] ^= 0x01
         with pytest.raises(TokenError):
-            m.open(REQ_A, b64(bytes(bad)))
+            m.open(REQ_A, "T1" + b64(bytes(bad)))
 
 
 @pytest.mark.parametrize("bad", ["", "A", "AAAA", "!" * 96, "A" * 95, None, 5])
@@ -91,19 +91,19 @@ def test_garbage_tokens_fail(bad: object) -> None:
 
 def test_truncated_and_extended_tokens_fail() -> None:
     m = TokenMinter(KEY)
-    raw = unb64(m.mint(REQ_A, QID, 7, 1), "t")
+    raw = unb64(m.mint(REQ_A, QID, 7, 1)[2:], "t")
     for n in range(len(raw)):
         with pytest.raises(TokenError):
-            m.open(REQ_A, b64(raw[:n]))
+            m.open(REQ_A, "T1" + b64(raw[:n]))
     with pytest.raises(TokenError):
-        m.open(REQ_A, b64(raw + b"\x00"))
+        m.open(REQ_A, "T1" + b64(raw + b"\x00"))
 
 
 def test_valid_box_with_wrong_payload_length_fails() -> None:
     # Something our key did encrypt, but not a token payload.
     m = TokenMinter(KEY)
     k = hashlib.blake2b(REQ_A, key=KEY, digest_size=32, person=b"pprm-token-key").digest()
-    forged = b64(bytes(nacl.secret.SecretBox(k).encrypt(b"short")))
+    forged = "T1" + b64(bytes(nacl.secret.SecretBox(k).encrypt(b"short")))
     with pytest.raises(TokenError, match="malformed"):
         m.open(REQ_A, forged)
 
@@ -119,3 +119,11 @@ def test_repr_hides_the_key() -> None:
     assert KEY.hex() not in text
     assert b64(KEY) not in text
     assert "hidden" in text
+
+
+def test_tokens_carry_a_format_tag_and_never_look_like_options() -> None:
+    m = TokenMinter(KEY)
+    toks = [m.mint(REQ_A, QID, i, 1) for i in range(200)]
+    assert all(t.startswith("T1") for t in toks)
+    with pytest.raises(TokenError, match="unknown format"):
+        m.open(REQ_A, toks[0][2:])

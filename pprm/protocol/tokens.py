@@ -29,6 +29,9 @@ from pprm.protocol import canonical
 __all__ = ["TokenMinter", "TokenContent"]
 
 _PAYLOAD = struct.Struct(">16sQQ")  # query id, record id, issued (unix seconds)
+# Version tag in front of the base64: names the format, and keeps a token from
+# starting with "-", which a command line would take for an option.
+_PREFIX = "T1"
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ class TokenMinter:
     def mint(self, requester_fingerprint: bytes, query_id: str, record_id: int, issued: int) -> str:
         """A fresh token for ``record_id``, openable only for this requester."""
         payload = _PAYLOAD.pack(bytes.fromhex(query_id), record_id, issued)
-        return canonical.b64(bytes(self._box(requester_fingerprint).encrypt(payload)))
+        return _PREFIX + canonical.b64(bytes(self._box(requester_fingerprint).encrypt(payload)))
 
     def open(self, requester_fingerprint: bytes, token: str) -> TokenContent:
         """Open a token presented by a requester.
@@ -72,8 +75,10 @@ class TokenMinter:
             TokenError: the token was not minted by us for this requester, or
                 was altered.
         """
+        if not isinstance(token, str) or not token.startswith(_PREFIX):
+            raise TokenError("token was not issued by pprm (unknown format)")
         try:
-            raw = canonical.unb64(token, "token")
+            raw = canonical.unb64(token[len(_PREFIX):], "token")
             payload = self._box(requester_fingerprint).decrypt(raw)
         except (nacl.exceptions.CryptoError, nacl.exceptions.ValueError, ValueError):
             raise TokenError("token was not issued to this state, or was altered") from None
