@@ -8,9 +8,11 @@ decryptor and the secret key file is never opened on this path).
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import tenseal.sealapi as seal
 
 from pprm.crypto.context import CkksContext
 from pprm.matching import kernel
@@ -76,20 +78,37 @@ class SealedMatcher:
         p = self.ctx.params
         q = normalise_probe(probe, self.gallery.dim)
         w = quantise_probe(q, p.probe_scale_bits)
-        ev = self.ctx.evaluator
-        score_bits = p.gallery_scale_bits + p.probe_scale_bits
-        tau = self.ctx.encode_constant(threshold, score_bits)
+        tau = self.ctx.encode_constant(threshold, p.gallery_scale_bits + p.probe_scale_bits)
         files, cts = [], []
         blocks = self.gallery.index.blocks
-        for b, blk in enumerate(blocks):
-            residues = kernel.multiply_accumulate(self.gallery.block(b), w, self.ctx.moduli)
-            ct = self.ctx.from_residues(residues, float(2**score_bits))
-            ev.sub_plain_inplace(ct, tau)
-            masks = draw_masks(blk.occupancy(), p)
-            ev.multiply_plain_inplace(ct, self.ctx.encode(masks.r, p.mask_scale_bits))
-            ev.add_plain_inplace(ct, self.ctx.encode(masks.e, p.result_scale_bits))
-            files.append(blk.file)
-            cts.append(self.ctx.save_bytes(ct))
-            if progress:
-                progress(b + 1, len(blocks))
+        if not blocks:
+            return MaskedResult((), (), float(2**p.result_scale_bits))
+
+        def mac(b: int) -> np.ndarray:
+            return kernel.multiply_accumulate(self.gallery.block(b), w, self.ctx.moduli)
+
+        # The kernel releases the GIL; masking holds it in SEAL. Computing block
+        # b+1 in a worker while block b is masked overlaps the two.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pprm-mac") as pool:
+            pending = pool.submit(mac, 0)
+            for b, blk in enumerate(blocks):
+                residues = pending.result()
+                if b + 1 < len(blocks):
+                    pending = pool.submit(mac, b + 1)
+                files.append(blk.file)
+                cts.append(self._mask(residues, tau, blk.occupancy()))
+                if progress:
+                    progress(b + 1, len(blocks))
         return MaskedResult(tuple(files), tuple(cts), float(2**p.result_scale_bits))
+
+    def _mask(self, residues: np.ndarray, tau: seal.Plaintext, occupied: np.ndarray) -> bytes:
+        """Turn the score ciphertext of one block into ``r*(s - tau) + e``, serialised."""
+        p = self.ctx.params
+        ev = self.ctx.evaluator
+        score_bits = p.gallery_scale_bits + p.probe_scale_bits
+        ct = self.ctx.from_residues(residues, float(2**score_bits))
+        ev.sub_plain_inplace(ct, tau)
+        masks = draw_masks(occupied, p)
+        ev.multiply_plain_inplace(ct, self.ctx.encode(masks.r, p.mask_scale_bits))
+        ev.add_plain_inplace(ct, self.ctx.encode(masks.e, p.result_scale_bits))
+        return self.ctx.save_bytes(ct)
