@@ -21,14 +21,12 @@ from typing import Any
 import numpy as np
 
 from pprm.errors import BackendError
+from pprm.matching.mac_args import MAX_WEIGHT as _MAX_WEIGHT
+from pprm.matching.mac_args import check_mac_args
 
 __all__ = ["available", "multiply_accumulate", "self_check", "default_threads"]
 
 _MODULE = "pprm._native_kernel"
-# The limits of pprm.matching.kernel (not imported here: kernel imports this module).
-_MAX_WEIGHT = 1 << 16
-_MAX_MODULUS = 1 << 60
-_MAX_D = 1 << 16
 
 _lib: Any = None
 _ffi: Any = None
@@ -105,23 +103,7 @@ def multiply_accumulate(
     """
     if not available():
         raise BackendError(f"the native kernel is not built ({_load_error})")
-    if block.ndim != 4 or block.dtype != np.uint64 or block.shape[2] != len(moduli):
-        raise BackendError(f"block must be uint64[d, size, L, N] with L={len(moduli)}")
-    raw = np.asarray(weights)
-    # Casting float weights to int64 would silently truncate them.
-    if raw.dtype.kind not in "iu":
-        raise BackendError(f"weights must be integers, got {raw.dtype}")
-    if raw.shape != (block.shape[0],):
-        raise BackendError("one weight per ciphertext is required")
-    # Compare min and max before casting: abs(-2**63) wraps negative, and
-    # large uint64 values wrap when cast to int64.
-    if raw.size and (int(raw.max()) > _MAX_WEIGHT or int(raw.min()) < -_MAX_WEIGHT):
-        raise BackendError("weights exceed 2**16 and cannot be accumulated exactly")
-    w = np.ascontiguousarray(raw, dtype=np.int64)
-    if block.shape[0] > _MAX_D or any(q >= _MAX_MODULUS for q in moduli):
-        raise BackendError("dimension or modulus too large for exact accumulation")
-    if any(q <= 0 for q in moduli):
-        raise BackendError("moduli must be positive")
+    w = check_mac_args(block, weights, moduli)
     if threads is None:
         threads = default_threads()
     if threads < 0:

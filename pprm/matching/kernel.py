@@ -24,15 +24,14 @@ import numpy as np
 
 from pprm.errors import BackendError
 from pprm.matching import _native
+from pprm.matching.mac_args import MAX_WEIGHT, check_mac_args
 
-__all__ = ["BACKEND", "multiply_accumulate", "mulmod_pow2", "available_backends"]
+__all__ = ["BACKEND", "MAX_WEIGHT", "multiply_accumulate", "mulmod_pow2", "available_backends"]
 
 LIMB_BITS = 30
 _LIMB_MASK = np.uint64((1 << LIMB_BITS) - 1)
 # 128 rows * 2**16 * 2**30 = 2**53: partial sums stay exact in float64.
 GROUP = 128
-# Weights beyond 16 bits would break the exactness argument above.
-MAX_WEIGHT = 1 << 16
 
 
 _native_ok: bool | None = None
@@ -117,23 +116,7 @@ def multiply_accumulate(block: np.ndarray, weights: np.ndarray, moduli: tuple[in
     Raises:
         BackendError: shapes or ranges the kernel cannot compute exactly.
     """
-    if block.ndim != 4 or block.dtype != np.uint64 or block.shape[2] != len(moduli):
-        raise BackendError(f"block must be uint64[d, size, L, N] with L={len(moduli)}")
-    raw = np.asarray(weights)
-    # Casting float weights to int64 would silently truncate them.
-    if raw.dtype.kind not in "iu":
-        raise BackendError(f"weights must be integers, got {raw.dtype}")
-    if raw.shape != (block.shape[0],):
-        raise BackendError("one weight per ciphertext is required")
-    # Compare min and max before casting: abs(-2**63) wraps negative, and
-    # large uint64 values wrap when cast to int64.
-    if raw.size and (int(raw.max()) > MAX_WEIGHT or int(raw.min()) < -MAX_WEIGHT):
-        raise BackendError("weights exceed 2**16 and cannot be accumulated exactly")
-    w = raw.astype(np.int64)
-    if block.shape[0] > 1 << 16 or any(q >= 1 << 60 for q in moduli):
-        raise BackendError("dimension or modulus too large for exact accumulation")
-    if any(q <= 0 for q in moduli):
-        raise BackendError("moduli must be positive")
+    w = check_mac_args(block, weights, moduli)
     if BACKEND == "native":
         return _native.multiply_accumulate(block, w, moduli)
     if block.shape[0] == 0:
