@@ -84,13 +84,13 @@ def test_byte_figures_follow_from_the_parameters(bench):
     result, _messages, _workdir = bench
     (row,) = result["sizes"]
     ps = param_sets.get(PARAMS, allow_insecure=True)
-    blocks = math.ceil(N / ps.slots)
-    assert row["n"] == N and row["blocks"] == blocks and row["templates_per_block"] == ps.slots
+    blocks = math.ceil(N / ps.templates_per_block)
+    assert row["n"] == N and row["blocks"] == blocks and row["templates_per_block"] == ps.templates_per_block
     # One block: dim ciphertexts x 2 polynomials x L primes x N coefficients x 8 bytes.
     block_bytes = result["dim"] * 2 * ps.data_primes * ps.poly_modulus_degree * 8
     assert row["ram_bytes"] == blocks * block_bytes
     assert row["ram_bytes_per_template"] == pytest.approx(blocks * block_bytes / N)
-    assert row["ram_bytes_per_slot"] == pytest.approx(block_bytes / ps.slots)
+    assert row["ram_bytes_per_slot"] == pytest.approx(block_bytes / ps.templates_per_block)
     # On disk: the residues plus .npy headers and the index, nothing else.
     assert row["ram_bytes"] < row["stored_bytes"] < row["ram_bytes"] + 64 * N + 4096 * blocks
     assert row["stored_bytes_per_template"] == pytest.approx(row["stored_bytes"] / N)

@@ -425,7 +425,7 @@ def _bench_size(setup: BenchSetup, repeats: int, agreement_probes: int, say: Pro
     return {
         "n": n,
         "blocks": blocks,
-        "templates_per_block": ps.slots,
+        "templates_per_block": ps.templates_per_block,
         "enroll_s": setup.enroll_seconds,
         "query_ms": query_ms,
         "query_ms_runs": [t * 1e3 for t in query_times],
@@ -442,8 +442,8 @@ def _bench_size(setup: BenchSetup, repeats: int, agreement_probes: int, say: Pro
         "stored_bytes_per_template": stored / n,
         "ram_bytes": ram,
         "ram_bytes_per_template": ram / n,
-        # What a full block costs per slot: the figure large galleries converge to.
-        "ram_bytes_per_slot": DIM * 2 * ps.data_primes * ps.poly_modulus_degree * 8 / ps.slots,
+        # What a full block costs per template position: the figure large galleries converge to.
+        "ram_bytes_per_slot": DIM * 2 * ps.data_primes * ps.poly_modulus_degree * 8 / ps.templates_per_block,
         "load_average": load,
         "agreement": agreement.to_json(),
         # Hit flags of the answers the requester opened, where the truth is decisive.

@@ -15,6 +15,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import tenseal
@@ -71,7 +72,10 @@ class CkksContext:
         self.parms_id: tuple[int, int, int, int] = tuple(self.seal.first_parms_id())
         self.moduli: tuple[int, ...] = tuple(m.value() for m in data.parms().coeff_modulus())
         self.n = params.poly_modulus_degree
+        # CKKS slots per ciphertext (N/2); a gallery block holds
+        # params.templates_per_block templates (N with complex packing).
         self.slots = params.slots
+        self.templates_per_block = params.templates_per_block
         self._dir = _scratch_dir()
         self._finalizer = weakref.finalize(self, shutil.rmtree, self._dir, True)
         self._lock = threading.Lock()
@@ -81,8 +85,16 @@ class CkksContext:
     def _path(self) -> str:
         return os.path.join(self._dir, uuid.uuid4().hex)
 
-    def save_bytes(self, obj: seal.Ciphertext | seal.PublicKey | seal.Plaintext) -> bytes:
-        """Serialise a public SEAL object (never a secret key) to bytes."""
+    def save_bytes(self, obj: Any) -> bytes:
+        """Serialise a public SEAL object (never a secret key) to bytes.
+
+        Args:
+            obj: a ciphertext, plaintext, public key, or (serialisable)
+                Galois keys: anything with SEAL's ``save(path)``.
+
+        Returns:
+            SEAL's stream, compressed as SEAL saves it by default.
+        """
         path = self._path()
         try:
             obj.save(path)
@@ -110,26 +122,67 @@ class CkksContext:
         return (major, minor)
 
     # -- encoding ------------------------------------------------------
-    def encode(self, values: Sequence[float] | np.ndarray, scale_bits: int) -> seal.Plaintext:
-        """Encode real values (padded with zeros to the slot count) at scale 2**scale_bits."""
-        arr = np.asarray(values, dtype=np.float64)
+    def encode(self, values: Sequence[float] | Sequence[complex] | np.ndarray, scale_bits: int) -> seal.Plaintext:
+        """Encode slot values (padded with zeros to the slot count) at scale 2**scale_bits.
+
+        Args:
+            values: at most :attr:`slots` real or complex values; a complex
+                array uses the imaginary parts of the slots too.
+            scale_bits: log2 of the scale.
+
+        Returns:
+            The plaintext at the data level.
+
+        Raises:
+            CiphertextError: too many values, or not one-dimensional.
+        """
+        raw = np.asarray(values)
+        dtype = np.complex128 if np.iscomplexobj(raw) else np.float64
+        arr = raw.astype(dtype)
         if arr.ndim != 1 or arr.size > self.slots:
             raise CiphertextError(f"cannot encode {arr.shape} values into {self.slots} slots")
-        full = np.zeros(self.slots, dtype=np.float64)
+        full = np.zeros(self.slots, dtype=dtype)
         full[: arr.size] = arr
         pt = seal.Plaintext()
+        # A list of Python complex selects SEAL's complex encoder overload.
         self.encoder.encode(full.tolist(), self.parms_id, float(2**scale_bits), pt)
         return pt
 
-    def encode_constant(self, value: float, scale_bits: int) -> seal.Plaintext:
-        """Encode one real constant in every slot at scale 2**scale_bits."""
+    def encode_constant(self, value: float | complex, scale_bits: int) -> seal.Plaintext:
+        """Encode one real or complex constant in every slot at scale 2**scale_bits."""
         pt = seal.Plaintext()
-        self.encoder.encode(float(value), self.parms_id, float(2**scale_bits), pt)
+        const: float | complex = complex(value) if isinstance(value, complex) else float(value)
+        self.encoder.encode(const, self.parms_id, float(2**scale_bits), pt)
         return pt
 
     def decode(self, pt: seal.Plaintext) -> np.ndarray:
-        """Decode a plaintext to its real slot values."""
+        """Decode a plaintext to its real slot values (real parts)."""
         return np.asarray(self.encoder.decode_double(pt), dtype=np.float64)
+
+    def decode_complex(self, pt: seal.Plaintext) -> np.ndarray:
+        """Decode a plaintext to its complex slot values (``complex128[slots]``)."""
+        return np.asarray(self.encoder.decode_complex(pt), dtype=np.complex128)
+
+    def conjugate(self, ct: seal.Ciphertext, galois_keys: seal.GaloisKeys) -> seal.Ciphertext:
+        """A new ciphertext holding the complex conjugate of every slot of ``ct``.
+
+        Args:
+            ct: a ciphertext at the data level.
+            galois_keys: public keys holding the conjugation element 2N - 1.
+
+        Returns:
+            The conjugate; ``ct`` is unchanged.
+
+        Raises:
+            CiphertextError: SEAL refuses (no special prime, or a key that does
+                not hold the conjugation element).
+        """
+        out = seal.Ciphertext(self.seal)
+        try:
+            self.evaluator.complex_conjugate(ct, galois_keys, out)
+        except (RuntimeError, ValueError) as exc:
+            raise CiphertextError(f"conjugation failed: {str(exc).splitlines()[0][:120]}") from None
+        return out
 
     # -- residues ------------------------------------------------------
     def meta(self, scale: float, size: int = 2) -> seal_stream.CiphertextMeta:

@@ -4,6 +4,11 @@ The secret key is written only to its own file, created with mode 0600 before
 SEAL writes to it, and loaded only by the roles that decrypt or encrypt
 symmetrically (the key service). Public material carries a key id that binds
 gallery ciphertexts to the key they were made under.
+
+Complex-packing sets also need a conjugation key: Galois keys for the single
+element 2N - 1 (DESIGN.md section 9). They are public material (they let
+anyone conjugate, not decrypt), made once from the secret key when a state is
+created, and loaded by the matcher, which never opens the secret key.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ __all__ = [
     "load_secret_key",
     "public_key_bytes",
     "load_public_key",
+    "conjugation_element",
+    "conjugation_key_bytes",
+    "load_conjugation_key",
 ]
 
 
@@ -67,6 +75,48 @@ def load_public_key(ctx: CkksContext, path: str) -> seal.PublicKey:
     except (RuntimeError, ValueError, OSError):
         raise StateError(f"CKKS public key at {path} is missing or invalid") from None
     return pk
+
+
+def conjugation_element(ctx: CkksContext) -> int:
+    """The Galois element of complex conjugation, 2N - 1 (not a rotation step)."""
+    return 2 * ctx.n - 1
+
+
+def conjugation_key_bytes(ctx: CkksContext, sk: seal.SecretKey) -> bytes:
+    """Make the conjugation key for ``sk`` and serialise it (seeded, half size).
+
+    Args:
+        ctx: a context whose parameter set has a special prime.
+        sk: the state's CKKS secret key (used here, never stored with the result).
+
+    Returns:
+        SEAL's stream of the Galois keys for element 2N - 1 only.
+
+    Raises:
+        StateError: the parameter set cannot switch keys (no special prime).
+    """
+    if not ctx.seal.using_keyswitching():
+        raise StateError(f"{ctx.params.name} has no special prime, so no conjugation key")
+    kg = seal.KeyGenerator(ctx.seal, sk)
+    # create_galois_keys takes Galois elements, not rotation steps.
+    return ctx.save_bytes(kg.create_galois_keys([conjugation_element(ctx)]))
+
+
+def load_conjugation_key(ctx: CkksContext, path: str) -> seal.GaloisKeys:
+    """Load the conjugation key saved from :func:`conjugation_key_bytes`.
+
+    Raises:
+        StateError: the file is missing, invalid for ``ctx``, or does not hold
+            the conjugation element.
+    """
+    gk = seal.GaloisKeys()
+    try:
+        gk.load(ctx.seal, path)
+    except (RuntimeError, ValueError, OSError):
+        raise StateError(f"CKKS conjugation key at {path} is missing or invalid") from None
+    if not gk.has_key(conjugation_element(ctx)):
+        raise StateError(f"CKKS Galois keys at {path} hold no conjugation key")
+    return gk
 
 
 def save_secret_key(sk: seal.SecretKey, path: str) -> None:

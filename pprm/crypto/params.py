@@ -43,7 +43,9 @@ class ParameterSet:
 
     Attributes:
         name: Registry name, e.g. ``pprm-sealed-n8192-v1``.
-        poly_modulus_degree: Ring dimension N; a block holds N/2 templates.
+        poly_modulus_degree: Ring dimension N; a ciphertext has N/2 CKKS
+            slots, and a block holds N/2 templates with real packing, N with
+            complex packing (see :attr:`templates_per_block`).
         coeff_modulus_bits: Bit sizes of the primes; the last one is SEAL's
             special (key-switching) prime when there is more than one.
         gallery_scale_bits: log2 of the scale gallery slots are encoded at.
@@ -56,6 +58,9 @@ class ParameterSet:
             carrying the old noise forward.
         decision_margin: |s - tau| at and above which decisions must be exact.
         insecure: True for test-only sets below 128-bit security.
+        packing: ``"real"``: one template per CKKS slot; ``"complex"``: two,
+            in the real and imaginary parts (DESIGN.md sections 3 and 9). The
+            complex set needs a conjugation key, so a special prime.
     """
 
     name: str
@@ -68,11 +73,27 @@ class ParameterSet:
     template_grid_bits: int
     decision_margin: float
     insecure: bool
+    packing: str
 
     @property
     def slots(self) -> int:
-        """Templates per block with real packing (N/2)."""
+        """CKKS slots per ciphertext (N/2); not templates per block, see below."""
         return self.poly_modulus_degree // 2
+
+    @property
+    def templates_per_block(self) -> int:
+        """Templates a gallery block holds: N/2 with real packing, N with complex."""
+        return self.slots * self.score_gain
+
+    @property
+    def score_gain(self) -> int:
+        """Factor on the masked value: complex de-interleaving yields ``2*s``, real ``s``."""
+        return 2 if self.packing == "complex" else 1
+
+    @property
+    def result_ciphertexts_per_block(self) -> int:
+        """Ciphertexts a masked result carries per block (one per packed half)."""
+        return self.score_gain
 
     @property
     def data_primes(self) -> int:
@@ -117,6 +138,7 @@ def _validate(lit: dict[str, Any]) -> ParameterSet:
             template_grid_bits=int(lit["template_grid_bits"]),
             decision_margin=float(lit["decision_margin"]),
             insecure=bool(lit["insecure"]),
+            packing=str(lit["packing"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ParameterError(f"parameter literal is malformed: {exc}") from None
@@ -133,10 +155,19 @@ def _validate(lit: dict[str, Any]) -> ParameterSet:
         raise ParameterError(f"{ps.name}: SEAL primes must be 20..60 bits")
     if ps.data_primes != 1:
         raise ParameterError(f"{ps.name}: the sealed computation runs at one data prime")
+    if ps.packing not in ("real", "complex"):
+        raise ParameterError(f"{ps.name}: packing must be 'real' or 'complex'")
+    # The conjugation key needs SEAL's special prime; key-switching noise
+    # grows like q0/P, so P must be at least as large as q0 to keep it far
+    # below the gallery's own encryption noise.
+    bits = ps.coeff_modulus_bits
+    if ps.packing == "complex" and (len(bits) != 2 or bits[1] < bits[0]):
+        raise ParameterError(f"{ps.name}: complex packing needs [q0, P] with a special prime P >= q0")
     # Worst slot of the masked result: r <= 2**mask_log2_max, |s - tau| <= 2,
-    # plus the masking noise; it must stay below q0/2 to decode with its sign.
+    # the packing's gain (complex de-interleaving doubles every score), plus
+    # the masking noise; it must stay below q0/2 to decode with its sign.
     q0 = ps.coeff_modulus_bits[0]
-    worst = ps.mask_log2_max + 1 + ps.result_scale_bits + 1
+    worst = ps.mask_log2_max + 1 + (ps.score_gain - 1) + ps.result_scale_bits + 1
     if worst > q0 - 1:
         raise ParameterError(f"{ps.name}: masked result needs {worst} bits, q0 gives {q0 - 1}")
     # Probe weights w = round(q * 2**p) times 30-bit residue limbs, summed in
@@ -153,6 +184,8 @@ def _validate(lit: dict[str, Any]) -> ParameterSet:
 
 
 _SEALED_COMMON: dict[str, Any] = {
+    # One template per CKKS slot (DESIGN.md section 3).
+    "packing": "real",
     # 2**24: gallery encoding scale. DESIGN.md section 9 starts from 2**22;
     # two more bits cut the fresh per-component noise from 5.0e-5 to 1.25e-5
     # (measured at N=8192), which lets the owner round decrypted components
@@ -176,6 +209,21 @@ _SEALED_COMMON: dict[str, Any] = {
     "decision_margin": 1e-3,
 }
 
+_SEALED_COMPLEX: dict[str, Any] = {
+    **_SEALED_COMMON,
+    # Two templates per CKKS slot, real and imaginary parts (DESIGN.md
+    # sections 3 and 9): half the RAM, disk and kernel work per template.
+    "packing": "complex",
+    # 2**9 instead of 2**10 (DESIGN.md section 9 uses 2**9 for complex
+    # packing): de-interleaving doubles every score (u = 2*s_A, v = -2i*s_B),
+    # so at 2**10 the worst slot would be 2**8 * 2 * 2 * 2**49 = 2**59, at
+    # q0/2. One bit less on the mask keeps it at 2**58, the real sets'
+    # headroom, and the mask range (hence the leak) unchanged. r's encoding
+    # error doubles to 0.05 (std, measured at N=8192; 0.2 at worst), still
+    # far from flipping the sign of r*(s - tau) at r >= 1.
+    "mask_scale_bits": 9,
+}
+
 _LITERALS: tuple[dict[str, Any], ...] = (
     # The production set: N=8192 gives 4096 templates per block; one 60-bit
     # prime (the largest SEAL offers) holds the 2**57.6 worst-case slot
@@ -190,6 +238,17 @@ _LITERALS: tuple[dict[str, Any], ...] = (
     # (the bound would be about 27 bits); it keeps unit tests fast.
     {"name": "INSECURE-sealed-n1024", "poly_modulus_degree": 1024,
      "coeff_modulus_bits": [60], "insecure": True, **_SEALED_COMMON},
+    # Complex packing at N=8192: 8192 templates per block (8 KB of RAM per
+    # template at d=512). [60, 60]: the data prime as in the real set, plus
+    # SEAL's special prime, used only to switch keys after conjugation, so
+    # ciphertexts are stored and computed at one prime exactly as before.
+    # log Q = 120, under the 214-bit bound.
+    {"name": "pprm-sealed-n8192-complex-v1", "poly_modulus_degree": 8192,
+     "coeff_modulus_bits": [60, 60], "insecure": False, **_SEALED_COMPLEX},
+    # Test-only complex set: N=1024 (1024 templates per block) with the same
+    # primes; log Q = 120 is far beyond the N=1024 bound, so it is insecure.
+    {"name": "INSECURE-sealed-n1024-complex", "poly_modulus_degree": 1024,
+     "coeff_modulus_bits": [60, 60], "insecure": True, **_SEALED_COMPLEX},
 )
 
 _REGISTRY: dict[str, ParameterSet] = {lit["name"]: _validate(lit) for lit in _LITERALS}

@@ -1,7 +1,8 @@
 """Sealed profile, key-service side: decrypt masked results to hit slots.
 
 Only masked results reach the decryptor: each slot holds ``r*(s - tau) + e``
-with an unknown positive ``r``, so the sign is all the key service learns.
+(``2*r*(s - tau) + e`` with complex packing) with an unknown positive ``r``,
+so the sign is all the key service learns.
 """
 
 from __future__ import annotations
@@ -47,19 +48,26 @@ class SealedDecider:
             GalleryError: the result was computed on another gallery version.
             CiphertextError: a ciphertext is malformed, at the wrong level or scale.
         """
+        p = self.ctx.params
         blocks = self.gallery.index.blocks
         if result.blocks != tuple(b.file for b in blocks):
             raise GalleryError("masked result does not match the current gallery; match again")
-        if len(result.ciphertexts) != len(blocks):
+        per = p.result_ciphertexts_per_block
+        if len(result.ciphertexts) != per * len(blocks):
             raise CiphertextError("masked result has the wrong number of ciphertexts")
-        if result.scale != float(2**self.ctx.params.result_scale_bits):
+        if result.scale != float(2**p.result_scale_bits):
             raise CiphertextError("masked result has the wrong scale")
         out: list[int] = []
         pt = seal.Plaintext()
-        for blk, blob in zip(blocks, result.ciphertexts, strict=True):
-            ct = self.ctx.load_ciphertext(blob, scale=result.scale)
-            self._decryptor.decrypt(ct, pt)
-            values = self.ctx.decode(pt)
+        for b, blk in enumerate(blocks):
+            # Complex packing: ciphertext A then B, each real-valued for its
+            # half of the positions (layout in pprm.matching.gallery).
+            parts = []
+            for blob in result.ciphertexts[per * b:per * (b + 1)]:
+                ct = self.ctx.load_ciphertext(blob, scale=result.scale)
+                self._decryptor.decrypt(ct, pt)
+                parts.append(self.ctx.decode(pt))
+            values = np.concatenate(parts)
             slots = np.asarray(blk.slots, dtype=np.int64)
             positive = (values > 0.0) & (slots >= 0)
             out.extend(int(r) for r in slots[positive])

@@ -1,8 +1,20 @@
 """The encrypted gallery store: dimension-major blocks of CKKS ciphertexts.
 
-Block ``b`` holds up to N/2 templates. Ciphertext ``k`` of the block encrypts
-component ``k`` of every template in the block, one template per slot, so a
-score is ``sum_k q_k * C_k`` with no rotations (DESIGN.md section 3).
+Block ``b`` holds up to ``params.templates_per_block`` templates. Ciphertext
+``k`` of the block encrypts component ``k`` of every template in the block,
+so a score is ``sum_k q_k * C_k`` with no rotations (DESIGN.md section 3).
+
+Slot layout. A block's slot map (:attr:`Block.slots`) has one entry per
+template position ``j`` (record id, or -1 when free):
+
+* real packing: N/2 positions; position ``j`` is CKKS slot ``j``.
+* complex packing: N positions. Position ``j < N/2`` is the real part of
+  CKKS slot ``j`` (the "A half"); position ``N/2 + j`` is the imaginary part
+  of the same slot (the "B half"). A masked result carries two ciphertexts
+  per block, A then B, each decoding (real parts) to the N/2 decisions of its
+  half, so concatenating them gives the decisions in position order.
+  :func:`pack_columns` and :func:`unpack_slots` are the only code that knows
+  this mapping.
 
 On disk (``gallery/``):
 
@@ -33,7 +45,8 @@ from pprm._fs import atomic_save_npy, atomic_write_json, read_json
 from pprm.crypto.params import ParameterSet
 from pprm.errors import GalleryError, StateError
 
-__all__ = ["Block", "GalleryIndex", "EncryptedGallery", "MAX_ENCRYPTIONS_PER_BLOCK"]
+__all__ = ["Block", "GalleryIndex", "EncryptedGallery", "MAX_ENCRYPTIONS_PER_BLOCK", "pack_columns",
+           "unpack_slots"]
 
 FORMAT = "pprm-gallery/1"
 # Appending into a block adds a fresh encryption to it, which adds its noise
@@ -42,6 +55,43 @@ FORMAT = "pprm-gallery/1"
 # terms the margin is 6.9 sigma. Removal re-encrypts from the rounded values,
 # which resets the count to 1.
 MAX_ENCRYPTIONS_PER_BLOCK = 2
+
+
+def pack_columns(columns: np.ndarray, params: ParameterSet) -> np.ndarray:
+    """CKKS slot values for template values laid out by position.
+
+    Args:
+        columns: ``float64[..., templates_per_block]`` values by position.
+        params: the parameter set (its packing decides the layout).
+
+    Returns:
+        ``[..., N/2]`` slot values: the same array for real packing; for
+        complex packing ``columns[..., :N/2] + 1j * columns[..., N/2:]``.
+
+    Raises:
+        GalleryError: the last axis is not ``templates_per_block`` long.
+    """
+    if columns.shape[-1] != params.templates_per_block:
+        raise GalleryError(f"expected {params.templates_per_block} positions, got {columns.shape[-1]}")
+    if params.packing == "complex":
+        h = params.slots
+        return columns[..., :h] + 1j * columns[..., h:]
+    return columns
+
+
+def unpack_slots(values: np.ndarray, params: ParameterSet) -> np.ndarray:
+    """Inverse of :func:`pack_columns`: decoded slot values back to positions.
+
+    Args:
+        values: ``[..., N/2]`` decoded slot values (complex, or real for real packing).
+        params: the parameter set.
+
+    Returns:
+        ``float64[..., templates_per_block]``.
+    """
+    if params.packing == "complex":
+        return np.concatenate([values.real, values.imag], axis=-1)
+    return np.asarray(values.real, dtype=np.float64)
 
 
 @dataclass
@@ -181,6 +231,8 @@ class EncryptedGallery:
                 raise StateError("gallery was encrypted under another CKKS key; refusing it")
             if self.index.dim != dim:
                 raise StateError("gallery dimension differs from the state's configuration")
+            if any(b.slots.shape != (params.templates_per_block,) for b in self.index.blocks):
+                raise StateError("gallery slot maps do not fit the parameter set's block size")
         else:
             self.index = GalleryIndex(params.name, params.digest, key_id, dim, directory=directory)
         self._maps: dict[str, np.ndarray] = {}

@@ -52,6 +52,9 @@ def draw_masks(occupied: np.ndarray, params: ParameterSet) -> Masks:
         mask across two slots or two queries reveals score differences.
         ``|e| <= r*margin/4`` keeps every decision with ``|s - tau| >= margin``
         exact even with r's encoding error (about 0.1 at worst for r = 1).
+        With complex packing the mask is encoded at 2**9, so that error is
+        about 0.2 at worst, but the masked value is ``2*r*(s - tau) + e``:
+        the same ``e`` leaves even more room there.
     """
     n = occupied.size
     r = np.exp2(csprng_uniform(n) * params.mask_log2_max)

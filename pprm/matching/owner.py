@@ -10,6 +10,10 @@ Templates are enrolled rounded to the parameter set's grid
 when a record is removed the owner decrypts the block, rounds every component
 back to the exact enrolled value, zeroes the removed slot and encrypts afresh:
 noise never accumulates, however many records a block loses over the years.
+
+With complex packing a CKKS slot holds two templates (real and imaginary
+parts; layout in :mod:`pprm.matching.gallery`): both parts carry the same
+noise as a real slot, so the same grid argument holds for each.
 """
 
 from __future__ import annotations
@@ -20,7 +24,13 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from pprm.crypto.context import CkksContext
-from pprm.matching.gallery import MAX_ENCRYPTIONS_PER_BLOCK, Block, EncryptedGallery
+from pprm.matching.gallery import (
+    MAX_ENCRYPTIONS_PER_BLOCK,
+    Block,
+    EncryptedGallery,
+    pack_columns,
+    unpack_slots,
+)
 from pprm.matching.templates import normalise_templates, validate_references
 
 __all__ = ["GalleryOwner"]
@@ -48,12 +58,13 @@ class GalleryOwner:
 
     def _encrypt_columns(self, columns: np.ndarray, progress: Progress | None = None,
                          done: int = 0, total: int = 0) -> np.ndarray:
-        """Encrypt ``columns[k]`` (slot values of component k) into block residues."""
+        """Encrypt ``columns[k]`` (component k by position) into block residues."""
         p = self.ctx.params
         out = np.empty(self.gallery.block_shape, dtype=np.uint64)
         ct = seal.Ciphertext(self.ctx.seal)
+        slot_values = pack_columns(columns, p)
         for k in range(columns.shape[0]):
-            self._encryptor.encrypt_symmetric(self.ctx.encode(columns[k], p.gallery_scale_bits), ct)
+            self._encryptor.encrypt_symmetric(self.ctx.encode(slot_values[k], p.gallery_scale_bits), ct)
             out[k] = self.ctx.to_residues(ct)
             if progress and (k + 1) % 32 == 0:
                 progress(done + k + 1, total)
@@ -64,14 +75,15 @@ class GalleryOwner:
         return np.rint(values * step) / step
 
     def _decrypt_block(self, b: int) -> np.ndarray:
-        """Enrolled values of block ``b`` as ``float64[d, slots]``, exactly (memory only)."""
+        """Enrolled values of block ``b`` as ``float64[d, templates_per_block]``, exactly (memory only)."""
         p = self.ctx.params
         arr = self.gallery.block(b)
-        cols = np.empty((arr.shape[0], self.ctx.slots), dtype=np.float64)
+        cols = np.empty((arr.shape[0], p.templates_per_block), dtype=np.float64)
         pt = seal.Plaintext()
         for k in range(arr.shape[0]):
             self._decryptor.decrypt(self.ctx.from_residues(arr[k], float(2**p.gallery_scale_bits)), pt)
-            cols[k] = self.ctx.decode(pt)
+            raw = self.ctx.decode_complex(pt) if p.packing == "complex" else self.ctx.decode(pt)
+            cols[k] = unpack_slots(raw, p)
         return self._grid(cols)
 
     def enroll(self, templates: np.ndarray, references: Sequence[str],
@@ -97,7 +109,7 @@ class GalleryOwner:
         tpl = self._grid(normalise_templates(templates, g.dim).astype(np.float64))
         refs = validate_references(references, tpl.shape[0], g.index.references.values())
         index = g.index.copy()
-        slots = self.ctx.slots
+        slots = self.ctx.templates_per_block
         placements: dict[int, list[tuple[int, int]]] = {}  # block -> [(row, slot)]
         row = 0
         for b, blk in enumerate(index.blocks):

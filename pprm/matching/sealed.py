@@ -3,6 +3,24 @@
 :class:`SealedMatcher` holds the parameter set and the encrypted gallery,
 never a secret key, so it cannot decrypt anything it computes (it has no
 decryptor and the secret key file is never opened on this path).
+
+Real packing: per block, ``S = sum_k w_k C_k`` holds ``s_j`` in slot ``j``,
+and the result is one ciphertext ``r*(S - tau) + e``.
+
+Complex packing (DESIGN.md section 9): slot ``j`` of ``S`` holds
+``s_A + i*s_B`` for the two templates of the slot. The matcher subtracts
+``tau + i*tau`` first, then de-interleaves with the public conjugation key:
+``u = S + conj(S) = 2(s_A - tau)`` and ``v = conj(S) - S = -2i(s_B - tau)``.
+The threshold goes in before the mask product, so the mask's encoding error
+multiplies ``s - tau`` and cannot flip a sign. Then ``u * r_A + e_A`` (real
+mask plaintext) and ``v * (i*r_B) + e_B`` (complex mask plaintext; the factor
+``i`` makes the result ``2*r_B*(s_B - tau)``, real) are two ciphertexts, A
+then B. ``r_A`` and ``r_B`` are drawn independently, so no two templates share
+a mask. The halves stay in separate ciphertexts: in one ciphertext (B in the
+imaginary part of A) the slot noise of B's half, about 1.2e-5 per part in
+score units at N=8192, would be multiplied by ``r_B`` (up to 2**8) and land
+in A's real part, where it would compete with ``2 * r_A * margin`` = 2e-3 at
+``r_A = 1``; separately, each half's noise scales with its own mask.
 """
 
 from __future__ import annotations
@@ -15,6 +33,7 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from pprm.crypto.context import CkksContext
+from pprm.errors import ParameterError
 from pprm.matching import kernel
 from pprm.matching.gallery import EncryptedGallery
 from pprm.matching.mask import draw_masks
@@ -36,7 +55,8 @@ class MaskedResult:
 
     Attributes:
         blocks: block files (versions) the result was computed on, in order.
-        ciphertexts: one SEAL ciphertext stream per block.
+        ciphertexts: SEAL ciphertext streams, ``result_ciphertexts_per_block``
+            per block in block order (complex packing: half A, then half B).
         scale: the scale the key service must find on every ciphertext.
     """
 
@@ -54,11 +74,21 @@ class SealedMatcher:
     Args:
         ctx: the state's CKKS context (no keys).
         gallery: the encrypted gallery.
+        conjugation_key: public Galois keys for conjugation (see
+            :func:`pprm.crypto.keys.load_conjugation_key`); required with
+            complex packing, unused with real packing.
+
+    Raises:
+        ParameterError: complex packing without a conjugation key.
     """
 
-    def __init__(self, ctx: CkksContext, gallery: EncryptedGallery) -> None:
+    def __init__(self, ctx: CkksContext, gallery: EncryptedGallery,
+                 conjugation_key: seal.GaloisKeys | None = None) -> None:
         self.ctx = ctx
         self.gallery = gallery
+        if ctx.params.packing == "complex" and conjugation_key is None:
+            raise ParameterError(f"{ctx.params.name} packs two templates per slot and needs the conjugation key")
+        self._conj_key = conjugation_key
 
     def match(self, probe: np.ndarray, threshold: float, progress: Progress | None = None) -> MaskedResult:
         """Score ``probe`` against every template, encrypted, then mask the threshold test.
@@ -78,8 +108,11 @@ class SealedMatcher:
         p = self.ctx.params
         q = normalise_probe(probe, self.gallery.dim)
         w = quantise_probe(q, p.probe_scale_bits)
-        tau = self.ctx.encode_constant(threshold, p.gallery_scale_bits + p.probe_scale_bits)
-        files, cts = [], []
+        # Complex packing subtracts tau from both parts of every slot at once.
+        tau_value: float | complex = complex(threshold, threshold) if p.packing == "complex" else threshold
+        tau = self.ctx.encode_constant(tau_value, p.gallery_scale_bits + p.probe_scale_bits)
+        files: list[str] = []
+        cts: list[bytes] = []
         blocks = self.gallery.index.blocks
         if not blocks:
             return MaskedResult((), (), float(2**p.result_scale_bits))
@@ -96,19 +129,42 @@ class SealedMatcher:
                 if b + 1 < len(blocks):
                     pending = pool.submit(mac, b + 1)
                 files.append(blk.file)
-                cts.append(self._mask(residues, tau, blk.occupancy()))
+                cts.extend(self._mask(residues, tau, blk.occupancy()))
                 if progress:
                     progress(b + 1, len(blocks))
         return MaskedResult(tuple(files), tuple(cts), float(2**p.result_scale_bits))
 
-    def _mask(self, residues: np.ndarray, tau: seal.Plaintext, occupied: np.ndarray) -> bytes:
-        """Turn the score ciphertext of one block into ``r*(s - tau) + e``, serialised."""
+    def _mask(self, residues: np.ndarray, tau: seal.Plaintext, occupied: np.ndarray) -> list[bytes]:
+        """Turn the score ciphertext of one block into masked results, serialised.
+
+        Returns:
+            ``[r*(s - tau) + e]`` with real packing; ``[A, B]`` with complex
+            packing, each holding ``2*r*(s - tau) + e`` for its half.
+        """
         p = self.ctx.params
         ev = self.ctx.evaluator
         score_bits = p.gallery_scale_bits + p.probe_scale_bits
         ct = self.ctx.from_residues(residues, float(2**score_bits))
         ev.sub_plain_inplace(ct, tau)
-        masks = draw_masks(occupied, p)
-        ev.multiply_plain_inplace(ct, self.ctx.encode(masks.r, p.mask_scale_bits))
-        ev.add_plain_inplace(ct, self.ctx.encode(masks.e, p.result_scale_bits))
-        return self.ctx.save_bytes(ct)
+        if p.packing != "complex":
+            masks = draw_masks(occupied, p)
+            ev.multiply_plain_inplace(ct, self.ctx.encode(masks.r, p.mask_scale_bits))
+            ev.add_plain_inplace(ct, self.ctx.encode(masks.e, p.result_scale_bits))
+            return [self.ctx.save_bytes(ct)]
+        if self._conj_key is None:  # refused in __init__; kept for the type checker
+            raise ParameterError("complex packing needs the conjugation key")
+        h = p.slots
+        conj = self.ctx.conjugate(ct, self._conj_key)
+        u = seal.Ciphertext(self.ctx.seal)
+        ev.add(ct, conj, u)  # 2(s_A - tau) in every slot
+        ev.sub_inplace(conj, ct)  # -2i(s_B - tau)
+        out = []
+        # Independent draws per half: no two templates share r or e. Padding
+        # positions get r = 1, e = -1: about -2*tau - 1, a certain non-hit.
+        for half, (half_ct, factor) in enumerate(((u, 1.0), (conj, 1j))):
+            masks = draw_masks(occupied[half * h:(half + 1) * h], p)
+            # For B, i*r_B: (-2i)(s_B - tau) * i*r_B = 2*r_B*(s_B - tau), real.
+            ev.multiply_plain_inplace(half_ct, self.ctx.encode(masks.r * factor, p.mask_scale_bits))
+            ev.add_plain_inplace(half_ct, self.ctx.encode(masks.e, p.result_scale_bits))
+            out.append(self.ctx.save_bytes(half_ct))
+        return out

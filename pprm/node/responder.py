@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from pprm.matching.sealed import SealedMatcher
 from pprm.node.keyservice import KeyService
 from pprm.node.state import State
 from pprm.protocol.envelope import Header, new_id, seal_envelope
@@ -61,7 +60,7 @@ class Responder:
             # One view of the gallery for both roles: the matcher's public
             # material, and the index the key service maps hits through.
             gallery = st.gallery()
-            result = SealedMatcher(st.ctx, gallery).match(vq.body.probe, st.config.threshold, progress)
+            result = st.matcher(gallery).match(vq.body.probe, st.config.threshold, progress)
             release = self.key_service.release(query, result, t, gallery)
             qh = vq.envelope.header
             body = AnswerBody(qh.id, bool(release.tokens), release.tokens)

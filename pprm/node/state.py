@@ -6,6 +6,7 @@
       state.json            configuration (threshold, parameter set, k, ...)
       card.json             public card (self-signed)
       ckks/public.key       CKKS public key (key id = BLAKE2b of these bytes)
+      ckks/galois.key       conjugation key (complex-packing sets only; public)
       private/              mode 0700; every file mode 0600
         identity.key        Ed25519 seed | X25519 secret
         ckks-secret.key     CKKS secret key (its own file)
@@ -27,6 +28,8 @@ import os
 import time
 from collections.abc import Iterator
 from functools import cached_property
+
+import tenseal.sealapi as seal
 
 from pprm._fs import atomic_write_bytes, atomic_write_json, locked, read_json
 from pprm.crypto import keys
@@ -123,6 +126,9 @@ class State:
             pk_blob = keys.public_key_bytes(ctx, pk)
             atomic_write_bytes(os.path.join(tmp, "ckks", "public.key"), pk_blob)
             ps = config.parameter_set
+            if ps.packing == "complex":
+                # Public: the matcher de-interleaves with it and never needs sk.
+                atomic_write_bytes(os.path.join(tmp, "ckks", "galois.key"), keys.conjugation_key_bytes(ctx, sk))
             card = make_card(ident, ps.name, ps.digest, dim, keys.key_id_of(pk_blob), int(time.time()))
             atomic_write_bytes(os.path.join(tmp, "card.json"), card)
             atomic_write_json(os.path.join(tmp, "state.json"), config.to_json())
@@ -192,9 +198,26 @@ class State:
         return EncryptedGallery(self.path("gallery"), self.config.parameter_set, self.key_id,
                                 self.config.dim)
 
-    def matcher(self) -> SealedMatcher:
-        """The matcher role: public material only, it cannot decrypt."""
-        return SealedMatcher(self.ctx, self.gallery())
+    def conjugation_key(self) -> seal.GaloisKeys | None:
+        """The public conjugation key for complex packing, or None for real packing.
+
+        Raises:
+            StateError: a complex-packing state whose key file is missing or invalid.
+        """
+        if self.config.parameter_set.packing != "complex":
+            return None
+        return keys.load_conjugation_key(self.ctx, self.path("ckks", "galois.key"))
+
+    def matcher(self, gallery: EncryptedGallery | None = None) -> SealedMatcher:
+        """The matcher role: public material only, it cannot decrypt.
+
+        Args:
+            gallery: a gallery view to match on (default: a fresh one).
+
+        Returns:
+            The matcher, with the conjugation key when the set needs it.
+        """
+        return SealedMatcher(self.ctx, self.gallery() if gallery is None else gallery, self.conjugation_key())
 
     def identity(self) -> Identity:
         """This state's identity keys (private)."""
