@@ -35,7 +35,6 @@ from pprm import KeyService, Requester, Responder, State
 from pprm.cli.bench import machine_info
 from pprm.crypto import keys
 from pprm.matching.decide import SealedDecider
-from pprm.matching.sealed import SealedMatcher
 from pprm.synthetic import unit_vectors
 
 CHUNK = 40960  # ten blocks at N=8192
@@ -53,12 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--probes", type=int, default=5, help="probes for the agreement check")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--params", default=None, help="parameter set (default: the production set)")
     args = ap.parse_args(argv)
 
     root = args.workdir or tempfile.mkdtemp(prefix="pprm-large-")
     os.makedirs(root, exist_ok=True)
     try:
-        fr = State.init(os.path.join(root, "FR"), "FR", threshold=TAU)
+        fr = State.init(os.path.join(root, "FR"), "FR", threshold=TAU, params=args.params)
         de = State.init(os.path.join(root, "DE"), "DE", threshold=TAU)
         fr.trust(de.card_bytes)
         de.trust(fr.card_bytes)
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         probes = [p / np.linalg.norm(p) for p in probes]
 
         gallery = fr.gallery()
-        matcher = SealedMatcher(fr.ctx, gallery)
+        matcher = fr.matcher(gallery)
         # The benchmark times the decide step alone, so it holds the key service's key itself.
         decider = SealedDecider(fr.ctx, keys.load_secret_key(fr.ctx, fr.secret_key_path()), gallery)
         q_msgs = [Requester(de).query("FR", probes[0], f"B-{r}", "benchmark") for r in range(args.repeats + 1)]
@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         ram = blocks * int(np.prod(gallery.block_shape)) * 8
         med = statistics.median(full)
         out = {
-            "machine": machine_info(), "n": args.n, "blocks": blocks, "enroll_s": enroll_s,
+            "machine": machine_info(), "params": fr.config.params, "n": args.n, "blocks": blocks,
+            "enroll_s": enroll_s,
             "query_ms": med * 1e3, "query_ms_runs": [x * 1e3 for x in full],
             "matcher_ms": statistics.median(match_t) * 1e3, "decide_ms": statistics.median(decide_t) * 1e3,
             "us_per_template": med * 1e6 / args.n, "numpy_ms": statistics.median(base) * 1e3,

@@ -226,3 +226,13 @@ def test_decider_rejects_wrong_scale(world: World) -> None:
     forged = emit(dataclasses.replace(meta, scale=meta.scale * 2), arr)
     with pytest.raises(CiphertextError):
         decider.hits(dataclasses.replace(result, ciphertexts=(forged, *result.ciphertexts[1:])))
+
+
+@pytest.mark.parametrize("tau", [0.0, -0.2, 1.0, 1.5])
+def test_matcher_refuses_a_threshold_outside_the_unit_interval(tau: float, tmp_path) -> None:
+    from pprm.errors import ParameterError
+    from pprm.node.state import State
+
+    st = State.init(str(tmp_path / "s"), "FR", params="INSECURE-sealed-n1024", allow_insecure=True, dim=16)
+    with pytest.raises(ParameterError, match="threshold"):
+        st.matcher().match(np.ones(16, dtype=np.float32), tau)

@@ -104,8 +104,11 @@ class SealedMatcher:
 
         Raises:
             TemplateError: the probe is malformed.
+            ParameterError: the threshold is outside (0, 1).
         """
         p = self.ctx.params
+        if not 0.0 < threshold < 1.0:
+            raise ParameterError("threshold must lie strictly between 0 and 1")
         q = normalise_probe(probe, self.gallery.dim)
         w = quantise_probe(q, p.probe_scale_bits)
         # Complex packing subtracts tau from both parts of every slot at once.

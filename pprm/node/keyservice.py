@@ -115,14 +115,19 @@ class KeyService:
             UnknownPeerError: the sender is not trusted.
             ParameterError: made for another parameter set.
         """
+        env, plain = self._open(blob, "query", now)
+        return VerifiedQuery(env, QueryBody.from_bytes(plain))
+
+    def _open(self, blob: bytes, kind: str, now: float | None) -> tuple[Envelope, bytes]:
+        """Verify an incoming message of type ``kind`` that was not seen before; unbox its body."""
         st = self.state
         env = open_envelope(blob, lookup=st.lookup, me=st.config.name,
                             params_digest=st.config.parameter_set.digest, now=now)
-        if env.header.type != "query":
-            raise MessageError(f"expected a query, got a {env.header.type}")
+        if env.header.type != kind:
+            label = {"followup": "follow-up"}.get(kind, kind)
+            raise MessageError(f"expected a {label}, got a {env.header.type}")
         self._replay.check(env.header.sender, env.header.id)
-        body = QueryBody.from_bytes(st.identity().unbox_from(env.sender, env.body))
-        return VerifiedQuery(env, body)
+        return env, st.identity().unbox_from(env.sender, env.body)
 
     def release(self, query: bytes, result: MaskedResult, now: float | None = None,
                 gallery: EncryptedGallery | None = None) -> Release:
@@ -184,12 +189,8 @@ class KeyService:
         st = self.state
         t = time.time() if now is None else now
         with st.lock():
-            env = open_envelope(blob, lookup=st.lookup, me=st.config.name,
-                                params_digest=st.config.parameter_set.digest, now=t)
-            if env.header.type != "followup":
-                raise MessageError(f"expected a follow-up, got a {env.header.type}")
-            self._replay.check(env.header.sender, env.header.id)
-            body = FollowUpBody.from_bytes(st.identity().unbox_from(env.sender, env.body))
+            env, plain = self._open(blob, "followup", t)
+            body = FollowUpBody.from_bytes(plain)
             content = self._minter.open(env.sender.fingerprint, body.token)
             if content.query_id != body.query_id:
                 raise TokenError("token belongs to another query")
