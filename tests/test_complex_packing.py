@@ -427,3 +427,19 @@ def test_encrypted_decisions_match_plaintext_near_the_threshold_complex(
           f"(largest |s - tau| of a flip: {worst_flip:.1e})")
     assert sum(checked) >= 100_000 and min(checked) >= 50_000
     assert flips_near < 0.25 * near
+
+
+def test_conjugation_key_is_bound_to_the_cards_key_id(tmp_path) -> None:
+    from pprm.errors import StateError
+    from pprm.node.state import State
+
+    a = State.init(str(tmp_path / "a"), "FR", params="INSECURE-sealed-n1024-complex", allow_insecure=True, dim=16)
+    b = State.init(str(tmp_path / "b"), "DE", params="INSECURE-sealed-n1024-complex", allow_insecure=True, dim=16)
+    assert a.conjugation_key() is not None
+    # Another state's (valid) conjugation key is refused: it is not covered by a's key id.
+    (tmp_path / "a" / "ckks" / "galois.key").write_bytes((tmp_path / "b" / "ckks" / "galois.key").read_bytes())
+    with pytest.raises(StateError, match="key id"):
+        a.conjugation_key()
+    with pytest.raises(StateError, match="key id"):
+        a.matcher()
+    assert b.conjugation_key() is not None

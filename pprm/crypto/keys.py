@@ -51,16 +51,23 @@ def public_key_bytes(ctx: CkksContext, pk: seal.PublicKey) -> bytes:
     return ctx.save_bytes(pk)
 
 
-def key_id_of(public_key_blob: bytes) -> str:
-    """Key id: BLAKE2b-128 of the serialised public key, hex.
+def key_id_of(public_key_blob: bytes, conjugation_key_blob: bytes = b"") -> str:
+    """Key id: BLAKE2b-128 of the serialised public key (then the conjugation key, if any), hex.
+
+    Covering the conjugation key binds it to the card: a swapped or stale
+    ``galois.key`` no longer matches the key id peers and the gallery hold.
 
     Args:
         public_key_blob: bytes from :func:`public_key_bytes`.
+        conjugation_key_blob: bytes from :func:`conjugation_key_bytes`, or
+            empty for real packing (then the id is that of the public key alone).
 
     Returns:
         32 hex characters.
     """
-    return hashlib.blake2b(public_key_blob, digest_size=16, person=b"pprm-ckks-keyid").hexdigest()
+    h = hashlib.blake2b(public_key_blob, digest_size=16, person=b"pprm-ckks-keyid")
+    h.update(conjugation_key_blob)
+    return h.hexdigest()
 
 
 def load_public_key(ctx: CkksContext, path: str) -> seal.PublicKey:

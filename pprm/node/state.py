@@ -126,10 +126,12 @@ class State:
             pk_blob = keys.public_key_bytes(ctx, pk)
             atomic_write_bytes(os.path.join(tmp, "ckks", "public.key"), pk_blob)
             ps = config.parameter_set
+            gk_blob = b""
             if ps.packing == "complex":
                 # Public: the matcher de-interleaves with it and never needs sk.
-                atomic_write_bytes(os.path.join(tmp, "ckks", "galois.key"), keys.conjugation_key_bytes(ctx, sk))
-            card = make_card(ident, ps.name, ps.digest, dim, keys.key_id_of(pk_blob), int(time.time()))
+                gk_blob = keys.conjugation_key_bytes(ctx, sk)
+                atomic_write_bytes(os.path.join(tmp, "ckks", "galois.key"), gk_blob)
+            card = make_card(ident, ps.name, ps.digest, dim, keys.key_id_of(pk_blob, gk_blob), int(time.time()))
             atomic_write_bytes(os.path.join(tmp, "card.json"), card)
             atomic_write_json(os.path.join(tmp, "state.json"), config.to_json())
             AuditLog(os.path.join(tmp, "audit.log")).append(
@@ -202,11 +204,22 @@ class State:
         """The public conjugation key for complex packing, or None for real packing.
 
         Raises:
-            StateError: a complex-packing state whose key file is missing or invalid.
+            StateError: a complex-packing state whose key file is missing,
+                invalid, or not the one the card's key id covers.
         """
         if self.config.parameter_set.packing != "complex":
             return None
-        return keys.load_conjugation_key(self.ctx, self.path("ckks", "galois.key"))
+        path = self.path("ckks", "galois.key")
+        try:
+            with open(self.path("ckks", "public.key"), "rb") as fh:
+                pk_blob = fh.read()
+            with open(path, "rb") as fh:
+                gk_blob = fh.read()
+        except OSError:
+            raise StateError("CKKS public key or conjugation key file is missing") from None
+        if keys.key_id_of(pk_blob, gk_blob) != self.key_id:
+            raise StateError("conjugation key does not belong to this state's CKKS key id; refusing it")
+        return keys.load_conjugation_key(self.ctx, path)
 
     def matcher(self, gallery: EncryptedGallery | None = None) -> SealedMatcher:
         """The matcher role: public material only, it cannot decrypt.
