@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 from pprm import KeyService, Requester, Responder, State
+from pprm.crypto.params import DEFAULT_PARAMS
 from pprm.synthetic import SyntheticGallery, impostor_probe, make_gallery, mate_probe
 
 STATES = ("DE", "FR", "NL", "HU", "AT")
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the five-state scenario; returns the process exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gallery", type=int, default=1500, help="templates per state (default 1500)")
-    parser.add_argument("--params", default="pprm-sealed-n8192-v1",
+    parser.add_argument("--params", default=DEFAULT_PARAMS,
                         help="parameter set (INSECURE-* sets are for tests only)")
     parser.add_argument("--seed", type=int, default=2024, help="seed of the synthetic data")
     args = parser.parse_args(argv)

@@ -58,7 +58,7 @@ def _literal(base: str, **changes: object) -> dict[str, object]:
     return lit
 
 
-def test_complex_sets_are_registered_beside_an_unchanged_real_default() -> None:
+def test_complex_sets_are_registered_and_the_default() -> None:
     ps = params.get(PRODUCTION)
     assert not ps.insecure and ps.packing == "complex"
     assert ps.templates_per_block == ps.poly_modulus_degree == 8192 and ps.slots == 4096
@@ -66,9 +66,11 @@ def test_complex_sets_are_registered_beside_an_unchanged_real_default() -> None:
     assert ps.coeff_modulus_bits == (60, 60) and ps.data_primes == 1
     assert ps.result_ciphertexts_per_block == 2 and ps.score_gain == 2
     assert params.get(COMPLEX, allow_insecure=True).templates_per_block == 1024
-    default = params.get(params.DEFAULT_PARAMS)
-    assert default.packing == "real" and default.templates_per_block == default.slots == 4096
-    assert default.result_ciphertexts_per_block == 1
+    # The production default packs two templates per slot (8 KB per template at d = 512).
+    assert params.get(params.DEFAULT_PARAMS) is ps
+    real = params.get("pprm-sealed-n8192-v1")
+    assert real.packing == "real" and real.templates_per_block == real.slots == 4096
+    assert real.result_ciphertexts_per_block == 1
     assert params.by_digest(ps.digest) is ps
 
 

@@ -252,7 +252,7 @@ def test_production_state_refuses_an_insecure_peer(tmp_path: Path) -> None:
     # Downgrade protection: a state on a real parameter set will not trust a
     # peer announcing a test-only set.
     prod = State.init(str(tmp_path / "de"), "DE")
-    assert prod.config.params == "pprm-sealed-n8192-v1"
+    assert prod.config.params == "pprm-sealed-n8192-complex-v1"
     weak = new_state(str(tmp_path / "fr"), "FR")
     before = snapshot(prod.dir)
     with pytest.raises(ParameterError):

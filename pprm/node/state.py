@@ -88,7 +88,7 @@ class State:
             directory: must not exist, or be empty.
             name: the state code.
             threshold: decision threshold.
-            params: parameter set name (default ``pprm-sealed-n8192-v1``).
+            params: parameter set name (default ``pprm-sealed-n8192-complex-v1``).
             k: candidate cap.
             dim: template dimension.
             allow_insecure: accept ``INSECURE*`` sets (tests only).
