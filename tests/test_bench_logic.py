@@ -210,3 +210,17 @@ def test_refuses_bad_arguments():
         run_bench([N], params=PARAMS, allow_insecure=True, agreement_probes=0)
     with pytest.raises(ParameterError):
         run_bench([N], params="no-such-set")
+
+
+def test_kernel_figures_cover_the_active_backend_and_the_numpy_reference() -> None:
+    from pprm.cli.bench import kernel_figures
+    from pprm.matching.kernel import BACKEND
+
+    ps = param_sets.get("INSECURE-sealed-n1024", allow_insecure=True)
+    k = kernel_figures(ps, rounds=2)
+    assert k["block_shape"] == [512, 2, 1, 1024] and k["templates_per_block"] == ps.templates_per_block
+    assert "numpy" in k["backends"] and (BACKEND != "native" or "native" in k["backends"])
+    for fig in k["backends"].values():
+        assert fig["ms_per_block"] > 0 and fig["gmac_per_s"] > 0 and fig["gb_per_s"] > 0
+        # Internal consistency: bytes / time and mult-accs / time describe the same call.
+        assert fig["gb_per_s"] == pytest.approx(fig["gmac_per_s"] * 8, rel=1e-9)

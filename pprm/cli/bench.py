@@ -41,7 +41,9 @@ import tenseal
 from pprm import __version__
 from pprm.crypto import keys
 from pprm.crypto import params as param_sets
+from pprm.crypto.context import CkksContext
 from pprm.errors import ParameterError
+from pprm.matching import kernel as _kernel
 from pprm.matching.decide import SealedDecider
 from pprm.matching.kernel import BACKEND
 from pprm.matching.templates import normalise_probe, normalise_templates
@@ -54,6 +56,7 @@ from pprm.synthetic import SyntheticGallery, impostor_probe, make_gallery, mate_
 __all__ = [
     "run_bench",
     "format_table",
+    "kernel_figures",
     "machine_info",
     "BenchSetup",
     "build_setup",
@@ -512,7 +515,47 @@ def run_bench(sizes: list[int], params: str = param_sets.DEFAULT_PARAMS, repeats
         "targets": dict(TARGETS),
         "sizes": rows,
         "agreement_total": total.to_json(),
+        "kernel": kernel_figures(ps),
     }
+
+
+def kernel_figures(params: param_sets.ParameterSet, rounds: int = 5) -> dict[str, Any]:
+    """Time the multiply-accumulate on one block of ``params``' shape, per backend.
+
+    Random residues below the data prime and random 16-bit weights; each
+    backend's median over ``rounds`` calls. The numpy path is always measured
+    (it is the reference); the native kernel too when it is built and active.
+
+    Returns:
+        ``{"block_shape", "templates_per_block", "backends": {name: {"ms_per_block",
+        "gmac_per_s", "gb_per_s", "ms_per_1k_templates"}}}``.
+    """
+    shape = (DIM, 2, params.data_primes, params.poly_modulus_degree)
+    rng = np.random.default_rng(0)
+    ctx_q = _data_moduli(params)
+    block = rng.integers(0, min(ctx_q), size=shape, dtype=np.uint64)
+    weights = rng.integers(-(1 << 15), (1 << 15) + 1, size=DIM, dtype=np.int64)
+    runs: dict[str, Callable[[], Any]] = {"numpy": lambda: _kernel._mac_numpy(block, weights, ctx_q)}
+    if BACKEND == "native":
+        runs["native"] = lambda: _kernel.multiply_accumulate(block, weights, ctx_q)
+    macs = DIM * 2 * params.data_primes * params.poly_modulus_degree
+    out: dict[str, Any] = {}
+    for name, fn in runs.items():
+        fn()  # warm-up
+        times = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        med = statistics.median(times)
+        out[name] = {"ms_per_block": med * 1e3, "gmac_per_s": macs / med / 1e9,
+                     "gb_per_s": block.nbytes / med / 1e9,
+                     "ms_per_1k_templates": med * 1e3 * 1000 / params.templates_per_block}
+    return {"block_shape": list(shape), "templates_per_block": params.templates_per_block, "backends": out}
+
+
+def _data_moduli(params: param_sets.ParameterSet) -> tuple[int, ...]:
+    return CkksContext(params).moduli
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -581,6 +624,10 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"target: {t['query_ms_note']}: {q:,.0f} ms at {t['query_ms_at_n']:,} ({verdict})")
     else:
         lines.append(f"target: {t['query_ms_note']}: not measured (run with size {t['query_ms_at_n']:,})")
+    for name, k in result.get("kernel", {}).get("backends", {}).items():
+        lines.append(f"kernel ({name}), one block of {result['kernel']['templates_per_block']:,} templates: "
+                     f"{k['ms_per_block']:.2f} ms, {k['gmac_per_s']:.2f} G mult-acc/s, {k['gb_per_s']:.1f} GB/s, "
+                     f"{k['ms_per_1k_templates']:.3f} ms per 1k templates")
     tot = result["agreement_total"]
     ok = tot["disagreements"] == 0 and tot["decisive"] >= t["agreement_pairs"]
     shown = "met" if ok else ("NOT met" if tot["disagreements"] else "too few pairs to show")
