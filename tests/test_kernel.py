@@ -213,3 +213,18 @@ def test_matches_seal_multiply_plain_add_chain(ctx: CkksContext,
 def test_backend_selection() -> None:
     assert kernel.BACKEND in kernel.available_backends()
     assert "numpy" in kernel.available_backends()
+
+
+def test_import_self_check_against_seal_accepts_both_kernels_and_catches_a_wrong_one() -> None:
+    from pprm.matching import _native
+
+    assert kernel._agrees_with_seal(kernel._mac_numpy)
+    if _native.available():
+        assert kernel._agrees_with_seal(_native.multiply_accumulate)
+
+    def off_by_one(block: np.ndarray, w: np.ndarray, moduli: tuple[int, ...]) -> np.ndarray:
+        out = kernel._mac_numpy(block, w, moduli)
+        out[1, 0, 7] = (out[1, 0, 7] + np.uint64(1)) % np.uint64(moduli[0])
+        return out
+
+    assert not kernel._agrees_with_seal(off_by_one)

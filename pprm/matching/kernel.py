@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 
@@ -41,15 +42,48 @@ def available_backends() -> list[str]:
     """Backends that can run on this machine, fastest first."""
     global _native_ok
     if _native_ok is None:
-        # Built, loadable and bit-identical to the numpy path; checked once per process.
-        _native_ok = _native.available() and _native.self_check()
+        # Built, loadable, and bit-identical to the numpy path and to SEAL's own
+        # evaluator; checked once per process.
+        _native_ok = _native.available() and _native.self_check() and _agrees_with_seal(_native.multiply_accumulate)
         if _native.available() and not _native_ok:
-            warnings.warn("pprm native kernel failed its self-check against the numpy path; using numpy",
+            warnings.warn("pprm native kernel failed its self-check against numpy and SEAL; using numpy",
                           RuntimeWarning, stacklevel=2)
         if not _native.available() and os.environ.get("PPRM_BACKEND", "").strip().lower() != "numpy":
             warnings.warn("pprm native kernel is not built (no C compiler at install?); using the numpy kernel",
                           RuntimeWarning, stacklevel=2)
     return ["native", "numpy"] if _native_ok else ["numpy"]
+
+
+def _agrees_with_seal(mac: Callable[[np.ndarray, np.ndarray, tuple[int, ...]], np.ndarray]) -> bool:
+    """Does ``mac`` reproduce SEAL's ``multiply_plain`` + ``add`` chain bit for bit on a small case?
+
+    A weight encoded as a CKKS constant at scale 1 is the constant polynomial
+    ``w``, so SEAL's chain computes exactly ``sum_k w_k C_k`` in NTT form.
+    """
+    import tenseal.sealapi as seal
+
+    from pprm.crypto import params as param_sets
+    from pprm.crypto.context import CkksContext
+
+    ctx = CkksContext(param_sets.get("INSECURE-sealed-n1024", allow_insecure=True))
+    enc = seal.Encryptor(ctx.seal, seal.KeyGenerator(ctx.seal).secret_key())
+    weights = np.array([MAX_WEIGHT, -MAX_WEIGHT, 12345], dtype=np.int64)
+    values = np.random.default_rng(5).uniform(-1.0, 1.0, (weights.size, ctx.slots))
+    cts, acc = [], None
+    for k, w in enumerate(weights):
+        ct = seal.Ciphertext(ctx.seal)
+        enc.encrypt_symmetric(ctx.encode(values[k], 24), ct)
+        cts.append(ct)
+        pt = seal.Plaintext()
+        ctx.encoder.encode(float(w), ctx.parms_id, 1.0, pt)
+        prod = seal.Ciphertext(ctx.seal)
+        ctx.evaluator.multiply_plain(ct, pt, prod)
+        if acc is None:
+            acc = prod
+        else:
+            ctx.evaluator.add_inplace(acc, prod)
+    block = np.stack([ctx.to_residues(ct) for ct in cts])
+    return acc is not None and bool(np.array_equal(mac(block, weights, ctx.moduli), ctx.to_residues(acc)))
 
 
 def _select() -> str:
