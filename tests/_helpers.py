@@ -9,6 +9,7 @@ labels, so failures reproduce.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import os
 import time
@@ -16,9 +17,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import tenseal.sealapi as seal
 
 from pprm import synthetic
 from pprm.crypto.identity import Identity, PublicIdentity
+from pprm.matching.decide import SealedDecider
+from pprm.matching.gallery import EncryptedGallery
+from pprm.matching.owner import GalleryOwner
+from pprm.matching.sealed import SealedMatcher
+from pprm.matching.templates import normalise_probe
 from pprm.node.keyservice import KeyService
 from pprm.node.requester import Requester
 from pprm.node.state import State
@@ -246,3 +253,31 @@ def resolve_all(requester: State, responder_keys: KeyService, answer: bytes,
         assert res.requester == requester.config.name
         refs.append(res.reference)
     return refs
+
+
+@dataclasses.dataclass
+class ScoredWorld:
+    """A state whose gallery scores near chosen thresholds, with the plaintext kept for checking."""
+
+    state: State
+    secret_key: seal.SecretKey
+    gallery: EncryptedGallery
+    owner: GalleryOwner
+    probes: np.ndarray  # (m, dim) float32 unit rows, one per threshold
+    rows: dict[int, np.ndarray]  # record id -> float32 unit row as enrolled
+    dim: int
+
+    def scores(self, probe: np.ndarray) -> dict[int, float]:
+        p = normalise_probe(probe, self.dim).astype(np.float64)
+        return {rid: float(row.astype(np.float64) @ p) for rid, row in self.rows.items()}
+
+    def matcher(self) -> SealedMatcher:
+        return self.state.matcher(self.gallery)
+
+    def decider(self) -> SealedDecider:
+        return SealedDecider(self.state.ctx, self.secret_key, self.gallery)
+
+    def half_of(self, rid: int) -> int:
+        """Complex packing: 0 for the A half (real parts), 1 for the B half (imaginary parts)."""
+        _b, pos = self.gallery.index.locate(rid)
+        return pos // self.state.ctx.slots

@@ -26,10 +26,13 @@ from typing import Any
 import numpy as np
 import pytest
 import tenseal.sealapi as seal
+from _helpers import ScoredWorld
 from hypothesis import HealthCheck, settings
 
 from pprm.crypto import keys, params
 from pprm.crypto.context import CkksContext
+from pprm.matching.owner import GalleryOwner
+from pprm.matching.templates import normalise_templates
 from pprm.node.state import State
 
 INSECURE = "INSECURE-sealed-n1024"
@@ -122,3 +125,28 @@ def orthonormal_probes(m: int, dim: int, rng: np.random.Generator) -> np.ndarray
 def make_probes() -> Callable[[int, int, np.random.Generator], np.ndarray]:
     """Factory ``make_probes(m, dim, rng)``: ``m`` orthonormal probe rows."""
     return orthonormal_probes
+
+
+@pytest.fixture
+def make_world(tmp_path: Path, make_state: Callable[..., State]) -> Callable[..., ScoredWorld]:
+    """Factory ``make_world(n_rows, dim, thresholds, seed, **state_kw) -> ScoredWorld``.
+
+    Scores against probe ``j`` spread over ``thresholds[j] +- 0.05``, so about
+    half of the pairs are hits and ~2% sit inside the 1e-3 margin.
+    """
+
+    def factory(n_rows: int, dim: int, thresholds: tuple[float, ...], seed: int, **kw: Any) -> ScoredWorld:
+        state = make_state(tmp_path, "DE", dim=dim, **kw)
+        sk = keys.load_secret_key(state.ctx, state.secret_key_path())
+        gallery = state.gallery()
+        owner = GalleryOwner(state.ctx, sk, gallery)
+        rng = np.random.default_rng(seed)
+        probes = orthonormal_probes(len(thresholds), dim, rng)
+        a = np.stack([rng.uniform(t - 0.05, t + 0.05, n_rows) for t in thresholds], axis=1)
+        templates = _rows_with_scores(probes, a, rng).astype(np.float32)
+        ids = owner.enroll(templates, [f"DE-{i:05d}" for i in range(n_rows)])
+        unit = normalise_templates(templates, dim)
+        return ScoredWorld(state, sk, gallery, owner, probes.astype(np.float32),
+                           dict(zip(ids, unit, strict=True)), dim)
+
+    return factory

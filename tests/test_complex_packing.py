@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tenseal.sealapi as seal
-from _helpers import resolve_all
+from _helpers import ScoredWorld, resolve_all
 from test_sealed_matching import _secrets_in
 
 from pprm import synthetic
@@ -106,48 +106,12 @@ def test_layout_round_trips() -> None:
 
 # -- the world: a complex state with a gallery near three thresholds ---------------
 
-@dataclasses.dataclass
-class World:
-    state: State
-    secret_key: seal.SecretKey
-    gallery: EncryptedGallery
-    owner: GalleryOwner
-    probes: np.ndarray  # (3, DIM) float32 unit rows, one per threshold
-    rows: dict[int, np.ndarray]  # record id -> float32 unit row as enrolled
-
-    def scores(self, probe: np.ndarray) -> dict[int, float]:
-        p = normalise_probe(probe, DIM).astype(np.float64)
-        return {rid: float(row.astype(np.float64) @ p) for rid, row in self.rows.items()}
-
-    def matcher(self) -> SealedMatcher:
-        return self.state.matcher(self.gallery)
-
-    def decider(self) -> SealedDecider:
-        return SealedDecider(self.state.ctx, self.secret_key, self.gallery)
-
-    def half_of(self, rid: int) -> int:
-        """0 for the A half (real parts), 1 for the B half (imaginary parts)."""
-        _b, pos = self.gallery.index.locate(rid)
-        return pos // self.state.ctx.slots
-
-
 @pytest.fixture
-def world(tmp_path: Path, make_state: Callable[..., State], make_probes: Callable[..., np.ndarray],
-          scored_rows: Callable[..., np.ndarray]) -> World:
-    state = make_state(tmp_path, "DE", dim=DIM, params=COMPLEX)
-    sk = keys.load_secret_key(state.ctx, state.secret_key_path())
-    gallery = state.gallery()
-    owner = GalleryOwner(state.ctx, sk, gallery)
-    rng = np.random.default_rng(77)
-    probes = make_probes(len(THRESHOLDS), DIM, rng)
-    a = np.stack([rng.uniform(t - 0.05, t + 0.05, N_ROWS) for t in THRESHOLDS], axis=1)
-    templates = scored_rows(probes, a, rng).astype(np.float32)
-    ids = owner.enroll(templates, [f"DE-{i:05d}" for i in range(N_ROWS)])
-    unit = normalise_templates(templates, DIM)
-    return World(state, sk, gallery, owner, probes.astype(np.float32), dict(zip(ids, unit, strict=True)))
+def world(make_world: Callable[..., ScoredWorld]) -> ScoredWorld:
+    return make_world(N_ROWS, DIM, THRESHOLDS, seed=77, params=COMPLEX)
 
 
-def _check(world: World, hits: list[int], probe: np.ndarray, tau: float) -> tuple[int, int]:
+def _check(world: ScoredWorld, hits: list[int], probe: np.ndarray, tau: float) -> tuple[int, int]:
     """Assert hits == plaintext decisions where |s - tau| >= margin; pairs checked per half."""
     margin = world.state.config.parameter_set.decision_margin
     got = set(hits)
@@ -161,7 +125,7 @@ def _check(world: World, hits: list[int], probe: np.ndarray, tau: float) -> tupl
     return checked[0], checked[1]
 
 
-def _decrypt(world: World, result: MaskedResult) -> list[np.ndarray]:
+def _decrypt(world: ScoredWorld, result: MaskedResult) -> list[np.ndarray]:
     """Decrypted masked values per block, in position order (A half, then B half)."""
     ctx = world.state.ctx
     dec = seal.Decryptor(ctx.seal, world.secret_key)
@@ -174,7 +138,7 @@ def _decrypt(world: World, result: MaskedResult) -> list[np.ndarray]:
     return [np.concatenate(values[i:i + per]) for i in range(0, len(values), per)]
 
 
-def test_hits_equal_plaintext_decisions_in_both_halves(world: World) -> None:
+def test_hits_equal_plaintext_decisions_in_both_halves(world: ScoredWorld) -> None:
     assert [int(b.occupancy().sum()) for b in world.gallery.index.blocks] == [1024, N_ROWS - 1024]
     matcher, decider = world.matcher(), world.decider()
     a_checked = b_checked = 0
@@ -190,7 +154,7 @@ def test_hits_equal_plaintext_decisions_in_both_halves(world: World) -> None:
     assert a_checked > 0.95 * 1024 * 3 and b_checked > 0.95 * 676 * 3
 
 
-def test_free_and_removed_positions_never_hit_in_either_half(world: World) -> None:
+def test_free_and_removed_positions_never_hit_in_either_half(world: ScoredWorld) -> None:
     h = world.state.ctx.slots
     block0 = world.gallery.index.blocks[0].slots.copy()
     gone_a, gone_b = int(block0[5]), int(block0[h + 5])  # the two templates of CKKS slot 5
@@ -234,7 +198,7 @@ def test_free_and_removed_positions_never_hit_in_either_half(world: World) -> No
     assert values[0][5] < -1.0 and values[0][h + 5] < -1.0
 
 
-def test_append_fills_the_b_half_of_a_partial_block(world: World) -> None:
+def test_append_fills_the_b_half_of_a_partial_block(world: ScoredWorld) -> None:
     probe = world.probes[1]
     blk = world.gallery.index.blocks[1]
     assert blk.encryptions == 1
@@ -288,7 +252,7 @@ def test_masks_are_independent_between_halves(tmp_path: Path, make_state: Callab
     assert abs(float(np.corrcoef(np.log(r_a), np.log(r_b))[0, 1])) < 0.25
 
 
-def test_matcher_holds_no_secret_and_needs_no_private_dir(world: World, tmp_path: Path) -> None:
+def test_matcher_holds_no_secret_and_needs_no_private_dir(world: ScoredWorld, tmp_path: Path) -> None:
     sk_bytes = Path(world.state.secret_key_path()).read_bytes()
     assert "Decryptor" in _secrets_in(world.decider(), sk_bytes)
     private = Path(world.state.dir, "private")
@@ -311,7 +275,7 @@ def test_matcher_holds_no_secret_and_needs_no_private_dir(world: World, tmp_path
         _check(world, decider.hits(result), probe, tau)
 
 
-def test_missing_conjugation_key_and_short_results_are_refused(world: World) -> None:
+def test_missing_conjugation_key_and_short_results_are_refused(world: ScoredWorld) -> None:
     with pytest.raises(ParameterError, match="conjugation key"):
         SealedMatcher(world.state.ctx, world.gallery)
     result = world.matcher().match(world.probes[0], 0.4)

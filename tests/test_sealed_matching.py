@@ -18,15 +18,13 @@ from typing import Any
 import numpy as np
 import pytest
 import tenseal.sealapi as seal
+from _helpers import ScoredWorld
 
 from pprm.crypto import keys
 from pprm.crypto.seal_stream import emit, parse
 from pprm.errors import CiphertextError, GalleryError, StateError
 from pprm.matching.decide import SealedDecider
-from pprm.matching.gallery import EncryptedGallery
-from pprm.matching.owner import GalleryOwner
 from pprm.matching.sealed import MaskedResult, SealedMatcher
-from pprm.matching.templates import normalise_probe, normalise_templates
 from pprm.node.state import State
 
 DIM = 64
@@ -35,40 +33,12 @@ N_ROWS = 700  # one full block of 512 and a partial one with free slots
 SECRET_TYPES = (seal.SecretKey, seal.Decryptor, seal.Encryptor, seal.KeyGenerator)
 
 
-@dataclasses.dataclass
-class World:
-    state: State
-    secret_key: seal.SecretKey
-    gallery: EncryptedGallery
-    owner: GalleryOwner
-    probes: np.ndarray  # (3, DIM) float32 unit rows, one per threshold
-    rows: dict[int, np.ndarray]  # record id -> float32 unit row as enrolled
-
-    def scores(self, probe: np.ndarray) -> dict[int, float]:
-        p = normalise_probe(probe, DIM).astype(np.float64)
-        return {rid: float(row.astype(np.float64) @ p) for rid, row in self.rows.items()}
-
-
 @pytest.fixture
-def world(tmp_path: Path, make_state: Callable[..., State], make_probes: Callable[..., np.ndarray],
-          scored_rows: Callable[..., np.ndarray]) -> World:
-    state = make_state(tmp_path, "DE", dim=DIM)
-    sk = keys.load_secret_key(state.ctx, state.secret_key_path())
-    gallery = state.gallery()
-    owner = GalleryOwner(state.ctx, sk, gallery)
-    rng = np.random.default_rng(2024)
-    probes = make_probes(len(THRESHOLDS), DIM, rng)
-    # Scores against probe j spread over tau_j +- 0.05, so about half of the
-    # pairs are hits and ~2% sit inside the 1e-3 margin.
-    a = np.stack([rng.uniform(t - 0.05, t + 0.05, N_ROWS) for t in THRESHOLDS], axis=1)
-    templates = scored_rows(probes, a, rng).astype(np.float32)
-    refs = [f"DE-{i:05d}" for i in range(N_ROWS)]
-    ids = owner.enroll(templates, refs)
-    unit = normalise_templates(templates, DIM)
-    return World(state, sk, gallery, owner, probes.astype(np.float32), dict(zip(ids, unit, strict=True)))
+def world(make_world: Callable[..., ScoredWorld]) -> ScoredWorld:
+    return make_world(N_ROWS, DIM, THRESHOLDS, seed=2024)
 
 
-def _check_against_plaintext(world: World, hits: list[int], probe: np.ndarray, tau: float) -> int:
+def _check_against_plaintext(world: ScoredWorld, hits: list[int], probe: np.ndarray, tau: float) -> int:
     """Assert hits == plaintext decisions wherever |s - tau| >= margin; return pairs checked."""
     margin = world.state.config.parameter_set.decision_margin
     got = set(hits)
@@ -82,7 +52,7 @@ def _check_against_plaintext(world: World, hits: list[int], probe: np.ndarray, t
     return checked
 
 
-def test_hits_equal_plaintext_decisions(world: World) -> None:
+def test_hits_equal_plaintext_decisions(world: ScoredWorld) -> None:
     matcher = world.state.matcher()
     decider = SealedDecider(world.state.ctx, world.secret_key, world.gallery)
     checked = 0
@@ -95,13 +65,13 @@ def test_hits_equal_plaintext_decisions(world: World) -> None:
     assert checked > 0.95 * N_ROWS * len(THRESHOLDS)
 
 
-def test_progress_is_reported_per_block(world: World) -> None:
+def test_progress_is_reported_per_block(world: ScoredWorld) -> None:
     calls: list[tuple[int, int]] = []
     world.state.matcher().match(world.probes[0], 0.4, progress=lambda d, t: calls.append((d, t)))
     assert calls == [(1, 2), (2, 2)]
 
 
-def _decrypt_result(world: World, result: MaskedResult) -> list[np.ndarray]:
+def _decrypt_result(world: ScoredWorld, result: MaskedResult) -> list[np.ndarray]:
     ctx = world.state.ctx
     dec = seal.Decryptor(ctx.seal, world.secret_key)
     out = []
@@ -112,7 +82,7 @@ def _decrypt_result(world: World, result: MaskedResult) -> list[np.ndarray]:
     return out
 
 
-def test_free_and_removed_slots_never_hit(world: World) -> None:
+def test_free_and_removed_slots_never_hit(world: ScoredWorld) -> None:
     # Enrol the probe itself (score 1.0), check it hits, then remove it.
     probe = world.probes[0]
     (twin,) = world.owner.enroll(probe[None, :], ["TWIN"])
@@ -171,7 +141,7 @@ def _secrets_in(root: object, sk_bytes: bytes) -> list[str]:
     return found
 
 
-def test_matcher_holds_no_secret_and_needs_no_private_dir(world: World, tmp_path: Path) -> None:
+def test_matcher_holds_no_secret_and_needs_no_private_dir(world: ScoredWorld, tmp_path: Path) -> None:
     sk_bytes = Path(world.state.secret_key_path()).read_bytes()
     # The walk does find secrets where they are (so an empty result means something).
     assert "Decryptor" in _secrets_in(SealedDecider(world.state.ctx, world.secret_key, world.gallery), sk_bytes)
@@ -197,7 +167,7 @@ def test_matcher_holds_no_secret_and_needs_no_private_dir(world: World, tmp_path
         _check_against_plaintext(world, decider.hits(result), probe, tau)
 
 
-def test_decider_rejects_results_on_an_older_gallery(world: World) -> None:
+def test_decider_rejects_results_on_an_older_gallery(world: ScoredWorld) -> None:
     matcher = world.state.matcher()
     decider = SealedDecider(world.state.ctx, world.secret_key, world.gallery)
     result = matcher.match(world.probes[0], 0.4)
@@ -215,7 +185,7 @@ def test_decider_rejects_results_on_an_older_gallery(world: World) -> None:
         decider.hits(result)
 
 
-def test_decider_rejects_wrong_scale(world: World) -> None:
+def test_decider_rejects_wrong_scale(world: ScoredWorld) -> None:
     decider = SealedDecider(world.state.ctx, world.secret_key, world.gallery)
     result = world.state.matcher().match(world.probes[1], 0.4)
     for scale in (result.scale * 2, result.scale / 2, 2.0**39):
