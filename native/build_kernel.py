@@ -1,4 +1,4 @@
-"""cffi (API mode, out-of-line) build of the optional native kernel ``pprm._native_kernel``.
+"""cffi (API mode, out-of-line) build of the optional native kernels ``pprm._native_kernel``.
 
 Used by ``setup.py`` through ``cffi_modules``, so ``pip install .`` (or
 ``pip install -e .``, or ``python setup.py build_ext --inplace``) builds it.
@@ -20,6 +20,8 @@ ffibuilder.cdef(
     #define PPRM_ENOMEM ...
     int pprm_mac_sealed(const uint64_t *block, const int64_t *weights, const uint64_t *moduli,
                         uint64_t *out, size_t d, size_t rows, size_t n, int threads);
+    int pprm_mac_plain(const uint64_t *pts, const uint64_t *cts, const uint64_t *moduli, uint64_t *out,
+                       size_t g, size_t b, size_t s, size_t l, size_t n, int threads);
     """
 )
 ffibuilder.set_source(

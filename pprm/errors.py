@@ -25,6 +25,7 @@ __all__ = [
     "ExpiredError",
     "TokenError",
     "PolicyError",
+    "KeyRotationError",
 ]
 
 
@@ -78,6 +79,10 @@ class ReplayError(MessageError):
 
 class ExpiredError(MessageError):
     """A message is past its expiry time (or not yet valid)."""
+
+
+class KeyRotationError(MessageError):
+    """A blind-profile key id was announced twice, or a retired or unknown key was used."""
 
 
 class TokenError(PprmError, ValueError):

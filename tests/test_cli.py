@@ -138,7 +138,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 
 def test_init_prints_public_identity_only(world: World) -> None:
     de = world.init["DE"]
-    assert set(de) == {"name", "dir", "params", "params_digest", "threshold", "k", "dim", "fingerprint", "key_id"}
+    assert set(de) == {"name", "dir", "params", "params_digest", "blind_params", "profiles", "threshold", "k", "dim",
+                       "fingerprint", "key_id"}
     st = State.open(str(world.dirs["DE"]))
     assert de["fingerprint"] == st.card.identity.fingerprint.hex()
     assert de["key_id"] == st.key_id and de["params"] == INSECURE

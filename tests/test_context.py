@@ -74,7 +74,7 @@ def test_to_residues_refuses_another_level() -> None:
     ct = _encrypt(ctx2, sk, np.ones(4))
     assert ctx2.to_residues(ct).shape == (2, 2, 4096)
     ctx2.evaluator.mod_switch_to_next_inplace(ct)
-    with pytest.raises(CiphertextError, match="data level"):
+    with pytest.raises(CiphertextError, match="expected level"):
         ctx2.to_residues(ct)
 
 

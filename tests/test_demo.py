@@ -39,9 +39,12 @@ def test_demo_learned_equals_truth_for_every_query(report: dict[str, Any]) -> No
     k = report["k"]
     queries = report["queries"]
     assert report["ok"] is True and report["params"] == INSECURE
-    assert len(queries) == 2 * STATES * (STATES - 1)
+    # Per ordered pair: a sealed mate, a sealed impostor, and a blind mate.
+    assert len(queries) == 3 * STATES * (STATES - 1)
     pairs = {(q["requester"], q["responder"]) for q in queries}
     assert len(pairs) == STATES * (STATES - 1)  # every state queried every other one
+    assert {q["profile"] for q in queries} == {"sealed", "blind"}
+    assert report["blind_params"] == "INSECURE-blind-n1024"
     for q in queries:
         assert q["dont_care"] == []  # the fixed seed keeps every score out of the margin
         truth, learned = q["truth"], q["learned"]
@@ -63,6 +66,8 @@ def test_demo_exercises_duplicates_and_the_cap(report: dict[str, Any]) -> None:
     assert any("also enrolled at" in q["note"] and q["learned"] for q in queries)
     capped = [q for q in queries if len(q["truth"]) > k]
     assert capped and all(len(q["learned"]) == k for q in capped)
+    # The cap holds in the blind profile too, where the requester applies it.
+    assert any(q["profile"] == "blind" for q in capped)
     # Each state's gallery is its own: no reference is learned from another state.
     for q in queries:
         assert all(ref.startswith(q["responder"] + "-") for ref in q["learned"])
@@ -122,7 +127,7 @@ def test_demo_exits_3_on_disagreement(monkeypatch: pytest.MonkeyPatch, capsys: p
     code = main(["demo", "--states", "2", "--gallery", "16", "--params", INSECURE])
     out = capsys.readouterr().out
     assert code == 3
-    assert "MISMATCH: forced disagreement" in out and "4 queries: 0 OK, 4 MISMATCH" in out
+    assert "MISMATCH: forced disagreement" in out and "6 queries: 0 OK, 6 MISMATCH" in out
 
 
 def test_demo_keeps_states_in_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

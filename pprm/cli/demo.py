@@ -8,10 +8,12 @@ Each state gets its own encrypted gallery of synthetic templates
 * a repeat offender: one identity of the first state is enrolled ``k + 3``
   times, so a search for it has more true matches than the cap ``k``.
 
-Every state then queries every other state twice, through the public Python
-API exactly as two deployments would (signed query, encrypted masked
-matching, capped tokens, follow-up, resolution): once with a fresh sample of
-an identity enrolled there, once with an impostor. Each outcome is compared
+Every state then queries every other state three times, through the public
+Python API exactly as two deployments would (signed query, encrypted masked
+matching, capped candidates, follow-up, resolution): in the sealed profile
+once with a fresh sample of an identity enrolled there and once with an
+impostor, and in the blind profile (the probe encrypted under the
+requester's own key) once more with the mate. Each outcome is compared
 with the plaintext truth: the references whose exact float64 score between
 the normalised float32 probe and the normalised float32 template (what was
 encrypted) is at least the threshold.
@@ -32,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from pprm.crypto import blind_params as blind_param_sets
 from pprm.crypto import params as param_sets
 from pprm.errors import ParameterError
 from pprm.matching.templates import normalise_probe, normalise_templates
@@ -175,6 +178,9 @@ def run_demo(directory: str | None = None, *, states: int = 3, gallery: int = 50
     if seed < 0:
         raise ParameterError("seed must not be negative")
     pset = param_sets.get(params, allow_insecure=True)
+    # Throwaway states on a test-only sealed set get the test-only blind set too.
+    bset = blind_param_sets.get("INSECURE-blind-n1024" if pset.insecure else blind_param_sets.DEFAULT_BLIND_PARAMS,
+                                allow_insecure=True)
     started = time.monotonic()
     codes = DEMO_STATES[:states]
     base, plans = _plan(codes, gallery, seed, DEMO_DIM, DEMO_K)
@@ -185,7 +191,8 @@ def run_demo(directory: str | None = None, *, states: int = 3, gallery: int = 50
 
     with _workdir(directory) as root:
         nodes = [State.init(os.path.join(root, code), code, threshold=DEMO_THRESHOLD, params=pset.name,
-                            k=DEMO_K, dim=DEMO_DIM, allow_insecure=pset.insecure) for code in codes]
+                            k=DEMO_K, dim=DEMO_DIM, allow_insecure=pset.insecure, blind_params=bset.name)
+                 for code in codes]
         for a in nodes:
             for b in nodes:
                 if a is not b:
@@ -204,10 +211,12 @@ def run_demo(directory: str | None = None, *, states: int = 3, gallery: int = 50
         queries: list[dict[str, Any]] = []
         for pair, (r, s) in enumerate(pairs):
             mate = _mate_identity(pair, r, s, states, gallery)
-            probes: list[tuple[str, np.ndarray, Person | None]] = [
-                ("mate", mate_probe(base[mate[0]], mate[1], seed * 100_000 + pair), mate),
-                ("impostor", impostor_probe(DEMO_DIM, seed * 100_000 + pair), None)]
-            for kind, probe, who in probes:
+            mate_sample = mate_probe(base[mate[0]], mate[1], seed * 100_000 + pair)
+            probes: list[tuple[str, str, np.ndarray, Person | None]] = [
+                ("mate", "sealed", mate_sample, mate),
+                ("impostor", "sealed", impostor_probe(DEMO_DIM, seed * 100_000 + pair), None),
+                ("mate", "blind", mate_sample, mate)]
+            for kind, profile, probe, who in probes:
                 places = where[who] if who is not None else []
                 planted = sorted(ref for at, ref in places if at == s)
                 elsewhere = sorted({codes[at] for at, _ in places if at != s})
@@ -222,8 +231,13 @@ def run_demo(directory: str | None = None, *, states: int = 3, gallery: int = 50
                 dont_care = sorted(refs[i] for i in np.flatnonzero(np.abs(scores - DEMO_THRESHOLD) < margin))
 
                 req, resp = requesters[r], responders[s]
-                msg = req.query(codes[s], probe, case=f"DEMO-{pair:04d}-{kind}",
-                                purpose="pprm demo: synthetic cross-border search")
+                case, purpose = f"DEMO-{pair:04d}-{kind}-{profile}", "pprm demo: synthetic cross-border search"
+                if profile == "blind":
+                    announcement, msg = req.blind_query(codes[s], probe, case, purpose)
+                    if announcement is not None:
+                        resp.accept_keys(announcement)
+                else:
+                    msg = req.query(codes[s], probe, case=case, purpose=purpose)
                 answer = resp.answer(msg)
                 opened = req.open(answer)
                 learned = [resp.key_service.resolve(req.follow_up(answer, tok)).reference
@@ -232,19 +246,20 @@ def run_demo(directory: str | None = None, *, states: int = 3, gallery: int = 50
                 if reason is None and opened.hit != bool(learned):
                     reason = "hit flag disagrees with the candidates"
                 queries.append({
-                    "requester": codes[r], "responder": codes[s], "probe": kind, "planted": planted,
+                    "requester": codes[r], "responder": codes[s], "probe": kind, "profile": profile,
+                    "planted": planted,
                     "note": note, "truth": truth, "dont_care": dont_care, "hit": opened.hit,
                     "candidates": len(opened.candidates), "learned": sorted(learned),
                     "ok": reason is None, "reason": reason,
                 })
                 if progress is not None:
-                    progress("querying", len(queries), 2 * len(pairs))
+                    progress("querying", len(queries), len(probes) * len(pairs))
         state_rows = [{"name": st.config.name, "records": len(st.gallery()),
                        "fingerprint": st.card.identity.fingerprint.hex()} for st in nodes]
 
     mismatches = sum(not q["ok"] for q in queries)
     return {
-        "params": pset.name, "threshold": DEMO_THRESHOLD, "k": DEMO_K, "dim": DEMO_DIM,
+        "params": pset.name, "blind_params": bset.name, "threshold": DEMO_THRESHOLD, "k": DEMO_K, "dim": DEMO_DIM,
         "decision_margin": margin, "seed": seed, "gallery": gallery,
         "directory": None if directory is None else os.path.abspath(directory),
         "states": state_rows, "queries": queries,
@@ -279,19 +294,20 @@ def format_report(result: dict[str, Any]) -> str:
     Returns:
         Multi-line text (no trailing newline).
     """
-    lines = [f"pprm demo: {len(result['states'])} states, params {result['params']}, "
-             f"threshold {result['threshold']}, k {result['k']}, seed {result['seed']}"]
+    lines = [f"pprm demo: {len(result['states'])} states, params {result['params']} (sealed) and "
+             f"{result['blind_params']} (blind), threshold {result['threshold']}, k {result['k']}, "
+             f"seed {result['seed']}"]
     for st in result["states"]:
         lines.append(f"  {st['name']:<4} {st['records']:>7} records   fingerprint {st['fingerprint']}")
     lines.append("")
-    header = ("requester", "responder", "probe", "planted", "truth", "learned", "result")
+    header = ("requester", "responder", "profile", "probe", "planted", "truth", "learned", "result")
     rows = [header]
     for q in result["queries"]:
         planted = _refs_cell(q["planted"])
         if q["note"]:
             planted = f"{planted} ({q['note']})"
         verdict = "OK" if q["ok"] else f"MISMATCH: {q['reason']}"
-        rows.append((q["requester"], q["responder"], q["probe"], planted, _refs_cell(q["truth"]),
+        rows.append((q["requester"], q["responder"], q["profile"], q["probe"], planted, _refs_cell(q["truth"]),
                      _learned_cell(q), verdict))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     for row in rows:

@@ -28,6 +28,7 @@ import numpy as np
 import pprm
 from pprm.cli.demo import DEMO_STATES, MIN_GALLERY, format_report, run_demo
 from pprm.cli.progress import ProgressBar, StagedProgress
+from pprm.crypto import blind_params as blind_param_sets
 from pprm.crypto import params as param_sets
 from pprm.errors import PprmError, StateError, TemplateError
 from pprm.node.keyservice import KeyService
@@ -180,17 +181,20 @@ def _header_of_own(st: State, blob: bytes, recipient: str, digest: str) -> Heade
 # -- verbs ----------------------------------------------------------------------
 
 def _cmd_init(args: argparse.Namespace) -> int:
+    profiles = dict((args.blind_peers and [(peer, "blind") for peer in args.blind_peers]) or [])
     st = State.init(args.dir, args.name, threshold=args.threshold, params=args.params, k=args.k,
-                    dim=args.dim, allow_insecure=args.allow_insecure)
+                    dim=args.dim, allow_insecure=args.allow_insecure, blind_params=args.blind_params,
+                    profiles=profiles)
     ps = st.config.parameter_set
     if ps.insecure:
         print(f"pprm: warning: {ps.name} is insecure; use it for tests only", file=sys.stderr)
     info = {"name": st.config.name, "dir": st.dir, "params": ps.name, "params_digest": ps.digest,
+            "blind_params": st.config.blind_params, "profiles": st.config.profiles,
             "threshold": st.config.threshold, "k": st.config.k, "dim": st.config.dim,
             "fingerprint": st.card.identity.fingerprint.hex(), "key_id": st.key_id}
     _emit(args, info, "\n".join([
         f"initialised state {info['name']} in {info['dir']}",
-        f"  params       {ps.name}",
+        f"  params       {ps.name} (sealed), {st.config.blind_params} (blind)",
         f"  fingerprint  {info['fingerprint']}",
         f"  ckks key id  {info['key_id']}",
         f"next: publish 'pprm card {args.dir}' to your peers and 'pprm trust' theirs",
@@ -244,6 +248,9 @@ def _cmd_remove(args: argparse.Namespace) -> int:
 def _cmd_query(args: argparse.Namespace) -> int:
     st = State.open(args.dir)
     probe = _load_npy(args.probe, "probe")
+    profile = args.profile or st.config.profile_for(args.to)
+    if profile == "blind":
+        return _blind_query(args, st, probe)
     with _AtomicOutput(args.out) as out:
         msg = Requester(st).query(args.to, probe, args.case, args.purpose)
         h = _header_of_own(st, msg, args.to, st.peer(args.to).params_digest)
@@ -254,13 +261,40 @@ def _cmd_query(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _blind_query(args: argparse.Namespace, st: State, probe: np.ndarray) -> int:
+    keys_path = args.keys_out or f"{args.out}.keys"
+    with _AtomicOutput(args.out) as out, _AtomicOutput(keys_path) as keys_out:
+
+        def sink(announcement: bytes | None, query: bytes) -> None:
+            # Both files are complete on disk before the key or the query is recorded.
+            out.write(query)
+            out.commit()
+            if announcement is not None:
+                keys_out.write(announcement)
+                keys_out.commit()
+
+        announcement, msg = Requester(st).blind_query(args.to, probe, args.case, args.purpose, sink=sink)
+        h = _header_of_own(st, msg, args.to, st.blind_ctx.params.digest)
+    report: dict[str, Any] = {"to": args.to, "query_id": h.id, "out": out.path, "profile": "blind",
+                              "keys": keys_out.path if announcement is not None else None}
+    text = f"blind query {h.id} to {args.to} written to {args.out}"
+    if announcement is not None:
+        text += f"; new key announcement written to {keys_path} (deliver it first)"
+    _emit(args, report, text)
+    return EXIT_OK
+
+
 def _cmd_answer(args: argparse.Namespace) -> int:
     st = State.open(args.dir)
     blob = _read_bytes(args.query)
+    announcements = [_read_bytes(k) for k in args.keys or []]
     # Read-only look at the header for the report (answer() verifies it all
     # again); done first so that nothing can fail after the state changed.
     h = open_envelope(blob, lookup=st.lookup, me=st.config.name,
-                      params_digest=st.config.parameter_set.digest).header
+                      params_digest=st.config.parameter_set.digest,
+                      blind_digest=st.config.blind_parameter_set.digest).header
+    for ann in announcements:
+        Responder(st).accept_keys(ann)
     with _AtomicOutput(args.out) as out, ProgressBar("matching") as bar:
         # sink runs before the query is marked used: if the write fails, the
         # query stays unanswered and can be answered again.
@@ -428,6 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=10, help="candidate cap per query (default 10)")
     p.add_argument("--dim", type=int, default=512, help="template dimension (default 512)")
     p.add_argument("--allow-insecure", action="store_true", help="accept INSECURE* parameter sets (tests only)")
+    p.add_argument("--blind-params", default=None,
+                   help=f"blind-profile parameter set (default {blind_param_sets.DEFAULT_BLIND_PARAMS}; "
+                        f"known: {', '.join(blind_param_sets.names())})")
+    p.add_argument("--blind-peer", dest="blind_peers", action="append", metavar="CODE",
+                   help="query this peer in the blind profile by default (repeatable)")
 
     p = verb("card", _cmd_card, "print this state's public card", json_out=False)
     p.add_argument("dir")
@@ -452,11 +491,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--case", required=True, help="case reference")
     p.add_argument("--purpose", required=True, help="purpose of the search")
     p.add_argument("--out", required=True, help="query message file to write")
+    p.add_argument("--profile", choices=("sealed", "blind"), default=None,
+                   help="sealed: the peer sees the probe; blind: it stays encrypted under this state's key "
+                        "(default: the per-peer setting in state.json, else sealed)")
+    p.add_argument("--keys-out", default=None,
+                   help="blind: where to write a new key announcement (default: OUT.keys)")
 
     p = verb("answer", _cmd_answer, "answer a query addressed to this state")
     p.add_argument("dir")
     p.add_argument("query", metavar="QUERY_FILE")
     p.add_argument("--out", required=True, help="answer message file to write")
+    p.add_argument("--keys", action="append", metavar="KEYS_FILE",
+                   help="blind: a key announcement to accept first (repeatable)")
 
     p = verb("open", _cmd_open, "open an answer to one of this state's queries")
     p.add_argument("dir")

@@ -15,17 +15,18 @@ import threading
 import uuid
 import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import tenseal
 import tenseal.sealapi as seal
 
 from pprm.crypto import seal_stream
+from pprm.crypto.blind_params import BlindParameterSet
 from pprm.crypto.params import ParameterSet
 from pprm.errors import BackendError, CiphertextError
 
-__all__ = ["CkksContext", "TENSEAL_VERSION"]
+__all__ = ["CkksContext", "BlindContext", "SealContext", "RingParams", "TENSEAL_VERSION"]
 
 # The residue layout and stream format are checked against this release;
 # pyproject.toml pins the same version.
@@ -44,8 +45,25 @@ def _scratch_dir() -> str:
     return tempfile.mkdtemp(prefix="pprm-seal-", dir=base)
 
 
-class CkksContext:
-    """SEAL objects for one parameter set.
+class RingParams(Protocol):
+    """What a SEAL context needs from a parameter set of either profile."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def poly_modulus_degree(self) -> int: ...
+    @property
+    def coeff_modulus_bits(self) -> tuple[int, ...]: ...
+    @property
+    def insecure(self) -> bool: ...
+    @property
+    def slots(self) -> int: ...
+    @property
+    def templates_per_block(self) -> int: ...
+
+
+class SealContext:
+    """SEAL objects for one parameter set of either profile.
 
     Args:
         params: a validated parameter set.
@@ -54,7 +72,9 @@ class CkksContext:
         BackendError: SEAL rejects the parameters.
     """
 
-    def __init__(self, params: ParameterSet) -> None:
+    params: RingParams
+
+    def __init__(self, params: RingParams) -> None:
         self.params = params
         parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
         parms.set_poly_modulus_degree(params.poly_modulus_degree)
@@ -71,6 +91,13 @@ class CkksContext:
         data = self.seal.first_context_data()
         self.parms_id: tuple[int, int, int, int] = tuple(self.seal.first_parms_id())
         self.moduli: tuple[int, ...] = tuple(m.value() for m in data.parms().coeff_modulus())
+        # parms_id per number of data primes: levels[L] is the data level,
+        # levels[1] the last one a rescale chain can reach.
+        self.levels: dict[int, tuple[int, int, int, int]] = {}
+        cd = data
+        while cd is not None:
+            self.levels[len(cd.parms().coeff_modulus())] = tuple(cd.parms_id())
+            cd = cd.next_context_data()
         self.n = params.poly_modulus_degree
         # CKKS slots per ciphertext (N/2); a gallery block holds
         # params.templates_per_block templates (N with complex packing).
@@ -185,23 +212,72 @@ class CkksContext:
         return out
 
     # -- residues ------------------------------------------------------
-    def meta(self, scale: float, size: int = 2) -> seal_stream.CiphertextMeta:
-        """Header fields for a ciphertext at the data level of this context."""
-        return seal_stream.CiphertextMeta(self.parms_id, True, size, self.n, len(self.moduli),
+    def meta(self, scale: float, size: int = 2, primes: int | None = None,
+             ntt: bool = True) -> seal_stream.CiphertextMeta:
+        """Header fields for a ciphertext with ``primes`` data primes (default: all)."""
+        lvl = len(self.moduli) if primes is None else primes
+        return seal_stream.CiphertextMeta(self.levels[lvl], ntt, size, self.n, lvl,
                                           scale, 1, self._version)
 
-    def to_residues(self, ct: seal.Ciphertext) -> np.ndarray:
-        """Copy a ciphertext's residues out as ``uint64[size, L, N]``."""
+    def to_residues(self, ct: seal.Ciphertext, primes: int | None = None) -> np.ndarray:
+        """Copy a ciphertext's residues out as ``uint64[size, L, N]``.
+
+        Args:
+            ct: the ciphertext.
+            primes: the number of data primes it must have (default: all).
+        """
         meta, arr = seal_stream.parse(self.save_bytes(ct))
-        if meta.parms_id != self.parms_id:
-            raise CiphertextError("ciphertext is not at this context's data level")
+        lvl = len(self.moduli) if primes is None else primes
+        if meta.parms_id != self.levels.get(lvl):
+            raise CiphertextError("ciphertext is not at the expected level")
         return arr
 
-    def from_residues(self, residues: np.ndarray, scale: float) -> seal.Ciphertext:
-        """Build a SEAL ciphertext at the data level from ``uint64[size, L, N]`` residues."""
+    def from_residues(self, residues: np.ndarray, scale: float, *, ntt: bool = True) -> seal.Ciphertext:
+        """Build a SEAL ciphertext from ``uint64[size, L, N]`` residues (L data primes, L <= all)."""
         ct = seal.Ciphertext(self.seal)
-        self._load_into(ct, seal_stream.emit(self.meta(scale, residues.shape[0]), residues))
+        meta = self.meta(scale, residues.shape[0], residues.shape[1], ntt)
+        self._load_into(ct, seal_stream.emit(meta, residues))
         return ct
+
+    def plaintext_from_residues(self, residues: np.ndarray, scale: float) -> seal.Plaintext:
+        """Build a SEAL plaintext in NTT form from ``uint64[L, N]`` residues (L data primes)."""
+        pt = seal.Plaintext()
+        blob = seal_stream.emit_plaintext(self.levels[residues.shape[0]], scale, residues, self._version)
+        path = self._path()
+        try:
+            with open(path, "wb") as fh:
+                fh.write(blob)
+            pt.load(self.seal, path)
+        except (RuntimeError, ValueError) as exc:
+            raise CiphertextError(f"SEAL refused the plaintext: {str(exc).splitlines()[0][:120]}") from None
+        finally:
+            if os.path.exists(path):
+                os.unlink(path)
+        return pt
+
+    def to_ntt(self, polys: np.ndarray) -> np.ndarray:
+        """NTT-transform polynomials given as coefficient-form residues, with SEAL's own NTT.
+
+        Args:
+            polys: ``uint64[k, L, N]`` residues in ``[0, q)`` of ``k`` polynomials
+                at the level with ``L`` data primes.
+
+        Returns:
+            ``uint64[k, L, N]`` in SEAL's NTT form (what plaintexts and
+            ciphertexts hold).
+        """
+        k, lvl, n = polys.shape
+        out = np.empty_like(polys)
+        # A SEAL ciphertext holds 2..16 polynomials and SEAL refuses to
+        # transform one whose polynomials after the first are all zero, so up
+        # to 15 real ones are followed by a fixed non-zero filler.
+        filler = np.ones((1, lvl, n), dtype=np.uint64)
+        for start in range(0, k, 15):
+            chunk = np.concatenate([polys[start:start + 15], filler])
+            ct = self.from_residues(chunk, 1.0, ntt=False)
+            self.evaluator.transform_to_ntt_inplace(ct)
+            out[start:start + 15] = self.to_residues(ct, lvl)[:-1]
+        return out
 
     def load_ciphertext(self, blob: bytes, *, scale: float, size: int = 2) -> seal.Ciphertext:
         """Strictly parse ciphertext bytes from outside.
@@ -232,5 +308,71 @@ class CkksContext:
             raise CiphertextError("ciphertext is transparent")
         return self.from_residues(arr, scale)
 
+    def load_seeded_ciphertext(self, blob: bytes, *, scale: float) -> seal.Ciphertext:
+        """Strictly load a (possibly seeded) ciphertext from outside, through SEAL's own loader.
+
+        SEAL expands the seed and validates every residue; then the level,
+        scale, size and NTT form are checked against what the protocol
+        expects.
+
+        Args:
+            blob: a SEAL ciphertext stream.
+            scale: the exact scale the protocol expects.
+
+        Returns:
+            The ciphertext, at the data level.
+
+        Raises:
+            CiphertextError: oversized, malformed, wrong level, scale, size or
+                form, or transparent.
+        """
+        if not blob or len(blob) > seal_stream.MAX_STREAM_BYTES:
+            raise CiphertextError("ciphertext is empty or oversized")
+        ct = seal.Ciphertext(self.seal)
+        self._load_into(ct, bytes(blob))
+        if tuple(ct.parms_id()) != self.parms_id or ct.size() != 2 or not ct.is_ntt_form():
+            raise CiphertextError("ciphertext has the wrong level, size or form")
+        if ct.scale != scale:
+            raise CiphertextError("ciphertext has an unexpected scale")
+        if ct.is_transparent():
+            raise CiphertextError("ciphertext is transparent")
+        return ct
+
     def __repr__(self) -> str:
-        return f"CkksContext({self.params.name})"
+        return f"{type(self).__name__}({self.params.name})"
+
+
+class CkksContext(SealContext):
+    """SEAL objects for one sealed-profile parameter set.
+
+    Args:
+        params: a validated sealed-profile parameter set.
+
+    Raises:
+        BackendError: SEAL rejects the parameters.
+    """
+
+    params: ParameterSet
+
+    def __init__(self, params: ParameterSet) -> None:
+        super().__init__(params)
+        self.params = params
+
+
+
+class BlindContext(SealContext):
+    """SEAL objects for one blind-profile parameter set.
+
+    Args:
+        params: a validated blind-profile parameter set.
+
+    Raises:
+        BackendError: SEAL rejects the parameters.
+    """
+
+    params: BlindParameterSet
+
+    def __init__(self, params: BlindParameterSet) -> None:
+        super().__init__(params)
+        self.params = params
+        self.key_parms_id: tuple[int, int, int, int] = tuple(self.seal.key_parms_id())

@@ -18,7 +18,7 @@ import os
 
 import tenseal.sealapi as seal
 
-from pprm.crypto.context import CkksContext
+from pprm.crypto.context import CkksContext, SealContext
 from pprm.errors import StateError
 
 __all__ = [
@@ -146,7 +146,7 @@ def save_secret_key(sk: seal.SecretKey, path: str) -> None:
         raise
 
 
-def load_secret_key(ctx: CkksContext, path: str) -> seal.SecretKey:
+def load_secret_key(ctx: SealContext, path: str) -> seal.SecretKey:
     """Load the secret key from its own file.
 
     Raises:

@@ -29,7 +29,7 @@ import zstandard
 
 from pprm.errors import CiphertextError
 
-__all__ = ["CiphertextMeta", "HEADER", "parse", "emit", "SEAL_MAGIC"]
+__all__ = ["CiphertextMeta", "HEADER", "parse", "emit", "emit_plaintext", "SEAL_MAGIC"]
 
 SEAL_MAGIC = 0xA15E
 HEADER = struct.Struct("<HBBBBHQ")  # magic, hdr size, major, minor, compr, reserved, total size
@@ -146,4 +146,30 @@ def emit(meta: CiphertextMeta, residues: np.ndarray) -> bytes:
     total = HEADER.size + len(members) + len(data_hdr) + _COUNT.size + 8 * count
     head = HEADER.pack(SEAL_MAGIC, HEADER.size, meta.version[0], meta.version[1],
                        _COMPR_NONE, 0, total)
+    return b"".join((head, members, data_hdr, _COUNT.pack(count), arr.tobytes()))
+
+
+_PT_META = struct.Struct("<4QQd")  # parms_id, coeff_count, scale
+
+
+def emit_plaintext(parms_id: tuple[int, int, int, int], scale: float, residues: np.ndarray,
+                   version: tuple[int, int]) -> bytes:
+    """Write an uncompressed SEAL plaintext stream in NTT form.
+
+    Args:
+        parms_id: the level the plaintext belongs to (NTT form: non-zero).
+        scale: the CKKS scale.
+        residues: ``uint64[L, N]`` NTT residues.
+        version: SEAL's serialisation version, as in the context's own streams.
+
+    Returns:
+        Bytes that SEAL's ``Plaintext::load`` accepts.
+    """
+    arr = np.ascontiguousarray(residues, dtype="<u8")
+    count = arr.size
+    data_hdr = HEADER.pack(SEAL_MAGIC, HEADER.size, version[0], version[1], _COMPR_NONE, 0,
+                           HEADER.size + _COUNT.size + 8 * count)
+    members = _PT_META.pack(*parms_id, count, scale)
+    total = HEADER.size + len(members) + len(data_hdr) + _COUNT.size + 8 * count
+    head = HEADER.pack(SEAL_MAGIC, HEADER.size, version[0], version[1], _COMPR_NONE, 0, total)
     return b"".join((head, members, data_hdr, _COUNT.pack(count), arr.tobytes()))

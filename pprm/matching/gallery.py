@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import json
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -236,6 +238,12 @@ class EncryptedGallery:
         else:
             self.index = GalleryIndex(params.name, params.digest, key_id, dim, directory=directory)
         self._maps: dict[str, np.ndarray] = {}
+
+    @property
+    def version(self) -> str:
+        """A digest of the index: it changes with every commit (block files are new each time)."""
+        blob = json.dumps(self.index.to_json(), sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:32]
 
     @property
     def block_shape(self) -> tuple[int, int, int, int]:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from pprm.crypto.params import ParameterSet
-
-__all__ = ["Masks", "draw_masks", "csprng_uniform"]
+__all__ = ["Masks", "MaskParams", "draw_masks", "csprng_uniform"]
 
 # A free or removed slot decrypts to about r*(0 - tau) + e; forcing r = 1 and
 # e = -1 puts it more than one unit below zero: a certain non-hit.
@@ -28,6 +27,15 @@ def csprng_uniform(n: int) -> np.ndarray:
     return (raw >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
+class MaskParams(Protocol):
+    """What mask drawing needs from a parameter set of either profile."""
+
+    @property
+    def mask_log2_max(self) -> int: ...
+    @property
+    def decision_margin(self) -> float: ...
+
+
 @dataclass(frozen=True)
 class Masks:
     """Mask ``r`` and noise ``e`` for the slots of one block."""
@@ -36,7 +44,7 @@ class Masks:
     e: np.ndarray
 
 
-def draw_masks(occupied: np.ndarray, params: ParameterSet) -> Masks:
+def draw_masks(occupied: np.ndarray, params: MaskParams) -> Masks:
     """Draw masks for one block.
 
     Args:

@@ -184,3 +184,27 @@ class GalleryOwner:
         blk.encryptions = 1
         g.commit(index, {b: self._encrypt_columns(cols)})
         return rid
+
+    def export_templates(self) -> tuple[np.ndarray, np.ndarray]:
+        """Decrypt every enrolled template, exactly (grid values), in memory.
+
+        Returns:
+            ``(record_ids int64[n], templates float64[n, d])`` in gallery order.
+
+        Warning:
+            This is the plaintext gallery. It exists to build the blind
+            profile's diagonals (which are sealed at rest); callers must not
+            write it anywhere.
+        """
+        ids: list[np.ndarray] = []
+        rows: list[np.ndarray] = []
+        for b, blk in enumerate(self.gallery.index.blocks):
+            used = blk.occupancy()
+            if not used.any():
+                continue
+            cols = self._decrypt_block(b)
+            ids.append(blk.slots[used].astype(np.int64))
+            rows.append(cols[:, used].T.copy())
+        if not ids:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, self.gallery.dim), dtype=np.float64)
+        return np.concatenate(ids), np.concatenate(rows)

@@ -23,12 +23,13 @@ from pprm.matching.gallery import EncryptedGallery
 from pprm.matching.owner import GalleryOwner
 from pprm.matching.sealed import MaskedResult
 from pprm.node.state import State
+from pprm.protocol.blind_messages import BlindQueryBody, KeyAnnouncementBody, parse_handle
 from pprm.protocol.envelope import Envelope, open_envelope
 from pprm.protocol.messages import FollowUpBody, QueryBody
 from pprm.protocol.replay import ReplayCache
 from pprm.protocol.tokens import TokenMinter
 
-__all__ = ["KeyService", "VerifiedQuery", "Release", "Resolution"]
+__all__ = ["KeyService", "VerifiedQuery", "VerifiedBlindQuery", "Release", "Resolution"]
 
 Progress = Callable[[int, int], None]
 
@@ -43,6 +44,18 @@ class VerifiedQuery:
     def __repr__(self) -> str:
         h = self.envelope.header
         return f"VerifiedQuery(from={h.sender}, id={h.id})"
+
+
+@dataclass(frozen=True)
+class VerifiedBlindQuery:
+    """A blind-profile query whose envelope, box and body all checked out."""
+
+    envelope: Envelope
+    body: BlindQueryBody
+
+    def __repr__(self) -> str:
+        h = self.envelope.header
+        return f"VerifiedBlindQuery(from={h.sender}, id={h.id}, key={self.body.key_id})"
 
 
 @dataclass(frozen=True)
@@ -105,9 +118,17 @@ class KeyService:
             owner.remove(reference)
             self.state.audit.append("remove", reference=reference, total=len(owner.gallery))
 
+    def export_templates(self) -> tuple[np.ndarray, np.ndarray]:
+        """Decrypt the whole gallery to build the blind profile's diagonals (memory only).
+
+        Warning:
+            The result is the plaintext gallery; see :meth:`GalleryOwner.export_templates`.
+        """
+        return GalleryOwner(self.state.ctx, self._sk, self.state.gallery()).export_templates()
+
     # -- step one ----------------------------------------------------------
     def verify_query(self, blob: bytes, now: float | None = None) -> VerifiedQuery:
-        """Verify a query message end to end (signature before parsing).
+        """Verify a sealed-profile query message end to end (signature before parsing).
 
         Raises:
             MessageError and subclasses: bad framing, signature, recipient,
@@ -115,19 +136,56 @@ class KeyService:
             UnknownPeerError: the sender is not trusted.
             ParameterError: made for another parameter set.
         """
-        env, plain = self._open(blob, "query", now)
+        env, plain = self._open(blob, "query", now, "sealed")
         return VerifiedQuery(env, QueryBody.from_bytes(plain))
 
-    def _open(self, blob: bytes, kind: str, now: float | None) -> tuple[Envelope, bytes]:
-        """Verify an incoming message of type ``kind`` that was not seen before; unbox its body."""
+    def query_profile(self, blob: bytes, now: float | None = None) -> str:
+        """Verify a query's envelope (not its body) and return its profile.
+
+        Raises:
+            As :meth:`verify_query`.
+        """
+        return self._envelope(blob, "query", now, None).header.profile
+
+    def verify_blind_query(self, blob: bytes, now: float | None = None) -> VerifiedBlindQuery:
+        """Verify a blind-profile query message end to end (signature before parsing).
+
+        Raises:
+            As :meth:`verify_query`.
+        """
+        env, plain = self._open(blob, "query", now, "blind")
+        return VerifiedBlindQuery(env, BlindQueryBody.from_bytes(plain))
+
+    def verify_announcement(self, blob: bytes, now: float | None = None) -> tuple[Envelope, KeyAnnouncementBody]:
+        """Verify a blind-profile key announcement (signed, not boxed: public material).
+
+        Raises:
+            As :meth:`verify_query`.
+        """
+        env = self._envelope(blob, "keys", now, "blind")
+        return env, KeyAnnouncementBody.from_bytes(env.body)
+
+    def _envelope(self, blob: bytes, kind: str, now: float | None, profile: str | None) -> Envelope:
         st = self.state
         env = open_envelope(blob, lookup=st.lookup, me=st.config.name,
-                            params_digest=st.config.parameter_set.digest, now=now)
+                            params_digest=st.config.parameter_set.digest, now=now,
+                            blind_digest=st.config.blind_parameter_set.digest)
         if env.header.type != kind:
-            label = {"followup": "follow-up"}.get(kind, kind)
+            label = {"followup": "follow-up", "keys": "key announcement"}.get(kind, kind)
             raise MessageError(f"expected a {label}, got a {env.header.type}")
+        if profile is not None and env.header.profile != profile and kind != "followup":
+            raise MessageError(f"expected a {profile}-profile message, got a {env.header.profile}-profile one")
         self._replay.check(env.header.sender, env.header.id)
-        return env, st.identity().unbox_from(env.sender, env.body)
+        return env
+
+    def _open(self, blob: bytes, kind: str, now: float | None, profile: str = "sealed") -> tuple[Envelope, bytes]:
+        """Verify an incoming message of type ``kind`` that was not seen before; unbox its body."""
+        env = self._envelope(blob, kind, now, profile)
+        return env, self.state.identity().unbox_from(env.sender, env.body)
+
+    def commit_seen(self, env: Envelope, now: float) -> None:
+        """Mark a verified message as used (caller holds the state lock)."""
+        self._replay.add(env.header.sender, env.header.id, env.header.expires, now)
 
     def release(self, query: bytes, result: MaskedResult, now: float | None = None,
                 gallery: EncryptedGallery | None = None) -> Release:
@@ -191,6 +249,8 @@ class KeyService:
         with st.lock():
             env, plain = self._open(blob, "followup", t)
             body = FollowUpBody.from_bytes(plain)
+            if env.header.profile == "blind":
+                return self._resolve_blind(env, body, t)
             content = self._minter.open(env.sender.fingerprint, body.token)
             if content.query_id != body.query_id:
                 raise TokenError("token belongs to another query")
@@ -202,6 +262,44 @@ class KeyService:
             self._replay.add(env.header.sender, env.header.id, env.header.expires, t)
             st.audit.append("resolve", peer=env.header.sender, query_id=body.query_id,
                             followup_id=env.header.id, reference=reference)
+        return Resolution(reference, env.header.sender, body.query_id, env.header.id)
+
+
+    def _resolve_blind(self, env: Envelope, body: FollowUpBody, t: float) -> Resolution:
+        """Resolve a blind-profile handle (caller holds the state lock).
+
+        Warning:
+            The responder never sees decryptions, so it cannot check that the
+            slot was a hit. What bounds fishing: at most ``k`` follow-ups per
+            answer, each logged, and the requester's key is retired at the
+            first one (no key decrypts after it has revealed signs).
+        """
+        st = self.state
+        store = st.blind_store
+        position, slot = parse_handle(body.token)
+        rec = store.answered(body.query_id)
+        if rec.peer != env.header.sender:
+            raise TokenError("this answer was given to another state")
+        if rec.answered + st.config.token_ttl < t:
+            raise TokenError("the answer's candidates have expired")
+        if body.token in rec.followups:
+            raise TokenError("this candidate was already followed up")
+        if len(rec.followups) >= st.config.k:
+            raise TokenError(f"at most {st.config.k} candidates of one answer can be followed up")
+        store.check_followup(rec.key_id, rec.query_id)
+        layout = store.layout(rec.version)
+        if not (0 <= position < len(rec.order) and 0 <= slot < layout.shape[1]):
+            raise TokenError("the handle points outside the answer")
+        record_id = int(layout[rec.order[position], slot])
+        reference = st.gallery().index.references.get(record_id) if record_id >= 0 else None
+        if reference is None:
+            raise GalleryError("there is no record behind this candidate (empty slot or removed since)")
+        store.retire_for_followup(rec.key_id, rec.query_id)
+        store.record_answer(type(rec)(rec.query_id, rec.peer, rec.key_id, rec.order, rec.version, rec.answered,
+                                      [*rec.followups, body.token]))
+        self._replay.add(env.header.sender, env.header.id, env.header.expires, t)
+        st.audit.append("resolve", peer=env.header.sender, query_id=body.query_id, followup_id=env.header.id,
+                        reference=reference, profile="blind", key_id=rec.key_id)
         return Resolution(reference, env.header.sender, body.query_id, env.header.id)
 
 

@@ -8,17 +8,24 @@ answer per query.
 from __future__ import annotations
 
 import os
+import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from pprm._fs import atomic_write_json, read_json
+from pprm.crypto import blind_keys
+from pprm.crypto.answer_codec import decode_answer
 from pprm.errors import MessageError, ReplayError, StateError, TokenError
+from pprm.matching.blind import answer_scale
+from pprm.matching.blind_client import decrypt_signs, encrypt_probe
 from pprm.matching.templates import normalise_probe
 from pprm.node.state import State
-from pprm.protocol.envelope import Header, new_id, open_envelope, seal_envelope
+from pprm.protocol.blind_messages import BlindAnswerBody, BlindQueryBody, KeyAnnouncementBody, make_handle
+from pprm.protocol.envelope import Envelope, Header, new_id, open_envelope, seal_envelope
 from pprm.protocol.messages import AnswerBody, FollowUpBody, QueryBody
 
 __all__ = ["Requester", "OpenedAnswer"]
@@ -103,26 +110,135 @@ class Requester:
             st.audit.append("query", peer=to, query_id=header.id, case=case, purpose=purpose)
         return msg
 
-    def _verify_answer(self, answer: bytes, now: float | None) -> tuple[Header, AnswerBody]:
-        """Verify an answer and check it against the outbox; changes nothing."""
+    def blind_query(self, to: str, probe: np.ndarray, case: str, purpose: str, now: float | None = None,
+                    sink: Callable[[bytes | None, bytes], None] | None = None) -> tuple[bytes | None, bytes]:
+        """Build a signed blind-profile query (and a key announcement when the key is new).
+
+        The probe is encrypted under this state's own key pair for (peer,
+        case); a fresh pair is made when there is none or the last one was
+        retired (after a follow-up, or at the end of ``blind_key_ttl``).
+
+        Args:
+            to: the peer's state code (must be in the roster).
+            probe: one template; normalised here.
+            case: case reference (boxed).
+            purpose: purpose of the search (boxed).
+            now: clock override for tests.
+            sink: called with ``(announcement, query)`` before anything is
+                recorded; if it raises, no key and no query are kept.
+
+        Returns:
+            ``(announcement, query)``: the announcement is None when the key
+            was announced to this peer before; send it first otherwise.
+
+        Raises:
+            UnknownPeerError: ``to`` is not trusted.
+            TemplateError: the probe is malformed.
+            MessageError: case or purpose are empty or too long.
+        """
+        st = self.state
+        peer = st.peer(to)
+        ctx = st.blind_ctx
+        t = int(time.time() if now is None else now)
+        ident = st.identity()
+        digest = ctx.params.digest
+        q = normalise_probe(probe, ctx.params.dim)
+        announcement = None
+        with st.lock():
+            ring = st.blind_keyring
+            kid = ring.active(to, case, t)
+            pair = None
+            if kid is None:
+                pair = blind_keys.generate(ctx)
+                kid, expires, sk = pair.key_id, t + st.config.blind_key_ttl, pair.secret_key
+                ann = KeyAnnouncementBody(kid, expires, pair.public_blob, pair.galois_blob)
+                header = Header("keys", st.config.name, to, new_id(), t, expires, digest, "blind", "")
+                announcement = seal_envelope(ident, header, ann.to_bytes())
+            else:
+                sk = ring.secret_key(kid)
+            body = BlindQueryBody(case, purpose, kid, encrypt_probe(ctx, sk, q))
+            header = Header("query", st.config.name, to, new_id(), t, t + st.config.query_ttl, digest, "blind", "")
+            msg = seal_envelope(ident, header, ident.box_to(peer.identity, body.to_bytes()))
+            if sink is not None:
+                sink(announcement, msg)
+            if pair is not None:
+                ring.store(pair, to, case, t, st.config.blind_key_ttl)
+                st.audit.append("keys_created", peer=to, key_id=kid, case=case)
+            box = self._outbox()
+            box[header.id] = {"to": to, "case": case, "purpose": purpose, "created": t,
+                              "expires": header.expires, "answer": None, "profile": "blind", "key_id": kid,
+                              "candidates": None, "hits": None}
+            atomic_write_json(self._outbox_path, box)
+            st.audit.append("query", peer=to, query_id=header.id, case=case, purpose=purpose,
+                            profile="blind", key_id=kid)
+        return announcement, msg
+
+    def _verify_envelope(self, answer: bytes, now: float | None) -> Envelope:
         st = self.state
         roster = st.roster()
 
         def digest_of(sender: str) -> str:
             return roster[sender].params_digest
 
-        env = open_envelope(answer, lookup=st.lookup, me=st.config.name, params_digest=digest_of, now=now)
-        h = env.header
-        if h.type != "answer":
-            raise MessageError(f"expected an answer, got a {h.type}")
-        body = AnswerBody.from_bytes(st.identity().unbox_from(env.sender, env.body))
-        if body.query_id != h.in_reply_to:
-            raise MessageError("answer body and header name different queries")
+        env = open_envelope(answer, lookup=st.lookup, me=st.config.name, params_digest=digest_of, now=now,
+                            blind_digest=st.config.blind_parameter_set.digest)
+        if env.header.type != "answer":
+            raise MessageError(f"expected an answer, got a {env.header.type}")
+        return env
+
+    def _check_outbox(self, h: Header) -> dict[str, Any]:
         sent = self._outbox().get(h.in_reply_to)
         if sent is None or sent["to"] != h.sender:
             raise MessageError("answer is for a query this state did not send to that peer")
+        if sent.get("profile", "sealed") != h.profile:
+            raise MessageError("answer is in another profile than its query")
         if sent["answer"] not in (None, h.id):
             raise ReplayError("another answer to this query was already accepted")
+        return sent
+
+    def _open_blind(self, env: Envelope, now: float | None) -> OpenedAnswer:
+        """Decrypt a blind answer to at most k candidate handles, once."""
+        st = self.state
+        h = env.header
+        body = BlindAnswerBody.from_bytes(st.identity().unbox_from(env.sender, env.body))
+        if body.query_id != h.in_reply_to:
+            raise MessageError("answer body and header name different queries")
+        with st.lock():
+            sent = self._check_outbox(h)
+            if sent["answer"] == h.id and sent["candidates"] is not None:
+                cands = tuple(sent["candidates"])
+                return OpenedAnswer(h.sender, h.in_reply_to, bool(cands), cands)
+            ctx = st.blind_ctx
+            sk = st.blind_keyring.secret_key(sent["key_id"])
+            scale = answer_scale(ctx)
+            hits: list[tuple[int, int]] = []
+            for pos, blob in enumerate(body.blocks):
+                signs = decrypt_signs(ctx, sk, decode_answer(ctx, blob, scale))
+                hits.extend((pos, int(j)) for j in np.flatnonzero(signs))
+            if len(hits) > st.config.k:
+                # The requester sees only signs: a uniform choice, never a ranking.
+                pool = list(hits)
+                hits = sorted(pool.pop(secrets.randbelow(len(pool))) for _ in range(st.config.k))
+            cands = tuple(make_handle(pos, j) for pos, j in hits)
+            box = self._outbox()
+            entry = box[h.in_reply_to]
+            entry.update(answer=h.id, candidates=list(cands))
+            atomic_write_json(self._outbox_path, box)
+            st.audit.append("answer_received", peer=h.sender, query_id=h.in_reply_to, answer_id=h.id,
+                            hit=bool(cands), candidates=len(cands), profile="blind")
+        return OpenedAnswer(h.sender, h.in_reply_to, bool(cands), cands)
+
+    def _verify_answer(self, answer: bytes, now: float | None) -> tuple[Header, AnswerBody]:
+        """Verify a sealed-profile answer and check it against the outbox; changes nothing."""
+        st = self.state
+        env = self._verify_envelope(answer, now)
+        h = env.header
+        if h.profile != "sealed":
+            raise MessageError("expected a sealed-profile answer")
+        body = AnswerBody.from_bytes(st.identity().unbox_from(env.sender, env.body))
+        if body.query_id != h.in_reply_to:
+            raise MessageError("answer body and header name different queries")
+        self._check_outbox(h)
         return h, body
 
     def _accept(self, h: Header, body: AnswerBody) -> None:
@@ -148,6 +264,9 @@ class Requester:
             ReplayError: another answer to this query was already accepted.
             UnknownPeerError: the sender is not trusted.
         """
+        env = self._verify_envelope(answer, now)
+        if env.header.profile == "blind":
+            return self._open_blind(env, now)
         h, body = self._verify_answer(answer, now)
         with self.state.lock():
             self._accept(h, body)
@@ -168,6 +287,8 @@ class Requester:
             TokenError: the token is not in that answer.
             MessageError and subclasses: the answer does not verify.
         """
+        if self._verify_envelope(answer, now).header.profile == "blind":
+            return self._follow_up_blind(answer, token, now)
         ah, answer_body = self._verify_answer(answer, now)
         if token not in answer_body.candidates:
             raise TokenError("token is not among the candidates of this answer")
@@ -182,4 +303,26 @@ class Requester:
         with st.lock():
             self._accept(ah, answer_body)
             st.audit.append("followup", peer=peer.name, query_id=ah.in_reply_to, followup_id=header.id)
+        return msg
+
+    def _follow_up_blind(self, answer: bytes, handle: str, now: float | None) -> bytes:
+        """Follow up one blind candidate, and retire the key it was found under."""
+        st = self.state
+        opened = self.open(answer, now)
+        if handle not in opened.candidates:
+            raise TokenError("handle is not among the candidates of this answer")
+        env = self._verify_envelope(answer, now)
+        peer = st.peer(env.header.sender)
+        t = int(time.time() if now is None else now)
+        ident = st.identity()
+        header = Header("followup", st.config.name, peer.name, new_id(), t, t + st.config.query_ttl,
+                        st.blind_ctx.params.digest, "blind", env.header.in_reply_to)
+        body = FollowUpBody(env.header.in_reply_to, handle)
+        msg = seal_envelope(ident, header, ident.box_to(peer.identity, body.to_bytes()))
+        with st.lock():
+            kid = self._outbox()[env.header.in_reply_to]["key_id"]
+            # A follow-up reveals decrypted signs: the key never decrypts again.
+            st.blind_keyring.retire(kid, f"follow-up on {env.header.in_reply_to}")
+            st.audit.append("followup", peer=peer.name, query_id=env.header.in_reply_to, followup_id=header.id,
+                            profile="blind", key_id=kid)
         return msg

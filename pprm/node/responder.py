@@ -11,8 +11,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from pprm.matching.blind import BlindMatcher
+from pprm.node.blind_store import AnsweredQuery
 from pprm.node.keyservice import KeyService
 from pprm.node.state import State
+from pprm.protocol.blind_messages import BlindAnswerBody
 from pprm.protocol.envelope import Header, new_id, seal_envelope
 from pprm.protocol.messages import AnswerBody
 
@@ -55,6 +58,9 @@ class Responder:
         """
         st = self.state
         t = time.time() if now is None else now
+        # The envelope is verified (signature first) before its profile picks the path.
+        if self.key_service.query_profile(query, t) == "blind":
+            return self._answer_blind(query, sink, t)
         with st.lock():
             vq = self.key_service.verify_query(query, t)
             # One view of the gallery for both roles: the matcher's public
@@ -72,4 +78,59 @@ class Responder:
             if sink is not None:
                 sink(answer)
             self.key_service.commit_release(release, header.id, t)
+        return answer
+
+    def accept_keys(self, announcement: bytes, *, now: float | None = None) -> str:
+        """Verify and cache a peer's blind-profile key announcement.
+
+        Args:
+            announcement: the signed ``keys`` message.
+            now: clock override for tests.
+
+        Returns:
+            The key id.
+
+        Raises:
+            MessageError and subclasses: bad message or replay.
+            KeyRotationError: the key id was announced before or does not
+                match the key material.
+            CiphertextError: the keys do not load.
+        """
+        st = self.state
+        t = time.time() if now is None else now
+        with st.lock():
+            env, body = self.key_service.verify_announcement(announcement, t)
+            st.blind_store.accept_keys(env.header.sender, body.key_id, body.expires, body.public, body.galois)
+            self.key_service.commit_seen(env, t)
+            st.audit.append("keys", peer=env.header.sender, key_id=body.key_id, expires=body.expires)
+        return body.key_id
+
+    def _answer_blind(self, query: bytes, sink: Callable[[bytes], None] | None, t: float) -> bytes:
+        """Answer a blind-profile query: the probe stays encrypted under the requester's key."""
+        st = self.state
+        ks = self.key_service
+        ctx = st.blind_ctx
+        p = ctx.params
+        with st.lock():
+            vq = ks.verify_blind_query(query, t)
+            qh = vq.envelope.header
+            public_key, galois = st.blind_store.keys_for(vq.body.key_id, qh.sender, t)
+            probe = ctx.load_seeded_ciphertext(vq.body.probe, scale=float(2**p.probe_scale_bits))
+            gallery = st.gallery()
+            version = gallery.version
+            db = st.blind_store.database(version, ks.export_templates)
+            result = BlindMatcher(ctx, db).answer(probe, public_key, galois, st.config.threshold)
+            body = BlindAnswerBody(qh.id, tuple(result.ciphertexts))
+            ident = st.identity()
+            header = Header("answer", st.config.name, qh.sender, new_id(), int(t), int(t) + st.config.token_ttl,
+                            p.digest, "blind", qh.id)
+            answer = seal_envelope(ident, header, ident.box_to(vq.envelope.sender, body.to_bytes()))
+            if sink is not None:
+                sink(answer)
+            st.blind_store.record_answer(AnsweredQuery(qh.id, qh.sender, vq.body.key_id, result.order, version,
+                                                       int(t), []))
+            ks.commit_seen(vq.envelope, t)
+            st.audit.append("answer", peer=qh.sender, query_id=qh.id, answer_id=header.id, case=vq.body.case,
+                            purpose=vq.body.purpose, profile="blind", key_id=vq.body.key_id,
+                            blocks=len(result.ciphertexts), gallery_size=db.size)
         return answer

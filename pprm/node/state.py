@@ -11,8 +11,12 @@
         identity.key        Ed25519 seed | X25519 secret
         ckks-secret.key     CKKS secret key (its own file)
         token.key           key for candidate tokens
+        blind.key           SecretBox key for the blind profile's sealed diagonals
+        blind/KEY_ID.sk     this state's blind-profile secret keys (as requester)
       roster/CODE.card      trusted peers' cards
       gallery/              encrypted gallery (pprm.matching.gallery)
+      blind/                blind profile, responder side (pprm.node.blind_store)
+      blind-keys.json       blind profile, requester side (pprm.node.blind_keyring)
       audit.log             hash-chained audit log
       replay.json           seen message ids
       outbox.json           queries this state sent, and their answers
@@ -33,12 +37,14 @@ import tenseal.sealapi as seal
 
 from pprm._fs import atomic_write_bytes, atomic_write_json, locked, read_json
 from pprm.crypto import keys
-from pprm.crypto.context import CkksContext
+from pprm.crypto.context import BlindContext, CkksContext
 from pprm.crypto.identity import Identity, PublicIdentity
 from pprm.errors import ParameterError, StateError, UnknownPeerError
 from pprm.matching.gallery import EncryptedGallery
 from pprm.matching.sealed import SealedMatcher
 from pprm.node.audit import AuditLog
+from pprm.node.blind_keyring import BlindKeyring
+from pprm.node.blind_store import BlindStore
 from pprm.node.config import StateConfig
 from pprm.protocol.card import Card, make_card, parse_card
 
@@ -81,7 +87,8 @@ class State:
     # -- creation ------------------------------------------------------
     @classmethod
     def init(cls, directory: str, name: str, *, threshold: float = 0.4, params: str | None = None,
-             k: int = 10, dim: int = 512, allow_insecure: bool = False) -> State:
+             k: int = 10, dim: int = 512, allow_insecure: bool = False, blind_params: str | None = None,
+             profiles: dict[str, str] | None = None) -> State:
         """Create a new state directory with fresh keys.
 
         Args:
@@ -92,6 +99,9 @@ class State:
             k: candidate cap.
             dim: template dimension.
             allow_insecure: accept ``INSECURE*`` sets (tests only).
+            blind_params: blind-profile parameter set name (default
+                ``pprm-blind-n16384-v1``).
+            profiles: per-peer default query profile.
 
         Returns:
             The opened state.
@@ -100,7 +110,11 @@ class State:
             StateError: the directory exists and is not empty.
             ParameterError: invalid settings.
         """
-        kwargs = {} if params is None else {"params": params}
+        kwargs: dict[str, object] = {} if params is None else {"params": params}
+        if blind_params is not None:
+            kwargs["blind_params"] = blind_params
+        if profiles is not None:
+            kwargs["profiles"] = dict(profiles)
         config = StateConfig(name=name, threshold=threshold, k=k, dim=dim,
                              allow_insecure=allow_insecure, **kwargs)  # type: ignore[arg-type]
         directory = os.path.abspath(directory)
@@ -180,6 +194,36 @@ class State:
     @cached_property
     def ctx(self) -> CkksContext:
         return CkksContext(self.config.parameter_set)
+
+    @cached_property
+    def blind_ctx(self) -> BlindContext:
+        return BlindContext(self.config.blind_parameter_set)
+
+    @cached_property
+    def blind_store(self) -> BlindStore:
+        """Responder-side blind-profile state; the database is cached in memory."""
+        return BlindStore(self.dir, self.blind_ctx, self._blind_box_key())
+
+    @cached_property
+    def blind_keyring(self) -> BlindKeyring:
+        """Requester-side blind-profile key pairs."""
+        return BlindKeyring(self.dir, self.blind_ctx)
+
+    def _blind_box_key(self) -> bytes:
+        path = self.path("private", "blind.key")
+        if not os.path.exists(path):
+            # Create-if-absent without the state lock (callers may hold it):
+            # write a temp file, then link it into place; link fails if another
+            # process won the race, and then its key is the one.
+            tmp = f"{path}.tmp-{os.getpid()}"
+            _write_private(tmp, os.urandom(32))
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+            os.unlink(tmp)
+        raw = _read_private(path)
+        if len(raw) != 32:
+            raise StateError("blind sealing key file is malformed")
+        return raw
 
     @property
     def card_bytes(self) -> bytes:

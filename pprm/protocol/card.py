@@ -85,7 +85,7 @@ def parse_card(blob: bytes, *, allow_insecure: bool = False) -> Card:
         raise MessageError("card has unexpected fields or format")
     try:
         name = obj["name"]
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ValueError
         ident = PublicIdentity(name, bytes.fromhex(obj["verify_key"]), bytes.fromhex(obj["box_key"]))
         sig = bytes.fromhex(obj["signature"])

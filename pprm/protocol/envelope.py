@@ -24,7 +24,7 @@ from pprm.crypto.identity import Identity, PublicIdentity
 from pprm.errors import ExpiredError, MessageError, ParameterError, RecipientError, UnknownPeerError
 from pprm.protocol import canonical
 
-__all__ = ["Header", "Envelope", "seal_envelope", "open_envelope", "MESSAGE_TYPES",
+__all__ = ["Header", "Envelope", "seal_envelope", "open_envelope", "MESSAGE_TYPES", "PROFILES",
            "MAX_HEADER", "MAX_BODY", "CLOCK_SKEW"]
 
 MAGIC = b"PPRM"
@@ -33,14 +33,16 @@ _FRAME = struct.Struct(">4sB16sII")
 _SIG = 64
 # A header is a few hundred bytes; 4 KiB leaves room without inviting abuse.
 MAX_HEADER = 4096
-# Sealed-profile bodies are a few KiB; 64 MiB bounds what a peer can make us read.
+# Sealed-profile bodies are a few KiB, blind ones a few MB (about 24 bytes
+# per gallery template in an answer); 64 MiB bounds what a peer can make us read.
 MAX_BODY = 64 << 20
 # Tolerated clock difference between states, seconds.
 CLOCK_SKEW = 120
 # A message may not claim to live longer than this, seconds: answers live as
 # long as their tokens can be followed up (at most 31 days, see node.config).
 MAX_LIFETIME = 31 * 24 * 3600
-MESSAGE_TYPES = ("query", "answer", "followup")
+MESSAGE_TYPES = ("query", "answer", "followup", "keys")
+PROFILES = ("sealed", "blind")
 _NAME = re.compile(r"^[A-Z][A-Z0-9-]{1,15}$")
 _HEX128 = re.compile(r"^[0-9a-f]{32}$")
 _HEX256 = re.compile(r"^[0-9a-f]{64}$")
@@ -72,13 +74,13 @@ class Header:
             raise MessageError("message header has unexpected fields or version")
         ok = (
             obj["type"] in MESSAGE_TYPES
-            and isinstance(obj["from"], str) and _NAME.match(obj["from"])
-            and isinstance(obj["to"], str) and _NAME.match(obj["to"])
-            and isinstance(obj["id"], str) and _HEX128.match(obj["id"])
+            and isinstance(obj["from"], str) and _NAME.fullmatch(obj["from"])
+            and isinstance(obj["to"], str) and _NAME.fullmatch(obj["to"])
+            and isinstance(obj["id"], str) and _HEX128.fullmatch(obj["id"])
             and type(obj["created"]) is int and type(obj["expires"]) is int
-            and isinstance(obj["params"], str) and _HEX256.match(obj["params"])
-            and obj["profile"] in ("sealed",)
-            and isinstance(obj["re"], str) and (obj["re"] == "" or _HEX128.match(obj["re"]))
+            and isinstance(obj["params"], str) and _HEX256.fullmatch(obj["params"])
+            and obj["profile"] in PROFILES
+            and isinstance(obj["re"], str) and (obj["re"] == "" or _HEX128.fullmatch(obj["re"]))
         )
         if not ok:
             raise MessageError("message header has a malformed field")
@@ -131,6 +133,7 @@ def open_envelope(
     params_digest: str | Callable[[str], str],
     now: float | None = None,
     max_body: int = MAX_BODY,
+    blind_digest: str | None = None,
 ) -> Envelope:
     """Check framing, sender, signature, recipient, time and parameters.
 
@@ -138,8 +141,10 @@ def open_envelope(
         blob: wire bytes.
         lookup: fingerprint -> trusted identity, or None if unknown.
         me: this state's name (the only acceptable recipient).
-        params_digest: the digest the header must carry, or a function of the
-            sender's name giving it.
+        params_digest: the digest a sealed-profile header must carry, or a
+            function of the sender's name giving it.
+        blind_digest: the digest a blind-profile header must carry; None
+            refuses blind-profile messages.
         now: current time (seconds since the epoch) for tests.
         max_body: body size limit.
 
@@ -184,7 +189,10 @@ def open_envelope(
         raise ExpiredError("message is expired or not yet valid")
     if header.expires <= header.created or header.expires - header.created > MAX_LIFETIME:
         raise MessageError("message has an implausible lifetime")
-    want = params_digest(header.sender) if callable(params_digest) else params_digest
-    if header.params != want:
+    if header.profile == "blind":
+        want = blind_digest
+    else:
+        want = params_digest(header.sender) if callable(params_digest) else params_digest
+    if want is None or header.params != want:
         raise ParameterError("message was made for another parameter set")
     return Envelope(header, sender, blob[hstart + hlen:-_SIG])

@@ -88,11 +88,11 @@ class AnswerBody:
         obj = canonical.decode(blob, "answer body")
         _fields(obj, {"query_id", "hit", "candidates"}, "answer body")
         qid, hit, cands = obj["query_id"], obj["hit"], obj["candidates"]
-        if not isinstance(qid, str) or not _HEX128.match(qid) or type(hit) is not bool:
+        if not isinstance(qid, str) or not _HEX128.fullmatch(qid) or type(hit) is not bool:
             raise MessageError("answer body has a malformed field")
         if not isinstance(cands, list) or len(cands) > MAX_CANDIDATES:
             raise MessageError("answer body has a malformed candidate list")
-        if any(not isinstance(t, str) or not _TOKEN.match(t) for t in cands):
+        if any(not isinstance(t, str) or not _TOKEN.fullmatch(t) for t in cands):
             raise MessageError("answer body has a malformed token")
         if hit != bool(cands) or len(set(cands)) != len(cands):
             raise MessageError("answer body is inconsistent")
@@ -114,8 +114,8 @@ class FollowUpBody:
         obj = canonical.decode(blob, "follow-up body")
         _fields(obj, {"query_id", "token"}, "follow-up body")
         qid, tok = obj["query_id"], obj["token"]
-        if not isinstance(qid, str) or not _HEX128.match(qid):
+        if not isinstance(qid, str) or not _HEX128.fullmatch(qid):
             raise MessageError("follow-up body has a malformed query id")
-        if not isinstance(tok, str) or not _TOKEN.match(tok):
+        if not isinstance(tok, str) or not _TOKEN.fullmatch(tok):
             raise MessageError("follow-up body has a malformed token")
         return cls(qid, tok)

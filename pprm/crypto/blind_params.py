@@ -1,0 +1,294 @@
+"""Named CKKS parameter sets for the blind profile, validated like the sealed ones.
+
+In the blind profile the requester encrypts its probe under its own key and
+the responder evaluates ``r * (<G_j, q> - tau) + e`` with baby-step/giant-step
+diagonals, re-randomises the result with a fresh encryption of zero, floods
+the noise, and rescales the answer down to the first prime (DESIGN.md
+sections 2-4 and 9). Precision, not depth, sets the modulus: the flood is
+2**30 times the worst computation noise and must still leave every decision
+with ``|s - tau| >= 1e-3`` exact at the smallest mask ``r = 1``.
+
+Warning:
+    Sets named ``INSECURE*`` are for tests only; :func:`get` refuses them
+    unless ``allow_insecure=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pprm.crypto.params import HE_MAX_LOG_Q
+from pprm.errors import ParameterError
+
+__all__ = ["BlindParameterSet", "DEFAULT_BLIND_PARAMS", "get", "names", "by_digest", "FLOOD_FACTOR_BITS"]
+
+DEFAULT_BLIND_PARAMS = "pprm-blind-n16384-v1"
+
+# The flood's standard deviation is 2**30 times the worst-case computation
+# noise (DESIGN.md section 4; OpenFHE's NOISE_FLOODING uses the same s = 30).
+FLOOD_FACTOR_BITS = 30
+
+
+@dataclass(frozen=True)
+class BlindParameterSet:
+    """A validated, immutable CKKS parameter set for the blind profile.
+
+    Attributes:
+        name: Registry name.
+        poly_modulus_degree: Ring dimension N; a block holds N/2 templates.
+        coeff_modulus_bits: ``[q0, q1, ..., P]``: the answer prime q0, the
+            primes the answer is rescaled through, and SEAL's special prime.
+        dim: Template dimension d; must divide N/2 (the probe is replicated
+            N/(2d) times) and be a multiple of :attr:`baby_steps`.
+        baby_steps: b1 of the baby-step/giant-step product; the requester's
+            Galois keys are for rotations by 1 and by b1 only.
+        probe_scale_bits: log2 of the scale the requester encodes its probe at.
+        diagonal_scale_bits: log2 of the scale gallery diagonals are encoded at.
+        mask_scale_bits: log2 of the scale the mask r is encoded at.
+        mask_log2_max: r is log-uniform in [1, 2**mask_log2_max].
+        answer_drop_bits: low bits of every answer coefficient (coefficient
+            form, at q0) rounded away before sending; the rounding adds far
+            less noise than the flood.
+        noise_bits_below_scale: the worst-case computation noise (largest
+            coefficient of decryption minus exact encoding, before the flood)
+            is at most ``2**(top_scale_bits - noise_bits_below_scale)``;
+            measured, and checked by a test.
+        decision_margin: |s - tau| at and above which decisions must be exact.
+        insecure: True for test-only sets below 128-bit security.
+    """
+
+    name: str
+    poly_modulus_degree: int
+    coeff_modulus_bits: tuple[int, ...]
+    dim: int
+    baby_steps: int
+    probe_scale_bits: int
+    diagonal_scale_bits: int
+    mask_scale_bits: int
+    mask_log2_max: int
+    answer_drop_bits: int
+    noise_bits_below_scale: int
+    decision_margin: float
+    insecure: bool
+
+    @property
+    def slots(self) -> int:
+        """CKKS slots per ciphertext (N/2)."""
+        return self.poly_modulus_degree // 2
+
+    @property
+    def templates_per_block(self) -> int:
+        """Templates one block (one answer ciphertext) covers: N/2."""
+        return self.slots
+
+    @property
+    def giant_steps(self) -> int:
+        """g2 = d / b1."""
+        return self.dim // self.baby_steps
+
+    @property
+    def data_primes(self) -> int:
+        """Primes at the level the probe arrives and the product is computed."""
+        return len(self.coeff_modulus_bits) - 1
+
+    @property
+    def score_scale_bits(self) -> int:
+        """log2 of the scale of the inner products (probe times diagonals)."""
+        return self.probe_scale_bits + self.diagonal_scale_bits
+
+    @property
+    def top_scale_bits(self) -> int:
+        """log2 of the scale of the masked value before rescaling."""
+        return self.score_scale_bits + self.mask_scale_bits
+
+    @property
+    def flood_bits(self) -> int:
+        """The flood is uniform on [-2**flood_bits, 2**flood_bits) per coefficient.
+
+        Its standard deviation 2**flood_bits / sqrt(3) is at least
+        2**FLOOD_FACTOR_BITS times the noise bound.
+        """
+        bound = self.top_scale_bits - self.noise_bits_below_scale
+        return bound + FLOOD_FACTOR_BITS + math.ceil(math.log2(math.sqrt(3.0)))
+
+    @property
+    def log_q(self) -> int:
+        """Total coefficient-modulus bits (what the security bound limits)."""
+        return sum(self.coeff_modulus_bits)
+
+    def canonical(self) -> dict[str, Any]:
+        """The fields that define the set, as a JSON-ready dict."""
+        d = asdict(self)
+        d["coeff_modulus_bits"] = list(self.coeff_modulus_bits)
+        return d
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 over the canonical JSON of the set, hex; goes into every header."""
+        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(b"pprm/blind-params/v1\x00" + blob).hexdigest()
+
+
+def _validate(lit: dict[str, Any]) -> BlindParameterSet:
+    """Turn an unchecked literal into a BlindParameterSet, or raise ParameterError."""
+    try:
+        ps = BlindParameterSet(
+            name=str(lit["name"]),
+            poly_modulus_degree=int(lit["poly_modulus_degree"]),
+            coeff_modulus_bits=tuple(int(b) for b in lit["coeff_modulus_bits"]),
+            dim=int(lit["dim"]),
+            baby_steps=int(lit["baby_steps"]),
+            probe_scale_bits=int(lit["probe_scale_bits"]),
+            diagonal_scale_bits=int(lit["diagonal_scale_bits"]),
+            mask_scale_bits=int(lit["mask_scale_bits"]),
+            mask_log2_max=int(lit["mask_log2_max"]),
+            answer_drop_bits=int(lit["answer_drop_bits"]),
+            noise_bits_below_scale=int(lit["noise_bits_below_scale"]),
+            decision_margin=float(lit["decision_margin"]),
+            insecure=bool(lit["insecure"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ParameterError(f"parameter literal is malformed: {exc}") from None
+    n = ps.poly_modulus_degree
+    if n < 1024 or n & (n - 1):
+        raise ParameterError(f"{ps.name}: poly_modulus_degree must be a power of two >= 1024")
+    if ps.insecure != ps.name.startswith("INSECURE"):
+        raise ParameterError(f"{ps.name}: only sets named INSECURE* may be insecure, and all must")
+    if not ps.insecure:
+        limit = HE_MAX_LOG_Q.get(n)
+        if limit is None or ps.log_q > limit:
+            raise ParameterError(f"{ps.name}: log Q = {ps.log_q} exceeds the 128-bit bound for N={n}")
+    bits = ps.coeff_modulus_bits
+    if len(bits) < 3 or any(not 20 <= b <= 60 for b in bits):
+        raise ParameterError(f"{ps.name}: need [q0, rescale primes..., P], each 20..60 bits")
+    if ps.dim & (ps.dim - 1) or ps.slots % ps.dim or ps.dim % ps.baby_steps or ps.baby_steps < 2:
+        raise ParameterError(f"{ps.name}: dim must be a power of two dividing N/2, and a multiple of b1")
+    # The masked value r*(s - tau) with s >= -1, tau < 1 and r <= 2**mask_log2_max
+    # must stay below half the modulus both before rescaling and at q0.
+    worst = ps.mask_log2_max + 1
+    if ps.top_scale_bits + worst + 1 > sum(bits[:-1]) - 1:
+        raise ParameterError(f"{ps.name}: the masked value overflows the top modulus")
+    final_scale = ps.top_scale_bits - sum(bits[1:-1])
+    if final_scale < 20 or final_scale + worst + 1 > bits[0] - 1:
+        raise ParameterError(f"{ps.name}: the answer scale 2**{final_scale} does not fit q0 = 2**{bits[0]}")
+    # Key-switching noise grows like q_i/P; P at least the largest data prime
+    # keeps it near the fresh encryption noise.
+    if bits[-1] < max(bits[:-1]):
+        raise ParameterError(f"{ps.name}: the special prime must be at least as large as every data prime")
+    if not 0 < ps.decision_margin < 0.1:
+        raise ParameterError(f"{ps.name}: decision_margin must be in (0, 0.1)")
+    # Answers are packed in whole bytes; the rounding (at most 2**(t-1) per
+    # coefficient of c0 and c1, times the ternary secret) must stay far below
+    # the flood after rescaling, 2**(flood_bits - sum of rescale primes).
+    kept = bits[0] - ps.answer_drop_bits
+    if kept % 8 or not 0 <= ps.answer_drop_bits <= ps.flood_bits - sum(bits[1:-1]) - 8:
+        raise ParameterError(f"{ps.name}: answer_drop_bits must leave whole bytes and stay under the flood")
+    return ps
+
+
+_BLIND_COMMON: dict[str, Any] = {
+    # ArcFace embeddings (the mission's template size).
+    "dim": 512,
+    # b1 = 64 baby steps and 8 giant steps: 63 rotations of the probe per
+    # query plus 7 per block, and two Galois keys (steps 1 and 64).
+    "baby_steps": 64,
+    # 2**82: probe scale. The probe's encryption noise and the key-switching
+    # noise of the 63 chained baby-step rotations, relative to this scale,
+    # dominate the computation noise (measured: 2**-68 of the product's scale
+    # for a random gallery). DESIGN.md section 9 used 2**66 with r <= 2**10
+    # at N=8192; the wider mask range and the worst-case galleries below
+    # cost the extra bits.
+    "probe_scale_bits": 82,
+    # 2**70: diagonal scale; rounding the exactly computed diagonals to
+    # integers then adds about 2**-70 relative error per diagonal.
+    "diagonal_scale_bits": 70,
+    # 2**11: mask scale (DESIGN.md section 9); r's encoding error is about
+    # 0.02 in absolute terms, which cannot flip the sign of r*(s - tau).
+    "mask_scale_bits": 11,
+    # r log-uniform in [1, 2**13]: the rank correlation of a non-hit's
+    # decrypted value with its score is about 3.4*(sd of impostor scores /
+    # tau) / (13 ln 2) = 0.041 for sd 0.044 and tau = 0.4 (DESIGN.md
+    # section 9; measured by tests/test_blind_privacy.py).
+    "mask_log2_max": 13,
+    # |s - tau| >= 1e-3 must decide exactly (DESIGN.md sections 4 and 8).
+    "decision_margin": 1e-3,
+    # 12 of q0's 60 bits are rounded off every answer coefficient: 48 bits
+    # (6 bytes) per coefficient, 24 bytes per template. The rounding error
+    # times the ternary secret is about 2**17 per coefficient, 2**-19 of the
+    # answer's scale in the slots: 100 times below the flood (2**24 per
+    # coefficient after rescaling).
+    "answer_drop_bits": 12,
+}
+
+_LITERALS: tuple[dict[str, Any], ...] = (
+    # N=16384: 8192 templates per block. [60 | 60, 60 | 60]: the product
+    # lands at scale 2**163 under a 180-bit modulus (2**177 at worst with
+    # r = 2**13 and |s - tau| < 2), is rescaled by two primes to scale 2**43
+    # at q0 (the answer: 2 x 60 bits per slot, 30 bytes per template), and
+    # the 60-bit special prime keeps key-switching noise near the encryption
+    # noise. log Q = 240, under the 431-bit bound.
+    # noise_bits_below_scale = 50: the largest noise coefficient measured
+    # before the flood, with r = 2**13 in every slot, was 2**-54.5 of the
+    # scale for a random gallery and 2**-50.9 for the worst structured one
+    # (every template equal to the probe; tests/test_blind_noise.py). The
+    # flood is then uniform on [-2**144, 2**144): 1.0e-4 (std) in the slots,
+    # 8.7 standard deviations below the smallest value a decision at
+    # |s - tau| = 1e-3 and r = 1 can take.
+    # N=8192 (log Q <= 214) cannot hold both that flood and a mask range
+    # wide enough for the rank-correlation target at tau = 0.4 (measured
+    # with [44, 40, 40, 40 | 50]: 0.9 bits of margin for random galleries,
+    # 3.7 bits short for structured ones, with r <= 2**12).
+    {"name": "pprm-blind-n16384-v1", "poly_modulus_degree": 16384,
+     "coeff_modulus_bits": [60, 60, 60, 60], "insecure": False,
+     "noise_bits_below_scale": 50, **_BLIND_COMMON},
+    # Test-only: the same primes and scales at N=1024 (512 templates per
+    # block, one probe replica); far below 128-bit security (log Q = 240 at
+    # N=1024), it keeps tests fast.
+    {"name": "INSECURE-blind-n1024", "poly_modulus_degree": 1024,
+     "coeff_modulus_bits": [60, 60, 60, 60], "insecure": True,
+     "noise_bits_below_scale": 50, **_BLIND_COMMON},
+)
+
+_REGISTRY: dict[str, BlindParameterSet] = {lit["name"]: _validate(lit) for lit in _LITERALS}
+
+
+def names(*, include_insecure: bool = False) -> list[str]:
+    """Names of the registered blind-profile sets, sorted."""
+    return sorted(n for n, p in _REGISTRY.items() if include_insecure or not p.insecure)
+
+
+def get(name: str, *, allow_insecure: bool = False) -> BlindParameterSet:
+    """Look up a blind-profile parameter set by name.
+
+    Args:
+        name: a registered name.
+        allow_insecure: permit ``INSECURE*`` sets (tests only).
+
+    Returns:
+        The validated set.
+
+    Raises:
+        ParameterError: unknown name, or an insecure set without permission.
+    """
+    ps = _REGISTRY.get(name)
+    if ps is None:
+        raise ParameterError(f"unknown blind parameter set {name!r}; known: {', '.join(names())}")
+    if ps.insecure and not allow_insecure:
+        raise ParameterError(f"parameter set {name!r} is insecure and not allowed here")
+    return ps
+
+
+def by_digest(digest: str, *, allow_insecure: bool = False) -> BlindParameterSet:
+    """Find the registered blind set with this digest (the downgrade check for peers).
+
+    Raises:
+        ParameterError: no allowed set has this digest.
+    """
+    for ps in _REGISTRY.values():
+        if ps.digest == digest:
+            return get(ps.name, allow_insecure=allow_insecure)
+    raise ParameterError("parameter digest matches no allowed blind parameter set")

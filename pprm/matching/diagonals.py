@@ -1,0 +1,161 @@
+"""Blind profile, responder's database: the gallery as pre-encoded plaintext diagonals.
+
+Halevi-Shoup diagonals with baby-step/giant-step (DESIGN.md section 3): the
+probe ``q`` (d components) is replicated across the N/2 slots, so a rotation
+by ``i`` gives ``q[(j + i) mod d]`` in slot ``j``. With ``D_i[j] = G[j, (i + j)
+mod d]`` for the N/2 templates ``G[j]`` of a block, ``sum_i D_i * rot_i(q)``
+holds ``<G_j, q>`` in slot ``j``. Writing ``i = g*b1 + b``, the responder
+computes ``sum_g rot_{g*b1}(sum_b D'_{g,b} * rot_b(q))`` with
+``D'_{g,b} = rot_{-g*b1}(D_{g*b1+b})``: b1 - 1 probe rotations per query and
+g2 - 1 rotations per block, with Galois keys for steps 1 and b1 only.
+
+Templates sit in slots through a secret random permutation drawn afresh
+every time the diagonals are rebuilt, so slot positions tell the requester
+nothing it could link across rebuilds. Each slot also carries a secret random
+sign ``u_j``: the diagonals hold ``u_j * G[j]``, the product holds ``u_j * s_j``,
+and the matcher multiplies by ``u_j * r_j`` (``u_j**2 = 1``). Without the signs, a
+gallery of identical templates makes every diagonal a constant polynomial,
+and the probe noise at the fixed points of the rotations adds up coherently:
+measured 3.7 bits more noise than a random gallery, which the flood would
+have to cover at the cost of decision precision. With them every gallery
+behaves like a random one. Each diagonal is encoded exactly
+(:mod:`pprm.crypto.encoding`) and stored as SEAL NTT residues, so a query is
+one multiply-accumulate pass of :func:`pprm.matching.kernel.plain_mac`.
+
+Warning:
+    The diagonals are an encoding of the plaintext gallery. They are kept in
+    memory; on disk they exist only sealed (see
+    :mod:`pprm.node.blind_store`).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from pprm.crypto.context import BlindContext
+from pprm.crypto.encoding import coefficients_to_residues, encode_coefficients
+from pprm.errors import TemplateError
+
+__all__ = ["BlindDatabase", "build_database", "secret_permutation"]
+
+Progress = Callable[[int, int], None]
+
+# Diagonals encoded per batch: bounds the long-double work arrays (~0.5 GB).
+_ENCODE_BATCH = 64
+
+
+def secret_permutation(n: int) -> np.ndarray:
+    """A uniformly random permutation of ``range(n)`` from the OS CSPRNG."""
+    perm = np.arange(n, dtype=np.int64)
+    for i in range(n - 1, 0, -1):
+        j = secrets.randbelow(i + 1)
+        perm[i], perm[j] = perm[j], perm[i]
+    return perm
+
+
+@dataclass(frozen=True)
+class BlindDatabase:
+    """A gallery laid out for the blind product.
+
+    Attributes:
+        diagonals: ``uint64[blocks, g2, b1, L, N]`` NTT residues of ``D'_{g,b}``.
+        slot_record: ``int64[blocks, N/2]``: the row of the source gallery in
+            each slot, or -1 for an empty slot (its diagonal entries are 0).
+        signs: ``float64[blocks, N/2]`` of +1/-1: the secret slot signs.
+        params_name: the blind parameter set the diagonals belong to.
+    """
+
+    diagonals: np.ndarray
+    slot_record: np.ndarray
+    signs: np.ndarray
+    params_name: str
+
+    @property
+    def blocks(self) -> int:
+        """Number of blocks (answer ciphertexts per query)."""
+        return int(self.diagonals.shape[0])
+
+    @property
+    def size(self) -> int:
+        """Number of templates."""
+        return int((self.slot_record >= 0).sum())
+
+    def __repr__(self) -> str:
+        return f"BlindDatabase({self.params_name}, {self.size} templates, {self.blocks} blocks)"
+
+
+def block_diagonals(block: np.ndarray, baby: int) -> np.ndarray:
+    """The rotated diagonals ``D'_{g,b}`` of one block as slot values.
+
+    Args:
+        block: ``float64[N/2, d]`` templates in slot order (zero rows for
+            empty slots).
+        baby: b1.
+
+    Returns:
+        ``float64[g2, b1, N/2]``.
+    """
+    slots, d = block.shape
+    j = np.arange(slots)
+    out = np.empty((d // baby, baby, slots), dtype=np.float64)
+    for g in range(d // baby):
+        shift = g * baby
+        # D'_{g,b}[j] = D_{g*b1+b}[(j - g*b1) mod slots] and D_i[j] = G[j, (i + j) mod d].
+        src = (j - shift) % slots
+        for b in range(baby):
+            i = shift + b
+            out[g, b] = block[src, (i + src) % d]
+    return out
+
+
+def build_database(templates: np.ndarray, ctx: BlindContext, *, record_ids: np.ndarray | None = None,
+                   progress: Progress | None = None) -> BlindDatabase:
+    """Lay out, encode and NTT-transform a gallery's diagonals.
+
+    Args:
+        templates: ``float[n, d]`` unit-norm templates.
+        ctx: the blind context.
+        record_ids: ``int64[n]`` record id of each row (default: the row number).
+        progress: called with (blocks done, blocks).
+
+    Returns:
+        The database, under a fresh secret slot permutation.
+
+    Raises:
+        TemplateError: wrong dimension.
+    """
+    p = ctx.params
+    g = np.asarray(templates, dtype=np.float64)
+    if g.ndim != 2 or g.shape[1] != p.dim:
+        raise TemplateError(f"templates must be [n, {p.dim}], got {list(g.shape)}")
+    slots = p.slots
+    blocks = max(1, -(-g.shape[0] // slots))
+    positions = secret_permutation(blocks * slots)
+    slot_row = np.full(blocks * slots, -1, dtype=np.int64)
+    slot_row[positions[: g.shape[0]]] = np.arange(g.shape[0])
+    slot_row = slot_row.reshape(blocks, slots)
+    bits = np.unpackbits(np.frombuffer(secrets.token_bytes(blocks * slots // 8 + 1), dtype=np.uint8))
+    signs = (1.0 - 2.0 * bits[: blocks * slots].astype(np.float64)).reshape(blocks, slots)
+    moduli = ctx.moduli
+    lvl = p.data_primes
+    diag = np.empty((blocks, p.giant_steps, p.baby_steps, lvl, ctx.n), dtype=np.uint64)
+    for blk in range(blocks):
+        rows = np.zeros((slots, p.dim), dtype=np.float64)
+        used = slot_row[blk] >= 0
+        rows[used] = g[slot_row[blk][used]] * signs[blk][used, None]
+        values = block_diagonals(rows, p.baby_steps).reshape(p.dim, slots)
+        flat = diag[blk].reshape(p.dim, lvl, ctx.n)
+        for start in range(0, p.dim, _ENCODE_BATCH):
+            coeffs = encode_coefficients(values[start:start + _ENCODE_BATCH], p.diagonal_scale_bits, ctx.n)
+            flat[start:start + _ENCODE_BATCH] = ctx.to_ntt(coefficients_to_residues(coeffs, moduli[:lvl]))
+        if progress is not None:
+            progress(blk + 1, blocks)
+    ids = np.arange(g.shape[0], dtype=np.int64) if record_ids is None else np.asarray(record_ids, dtype=np.int64)
+    if ids.shape != (g.shape[0],):
+        raise TemplateError("record_ids must give one id per template")
+    slot_record = np.where(slot_row >= 0, ids[np.maximum(slot_row, 0)] if ids.size else -1, -1)
+    return BlindDatabase(diag, slot_record, signs, p.name)
