@@ -66,6 +66,7 @@ def test_same_decisions_give_indistinguishable_answers() -> None:
     assert ((va > 0) == (s > TAU)).all() and ((vb > 0) == (s > TAU)).all()
     non_hit = s < TAU
     _d, pval = ks_2samp(va[non_hit], vb[non_hit])
+    print(f"\nKS over {int(non_hit.sum())} non-hits per gallery: p = {pval:.3f}")
     assert pval > 0.01, f"KS p = {pval:.4f}: the answers tell the galleries apart"
 
 

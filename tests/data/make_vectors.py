@@ -5,6 +5,8 @@ Files written:
 * ``params_digests.json``: for every registered parameter set, its canonical
   fields and digest. ``tests/test_params.py`` fails if any constant of any
   set changes, because peers compare these digests in every header.
+* ``blind_params_digests.json``: the same for the blind-profile sets
+  (``tests/test_blind_params.py``).
 * ``seal_ct_n1024.bin``: a real SEAL ciphertext stream, written by SEAL's own
   ``Ciphertext::save`` (zstd-compressed, the SEAL default), encrypting
   :data:`VALUES` at scale 2**24 on ``INSECURE-sealed-n1024``.
@@ -39,7 +41,7 @@ from typing import Any
 import numpy as np
 import tenseal.sealapi as seal
 
-from pprm.crypto import params, seal_stream
+from pprm.crypto import blind_params, params, seal_stream
 
 __all__ = ["build", "main", "seeded_encryption", "DATA", "VALUES", "SEED_LABEL", "CT_PARAMS"]
 
@@ -95,6 +97,14 @@ def _params_vectors() -> dict[str, Any]:
     return out
 
 
+def _blind_params_vectors() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in blind_params.names(include_insecure=True):
+        ps = blind_params.get(name, allow_insecure=True)
+        out[name] = {"canonical": ps.canonical(), "digest": ps.digest}
+    return out
+
+
 def build() -> dict[str, bytes]:
     """Compute every vector file.
 
@@ -131,6 +141,7 @@ def build() -> dict[str, bytes]:
 
     return {
         "params_digests.json": dump(_params_vectors()),
+        "blind_params_digests.json": dump(_blind_params_vectors()),
         "seal_ct_n1024.bin": stream,
         "seal_ct_n1024.json": dump(ct_info),
     }
