@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from pprm.crypto.identity import Identity
+from pprm.protocol.blind_messages import BlindAnswerBody, BlindQueryBody, KeyAnnouncementBody, make_handle
 from pprm.protocol.card import make_card
 from pprm.protocol.envelope import Header, seal_envelope
 from pprm.protocol.messages import AnswerBody, FollowUpBody, QueryBody
@@ -85,6 +86,17 @@ def build() -> dict[str, Any]:
 
     card = make_card(de, "pprm-sealed-n8192-v1", digest, 512, _derive("key-id", 16).hex(), 1_700_000_000)
 
+    # Blind profile: binary bodies (JSON part + length-prefixed parts), with
+    # short stand-ins for the SEAL blobs; the framing is what is pinned.
+    blind_key = _derive("blind-key-id", 16).hex()
+    keys_body = KeyAnnouncementBody(blind_key, 1_700_086_400, _derive("public-key", 32), _derive("galois-keys", 32))
+    bquery = BlindQueryBody("CASE-2024-0002", "wire format known-answer test (blind)", blind_key,
+                            _derive("probe-ciphertext", 32))
+    bhdr = Header("query", "DE", "FR", _derive("blind-query-id", 16).hex(), 1_700_000_000, 1_700_003_600,
+                  digest, "blind", "")
+    bwire = seal_envelope(de, bhdr, de.box_to(fr.public, bquery.to_bytes(), nonce=_derive("blind-nonce", 24)))
+    banswer = BlindAnswerBody(bhdr.id, (_derive("answer-block-0", 24), _derive("answer-block-1", 24)))
+
     return {
         "format": "pprm-wire-vectors/1",
         "generator": "tests/data/make_wire_vectors.py",
@@ -105,6 +117,14 @@ def build() -> dict[str, Any]:
                         "canonical": answer.to_bytes().decode("ascii")},
         "followup_body": {"query_id": followup.query_id, "token": followup.token,
                           "canonical": followup.to_bytes().decode("ascii")},
+        "blind": {
+            "keys_body_hex": keys_body.to_bytes().hex(),
+            "query_body_hex": bquery.to_bytes().hex(),
+            "answer_body_hex": banswer.to_bytes().hex(),
+            "handle": make_handle(3, 4711),
+            "envelope": {"header_json": json.dumps(bhdr.to_json(), sort_keys=True, separators=(",", ":")),
+                         "length": len(bwire), "sha256": _sha(bwire)},
+        },
         "card": {"signer": "DE", "params": "pprm-sealed-n8192-v1", "params_digest": digest, "dim": 512,
                  "key_id": _derive("key-id", 16).hex(), "created": 1_700_000_000,
                  "text": card.decode("ascii"), "sha256": _sha(card)},
