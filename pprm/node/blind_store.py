@@ -39,6 +39,7 @@ from pprm.crypto import blind_keys
 from pprm.crypto.context import BlindContext
 from pprm.errors import GalleryError, KeyRotationError, StateError
 from pprm.matching.diagonals import BlindDatabase, build_database
+from pprm.protocol.blind_messages import KeyAnnouncementBody
 
 __all__ = ["BlindStore", "AnsweredQuery"]
 
@@ -68,14 +69,22 @@ class BlindStore:
     Args:
         root: the state directory.
         ctx: the state's blind context.
-        box_key: the 32-byte SecretBox key from ``private/blind.key``.
+        box_key: returns the 32-byte SecretBox key from ``private/blind.key``;
+            called (and the key created) only when sealed files are used.
     """
 
-    def __init__(self, root: str, ctx: BlindContext, box_key: bytes) -> None:
+    def __init__(self, root: str, ctx: BlindContext, box_key: Callable[[], bytes]) -> None:
         self.dir = os.path.join(root, "blind")
         self.ctx = ctx
-        self._box = nacl.secret.SecretBox(box_key)
+        self._box_key = box_key
+        self._secret_box: nacl.secret.SecretBox | None = None
         self._cache: tuple[str, BlindDatabase] | None = None
+
+    @property
+    def _box(self) -> nacl.secret.SecretBox:
+        if self._secret_box is None:
+            self._secret_box = nacl.secret.SecretBox(self._box_key())
+        return self._secret_box
 
     def __repr__(self) -> str:
         return f"BlindStore({self.dir!r})"
@@ -84,20 +93,32 @@ class BlindStore:
         return os.path.join(self.dir, *parts)
 
     # -- announced keys ------------------------------------------------
-    def accept_keys(self, peer: str, key_id: str, expires: int, public: bytes, galois: bytes) -> None:
-        """Cache a peer's announced key, once.
+    def check_new_keys(self, peer: str, body: KeyAnnouncementBody,
+                       now: float) -> tuple[seal.PublicKey, seal.GaloisKeys]:
+        """Check a key announcement without storing it (nothing changes).
+
+        Returns:
+            The loaded keys.
 
         Raises:
-            KeyRotationError: the key id was announced before, or does not
-                match the key material.
+            KeyRotationError: the key id was announced before, does not match
+                the key material, or has expired.
             CiphertextError: the key material does not load.
         """
-        if blind_keys.key_id_of(self.ctx.params.digest, public, galois) != key_id:
+        if blind_keys.key_id_of(self.ctx.params.digest, body.public, body.galois) != body.key_id:
             raise KeyRotationError("announced key id does not match the key material")
+        if os.path.exists(self._path("keys", body.key_id)):
+            raise KeyRotationError("this key id was announced before; a key id is never reused")
+        if body.expires < now:
+            raise KeyRotationError("the announced key has already passed its lifetime")
+        return blind_keys.load_announced(self.ctx, body.public, body.galois)
+
+    def store_keys(self, peer: str, body: KeyAnnouncementBody) -> None:
+        """Cache a checked announcement (:meth:`check_new_keys`) by key id; caller holds the lock."""
+        key_id, expires, public, galois = body.key_id, body.expires, body.public, body.galois
         final = self._path("keys", key_id)
         if os.path.exists(final):
             raise KeyRotationError("this key id was announced before; a key id is never reused")
-        blind_keys.load_announced(self.ctx, public, galois)
         os.makedirs(self._path("keys"), exist_ok=True)
         tmp = f"{final}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)

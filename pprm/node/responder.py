@@ -9,14 +9,15 @@ the answer. The probe exists only in memory for the duration of the call.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from pprm.errors import KeyRotationError, MessageError
 from pprm.matching.blind import BlindMatcher
 from pprm.node.blind_store import AnsweredQuery
 from pprm.node.keyservice import KeyService
 from pprm.node.state import State
-from pprm.protocol.blind_messages import BlindAnswerBody
-from pprm.protocol.envelope import Header, new_id, seal_envelope
+from pprm.protocol.blind_messages import BlindAnswerBody, KeyAnnouncementBody
+from pprm.protocol.envelope import Envelope, Header, new_id, seal_envelope
 from pprm.protocol.messages import AnswerBody
 
 __all__ = ["Responder"]
@@ -39,7 +40,8 @@ class Responder:
         return f"Responder({self.state.config.name})"
 
     def answer(self, query: bytes, *, sink: Callable[[bytes], None] | None = None,
-               progress: Progress | None = None, now: float | None = None) -> bytes:
+               progress: Progress | None = None, now: float | None = None,
+               announcements: Sequence[bytes] = ()) -> bytes:
         """Answer one query message.
 
         Args:
@@ -48,6 +50,9 @@ class Responder:
                 and logged; if it raises, nothing is recorded.
             progress: called with ``(blocks done, total)`` while matching.
             now: clock override for tests.
+            announcements: blind profile: key announcements delivered with the
+                query; they are accepted (cached, logged) only if the answer
+                is handed over, in the same step.
 
         Returns:
             The signed answer, boxed to the requester.
@@ -60,7 +65,9 @@ class Responder:
         t = time.time() if now is None else now
         # The envelope is verified (signature first) before its profile picks the path.
         if self.key_service.query_profile(query, t) == "blind":
-            return self._answer_blind(query, sink, t)
+            return self._answer_blind(query, sink, t, announcements)
+        if announcements:
+            raise MessageError("key announcements come only with blind-profile queries")
         with st.lock():
             vq = self.key_service.verify_query(query, t)
             # One view of the gallery for both roles: the matcher's public
@@ -100,33 +107,52 @@ class Responder:
         t = time.time() if now is None else now
         with st.lock():
             env, body = self.key_service.verify_announcement(announcement, t)
-            st.blind_store.accept_keys(env.header.sender, body.key_id, body.expires, body.public, body.galois)
-            self.key_service.commit_seen(env, t)
-            st.audit.append("keys", peer=env.header.sender, key_id=body.key_id, expires=body.expires)
+            st.blind_store.check_new_keys(env.header.sender, body, t)
+            self._commit_keys(env, body, t)
         return body.key_id
 
-    def _answer_blind(self, query: bytes, sink: Callable[[bytes], None] | None, t: float) -> bytes:
+    def _commit_keys(self, env: Envelope, body: KeyAnnouncementBody, t: float) -> None:
+        st = self.state
+        st.blind_store.store_keys(env.header.sender, body)
+        self.key_service.commit_seen(env, t)
+        st.audit.append("keys", peer=env.header.sender, key_id=body.key_id, expires=body.expires)
+
+    def _answer_blind(self, query: bytes, sink: Callable[[bytes], None] | None, t: float,
+                      announcements: Sequence[bytes]) -> bytes:
         """Answer a blind-profile query: the probe stays encrypted under the requester's key."""
         st = self.state
         ks = self.key_service
         ctx = st.blind_ctx
         p = ctx.params
         with st.lock():
+            pending = [ks.verify_announcement(a, t) for a in announcements]
             vq = ks.verify_blind_query(query, t)
             qh = vq.envelope.header
-            public_key, galois = st.blind_store.keys_for(vq.body.key_id, qh.sender, t)
+            fresh = {body.key_id: (env, body) for env, body in pending}
+            if len(fresh) != len(pending):
+                raise MessageError("the same key is announced twice")
+            loaded = {body.key_id: st.blind_store.check_new_keys(env.header.sender, body, t)
+                      for env, body in pending}
+            if vq.body.key_id in loaded:
+                if fresh[vq.body.key_id][0].header.sender != qh.sender:
+                    raise KeyRotationError("this key was announced by another state")
+                public_key, galois = loaded[vq.body.key_id]
+            else:
+                public_key, galois = st.blind_store.keys_for(vq.body.key_id, qh.sender, t)
             probe = ctx.load_seeded_ciphertext(vq.body.probe, scale=float(2**p.probe_scale_bits))
             gallery = st.gallery()
             version = gallery.version
             db = st.blind_store.database(version, ks.export_templates)
             result = BlindMatcher(ctx, db).answer(probe, public_key, galois, st.config.threshold)
-            body = BlindAnswerBody(qh.id, tuple(result.ciphertexts))
+            answer_body = BlindAnswerBody(qh.id, tuple(result.ciphertexts))
             ident = st.identity()
             header = Header("answer", st.config.name, qh.sender, new_id(), int(t), int(t) + st.config.token_ttl,
                             p.digest, "blind", qh.id)
-            answer = seal_envelope(ident, header, ident.box_to(vq.envelope.sender, body.to_bytes()))
+            answer = seal_envelope(ident, header, ident.box_to(vq.envelope.sender, answer_body.to_bytes()))
             if sink is not None:
                 sink(answer)
+            for env, ann in pending:
+                self._commit_keys(env, ann, t)
             st.blind_store.record_answer(AnsweredQuery(qh.id, qh.sender, vq.body.key_id, result.order, version,
                                                        int(t), []))
             ks.commit_seen(vq.envelope, t)

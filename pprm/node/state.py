@@ -202,7 +202,7 @@ class State:
     @cached_property
     def blind_store(self) -> BlindStore:
         """Responder-side blind-profile state; the database is cached in memory."""
-        return BlindStore(self.dir, self.blind_ctx, self._blind_box_key())
+        return BlindStore(self.dir, self.blind_ctx, self._blind_box_key)
 
     @cached_property
     def blind_keyring(self) -> BlindKeyring:

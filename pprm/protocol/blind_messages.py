@@ -165,8 +165,8 @@ class BlindAnswerBody:
         qid = meta["query_id"]
         if not isinstance(qid, str) or not _HEX128.fullmatch(qid):
             raise MessageError("blind answer body has a malformed query id")
-        if not parts or len({len(p) for p in parts}) != 1:
-            raise MessageError("blind answer body must carry blocks of one size")
+        if not parts or len({len(p) for p in parts}) != 1 or not parts[0]:
+            raise MessageError("blind answer body must carry non-empty blocks of one size")
         return cls(qid, tuple(parts))
 
 
