@@ -15,13 +15,12 @@ Warning:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from pprm.crypto.params import HE_MAX_LOG_Q
+from pprm.crypto.registry import Registry, canonical_fields, digest_of
 from pprm.errors import ParameterError
 
 __all__ = ["BlindParameterSet", "DEFAULT_BLIND_PARAMS", "get", "names", "by_digest", "FLOOD_FACTOR_BITS"]
@@ -122,15 +121,12 @@ class BlindParameterSet:
 
     def canonical(self) -> dict[str, Any]:
         """The fields that define the set, as a JSON-ready dict."""
-        d = asdict(self)
-        d["coeff_modulus_bits"] = list(self.coeff_modulus_bits)
-        return d
+        return canonical_fields(self)
 
     @property
     def digest(self) -> str:
         """SHA-256 over the canonical JSON of the set, hex; goes into every header."""
-        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":")).encode()
-        return hashlib.sha256(b"pprm/blind-params/v1\x00" + blob).hexdigest()
+        return digest_of(b"pprm/blind-params/v1", self.canonical())
 
 
 def _validate(lit: dict[str, Any]) -> BlindParameterSet:
@@ -253,12 +249,12 @@ _LITERALS: tuple[dict[str, Any], ...] = (
      "noise_bits_below_scale": 50, **_BLIND_COMMON},
 )
 
-_REGISTRY: dict[str, BlindParameterSet] = {lit["name"]: _validate(lit) for lit in _LITERALS}
+_REGISTRY: Registry[BlindParameterSet] = Registry("blind parameter set", (_validate(lit) for lit in _LITERALS))
 
 
 def names(*, include_insecure: bool = False) -> list[str]:
     """Names of the registered blind-profile sets, sorted."""
-    return sorted(n for n, p in _REGISTRY.items() if include_insecure or not p.insecure)
+    return _REGISTRY.names(include_insecure=include_insecure)
 
 
 def get(name: str, *, allow_insecure: bool = False) -> BlindParameterSet:
@@ -274,12 +270,7 @@ def get(name: str, *, allow_insecure: bool = False) -> BlindParameterSet:
     Raises:
         ParameterError: unknown name, or an insecure set without permission.
     """
-    ps = _REGISTRY.get(name)
-    if ps is None:
-        raise ParameterError(f"unknown blind parameter set {name!r}; known: {', '.join(names())}")
-    if ps.insecure and not allow_insecure:
-        raise ParameterError(f"parameter set {name!r} is insecure and not allowed here")
-    return ps
+    return _REGISTRY.get(name, allow_insecure=allow_insecure)
 
 
 def by_digest(digest: str, *, allow_insecure: bool = False) -> BlindParameterSet:
@@ -288,7 +279,4 @@ def by_digest(digest: str, *, allow_insecure: bool = False) -> BlindParameterSet
     Raises:
         ParameterError: no allowed set has this digest.
     """
-    for ps in _REGISTRY.values():
-        if ps.digest == digest:
-            return get(ps.name, allow_insecure=allow_insecure)
-    raise ParameterError("parameter digest matches no allowed blind parameter set")
+    return _REGISTRY.by_digest(digest, allow_insecure=allow_insecure)

@@ -13,11 +13,10 @@ Warning:
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
+from pprm.crypto.registry import Registry, canonical_fields, digest_of
 from pprm.errors import ParameterError
 
 __all__ = [
@@ -115,15 +114,12 @@ class ParameterSet:
 
     def canonical(self) -> dict[str, Any]:
         """The fields that define the set, as a JSON-ready dict."""
-        d = asdict(self)
-        d["coeff_modulus_bits"] = list(self.coeff_modulus_bits)
-        return d
+        return canonical_fields(self)
 
     @property
     def digest(self) -> str:
         """SHA-256 over the canonical JSON of the set, hex; goes into every header."""
-        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":")).encode()
-        return hashlib.sha256(b"pprm/params/v1\x00" + blob).hexdigest()
+        return digest_of(b"pprm/params/v1", self.canonical())
 
 
 def _validate(lit: dict[str, Any]) -> ParameterSet:
@@ -253,7 +249,7 @@ _LITERALS: tuple[dict[str, Any], ...] = (
      "coeff_modulus_bits": [60, 60], "insecure": True, **_SEALED_COMPLEX},
 )
 
-_REGISTRY: dict[str, ParameterSet] = {lit["name"]: _validate(lit) for lit in _LITERALS}
+_REGISTRY: Registry[ParameterSet] = Registry("parameter set", (_validate(lit) for lit in _LITERALS))
 
 
 def names(*, include_insecure: bool = False) -> list[str]:
@@ -265,7 +261,7 @@ def names(*, include_insecure: bool = False) -> list[str]:
     Returns:
         Sorted names.
     """
-    return sorted(n for n, p in _REGISTRY.items() if include_insecure or not p.insecure)
+    return _REGISTRY.names(include_insecure=include_insecure)
 
 
 def get(name: str, *, allow_insecure: bool = False) -> ParameterSet:
@@ -285,12 +281,7 @@ def get(name: str, *, allow_insecure: bool = False) -> ParameterSet:
         Never pass ``allow_insecure=True`` outside tests: those sets offer no
         meaningful security.
     """
-    ps = _REGISTRY.get(name)
-    if ps is None:
-        raise ParameterError(f"unknown parameter set {name!r}; known: {', '.join(names())}")
-    if ps.insecure and not allow_insecure:
-        raise ParameterError(f"parameter set {name!r} is insecure and not allowed here")
-    return ps
+    return _REGISTRY.get(name, allow_insecure=allow_insecure)
 
 
 def by_digest(digest: str, *, allow_insecure: bool = False) -> ParameterSet:
@@ -299,7 +290,4 @@ def by_digest(digest: str, *, allow_insecure: bool = False) -> ParameterSet:
     Raises:
         ParameterError: no allowed set has this digest.
     """
-    for ps in _REGISTRY.values():
-        if ps.digest == digest:
-            return get(ps.name, allow_insecure=allow_insecure)
-    raise ParameterError("parameter digest matches no allowed parameter set")
+    return _REGISTRY.by_digest(digest, allow_insecure=allow_insecure)
