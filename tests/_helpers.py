@@ -9,17 +9,22 @@ labels, so failures reproduce.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
+import io
+import json
 import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import tenseal.sealapi as seal
 
 from pprm import synthetic
+from pprm.cli.main import main
 from pprm.crypto.identity import Identity, PublicIdentity
 from pprm.matching.decide import SealedDecider
 from pprm.matching.gallery import EncryptedGallery
@@ -281,3 +286,34 @@ class ScoredWorld:
         """Complex packing: 0 for the A half (real parts), 1 for the B half (imaginary parts)."""
         _b, pos = self.gallery.index.locate(rid)
         return pos // self.state.ctx.slots
+
+
+# -- the CLI, in process ---------------------------------------------------
+
+@dataclass
+class Result:
+    """Exit code and captured output of one ``pprm`` command."""
+
+    code: int
+    out: str
+    err: str
+
+
+def cli(*argv: object) -> Result:
+    """Run ``main`` in-process with captured stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def ok(*argv: object) -> Result:
+    """Run a command that must succeed."""
+    r = cli(*argv)
+    assert r.code == 0, r
+    return r
+
+
+def ok_json(*argv: object) -> Any:
+    """Run a command that must succeed with ``--json``, and parse its output."""
+    return json.loads(ok(*argv, "--json").out)

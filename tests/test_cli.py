@@ -15,7 +15,6 @@ output file created.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import io
 import json
@@ -28,11 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _helpers import INSECURE, snapshot
+from _helpers import INSECURE, cli, ok, ok_json, snapshot
 
 import pprm.cli.main as cli_main
 from pprm import synthetic
-from pprm.cli.main import main
 from pprm.cli.progress import ProgressBar, StagedProgress
 from pprm.crypto import params as param_sets
 from pprm.errors import ReplayError
@@ -48,30 +46,6 @@ NAMES = ("DE", "FR", "NL")
 GALLERY = 300
 OPEN_KEYS = {"from", "query_id", "hit", "candidates"}
 
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-def cli(*argv: object) -> Result:
-    """Run ``main`` in-process with captured stdout and stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return Result(code, out.getvalue(), err.getvalue())
-
-
-def ok(*argv: object) -> Result:
-    r = cli(*argv)
-    assert r.code == 0, r
-    return r
-
-
-def ok_json(*argv: object) -> object:
-    return json.loads(ok(*argv, "--json").out)
 
 
 def pprm_script() -> str:

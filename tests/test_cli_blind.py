@@ -14,21 +14,17 @@ directory and the message directory unchanged, with no output file created.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import io
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from _helpers import INSECURE, snapshot
+from _helpers import INSECURE, cli, ok, ok_json, snapshot
 
 import pprm.cli.main as cli_main
 from pprm import synthetic
-from pprm.cli.main import main
 from pprm.matching.templates import normalise_probe, normalise_templates
 from pprm.node.state import State
 from pprm.protocol.blind_messages import parse_handle
@@ -39,30 +35,6 @@ TAU = 0.4
 GALLERY = 100
 NAMES = ("AA", "BB")
 
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-def cli(*argv: object) -> Result:
-    """Run ``main`` in-process with captured stdout and stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return Result(code, out.getvalue(), err.getvalue())
-
-
-def ok(*argv: object) -> Result:
-    r = cli(*argv)
-    assert r.code == 0, r
-    return r
-
-
-def ok_json(*argv: object) -> dict:
-    return json.loads(ok(*argv, "--json").out)
 
 
 @dataclass
