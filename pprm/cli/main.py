@@ -174,7 +174,7 @@ def _header_of_own(st: State, blob: bytes, recipient: str, digest: str) -> Heade
     """Header of a message this state just signed (verified against its own card)."""
     me = st.card.identity
     env = open_envelope(blob, lookup=lambda fpr: me if fpr == me.fingerprint else None,
-                        me=recipient, params_digest=digest)
+                        me=recipient, params_digest=digest, blind_digest=digest)
     return env.header
 
 
@@ -266,12 +266,13 @@ def _blind_query(args: argparse.Namespace, st: State, probe: np.ndarray) -> int:
     with _AtomicOutput(args.out) as out, _AtomicOutput(keys_path) as keys_out:
 
         def sink(announcement: bytes | None, query: bytes) -> None:
-            # Both files are complete on disk before the key or the query is recorded.
+            # Both files are complete on disk (written, fsynced) before either is
+            # renamed into place, and both before the key or the query is recorded.
             out.write(query)
-            out.commit()
             if announcement is not None:
                 keys_out.write(announcement)
                 keys_out.commit()
+            out.commit()
 
         announcement, msg = Requester(st).blind_query(args.to, probe, args.case, args.purpose, sink=sink)
         h = _header_of_own(st, msg, args.to, st.blind_ctx.params.digest)
@@ -293,12 +294,11 @@ def _cmd_answer(args: argparse.Namespace) -> int:
     h = open_envelope(blob, lookup=st.lookup, me=st.config.name,
                       params_digest=st.config.parameter_set.digest,
                       blind_digest=st.config.blind_parameter_set.digest).header
-    for ann in announcements:
-        Responder(st).accept_keys(ann)
+
     with _AtomicOutput(args.out) as out, ProgressBar("matching") as bar:
         # sink runs before the query is marked used: if the write fails, the
         # query stays unanswered and can be answered again.
-        Responder(st).answer(blob, sink=out.write, progress=bar.callback)
+        Responder(st).answer(blob, sink=out.write, progress=bar.callback, announcements=announcements)
         out.commit()
     _emit(args, {"to": h.sender, "query_id": h.id, "out": out.path},
           f"answer to query {h.id} from {h.sender} written to {args.out}")
@@ -341,12 +341,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
     c = st.config
     roster = sorted(st.roster())
     info = {"name": c.name, "params": c.params, "params_digest": c.parameter_set.digest,
+            "blind_params": c.blind_params, "blind_params_digest": c.blind_parameter_set.digest,
+            "profiles": c.profiles,
             "threshold": c.threshold, "k": c.k, "dim": c.dim, "gallery": len(st.gallery()),
             "roster": roster, "backend": pprm.BACKEND,
             "fingerprint": st.card.identity.fingerprint.hex(), "key_id": st.key_id}
     _emit(args, info, "\n".join([
         f"state        {c.name}  ({st.dir})",
-        f"params       {c.params}",
+        f"params       {c.params} (sealed), {c.blind_params} (blind)",
+        f"blind peers  {', '.join(p for p, v in sorted(c.profiles.items()) if v == 'blind') or '(none)'}",
         f"threshold    {c.threshold}",
         f"k            {c.k}",
         f"dim          {c.dim}",
@@ -387,8 +390,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     def status(message: str) -> None:
         print(f"pprm bench: {message}", file=sys.stderr, flush=True)
 
-    result = run_bench(args.sizes, args.params, args.repeats,
-                       progress=status if _stderr_is_tty() else None, allow_insecure=args.allow_insecure)
+    progress = status if _stderr_is_tty() else None
+    if args.profile == "blind":
+        from pprm.cli.bench_blind import format_blind_table, run_blind_bench
+
+        params = blind_param_sets.DEFAULT_BLIND_PARAMS if args.params is None else args.params
+        blind = run_blind_bench(args.sizes, params, args.repeats, progress=progress,
+                                allow_insecure=args.allow_insecure)
+        print(json.dumps(blind, indent=1) if args.json else format_blind_table(blind))
+        return EXIT_OK
+    result = run_bench(args.sizes, param_sets.DEFAULT_PARAMS if args.params is None else args.params, args.repeats,
+                       progress=progress, allow_insecure=args.allow_insecure)
     if args.json:
         print(json.dumps(result, indent=1))
     else:
@@ -528,10 +540,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("show", _cmd_audit_show, "list the entries", on=asub)
     p.add_argument("dir")
 
-    p = verb("bench", _cmd_bench, "benchmark the sealed matcher on synthetic galleries")
+    p = verb("bench", _cmd_bench, "benchmark the sealed or blind matcher on synthetic galleries")
+    p.add_argument("--profile", choices=("sealed", "blind"), default="sealed",
+                   help="profile to benchmark (default sealed)")
     p.add_argument("--sizes", type=_sizes, default=[10000, 100000], help="gallery sizes (default 10000,100000)")
-    p.add_argument("--params", default=param_sets.DEFAULT_PARAMS,
-                   help=f"parameter set (default {param_sets.DEFAULT_PARAMS})")
+    p.add_argument("--params", default=None,
+                   help=f"parameter set of the profile (default {param_sets.DEFAULT_PARAMS} for sealed, "
+                        f"{blind_param_sets.DEFAULT_BLIND_PARAMS} for blind)")
     p.add_argument("--repeats", type=_int_at_least(1), default=3, help="queries timed per size (default 3)")
     p.add_argument("--allow-insecure", action="store_true",
                    help="accept INSECURE* parameter sets (quick smoke runs; the figures mean nothing)")

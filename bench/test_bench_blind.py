@@ -1,0 +1,115 @@
+"""Benchmarks of the blind query: the responder's answer and the requester's query.
+
+Run with ``pytest bench/test_bench_blind.py --benchmark-only`` (sizes from
+``PPRM_BENCH_SIZES``, e.g. ``PPRM_BENCH_SIZES=10000`` for 10k only). The
+galleries and their blind databases (diagonals) are built before anything is
+timed; building the 100k one takes about a minute. Nothing here asserts a
+time: figures go to pytest-benchmark's table, sizes and ratios to
+``extra_info``. Correctness is checked on the side: every answer to a
+planted mate must be a hit, and the follow-up of one must resolve to the
+planted reference.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Any
+
+from pprm.cli.bench import RESPONDER, numpy_baseline_ms
+from pprm.cli.bench_blind import BlindSetup
+from pprm.crypto.answer_codec import answer_bytes
+from pprm.matching import kernel
+from pprm.matching.templates import normalise_probe
+from pprm.node.keyservice import KeyService
+from pprm.node.requester import Requester
+from pprm.node.responder import Responder
+from pprm.synthetic import mate_probe
+
+
+def _figures(blind: BlindSetup, params: str, median_s: float) -> dict[str, Any]:
+    n = len(blind)
+    st = blind.responder
+    ctx = st.blind_ctx
+    probe = normalise_probe(mate_probe(blind.gallery, 0, 999), ctx.params.dim)
+    numpy_ms = numpy_baseline_ms(blind.templates, probe)
+    db = st.blind_store.database(st.gallery().version, KeyService(st).export_templates)
+    return {
+        "params": params,
+        "backend": kernel.BACKEND,
+        "n": n,
+        "blocks": db.blocks,
+        "db_build_s": blind.database_seconds,
+        "db_ram_bytes_per_template": db.diagonals.nbytes / n,
+        "us_per_template": median_s * 1e6 / n,
+        "numpy_ms": numpy_ms,
+        "ratio_to_numpy": median_s * 1e3 / numpy_ms,
+        "answer_block_bytes": answer_bytes(ctx),
+        # Other work on the machine skews every figure: record the load it ran under.
+        "load_average": os.getloadavg()[0],
+    }
+
+
+def test_blind_answer(benchmark, blind, blind_bench_params, bench_rounds):
+    """Full responder path per blind query: verify, load keys, match, mask/flood/rescale, sign and box."""
+    requester = Requester(blind.requester)
+    responder = Responder(blind.responder)
+    ks = KeyService(blind.responder)
+    n = len(blind)
+    case = f"BENCH-BLIND-{n}"
+    counter = itertools.count()
+    sent: list[tuple[int, bytes]] = []
+    announcements: list[bytes] = []
+    answers: list[bytes] = []
+    key_parts: dict[str, int] = {}
+
+    def fresh_query() -> tuple[tuple[bytes], dict[str, object]]:
+        # Every round needs its own query (answered queries are refused as
+        # replays); all share one case, hence one key, announced once.
+        i = next(counter)
+        index = (i * 7919) % n
+        ann, msg = requester.blind_query(RESPONDER, mate_probe(blind.gallery, index, i), case, "benchmark")
+        if ann is not None:
+            _env, body = ks.verify_announcement(ann)  # read-only: sizes of the two parts
+            key_parts.update(announcement_public_bytes=len(body.public), announcement_galois_bytes=len(body.galois))
+            responder.accept_keys(ann)
+            announcements.append(ann)
+        sent.append((index, msg))
+        return (msg,), {}
+
+    def answer(msg: bytes) -> None:
+        answers.append(responder.answer(msg))
+
+    benchmark.pedantic(answer, setup=fresh_query, rounds=bench_rounds, warmup_rounds=1, iterations=1)
+
+    opened = [requester.open(a) for a in answers]
+    assert all(o.hit for o in opened), "a planted mate was missed"
+    # The follow-up retires the case's key: done once, last.
+    index, _msg = sent[-1]
+    followup = requester.follow_up(answers[-1], opened[-1].candidates[0])
+    assert ks.resolve(followup).reference == blind.gallery.references[index]
+
+    info = _figures(blind, blind_bench_params, benchmark.stats.stats.median)
+    slots = info["blocks"] * blind.responder.blind_ctx.params.slots
+    info.update(key_parts, query_bytes=len(sent[0][1]), announcement_bytes=len(announcements[0]),
+                announcement_mb=len(announcements[0]) / 1e6, answer_bytes=len(answers[0]),
+                answer_bytes_per_template=len(answers[0]) / n, answer_bytes_per_slot=len(answers[0]) / slots,
+                candidates=[len(o.candidates) for o in opened])
+    benchmark.extra_info.update(info)
+
+
+def test_blind_query(benchmark, blind, blind_bench_params, bench_rounds):
+    """The requester's side of a query with an announced key: encrypt the probe, box, sign, record."""
+    requester = Requester(blind.requester)
+    probe = mate_probe(blind.gallery, 1, 1)
+    counter = itertools.count()
+    announcement, _first = requester.blind_query(RESPONDER, probe, "BENCH-BLIND-Q", "benchmark")
+    assert announcement is not None
+
+    def query() -> bytes:
+        return requester.blind_query(RESPONDER, probe, "BENCH-BLIND-Q", f"benchmark {next(counter)}")[1]
+
+    msg = benchmark.pedantic(query, rounds=bench_rounds, warmup_rounds=1, iterations=1)
+    benchmark.extra_info.update(params=blind_bench_params, backend=kernel.BACKEND, n=len(blind),
+                                query_bytes=len(msg), announcement_bytes=len(announcement),
+                                announcement_mb=len(announcement) / 1e6)

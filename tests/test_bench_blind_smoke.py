@@ -1,0 +1,117 @@
+"""Smoke test of the blind-profile benchmark (pprm.cli.bench_blind and ``pprm bench --profile blind``).
+
+On the insecure N=1024 set with 600 templates (two blocks): the result must be
+JSON-ready with the documented keys, the correctness checks must pass, and
+the table must render. Timings are only checked for being recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from typing import Any
+
+import pytest
+
+import pprm
+from pprm.cli.bench_blind import BLIND_TARGETS, INSECURE_SEALED, format_blind_table, run_blind_bench
+from pprm.cli.main import main
+from pprm.crypto import blind_params as blind_param_sets
+from pprm.crypto.answer_codec import answer_bytes
+from pprm.crypto.context import BlindContext
+from pprm.errors import ParameterError
+
+PARAMS = "INSECURE-blind-n1024"
+N = 600
+
+SIZE_KEYS = {
+    "n", "blocks", "templates_per_block", "enroll_s", "db_build_s", "db_export_s", "db_load_s", "db_ram_bytes",
+    "db_ram_bytes_per_template", "keygen_ms", "first_query_ms", "accept_keys_ms", "first_answer_ms", "query_ms",
+    "responder_ms", "open_ms", "total_ms", "query_ms_runs", "responder_ms_runs", "open_ms_runs", "total_ms_runs",
+    "us_per_template", "numpy_ms", "ratio_to_numpy", "total_ratio_to_numpy", "query_bytes",
+    "query_ciphertext_bytes", "query_ciphertexts", "announcement_bytes", "announcement_public_bytes",
+    "announcement_galois_bytes", "announcement_mb", "answer_bytes", "answer_block_bytes",
+    "answer_bytes_per_template", "answer_bytes_per_slot", "load_average", "correct",
+}
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    workdir = str(tmp_path_factory.mktemp("bench-blind"))
+    return run_blind_bench([N], params=PARAMS, repeats=1, allow_insecure=True, workdir=workdir)
+
+
+def test_result_has_the_documented_keys_and_passes_its_checks(result: dict[str, Any]) -> None:
+    assert json.loads(json.dumps(result)) == result
+    assert {"format", "profile", "created", "params", "sealed_params", "threshold", "dim", "decision_margin",
+            "repeats", "backend", "machine", "sizes", "correct", "targets"} <= set(result)
+    assert result["profile"] == "blind" and result["params"] == PARAMS and result["sealed_params"] == INSECURE_SEALED
+    assert result["backend"] == pprm.BACKEND == result["machine"]["backend"]
+    assert result["correct"] is True
+    (row,) = result["sizes"]
+    assert set(row) >= SIZE_KEYS
+    c = row["correct"]
+    assert c["mate_hit"] is True and c["mate_resolved"] is True and c["impostor_no_hit"] is True
+    assert c["mate_candidates"] == 1
+    for key in ("db_build_s", "keygen_ms", "accept_keys_ms", "first_answer_ms", "query_ms", "responder_ms",
+                "open_ms", "total_ms", "numpy_ms"):
+        assert row[key] > 0, key
+    assert row["total_ms"] >= row["responder_ms"]
+    assert len(row["responder_ms_runs"]) == 1
+
+
+def test_byte_figures_follow_from_the_parameters(result: dict[str, Any]) -> None:
+    (row,) = result["sizes"]
+    ctx = BlindContext(blind_param_sets.get(PARAMS, allow_insecure=True))
+    blocks = -(-N // ctx.params.slots)
+    assert row["blocks"] == blocks
+    assert row["answer_block_bytes"] == answer_bytes(ctx)
+    # The answer message is its blocks plus a small envelope.
+    assert blocks * answer_bytes(ctx) < row["answer_bytes"] < blocks * answer_bytes(ctx) + 2048
+    assert row["answer_bytes_per_template"] == pytest.approx(row["answer_bytes"] / N)
+    assert row["answer_bytes_per_slot"] == pytest.approx(row["answer_bytes"] / (blocks * ctx.params.slots))
+    # One ciphertext per query, plus a small envelope.
+    assert row["query_ciphertexts"] == 1
+    assert row["query_ciphertext_bytes"] < row["query_bytes"] < row["query_ciphertext_bytes"] + 2048
+    assert row["announcement_bytes"] > row["announcement_public_bytes"] + row["announcement_galois_bytes"]
+    assert row["announcement_mb"] == pytest.approx(row["announcement_bytes"] / 1e6)
+
+
+def test_targets_block(result: dict[str, Any]) -> None:
+    t = result["targets"]
+    assert set(t) == {"query", "upload", "answer"}
+    assert t["query"]["meets"] is None and t["query"]["at_n"] == BLIND_TARGETS["query_ms_at_n"]
+    assert t["upload"]["meets"] is True  # the N=1024 keys are far below 3 MB
+    (size,) = t["answer"]["sizes"]
+    assert size["meets"] is (size["bytes_per_template"] <= 32.0)
+    assert t["answer"]["meets"] is size["meets"]
+
+
+def test_format_blind_table_renders(result: dict[str, Any]) -> None:
+    text = format_blind_table(result)
+    assert PARAMS in text and "600" in text
+    assert "target: blind 100k x 512 query" in text and "not measured" in text
+    assert "target: answer <= 32 bytes per template" in text
+    assert "correctness: ok" in text and "WRONG" not in text
+
+
+def test_cli_blind_profile_prints_json() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["bench", "--profile", "blind", "--sizes", str(N), "--params", PARAMS, "--allow-insecure",
+                     "--repeats", "1", "--json"])
+    assert code == 0, err.getvalue()
+    data = json.loads(out.getvalue())
+    assert data["profile"] == "blind" and data["params"] == PARAMS and data["correct"] is True
+
+
+def test_refuses_bad_arguments() -> None:
+    with pytest.raises(ParameterError):
+        run_blind_bench([N], params=PARAMS)  # insecure set without allow_insecure
+    with pytest.raises(ParameterError):
+        run_blind_bench([], params=PARAMS, allow_insecure=True)
+    with pytest.raises(ParameterError):
+        run_blind_bench([0], params=PARAMS, allow_insecure=True)
+    with pytest.raises(ParameterError):
+        run_blind_bench([N], params=PARAMS, allow_insecure=True, repeats=0)
