@@ -23,6 +23,7 @@ responder can map (position, slot) back to a record.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -205,11 +206,20 @@ class BlindMatcher:
         baby = self._baby_steps(probe, galois)
         order = [int(i) for i in secret_permutation(self.db.blocks)]
         out = []
-        for blk in order:
-            inner = kernel.plain_mac(self.db.diagonals[blk], baby, self.ctx.moduli)
-            score = self._giant_steps(inner, galois)
-            r, e = self.draw_masks()
-            out.append(self.hide(self.mask(score, self.db.signs[blk], tau, r, e), public_key))
+        def mac(k: int) -> np.ndarray:
+            return kernel.plain_mac(self.db.diagonals[order[k]], baby, self.ctx.moduli)
+
+        # The kernel releases the GIL: the next block's multiply-accumulate runs
+        # while this thread does the current block's rotations and masking in SEAL.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pprm-blind-mac") as pool:
+            pending = pool.submit(mac, 0)
+            for k, blk in enumerate(order):
+                inner = pending.result()
+                if k + 1 < len(order):
+                    pending = pool.submit(mac, k + 1)
+                score = self._giant_steps(inner, galois)
+                r, e = self.draw_masks()
+                out.append(self.hide(self.mask(score, self.db.signs[blk], tau, r, e), public_key))
         return BlindAnswer(out, order)
 
 

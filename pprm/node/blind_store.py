@@ -79,6 +79,9 @@ class BlindStore:
         self._box_key = box_key
         self._secret_box: nacl.secret.SecretBox | None = None
         self._cache: tuple[str, BlindDatabase] | None = None
+        # Loaded announced keys by id; the rules (peer, retirement, lifetime)
+        # are re-read from meta.json on every use.
+        self._keys: dict[str, tuple[seal.PublicKey, seal.GaloisKeys]] = {}
 
     @property
     def _box(self) -> nacl.secret.SecretBox:
@@ -154,11 +157,13 @@ class BlindStore:
             raise KeyRotationError("this key was retired after a follow-up; use a fresh key")
         if int(meta["expires"]) < now:
             raise KeyRotationError("this key has passed its lifetime; use a fresh key")
-        with open(self._path("keys", key_id, "public.bin"), "rb") as fh:
-            public = fh.read()
-        with open(self._path("keys", key_id, "galois.bin"), "rb") as fh:
-            galois = fh.read()
-        return blind_keys.load_announced(self.ctx, public, galois)
+        if key_id not in self._keys:
+            with open(self._path("keys", key_id, "public.bin"), "rb") as fh:
+                public = fh.read()
+            with open(self._path("keys", key_id, "galois.bin"), "rb") as fh:
+                galois = fh.read()
+            self._keys[key_id] = blind_keys.load_announced(self.ctx, public, galois)
+        return self._keys[key_id]
 
     def retire_for_followup(self, key_id: str, query_id: str) -> None:
         """Retire a key at its first follow-up; later follow-ups must be on the same query.
