@@ -45,7 +45,10 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_result_has_the_documented_keys_and_passes_its_checks(result: dict[str, Any]) -> None:
     assert json.loads(json.dumps(result)) == result
     assert {"format", "profile", "created", "params", "sealed_params", "threshold", "dim", "decision_margin",
-            "repeats", "backend", "machine", "sizes", "correct", "targets"} <= set(result)
+            "repeats", "backend", "machine", "sizes", "correct", "targets", "kernel"} <= set(result)
+    kern = result["kernel"]["backends"]
+    assert "numpy" in kern and ("native" in kern) == (pprm.BACKEND == "native")
+    assert all(k["ms_per_block"] > 0 and k["gmac_per_s"] > 0 for k in kern.values())
     assert result["profile"] == "blind" and result["params"] == PARAMS and result["sealed_params"] == INSECURE_SEALED
     assert result["backend"] == pprm.BACKEND == result["machine"]["backend"]
     assert result["correct"] is True

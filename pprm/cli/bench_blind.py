@@ -47,6 +47,7 @@ from pprm.crypto import blind_keys
 from pprm.crypto import blind_params as blind_param_sets
 from pprm.crypto import params as param_sets
 from pprm.crypto.answer_codec import answer_bytes as answer_block_bytes
+from pprm.crypto.context import BlindContext
 from pprm.errors import ParameterError
 from pprm.matching import kernel
 from pprm.matching.templates import normalise_probe, normalise_templates
@@ -445,7 +446,45 @@ def run_blind_bench(sizes: list[int], params: str = blind_param_sets.DEFAULT_BLI
         "sizes": rows,
         "correct": correct,
         "targets": _targets(rows, kernel.BACKEND),
+        "kernel": plain_kernel_figures(ps),
     }
+
+
+def plain_kernel_figures(params: blind_param_sets.BlindParameterSet, rounds: int = 3) -> dict[str, Any]:
+    """Time the blind kernel (plaintext times ciphertext residues) on one block's shape, per backend.
+
+    One call is one block of a query: ``g2 x b1`` diagonals against the ``b1``
+    baby-step ciphertexts, random residues below the smallest prime. Each
+    backend's median over ``rounds`` calls; numpy always, native when active.
+
+    Returns:
+        ``{"pts_shape", "cts_shape", "templates_per_block", "backends": {name:
+        {"ms_per_block", "gmac_per_s", "gb_per_s", "ms_per_1k_templates"}}}``
+        (GB/s counts the diagonals streamed, which dominate).
+    """
+    ctx_q = BlindContext(params).moduli
+    rng = np.random.default_rng(0)
+    pts = rng.integers(0, min(ctx_q), size=(params.giant_steps, params.baby_steps, len(ctx_q),
+                                            params.poly_modulus_degree), dtype=np.uint64)
+    cts = rng.integers(0, min(ctx_q), size=(params.baby_steps, 2, len(ctx_q), params.poly_modulus_degree),
+                       dtype=np.uint64)
+    runs: dict[str, Callable[[], Any]] = {"numpy": lambda: kernel._plain_mac_numpy(pts, cts, ctx_q)}
+    if kernel.BACKEND == "native":
+        runs["native"] = lambda: kernel.plain_mac(pts, cts, ctx_q)
+    macs = pts.size * 2
+    out: dict[str, Any] = {}
+    for name, fn in runs.items():
+        fn()  # warm-up
+        times = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        med = statistics.median(times)
+        out[name] = {"ms_per_block": med * 1e3, "gmac_per_s": macs / med / 1e9, "gb_per_s": pts.nbytes / med / 1e9,
+                     "ms_per_1k_templates": med * 1e3 * 1000 / params.templates_per_block}
+    return {"pts_shape": list(pts.shape), "cts_shape": list(cts.shape),
+            "templates_per_block": params.templates_per_block, "backends": out}
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -510,6 +549,11 @@ def format_blind_table(result: dict[str, Any]) -> str:
                  "x numpy = resp / float32 G @ q;")
     lines.append("mate = planted mates hit and the follow-up resolves to the planted reference; "
                  "load = 1-minute load average before timing")
+    kern = result.get("kernel")
+    if kern:
+        for name, k in kern["backends"].items():
+            lines.append(f"kernel ({name}), one block {kern['pts_shape']}: {k['ms_per_block']:.1f} ms, "
+                         f"{k['gmac_per_s']:.2f} G mult-acc/s, {k['gb_per_s']:.1f} GB/s of diagonals")
     for row in result["sizes"]:
         lines.append(f"{row['n']:,}: keys {row['announcement_public_bytes']:,} B public + "
                      f"{row['announcement_galois_bytes']:,} B Galois ({row['announcement_bytes']:,} B message); "
