@@ -21,6 +21,18 @@ FAST_ARGS = ["--gallery", "300", "--params", "INSECURE-sealed-n1024"]
 # Per example: patterns that must match a line of its output, and how many
 # lines must end in " ok".
 EXPECTED: dict[str, tuple[list[str], int]] = {
+    "blind_search.py": (
+        [
+            r"^DE and FR, 300 synthetic templates at FR, blind set INSECURE-blind-n1024$",
+            r"^DE searches FR blind for a person enrolled at FR: query [\d,]+ B, new key announced",
+            r"^  answer [\d,]+ B; learned FR-0000017  truth: FR-0000017  ok$",
+            r"^  answer [\d,]+ B; learned no hit  truth: no hit  ok$",
+            r"DE's key for C-BLIND-1 is retired: True$",
+            r"^audit logs: DE \d+ entries, FR \d+ entries, both chains verify$",
+            r"^the blind answers agree with the plaintext truth",
+        ],
+        2,
+    ),
     "five_states.py": (
         [
             r"^Five states, 300 synthetic templates each, INSECURE-sealed-n1024",
