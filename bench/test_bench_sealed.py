@@ -55,7 +55,7 @@ def test_sealed_query(benchmark, sealed, bench_params, bench_rounds):
         i = next(counter)
         index = (i * 7919) % len(sealed)
         msg = requester.query(RESPONDER, mate_probe(sealed.gallery, index, i), case=f"B-{i}",
-                              purpose="benchmark")
+                              purpose="serious-crime")
         sent.append((index, msg))
         return (msg,), {}
 

@@ -52,7 +52,7 @@ def search(states: dict[str, State], galleries: dict[str, SyntheticGallery], req
         if peer == requester:
             continue
         # Step one: a signed query, answered with hit / no hit and opaque tokens.
-        query = asking.query(peer, probe, case=case, purpose="serious crime investigation")
+        query = asking.query(peer, probe, case=case, purpose="serious-crime")
         answer = Responder(states[peer]).answer(query)
         opened = asking.open(answer)
         # Step two: follow every candidate up; the peer resolves it and logs that.

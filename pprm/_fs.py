@@ -43,15 +43,19 @@ def _temp_beside(path: str, mode: int) -> Iterator[tuple[int, str]]:
         raise
 
 
-def atomic_write_bytes(path: str, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, rename)."""
+def atomic_write_bytes(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename).
+
+    State files default to 0600: outboxes, key records, reference lists and
+    logs name cases and records, which no other local user should read.
+    """
     with _temp_beside(path, mode) as (fd, _tmp), os.fdopen(fd, "wb", closefd=True) as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
 
 
-def atomic_write_json(path: str, obj: Any, mode: int = 0o644) -> None:
+def atomic_write_json(path: str, obj: Any, mode: int = 0o600) -> None:
     """Write ``obj`` as sorted, indented JSON atomically."""
     atomic_write_bytes(path, (json.dumps(obj, sort_keys=True, indent=1) + "\n").encode(), mode)
 

@@ -25,6 +25,7 @@ __all__ = [
     "ExpiredError",
     "TokenError",
     "PolicyError",
+    "RefusedError",
     "KeyRotationError",
 ]
 
@@ -91,3 +92,20 @@ class TokenError(PprmError, ValueError):
 
 class PolicyError(PprmError):
     """The request is well-formed but refused by this state's policy."""
+
+
+class RefusedError(PolicyError):
+    """A peer answered one of this state's queries with a signed refusal.
+
+    Attributes:
+        peer: the refusing state.
+        query_id: the refused query.
+        reason: the refusal's reason code (``purpose``, ``quota-case`` or
+            ``quota-peer``).
+    """
+
+    def __init__(self, message: str, *, peer: str, query_id: str, reason: str) -> None:
+        super().__init__(message)
+        self.peer = peer
+        self.query_id = query_id
+        self.reason = reason

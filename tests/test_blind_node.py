@@ -148,7 +148,7 @@ def followup(sender: State, to: str, query_id: str, handle: str) -> bytes:
 
 def ask(net: Net, probe: np.ndarray, case: str, *, accept: bool = True) -> tuple[bytes | None, bytes]:
     """AA's blind query to BB; BB caches a new key announcement at once unless told not to."""
-    ann, q = Requester(net.a).blind_query("BB", probe, case, "blind node test")
+    ann, q = Requester(net.a).blind_query("BB", probe, case, "serious-crime")
     if ann is not None and accept:
         Responder(net.b).accept_keys(ann)
     return ann, q
@@ -185,7 +185,7 @@ def test_mate_is_found_and_resolves_to_the_planted_reference(net: Net) -> None:
     assert ann is not None
     # Case and purpose are boxed; the announcement (public, not boxed) carries neither.
     for blob in (ann, q):
-        assert b"E2E-MATE" not in blob and b"blind node test" not in blob
+        assert b"E2E-MATE" not in blob and b"serious-crime" not in blob
     answer = Responder(net.b).answer(q)
     opened = Requester(net.a).open(answer)
     assert opened == OpenedAnswer("BB", header_of(q).id, True, opened.candidates)
@@ -257,8 +257,8 @@ def test_the_responder_never_sees_the_probe(net: Net) -> None:
 def test_a_key_is_announced_once_per_peer_and_case(net: Net) -> None:
     req = Requester(net.a)
     probe = net.impostor()
-    ann1, q1 = req.blind_query("BB", probe, "ANN-1", "P")
-    ann2, q2 = req.blind_query("BB", probe, "ANN-1", "P")
+    ann1, q1 = req.blind_query("BB", probe, "ANN-1", "serious-crime")
+    ann2, q2 = req.blind_query("BB", probe, "ANN-1", "serious-crime")
     assert ann1 is not None and ann2 is None
     kid = key_id_of_query(net.a, q1)
     assert key_id_of_query(net.a, q2) == kid
@@ -268,8 +268,8 @@ def test_a_key_is_announced_once_per_peer_and_case(net: Net) -> None:
     assert body.key_id == kid and body.expires == h.expires
     assert net.a.blind_keyring.entries()[kid]["case"] == "ANN-1"
     # Another case, or another peer, gets a key of its own.
-    ann3, q3 = req.blind_query("BB", probe, "ANN-2", "P")
-    ann4, q4 = req.blind_query("CC", probe, "ANN-1", "P")
+    ann3, q3 = req.blind_query("BB", probe, "ANN-2", "serious-crime")
+    ann4, q4 = req.blind_query("CC", probe, "ANN-1", "serious-crime")
     assert ann3 is not None and ann4 is not None
     ids = {kid, key_id_of_query(net.a, q3), key_id_of_query(net.a, q4)}
     assert len(ids) == 3
@@ -328,7 +328,7 @@ def test_requester_retires_the_key_after_a_follow_up(net: Net, rotation: Rotatio
     # Answers opened before keep their (already decided) candidates.
     assert req.open(rotation.answers[0]) == rotation.opened[0]
     # The next query for the case comes with a fresh key.
-    ann, q = req.blind_query("BB", net.impostor(), "ROT", "P")
+    ann, q = req.blind_query("BB", net.impostor(), "ROT", "serious-crime")
     assert ann is not None and key_id_of_query(net.a, q) != rotation.kid
 
 
@@ -410,7 +410,7 @@ def test_refused_blind_query_at_a_fresh_responder_changes_nothing(tmp_path: os.P
     d = State.init(os.path.join(tmp_path, "DD"), "DD", **kw)  # type: ignore[arg-type]
     a.trust(d.card_bytes)
     d.trust(a.card_bytes)
-    _ann, q = Requester(a).blind_query("DD", np.ones(DIM), "C", "P")  # the announcement is never delivered
+    _ann, q = Requester(a).blind_query("DD", np.ones(DIM), "C", "serious-crime")  # the announcement is never delivered
     with unchanged(d), pytest.raises(KeyRotationError):
         Responder(d).answer(q)
 
@@ -574,3 +574,22 @@ def test_the_same_handle_cannot_be_followed_up_twice_under_another_spelling(net:
     assert ks.resolve(Requester(net.a).follow_up(answer, hit)).reference == "BB-00051"
     with unchanged(net.b), pytest.raises(MessageError, match="token"):
         ks.resolve(followup(net.a, "BB", header_of(q).id, hit + "\n"))
+
+
+def test_a_key_past_its_lifetime_is_retired_and_its_secret_key_deleted(tmp_path: os.PathLike[str]) -> None:
+    kw = {"params": INSECURE, "blind_params": BLIND, "allow_insecure": True}
+    a = State.init(os.path.join(tmp_path, "AA"), "AA", **kw)  # type: ignore[arg-type]
+    b = State.init(os.path.join(tmp_path, "BB"), "BB", **kw)  # type: ignore[arg-type]
+    a.trust(b.card_bytes)
+    b.trust(a.card_bytes)
+    t0 = 1_800_000_000
+    ann, _q = Requester(a).blind_query("BB", np.ones(DIM), "C-LIFE", "serious-crime", now=t0)
+    assert ann is not None
+    (kid,) = a.blind_keyring.entries()
+    sk_file = os.path.join(a.dir, "private", "blind", f"{kid}.sk")
+    assert os.path.exists(sk_file)
+    later = t0 + a.config.blind_key_ttl + 1
+    ann2, _q2 = Requester(a).blind_query("BB", np.ones(DIM), "C-LIFE", "serious-crime", now=later)
+    assert ann2 is not None  # a fresh key for the same case
+    assert a.blind_keyring.entries()[kid]["retired"] == "lifetime ended"
+    assert not os.path.exists(sk_file)

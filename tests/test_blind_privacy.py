@@ -60,14 +60,23 @@ def test_same_decisions_give_indistinguishable_answers() -> None:
     b = 2.0 * (a @ q)[:, None] * q[None, :] / (q @ q) - a
     assert np.abs(a @ q - b @ q).max() < 1e-12 and np.abs(a - b).max() > 0.1
     pair, pk, gk = _keys(ctx)
-    va = _values_by_record(ctx, build_database(a, ctx), pair, pk, gk, q)
-    vb = _values_by_record(ctx, build_database(b, ctx), pair, pk, gk, q)
+    db_a, db_b = build_database(a, ctx), build_database(b, ctx)
     s = a @ q
-    assert ((va > 0) == (s > TAU)).all() and ((vb > 0) == (s > TAU)).all()
     non_hit = s < TAU
-    _d, pval = ks_2samp(va[non_hit], vb[non_hit])
-    print(f"\nKS over {int(non_hit.sum())} non-hits per gallery: p = {pval:.3f}")
-    assert pval > 0.01, f"KS p = {pval:.4f}: the answers tell the galleries apart"
+    # Under the null hypothesis a KS p-value is uniform: one comparison would
+    # fail p > 0.01 once in a hundred runs. Three independent pairs of answers
+    # (fresh encryptions, fresh masks and floods) and their median p keep the
+    # test's power against a real difference and make a false alarm rare
+    # (about 3e-4).
+    pvals = []
+    for _ in range(3):
+        va = _values_by_record(ctx, db_a, pair, pk, gk, q)
+        vb = _values_by_record(ctx, db_b, pair, pk, gk, q)
+        assert ((va > 0) == (s > TAU)).all() and ((vb > 0) == (s > TAU)).all()
+        pvals.append(ks_2samp(va[non_hit], vb[non_hit])[1])
+    print(f"\nKS over {int(non_hit.sum())} non-hits per gallery, three pairs: p = "
+          + ", ".join(f"{p:.3f}" for p in pvals))
+    assert sorted(pvals)[1] > 0.01, f"KS p-values {pvals}: the answers tell the galleries apart"
 
 
 def test_rerandomised_answer_differs_from_the_bare_computation() -> None:

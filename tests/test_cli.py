@@ -113,7 +113,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 def test_init_prints_public_identity_only(world: World) -> None:
     de = world.init["DE"]
     assert set(de) == {"name", "dir", "params", "params_digest", "blind_params", "profiles", "threshold", "k", "dim",
-                       "fingerprint", "key_id"}
+                       "purposes", "fingerprint", "key_id"}
+    assert de["purposes"] == ["serious-crime", "missing-person", "unidentified-remains"]
     st = State.open(str(world.dirs["DE"]))
     assert de["fingerprint"] == st.card.identity.fingerprint.hex()
     assert de["key_id"] == st.key_id and de["params"] == INSECURE
@@ -143,7 +144,7 @@ def test_end_to_end_query_answer_follow_up_resolve_remove(world: World, tmp_path
     assert expected == ["FR-0000007"]
 
     q = ok_json("query", de, "--probe", tmp_path / "p.npy", "--to", "FR", "--case", "CASE-1",
-                "--purpose", "robbery investigation", "--out", tmp_path / "q.msg")
+                "--purpose", "serious-crime", "--out", tmp_path / "q.msg")
     assert q["to"] == "FR" and Path(q["out"]) == tmp_path / "q.msg"
     # The responder step runs as a real process of the installed script.
     proc = subprocess.run([pprm_script(), "answer", str(fr), str(tmp_path / "q.msg"), "--out",
@@ -171,7 +172,7 @@ def test_end_to_end_query_answer_follow_up_resolve_remove(world: World, tmp_path
     assert ok_json("remove", fr, "FR-0000007") == {"removed": "FR-0000007", "total": GALLERY - 1}
     assert truth(g, probe, removed=frozenset({"FR-0000007"})) == []
     ok("query", de, "--probe", tmp_path / "p.npy", "--to", "FR", "--case", "CASE-1",
-       "--purpose", "robbery investigation", "--out", tmp_path / "q2.msg")
+       "--purpose", "serious-crime", "--out", tmp_path / "q2.msg")
     ok("answer", fr, tmp_path / "q2.msg", "--out", tmp_path / "a2.msg")
     again = ok_json("open", de, tmp_path / "a2.msg")
     assert again["hit"] is False and again["candidates"] == []
@@ -181,7 +182,10 @@ def test_end_to_end_query_answer_follow_up_resolve_remove(world: World, tmp_path
     events = [e["event"] for e in entries]
     assert events.count("answer") >= 2 and "resolve" in events and "remove" in events
     assert all(not {"score", "scores", "probe", "template"} & set(e["data"]) for e in entries)
-    assert ok_json("audit", "verify", fr) == {"entries": len(entries), "ok": True}
+    checkpoints = sum(e["event"] == "checkpoint" for e in entries)
+    assert checkpoints >= 1
+    assert ok_json("audit", "verify", fr) == {"entries": len(entries), "ok": True, "checkpoints": checkpoints,
+                                              "head": len(entries) - 1, "unsigned": 0}
 
 
 @pytest.mark.parametrize("kind", ["mate", "impostor"])
@@ -192,7 +196,7 @@ def test_probe_of_shape_1_by_d_and_impostors(world: World, tmp_path: Path, kind:
     expected = truth(g, probe)
     assert expected == (["NL-0000011"] if kind == "mate" else [])
     ok("query", world.dirs["FR"], "--probe", tmp_path / "p.npy", "--to", "NL", "--case", "C-2",
-       "--purpose", "identification", "--out", tmp_path / "q.msg")
+       "--purpose", "serious-crime", "--out", tmp_path / "q.msg")
     ok("answer", world.dirs["NL"], tmp_path / "q.msg", "--out", tmp_path / "a.msg")
     opened = ok_json("open", world.dirs["FR"], tmp_path / "a.msg")
     learned = []
@@ -225,7 +229,7 @@ def make_query(world: World, scratch: Path, sender: str, to: str, name: str = "q
     g = world.galleries.get(to) or world.galleries["FR"]
     np.save(scratch / "probe.npy", synthetic.mate_probe(g, 3, seed=9))
     ok("query", world.dirs[sender], "--probe", scratch / "probe.npy", "--to", to, "--case", "C-9",
-       "--purpose", "test", "--out", scratch / name)
+       "--purpose", "serious-crime", "--out", scratch / name)
     return scratch / name
 
 
@@ -280,17 +284,17 @@ def test_enroll_refuses_malformed_npy(world: World, tmp_path: Path, content: str
 def test_query_refuses_wrong_probe_dimension_and_unknown_peer(world: World, tmp_path: Path) -> None:
     np.save(tmp_path / "p.npy", np.ones(DIM // 2, np.float32))
     refused(world, tmp_path, "query", world.dirs["DE"], "--probe", tmp_path / "p.npy", "--to", "FR",
-            "--case", "C", "--purpose", "P", "--out", tmp_path / "q.msg", says=f"dimension {DIM}")
+            "--case", "C", "--purpose", "serious-crime", "--out", tmp_path / "q.msg", says=f"dimension {DIM}")
     np.save(tmp_path / "p.npy", np.ones(DIM, np.float32))
     refused(world, tmp_path, "query", world.dirs["DE"], "--probe", tmp_path / "p.npy", "--to", "PL",
-            "--case", "C", "--purpose", "P", "--out", tmp_path / "q.msg", says="not in the roster")
+            "--case", "C", "--purpose", "serious-crime", "--out", tmp_path / "q.msg", says="not in the roster")
 
 
 def test_query_into_missing_directory_changes_nothing(world: World, tmp_path: Path) -> None:
     np.save(tmp_path / "p.npy", np.ones(DIM, np.float32))
     # The output is prepared before the query is recorded in the outbox.
     refused(world, tmp_path, "query", world.dirs["DE"], "--probe", tmp_path / "p.npy", "--to", "FR",
-            "--case", "C", "--purpose", "P", "--out", tmp_path / "no" / "q.msg", says="no such file")
+            "--case", "C", "--purpose", "serious-crime", "--out", tmp_path / "no" / "q.msg", says="no such file")
 
 
 def test_answer_refuses_missing_input(world: World, tmp_path: Path) -> None:
@@ -351,7 +355,7 @@ def test_answer_refuses_untrusted_sender(world: World, tmp_path: Path) -> None:
     ok("init", pl, "--name", "PL", "--params", INSECURE, "--allow-insecure")
     ok("trust", pl, world.cards["FR"])  # PL trusts FR, FR does not trust PL
     np.save(tmp_path / "p.npy", np.ones(DIM, np.float32))
-    ok("query", pl, "--probe", tmp_path / "p.npy", "--to", "FR", "--case", "C", "--purpose", "P",
+    ok("query", pl, "--probe", tmp_path / "p.npy", "--to", "FR", "--case", "C", "--purpose", "serious-crime",
        "--out", tmp_path / "q.msg")
     refused(world, tmp_path, "answer", world.dirs["FR"], tmp_path / "q.msg", "--out", tmp_path / "a.msg",
             says="not in the roster")
@@ -385,7 +389,7 @@ def test_answer_refuses_query_made_for_another_parameter_set(world: World, tmp_p
     ok("card", hu)
     (tmp_path / "hu.card").write_bytes((hu / "card.json").read_bytes())
     np.save(tmp_path / "p.npy", np.ones(DIM, np.float32))
-    ok("query", hu, "--probe", tmp_path / "p.npy", "--to", "FR", "--case", "C", "--purpose", "P",
+    ok("query", hu, "--probe", tmp_path / "p.npy", "--to", "FR", "--case", "C", "--purpose", "serious-crime",
        "--out", tmp_path / "q.msg")
     fr_copy = tmp_path / "FR-copy"  # keep the shared FR's roster as it is
     shutil.copytree(world.dirs["FR"], fr_copy)
@@ -412,8 +416,8 @@ def test_resolve_refuses_replayed_follow_up(world: World, tmp_path: Path) -> Non
     probe = synthetic.mate_probe(g, 20, seed=3)
     assert truth(g, probe) == ["NL-0000020"]
     np.save(tmp_path / "p.npy", probe)
-    ok("query", world.dirs["DE"], "--probe", tmp_path / "p.npy", "--to", "NL", "--case", "C", "--purpose", "P",
-       "--out", tmp_path / "q.msg")
+    ok("query", world.dirs["DE"], "--probe", tmp_path / "p.npy", "--to", "NL", "--case", "C",
+       "--purpose", "serious-crime", "--out", tmp_path / "q.msg")
     ok("answer", world.dirs["NL"], tmp_path / "q.msg", "--out", tmp_path / "a.msg")
     tok = ok_json("open", world.dirs["DE"], tmp_path / "a.msg")["candidates"][0]
     ok("follow-up", world.dirs["DE"], tmp_path / "a.msg", tok, "--out", tmp_path / "f.msg")

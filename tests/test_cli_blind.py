@@ -81,7 +81,7 @@ def save_probe(world: World, where: Path, index: int) -> Path:
 
 def blind_query(world: World, where: Path, probe: Path, case: str, name: str, *extra: object) -> dict:
     return ok_json("query", world.dirs["AA"], "--probe", probe, "--to", "BB", "--case", case,
-                   "--purpose", "blind cli test", "--out", where / name, "--profile", "blind", *extra)
+                   "--purpose", "serious-crime", "--out", where / name, "--profile", "blind", *extra)
 
 
 def refused(world: World, scratch: Path, *argv: object, says: str = "") -> str:
@@ -190,17 +190,17 @@ def test_blind_query_whose_announcement_cannot_be_written_leaves_no_file(
 
     monkeypatch.setattr(cli_main._AtomicOutput, "write", keys_disk_full)
     refused(world, tmp_path, "query", world.dirs["AA"], "--probe", probe, "--to", "BB", "--case", "CASE-B7",
-            "--purpose", "P", "--out", tmp_path / "q.msg", "--profile", "blind", says="no space")
+            "--purpose", "serious-crime", "--out", tmp_path / "q.msg", "--profile", "blind", says="no space")
 
 
 def test_blind_query_writes_nothing_when_refused(world: World, tmp_path: Path) -> None:
     np.save(tmp_path / "p.npy", np.ones(DIM // 2, np.float32))
     refused(world, tmp_path, "query", world.dirs["AA"], "--probe", tmp_path / "p.npy", "--to", "BB",
-            "--case", "C", "--purpose", "P", "--out", tmp_path / "q.msg", "--profile", "blind",
+            "--case", "C", "--purpose", "serious-crime", "--out", tmp_path / "q.msg", "--profile", "blind",
             says=f"dimension {DIM}")
     np.save(tmp_path / "p.npy", np.ones(DIM, np.float32))
     refused(world, tmp_path, "query", world.dirs["AA"], "--probe", tmp_path / "p.npy", "--to", "PL",
-            "--case", "C", "--purpose", "P", "--out", tmp_path / "q.msg", "--profile", "blind",
+            "--case", "C", "--purpose", "serious-crime", "--out", tmp_path / "q.msg", "--profile", "blind",
             says="not in the roster")
 
 

@@ -323,14 +323,15 @@ def test_state_flow_on_the_complex_set(tmp_path: Path, make_state: Callable[...,
         assert not (np.abs(s - tau) < 2e-3).any()  # the data are decisive
         assert [gal.references[i] for i in np.flatnonzero(s >= tau)] == want
         req = Requester(fr)
-        answer = Responder(de).answer(req.query("DE", probe, "CASE-1", "complex flow"))
+        answer = Responder(de).answer(req.query("DE", probe, "CASE-1", "serious-crime"))
         opened = req.open(answer)
         assert opened.sender == "DE" and opened.hit is bool(want)
         assert resolve_all(fr, ks, answer, opened.candidates) == want
     # Removal through the key service, then the removed mate no longer hits.
     ks.remove(gal.references[index])
     req = Requester(fr)
-    opened = req.open(Responder(de).answer(req.query("DE", synthetic.mate_probe(gal, index, 3), "CASE-2", "x")))
+    probe = synthetic.mate_probe(gal, index, 3)
+    opened = req.open(Responder(de).answer(req.query("DE", probe, "CASE-2", "serious-crime")))
     assert not opened.hit
 
 

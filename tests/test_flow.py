@@ -54,7 +54,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Node]:
 
 
 def _ask(net: dict[str, Node], a: str, b: str, probe: np.ndarray, **kw: object) -> tuple[bytes, bytes]:
-    q = Requester(net[a].state).query(b, probe, f"CASE-{a}-{b}", "flow test", **kw)  # type: ignore[arg-type]
+    q = Requester(net[a].state).query(b, probe, f"CASE-{a}-{b}", "serious-crime", **kw)  # type: ignore[arg-type]
     return q, Responder(net[b].state).answer(q)
 
 
@@ -103,7 +103,7 @@ def test_candidate_cap_releases_exactly_k_true_hits(tmp_path: Path) -> None:
 
     req, ks = Requester(nodes["DE"].state), KeyService(fr)
     for _ in range(2):
-        answer = Responder(fr).answer(req.query("FR", probe, "CASE-K", "cap test"))
+        answer = Responder(fr).answer(req.query("FR", probe, "CASE-K", "serious-crime"))
         opened = req.open(answer)
         assert opened.hit and len(opened.candidates) == 3
         refs = resolve_all(nodes["DE"].state, ks, answer, opened.candidates)
@@ -136,7 +136,7 @@ def test_replayed_query_changes_nothing(net: dict[str, Node]) -> None:
 
 
 def test_query_for_another_recipient_is_refused(net: dict[str, Node]) -> None:
-    q = Requester(net["DE"].state).query("FR", _mate(net, "FR", 9), "C", "misdirected")
+    q = Requester(net["DE"].state).query("FR", _mate(net, "FR", 9), "C", "serious-crime")
     nl = net["NL"].state
     before = snapshot(nl.dir)
     with pytest.raises(RecipientError):
@@ -149,9 +149,9 @@ def test_query_for_another_recipient_is_refused(net: dict[str, Node]) -> None:
 def test_expired_and_future_queries_are_refused(net: dict[str, Node]) -> None:
     de, fr = net["DE"].state, net["FR"].state
     t = time.time()
-    q = Requester(de).query("FR", _mate(net, "FR", 10), "C", "expiry", now=t)
+    q = Requester(de).query("FR", _mate(net, "FR", 10), "C", "serious-crime", now=t)
     late = t + de.config.query_ttl + CLOCK_SKEW + 5
-    q_future = Requester(de).query("FR", _mate(net, "FR", 10), "C", "expiry", now=t + 3 * CLOCK_SKEW)
+    q_future = Requester(de).query("FR", _mate(net, "FR", 10), "C", "serious-crime", now=t + 3 * CLOCK_SKEW)
     before = snapshot(fr.dir)
     with pytest.raises(ExpiredError):
         Responder(fr).answer(q, now=late)
@@ -180,7 +180,7 @@ def test_followup_with_foreign_or_altered_tokens(net: dict[str, Node]) -> None:
     raw[30] ^= 0x01
     altered = "T1" + b64(bytes(raw))
     # A token released to NL for the same record, presented by DE.
-    qn = Requester(net["NL"].state).query("FR", _mate(net, "FR", 20), "C", "other requester")
+    qn = Requester(net["NL"].state).query("FR", _mate(net, "FR", 20), "C", "serious-crime")
     tn = Requester(net["NL"].state).open(Responder(fr).answer(qn)).candidates[0]
 
     before = snapshot(fr.dir)
@@ -224,7 +224,8 @@ def test_resolve_after_removal_is_a_gallery_error(tmp_path: Path) -> None:
     nodes = build_network(str(tmp_path), ["DE", "FR"], n=60, seed=5)
     de, fr = nodes["DE"].state, nodes["FR"].state
     req, ks = Requester(de), KeyService(fr)
-    answer = Responder(fr).answer(req.query("FR", synthetic.mate_probe(nodes["FR"].gallery, 12, 0), "C", "rm"))
+    probe = synthetic.mate_probe(nodes["FR"].gallery, 12, 0)
+    answer = Responder(fr).answer(req.query("FR", probe, "C", "serious-crime"))
     token = req.open(answer).candidates[0]
     ks.remove("FR-0000012")
     fu = req.follow_up(answer, token)
@@ -232,7 +233,7 @@ def test_resolve_after_removal_is_a_gallery_error(tmp_path: Path) -> None:
         ks.resolve(fu)
     # And a new query no longer finds the removed record.
     again = req.open(Responder(fr).answer(req.query("FR", synthetic.mate_probe(nodes["FR"].gallery, 12, 0),
-                                                    "C", "rm")))
+                                                    "C", "serious-crime")))
     assert not again.hit
 
 
@@ -240,7 +241,7 @@ def test_resolve_after_removal_is_a_gallery_error(tmp_path: Path) -> None:
 
 def test_second_different_answer_is_refused(net: dict[str, Node]) -> None:
     de, fr = net["DE"].state, net["FR"].state
-    q = Requester(de).query("FR", _mate(net, "FR", 40), "C", "two answers")
+    q = Requester(de).query("FR", _mate(net, "FR", 40), "C", "serious-crime")
     captured: list[bytes] = []
 
     def grab_then_fail(blob: bytes) -> None:
@@ -284,7 +285,7 @@ def test_state_that_trusts_nobody_refuses_everything(tmp_path: Path) -> None:
     lone = new_state(str(tmp_path / "PL"), "PL")
     de.trust(lone.card_bytes)  # DE can address PL; PL knows nobody
     probe = synthetic.impostor_probe(512, seed=1)
-    q = Requester(de).query("PL", probe, "C", "lonely")
+    q = Requester(de).query("PL", probe, "C", "serious-crime")
     answer_to_pl = craft(de, "PL", "answer", AnswerBody("cd" * 16, False, ()).to_bytes(), in_reply_to="cd" * 16)
     fu_to_pl = craft_followup(de, "PL", "cd" * 16, "A" * 96)
     with lone.lock():  # the (empty) lock file appears on first use; it holds no state
@@ -299,7 +300,7 @@ def test_state_that_trusts_nobody_refuses_everything(tmp_path: Path) -> None:
     with pytest.raises(UnknownPeerError):
         KeyService(lone).resolve(fu_to_pl)
     with pytest.raises(UnknownPeerError):
-        Requester(lone).query("DE", probe, "C", "lonely")
+        Requester(lone).query("DE", probe, "C", "serious-crime")
     with pytest.raises(UnknownPeerError):
         lone.peer("DE")
     assert snapshot(lone.dir) == before
@@ -307,7 +308,7 @@ def test_state_that_trusts_nobody_refuses_everything(tmp_path: Path) -> None:
 
 def test_failing_sink_leaves_no_trace(net: dict[str, Node]) -> None:
     de, fr = net["DE"].state, net["FR"].state
-    q = Requester(de).query("FR", _mate(net, "FR", 50), "C", "sink")
+    q = Requester(de).query("FR", _mate(net, "FR", 50), "C", "serious-crime")
     before = snapshot(fr.dir)
 
     def broken(_blob: bytes) -> None:
@@ -331,7 +332,7 @@ def test_matcher_works_without_private_directory(tmp_path: Path) -> None:
     gal = nodes["FR"].gallery
     probe = synthetic.mate_probe(gal, 321, seed=2)
     truth = plaintext_hits(gal.templates, gal.references, probe, fr.config.threshold)
-    q = Requester(de).query("FR", probe, "C", "roles")
+    q = Requester(de).query("FR", probe, "C", "serious-crime")
     os.rename(fr.path("private"), fr.path("private.away"))
     try:
         matcher_view = type(fr).open(fr.dir)

@@ -32,9 +32,12 @@ def test_write_bytes_and_mode(tmp_path: Path) -> None:
     _fs.atomic_write_bytes(str(p), b"one", mode=0o600)
     assert p.read_bytes() == b"one"
     assert stat.S_IMODE(p.stat().st_mode) == 0o600
-    _fs.atomic_write_bytes(str(p), b"two")
+    _fs.atomic_write_bytes(str(p), b"two", mode=0o644)
     assert p.read_bytes() == b"two"
     assert stat.S_IMODE(p.stat().st_mode) == 0o644
+    # State files are private by default: they name cases and records.
+    _fs.atomic_write_json(str(p), {"case": "C-1"})
+    assert stat.S_IMODE(p.stat().st_mode) == 0o600
     assert _listing(tmp_path) == ["f"]
 
 

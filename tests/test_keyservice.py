@@ -34,7 +34,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Node]:
 
 def _query(net: dict[str, Node], index: int, **kw: object) -> tuple[bytes, np.ndarray]:
     probe = synthetic.mate_probe(net["FR"].gallery, index, seed=4)
-    return Requester(net["DE"].state).query("FR", probe, "CASE-KS", "key service", **kw), probe  # type: ignore[arg-type]
+    return Requester(net["DE"].state).query("FR", probe, "CASE-KS", "serious-crime", **kw), probe  # type: ignore[arg-type]
 
 
 def test_verify_query_returns_the_boxed_body(net: dict[str, Node]) -> None:
@@ -42,10 +42,10 @@ def test_verify_query_returns_the_boxed_body(net: dict[str, Node]) -> None:
     vq = KeyService(net["FR"].state).verify_query(q)
     assert vq.envelope.header.type == "query"
     assert vq.envelope.header.sender == "DE"
-    assert (vq.body.case, vq.body.purpose) == ("CASE-KS", "key service")
+    assert (vq.body.case, vq.body.purpose) == ("CASE-KS", "serious-crime")
     assert np.array_equal(vq.body.probe, normalise_probe(probe, 512))
     text = repr(vq)
-    assert "DE" in text and "CASE-KS" not in text and "key service" not in text
+    assert "DE" in text and "CASE-KS" not in text and "serious-crime" not in text
     assert repr(KeyService(net["FR"].state)) == "KeyService(FR)"
 
 
@@ -65,7 +65,7 @@ def test_verify_query_refuses_other_message_types(net: dict[str, Node]) -> None:
 def test_verify_query_refuses_bad_bodies(net: dict[str, Node]) -> None:
     de, fr = net["DE"].state, net["FR"].state
     ks = KeyService(fr)
-    good = QueryBody("C", "P", np.ones(512, np.float32)).to_bytes()
+    good = QueryBody("C", "serious-crime", np.ones(512, np.float32)).to_bytes()
     # Signed and boxed by a trusted peer, but not a query body.
     with pytest.raises(MessageError):
         ks.verify_query(craft(de, "FR", "query", b'{"case":"C"}'))
@@ -85,7 +85,7 @@ def test_wrong_dimension_probe_is_a_template_error(net: dict[str, Node]) -> None
     de, fr = net["DE"].state, net["FR"].state
     before = snapshot(fr.dir)
     for probe in (np.ones(256, np.float32), np.full(512, np.nan, np.float32), np.zeros(512, np.float32)):
-        q = craft(de, "FR", "query", QueryBody("C", "P", probe).to_bytes())
+        q = craft(de, "FR", "query", QueryBody("C", "serious-crime", probe).to_bytes())
         with pytest.raises(TemplateError):
             Responder(fr).answer(q)
     assert snapshot(fr.dir) == before

@@ -42,7 +42,7 @@ def test_query_is_signed_boxed_and_recorded(net: dict[str, Node]) -> None:
     de, fr = net["DE"].state, net["FR"].state
     probe = _probe(net, 1)
     t = int(time.time())
-    q = Requester(de).query("FR", probe, "CASE-R1", "requester test", now=t)
+    q = Requester(de).query("FR", probe, "CASE-R1", "serious-crime", now=t)
     env = open_envelope(q, lookup=fr.lookup, me="FR", params_digest=fr.config.parameter_set.digest, now=t)
     h = env.header
     assert (h.type, h.sender, h.recipient, h.in_reply_to) == ("query", "DE", "FR", "")
@@ -50,17 +50,17 @@ def test_query_is_signed_boxed_and_recorded(net: dict[str, Node]) -> None:
     assert h.params == fr.card.params_digest
     # Only FR can open the body, and it carries the normalised probe.
     body = QueryBody.from_bytes(fr.identity().unbox_from(env.sender, env.body))
-    assert (body.case, body.purpose) == ("CASE-R1", "requester test")
+    assert (body.case, body.purpose) == ("CASE-R1", "serious-crime")
     assert body.probe.tobytes() == normalise_probe(probe, 512).tobytes()
     # Nothing personal is on the wire in clear.
     for p in (np.asarray(probe, "<f4"), normalise_probe(probe, 512)):
         raw = p.tobytes()
         for needle in [raw, base64.urlsafe_b64encode(raw).rstrip(b"="), *windows(raw, 12, 128)]:
             assert needle not in q
-    assert b"CASE-R1" not in q and b"requester test" not in q
+    assert b"CASE-R1" not in q and b"serious-crime" not in q
     with open(de.path("outbox.json")) as fh:
         outbox = json.load(fh)
-    assert outbox[h.id] == {"to": "FR", "case": "CASE-R1", "purpose": "requester test", "created": t,
+    assert outbox[h.id] == {"to": "FR", "case": "CASE-R1", "purpose": "serious-crime", "created": t,
                             "expires": t + de.config.query_ttl, "answer": None}
     last = de.audit.entries()[-1]
     assert last["event"] == "query" and last["data"]["query_id"] == h.id
@@ -74,11 +74,11 @@ def test_refused_queries_change_nothing(net: dict[str, Node]) -> None:
     before = snapshot(de.dir)
     good = _probe(net, 2)
     with pytest.raises(UnknownPeerError):
-        req.query("PL", good, "C", "P")
+        req.query("PL", good, "C", "serious-crime")
     for probe in (np.ones(128, np.float32), np.zeros(512, np.float32), np.full(512, np.inf, np.float32),
                   np.ones((2, 512), np.float32), np.ones(512, np.int32)):
         with pytest.raises(TemplateError):
-            req.query("FR", probe, "C", "P")
+            req.query("FR", probe, "C", "serious-crime")
     for case, purpose in (("", "P"), ("C", ""), ("x" * (MAX_CASE + 1), "P"), ("C\n", "P")):
         with pytest.raises(MessageError):
             req.query("FR", good, case, purpose)
@@ -89,7 +89,7 @@ def test_answer_is_checked_before_it_is_accepted(net: dict[str, Node]) -> None:
     de, fr = net["DE"].state, net["FR"].state
     req = Requester(de)
     t = time.time()
-    answer = Responder(fr).answer(req.query("FR", _probe(net, 3), "C", "P", now=t), now=t)
+    answer = Responder(fr).answer(req.query("FR", _probe(net, 3), "C", "serious-crime", now=t), now=t)
     before = snapshot(de.dir)
     bad = bytearray(answer)
     bad[len(bad) // 2] ^= 0x20
@@ -109,7 +109,7 @@ def test_answer_is_checked_before_it_is_accepted(net: dict[str, Node]) -> None:
 def test_malformed_answers_from_a_trusted_peer(net: dict[str, Node]) -> None:
     de, fr = net["DE"].state, net["FR"].state
     req = Requester(de)
-    q = req.query("FR", _probe(net, 4), "C", "P")
+    q = req.query("FR", _probe(net, 4), "C", "serious-crime")
     qid = open_envelope(q, lookup=fr.lookup, me="FR", params_digest=fr.config.parameter_set.digest).header.id
     before = snapshot(de.dir)
     cases = [
@@ -131,7 +131,7 @@ def test_malformed_answers_from_a_trusted_peer(net: dict[str, Node]) -> None:
 def test_answer_is_recorded_once(net: dict[str, Node]) -> None:
     de, fr = net["DE"].state, net["FR"].state
     req = Requester(de)
-    answer = Responder(fr).answer(req.query("FR", _probe(net, 5), "C", "P"))
+    answer = Responder(fr).answer(req.query("FR", _probe(net, 5), "C", "serious-crime"))
     opened = req.open(answer)
     req.open(answer)
     received = [e for e in de.audit.entries() if e["event"] == "answer_received"
@@ -145,7 +145,7 @@ def test_answer_is_recorded_once(net: dict[str, Node]) -> None:
 def test_follow_up_message(net: dict[str, Node]) -> None:
     de, fr = net["DE"].state, net["FR"].state
     req = Requester(de)
-    answer = Responder(fr).answer(req.query("FR", _probe(net, 6), "C", "P"))
+    answer = Responder(fr).answer(req.query("FR", _probe(net, 6), "C", "serious-crime"))
     opened = req.open(answer)
     with pytest.raises(TokenError):
         req.follow_up(answer, "B" * 96)
@@ -163,11 +163,12 @@ def test_corrupt_outbox_is_a_state_error(tmp_path: Path) -> None:
     nodes = build_network(str(tmp_path), ["DE", "FR"], n=20, seed=9)
     de, fr = nodes["DE"].state, nodes["FR"].state
     req = Requester(de)
-    answer = Responder(fr).answer(req.query("FR", synthetic.mate_probe(nodes["FR"].gallery, 1, 0), "C", "P"))
+    probe = synthetic.mate_probe(nodes["FR"].gallery, 1, 0)
+    answer = Responder(fr).answer(req.query("FR", probe, "C", "serious-crime"))
     for content in ("{", "[]"):
         with open(de.path("outbox.json"), "w") as fh:
             fh.write(content)
         with pytest.raises(StateError):
             req.open(answer)
         with pytest.raises(StateError):
-            req.query("FR", synthetic.impostor_probe(512, 1), "C", "P")
+            req.query("FR", synthetic.impostor_probe(512, 1), "C", "serious-crime")

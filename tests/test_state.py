@@ -95,7 +95,7 @@ def test_secrets_appear_nowhere_outside_private(tmp_path: Path) -> None:
     fr.trust(de.card_bytes)
     gal = synthetic.make_gallery(40, seed=9, prefix="DE")
     KeyService(de).enroll(gal.templates, gal.references)
-    q = Requester(fr).query("DE", synthetic.mate_probe(gal, 3, 1), "C-1", "test")
+    q = Requester(fr).query("DE", synthetic.mate_probe(gal, 3, 1), "C-1", "serious-crime")
     answer = Responder(de).answer(q)
     opened = Requester(fr).open(answer)
     KeyService(de).resolve(Requester(fr).follow_up(answer, opened.candidates[0]))

@@ -47,6 +47,7 @@ from pprm.matching import kernel as _kernel
 from pprm.matching.decide import SealedDecider
 from pprm.matching.kernel import BACKEND
 from pprm.matching.templates import normalise_probe, normalise_templates
+from pprm.node.config import MAX_QUOTA
 from pprm.node.keyservice import KeyService
 from pprm.node.requester import Requester
 from pprm.node.responder import Responder
@@ -302,8 +303,10 @@ def build_setup(n: int, params: str, *, allow_insecure: bool = False, root: str 
         os.makedirs(root, exist_ok=True)
     scratch = tempfile.mkdtemp(prefix=f"pprm-bench-{n}-", dir=root)
     try:
+        # Quotas at their maximum: every timed query must be answered.
         resp = State.init(os.path.join(scratch, "responder"), RESPONDER, threshold=THRESHOLD,
-                          params=params, dim=DIM, allow_insecure=allow_insecure)
+                          params=params, dim=DIM, allow_insecure=allow_insecure,
+                          quota_per_case=MAX_QUOTA, quota_per_peer=MAX_QUOTA)
         req = State.init(os.path.join(scratch, "requester"), REQUESTER, threshold=THRESHOLD,
                          params=params, dim=DIM, allow_insecure=allow_insecure)
         resp.trust(req.card_bytes)
@@ -374,7 +377,7 @@ def _bench_size(setup: BenchSetup, repeats: int, agreement_probes: int, say: Pro
     responder = Responder(st)
 
     def ask(i: int, kind: str, probe: np.ndarray) -> bytes:
-        return requester.query(RESPONDER, probe, case=f"BENCH-{n}-{i}", purpose=f"benchmark ({kind})")
+        return requester.query(RESPONDER, probe, case=f"BENCH-{n}-{i}", purpose="serious-crime")
 
     # Other work on the machine skews every figure: record the load it ran under.
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None

@@ -51,6 +51,7 @@ from pprm.crypto.context import BlindContext
 from pprm.errors import ParameterError
 from pprm.matching import kernel
 from pprm.matching.templates import normalise_probe, normalise_templates
+from pprm.node.config import MAX_QUOTA
 from pprm.node.keyservice import KeyService
 from pprm.node.requester import Requester
 from pprm.node.responder import Responder
@@ -196,7 +197,9 @@ def build_blind_setup(n: int, params: str = blind_param_sets.DEFAULT_BLIND_PARAM
     try:
         common: dict[str, Any] = {"threshold": THRESHOLD, "params": sealed, "dim": dim,
                                   "allow_insecure": allow_insecure, "blind_params": params}
-        resp = State.init(os.path.join(scratch, "responder"), RESPONDER, **common)
+        # Quotas at their maximum: all queries of a size share one case.
+        resp = State.init(os.path.join(scratch, "responder"), RESPONDER, **common,
+                          quota_per_case=MAX_QUOTA, quota_per_peer=MAX_QUOTA)
         req = State.init(os.path.join(scratch, "requester"), REQUESTER, **common)
         resp.trust(req.card_bytes)
         req.trust(resp.card_bytes)
@@ -249,7 +252,7 @@ def _bench_size(setup: BlindSetup, repeats: int, say: Progress) -> dict[str, Any
     mate_index = n // 3
     mate = mate_probe(setup.gallery, mate_index, 7)
     t0 = time.perf_counter()
-    announcement, first_query = requester.blind_query(RESPONDER, mate, case, "benchmark (mate)")
+    announcement, first_query = requester.blind_query(RESPONDER, mate, case, "serious-crime")
     first_query_s = time.perf_counter() - t0
     if announcement is None:  # pragma: no cover - a fresh requester state has no key
         raise RuntimeError("the first blind query of a case carried no key announcement")
@@ -281,7 +284,7 @@ def _bench_size(setup: BlindSetup, repeats: int, say: Progress) -> dict[str, Any
         else:
             probe = impostor_probe(ps.dim, 100 + i)
         t0 = time.perf_counter()
-        ann_again, msg = requester.blind_query(RESPONDER, probe, case, f"benchmark ({kind})")
+        ann_again, msg = requester.blind_query(RESPONDER, probe, case, "serious-crime")
         t1 = time.perf_counter()
         answer = responder.answer(msg)
         t2 = time.perf_counter()

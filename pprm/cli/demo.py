@@ -231,7 +231,7 @@ def run_demo(directory: str | None = None, *, states: int = 3, gallery: int = 50
                 dont_care = sorted(refs[i] for i in np.flatnonzero(np.abs(scores - DEMO_THRESHOLD) < margin))
 
                 req, resp = requesters[r], responders[s]
-                case, purpose = f"DEMO-{pair:04d}-{kind}-{profile}", "pprm demo: synthetic cross-border search"
+                case, purpose = f"DEMO-{pair:04d}-{kind}-{profile}", "serious-crime"
                 if profile == "blind":
                     announcement, msg = req.blind_query(codes[s], probe, case, purpose)
                     if announcement is not None:

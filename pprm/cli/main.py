@@ -5,7 +5,8 @@ lives in a directory (see :class:`pprm.node.state.State`), messages travel as
 files the operators exchange by whatever channel their Prüm setup uses.
 
 Exit codes: 0 success; 1 an expected error (one line on stderr, no state
-change); 2 a usage error; 3 ``pprm demo`` found a disagreement with the
+change; for ``open``, also a peer's signed refusal, which is recorded); 2 a
+usage error; 3 ``pprm demo`` found a disagreement with the
 plaintext truth. Reporting verbs take ``--json`` for one JSON value on stdout.
 Nothing here ever prints a secret key, a template or a score.
 """
@@ -184,17 +185,19 @@ def _cmd_init(args: argparse.Namespace) -> int:
     profiles = dict((args.blind_peers and [(peer, "blind") for peer in args.blind_peers]) or [])
     st = State.init(args.dir, args.name, threshold=args.threshold, params=args.params, k=args.k,
                     dim=args.dim, allow_insecure=args.allow_insecure, blind_params=args.blind_params,
-                    profiles=profiles)
+                    profiles=profiles, purposes=args.purposes)
     ps = st.config.parameter_set
     if ps.insecure:
         print(f"pprm: warning: {ps.name} is insecure; use it for tests only", file=sys.stderr)
     info = {"name": st.config.name, "dir": st.dir, "params": ps.name, "params_digest": ps.digest,
             "blind_params": st.config.blind_params, "profiles": st.config.profiles,
             "threshold": st.config.threshold, "k": st.config.k, "dim": st.config.dim,
+            "purposes": list(st.config.purposes),
             "fingerprint": st.card.identity.fingerprint.hex(), "key_id": st.key_id}
     _emit(args, info, "\n".join([
         f"initialised state {info['name']} in {info['dir']}",
         f"  params       {ps.name} (sealed), {st.config.blind_params} (blind)",
+        f"  purposes     {', '.join(st.config.purposes)}",
         f"  fingerprint  {info['fingerprint']}",
         f"  ckks key id  {info['key_id']}",
         f"next: publish 'pprm card {args.dir}' to your peers and 'pprm trust' theirs",
@@ -298,10 +301,12 @@ def _cmd_answer(args: argparse.Namespace) -> int:
     with _AtomicOutput(args.out) as out, ProgressBar("matching") as bar:
         # sink runs before the query is marked used: if the write fails, the
         # query stays unanswered and can be answered again.
-        Responder(st).answer(blob, sink=out.write, progress=bar.callback, announcements=announcements)
+        res = Responder(st).respond(blob, sink=out.write, progress=bar.callback, announcements=announcements)
         out.commit()
-    _emit(args, {"to": h.sender, "query_id": h.id, "out": out.path},
-          f"answer to query {h.id} from {h.sender} written to {args.out}")
+    # A refusal by policy is a valid protocol outcome (signed, logged): exit 0.
+    text = (f"answer to query {h.id} from {h.sender} written to {args.out}" if res.refused is None else
+            f"refusal ({res.refused}) of query {h.id} from {h.sender} written to {args.out}: {res.reason}")
+    _emit(args, {"to": h.sender, "query_id": h.id, "out": out.path, "refused": res.refused}, text)
     return EXIT_OK
 
 
@@ -344,6 +349,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
             "blind_params": c.blind_params, "blind_params_digest": c.blind_parameter_set.digest,
             "profiles": c.profiles,
             "threshold": c.threshold, "k": c.k, "dim": c.dim, "gallery": len(st.gallery()),
+            "purposes": list(c.purposes), "quota_per_case": c.quota_per_case, "quota_per_peer": c.quota_per_peer,
             "roster": roster, "backend": pprm.BACKEND,
             "fingerprint": st.card.identity.fingerprint.hex(), "key_id": st.key_id}
     _emit(args, info, "\n".join([
@@ -353,6 +359,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         f"threshold    {c.threshold}",
         f"k            {c.k}",
         f"dim          {c.dim}",
+        f"purposes     {', '.join(c.purposes)}",
+        f"quotas       {c.quota_per_case} per case, {c.quota_per_peer} per peer (per requesting state, 24 h)",
         f"gallery      {info['gallery']} record(s)",
         f"roster       {', '.join(roster) or '(empty)'}",
         f"backend      {pprm.BACKEND}",
@@ -363,15 +371,22 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_audit_verify(args: argparse.Namespace) -> int:
     st = State.open(args.dir)
-    n = st.audit.verify()
-    _emit(args, {"entries": n, "ok": True}, f"audit log of {st.config.name} verifies: {n} entries")
+    rep = st.audit.check()
+    signed = (f", {rep.checkpoints} signed checkpoint(s), signed head at line {rep.head + 1}"
+              if rep.head is not None else ", not signed yet (no checkpoint, no head)")
+    if rep.unsigned:
+        signed += (f"; {rep.unsigned} line(s) after the head are not signed yet (an interrupted append leaves"
+                   " this; the next entry records it)")
+    _emit(args, {"entries": rep.entries, "ok": True, "checkpoints": rep.checkpoints, "head": rep.head,
+                 "unsigned": rep.unsigned},
+          f"audit log of {st.config.name} verifies: {rep.entries} entries{signed}")
     return EXIT_OK
 
 
 def _cmd_audit_show(args: argparse.Namespace) -> int:
     st = State.open(args.dir)
     try:
-        entries = st.audit.entries()
+        entries = st.audit.entries(checkpoints=True)
     except ValueError:
         raise StateError("audit log has a damaged line; run 'pprm audit verify'") from None
     lines = []
@@ -479,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"known: {', '.join(blind_param_sets.names())})")
     p.add_argument("--blind-peer", dest="blind_peers", action="append", metavar="CODE",
                    help="query this peer in the blind profile by default (repeatable)")
+    p.add_argument("--purpose", dest="purposes", action="append", metavar="PURPOSE",
+                   help="a purpose this state answers and sends queries for, replacing the default list "
+                        "serious-crime, missing-person, unidentified-remains (repeatable)")
 
     p = verb("card", _cmd_card, "print this state's public card", json_out=False)
     p.add_argument("dir")
@@ -501,7 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe", required=True, help=".npy template of shape (dim,) or (1, dim)")
     p.add_argument("--to", required=True, help="the peer's state code")
     p.add_argument("--case", required=True, help="case reference")
-    p.add_argument("--purpose", required=True, help="purpose of the search")
+    p.add_argument("--purpose", required=True,
+                   help="purpose of the search, one of this state's purposes (default list: serious-crime, "
+                        "missing-person, unidentified-remains)")
     p.add_argument("--out", required=True, help="query message file to write")
     p.add_argument("--profile", choices=("sealed", "blind"), default=None,
                    help="sealed: the peer sees the probe; blind: it stays encrypted under this state's key "
@@ -509,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys-out", default=None,
                    help="blind: where to write a new key announcement (default: OUT.keys)")
 
-    p = verb("answer", _cmd_answer, "answer a query addressed to this state")
+    p = verb("answer", _cmd_answer, "answer a query addressed to this state (or refuse it by policy)")
     p.add_argument("dir")
     p.add_argument("query", metavar="QUERY_FILE")
     p.add_argument("--out", required=True, help="answer message file to write")
@@ -535,9 +555,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="check or show the audit log", description="check or show the audit log")
     asub = audit.add_subparsers(dest="audit_verb", required=True, metavar="ACTION")
-    p = verb("verify", _cmd_audit_verify, "verify the hash chain", on=asub)
+    p = verb("verify", _cmd_audit_verify,
+             "verify the hash chain, the signed checkpoints and the signed head", on=asub)
     p.add_argument("dir")
-    p = verb("show", _cmd_audit_show, "list the entries", on=asub)
+    p = verb("show", _cmd_audit_show, "list the entries, checkpoints included", on=asub)
     p.add_argument("dir")
 
     p = verb("bench", _cmd_bench, "benchmark the sealed or blind matcher on synthetic galleries")

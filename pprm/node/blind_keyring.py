@@ -60,6 +60,17 @@ class BlindKeyring:
                 return kid
         return None
 
+    def retire_expired(self, now: float) -> list[str]:
+        """Retire (and delete the secret keys of) every key past its lifetime; caller holds the lock.
+
+        Returns:
+            The key ids retired now.
+        """
+        gone = [kid for kid, e in self.entries().items() if e["retired"] is None and e["expires"] <= now]
+        for kid in gone:
+            self.retire(kid, "lifetime ended")
+        return gone
+
     def store(self, pair: blind_keys.BlindKeyPair, peer: str, case: str, now: float, ttl: int) -> None:
         """Keep a fresh key pair (from :func:`pprm.crypto.blind_keys.generate`) for (peer, case).
 

@@ -9,10 +9,20 @@ from typing import Any
 from pprm.crypto import blind_params as blind_param_sets
 from pprm.crypto import params as param_sets
 from pprm.errors import ParameterError, StateError
+from pprm.protocol.messages import MAX_PURPOSE
 
-__all__ = ["StateConfig", "NAME_PATTERN"]
+__all__ = ["StateConfig", "NAME_PATTERN", "DEFAULT_PURPOSES", "MAX_QUOTA", "QUOTA_WINDOW"]
 
 NAME_PATTERN = re.compile(r"^[A-Z][A-Z0-9-]{1,15}$")
+# The purposes Prüm II allows a facial-image search for.
+DEFAULT_PURPOSES = ("serious-crime", "missing-person", "unidentified-remains")
+# Quotas count the queries answered for one requesting state over this
+# rolling window, seconds.
+QUOTA_WINDOW = 24 * 3600
+# Upper bound of either quota: far beyond any real workload, it only keeps
+# the quota file bounded.
+MAX_QUOTA = 1_000_000
+_MAX_PURPOSES = 64
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,34 @@ class StateConfig:
             queries this state sends; peers not listed get ``"sealed"``.
         blind_key_ttl: seconds a blind-profile key pair may be used before it
             is retired (it is also retired after every follow-up).
+        purposes: the purposes this state answers queries for, and may send
+            them with; matched as exact strings.
+        quota_per_case: queries answered per requesting state per case
+            reference in a rolling 24 hours.
+        quota_per_peer: queries answered per requesting state in a rolling
+            24 hours, all cases together.
+
+    Policy defaults, and why (each is a setting in ``state.json``):
+
+    - ``k = 10``: Prüm exchanges return short candidate lists for a human
+      examiner; ten is the usual upper end and keeps what one query can
+      reveal small.
+    - ``blind_key_ttl = 24 h``: a requester's blind key decrypts one day's
+      answers at most, and is retired at the first follow-up anyway.
+    - ``purposes = ("serious-crime", "missing-person",
+      "unidentified-remains")``: the purposes Prüm II names for facial-image
+      searches. A query with any other purpose gets a signed refusal.
+    - ``quota_per_case = 100``: a normal investigation sends a handful of
+      probes per case to a peer (several photos, several suspects); 100 a
+      day never blocks one, while a requester trawling the gallery with one
+      case reference is stopped early.
+    - ``quota_per_peer = 2000``: twenty cases at the case quota, far above
+      the daily volume between two states today; it bounds what a misused
+      or compromised requester key can extract in a day.
+
+    A query over either quota, or with a purpose not on the list, gets a
+    signed refusal and an audit entry; it is never matched. Quotas count
+    answered queries only, so refusals do not use them up.
     """
 
     name: str
@@ -47,6 +85,9 @@ class StateConfig:
     blind_params: str = blind_param_sets.DEFAULT_BLIND_PARAMS
     profiles: dict[str, str] = field(default_factory=dict)
     blind_key_ttl: int = 24 * 3600
+    purposes: tuple[str, ...] = DEFAULT_PURPOSES
+    quota_per_case: int = 100
+    quota_per_peer: int = 2000
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):
@@ -72,6 +113,23 @@ class StateConfig:
             raise ParameterError("profiles must map state codes to 'sealed' or 'blind'")
         if not 60 <= int(self.blind_key_ttl) <= 31 * 24 * 3600:
             raise ParameterError("blind_key_ttl must be between one minute and 31 days")
+        if isinstance(self.purposes, str) or not isinstance(self.purposes, (list, tuple)):
+            raise ParameterError("purposes must be a list of strings")
+        # state.json holds a list; the config keeps a tuple (immutable).
+        object.__setattr__(self, "purposes", tuple(self.purposes))
+        if not 1 <= len(self.purposes) <= _MAX_PURPOSES:
+            raise ParameterError(f"purposes must list between 1 and {_MAX_PURPOSES} purposes")
+        for purpose in self.purposes:
+            if (not isinstance(purpose, str) or not purpose or len(purpose) > MAX_PURPOSE
+                    or not purpose.isprintable() or purpose != purpose.strip()):
+                raise ParameterError(f"each purpose must be printable text of 1..{MAX_PURPOSE} characters "
+                                     "without leading or trailing spaces")
+        if len(set(self.purposes)) != len(self.purposes):
+            raise ParameterError("purposes must not repeat")
+        for what in ("quota_per_case", "quota_per_peer"):
+            value = getattr(self, what)
+            if type(value) is not int or not 1 <= value <= MAX_QUOTA:
+                raise ParameterError(f"{what} must be an integer between 1 and {MAX_QUOTA}")
 
     def profile_for(self, peer: str) -> str:
         """The default query profile for ``peer``."""

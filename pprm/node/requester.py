@@ -2,7 +2,7 @@
 
 The requester keeps an outbox of the queries it sent, so that it accepts an
 answer only from the state it asked, only for a query it sent, and only one
-answer per query.
+answer per query. A signed refusal in reply closes the query the same way.
 """
 
 from __future__ import annotations
@@ -12,21 +12,21 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
 from pprm._fs import atomic_write_json, read_json
 from pprm.crypto import blind_keys
 from pprm.crypto.answer_codec import decode_answer
-from pprm.errors import MessageError, ReplayError, StateError, TokenError
+from pprm.errors import MessageError, PolicyError, RefusedError, ReplayError, StateError, TokenError
 from pprm.matching.blind import answer_scale
 from pprm.matching.blind_client import decrypt_signs, encrypt_probe
 from pprm.matching.templates import normalise_probe
 from pprm.node.state import State
 from pprm.protocol.blind_messages import BlindAnswerBody, BlindQueryBody, KeyAnnouncementBody, make_handle
 from pprm.protocol.envelope import Envelope, Header, new_id, open_envelope, seal_envelope
-from pprm.protocol.messages import AnswerBody, FollowUpBody, QueryBody
+from pprm.protocol.messages import AnswerBody, FollowUpBody, QueryBody, RefusalBody, check_case_and_purpose
 
 __all__ = ["Requester", "OpenedAnswer"]
 
@@ -70,6 +70,14 @@ class Requester:
         except ValueError:
             raise StateError("outbox.json is corrupt") from None
 
+    def _check_purpose(self, case: str, purpose: str) -> None:
+        """Fail fast on a purpose this state does not send queries for (nothing is recorded)."""
+        check_case_and_purpose(case, purpose)
+        allowed = self.state.config.purposes
+        if purpose not in allowed:
+            raise PolicyError(f"purpose {purpose!r} is not one of {self.state.config.name}'s purposes: "
+                              f"{', '.join(allowed)}")
+
     def query(self, to: str, probe: np.ndarray, case: str, purpose: str,
               now: float | None = None) -> bytes:
         """Build a signed query for peer ``to``.
@@ -88,6 +96,8 @@ class Requester:
             UnknownPeerError: ``to`` is not trusted.
             TemplateError: the probe is malformed.
             MessageError: case or purpose are empty or too long.
+            PolicyError: the purpose is not on this state's list (the
+                peer's list decides on arrival).
 
         Warning:
             In the sealed profile the probe is boxed to the peer and decrypted
@@ -97,6 +107,7 @@ class Requester:
         st = self.state
         peer = st.peer(to)
         body = QueryBody(case, purpose, normalise_probe(probe, peer.dim))
+        self._check_purpose(case, purpose)
         t = int(time.time() if now is None else now)
         ident = st.identity()
         header = Header("query", st.config.name, to, new_id(), t, t + st.config.query_ttl,
@@ -135,9 +146,11 @@ class Requester:
             UnknownPeerError: ``to`` is not trusted.
             TemplateError: the probe is malformed.
             MessageError: case or purpose are empty or too long.
+            PolicyError: the purpose is not on this state's list.
         """
         st = self.state
         peer = st.peer(to)
+        self._check_purpose(case, purpose)
         ctx = st.blind_ctx
         t = int(time.time() if now is None else now)
         ident = st.identity()
@@ -146,6 +159,9 @@ class Requester:
         announcement = None
         with st.lock():
             ring = st.blind_keyring
+            # Keys past their lifetime are retired here, at the next blind
+            # query: their secret keys are deleted and decrypt nothing more.
+            ring.retire_expired(t)
             kid = ring.active(to, case, t)
             pair = None
             if kid is None:
@@ -173,7 +189,8 @@ class Requester:
                             profile="blind", key_id=kid)
         return announcement, msg
 
-    def _verify_envelope(self, answer: bytes, now: float | None) -> Envelope:
+    def _verify_envelope(self, answer: bytes, now: float | None,
+                         kinds: tuple[str, ...] = ("answer",)) -> Envelope:
         st = self.state
         roster = st.roster()
 
@@ -182,7 +199,7 @@ class Requester:
 
         env = open_envelope(answer, lookup=st.lookup, me=st.config.name, params_digest=digest_of, now=now,
                             blind_digest=st.config.blind_parameter_set.digest)
-        if env.header.type != "answer":
+        if env.header.type not in kinds:
             raise MessageError(f"expected an answer, got a {env.header.type}")
         return env
 
@@ -195,6 +212,25 @@ class Requester:
         if sent["answer"] not in (None, h.id):
             raise ReplayError("another answer to this query was already accepted")
         return sent
+
+    def _open_refusal(self, env: Envelope) -> NoReturn:
+        """Record a peer's signed refusal as the reply to its query, then raise it."""
+        st = self.state
+        h = env.header
+        body = RefusalBody.from_bytes(st.identity().unbox_from(env.sender, env.body))
+        if body.query_id != h.in_reply_to:
+            raise MessageError("refusal body and header name different queries")
+        with st.lock():
+            self._check_outbox(h)
+            box = self._outbox()
+            entry = box[h.in_reply_to]
+            if entry["answer"] is None:
+                entry.update(answer=h.id, refused=body.reason)
+                atomic_write_json(self._outbox_path, box)
+                st.audit.append("refused", peer=h.sender, query_id=h.in_reply_to, refusal_id=h.id,
+                                reason=body.reason, profile=h.profile)
+        raise RefusedError(f"query {h.in_reply_to} to {h.sender} refused: {body.reason} ({body.message})",
+                           peer=h.sender, query_id=h.in_reply_to, reason=body.reason)
 
     def _open_blind(self, env: Envelope, now: float | None) -> OpenedAnswer:
         """Decrypt a blind answer to at most k candidate handles, once."""
@@ -260,11 +296,16 @@ class Requester:
         different answer to the same query is refused.
 
         Raises:
+            RefusedError: the reply is a signed refusal by the peer's policy;
+                it is recorded (outbox, audit ``refused``) and closes the
+                query. Opening it again raises it again.
             MessageError and subclasses: bad, tampered, misaddressed or expired.
             ReplayError: another answer to this query was already accepted.
             UnknownPeerError: the sender is not trusted.
         """
-        env = self._verify_envelope(answer, now)
+        env = self._verify_envelope(answer, now, ("answer", "refusal"))
+        if env.header.type == "refusal":
+            self._open_refusal(env)
         if env.header.profile == "blind":
             return self._open_blind(env, now)
         h, body = self._verify_answer(answer, now)

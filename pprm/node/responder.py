@@ -4,25 +4,52 @@ The flow keeps the roles apart: the key service verifies the query, the
 matcher (public material only) computes the masked encrypted result, the key
 service decrypts it to capped candidate tokens, and the node signs and boxes
 the answer. The probe exists only in memory for the duration of the call.
+
+Between verifying and matching, the state's policy (:mod:`pprm.node.policy`)
+decides: a query with a purpose not on the list, or over a quota, gets a
+signed refusal instead of an answer, and is never matched.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from pprm.errors import KeyRotationError, MessageError
 from pprm.matching.blind import BlindMatcher
 from pprm.node.blind_store import AnsweredQuery
 from pprm.node.keyservice import KeyService
+from pprm.node.policy import QuotaLedger, Refusal, decide
 from pprm.node.state import State
 from pprm.protocol.blind_messages import BlindAnswerBody, KeyAnnouncementBody
 from pprm.protocol.envelope import Envelope, Header, new_id, seal_envelope
-from pprm.protocol.messages import AnswerBody
+from pprm.protocol.messages import AnswerBody, RefusalBody
 
-__all__ = ["Responder"]
+__all__ = ["Responder", "Response"]
 
 Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Response:
+    """What :meth:`Responder.respond` handed over for one query.
+
+    Attributes:
+        message: the signed answer or refusal, boxed to the requester.
+        peer: the requesting state.
+        query_id: the query's id.
+        profile: ``"sealed"`` or ``"blind"``.
+        refused: None for an answer, else the refusal's reason code.
+        reason: the refusal's human-readable line (None for an answer).
+    """
+
+    message: bytes = field(repr=False)
+    peer: str
+    query_id: str
+    profile: str
+    refused: str | None = None
+    reason: str | None = None
 
 
 class Responder:
@@ -35,6 +62,7 @@ class Responder:
     def __init__(self, state: State) -> None:
         self.state = state
         self.key_service = KeyService(state)
+        self.quota = QuotaLedger(state.path("quota.json"))
 
     def __repr__(self) -> str:
         return f"Responder({self.state.config.name})"
@@ -42,24 +70,41 @@ class Responder:
     def answer(self, query: bytes, *, sink: Callable[[bytes], None] | None = None,
                progress: Progress | None = None, now: float | None = None,
                announcements: Sequence[bytes] = ()) -> bytes:
-        """Answer one query message.
+        """Answer one query message, or refuse it by policy.
 
         Args:
             query: the signed query bytes.
-            sink: called with the answer bytes before the query is marked used
-                and logged; if it raises, nothing is recorded.
+            sink: called with the answer (or refusal) bytes before the query
+                is marked used and logged; if it raises, nothing is recorded.
             progress: called with ``(blocks done, total)`` while matching.
             now: clock override for tests.
             announcements: blind profile: key announcements delivered with the
                 query; they are accepted (cached, logged) only if the answer
-                is handed over, in the same step.
+                or refusal is handed over, in the same step.
 
         Returns:
-            The signed answer, boxed to the requester.
+            The signed answer, boxed to the requester; or, when this state's
+            policy refuses the query (purpose not on the list, a quota used
+            up), a signed refusal boxed to the requester. See :meth:`respond`
+            to tell them apart.
 
         Raises:
             MessageError and subclasses, UnknownPeerError, ParameterError,
-            TemplateError: the query is refused and no state changes.
+            TemplateError: the query is invalid; no state changes.
+        """
+        return self.respond(query, sink=sink, progress=progress, now=now, announcements=announcements).message
+
+    def respond(self, query: bytes, *, sink: Callable[[bytes], None] | None = None,
+                progress: Progress | None = None, now: float | None = None,
+                announcements: Sequence[bytes] = ()) -> Response:
+        """As :meth:`answer`, and say whether the message is an answer or a refusal.
+
+        A refusal is recorded like an answer (the query id is marked used,
+        so a replay is refused as a replay; an audit entry ``refuse``), but
+        nothing is matched, no token is minted and no quota is used.
+
+        Raises:
+            As :meth:`answer`.
         """
         st = self.state
         t = time.time() if now is None else now
@@ -70,12 +115,15 @@ class Responder:
             raise MessageError("key announcements come only with blind-profile queries")
         with st.lock():
             vq = self.key_service.verify_query(query, t)
+            qh = vq.envelope.header
+            refusal = decide(st.config, self.quota, qh.sender, vq.body.case, vq.body.purpose, t)
+            if refusal is not None:
+                return self._refuse(vq.envelope, vq.body.case, vq.body.purpose, refusal, sink, t)
             # One view of the gallery for both roles: the matcher's public
             # material, and the index the key service maps hits through.
             gallery = st.gallery()
             result = st.matcher(gallery).match(vq.body.probe, st.config.threshold, progress)
             release = self.key_service.release(query, result, t, gallery)
-            qh = vq.envelope.header
             body = AnswerBody(qh.id, bool(release.tokens), release.tokens)
             ident = st.identity()
             header = Header("answer", st.config.name, qh.sender, new_id(), int(t),
@@ -85,7 +133,31 @@ class Responder:
             if sink is not None:
                 sink(answer)
             self.key_service.commit_release(release, header.id, t)
-        return answer
+            self.quota.record(qh.sender, vq.body.case, t)
+        return Response(answer, qh.sender, qh.id, "sealed")
+
+    def _refuse(self, env: Envelope, case: str, purpose: str, refusal: Refusal,
+                sink: Callable[[bytes], None] | None, t: float,
+                announcements: Sequence[tuple[Envelope, KeyAnnouncementBody]] = ()) -> Response:
+        """Sign and hand over a refusal, then record it (caller holds the state lock)."""
+        st = self.state
+        qh = env.header
+        digest = st.config.blind_parameter_set.digest if qh.profile == "blind" else st.config.parameter_set.digest
+        body = RefusalBody(qh.id, refusal.reason, refusal.message)
+        ident = st.identity()
+        header = Header("refusal", st.config.name, qh.sender, new_id(), int(t), int(t) + st.config.token_ttl,
+                        digest, qh.profile, qh.id)
+        msg = seal_envelope(ident, header, ident.box_to(env.sender, body.to_bytes()))
+        if sink is not None:
+            sink(msg)
+        # Announced keys are public material, valid on their own: the
+        # requester counts them as delivered, so they are kept.
+        for ann_env, ann in announcements:
+            self._commit_keys(ann_env, ann, t)
+        self.key_service.commit_seen(env, t)
+        st.audit.append("refuse", peer=qh.sender, query_id=qh.id, refusal_id=header.id, case=case,
+                        purpose=purpose, reason=refusal.reason, profile=qh.profile)
+        return Response(msg, qh.sender, qh.id, qh.profile, refusal.reason, refusal.message)
 
     def accept_keys(self, announcement: bytes, *, now: float | None = None) -> str:
         """Verify and cache a peer's blind-profile key announcement.
@@ -118,7 +190,7 @@ class Responder:
         st.audit.append("keys", peer=env.header.sender, key_id=body.key_id, expires=body.expires)
 
     def _answer_blind(self, query: bytes, sink: Callable[[bytes], None] | None, t: float,
-                      announcements: Sequence[bytes]) -> bytes:
+                      announcements: Sequence[bytes]) -> Response:
         """Answer a blind-profile query: the probe stays encrypted under the requester's key."""
         st = self.state
         ks = self.key_service
@@ -139,6 +211,9 @@ class Responder:
                 public_key, galois = loaded[vq.body.key_id]
             else:
                 public_key, galois = st.blind_store.keys_for(vq.body.key_id, qh.sender, t)
+            refusal = decide(st.config, self.quota, qh.sender, vq.body.case, vq.body.purpose, t)
+            if refusal is not None:
+                return self._refuse(vq.envelope, vq.body.case, vq.body.purpose, refusal, sink, t, pending)
             probe = ctx.load_seeded_ciphertext(vq.body.probe, scale=float(2**p.probe_scale_bits))
             gallery = st.gallery()
             version = gallery.version
@@ -159,4 +234,5 @@ class Responder:
             st.audit.append("answer", peer=qh.sender, query_id=qh.id, answer_id=header.id, case=vq.body.case,
                             purpose=vq.body.purpose, profile="blind", key_id=vq.body.key_id,
                             blocks=len(result.ciphertexts), gallery_size=db.size)
-        return answer
+            self.quota.record(qh.sender, vq.body.case, t)
+        return Response(answer, qh.sender, qh.id, "blind")

@@ -19,6 +19,7 @@
       blind-keys.json       blind profile, requester side (pprm.node.blind_keyring)
       audit.log             hash-chained audit log
       replay.json           seen message ids
+      quota.json            queries answered per requesting state, last 24 h
       outbox.json           queries this state sent, and their answers
 
 Roles get only what they need: :meth:`State.matcher` builds the matcher
@@ -30,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import cached_property
 
 import tenseal.sealapi as seal
@@ -88,7 +89,8 @@ class State:
     @classmethod
     def init(cls, directory: str, name: str, *, threshold: float = 0.4, params: str | None = None,
              k: int = 10, dim: int = 512, allow_insecure: bool = False, blind_params: str | None = None,
-             profiles: dict[str, str] | None = None) -> State:
+             profiles: dict[str, str] | None = None, purposes: Sequence[str] | None = None,
+             quota_per_case: int | None = None, quota_per_peer: int | None = None) -> State:
         """Create a new state directory with fresh keys.
 
         Args:
@@ -102,6 +104,12 @@ class State:
             blind_params: blind-profile parameter set name (default
                 ``pprm-blind-n16384-v1``).
             profiles: per-peer default query profile.
+            purposes: the purposes this state answers and queries for
+                (default :data:`pprm.node.config.DEFAULT_PURPOSES`).
+            quota_per_case: queries answered per requesting state and case
+                in 24 hours (default 100).
+            quota_per_peer: queries answered per requesting state in 24
+                hours (default 2000).
 
         Returns:
             The opened state.
@@ -115,6 +123,14 @@ class State:
             kwargs["blind_params"] = blind_params
         if profiles is not None:
             kwargs["profiles"] = dict(profiles)
+        if purposes is not None:
+            if isinstance(purposes, str):
+                raise ParameterError("purposes must be a list of strings")
+            kwargs["purposes"] = tuple(purposes)
+        if quota_per_case is not None:
+            kwargs["quota_per_case"] = quota_per_case
+        if quota_per_peer is not None:
+            kwargs["quota_per_peer"] = quota_per_peer
         config = StateConfig(name=name, threshold=threshold, k=k, dim=dim,
                              allow_insecure=allow_insecure, **kwargs)  # type: ignore[arg-type]
         directory = os.path.abspath(directory)
@@ -138,15 +154,15 @@ class State:
             sk, pk = keys.generate(ctx)
             keys.save_secret_key(sk, os.path.join(tmp, "private", "ckks-secret.key"))
             pk_blob = keys.public_key_bytes(ctx, pk)
-            atomic_write_bytes(os.path.join(tmp, "ckks", "public.key"), pk_blob)
+            atomic_write_bytes(os.path.join(tmp, "ckks", "public.key"), pk_blob, mode=0o644)
             ps = config.parameter_set
             gk_blob = b""
             if ps.packing == "complex":
                 # Public: the matcher de-interleaves with it and never needs sk.
                 gk_blob = keys.conjugation_key_bytes(ctx, sk)
-                atomic_write_bytes(os.path.join(tmp, "ckks", "galois.key"), gk_blob)
+                atomic_write_bytes(os.path.join(tmp, "ckks", "galois.key"), gk_blob, mode=0o644)
             card = make_card(ident, ps.name, ps.digest, dim, keys.key_id_of(pk_blob, gk_blob), int(time.time()))
-            atomic_write_bytes(os.path.join(tmp, "card.json"), card)
+            atomic_write_bytes(os.path.join(tmp, "card.json"), card, mode=0o644)
             atomic_write_json(os.path.join(tmp, "state.json"), config.to_json())
             AuditLog(os.path.join(tmp, "audit.log")).append(
                 "init", state=name, params=ps.name, threshold_milli=round(config.threshold * 1000),
@@ -189,7 +205,15 @@ class State:
 
     @cached_property
     def audit(self) -> AuditLog:
-        return AuditLog(self.path("audit.log"))
+        """The audit log, signed with this state's identity (audit.head beside it).
+
+        The log gets a signer that reads the identity key for each signature
+        and drops it again, and the public half to check signatures.
+        """
+        def sign(message: bytes) -> bytes:
+            return self.identity().sign(message)
+
+        return AuditLog(self.path("audit.log"), signer=sign, public=self.identity().public)
 
     @cached_property
     def ctx(self) -> CkksContext:
@@ -344,7 +368,7 @@ class State:
             existing = self.roster().get(card.name)
             if existing and existing.identity.verify_key != card.identity.verify_key:
                 raise StateError(f"{card.name} is already trusted with other keys; remove it first")
-            atomic_write_bytes(self.path("roster", f"{card.name}.card"), card_bytes)
+            atomic_write_bytes(self.path("roster", f"{card.name}.card"), card_bytes, mode=0o644)
             self.audit.append("trust", peer=card.name, fingerprint=card.identity.fingerprint.hex(),
                               params=card.params)
         return card

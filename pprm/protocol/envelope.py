@@ -41,7 +41,10 @@ CLOCK_SKEW = 120
 # A message may not claim to live longer than this, seconds: answers live as
 # long as their tokens can be followed up (at most 31 days, see node.config).
 MAX_LIFETIME = 31 * 24 * 3600
-MESSAGE_TYPES = ("query", "answer", "followup", "keys")
+# Appending a type changes no existing encoding: the header carries the type
+# as a string. A "refusal" replaces an answer when the responder's policy
+# refuses a query (pprm.protocol.messages.RefusalBody).
+MESSAGE_TYPES = ("query", "answer", "followup", "keys", "refusal")
 PROFILES = ("sealed", "blind")
 _NAME = re.compile(r"^[A-Z][A-Z0-9-]{1,15}$")
 _HEX128 = re.compile(r"^[0-9a-f]{32}$")
