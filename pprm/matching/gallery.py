@@ -38,6 +38,7 @@ import hashlib
 import json
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -203,6 +204,12 @@ class GalleryIndex:
         raise GalleryError(f"reference {reference!r} is not enrolled")
 
 
+def index_version(index: GalleryIndex) -> str:
+    """A digest of an index's JSON; every commit gives a new one (block files are new each time)."""
+    blob = json.dumps(index.to_json(), sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
 class EncryptedGallery:
     """A gallery directory bound to one parameter set and one CKKS key id.
 
@@ -242,8 +249,7 @@ class EncryptedGallery:
     @property
     def version(self) -> str:
         """A digest of the index: it changes with every commit (block files are new each time)."""
-        blob = json.dumps(self.index.to_json(), sort_keys=True, separators=(",", ":")).encode()
-        return hashlib.sha256(blob).hexdigest()[:32]
+        return index_version(self.index)
 
     @property
     def block_shape(self) -> tuple[int, int, int, int]:
@@ -279,13 +285,19 @@ class EncryptedGallery:
             total += os.path.getsize(os.path.join(self.directory, self.index.refs_file))
         return total + os.path.getsize(os.path.join(self.directory, "index.json"))
 
-    def commit(self, index: GalleryIndex, changed: dict[int, np.ndarray]) -> None:
+    def commit(self, index: GalleryIndex, changed: dict[int, np.ndarray],
+               before_switch: Callable[[str, int], None] | None = None) -> None:
         """Write changed blocks and the references to fresh files, then switch the index atomically.
 
         Args:
             index: the new index (a :meth:`GalleryIndex.copy` that was edited);
                 blocks in ``changed`` get new file names here.
             changed: block number -> residues to store.
+            before_switch: called with the new index's :attr:`version` and
+                record count once every new file is durable and just before
+                the index switches to them (the write-ahead point: the owner
+                logs the change here, so a crash can never leave a change
+                without its log entry).
         """
         blocks_dir = os.path.join(self.directory, "blocks")
         os.makedirs(blocks_dir, exist_ok=True)
@@ -299,6 +311,8 @@ class EncryptedGallery:
         index.refs_file = f"refs-{uuid.uuid4().hex}.json"
         index.directory = self.directory
         atomic_write_json(os.path.join(self.directory, index.refs_file), refs)
+        if before_switch is not None:
+            before_switch(index_version(index), len(index))
         atomic_write_json(os.path.join(self.directory, "index.json"), index.to_json())
         self.index = index
         # Only now are the old files unreferenced; a crash before this point

@@ -87,7 +87,8 @@ class GalleryOwner:
         return self._grid(cols)
 
     def enroll(self, templates: np.ndarray, references: Sequence[str],
-               progress: Progress | None = None) -> list[int]:
+               progress: Progress | None = None,
+               before_switch: Callable[[str, int], None] | None = None) -> list[int]:
         """Validate, normalise, encrypt and store templates.
 
         New templates first fill free slots of blocks that can take another
@@ -98,6 +99,7 @@ class GalleryOwner:
             templates: ``(N, dim)`` floats.
             references: one unique reference per row.
             progress: called with ``(ciphertexts done, total)``.
+            before_switch: see :meth:`EncryptedGallery.commit`.
 
         Returns:
             The new record ids.
@@ -150,14 +152,15 @@ class GalleryOwner:
                     fresh[:, :, j, :] = np.where(s_ >= np.uint64(q), s_ - np.uint64(q), s_)
             blk.encryptions += 1
             changed[b] = fresh
-        g.commit(index, changed)
+        g.commit(index, changed, before_switch)
         return ids
 
-    def remove(self, reference: str) -> int:
+    def remove(self, reference: str, before_switch: Callable[[str, int], None] | None = None) -> int:
         """Remove one reference: its slot is zeroed and its block re-encrypted.
 
         Args:
             reference: an enrolled reference.
+            before_switch: see :meth:`EncryptedGallery.commit`.
 
         Returns:
             The removed record id.
@@ -182,7 +185,7 @@ class GalleryOwner:
         cols[:, ~blk.occupancy()] = 0.0
         del index.references[rid]
         blk.encryptions = 1
-        g.commit(index, {b: self._encrypt_columns(cols)})
+        g.commit(index, {b: self._encrypt_columns(cols)}, before_switch)
         return rid
 
     def export_templates(self) -> tuple[np.ndarray, np.ndarray]:

@@ -98,25 +98,62 @@ class KeyService:
                progress: Progress | None = None) -> list[int]:
         """Encrypt and store templates; see :meth:`GalleryOwner.enroll`.
 
+        The audit entry is written when the new blocks are durable and just
+        before the gallery index switches to them (write-ahead), and carries
+        the new gallery version: a crash can leave an entry whose change did
+        not take effect (:meth:`reconcile` marks it ``aborted``), never a
+        change without an entry.
+
         Raises:
             TemplateError: bad templates or references (nothing is stored).
         """
         with self.state.lock():
+            self._reconcile()
             owner = GalleryOwner(self.state.ctx, self._sk, self.state.gallery())
-            ids = owner.enroll(templates, references, progress)
-            self.state.audit.append("enroll", count=len(ids), total=len(owner.gallery))
-        return ids
+
+            def log(version: str, total: int) -> None:
+                self.state.audit.append("enroll", count=len(references), total=total, gallery=version)
+
+            return owner.enroll(templates, references, progress, before_switch=log)
 
     def remove(self, reference: str) -> None:
         """Remove one record from the gallery; see :meth:`GalleryOwner.remove`.
+
+        Logged write-ahead, as :meth:`enroll`.
 
         Raises:
             GalleryError: unknown reference (nothing changes).
         """
         with self.state.lock():
+            self._reconcile()
             owner = GalleryOwner(self.state.ctx, self._sk, self.state.gallery())
-            owner.remove(reference)
-            self.state.audit.append("remove", reference=reference, total=len(owner.gallery))
+
+            def log(version: str, total: int) -> None:
+                self.state.audit.append("remove", reference=reference, total=total, gallery=version)
+
+            owner.remove(reference, before_switch=log)
+
+    def reconcile(self) -> str | None:
+        """Mark an interrupted gallery change in the log, if the last one did not take effect.
+
+        Returns:
+            The event (``enroll`` or ``remove``) that was marked ``aborted``, or None.
+        """
+        with self.state.lock():
+            return self._reconcile()
+
+    def _reconcile(self) -> str | None:
+        last = None
+        for e in self.state.audit.entries():
+            if e["event"] in ("enroll", "remove", "aborted") and "gallery" in e["data"]:
+                last = e
+        current = self.state.gallery().version
+        if last is None or last["event"] == "aborted" or last["data"]["gallery"] == current:
+            return None
+        # The process died between logging the change and switching the index:
+        # the gallery is the one before the change.
+        self.state.audit.append("aborted", change=last["event"], seq=last["seq"], gallery=current)
+        return str(last["event"])
 
     def export_templates(self) -> tuple[np.ndarray, np.ndarray]:
         """Decrypt the whole gallery to build the blind profile's diagonals (memory only).
@@ -229,10 +266,14 @@ class KeyService:
         """
         h = release.query.envelope.header
         t = time.time() if now is None else now
-        self._replay.add(h.sender, h.id, h.expires, t)
+        # Log first, then mark used: a crash in between leaves a logged answer
+        # (a replay would then be answered, and logged, once more), never an
+        # answer that was handed over and not logged.
+        self._replay.check(h.sender, h.id)
         self.state.audit.append(
             "answer", peer=h.sender, query_id=h.id, answer_id=answer_id, case=release.query.body.case,
             purpose=release.query.body.purpose, hits=release.hits, released=len(release.tokens))
+        self._replay.add(h.sender, h.id, h.expires, t)
 
     # -- step two ----------------------------------------------------------
     def resolve(self, blob: bytes, now: float | None = None) -> Resolution:
@@ -259,9 +300,9 @@ class KeyService:
             reference = st.gallery().index.references.get(content.record_id)
             if reference is None:
                 raise GalleryError("the record behind this token is no longer in the gallery")
-            self._replay.add(env.header.sender, env.header.id, env.header.expires, t)
             st.audit.append("resolve", peer=env.header.sender, query_id=body.query_id,
                             followup_id=env.header.id, reference=reference)
+            self._replay.add(env.header.sender, env.header.id, env.header.expires, t)
         return Resolution(reference, env.header.sender, body.query_id, env.header.id)
 
 
@@ -297,9 +338,9 @@ class KeyService:
         store.retire_for_followup(rec.key_id, rec.query_id)
         store.record_answer(type(rec)(rec.query_id, rec.peer, rec.key_id, rec.order, rec.version, rec.answered,
                                       [*rec.followups, body.token]))
-        self._replay.add(env.header.sender, env.header.id, env.header.expires, t)
         st.audit.append("resolve", peer=env.header.sender, query_id=body.query_id, followup_id=env.header.id,
                         reference=reference, profile="blind", key_id=rec.key_id)
+        self._replay.add(env.header.sender, env.header.id, env.header.expires, t)
         return Resolution(reference, env.header.sender, body.query_id, env.header.id)
 
 

@@ -154,9 +154,9 @@ class Responder:
         # requester counts them as delivered, so they are kept.
         for ann_env, ann in announcements:
             self._commit_keys(ann_env, ann, t)
-        self.key_service.commit_seen(env, t)
         st.audit.append("refuse", peer=qh.sender, query_id=qh.id, refusal_id=header.id, case=case,
                         purpose=purpose, reason=refusal.reason, profile=qh.profile)
+        self.key_service.commit_seen(env, t)
         return Response(msg, qh.sender, qh.id, qh.profile, refusal.reason, refusal.message)
 
     def accept_keys(self, announcement: bytes, *, now: float | None = None) -> str:
@@ -186,8 +186,8 @@ class Responder:
     def _commit_keys(self, env: Envelope, body: KeyAnnouncementBody, t: float) -> None:
         st = self.state
         st.blind_store.store_keys(env.header.sender, body)
-        self.key_service.commit_seen(env, t)
         st.audit.append("keys", peer=env.header.sender, key_id=body.key_id, expires=body.expires)
+        self.key_service.commit_seen(env, t)
 
     def _answer_blind(self, query: bytes, sink: Callable[[bytes], None] | None, t: float,
                       announcements: Sequence[bytes]) -> Response:
@@ -228,11 +228,12 @@ class Responder:
                 sink(answer)
             for env, ann in pending:
                 self._commit_keys(env, ann, t)
-            st.blind_store.record_answer(AnsweredQuery(qh.id, qh.sender, vq.body.key_id, result.order, version,
-                                                       int(t), []))
-            ks.commit_seen(vq.envelope, t)
+            # Logged before the query is marked used (see KeyService.commit_release).
             st.audit.append("answer", peer=qh.sender, query_id=qh.id, answer_id=header.id, case=vq.body.case,
                             purpose=vq.body.purpose, profile="blind", key_id=vq.body.key_id,
                             blocks=len(result.ciphertexts), gallery_size=db.size)
+            st.blind_store.record_answer(AnsweredQuery(qh.id, qh.sender, vq.body.key_id, result.order, version,
+                                                       int(t), []))
+            ks.commit_seen(vq.envelope, t)
             self.quota.record(qh.sender, vq.body.case, t)
         return Response(answer, qh.sender, qh.id, "blind")
