@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+import nacl.bindings
 import nacl.exceptions
 import nacl.public
 import nacl.signing
@@ -18,6 +19,17 @@ from pprm.errors import AuthenticationError, StateError
 __all__ = ["Identity", "PublicIdentity", "fingerprint"]
 
 _SIGN_DOMAIN = b"pprm/v1/sign\x00"
+# Any non-zero scalar: multiplying a low-order point by it gives the identity,
+# which libsodium's crypto_scalarmult refuses (all-zero output).
+_PROBE_SCALAR = bytes([9] + [0] * 31)
+
+
+def _check_box_key(name: str, key: bytes) -> None:
+    """Refuse an X25519 public key of small order (the shared secret would be fixed)."""
+    try:
+        nacl.bindings.crypto_scalarmult(_PROBE_SCALAR, key)
+    except (nacl.exceptions.RuntimeError, nacl.exceptions.CryptoError, ValueError):
+        raise StateError(f"identity for {name!r} has a weak (small-order) X25519 key") from None
 
 
 def fingerprint(verify_key: bytes) -> bytes:
@@ -36,6 +48,7 @@ class PublicIdentity:
     def __post_init__(self) -> None:
         if len(self.verify_key) != 32 or len(self.box_key) != 32:
             raise StateError(f"identity for {self.name!r} has malformed keys")
+        _check_box_key(self.name, self.box_key)
 
     @property
     def fingerprint(self) -> bytes:
@@ -91,8 +104,14 @@ class Identity:
             plaintext: bytes to protect.
             nonce: 24 bytes for known-answer tests only; random otherwise.
         """
-        box = nacl.public.Box(nacl.public.PrivateKey(self.box_secret), nacl.public.PublicKey(peer.box_key))
+        box = self._box(peer)
         return bytes(box.encrypt(plaintext, nonce))
+
+    def _box(self, peer: PublicIdentity) -> nacl.public.Box:
+        try:
+            return nacl.public.Box(nacl.public.PrivateKey(self.box_secret), nacl.public.PublicKey(peer.box_key))
+        except (nacl.exceptions.RuntimeError, nacl.exceptions.CryptoError, ValueError):
+            raise AuthenticationError(f"no shared key with {peer.name}: its X25519 key is unusable") from None
 
     def unbox_from(self, peer: PublicIdentity, ciphertext: bytes) -> bytes:
         """Open a box that ``peer`` made for this state.
@@ -100,7 +119,7 @@ class Identity:
         Raises:
             AuthenticationError: wrong sender, wrong recipient or tampered bytes.
         """
-        box = nacl.public.Box(nacl.public.PrivateKey(self.box_secret), nacl.public.PublicKey(peer.box_key))
+        box = self._box(peer)
         try:
             return bytes(box.decrypt(ciphertext))
         except (nacl.exceptions.CryptoError, nacl.exceptions.ValueError, ValueError):
