@@ -19,8 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from pprm.crypto.params import HE_MAX_LOG_Q
-from pprm.crypto.registry import Registry, canonical_fields, digest_of
+from pprm.crypto.registry import Registry, canonical_fields, check_ring, digest_of
 from pprm.errors import ParameterError
 
 __all__ = ["BlindParameterSet", "DEFAULT_BLIND_PARAMS", "get", "names", "by_digest", "FLOOD_FACTOR_BITS"]
@@ -149,15 +148,7 @@ def _validate(lit: dict[str, Any]) -> BlindParameterSet:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ParameterError(f"parameter literal is malformed: {exc}") from None
-    n = ps.poly_modulus_degree
-    if n < 1024 or n & (n - 1):
-        raise ParameterError(f"{ps.name}: poly_modulus_degree must be a power of two >= 1024")
-    if ps.insecure != ps.name.startswith("INSECURE"):
-        raise ParameterError(f"{ps.name}: only sets named INSECURE* may be insecure, and all must")
-    if not ps.insecure:
-        limit = HE_MAX_LOG_Q.get(n)
-        if limit is None or ps.log_q > limit:
-            raise ParameterError(f"{ps.name}: log Q = {ps.log_q} exceeds the 128-bit bound for N={n}")
+    check_ring(ps.name, ps.poly_modulus_degree, ps.log_q, ps.insecure)
     bits = ps.coeff_modulus_bits
     if len(bits) < 3 or any(not 20 <= b <= 60 for b in bits):
         raise ParameterError(f"{ps.name}: need [q0, rescale primes..., P], each 20..60 bits")

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pprm.crypto.registry import Registry, canonical_fields, digest_of
+from pprm.crypto.registry import HE_MAX_LOG_Q, Registry, canonical_fields, check_ring, digest_of
 from pprm.errors import ParameterError
 
 __all__ = [
@@ -28,10 +28,6 @@ __all__ = [
     "by_digest",
 ]
 
-# Maximum total bit length of the coefficient modulus for 128-bit classical
-# security with a ternary secret, per the 2024 HomomorphicEncryption.org
-# security guidelines (stricter than SEAL's 2018 table; DESIGN.md section 5).
-HE_MAX_LOG_Q: dict[int, int] = {4096: 107, 8192: 214, 16384: 431, 32768: 868}
 
 # Complex packing halves RAM, disk and kernel work per template; measured at
 # 1M x 512 it is the set that meets 1 s per query and 10 KB per template.
@@ -140,15 +136,7 @@ def _validate(lit: dict[str, Any]) -> ParameterSet:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ParameterError(f"parameter literal is malformed: {exc}") from None
-    n = ps.poly_modulus_degree
-    if n < 1024 or n & (n - 1):
-        raise ParameterError(f"{ps.name}: poly_modulus_degree must be a power of two >= 1024")
-    if ps.insecure != ps.name.startswith("INSECURE"):
-        raise ParameterError(f"{ps.name}: only sets named INSECURE* may be insecure, and all must")
-    if not ps.insecure:
-        limit = HE_MAX_LOG_Q.get(n)
-        if limit is None or ps.log_q > limit:
-            raise ParameterError(f"{ps.name}: log Q = {ps.log_q} exceeds the 128-bit bound for N={n}")
+    check_ring(ps.name, ps.poly_modulus_degree, ps.log_q, ps.insecure)
     if any(not 20 <= b <= 60 for b in ps.coeff_modulus_bits):
         raise ParameterError(f"{ps.name}: SEAL primes must be 20..60 bits")
     if ps.data_primes != 1:

@@ -16,7 +16,29 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from pprm.errors import ParameterError
 
-__all__ = ["Registry", "canonical_fields", "digest_of"]
+__all__ = ["Registry", "canonical_fields", "digest_of", "check_ring", "HE_MAX_LOG_Q"]
+
+# Maximum total bit length of the coefficient modulus for 128-bit classical
+# security with a ternary secret, per the 2024 HomomorphicEncryption.org
+# security guidelines (stricter than SEAL's 2018 table; DESIGN.md section 5).
+HE_MAX_LOG_Q: dict[int, int] = {4096: 107, 8192: 214, 16384: 431, 32768: 868}
+
+
+def check_ring(name: str, n: int, log_q: int, insecure: bool) -> None:
+    """The checks every parameter set shares: N, the ``INSECURE*`` naming, the 2024 security bound.
+
+    Raises:
+        ParameterError: N not a power of two >= 1024, an insecure set not
+            named ``INSECURE*`` (or the reverse), or log Q above the bound.
+    """
+    if n < 1024 or n & (n - 1):
+        raise ParameterError(f"{name}: poly_modulus_degree must be a power of two >= 1024")
+    if insecure != name.startswith("INSECURE"):
+        raise ParameterError(f"{name}: only sets named INSECURE* may be insecure, and all must")
+    if not insecure:
+        limit = HE_MAX_LOG_Q.get(n)
+        if limit is None or log_q > limit:
+            raise ParameterError(f"{name}: log Q = {log_q} exceeds the 128-bit bound for N={n}")
 
 
 class _Named(Protocol):
