@@ -30,8 +30,10 @@ Warning:
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,6 +114,22 @@ def block_diagonals(block: np.ndarray, baby: int) -> np.ndarray:
     return out
 
 
+def _encode_block(ctx: BlindContext, values: np.ndarray, out: np.ndarray, pool: ThreadPoolExecutor) -> None:
+    """Encode one block's ``[d, N/2]`` diagonal values into ``out`` (``[d, L, N]`` NTT residues)."""
+    p = ctx.params
+    moduli = ctx.moduli[:p.data_primes]
+
+    def encode(start: int) -> np.ndarray:
+        coeffs = encode_coefficients(values[start:start + _ENCODE_BATCH], p.diagonal_scale_bits, ctx.n)
+        return coefficients_to_residues(coeffs, moduli)
+
+    # The long-double FFTs release the GIL: batches are encoded on every core,
+    # and SEAL's NTT (which holds it) runs here as each batch is ready.
+    starts = range(0, values.shape[0], _ENCODE_BATCH)
+    for start, residues in zip(starts, pool.map(encode, starts), strict=True):
+        out[start:start + _ENCODE_BATCH] = ctx.to_ntt(residues)
+
+
 def build_database(templates: np.ndarray, ctx: BlindContext, *, record_ids: np.ndarray | None = None,
                    progress: Progress | None = None) -> BlindDatabase:
     """Lay out, encode and NTT-transform a gallery's diagonals.
@@ -132,6 +150,9 @@ def build_database(templates: np.ndarray, ctx: BlindContext, *, record_ids: np.n
     g = np.asarray(templates, dtype=np.float64)
     if g.ndim != 2 or g.shape[1] != p.dim:
         raise TemplateError(f"templates must be [n, {p.dim}], got {list(g.shape)}")
+    ids = np.arange(g.shape[0], dtype=np.int64) if record_ids is None else np.asarray(record_ids, dtype=np.int64)
+    if ids.shape != (g.shape[0],):
+        raise TemplateError("record_ids must give one id per template")
     slots = p.slots
     blocks = max(1, -(-g.shape[0] // slots))
     positions = secret_permutation(blocks * slots)
@@ -140,22 +161,16 @@ def build_database(templates: np.ndarray, ctx: BlindContext, *, record_ids: np.n
     slot_row = slot_row.reshape(blocks, slots)
     bits = np.unpackbits(np.frombuffer(secrets.token_bytes(blocks * slots // 8 + 1), dtype=np.uint8))
     signs = (1.0 - 2.0 * bits[: blocks * slots].astype(np.float64)).reshape(blocks, slots)
-    moduli = ctx.moduli
     lvl = p.data_primes
     diag = np.empty((blocks, p.giant_steps, p.baby_steps, lvl, ctx.n), dtype=np.uint64)
-    for blk in range(blocks):
-        rows = np.zeros((slots, p.dim), dtype=np.float64)
-        used = slot_row[blk] >= 0
-        rows[used] = g[slot_row[blk][used]] * signs[blk][used, None]
-        values = block_diagonals(rows, p.baby_steps).reshape(p.dim, slots)
-        flat = diag[blk].reshape(p.dim, lvl, ctx.n)
-        for start in range(0, p.dim, _ENCODE_BATCH):
-            coeffs = encode_coefficients(values[start:start + _ENCODE_BATCH], p.diagonal_scale_bits, ctx.n)
-            flat[start:start + _ENCODE_BATCH] = ctx.to_ntt(coefficients_to_residues(coeffs, moduli[:lvl]))
-        if progress is not None:
-            progress(blk + 1, blocks)
-    ids = np.arange(g.shape[0], dtype=np.int64) if record_ids is None else np.asarray(record_ids, dtype=np.int64)
-    if ids.shape != (g.shape[0],):
-        raise TemplateError("record_ids must give one id per template")
+    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="pprm-encode") as pool:
+        for blk in range(blocks):
+            rows = np.zeros((slots, p.dim), dtype=np.float64)
+            used = slot_row[blk] >= 0
+            rows[used] = g[slot_row[blk][used]] * signs[blk][used, None]
+            _encode_block(ctx, block_diagonals(rows, p.baby_steps).reshape(p.dim, slots),
+                          diag[blk].reshape(p.dim, lvl, ctx.n), pool)
+            if progress is not None:
+                progress(blk + 1, blocks)
     slot_record = np.where(slot_row >= 0, ids[np.maximum(slot_row, 0)] if ids.size else -1, -1)
     return BlindDatabase(diag, slot_record, signs, p.name)
