@@ -59,6 +59,9 @@ __all__ = [
     "format_table",
     "kernel_figures",
     "machine_info",
+    "fmt_cell",
+    "header_lines",
+    "table_lines",
     "BenchSetup",
     "build_setup",
     "Agreement",
@@ -561,8 +564,24 @@ def _data_moduli(params: param_sets.ParameterSet) -> tuple[int, ...]:
     return CkksContext(params).moduli
 
 
-def _fmt(value: Any, spec: str) -> str:
+def fmt_cell(value: Any, spec: str) -> str:
+    """One table cell: ``-`` for a figure that was not measured."""
     return "-" if value is None else format(value, spec)
+
+
+def header_lines(title: str, machine: dict[str, Any], backend: str | None) -> list[str]:
+    """The first lines of a benchmark table: what ran, and on which machine."""
+    return [title,
+            f"machine: {machine.get('cpu') or 'unknown cpu'}, {machine.get('cores')} cores, backend {backend}, "
+            f"numpy {machine.get('numpy')}, tenseal {machine.get('tenseal')}, {machine.get('platform')}",
+            ""]
+
+
+def table_lines(headers: list[str], table: list[list[str]]) -> list[str]:
+    """Right-aligned columns, one line per row, headers first."""
+    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(headers)]
+    return ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)),
+            *("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in table)]
 
 
 _COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -593,24 +612,17 @@ def format_table(result: dict[str, Any]) -> str:
         Several lines of text, no trailing newline.
     """
     m = result["machine"]
-    lines = [
-        f"pprm bench: {result['params']}, d={result['dim']}, tau={result['threshold']}, "
-        f"median of {result['repeats']} full queries",
-        f"machine: {m.get('cpu') or 'unknown cpu'}, {m.get('cores')} cores, backend {m.get('backend')}, "
-        f"numpy {m.get('numpy')}, tenseal {m.get('tenseal')}, {m.get('platform')}",
-        "",
-    ]
+    lines = header_lines(f"pprm bench: {result['params']}, d={result['dim']}, tau={result['threshold']}, "
+                         f"median of {result['repeats']} full queries", m, m.get("backend"))
     headers = [h for h, _k, _f in _COLUMNS] + ["pairs", "near tau", "wrong", "load"]
     table: list[list[str]] = []
     for row in result["sizes"]:
         a = row["agreement"]
-        cells = [_fmt(row.get(key), spec) for _h, key, spec in _COLUMNS]
+        cells = [fmt_cell(row.get(key), spec) for _h, key, spec in _COLUMNS]
         cells += [format(a["decisive"], ","), format(a["near_threshold"], ","), format(a["disagreements"], ","),
-                  _fmt(row.get("load_average"), ".1f")]
+                  fmt_cell(row.get("load_average"), ".1f")]
         table.append(cells)
-    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(headers)]
-    lines.append("  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)))
-    lines.extend("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in table)
+    lines.extend(table_lines(headers, table))
     lines.append("")
     lines.append("query = verify + match + decrypt + sign, per query; pairs = (probe, template) pairs with "
                  f"|s - tau| >= {result['decision_margin']:g}; near tau = those within {NEAR_BAND} of tau; "

@@ -42,7 +42,16 @@ from typing import Any
 
 import numpy as np
 
-from pprm.cli.bench import REQUESTER, RESPONDER, THRESHOLD, machine_info, numpy_baseline_ms
+from pprm.cli.bench import (
+    REQUESTER,
+    RESPONDER,
+    THRESHOLD,
+    fmt_cell,
+    header_lines,
+    machine_info,
+    numpy_baseline_ms,
+    table_lines,
+)
 from pprm.crypto import blind_keys
 from pprm.crypto import blind_params as blind_param_sets
 from pprm.crypto import params as param_sets
@@ -490,10 +499,6 @@ def plain_kernel_figures(params: blind_param_sets.BlindParameterSet, rounds: int
             "templates_per_block": params.templates_per_block, "backends": out}
 
 
-def _fmt(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 _COLUMNS: tuple[tuple[str, str, str], ...] = (
     # header, key, format
     ("n", "n", ","),
@@ -526,25 +531,18 @@ def format_blind_table(result: dict[str, Any]) -> str:
     Returns:
         Several lines of text, no trailing newline.
     """
-    m = result["machine"]
-    lines = [
-        f"pprm bench (blind): {result['params']} (states on {result['sealed_params']}), d={result['dim']}, "
-        f"tau={result['threshold']}, median of {result['repeats']} queries",
-        f"machine: {m.get('cpu') or 'unknown cpu'}, {m.get('cores')} cores, backend {result['backend']}, "
-        f"numpy {m.get('numpy')}, tenseal {m.get('tenseal')}, {m.get('platform')}",
-        "",
-    ]
+    lines = header_lines(f"pprm bench (blind): {result['params']} (states on {result['sealed_params']}), "
+                         f"d={result['dim']}, tau={result['threshold']}, median of {result['repeats']} queries",
+                         result["machine"], result["backend"])
     headers = [h for h, _k, _f in _COLUMNS] + ["mate", "impostor", "load"]
     table: list[list[str]] = []
     for row in result["sizes"]:
         c = row["correct"]
-        cells = [_fmt(row.get(key), spec) for _h, key, spec in _COLUMNS]
+        cells = [fmt_cell(row.get(key), spec) for _h, key, spec in _COLUMNS]
         cells += ["ok" if c["mate_hit"] and c["mate_resolved"] else "WRONG",
-                  "ok" if c["impostor_no_hit"] else "WRONG", _fmt(row.get("load_average"), ".1f")]
+                  "ok" if c["impostor_no_hit"] else "WRONG", fmt_cell(row.get("load_average"), ".1f")]
         table.append(cells)
-    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(headers)]
-    lines.append("  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)))
-    lines.extend("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in table)
+    lines.extend(table_lines(headers, table))
     lines.append("")
     lines.append("build = export + encode + seal the diagonals (one-off, per gallery version); keys = key "
                  "announcement, once per key; query = requester encrypts, boxes and signs;")
