@@ -199,7 +199,7 @@ _BLIND_COMMON: dict[str, Any] = {
     # r log-uniform in [1, 2**13]: the rank correlation of a non-hit's
     # decrypted value with its score is about 3.4*(sd of impostor scores /
     # tau) / (13 ln 2) = 0.041 for sd 0.044 and tau = 0.4 (DESIGN.md
-    # section 9; measured by tests/test_blind_privacy.py).
+    # section 9; measured 0.040 by tests/test_blind_fidelity.py).
     "mask_log2_max": 13,
     # |s - tau| >= 1e-3 must decide exactly (DESIGN.md sections 4 and 8).
     "decision_margin": 1e-3,
