@@ -27,6 +27,9 @@ __all__ = [
     "PolicyError",
     "RefusedError",
     "KeyRotationError",
+    "NetworkError",
+    "NetworkTimeoutError",
+    "RemoteError",
 ]
 
 
@@ -109,3 +112,25 @@ class RefusedError(PolicyError):
         self.peer = peer
         self.query_id = query_id
         self.reason = reason
+
+
+class NetworkError(PprmError, ConnectionError):
+    """A peer or router could not be reached, or broke the HTTP contract."""
+
+
+class NetworkTimeoutError(NetworkError, TimeoutError):
+    """A peer or router did not answer in time."""
+
+
+class RemoteError(PprmError):
+    """A peer or router answered an HTTP request with a structured error.
+
+    Attributes:
+        status: the HTTP status code.
+        code: the error code from the JSON body (``replay``, ``authentication``, ...).
+    """
+
+    def __init__(self, message: str, *, status: int, code: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code

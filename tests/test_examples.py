@@ -33,6 +33,18 @@ EXPECTED: dict[str, tuple[list[str], int]] = {
         ],
         2,
     ),
+    "federation.py": (
+        [
+            r"^  5 services \(DE :\d+, FR :\d+, NL :\d+, HU :\d+, AT :\d+\) and a router :\d+, each its own process$",
+            r"^  DE -> FR  sealed +\d+ ms  hit -> FR-\d{7} +truth: FR-\d{7} +ok$",
+            r"^  HU -> AT  blind +\d+ ms  hit -> AT-\d{7} +truth: AT-\d{7} +ok$",
+            r"^  DE -> NL  unreachable +expected: unreachable +ok$",
+            r"^stopped the other 5 processes with SIGTERM: all exited cleanly$",
+            r"^audit logs: DE \d+ entries, .* all chains verify$",
+            r"^every outcome agrees with the planted truth$",
+        ],
+        24,
+    ),
     "five_states.py": (
         [
             r"^Five states, 300 synthetic templates each, INSECURE-sealed-n1024",

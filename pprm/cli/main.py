@@ -28,15 +28,16 @@ import numpy as np
 
 import pprm
 from pprm.cli.demo import DEMO_STATES, MIN_GALLERY, format_report, run_demo
+from pprm.cli.net_cmds import add_net_verbs
 from pprm.cli.progress import ProgressBar, StagedProgress
 from pprm.crypto import blind_params as blind_param_sets
 from pprm.crypto import params as param_sets
-from pprm.errors import PprmError, StateError, TemplateError
+from pprm.errors import ParameterError, PprmError, StateError, TemplateError
 from pprm.node.keyservice import KeyService
 from pprm.node.requester import Requester
 from pprm.node.responder import Responder
 from pprm.node.state import State
-from pprm.protocol.envelope import Header, open_envelope
+from pprm.protocol.envelope import open_envelope
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_MISMATCH"]
 
@@ -171,14 +172,6 @@ def _emit(args: argparse.Namespace, obj: Any, text: str) -> None:
         print(text)
 
 
-def _header_of_own(st: State, blob: bytes, recipient: str, digest: str) -> Header:
-    """Header of a message this state just signed (verified against its own card)."""
-    me = st.card.identity
-    env = open_envelope(blob, lookup=lambda fpr: me if fpr == me.fingerprint else None,
-                        me=recipient, params_digest=digest, blind_digest=digest)
-    return env.header
-
-
 # -- verbs ----------------------------------------------------------------------
 
 def _cmd_init(args: argparse.Namespace) -> int:
@@ -256,7 +249,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
         return _blind_query(args, st, probe)
     with _AtomicOutput(args.out) as out:
         msg = Requester(st).query(args.to, probe, args.case, args.purpose)
-        h = _header_of_own(st, msg, args.to, st.peer(args.to).params_digest)
+        h = st.header_of_own(msg, args.to)
         out.write(msg)
         out.commit()
     _emit(args, {"to": args.to, "query_id": h.id, "out": out.path},
@@ -278,7 +271,7 @@ def _blind_query(args: argparse.Namespace, st: State, probe: np.ndarray) -> int:
             out.commit()
 
         announcement, msg = Requester(st).blind_query(args.to, probe, args.case, args.purpose, sink=sink)
-        h = _header_of_own(st, msg, args.to, st.blind_ctx.params.digest)
+        h = st.header_of_own(msg, args.to)
     report: dict[str, Any] = {"to": args.to, "query_id": h.id, "out": out.path, "profile": "blind",
                               "keys": keys_out.path if announcement is not None else None}
     text = f"blind query {h.id} to {args.to} written to {args.out}"
@@ -323,6 +316,12 @@ def _cmd_open(args: argparse.Namespace) -> int:
 def _cmd_follow_up(args: argparse.Namespace) -> int:
     st = State.open(args.dir)
     blob = _read_bytes(args.answer)
+    if args.out is None:
+        if args.peers is None and args.router is None:
+            raise ParameterError("give --out FILE, or --peers FILE / --router URL to send the follow-up")
+        from pprm.cli.net_cmds import send_follow_up_cmd
+
+        return send_follow_up_cmd(args, st, blob)
     req = Requester(st)
     with _AtomicOutput(args.out) as out:
         opened = req.open(blob)
@@ -544,7 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.add_argument("answer", metavar="ANSWER_FILE")
     p.add_argument("token")
-    p.add_argument("--out", required=True, help="follow-up message file to write")
+    p.add_argument("--out", default=None, help="follow-up message file to write")
+    p.add_argument("--peers", default=None, help="send it over HTTP instead: JSON file, state code -> service URL")
+    p.add_argument("--router", default=None, help="send it over HTTP through this router")
 
     p = verb("resolve", _cmd_resolve, "resolve a follow-up to its reference (logged)")
     p.add_argument("dir")
@@ -582,6 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"parameter set (default {param_sets.DEFAULT_PARAMS}; INSECURE-sealed-n1024 is "
                         "allowed for the demo's throwaway states)")
     p.add_argument("--dir", default=None, help="keep the state directories here (default: a temporary directory)")
+
+    add_net_verbs(verb)
     return parser
 
 

@@ -24,7 +24,7 @@ from pprm.matching.owner import GalleryOwner
 from pprm.matching.sealed import MaskedResult
 from pprm.node.state import State
 from pprm.protocol.blind_messages import BlindQueryBody, KeyAnnouncementBody, parse_handle
-from pprm.protocol.envelope import Envelope, open_envelope
+from pprm.protocol.envelope import Envelope, Header, open_envelope
 from pprm.protocol.messages import FollowUpBody, QueryBody
 from pprm.protocol.replay import ReplayCache
 from pprm.protocol.tokens import TokenMinter
@@ -182,7 +182,18 @@ class KeyService:
         Raises:
             As :meth:`verify_query`.
         """
-        return self._envelope(blob, "query", now, None).header.profile
+        return self.query_header(blob, now).profile
+
+    def query_header(self, blob: bytes, now: float | None = None) -> Header:
+        """Verify a query's envelope (signature, recipient, time, parameters, replay) without unboxing it.
+
+        Changes nothing: a network service uses it to refuse a bad delivery
+        at intake, before it is stored; answering verifies everything again.
+
+        Raises:
+            As :meth:`verify_query`.
+        """
+        return self._envelope(blob, "query", now, None).header
 
     def verify_blind_query(self, blob: bytes, now: float | None = None) -> VerifiedBlindQuery:
         """Verify a blind-profile query message end to end (signature before parsing).

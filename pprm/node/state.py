@@ -48,6 +48,7 @@ from pprm.node.blind_keyring import BlindKeyring
 from pprm.node.blind_store import BlindStore
 from pprm.node.config import StateConfig
 from pprm.protocol.card import Card, make_card, parse_card
+from pprm.protocol.envelope import Header, open_envelope
 
 __all__ = ["State"]
 
@@ -339,6 +340,19 @@ class State:
         if card is None:
             raise UnknownPeerError(f"{name} is not in the roster of {self.config.name}")
         return card
+
+    def header_of_own(self, blob: bytes, recipient: str) -> Header:
+        """The header of a message this state signed for ``recipient``, checked against its own card.
+
+        Raises:
+            MessageError and subclasses: the bytes are not such a message.
+            UnknownPeerError: ``recipient`` is not in the roster (sealed profile).
+        """
+        me = self.card.identity
+        env = open_envelope(blob, lookup=lambda fpr: me if fpr == me.fingerprint else None, me=recipient,
+                            params_digest=lambda _sender: self.peer(recipient).params_digest,
+                            blind_digest=self.config.blind_parameter_set.digest)
+        return env.header
 
     def lookup(self, fingerprint: bytes) -> PublicIdentity | None:
         """Roster identity with this wire fingerprint, or None."""

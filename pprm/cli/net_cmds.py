@@ -1,0 +1,159 @@
+"""CLI verbs over the network: ``serve``, ``route``, ``ask``.
+
+The HTTP stack is imported only when one of these verbs runs, so the other
+verbs start as fast as before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from pprm.errors import ParameterError
+
+__all__ = ["add_net_verbs", "send_follow_up_cmd", "EXIT_PARTIAL"]
+
+# `pprm ask`: at least one peer could not be asked to the end (unreachable,
+# timed out, or a reply outside the protocol). Distinct from 1 (nothing sent).
+EXIT_PARTIAL = 4
+
+Verb = Callable[..., argparse.ArgumentParser]
+
+
+def _codes(text: str) -> list[str]:
+    codes = [c.strip() for c in text.split(",") if c.strip()]
+    if not codes:
+        raise argparse.ArgumentTypeError("name at least one state, e.g. DE,HU")
+    return codes
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a number of seconds") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError("between 0 and 3600 seconds")
+    return value
+
+
+def _directory(args: argparse.Namespace) -> Any:
+    from pprm.net.directory import Directory, load_peers
+
+    if args.peers is None and args.router is None:
+        raise ParameterError("say where the peers are: --peers FILE and/or --router URL")
+    return Directory(load_peers(args.peers) if args.peers else {}, args.router)
+
+
+def _announce(host: str, what: str, url: str) -> None:
+    from pprm.net.server import is_loopback
+
+    print(f"pprm {what} listening on {url}", flush=True)
+    if not is_loopback(host):
+        print(f"pprm {what}: warning: bound to {host}, not loopback; put TLS and access control in front",
+              file=sys.stderr, flush=True)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from pprm.net.server import bind, run
+    from pprm.net.service import create_app
+
+    app = create_app(args.dir)
+    name = app.state.service.name
+    sock = bind(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    run(app, sock, log_level=args.log_level, started=lambda: _announce(args.host, f"serve: {name}", url))
+    return 0
+
+
+def _cmd_route(args: argparse.Namespace) -> int:
+    import logging
+
+    from pprm.net.directory import load_peers
+    from pprm.net.router import create_router_app
+    from pprm.net.server import bind, run
+
+    peers = load_peers(args.peers)
+    app = create_router_app(peers)
+    sock = bind(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    url = f"http://{host}:{port}"
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    run(app, sock, log_level=args.log_level,
+        started=lambda: _announce(args.host, f"route: {len(peers)} state(s)", url))
+    return 0
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    from pprm.cli.main import _load_npy
+    from pprm.net.ask import ask
+    from pprm.node.state import State
+
+    st = State.open(args.dir)
+    directory = _directory(args)
+    probe = _load_npy(args.probe, "probe")
+    outcomes = ask(st, probe, args.to, case=args.case, purpose=args.purpose, directory=directory,
+                   timeout=args.timeout, answers_dir=args.answers)
+    if args.json:
+        print(json.dumps([o.to_json() for o in outcomes], indent=1))
+    else:
+        width = max(len(o.peer) for o in outcomes)
+        for o in outcomes:
+            line = f"{o.peer:<{width}}  {o.status:<11} {o.seconds:6.2f} s"
+            if o.candidates:
+                line += "  " + " ".join(o.candidates)
+            if o.detail:
+                line += f"  ({o.detail})"
+            print(line)
+    answered = all(o.status in ("hit", "no hit", "refused") for o in outcomes)
+    return 0 if answered else EXIT_PARTIAL
+
+
+def send_follow_up_cmd(args: argparse.Namespace, st: Any, answer: bytes) -> int:
+    """``pprm follow-up ... --peers/--router``: build the follow-up and post it to the peer."""
+    from pprm.cli.main import _emit
+    from pprm.net.ask import send_follow_up
+
+    ack = send_follow_up(st, answer, args.token, _directory(args))
+    _emit(args, ack, f"follow-up {ack.get('followup_id')} for query {ack.get('query_id')} accepted: the peer "
+                     "resolved and logged it; the record follows through its step two")
+    return 0
+
+
+def add_net_verbs(verb: Verb) -> None:
+    """Register ``serve``, ``route`` and ``ask`` with the main parser's ``verb`` factory."""
+    levels = ("critical", "error", "warning", "info", "debug")
+
+    p = verb("serve", _cmd_serve, "run this state as an HTTP service (loopback by default)", json_out=False)
+    p.add_argument("dir")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8470, help="port (default 8470; 0 picks a free one)")
+    p.add_argument("--log-level", choices=levels, default="warning",
+                   help="log level; info logs every request and query (default warning)")
+
+    p = verb("route", _cmd_route, "relay signed messages between state services (holds no state keys)",
+             json_out=False)
+    p.add_argument("--peers", required=True, help="JSON file: state code -> service URL")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8460, help="port (default 8460; 0 picks a free one)")
+    p.add_argument("--log-level", choices=levels, default="warning", help="log level (default warning)")
+
+    p = verb("ask", _cmd_ask, "query several peers over HTTP at once and report per peer")
+    p.add_argument("dir")
+    p.add_argument("--probe", required=True, help=".npy template of shape (dim,) or (1, dim)")
+    p.add_argument("--to", required=True, type=_codes, help="peers' state codes, comma-separated (DE,HU)")
+    p.add_argument("--case", required=True, help="case reference")
+    p.add_argument("--purpose", required=True, help="purpose (one of the state's configured purposes)")
+    p.add_argument("--peers", default=None, help="JSON file: state code -> service URL")
+    p.add_argument("--router", default=None, help="router URL, for peers not in --peers")
+    p.add_argument("--timeout", type=_seconds, default=60.0, help="seconds allowed per peer (default 60)")
+    p.add_argument("--answers", default=None, help="directory for the signed replies (default DIR/answers)")

@@ -1,0 +1,224 @@
+"""Asking many peers at once over HTTP, and reporting per peer.
+
+Queries are built first, one after another (they change this state's outbox
+and audit log). Then every peer is asked concurrently, each under its own
+deadline: a slow or dead peer costs its own entry, never the others'. Each
+reply is opened (signature first) as soon as it arrives; opening is
+serialised, since it writes to this state's directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+
+from pprm._fs import atomic_write_bytes
+from pprm.errors import (
+    NetworkError,
+    NetworkTimeoutError,
+    PprmError,
+    RefusedError,
+    RemoteError,
+    UnknownPeerError,
+)
+from pprm.net.client import PeerClient
+from pprm.net.directory import Directory
+from pprm.net.wire import MAX_WAIT, pack_delivery
+from pprm.node.requester import Requester
+from pprm.node.state import State
+
+__all__ = ["PeerOutcome", "ask", "ask_async", "send_follow_up", "STATUSES"]
+
+# Every outcome is one of these; "error" covers a peer that answered outside
+# the protocol (rejected delivery, tampered or misaddressed reply).
+STATUSES = ("hit", "no hit", "refused", "unreachable", "timed out", "error")
+# Router error codes that describe the hop behind it, not the router itself.
+_ROUTER_UNREACHABLE = {"unreachable"}
+_ROUTER_TIMEOUT = {"timeout"}
+
+
+@dataclass(frozen=True)
+class PeerOutcome:
+    """What asking one peer gave.
+
+    Attributes:
+        peer: the peer's state code.
+        status: one of :data:`STATUSES`.
+        query_id: the query's id (None if no query could be built).
+        candidates: released tokens (sealed) or handles (blind); empty unless a hit.
+        detail: one line explaining a refusal or failure.
+        seconds: wall time from sending to the outcome.
+        answer_path: where the signed reply was saved (for ``pprm follow-up``).
+        profile: ``sealed`` or ``blind``.
+    """
+
+    peer: str
+    status: str
+    query_id: str | None = None
+    candidates: tuple[str, ...] = ()
+    detail: str = ""
+    seconds: float = 0.0
+    answer_path: str | None = None
+    profile: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"peer": self.peer, "status": self.status, "query_id": self.query_id,
+                "candidates": list(self.candidates), "detail": self.detail, "seconds": round(self.seconds, 3),
+                "answer": self.answer_path, "profile": self.profile}
+
+
+@dataclass
+class _Prepared:
+    peer: str
+    profile: str
+    query_id: str
+    delivery: bytes
+
+
+def _prepare(state: State, req: Requester, peers: Sequence[str], probe: np.ndarray, case: str,
+             purpose: str) -> tuple[list[_Prepared], list[PeerOutcome]]:
+    """Build every query; errors that concern one peer become that peer's outcome."""
+    ready: list[_Prepared] = []
+    failed: list[PeerOutcome] = []
+    for peer in peers:
+        try:
+            profile = state.config.profile_for(peer)
+            state.peer(peer)
+            if profile == "blind":
+                announcement, query = req.blind_query(peer, probe, case, purpose)
+                anns = [announcement] if announcement is not None else []
+            else:
+                query = req.query(peer, probe, case, purpose)
+                anns = []
+        except UnknownPeerError as exc:
+            failed.append(PeerOutcome(peer, "error", detail=str(exc)))
+            continue
+        ready.append(_Prepared(peer, profile, state.header_of_own(query, peer).id, pack_delivery(query, anns)))
+    return ready, failed
+
+
+async def ask_async(state: State, probe: np.ndarray, peers: Sequence[str], *, case: str, purpose: str,
+                    directory: Directory, timeout: float = 60.0, answers_dir: str | None = None,
+                    http: httpx.AsyncClient | None = None) -> list[PeerOutcome]:
+    """As :func:`ask`, in a running event loop."""
+    req = Requester(state)
+    ready, outcomes = _prepare(state, req, list(dict.fromkeys(peers)), probe, case, purpose)
+    out_dir = answers_dir or state.path("answers")
+    os.makedirs(out_dir, mode=0o700, exist_ok=True)
+    opening = asyncio.Lock()
+    me = state.config.name
+
+    async def one(client: httpx.AsyncClient, p: _Prepared) -> PeerOutcome:
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+
+        def outcome(status: str, detail: str = "", **kw: Any) -> PeerOutcome:
+            return PeerOutcome(p.peer, status, p.query_id, detail=detail, seconds=time.monotonic() - t0,
+                               profile=p.profile, **kw)
+
+        try:
+            peer = PeerClient(client, directory.base(p.peer), p.peer)
+        except UnknownPeerError as exc:
+            return outcome("error", str(exc))
+        try:
+            async with asyncio.timeout(timeout):
+                await peer.deliver(p.delivery)
+                reply = None
+                while reply is None:
+                    reply = await peer.answer(me, p.query_id, wait=min(MAX_WAIT, deadline - time.monotonic()))
+        except TimeoutError:
+            return outcome("timed out", f"no answer within {timeout:g} s")
+        except NetworkTimeoutError as exc:
+            return outcome("timed out", str(exc))
+        except NetworkError as exc:
+            return outcome("unreachable", str(exc))
+        except RemoteError as exc:
+            if exc.code in _ROUTER_UNREACHABLE:
+                return outcome("unreachable", str(exc))
+            if exc.code in _ROUTER_TIMEOUT:
+                return outcome("timed out", str(exc))
+            return outcome("error", str(exc))
+        path = os.path.join(out_dir, f"{p.peer}-{p.query_id}.answer")
+        async with opening:
+            try:
+                opened = await asyncio.to_thread(req.open, reply)
+            except RefusedError as exc:
+                await asyncio.to_thread(atomic_write_bytes, path, reply)
+                return outcome("refused", exc.reason, answer_path=path)
+            except PprmError as exc:
+                return outcome("error", f"the reply failed verification: {exc}")
+            await asyncio.to_thread(atomic_write_bytes, path, reply)
+        return outcome("hit" if opened.hit else "no hit", candidates=opened.candidates, answer_path=path)
+
+    # trust_env=False: proxy variables must not reroute traffic between states.
+    async with contextlib.nullcontext(http) if http is not None else httpx.AsyncClient(trust_env=False) as client:
+        outcomes += await asyncio.gather(*(one(client, p) for p in ready))
+    order = {peer: i for i, peer in enumerate(peers)}
+    return sorted(outcomes, key=lambda o: order.get(o.peer, len(order)))
+
+
+def ask(state: State, probe: np.ndarray, peers: Sequence[str], *, case: str, purpose: str,
+        directory: Directory, timeout: float = 60.0, answers_dir: str | None = None) -> list[PeerOutcome]:
+    """Query several peers over HTTP concurrently and report per peer.
+
+    Args:
+        state: the requesting state.
+        probe: one template of the peers' dimension.
+        peers: state codes to ask (each must be in the roster).
+        case: case reference.
+        purpose: one of this state's purposes.
+        directory: how to reach each peer.
+        timeout: seconds allowed per peer, from sending to the opened reply.
+        answers_dir: where signed replies are saved (default ``DIR/answers``).
+
+    Returns:
+        One :class:`PeerOutcome` per peer, in the order asked.
+
+    Raises:
+        TemplateError, PolicyError, ParameterError: the probe, case or
+            purpose is unacceptable; nothing was sent.
+    """
+    return asyncio.run(ask_async(state, probe, peers, case=case, purpose=purpose, directory=directory,
+                                 timeout=timeout, answers_dir=answers_dir))
+
+
+def send_follow_up(state: State, answer: bytes, token: str, directory: Directory,
+                   timeout: float = 60.0) -> dict[str, str]:
+    """Build a follow-up for one candidate and deliver it over HTTP.
+
+    Args:
+        state: the requesting state.
+        answer: the signed answer the candidate came in.
+        token: a released token (sealed) or handle (blind).
+        directory: how to reach the peer.
+        timeout: seconds allowed.
+
+    Returns:
+        The peer's acknowledgement; the record follows through the logged
+        human step two, not in this reply.
+
+    Raises:
+        As :meth:`Requester.follow_up`; NetworkError, NetworkTimeoutError,
+        RemoteError.
+    """
+    req = Requester(state)
+    opened = req.open(answer)
+    message = req.follow_up(answer, token)
+
+    async def post() -> dict[str, str]:
+        async with httpx.AsyncClient(trust_env=False) as client:
+            try:
+                async with asyncio.timeout(timeout):
+                    return await PeerClient(client, directory.base(opened.sender), opened.sender).follow_up(message)
+            except TimeoutError:
+                raise NetworkTimeoutError(f"{opened.sender} did not answer in time") from None
+
+    return asyncio.run(post())

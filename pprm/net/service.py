@@ -1,0 +1,340 @@
+"""A state as an HTTP service (Starlette on uvicorn).
+
+Intake is cheap and concurrent: the delivery's envelopes are verified
+(signature first, then recipient, time, parameters and replay; nothing is
+unboxed) and the delivery is stored durably before the 202. Everything that
+changes the state (answering, accepting keys, resolving follow-ups) runs on
+one worker thread, in arrival order, so the state directory sees the same
+sequence of single steps as the file-based CLI, and matching never competes
+with itself for the two cores.
+
+The service holds the state's keys, like ``pprm answer`` does. It binds to
+loopback unless told otherwise; see :mod:`pprm.net.router` for the relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import fcntl
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from pprm.errors import MessageError, PprmError, ReplayError, StateError
+from pprm.net.body import read_body
+from pprm.net.inbox import Failure, Inbox
+from pprm.net.wire import (
+    MAX_DELIVERY,
+    MAX_FOLLOWUP,
+    MAX_WAIT,
+    OCTETS,
+    QUERY_ID,
+    STATE_CODE,
+    error_body,
+    status_of,
+    unpack_delivery,
+)
+from pprm.node.keyservice import KeyService
+from pprm.node.responder import Responder
+from pprm.node.state import State
+
+__all__ = ["StateService", "create_app"]
+
+log = logging.getLogger("pprm.net.service")
+
+# Deliveries waiting for the worker beyond this are refused with a 503: a
+# blind query at 100k takes 1.2 s, so 256 is minutes of work, and memory per
+# waiting delivery is only its file name.
+MAX_PENDING = 256
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+
+
+def _pprm_error(exc: PprmError) -> JSONResponse:
+    status, code = status_of(exc)
+    if status == 500:
+        # Internal errors may name files of the state; the requester gets a code only.
+        log.error("internal error: %s", exc)
+        return _error(500, "internal", "the service could not process the request")
+    return _error(status, code, str(exc))
+
+
+class StateService:
+    """One state's service: intake, the worker thread, and the replies on disk.
+
+    Args:
+        directory: the state directory (``pprm init``).
+        now: clock override for tests.
+
+    Raises:
+        StateError: the directory is not a state, or another service runs on it.
+    """
+
+    def __init__(self, directory: str, *, now: Callable[[], float] = time.time) -> None:
+        self.state = State.open(directory)
+        self._clock = now
+        self._lock_fd = os.open(self.state.path(".serve.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise StateError(f"another pprm serve is running on {directory}") from None
+        self.inbox = Inbox(self.state.dir)
+        # Intake verifies with its own KeyService: read-only, so it can run
+        # beside the worker; the worker re-verifies everything when it answers.
+        self._intake = KeyService(State.open(directory))
+        self._responder = Responder(self.state)
+        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiters: dict[tuple[str, str], asyncio.Event] = {}
+        self._pending = 0
+        self._intake_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"StateService({self.state.config.name})"
+
+    @property
+    def name(self) -> str:
+        """The state's code."""
+        return self.state.config.name
+
+    # -- lifecycle --------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the worker and queue the deliveries a previous run accepted."""
+        self._loop = loop
+        # Nothing writes here yet: temp files are leftovers of a killed run.
+        self.inbox.prune(self._clock(), temps=True)
+        self._worker = threading.Thread(target=self._work, name=f"pprm-worker-{self.name}", daemon=True)
+        self._worker.start()
+        for sender, qid in self.inbox.pending():
+            self._enqueue_answer(sender, qid)
+
+    def stop(self) -> None:
+        """Let the worker finish its current job and stop; queued deliveries stay on disk."""
+        if self._worker is not None:
+            # Drop queued jobs: their deliveries are on disk and run at the next start.
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self._jobs.get_nowait()
+            self._jobs.put(None)
+            self._worker.join()
+            self._worker = None
+        os.close(self._lock_fd)
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            job()
+
+    # -- the worker's jobs ------------------------------------------------
+    def _enqueue_answer(self, sender: str, qid: str) -> None:
+        with self._intake_lock:
+            self._pending += 1
+        self._jobs.put(lambda: self._answer(sender, qid))
+
+    def _answer(self, sender: str, qid: str) -> None:
+        try:
+            query, announcements = unpack_delivery(self.inbox.load(sender, qid))
+            res = self._responder.respond(query, sink=lambda msg: self.inbox.write_reply(sender, qid, msg),
+                                          announcements=announcements, now=self._clock())
+            log.info("%s query %s from %s: %s", res.profile, qid, sender,
+                     "answered" if res.refused is None else f"refused ({res.refused})")
+        except PprmError as exc:
+            status, code = status_of(exc)
+            message = str(exc) if status != 500 else "the service could not answer this query"
+            if status == 500:
+                log.error("query %s from %s failed: %s", qid, sender, exc)
+            if self.inbox.reply(sender, qid) is None:
+                self.inbox.write_failure(sender, qid, Failure((status, code, message)))
+        except Exception:
+            log.exception("query %s from %s failed", qid, sender)
+            if self.inbox.reply(sender, qid) is None:
+                self.inbox.write_failure(sender, qid, Failure((500, "internal",
+                                                               "the service could not answer this query")))
+        finally:
+            self.inbox.done(sender, qid)
+            with self._intake_lock:
+                self._pending -= 1
+            self._wake(sender, qid)
+
+    def _wake(self, sender: str, qid: str) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+
+        def set_event() -> None:
+            ev = self._waiters.get((sender, qid))
+            if ev is not None:
+                ev.set()
+
+        with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
+            loop.call_soon_threadsafe(set_event)
+
+    async def _on_worker(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the worker thread, after the jobs queued before it."""
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def job() -> None:
+            if not fut.set_running_or_notify_cancel():
+                return
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+        self._jobs.put(job)
+        return await asyncio.wrap_future(fut)
+
+    # -- intake -----------------------------------------------------------
+    def _intake_check(self, delivery: bytes) -> tuple[str, str]:
+        """Verify a delivery's envelopes and store it; returns ``(sender, query id)``."""
+        query, announcements = unpack_delivery(delivery)
+        t = self._clock()
+        header = self._intake.query_header(query, t)
+        for ann in announcements:
+            env, _body = self._intake.verify_announcement(ann, t)
+            if env.header.sender != header.sender:
+                raise MessageError("a delivery's key announcements must come from the query's sender")
+        if announcements and header.profile != "blind":
+            raise MessageError("key announcements come only with blind-profile queries")
+        with self._intake_lock:
+            if self.inbox.known(header.sender, header.id):
+                raise ReplayError("this query was delivered before")
+            if self._pending >= MAX_PENDING:
+                raise _Busy
+            self.inbox.accept(header.sender, header.id, delivery)
+        return header.sender, header.id
+
+    # -- HTTP handlers ----------------------------------------------------
+    async def card(self, request: Request) -> Response:
+        return Response(self.state.card_bytes, media_type=OCTETS)
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"state": self.name, "ok": True, "pending": self._pending})
+
+    async def post_query(self, request: Request) -> Response:
+        body = await read_body(request, MAX_DELIVERY)
+        if isinstance(body, Response):
+            return body
+        try:
+            sender, qid = await asyncio.to_thread(self._intake_check, body)
+        except _Busy:
+            return _error(503, "busy", "too many queries are waiting; retry later", {"Retry-After": "5"})
+        except PprmError as exc:
+            return _pprm_error(exc)
+        self._enqueue_answer(sender, qid)
+        return JSONResponse({"query_id": qid, "answer": f"/v1/answers/{sender}/{qid}"}, status_code=202)
+
+    async def get_answer(self, request: Request) -> Response:
+        sender = request.path_params["sender"]
+        qid = request.path_params["query_id"]
+        if not STATE_CODE.fullmatch(sender) or not QUERY_ID.fullmatch(qid):
+            return _error(404, "not-found", "no such query")
+        try:
+            wait = min(max(float(request.query_params.get("wait", "0")), 0.0), MAX_WAIT)
+        except ValueError:
+            return _error(400, "message", "wait must be a number of seconds")
+        deadline = time.monotonic() + wait
+        while True:
+            reply = self.inbox.reply(sender, qid)
+            if reply is not None:
+                return Response(reply, media_type=OCTETS)
+            failure = self.inbox.failure(sender, qid)
+            if failure is not None:
+                return _error(failure.status, failure.code, failure.message)
+            if not self.inbox.is_pending(sender, qid):
+                return _error(404, "not-found", "no such query")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return JSONResponse({"status": "pending"}, status_code=202)
+            ev = self._waiters.setdefault((sender, qid), asyncio.Event())
+            try:
+                await asyncio.wait_for(ev.wait(), timeout=remaining)
+            except TimeoutError:
+                pass
+            finally:
+                self._waiters.pop((sender, qid), None)
+
+    async def post_followup(self, request: Request) -> Response:
+        body = await read_body(request, MAX_FOLLOWUP)
+        if isinstance(body, Response):
+            return body
+        key_service = KeyService(self.state)
+        try:
+            res = await self._on_worker(lambda: key_service.resolve(body, self._clock()))
+        except PprmError as exc:
+            return _pprm_error(exc)
+        log.info("follow-up %s from %s on query %s resolved", res.followup_id, res.requester, res.query_id)
+        # The reference stays here: the record follows through the human step two.
+        return JSONResponse({"status": "resolved", "query_id": res.query_id, "followup_id": res.followup_id})
+
+
+class _Busy(Exception):
+    """The intake queue is full (internal signal; becomes a 503)."""
+
+
+def create_app(directory: str, *, now: Callable[[], float] = time.time) -> Starlette:
+    """The ASGI application of one state's service.
+
+    Args:
+        directory: the state directory.
+        now: clock override for tests.
+
+    Returns:
+        A Starlette app; its lifespan starts and stops the worker thread.
+
+    Raises:
+        StateError: not a state directory, or another service runs on it.
+    """
+    svc = StateService(directory, now=now)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        svc.start(asyncio.get_running_loop())
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(svc.stop)
+
+    routes = [
+        Route("/v1/card", svc.card, methods=["GET"]),
+        Route("/v1/health", svc.health, methods=["GET"]),
+        Route("/v1/queries", svc.post_query, methods=["POST"]),
+        Route("/v1/answers/{sender}/{query_id}", svc.get_answer, methods=["GET"]),
+        Route("/v1/followups", svc.post_followup, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=_HANDLERS)
+    app.state.service = svc
+    return app
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return _error(404, "not-found", "no such route")
+
+
+async def _bad_method(request: Request, exc: Exception) -> Response:
+    return _error(405, "method", "method not allowed on this route")
+
+
+async def _internal(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error on %s: %r", request.url.path, exc)
+    return _error(500, "internal", "the service could not process the request")
+
+
+_HANDLERS: dict[Any, Callable[[Request, Exception], Any]] = {404: _not_found, 405: _bad_method, 500: _internal}

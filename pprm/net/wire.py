@@ -1,0 +1,167 @@
+"""The HTTP contract between states, routers and requesters.
+
+The messages themselves are unchanged from the file-based flow: signed (and,
+where they carry personal metadata, boxed) envelopes from
+:mod:`pprm.protocol`. HTTP only carries them; nothing in this module can
+read or alter a message without the signature check at the far end failing.
+
+Routes of a state's service (all under ``/v1``)::
+
+    GET  /v1/card               the state's signed public card
+    GET  /v1/health             {"state": NAME, "ok": true, "pending": N}
+    POST /v1/queries            a delivery (below); 202 {"query_id": ID}
+    GET  /v1/answers/{ID}?wait=S  200 the answer or refusal; 202 while pending
+    POST /v1/followups          a follow-up message; 200 {"followup_id": ID}
+
+A router exposes each state's routes under ``/route/{STATE}/v1/...``.
+
+A *delivery* is one query plus the key announcements that must be accepted
+in the same step (blind profile), framed like the blind bodies
+(:func:`pprm.protocol.blind_messages.pack_parts`)::
+
+    json length u32 BE | {"kind": "delivery", "parts": n} | (length u32 BE | message)*
+
+Errors are JSON: ``{"error": {"code": CODE, "message": ONE_LINE}}``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pprm.errors import (
+    AuthenticationError,
+    ExpiredError,
+    KeyRotationError,
+    MessageError,
+    ParameterError,
+    PprmError,
+    RecipientError,
+    ReplayError,
+    TemplateError,
+    TokenError,
+    UnknownPeerError,
+)
+from pprm.protocol.blind_messages import pack_parts, unpack_parts
+
+__all__ = [
+    "API",
+    "MAX_DELIVERY",
+    "MAX_FOLLOWUP",
+    "MAX_ANSWER",
+    "MAX_WAIT",
+    "MAX_ANNOUNCEMENTS",
+    "OCTETS",
+    "STATE_CODE",
+    "QUERY_ID",
+    "pack_delivery",
+    "unpack_delivery",
+    "error_body",
+    "error_of",
+    "status_of",
+]
+
+API = "/v1"
+OCTETS = "application/octet-stream"
+# A blind delivery is the largest request: a 394 kB probe plus a 3.67 MB key
+# announcement for pprm-blind-n16384-v1 (README, blind sizes); 16 MiB leaves
+# room for a second announcement and larger future sets, and bounds memory.
+MAX_DELIVERY = 16 << 20
+# Follow-ups carry one token in a boxed body: well under 4 kB; 64 KiB is slack.
+MAX_FOLLOWUP = 64 << 10
+# Answers a requester will download: a blind answer for 3*10**7 templates is
+# 3663 blocks of 196 kB (24 B per slot), about 720 MB. 1 GiB bounds it.
+MAX_ANSWER = 1 << 30
+# Long-poll cap in seconds: shorter than common proxy idle timeouts (60 s).
+MAX_WAIT = 30.0
+# Deliveries carry one query and at most one announcement today; 4 leaves room.
+MAX_ANNOUNCEMENTS = 4
+# State names as pprm.protocol.card accepts them; query ids as envelope.new_id() makes them.
+STATE_CODE = re.compile(r"[A-Z][A-Z0-9-]{1,15}")
+QUERY_ID = re.compile(r"[0-9a-f]{32}")
+
+_KIND = "delivery"
+
+
+def pack_delivery(query: bytes, announcements: list[bytes] | tuple[bytes, ...] = ()) -> bytes:
+    """Frame one query and the key announcements that travel with it.
+
+    Args:
+        query: the signed query message.
+        announcements: signed key announcements (blind profile), possibly none.
+
+    Returns:
+        The request body for ``POST /v1/queries``.
+
+    Raises:
+        MessageError: too many announcements.
+    """
+    if len(announcements) > MAX_ANNOUNCEMENTS:
+        raise MessageError(f"a delivery carries at most {MAX_ANNOUNCEMENTS} key announcements")
+    return pack_parts({"kind": _KIND}, [query, *announcements])
+
+
+def unpack_delivery(blob: bytes) -> tuple[bytes, list[bytes]]:
+    """Strict inverse of :func:`pack_delivery`.
+
+    The parts are not verified here: the responder verifies every signature
+    before it parses any body.
+
+    Returns:
+        ``(query, announcements)``.
+
+    Raises:
+        MessageError: malformed framing, no query, or too many parts.
+    """
+    meta, parts = unpack_parts(blob, "delivery")
+    if meta != {"kind": _KIND}:
+        raise MessageError("delivery has unexpected fields")
+    if not parts or len(parts) > 1 + MAX_ANNOUNCEMENTS:
+        raise MessageError(f"a delivery holds one query and at most {MAX_ANNOUNCEMENTS} key announcements")
+    return parts[0], parts[1:]
+
+
+# Most specific first: the first class an exception is an instance of wins.
+_CODES: tuple[tuple[type[PprmError], str, int], ...] = (
+    (ReplayError, "replay", 409),
+    (ExpiredError, "expired", 410),
+    (RecipientError, "recipient", 421),
+    (KeyRotationError, "key", 409),
+    (AuthenticationError, "authentication", 401),
+    (UnknownPeerError, "unknown-peer", 403),
+    (ParameterError, "parameters", 400),
+    (TokenError, "token", 403),
+    (TemplateError, "template", 400),
+    (MessageError, "message", 400),
+)
+
+
+def status_of(exc: PprmError) -> tuple[int, str]:
+    """The HTTP status and error code for an exception raised on a request.
+
+    Errors that say nothing about the request (a broken state directory,
+    a failed backend) are a 500 ``internal``; their text stays in the
+    service's own log.
+    """
+    for cls, code, status in _CODES:
+        if isinstance(exc, cls):
+            return status, code
+    return 500, "internal"
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    """The JSON error object; ``message`` is one line."""
+    return {"error": {"code": code, "message": " ".join(message.split())[:500]}}
+
+
+def error_of(payload: object) -> tuple[str, str] | None:
+    """``(code, message)`` from a JSON error object, or None if it is not one."""
+    if not isinstance(payload, dict):
+        return None
+    err = payload.get("error")
+    if not isinstance(err, dict):
+        return None
+    code, message = err.get("code"), err.get("message")
+    if not isinstance(code, str) or not isinstance(message, str):
+        return None
+    return code, message
