@@ -2,9 +2,13 @@
 
 Layers, each importing only those before it::
 
-    pprm.crypto -> pprm.matching -> pprm.protocol -> pprm.node -> pprm.cli
+    pprm.crypto -> pprm.matching -> pprm.protocol -> pprm.node -> pprm.net -> pprm.cli
 
-``pprm.synthetic`` (and later ``pprm.face``) stand apart.
+``pprm.cluster`` (shards on a Dask cluster) sits on ``pprm.matching``; the
+node accepts its matchers, and ``pprm.net`` and ``pprm.cli`` may connect it.
+
+``pprm.synthetic`` and ``pprm.face`` (photos to templates; the optional
+``face`` extra, never imported from here) stand apart.
 
 The safe, high-level entry points are re-exported here::
 

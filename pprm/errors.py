@@ -30,6 +30,12 @@ __all__ = [
     "NetworkError",
     "NetworkTimeoutError",
     "RemoteError",
+    "ClusterError",
+    "MissingExtraError",
+    "ModelPackError",
+    "ImageError",
+    "AlignmentError",
+    "NoFaceError",
 ]
 
 
@@ -134,3 +140,32 @@ class RemoteError(PprmError):
         super().__init__(message)
         self.status = status
         self.code = code
+
+
+class MissingExtraError(PprmError, ImportError):
+    """An optional dependency group is not installed (e.g. ``pip install "pprm[face]"``)."""
+
+
+class ModelPackError(PprmError):
+    """A face model pack is missing, incomplete, unloadable or has the wrong interface.
+
+    Deliberately not a ``FileNotFoundError``: most of its cases (a corrupt
+    ``.onnx`` file, a recognizer with the wrong input size, two recognizers in
+    one folder) are not about a missing file, like :class:`StateError`.
+    """
+
+
+class ImageError(PprmError, ValueError):
+    """An image cannot be read or decoded, or an image array is not HxWx3 uint8 BGR."""
+
+
+class AlignmentError(PprmError, ValueError):
+    """Facial landmarks are degenerate (collinear, coincident or non-finite): no similarity fits them."""
+
+
+class NoFaceError(PprmError, LookupError):
+    """No usable face was found in an image."""
+
+
+class ClusterError(PprmError, RuntimeError):
+    """A sharded query or gallery sync could not complete on the cluster (nothing was answered)."""

@@ -27,6 +27,7 @@ from typing import IO, Any
 import numpy as np
 
 import pprm
+from pprm.cli import face_cmds
 from pprm.cli.demo import DEMO_STATES, MIN_GALLERY, format_report, run_demo
 from pprm.cli.net_cmds import add_net_verbs
 from pprm.cli.progress import ProgressBar, StagedProgress
@@ -221,14 +222,22 @@ def _cmd_trust(args: argparse.Namespace) -> int:
 
 def _cmd_enroll(args: argparse.Namespace) -> int:
     st = State.open(args.dir)
-    templates = _load_npy(args.templates, "templates")
-    refs = _read_refs(args.refs)
+    skipped = None
+    if args.images is not None:  # face pipeline; images without a face are reported and skipped
+        templates, refs, skipped = face_cmds.templates_from_folder(args, st)
+    else:
+        templates = _load_npy(args.templates, "templates")
+        refs = _read_refs(args.refs)
     ks = KeyService(st)
     with ProgressBar("enrolling") as bar:
         ids = ks.enroll(templates, refs, progress=bar.callback)
     total = len(st.gallery())
-    _emit(args, {"enrolled": len(ids), "total": total},
-          f"enrolled {len(ids)} template(s) into {st.config.name}; the gallery holds {total}")
+    report: dict[str, Any] = {"enrolled": len(ids), "total": total}
+    text = f"enrolled {len(ids)} template(s) into {st.config.name}; the gallery holds {total}"
+    if skipped is not None:
+        report["skipped"] = skipped
+        text += f" ({len(skipped)} image(s) skipped)" if skipped else ""
+    _emit(args, report, text)
     return EXIT_OK
 
 
@@ -243,7 +252,7 @@ def _cmd_remove(args: argparse.Namespace) -> int:
 
 def _cmd_query(args: argparse.Namespace) -> int:
     st = State.open(args.dir)
-    probe = _load_npy(args.probe, "probe")
+    probe = face_cmds.probe_from_image(args, st) if args.image is not None else _load_npy(args.probe, "probe")
     profile = args.profile or st.config.profile_for(args.to)
     if profile == "blind":
         return _blind_query(args, st, probe)
@@ -506,8 +515,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("enroll", _cmd_enroll, "encrypt templates into the gallery")
     p.add_argument("dir")
-    p.add_argument("--templates", required=True, help=".npy array of shape (N, dim)")
-    p.add_argument("--refs", required=True, help="text file, one UTF-8 reference per line")
+    p.add_argument("--templates", default=None, help=".npy array of shape (N, dim); needs --refs")
+    p.add_argument("--refs", default=None, help="text file, one UTF-8 reference per line")
+    face_cmds.add_enroll_args(p)
+
+    p = verb("embed", face_cmds.cmd_embed, "detect, align and embed the faces in images into a .npy of templates")
+    face_cmds.add_embed_args(p)
 
     p = verb("remove", _cmd_remove, "remove one reference from the gallery")
     p.add_argument("dir")
@@ -515,7 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("query", _cmd_query, "write a signed query for a peer")
     p.add_argument("dir")
-    p.add_argument("--probe", required=True, help=".npy template of shape (dim,) or (1, dim)")
+    p.add_argument("--probe", default=None, help=".npy template of shape (dim,) or (1, dim)")
+    face_cmds.add_query_args(p)
     p.add_argument("--to", required=True, help="the peer's state code")
     p.add_argument("--case", required=True, help="case reference")
     p.add_argument("--purpose", required=True,
@@ -609,6 +623,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if getattr(args, "check", None) is not None:  # option combinations argparse cannot express
+            args.check(args)
     except SystemExit as exc:  # usage errors, --help, --version
         return exc.code if isinstance(exc.code, int) else EXIT_OK if exc.code is None else EXIT_USAGE
     try:
