@@ -266,7 +266,7 @@ def test_matcher_holds_no_secret_and_needs_no_private_dir(world: ScoredWorld, tm
         results = [matcher.match(p, t) for p, t in zip(world.probes, THRESHOLDS, strict=True)]
         assert _secrets_in(matcher, sk_bytes) == []
         # The matcher does hold the (public) conjugation key it needs.
-        assert isinstance(matcher._conj_key, seal.GaloisKeys)
+        assert isinstance(matcher.scorer._conj_key, seal.GaloisKeys)
         assert not private.exists()
     finally:
         shutil.move(vault, private)

@@ -63,7 +63,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from pprm.net.server import bind, run
     from pprm.net.service import create_app
 
-    app = create_app(args.dir)
+    app = create_app(args.dir, cluster=args.cluster, replicas=args.replicas)
     name = app.state.service.name
     sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
@@ -139,6 +139,9 @@ def add_net_verbs(verb: Verb) -> None:
     p.add_argument("--port", type=int, default=8470, help="port (default 8470; 0 picks a free one)")
     p.add_argument("--log-level", choices=levels, default="warning",
                    help="log level; info logs every request and query (default warning)")
+    p.add_argument("--cluster", default=None, metavar="ADDRESS",
+                   help="shard the sealed gallery over a Dask cluster: tcp://HOST:PORT, or local:N worker processes")
+    p.add_argument("--replicas", type=int, default=1, help="copies of each gallery block on the cluster (default 1)")
 
     p = verb("route", _cmd_route, "relay signed messages between state services (holds no state keys)",
              json_out=False)

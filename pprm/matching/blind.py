@@ -23,6 +23,7 @@ responder can map (position, slot) back to a record.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -38,7 +39,7 @@ from pprm.matching.diagonals import BlindDatabase, secret_permutation
 from pprm.matching.flood import uniform_residues
 from pprm.matching.mask import csprng_uniform
 
-__all__ = ["BlindAnswer", "BlindMatcher", "answer_scale"]
+__all__ = ["BlindAnswer", "BlindEvaluator", "BlindMatcher", "answer_scale"]
 
 
 def answer_scale(ctx: BlindContext) -> float:
@@ -70,25 +71,21 @@ def _mulmod(a: np.ndarray, b: np.ndarray, moduli: tuple[int, ...]) -> np.ndarray
     return out[0]
 
 
-class BlindMatcher:
-    """Evaluates blind queries against one database.
+class BlindEvaluator:
+    """The blind product, masks and hiding, for whatever blocks of diagonals it is handed.
+
+    :class:`BlindMatcher` runs it over a whole database; a shard of a cluster
+    (:mod:`pprm.cluster`) runs it over the blocks it holds.
 
     Args:
-        ctx: the blind context of the database's parameter set.
-        database: the diagonals.
-
-    Raises:
-        ParameterError: the database belongs to another parameter set.
+        ctx: the blind context of the diagonals' parameter set.
     """
 
-    def __init__(self, ctx: BlindContext, database: BlindDatabase) -> None:
-        if database.params_name != ctx.params.name:
-            raise ParameterError("the blind database was built for another parameter set")
+    def __init__(self, ctx: BlindContext) -> None:
         self.ctx = ctx
-        self.db = database
 
     def __repr__(self) -> str:
-        return f"BlindMatcher({self.ctx.params.name}, {self.db.size} templates)"
+        return f"BlindEvaluator({self.ctx.params.name})"
 
     def _baby_steps(self, probe: seal.Ciphertext, galois: seal.GaloisKeys) -> np.ndarray:
         p = self.ctx.params
@@ -178,9 +175,9 @@ class BlindMatcher:
             ctx.evaluator.rescale_to_next_inplace(out)
         return encode_answer(ctx, out)
 
-    def answer(self, probe: seal.Ciphertext, public_key: seal.PublicKey, galois: seal.GaloisKeys,
-               tau: float) -> BlindAnswer:
-        """Evaluate one blind query.
+    def evaluate(self, probe: seal.Ciphertext, public_key: seal.PublicKey, galois: seal.GaloisKeys, tau: float,
+                 blocks: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[bytes]:
+        """Answer blocks for ``(diagonals, signs)`` pairs, in the order given.
 
         Args:
             probe: the requester's ciphertext, already strictly parsed at the
@@ -189,6 +186,67 @@ class BlindMatcher:
             galois: the requester's Galois keys for steps 1 and b1.
             tau: the threshold, in ``[2*margin, 1)`` so empty slots (score 0)
                 are certain non-hits.
+            blocks: per block, its diagonals ``uint64[g2, b1, L, N]`` and its
+                secret slot signs.
+
+        Returns:
+            One packed answer block per input block.
+
+        Raises:
+            ParameterError: tau out of range.
+
+        Warning:
+            The masks and the flood must be fresh per query and from the
+            CSPRNG; they are drawn here and never stored.
+        """
+        p = self.ctx.params
+        if not 2 * p.decision_margin <= tau < 1.0:
+            raise ParameterError(f"threshold must be in [{2 * p.decision_margin}, 1), got {tau}")
+        if not blocks:
+            return []
+        baby = self._baby_steps(probe, galois)
+        out = []
+
+        def mac(k: int) -> np.ndarray:
+            return kernel.plain_mac(blocks[k][0], baby, self.ctx.moduli)
+
+        # The kernel releases the GIL: the next block's multiply-accumulate runs
+        # while this thread does the current block's rotations and masking in SEAL.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pprm-blind-mac") as pool:
+            pending = pool.submit(mac, 0)
+            for k in range(len(blocks)):
+                inner = pending.result()
+                if k + 1 < len(blocks):
+                    pending = pool.submit(mac, k + 1)
+                score = self._giant_steps(inner, galois)
+                r, e = self.draw_masks()
+                out.append(self.hide(self.mask(score, blocks[k][1], tau, r, e), public_key))
+        return out
+
+
+class BlindMatcher(BlindEvaluator):
+    """Evaluates blind queries against one database.
+
+    Args:
+        ctx: the blind context of the database's parameter set.
+        database: the diagonals.
+
+    Raises:
+        ParameterError: the database belongs to another parameter set.
+    """
+
+    def __init__(self, ctx: BlindContext, database: BlindDatabase) -> None:
+        if database.params_name != ctx.params.name:
+            raise ParameterError("the blind database was built for another parameter set")
+        super().__init__(ctx)
+        self.db = database
+
+    def __repr__(self) -> str:
+        return f"BlindMatcher({self.ctx.params.name}, {self.db.size} templates)"
+
+    def answer(self, probe: seal.Ciphertext, public_key: seal.PublicKey, galois: seal.GaloisKeys,
+               tau: float) -> BlindAnswer:
+        """Evaluate one blind query over the whole database (see :meth:`evaluate`).
 
         Returns:
             The answer, blocks in a fresh random order.
@@ -197,29 +255,11 @@ class BlindMatcher:
             ParameterError: tau out of range.
 
         Warning:
-            The masks, the flood and the block order must be fresh per query
-            and from the CSPRNG; all three are drawn here and never stored.
+            The block order must be fresh per query and from the CSPRNG; it is
+            drawn here and kept only in the returned answer.
         """
-        p = self.ctx.params
-        if not 2 * p.decision_margin <= tau < 1.0:
-            raise ParameterError(f"threshold must be in [{2 * p.decision_margin}, 1), got {tau}")
-        baby = self._baby_steps(probe, galois)
         order = [int(i) for i in secret_permutation(self.db.blocks)]
-        out = []
-        def mac(k: int) -> np.ndarray:
-            return kernel.plain_mac(self.db.diagonals[order[k]], baby, self.ctx.moduli)
-
-        # The kernel releases the GIL: the next block's multiply-accumulate runs
-        # while this thread does the current block's rotations and masking in SEAL.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pprm-blind-mac") as pool:
-            pending = pool.submit(mac, 0)
-            for k, blk in enumerate(order):
-                inner = pending.result()
-                if k + 1 < len(order):
-                    pending = pool.submit(mac, k + 1)
-                score = self._giant_steps(inner, galois)
-                r, e = self.draw_masks()
-                out.append(self.hide(self.mask(score, self.db.signs[blk], tau, r, e), public_key))
+        out = self.evaluate(probe, public_key, galois, tau, [(self.db.diagonals[b], self.db.signs[b]) for b in order])
         return BlindAnswer(out, order)
 
 

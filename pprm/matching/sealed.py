@@ -39,7 +39,7 @@ from pprm.matching.gallery import EncryptedGallery
 from pprm.matching.mask import draw_masks
 from pprm.matching.templates import normalise_probe
 
-__all__ = ["MaskedResult", "SealedMatcher", "quantise_probe"]
+__all__ = ["BlockScorer", "MaskedResult", "SealedMatcher", "quantise_probe"]
 
 Progress = Callable[[int, int], None]
 
@@ -68,74 +68,68 @@ class MaskedResult:
         return f"MaskedResult(blocks={len(self.blocks)})"
 
 
-class SealedMatcher:
-    """Computes masked encrypted threshold results over a sealed gallery.
+class BlockScorer:
+    """The per-block work of the sealed matcher, independent of where the blocks live.
+
+    :class:`SealedMatcher` runs it over a whole gallery; a shard of a cluster
+    (:mod:`pprm.cluster`) runs it over the blocks it holds. Public material only.
 
     Args:
         ctx: the state's CKKS context (no keys).
-        gallery: the encrypted gallery.
-        conjugation_key: public Galois keys for conjugation (see
-            :func:`pprm.crypto.keys.load_conjugation_key`); required with
+        conjugation_key: public Galois keys for conjugation; required with
             complex packing, unused with real packing.
 
     Raises:
         ParameterError: complex packing without a conjugation key.
     """
 
-    def __init__(self, ctx: CkksContext, gallery: EncryptedGallery,
-                 conjugation_key: seal.GaloisKeys | None = None) -> None:
+    def __init__(self, ctx: CkksContext, conjugation_key: seal.GaloisKeys | None = None) -> None:
         self.ctx = ctx
-        self.gallery = gallery
         if ctx.params.packing == "complex" and conjugation_key is None:
             raise ParameterError(f"{ctx.params.name} packs two templates per slot and needs the conjugation key")
         self._conj_key = conjugation_key
 
-    def match(self, probe: np.ndarray, threshold: float, progress: Progress | None = None) -> MaskedResult:
-        """Score ``probe`` against every template, encrypted, then mask the threshold test.
-
-        Args:
-            probe: one template of the gallery's dimension (normalised here).
-            threshold: tau in (0, 1).
-            progress: called with ``(done, total)`` blocks.
-
-        Returns:
-            The masked result; slots with ``s >= tau + margin`` decrypt
-            positive, slots with ``s <= tau - margin`` and free slots negative.
+    def weights(self, probe: np.ndarray, threshold: float, dim: int) -> np.ndarray:
+        """The probe's integer weights, after checking the probe and the threshold.
 
         Raises:
             TemplateError: the probe is malformed.
             ParameterError: the threshold is outside (0, 1).
         """
-        p = self.ctx.params
         if not 0.0 < threshold < 1.0:
             raise ParameterError("threshold must lie strictly between 0 and 1")
-        q = normalise_probe(probe, self.gallery.dim)
-        w = quantise_probe(q, p.probe_scale_bits)
+        return quantise_probe(normalise_probe(probe, dim), self.ctx.params.probe_scale_bits)
+
+    def run(self, count: int, residues: Callable[[int], np.ndarray], occupancy: Callable[[int], np.ndarray],
+            w: np.ndarray, threshold: float, progress: Progress | None = None) -> list[list[bytes]]:
+        """Masked results of ``count`` blocks: ``residues(b)`` and ``occupancy(b)`` give block ``b``.
+
+        Returns:
+            Per block, its ciphertexts (one with real packing, A and B with complex).
+        """
+        p = self.ctx.params
         # Complex packing subtracts tau from both parts of every slot at once.
         tau_value: float | complex = complex(threshold, threshold) if p.packing == "complex" else threshold
         tau = self.ctx.encode_constant(tau_value, p.gallery_scale_bits + p.probe_scale_bits)
-        files: list[str] = []
-        cts: list[bytes] = []
-        blocks = self.gallery.index.blocks
-        if not blocks:
-            return MaskedResult((), (), float(2**p.result_scale_bits))
+        out: list[list[bytes]] = []
+        if count == 0:
+            return out
 
         def mac(b: int) -> np.ndarray:
-            return kernel.multiply_accumulate(self.gallery.block(b), w, self.ctx.moduli)
+            return kernel.multiply_accumulate(residues(b), w, self.ctx.moduli)
 
         # The kernel releases the GIL; masking holds it in SEAL. Computing block
         # b+1 in a worker while block b is masked overlaps the two.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pprm-mac") as pool:
             pending = pool.submit(mac, 0)
-            for b, blk in enumerate(blocks):
-                residues = pending.result()
-                if b + 1 < len(blocks):
+            for b in range(count):
+                res = pending.result()
+                if b + 1 < count:
                     pending = pool.submit(mac, b + 1)
-                files.append(blk.file)
-                cts.extend(self._mask(residues, tau, blk.occupancy()))
+                out.append(self._mask(res, tau, occupancy(b)))
                 if progress:
-                    progress(b + 1, len(blocks))
-        return MaskedResult(tuple(files), tuple(cts), float(2**p.result_scale_bits))
+                    progress(b + 1, count)
+        return out
 
     def _mask(self, residues: np.ndarray, tau: seal.Plaintext, occupied: np.ndarray) -> list[bytes]:
         """Turn the score ciphertext of one block into masked results, serialised.
@@ -171,3 +165,47 @@ class SealedMatcher:
             ev.add_plain_inplace(half_ct, self.ctx.encode(masks.e, p.result_scale_bits))
             out.append(self.ctx.save_bytes(half_ct))
         return out
+
+
+class SealedMatcher:
+    """Computes masked encrypted threshold results over a sealed gallery.
+
+    Args:
+        ctx: the state's CKKS context (no keys).
+        gallery: the encrypted gallery.
+        conjugation_key: public Galois keys for conjugation (see
+            :func:`pprm.crypto.keys.load_conjugation_key`); required with
+            complex packing, unused with real packing.
+
+    Raises:
+        ParameterError: complex packing without a conjugation key.
+    """
+
+    def __init__(self, ctx: CkksContext, gallery: EncryptedGallery,
+                 conjugation_key: seal.GaloisKeys | None = None) -> None:
+        self.ctx = ctx
+        self.gallery = gallery
+        self.scorer = BlockScorer(ctx, conjugation_key)
+
+    def match(self, probe: np.ndarray, threshold: float, progress: Progress | None = None) -> MaskedResult:
+        """Score ``probe`` against every template, encrypted, then mask the threshold test.
+
+        Args:
+            probe: one template of the gallery's dimension (normalised here).
+            threshold: tau in (0, 1).
+            progress: called with ``(done, total)`` blocks.
+
+        Returns:
+            The masked result; slots with ``s >= tau + margin`` decrypt
+            positive, slots with ``s <= tau - margin`` and free slots negative.
+
+        Raises:
+            TemplateError: the probe is malformed.
+            ParameterError: the threshold is outside (0, 1).
+        """
+        w = self.scorer.weights(probe, threshold, self.gallery.dim)
+        blocks = self.gallery.index.blocks
+        per_block = self.scorer.run(len(blocks), self.gallery.block, lambda b: blocks[b].occupancy(), w, threshold,
+                                    progress)
+        return MaskedResult(tuple(b.file for b in blocks), tuple(ct for cts in per_block for ct in cts),
+                            float(2**self.ctx.params.result_scale_bits))

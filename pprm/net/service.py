@@ -32,6 +32,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pprm.errors import MessageError, PprmError, ReplayError, StateError
+from pprm.matching.diagonals import BlindDatabase
+from pprm.matching.gallery import EncryptedGallery
 from pprm.net.body import read_body
 from pprm.net.inbox import Failure, Inbox
 from pprm.net.wire import (
@@ -46,7 +48,7 @@ from pprm.net.wire import (
     unpack_delivery,
 )
 from pprm.node.keyservice import KeyService
-from pprm.node.responder import Responder
+from pprm.node.responder import BlindBackend, Matcher, Responder
 from pprm.node.state import State
 
 __all__ = ["StateService", "create_app"]
@@ -83,7 +85,9 @@ class StateService:
         StateError: the directory is not a state, or another service runs on it.
     """
 
-    def __init__(self, directory: str, *, now: Callable[[], float] = time.time) -> None:
+    def __init__(self, directory: str, *, now: Callable[[], float] = time.time,
+                 matcher: Callable[[EncryptedGallery], Matcher] | None = None,
+                 blind: Callable[[BlindDatabase, str], BlindBackend] | None = None) -> None:
         self.state = State.open(directory)
         self._clock = now
         self._lock_fd = os.open(self.state.path(".serve.lock"), os.O_RDWR | os.O_CREAT, 0o600)
@@ -96,7 +100,7 @@ class StateService:
         # Intake verifies with its own KeyService: read-only, so it can run
         # beside the worker; the worker re-verifies everything when it answers.
         self._intake = KeyService(State.open(directory))
-        self._responder = Responder(self.state)
+        self._responder = Responder(self.state, matcher=matcher, blind=blind)
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -289,28 +293,62 @@ class _Busy(Exception):
     """The intake queue is full (internal signal; becomes a 503)."""
 
 
-def create_app(directory: str, *, now: Callable[[], float] = time.time) -> Starlette:
+def create_app(directory: str, *, now: Callable[[], float] = time.time, cluster: str | None = None,
+               replicas: int = 1) -> Starlette:
     """The ASGI application of one state's service.
 
     Args:
         directory: the state directory.
         now: clock override for tests.
+        cluster: a Dask scheduler address (``tcp://...``) or ``local:N``: the
+            sealed gallery (public material only) and the blind database
+            (plaintext encoding: trusted workers only) are then sharded over
+            its workers, synced before each query.
+        replicas: copies of each gallery block on the cluster.
 
     Returns:
-        A Starlette app; its lifespan starts and stops the worker thread.
+        A Starlette app; its lifespan starts and stops the worker thread (and
+        connects to the cluster, and syncs the gallery to it).
 
     Raises:
         StateError: not a state directory, or another service runs on it.
     """
-    svc = StateService(directory, now=now)
+    handle: list[Any] = []
+
+    def sharded(gallery: EncryptedGallery) -> Matcher:
+        matcher = handle[0]
+        matcher.sync(gallery)
+        return matcher
+
+    def sharded_blind(database: BlindDatabase, version: str) -> BlindBackend:
+        blind = handle[1]
+        blind.sync(database, version)
+        return blind
+
+    svc = StateService(directory, now=now, matcher=sharded if cluster else None,
+                       blind=sharded_blind if cluster else None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if cluster:
+            from pprm.cluster import BlindShardSpec, ShardedBlindMatcher, ShardedMatcher, connect, sealed_spec
+
+            conn = await asyncio.to_thread(connect, cluster)
+            cfg = svc.state.config
+            handle.append(ShardedMatcher(conn, sealed_spec(svc.state), replicas=replicas))
+            # Blind shards hold the gallery's plaintext encoding: the README's trusted-cluster rule applies.
+            handle.append(ShardedBlindMatcher(conn, BlindShardSpec(cfg.blind_params, cfg.allow_insecure),
+                                              svc.state.key_id, replicas=replicas))
+            report = await asyncio.to_thread(handle[0].sync, svc.state.gallery())
+            log.warning("%s: sealed gallery sharded over %d workers at %s (%d blocks sent)", svc.name,
+                        report["workers"], cluster, report["sent"])
         svc.start(asyncio.get_running_loop())
         try:
             yield
         finally:
             await asyncio.to_thread(svc.stop)
+            if handle:
+                await asyncio.to_thread(handle[0].cluster.close)
 
     routes = [
         Route("/v1/card", svc.card, methods=["GET"]),

@@ -158,12 +158,21 @@ class BlindStore:
         if int(meta["expires"]) < now:
             raise KeyRotationError("this key has passed its lifetime; use a fresh key")
         if key_id not in self._keys:
-            with open(self._path("keys", key_id, "public.bin"), "rb") as fh:
-                public = fh.read()
-            with open(self._path("keys", key_id, "galois.bin"), "rb") as fh:
-                galois = fh.read()
-            self._keys[key_id] = blind_keys.load_announced(self.ctx, public, galois)
+            self._keys[key_id] = blind_keys.load_announced(self.ctx, *self.key_blobs(key_id))
         return self._keys[key_id]
+
+    def key_blobs(self, key_id: str) -> tuple[bytes, bytes]:
+        """The stored public and Galois key blobs of an announced key (public material).
+
+        Raises:
+            KeyRotationError: unknown key id.
+        """
+        self._key_meta(key_id)
+        with open(self._path("keys", key_id, "public.bin"), "rb") as fh:
+            public = fh.read()
+        with open(self._path("keys", key_id, "galois.bin"), "rb") as fh:
+            galois = fh.read()
+        return public, galois
 
     def retire_for_followup(self, key_id: str, query_id: str) -> None:
         """Retire a key at its first follow-up; later follow-ups must be on the same query.

@@ -15,9 +15,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
 
 from pprm.errors import KeyRotationError, MessageError
-from pprm.matching.blind import BlindMatcher
+from pprm.matching.blind import BlindAnswer, BlindMatcher
+from pprm.matching.diagonals import BlindDatabase
+from pprm.matching.gallery import EncryptedGallery
+from pprm.matching.sealed import MaskedResult
 from pprm.node.blind_store import AnsweredQuery
 from pprm.node.keyservice import KeyService
 from pprm.node.policy import QuotaLedger, Refusal, decide
@@ -26,7 +32,7 @@ from pprm.protocol.blind_messages import BlindAnswerBody, KeyAnnouncementBody
 from pprm.protocol.envelope import Envelope, Header, new_id, seal_envelope
 from pprm.protocol.messages import AnswerBody, RefusalBody
 
-__all__ = ["Responder", "Response"]
+__all__ = ["BlindBackend", "Matcher", "Responder", "Response"]
 
 Progress = Callable[[int, int], None]
 
@@ -52,17 +58,39 @@ class Response:
     reason: str | None = None
 
 
+class Matcher(Protocol):
+    """What the responder needs of a sealed matcher (one process, or shards on a cluster)."""
+
+    def match(self, probe: np.ndarray, threshold: float, progress: Progress | None = None) -> MaskedResult: ...
+
+
+class BlindBackend(Protocol):
+    """What the responder needs of a blind matcher held elsewhere (shards on a cluster)."""
+
+    def answer_blind(self, probe: bytes, key_id: str, public_key: bytes, galois_keys: bytes,
+                     tau: float) -> BlindAnswer: ...
+
+
 class Responder:
     """Answers signed queries addressed to one state.
 
     Args:
         state: the responding state.
+        matcher: the sealed matcher for a gallery view (default
+            :meth:`State.matcher`, in this process); a sharded one
+            (:mod:`pprm.cluster`) syncs the view to its workers first.
+        blind: the blind matcher for a database and its gallery version
+            (default: :class:`BlindMatcher` in this process); a sharded one
+            syncs the database to its workers first.
     """
 
-    def __init__(self, state: State) -> None:
+    def __init__(self, state: State, *, matcher: Callable[[EncryptedGallery], Matcher] | None = None,
+                 blind: Callable[[BlindDatabase, str], BlindBackend] | None = None) -> None:
         self.state = state
         self.key_service = KeyService(state)
         self.quota = QuotaLedger(state.path("quota.json"))
+        self._matcher = matcher if matcher is not None else state.matcher
+        self._blind = blind
 
     def __repr__(self) -> str:
         return f"Responder({self.state.config.name})"
@@ -122,7 +150,7 @@ class Responder:
             # One view of the gallery for both roles: the matcher's public
             # material, and the index the key service maps hits through.
             gallery = st.gallery()
-            result = st.matcher(gallery).match(vq.body.probe, st.config.threshold, progress)
+            result = self._matcher(gallery).match(vq.body.probe, st.config.threshold, progress)
             release = self.key_service.release(query, result, t, gallery)
             body = AnswerBody(qh.id, bool(release.tokens), release.tokens)
             ident = st.identity()
@@ -218,7 +246,13 @@ class Responder:
             gallery = st.gallery()
             version = gallery.version
             db = st.blind_store.database(version, ks.export_templates)
-            result = BlindMatcher(ctx, db).answer(probe, public_key, galois, st.config.threshold)
+            if self._blind is None:
+                result = BlindMatcher(ctx, db).answer(probe, public_key, galois, st.config.threshold)
+            else:
+                blobs = ((fresh[vq.body.key_id][1].public, fresh[vq.body.key_id][1].galois)
+                         if vq.body.key_id in fresh else st.blind_store.key_blobs(vq.body.key_id))
+                result = self._blind(db, version).answer_blind(vq.body.probe, vq.body.key_id, *blobs,
+                                                               st.config.threshold)
             answer_body = BlindAnswerBody(qh.id, tuple(result.ciphertexts))
             ident = st.identity()
             header = Header("answer", st.config.name, qh.sender, new_id(), int(t), int(t) + st.config.token_ttl,
