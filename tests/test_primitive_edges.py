@@ -1,9 +1,9 @@
 """Edge cases of the identity primitives (the kind Wycheproof collects), as far as PyNaCl exposes them.
 
-The Wycheproof JSON files themselves are not reachable from this project's
-registries (PyPI, npm, Debian), so the cases are written out here from the
-curves' published structure: the small-order points of Curve25519 (the list
-libsodium refuses) and non-canonical Ed25519 signatures.
+The cases are written out here from the curves' published structure: the
+small-order points of Curve25519 (the list libsodium refuses) and
+non-canonical Ed25519 signatures. ``tests/test_wycheproof.py`` runs
+Wycheproof's own vectors.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 import pytest
 
 from pprm.crypto import params
-from pprm.crypto.identity import Identity, PublicIdentity
+from pprm.crypto.identity import Identity, PublicIdentity, verify_signature
 from pprm.errors import AuthenticationError, MessageError, StateError
 from pprm.protocol import canonical
 from pprm.protocol.card import make_card, parse_card
@@ -70,9 +70,12 @@ def test_degenerate_signatures_are_refused(sig: bytes) -> None:
         ME.public.verify(b"anything", sig)
 
 
-def test_small_order_verify_key_does_not_verify_anything() -> None:
-    # The identity point as a verify key: a classic universal-forgery key.
-    ident = PublicIdentity("XX", bytes.fromhex(SMALL_ORDER[1]), bytes(ME.public.box_key))
-    for sig in (bytes(64), bytes.fromhex(SMALL_ORDER[1]) + bytes(32)):
+def test_small_order_verify_key_is_refused_and_verifies_nothing() -> None:
+    # The identity point as a verify key: a classic universal-forgery key. It is refused
+    # as a peer's key, and the raw check refuses the forgeries anyway.
+    key = bytes.fromhex(SMALL_ORDER[1])
+    with pytest.raises(StateError, match="small- or mixed-order"):
+        PublicIdentity("XX", key, bytes(ME.public.box_key))
+    for sig in (bytes(64), key + bytes(32)):
         with pytest.raises(AuthenticationError):
-            ident.verify(b"forged", sig)
+            verify_signature(key, b"forged", sig)

@@ -16,12 +16,24 @@ import nacl.signing
 
 from pprm.errors import AuthenticationError, StateError
 
-__all__ = ["Identity", "PublicIdentity", "fingerprint"]
+__all__ = ["Identity", "PublicIdentity", "fingerprint", "verify_signature"]
 
 _SIGN_DOMAIN = b"pprm/v1/sign\x00"
 # Any non-zero scalar: multiplying a low-order point by it gives the identity,
 # which libsodium's crypto_scalarmult refuses (all-zero output).
 _PROBE_SCALAR = bytes([9] + [0] * 31)
+
+
+def _check_verify_key(name: str, key: bytes) -> None:
+    """Refuse an Ed25519 public key that is non-canonical, off the curve, or not in the prime-order subgroup.
+
+    RFC 8032 leaves small- and mixed-order keys to policy ("acceptable" in
+    Wycheproof); an honest key is never one, and with one the same signature
+    can verify or not depending on the verifier's equation. pprm refuses them
+    where a key is learned (a card), so every verifier in the federation agrees.
+    """
+    if not nacl.bindings.crypto_core_ed25519_is_valid_point(key):
+        raise StateError(f"identity for {name!r} has a weak (small- or mixed-order) Ed25519 key")
 
 
 def _check_box_key(name: str, key: bytes) -> None:
@@ -30,6 +42,29 @@ def _check_box_key(name: str, key: bytes) -> None:
         nacl.bindings.crypto_scalarmult(_PROBE_SCALAR, key)
     except (nacl.exceptions.RuntimeError, nacl.exceptions.CryptoError, ValueError):
         raise StateError(f"identity for {name!r} has a weak (small-order) X25519 key") from None
+
+
+def verify_signature(verify_key: bytes, message: bytes, signature: bytes, who: str = "peer") -> None:
+    """Check a raw Ed25519 signature (libsodium's strict verification).
+
+    libsodium refuses non-canonical S (malleability), small-order and
+    non-canonical public keys and R, and signatures of the wrong length;
+    ``tests/test_wycheproof.py`` holds it to Wycheproof's verdicts.
+
+    Args:
+        verify_key: 32-byte Ed25519 public key.
+        message: the signed bytes.
+        signature: 64 bytes.
+        who: name for the error message.
+
+    Raises:
+        AuthenticationError: the signature does not verify.
+    """
+    try:
+        nacl.signing.VerifyKey(verify_key).verify(message, signature)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, nacl.exceptions.TypeError,
+            ValueError, TypeError):
+        raise AuthenticationError(f"signature from {who} does not verify") from None
 
 
 def fingerprint(verify_key: bytes) -> bytes:
@@ -48,6 +83,7 @@ class PublicIdentity:
     def __post_init__(self) -> None:
         if len(self.verify_key) != 32 or len(self.box_key) != 32:
             raise StateError(f"identity for {self.name!r} has malformed keys")
+        _check_verify_key(self.name, self.verify_key)
         _check_box_key(self.name, self.box_key)
 
     @property
@@ -61,10 +97,7 @@ class PublicIdentity:
         Raises:
             AuthenticationError: the signature does not verify.
         """
-        try:
-            nacl.signing.VerifyKey(self.verify_key).verify(_SIGN_DOMAIN + message, signature)
-        except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError):
-            raise AuthenticationError(f"signature from {self.name} does not verify") from None
+        verify_signature(self.verify_key, _SIGN_DOMAIN + message, signature, self.name)
 
 
 @dataclass(frozen=True)
