@@ -7,15 +7,14 @@ plaintext truth, through the requester's own decryption.
 from __future__ import annotations
 
 import os
-import signal
 
 import pytest
+from _cluster import kill_after_dispatch, spread_salt
 from _helpers import plaintext_hits
 from _net import wait_for
 
 from pprm import synthetic
-from pprm.cluster import BlindShardSpec, ShardedBlindMatcher, connect, plan
-from pprm.cluster.shards import ShardSet
+from pprm.cluster import BlindShardSpec, ShardedBlindMatcher, connect
 from pprm.errors import ClusterError
 from pprm.node.keyservice import KeyService
 from pprm.node.requester import Requester
@@ -52,13 +51,9 @@ def _ask(de, fr, probe, case, blind=None):
     return opened, refs
 
 
-def _spread_salt(blocks: int) -> str:
-    return next(f"b{i}" for i in range(100) if len({o[0] for o in plan(blocks, ["0", "1"], 1, f"b{i}").values()}) == 2)
-
-
 def test_sharded_blind_answers_equal_one_process_and_the_truth(world):
     de, fr, gallery, handle = world
-    sharded = ShardedBlindMatcher(handle, BlindShardSpec(BLIND, True), _spread_salt(3))
+    sharded = ShardedBlindMatcher(handle, BlindShardSpec(BLIND, True), spread_salt(3))
     synced: list[dict] = []
 
     def blind(db, version):
@@ -102,26 +97,17 @@ def test_a_gallery_change_resends_the_new_database(world):
 
 def test_a_worker_lost_mid_blind_query_fails_cleanly(world, monkeypatch):
     de, fr, gallery, handle = world
-    sharded = ShardedBlindMatcher(handle, BlindShardSpec(BLIND, True), _spread_salt(3))
+    sharded = ShardedBlindMatcher(handle, BlindShardSpec(BLIND, True), spread_salt(3))
     db = fr.blind_store.database(fr.gallery().version, KeyService(fr).export_templates)
     sharded.sync(db, fr.gallery().version)
     pids = {w: d["pid"] for w, d in sharded.describe().items()}
-    original = ShardSet.call
-    killed: list[str] = []
-
-    def call(self, worker, method, *args):
-        fut = original(self, worker, method, *args)
-        if method == "answer" and not killed:
-            os.kill(pids[worker], signal.SIGKILL)
-            killed.append(worker)
-        return fut
-
-    monkeypatch.setattr(ShardSet, "call", call)
+    killed = kill_after_dispatch(monkeypatch, pids, "answer")
     req = Requester(de)
     announcement, query = req.blind_query("FR", synthetic.mate_probe(gallery, 5, seed=1), "C-K", "serious-crime")
     before = [e for e in fr.audit.entries() if e["event"] == "answer"]
     with pytest.raises(ClusterError, match="no live worker"):
         Responder(fr, blind=lambda d, v: sharded).answer(query, announcements=[announcement] if announcement else [])
+    assert killed
     # Nothing was answered or logged; the same query can be answered once the cluster heals.
     assert [e for e in fr.audit.entries() if e["event"] == "answer"] == before
     monkeypatch.undo()

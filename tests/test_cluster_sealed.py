@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 import pickle
-import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _cluster import kill_after_dispatch, spread_salt
 from _helpers import INSECURE, Node, plaintext_hits
 from _net import wait_for
 
@@ -68,9 +68,7 @@ def test_sharded_answers_equal_the_single_process_and_the_truth(cluster, tmp_pat
     _de, node = _state(tmp_path, params=params)
     st, g = node.state, node.gallery
     blocks = len(st.gallery().index.blocks)
-    # A placement salt that gives both workers blocks (a few blocks can all land on one).
-    salt = next(f"t{i}" for i in range(100) if len({o[0] for o in plan(blocks, ["0", "1"], 1, f"t{i}").values()}) == 2)
-    sharded = ShardedMatcher(cluster, sealed_spec(st), salt=salt)
+    sharded = ShardedMatcher(cluster, sealed_spec(st), salt=spread_salt(blocks))
     report = sharded.sync(st.gallery())
     assert report["workers"] == 2 and report["sent"] == blocks
     held = {w: d["blocks"] for w, d in sharded.describe().items()}
@@ -189,20 +187,6 @@ def test_rebalancing_when_a_worker_joins_moves_only_its_blocks(tmp_path):
         assert _hits(st, sharded.match(probe, 0.4)) == {g.references[2000]}
 
 
-def _kill_after_dispatch(monkeypatch, pids: dict[str, int], victim: list[str]) -> None:
-    """Wrap ShardSet.call: SIGKILL the first worker a query goes to, right after it was sent."""
-    original = ShardSet.call
-
-    def call(self, worker, method, *args):
-        fut = original(self, worker, method, *args)
-        if method == "match" and not victim:
-            os.kill(pids[worker], signal.SIGKILL)
-            victim.append(worker)
-        return fut
-
-    monkeypatch.setattr(ShardSet, "call", call)
-
-
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_a_worker_lost_mid_query(tmp_path, monkeypatch, replicas):
     _de, node = _state(tmp_path)
@@ -212,8 +196,7 @@ def test_a_worker_lost_mid_query(tmp_path, monkeypatch, replicas):
         sharded = ShardedMatcher(handle, sealed_spec(st), replicas=replicas)
         sharded.sync(st.gallery())
         pids = {w: d["pid"] for w, d in sharded.describe().items()}
-        victim: list[str] = []
-        _kill_after_dispatch(monkeypatch, pids, victim)
+        victim = kill_after_dispatch(monkeypatch, pids, "match")
         if replicas == 1:
             # Its blocks have no other copy: the query fails, it is never answered on part of the gallery.
             with pytest.raises(ClusterError, match="no live worker"):

@@ -15,7 +15,7 @@ import httpx
 from pprm.errors import NetworkError, NetworkTimeoutError, RemoteError
 from pprm.net.wire import MAX_ANSWER, MAX_WAIT, OCTETS, error_of
 
-__all__ = ["PeerClient", "CONNECT_TIMEOUT"]
+__all__ = ["PeerClient", "CONNECT_TIMEOUT", "read_limited"]
 
 # Seconds to open a TCP connection: a peer that takes longer is treated as
 # unreachable rather than slow.
@@ -32,6 +32,21 @@ class _Reply:
 
     def json(self) -> object:
         return json.loads(self.content)
+
+
+async def read_limited(resp: httpx.Response, limit: int) -> bytes | None:
+    """A streamed response's body, or None once it exceeds ``limit`` bytes; closes the response."""
+    try:
+        chunks = []
+        size = 0
+        async for chunk in resp.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        await resp.aclose()
 
 
 class PeerClient:
@@ -59,24 +74,16 @@ class PeerClient:
             req = self._http.build_request(method, f"{self._base}/v1{path}", content=content, params=params,
                                            headers=headers, timeout=timeout)
             resp = await self._http.send(req, stream=True)
-            try:
-                chunks = []
-                size = 0
-                async for chunk in resp.aiter_bytes():
-                    size += len(chunk)
-                    if size > MAX_ANSWER:
-                        raise NetworkError(f"{self.peer}: response larger than {MAX_ANSWER} bytes")
-                    chunks.append(chunk)
-            finally:
-                await resp.aclose()
+            body = await read_limited(resp, MAX_ANSWER)
         except httpx.TimeoutException:
             raise NetworkTimeoutError(f"{self.peer} did not answer in time") from None
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
             raise NetworkError(f"{self.peer} is unreachable ({type(exc).__name__})") from None
         except httpx.HTTPError as exc:
             raise NetworkError(f"{self.peer}: HTTP failure ({type(exc).__name__})") from None
-        reply = _Reply(resp.status_code, resp.headers.get("content-type", "").split(";")[0].strip(),
-                       b"".join(chunks))
+        if body is None:
+            raise NetworkError(f"{self.peer}: response larger than {MAX_ANSWER} bytes")
+        reply = _Reply(resp.status_code, resp.headers.get("content-type", "").split(";")[0].strip(), body)
         if reply.status >= 400:
             raise self._remote_error(reply)
         return reply

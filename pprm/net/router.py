@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pprm.net.body import read_body
-from pprm.net.client import CONNECT_TIMEOUT, REQUEST_SLACK
+from pprm.net.client import CONNECT_TIMEOUT, REQUEST_SLACK, read_limited
 from pprm.net.directory import check_url
 from pprm.net.wire import MAX_ANSWER, MAX_DELIVERY, MAX_FOLLOWUP, MAX_WAIT, OCTETS, QUERY_ID, STATE_CODE, error_body
 
@@ -108,23 +108,16 @@ def create_router_app(peers: Mapping[str, str], *, transport: httpx.AsyncBaseTra
                                        params=params, timeout=httpx.Timeout(wait + REQUEST_SLACK,
                                                                             connect=CONNECT_TIMEOUT))
             resp = await client.send(req, stream=True)
-            try:
-                chunks = []
-                size = 0
-                async for chunk in resp.aiter_bytes():
-                    size += len(chunk)
-                    if size > MAX_ANSWER:
-                        return _error(502, "unreachable", f"{state} sent more than {MAX_ANSWER} bytes")
-                    chunks.append(chunk)
-            finally:
-                await resp.aclose()
+            reply = await read_limited(resp, MAX_ANSWER)
         except httpx.TimeoutException:
             return _error(504, "timeout", f"{state} did not answer in time")
         except httpx.HTTPError as exc:
             return _error(502, "unreachable", f"{state} is unreachable ({type(exc).__name__})")
-        log.info("%s %s -> %s %d (%d B)", request.method, rest.split("/")[0], state, resp.status_code, size)
+        if reply is None:
+            return _error(502, "unreachable", f"{state} sent more than {MAX_ANSWER} bytes")
+        log.info("%s %s -> %s %d (%d B)", request.method, rest.split("/")[0], state, resp.status_code, len(reply))
         kept = {k: v for k, v in resp.headers.items() if k.lower() in _KEEP_HEADERS}
-        return Response(b"".join(chunks), status_code=resp.status_code, headers=kept)
+        return Response(reply, status_code=resp.status_code, headers=kept)
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return _error(404, "not-found", "no such route")
