@@ -29,6 +29,7 @@ from pprm.crypto.answer_codec import decode_answer
 from pprm.crypto.context import BlindContext
 from pprm.crypto.identity import Identity
 from pprm.errors import PprmError
+from pprm.net.wire import pack_delivery, unpack_delivery
 from pprm.protocol import canonical
 from pprm.protocol.blind_messages import BlindAnswerBody, BlindQueryBody, KeyAnnouncementBody, parse_handle
 from pprm.protocol.card import parse_card
@@ -103,6 +104,7 @@ PARSERS: list[Callable[[bytes], object]] = [
     lambda d: decode_answer(_CTX, d, 1.0),
     _text(lambda t: _MINTER.open(DE.public.fingerprint, t)),
     _text(parse_handle),
+    unpack_delivery,  # the HTTP service's request framing (pprm.net.wire)
 ]
 
 
@@ -124,7 +126,7 @@ def seeds() -> list[bytes]:
     answer = AnswerBody("11" * 16, False, ()).to_bytes()
     out = [bytes([0]) + boxed, bytes([1]) + wire, bytes([2]) + query, bytes([3]) + query, bytes([4]) + answer,
            bytes([5]) + FollowUpBody("11" * 16, "blind-000001-000002").to_bytes(),
-           bytes([15]) + b"blind-000001-000002"]
+           bytes([15]) + b"blind-000001-000002", bytes([16]) + pack_delivery(wire, [wire])]
     return out
 
 
