@@ -360,3 +360,19 @@ def test_service_log_names_no_case_and_no_reference(tmp_path):
     assert code in (0, -15)
     assert o.query_id in err and "resolved" in err  # it does log, at info level
     assert "C-LOG-7731" not in err and nodes["FR"].gallery.references[17] not in err
+
+
+def test_a_failed_blind_delivery_does_not_strand_the_key(world):
+    nodes, procs = world
+    de = nodes["DE"].state
+    hu = nodes["HU"].gallery
+    probe = synthetic.mate_probe(hu, 9, seed=2)
+    # The first blind query of a case carries its key announcement; here it never arrives.
+    (lost,) = ask(de, probe, ["HU"], case="C-STRAND", purpose=PURPOSE, directory=Directory({"HU": dead_url()}),
+                  timeout=10)
+    assert lost.status == "unreachable"
+    retired = [e for e in de.audit.entries() if e["event"] == "keys_retired"]
+    assert [e["data"]["query_id"] for e in retired] == [lost.query_id]
+    # The next query of the same case announces a fresh key, and is answered.
+    (o,) = ask(de, probe, ["HU"], case="C-STRAND", purpose=PURPOSE, directory=Directory({"HU": procs["HU"].url}))
+    assert o.status == "hit", o.detail

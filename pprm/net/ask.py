@@ -117,6 +117,14 @@ async def ask_async(state: State, probe: np.ndarray, peers: Sequence[str], *, ca
     me = state.config.name
 
     async def one(client: httpx.AsyncClient, p: _Prepared) -> PeerOutcome:
+        result = await attempt(client, p)
+        if p.profile == "blind" and result.status in ("unreachable", "timed out", "error"):
+            # The peer may never have seen this case's key announcement: start a fresh key next time.
+            async with opening:
+                await asyncio.to_thread(req.abandon, p.query_id, f"query {p.query_id}: {result.status}")
+        return result
+
+    async def attempt(client: httpx.AsyncClient, p: _Prepared) -> PeerOutcome:
         t0 = time.monotonic()
         deadline = t0 + timeout
 

@@ -189,6 +189,36 @@ class Requester:
                             profile="blind", key_id=kid)
         return announcement, msg
 
+    def abandon(self, query_id: str, reason: str) -> str | None:
+        """Give up on a blind query that may not have reached its peer: retire its key.
+
+        A key is announced only with the first query that uses it. If that
+        delivery failed, the peer may never have seen the key, and every later
+        query under it would be refused as using an unknown key. Retiring it
+        (its secret key is deleted) makes the next query to that peer and case
+        announce a fresh one. Nothing happens for sealed queries, unknown
+        ids, or keys already retired.
+
+        Args:
+            query_id: the query's id (from this state's outbox).
+            reason: recorded in the keyring and the audit log.
+
+        Returns:
+            The retired key id, or None.
+        """
+        st = self.state
+        with st.lock():
+            sent = self._outbox().get(query_id)
+            if sent is None or sent.get("profile") != "blind" or sent.get("answer") is not None:
+                return None
+            kid = str(sent["key_id"])
+            entry = st.blind_keyring.entries().get(kid)
+            if entry is None or entry["retired"] is not None:
+                return None
+            st.blind_keyring.retire(kid, reason)
+            st.audit.append("keys_retired", peer=sent["to"], key_id=kid, query_id=query_id, reason=reason)
+        return kid
+
     def _verify_envelope(self, answer: bytes, now: float | None,
                          kinds: tuple[str, ...] = ("answer",)) -> Envelope:
         st = self.state
