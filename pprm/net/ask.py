@@ -91,7 +91,6 @@ def _prepare(state: State, req: Requester, peers: Sequence[str], probe: np.ndarr
     for peer in peers:
         try:
             profile = state.config.profile_for(peer)
-            state.peer(peer)
             if profile == "blind":
                 announcement, query = req.blind_query(peer, probe, case, purpose)
                 anns = [announcement] if announcement is not None else []
