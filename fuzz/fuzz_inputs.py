@@ -11,7 +11,7 @@ Run with atheris (``pip install -e ".[fuzz]"``)::
     python fuzz/fuzz_inputs.py -max_total_time=60          # CI runs it briefly
     python fuzz/fuzz_inputs.py fuzz/corpus                  # longer, keeping a corpus
 
-``one_input`` is plain Python, so ``tests/test_fuzz_target.py`` also drives it
+``one_input`` is plain Python, so ``tests/integration/test_fuzz_target.py`` also drives it
 with Hypothesis where atheris is not installed.
 """
 

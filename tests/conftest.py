@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import pytest
 import tenseal.sealapi as seal
-from _helpers import ScoredWorld
 from hypothesis import HealthCheck, settings
 
 from pprm.crypto import keys, params
@@ -34,6 +33,7 @@ from pprm.crypto.context import CkksContext
 from pprm.matching.owner import GalleryOwner
 from pprm.matching.templates import normalise_templates
 from pprm.node.state import State
+from tests.helpers import ScoredWorld
 
 INSECURE = "INSECURE-sealed-n1024"
 

@@ -22,7 +22,7 @@ answers over HTTP (:class:`pprm.net.client.PeerClient`); the account is the
 same, and the replay is refused by the service with a ``replay`` error.
 
 Used by ``bench/test_bench_soak.py`` (1,000 queries, reported with the
-throughput) and ``tests/test_soak.py`` (a short run in CI).
+throughput) and ``tests/bench/test_soak.py`` (a short run in CI).
 """
 
 from __future__ import annotations

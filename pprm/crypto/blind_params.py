@@ -199,7 +199,7 @@ _BLIND_COMMON: dict[str, Any] = {
     # r log-uniform in [1, 2**13]: the rank correlation of a non-hit's
     # decrypted value with its score is about 3.4*(sd of impostor scores /
     # tau) / (13 ln 2) = 0.041 for sd 0.044 and tau = 0.4 (DESIGN.md
-    # section 9; measured 0.040 by tests/test_blind_fidelity.py).
+    # section 9; measured 0.040 by tests/matching/test_blind_fidelity.py).
     "mask_log2_max": 13,
     # |s - tau| >= 1e-3 must decide exactly (DESIGN.md sections 4 and 8).
     "decision_margin": 1e-3,
@@ -221,7 +221,7 @@ _LITERALS: tuple[dict[str, Any], ...] = (
     # noise_bits_below_scale = 50: the largest noise coefficient measured
     # before the flood, with r = 2**13 in every slot, was 2**-54.5 of the
     # scale for a random gallery and 2**-50.9 for the worst structured one
-    # (every template equal to the probe; tests/test_blind_noise.py). The
+    # (every template equal to the probe; tests/matching/test_blind_noise.py). The
     # flood is then uniform on [-2**144, 2**144): 1.0e-4 (std) in the slots,
     # 8.7 standard deviations below the smallest value a decision at
     # |s - tau| = 1e-3 and r = 1 can take.

@@ -49,7 +49,7 @@ def verify_signature(verify_key: bytes, message: bytes, signature: bytes, who: s
 
     libsodium refuses non-canonical S (malleability), small-order and
     non-canonical public keys and R, and signatures of the wrong length;
-    ``tests/test_wycheproof.py`` holds it to Wycheproof's verdicts.
+    ``tests/crypto/test_wycheproof.py`` holds it to Wycheproof's verdicts.
 
     Args:
         verify_key: 32-byte Ed25519 public key.

@@ -3,10 +3,10 @@
 Files written:
 
 * ``params_digests.json``: for every registered parameter set, its canonical
-  fields and digest. ``tests/test_params.py`` fails if any constant of any
+  fields and digest. ``tests/crypto/test_sealed_params.py`` fails if any constant of any
   set changes, because peers compare these digests in every header.
 * ``blind_params_digests.json``: the same for the blind-profile sets
-  (``tests/test_blind_params.py``).
+  (``tests/crypto/test_blind_params.py``).
 * ``seal_ct_n1024.bin``: a real SEAL ciphertext stream, written by SEAL's own
   ``Ciphertext::save`` (zstd-compressed, the SEAL default), encrypting
   :data:`VALUES` at scale 2**24 on ``INSECURE-sealed-n1024``.
@@ -17,7 +17,7 @@ Determinism: SEAL draws every random value (secret key, ``a``, noise) from
 the context's random generator factory; here that factory is a Blake2xb PRNG
 seeded from :data:`SEED_LABEL`, so key generation and encryption repeat bit
 for bit, and zstd compression of equal input is deterministic too. Running
-this twice gives identical files, and ``tests/test_seal_stream.py`` checks
+this twice gives identical files, and ``tests/crypto/test_seal_stream.py`` checks
 that regenerating in-process reproduces the committed stream byte for byte.
 
 Only regenerate on a deliberate change (a new parameter set, a TenSEAL/SEAL

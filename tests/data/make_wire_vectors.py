@@ -5,7 +5,7 @@ deterministic (Ed25519 signatures, XSalsa20-Poly1305 with a given nonce,
 canonical JSON), so running this twice gives the same file byte for byte.
 
 Only regenerate on a deliberate, versioned wire-format change: the point of
-the vectors is that ``tests/test_envelope.py`` fails when the bytes on the
+the vectors is that ``tests/protocol/test_envelope.py`` fails when the bytes on the
 wire change by accident. Usage::
 
     python tests/data/make_wire_vectors.py          # rewrite the file

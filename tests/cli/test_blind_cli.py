@@ -1,0 +1,218 @@
+"""The ``pprm`` command line in the blind profile, end to end.
+
+Two states (AA asks, BB answers) are created with the test-only sets through
+``pprm init --params INSECURE-sealed-n1024 --blind-params
+INSECURE-blind-n1024 --allow-insecure``, exchange cards and enrol through
+the CLI itself (``main(argv)`` in-process). A blind query writes the query
+and, when its key is new, a key announcement beside it (OUT.keys); the
+responder accepts the announcement with ``answer --keys`` before it answers.
+
+As in tests/cli/test_sealed_cli.py, every refused command must exit 1 with exactly one
+``pprm: error:`` line on stderr, nothing on stdout, and leave every state
+directory and the message directory unchanged, with no output file created.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pprm.cli.main as cli_main
+from pprm import synthetic
+from pprm.matching.templates import normalise_probe, normalise_templates
+from pprm.node.state import State
+from pprm.protocol.blind_messages import parse_handle
+from tests.helpers import INSECURE, cli, ok, ok_json, snapshot
+
+BLIND = "INSECURE-blind-n1024"
+DIM = 512
+TAU = 0.4
+GALLERY = 100
+NAMES = ("AA", "BB")
+
+
+
+@dataclass
+class World:
+    root: Path
+    dirs: dict[str, Path]
+    gallery: synthetic.SyntheticGallery
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """AA and BB initialised with the insecure sets, mutually trusted, BB enrolled: all via the CLI."""
+    root = tmp_path_factory.mktemp("cli-blind")
+    dirs = {n: root / n for n in NAMES}
+    for n, d in dirs.items():
+        info = ok_json("init", d, "--name", n, "--params", INSECURE, "--blind-params", BLIND, "--allow-insecure")
+        assert info["params"] == INSECURE and info["blind_params"] == BLIND
+    for a in NAMES:
+        for b in NAMES:
+            if a != b:
+                (root / f"{b}.card").write_text(ok("card", dirs[b]).out)
+                assert ok_json("trust", dirs[a], root / f"{b}.card")["name"] == b
+    gallery = synthetic.make_gallery(GALLERY, dim=DIM, seed=31, prefix="BB")
+    np.save(root / "templates.npy", gallery.templates)
+    (root / "refs.txt").write_text("\n".join(gallery.references) + "\n", encoding="utf-8")
+    assert ok_json("enroll", dirs["BB"], "--templates", root / "templates.npy", "--refs", root / "refs.txt") == {
+        "enrolled": GALLERY, "total": GALLERY}
+    return World(root, dirs, gallery)
+
+
+def truth(gallery: synthetic.SyntheticGallery, probe: np.ndarray) -> list[str]:
+    g = normalise_templates(gallery.templates, DIM).astype(np.float64)
+    s = g @ normalise_probe(probe, DIM).astype(np.float64)
+    assert np.min(np.abs(s - TAU)) >= 2e-3, "test data has a score inside the decision margin"
+    return sorted(r for r, v in zip(gallery.references, s, strict=True) if v >= TAU)
+
+
+def save_probe(world: World, where: Path, index: int) -> Path:
+    probe = synthetic.mate_probe(world.gallery, index, seed=5)
+    assert truth(world.gallery, probe) == [world.gallery.references[index]]
+    np.save(where / "p.npy", probe)
+    return where / "p.npy"
+
+
+def blind_query(world: World, where: Path, probe: Path, case: str, name: str, *extra: object) -> dict:
+    return ok_json("query", world.dirs["AA"], "--probe", probe, "--to", "BB", "--case", case,
+                   "--purpose", "serious-crime", "--out", where / name, "--profile", "blind", *extra)
+
+
+def refused(world: World, scratch: Path, *argv: object, says: str = "") -> str:
+    """Run a command that must fail cleanly and change nothing; return its error line."""
+    roots = [world.root, scratch]
+    before = [snapshot(str(r)) for r in roots]
+    r = cli(*argv)
+    after = [snapshot(str(r)) for r in roots]
+    assert r.code == 1, r
+    assert r.out == ""
+    assert r.err.endswith("\n") and r.err.count("\n") == 1, r.err
+    assert r.err.startswith("pprm: error: ") and "Traceback" not in r.err
+    for b, a in zip(before, after, strict=True):
+        changed = sorted(k for k in b.keys() | a.keys() if b.get(k) != a.get(k))
+        assert changed == [], changed
+    assert says.lower() in r.err.lower(), r.err
+    return r.err
+
+
+def test_blind_query_answer_open_follow_up_resolve(world: World, tmp_path: Path) -> None:
+    probe = save_probe(world, tmp_path, 7)
+    q = blind_query(world, tmp_path, probe, "CASE-B1", "q.msg")
+    assert q["to"] == "BB" and q["profile"] == "blind"
+    assert Path(q["out"]) == tmp_path / "q.msg" and Path(q["keys"]) == tmp_path / "q.msg.keys"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.npy", "q.msg", "q.msg.keys"]
+
+    a = ok_json("answer", world.dirs["BB"], tmp_path / "q.msg", "--keys", tmp_path / "q.msg.keys",
+                "--out", tmp_path / "a.msg")
+    assert a["to"] == "AA" and a["query_id"] == q["query_id"] and (tmp_path / "a.msg").exists()
+
+    opened = ok_json("open", world.dirs["AA"], tmp_path / "a.msg")
+    assert set(opened) == {"from", "query_id", "hit", "candidates"}  # nothing about values or scores
+    assert opened["from"] == "BB" and opened["query_id"] == q["query_id"] and opened["hit"] is True
+    (handle,) = opened["candidates"]
+    parse_handle(handle)
+
+    ok("follow-up", world.dirs["AA"], tmp_path / "a.msg", handle, "--out", tmp_path / "f.msg")
+    res = ok("resolve", world.dirs["BB"], tmp_path / "f.msg")
+    assert res.out.split()[0] == "BB-0000007"
+    assert "released to AA" in res.out and q["query_id"] in res.out
+    assert ok_json("audit", "verify", world.dirs["BB"])["ok"] is True
+
+
+def test_second_query_for_a_case_reuses_the_key(world: World, tmp_path: Path) -> None:
+    probe = save_probe(world, tmp_path, 8)
+    first = blind_query(world, tmp_path, probe, "CASE-B2", "q1.msg")
+    assert first["keys"] is not None and (tmp_path / "q1.msg.keys").exists()
+    second = blind_query(world, tmp_path, probe, "CASE-B2", "q2.msg")
+    assert second["keys"] is None
+    assert not (tmp_path / "q2.msg.keys").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.npy", "q1.msg", "q1.msg.keys", "q2.msg"]
+    # BB learns the key once, then answers both queries.
+    ok("answer", world.dirs["BB"], tmp_path / "q1.msg", "--keys", tmp_path / "q1.msg.keys",
+       "--out", tmp_path / "a1.msg")
+    ok("answer", world.dirs["BB"], tmp_path / "q2.msg", "--out", tmp_path / "a2.msg")
+    for name in ("a1.msg", "a2.msg"):
+        assert ok_json("open", world.dirs["AA"], tmp_path / name)["hit"] is True
+
+
+def test_keys_out_chooses_the_announcement_file(world: World, tmp_path: Path) -> None:
+    probe = save_probe(world, tmp_path, 9)
+    q = blind_query(world, tmp_path, probe, "CASE-B3", "q.msg", "--keys-out", tmp_path / "key-announcement")
+    assert Path(q["keys"]) == tmp_path / "key-announcement"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["key-announcement", "p.npy", "q.msg"]
+
+
+def test_answer_without_the_announcement_of_a_new_key_fails_cleanly(world: World, tmp_path: Path) -> None:
+    probe = save_probe(world, tmp_path, 10)
+    blind_query(world, tmp_path, probe, "CASE-B4", "q.msg")
+    refused(world, tmp_path, "answer", world.dirs["BB"], tmp_path / "q.msg", "--out", tmp_path / "a.msg",
+            says="announce the key first")
+    assert not (tmp_path / "a.msg").exists()
+    # Nothing was recorded: with the announcement, the same query is answered.
+    ok("answer", world.dirs["BB"], tmp_path / "q.msg", "--keys", tmp_path / "q.msg.keys", "--out", tmp_path / "a.msg")
+
+
+def test_answer_refuses_a_tampered_announcement(world: World, tmp_path: Path) -> None:
+    probe = save_probe(world, tmp_path, 11)
+    blind_query(world, tmp_path, probe, "CASE-B5", "q.msg")
+    keys = bytearray((tmp_path / "q.msg.keys").read_bytes())
+    keys[len(keys) // 2] ^= 0x04
+    (tmp_path / "bad.keys").write_bytes(bytes(keys))
+    refused(world, tmp_path, "answer", world.dirs["BB"], tmp_path / "q.msg", "--keys", tmp_path / "bad.keys",
+            "--out", tmp_path / "a.msg", says="does not verify")
+
+
+def test_answer_into_a_missing_directory_changes_nothing(world: World, tmp_path: Path) -> None:
+    # The announcement must not be accepted when the answer cannot be written:
+    # otherwise the retry below, with the same announcement, is refused as a replay.
+    probe = save_probe(world, tmp_path, 12)
+    blind_query(world, tmp_path, probe, "CASE-B6", "q.msg")
+    refused(world, tmp_path, "answer", world.dirs["BB"], tmp_path / "q.msg", "--keys", tmp_path / "q.msg.keys",
+            "--out", tmp_path / "missing" / "a.msg", says="no such file")
+    ok("answer", world.dirs["BB"], tmp_path / "q.msg", "--keys", tmp_path / "q.msg.keys", "--out", tmp_path / "a.msg")
+
+
+def test_blind_query_whose_announcement_cannot_be_written_leaves_no_file(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    probe = save_probe(world, tmp_path, 13)
+    write = cli_main._AtomicOutput.write
+
+    def keys_disk_full(self: cli_main._AtomicOutput, data: bytes) -> None:
+        if self.path.endswith(".keys"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write(self, data)
+
+    monkeypatch.setattr(cli_main._AtomicOutput, "write", keys_disk_full)
+    refused(world, tmp_path, "query", world.dirs["AA"], "--probe", probe, "--to", "BB", "--case", "CASE-B7",
+            "--purpose", "serious-crime", "--out", tmp_path / "q.msg", "--profile", "blind", says="no space")
+
+
+def test_blind_query_writes_nothing_when_refused(world: World, tmp_path: Path) -> None:
+    np.save(tmp_path / "p.npy", np.ones(DIM // 2, np.float32))
+    refused(world, tmp_path, "query", world.dirs["AA"], "--probe", tmp_path / "p.npy", "--to", "BB",
+            "--case", "C", "--purpose", "serious-crime", "--out", tmp_path / "q.msg", "--profile", "blind",
+            says=f"dimension {DIM}")
+    np.save(tmp_path / "p.npy", np.ones(DIM, np.float32))
+    refused(world, tmp_path, "query", world.dirs["AA"], "--probe", tmp_path / "p.npy", "--to", "PL",
+            "--case", "C", "--purpose", "serious-crime", "--out", tmp_path / "q.msg", "--profile", "blind",
+            says="not in the roster")
+
+
+def test_init_refuses_an_insecure_blind_set_without_permission(world: World, tmp_path: Path) -> None:
+    refused(world, tmp_path, "init", tmp_path / "XX", "--name", "XX", "--params", "pprm-sealed-n4096-v1",
+            "--blind-params", BLIND, says="insecure")
+    assert not (tmp_path / "XX").exists()
+    refused(world, tmp_path, "init", tmp_path / "XX", "--name", "XX", "--params", INSECURE, "--allow-insecure",
+            "--blind-params", "no-such-set", says="unknown blind parameter set")
+
+
+def test_init_records_the_blind_set(world: World) -> None:
+    for d in world.dirs.values():
+        st = State.open(str(d))
+        assert st.config.blind_params == BLIND and st.config.allow_insecure

@@ -1,0 +1,243 @@
+"""Blind-profile key pairs: fresh ids, strict loading of announced keys, and the requester's keyring.
+
+A responder caches announced keys by id and evaluates with whatever loads,
+so :func:`load_announced` must accept exactly a public key and the Galois
+keys for rotations by 1 and b1 of this parameter set, and nothing else; and
+the key id must bind every byte of the announcement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+import tenseal.sealapi as seal
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pprm.crypto import blind_keys, blind_params, keys, params
+from pprm.crypto.context import BlindContext, CkksContext
+from pprm.errors import CiphertextError, KeyRotationError
+from pprm.node.blind_keyring import BlindKeyring
+from tests.helpers import leak_forms, windows
+
+BLIND = "INSECURE-blind-n1024"
+T0 = 1_700_000_000
+
+
+@pytest.fixture(scope="module")
+def ctx() -> BlindContext:
+    return BlindContext(blind_params.get(BLIND, allow_insecure=True))
+
+
+@pytest.fixture(scope="module")
+def pair(ctx: BlindContext) -> blind_keys.BlindKeyPair:
+    return blind_keys.generate(ctx)
+
+
+def other_context(ctx: BlindContext, **change: object) -> BlindContext:
+    """A blind context for a test-only variant of the set (not registered, never on the wire)."""
+    return BlindContext(dataclasses.replace(ctx.params, name="INSECURE-blind-variant", **change))
+
+
+# -- generation and key ids ----------------------------------------------------
+
+def test_generate_gives_fresh_keys(ctx: BlindContext, pair: blind_keys.BlindKeyPair) -> None:
+    more = [blind_keys.generate(ctx) for _ in range(2)]
+    pairs = [pair, *more]
+    assert len({p.key_id for p in pairs}) == 3
+    assert len({p.public_blob for p in pairs}) == 3 and len({p.galois_blob for p in pairs}) == 3
+    for p in pairs:
+        assert len(p.key_id) == 32 and int(p.key_id, 16) >= 0
+        assert p.key_id == blind_keys.key_id_of(ctx.params.digest, p.public_blob, p.galois_blob)
+
+
+def test_generated_pair_loads(ctx: BlindContext, pair: blind_keys.BlindKeyPair) -> None:
+    pk, gk = blind_keys.load_announced(ctx, pair.public_blob, pair.galois_blob)
+    assert tuple(pk.parms_id()) == ctx.key_parms_id
+    assert gk.size() == 2 and all(gk.has_key(e) for e in blind_keys.galois_elements(ctx))
+
+
+def test_galois_elements_are_rotations_by_1_and_b1(ctx: BlindContext) -> None:
+    m = 2 * ctx.n
+    assert blind_keys.galois_elements(ctx) == [3, pow(3, ctx.params.baby_steps, m)]
+
+
+@settings(max_examples=100)
+@given(public=st.binary(min_size=1, max_size=48), galois=st.binary(min_size=1, max_size=48),
+       data=st.data())
+def test_property_key_id_binds_every_part(public: bytes, galois: bytes, data: st.DataObject) -> None:
+    digest = "ab" * 32
+    kid = blind_keys.key_id_of(digest, public, galois)
+    assert len(kid) == 32 and kid == kid.lower()
+
+    def flipped(blob: bytes) -> bytes:
+        i = data.draw(st.integers(0, len(blob) - 1))
+        bit = data.draw(st.integers(0, 7))
+        return blob[:i] + bytes([blob[i] ^ (1 << bit)]) + blob[i + 1:]
+
+    assert blind_keys.key_id_of(digest, flipped(public), galois) != kid
+    assert blind_keys.key_id_of(digest, public, flipped(galois)) != kid
+    assert blind_keys.key_id_of("cd" * 32, public, galois) != kid
+    # Parts are length-prefixed: moving the boundary between them changes the id.
+    joined = public + galois
+    cut = data.draw(st.integers(0, len(joined)).filter(lambda c: c != len(public)))
+    assert blind_keys.key_id_of(digest, joined[:cut], joined[cut:]) != kid
+    # The blobs cannot be swapped either.
+    if public != galois:
+        assert blind_keys.key_id_of(digest, galois, public) != kid
+
+
+def test_key_id_changes_with_the_parameter_set(ctx: BlindContext, pair: blind_keys.BlindKeyPair) -> None:
+    other = other_context(ctx, baby_steps=32)
+    assert other.params.digest != ctx.params.digest
+    assert blind_keys.key_id_of(other.params.digest, pair.public_blob, pair.galois_blob) != pair.key_id
+
+
+# -- strict loading --------------------------------------------------------------
+
+def test_swapped_blobs_are_refused(ctx: BlindContext, pair: blind_keys.BlindKeyPair) -> None:
+    with pytest.raises(CiphertextError, match="public key"):
+        blind_keys.load_announced(ctx, pair.galois_blob, pair.public_blob)
+    with pytest.raises(CiphertextError, match="Galois"):
+        blind_keys.load_announced(ctx, pair.public_blob, pair.public_blob)
+    with pytest.raises(CiphertextError, match="public key"):
+        blind_keys.load_announced(ctx, pair.galois_blob, pair.galois_blob)
+
+
+@settings(max_examples=20)
+@given(data=st.data())
+def test_property_truncated_blobs_are_refused(ctx: BlindContext, pair: blind_keys.BlindKeyPair,
+                                              data: st.DataObject) -> None:
+    cut_pk = data.draw(st.integers(0, len(pair.public_blob) - 1), label="public length")
+    cut_gk = data.draw(st.integers(0, len(pair.galois_blob) - 1), label="galois length")
+    with pytest.raises(CiphertextError):
+        blind_keys.load_announced(ctx, pair.public_blob[:cut_pk], pair.galois_blob)
+    with pytest.raises(CiphertextError):
+        blind_keys.load_announced(ctx, pair.public_blob, pair.galois_blob[:cut_gk])
+
+
+def test_empty_and_oversized_blobs_are_refused_before_seal(ctx: BlindContext, pair: blind_keys.BlindKeyPair) -> None:
+    huge = bytes(blind_keys.MAX_KEY_BYTES + 1)
+    for public, galois in ((b"", pair.galois_blob), (pair.public_blob, b""),
+                           (huge, pair.galois_blob), (pair.public_blob, huge)):
+        with pytest.raises(CiphertextError, match="empty or oversized"):
+            blind_keys.load_announced(ctx, public, galois)
+
+
+def test_keys_of_another_ring_are_refused(ctx: BlindContext, pair: blind_keys.BlindKeyPair) -> None:
+    # N = 2048 with the same primes' sizes: a different ring, SEAL refuses both blobs.
+    wide = blind_keys.generate(other_context(ctx, poly_modulus_degree=2048))
+    with pytest.raises(CiphertextError):
+        blind_keys.load_announced(ctx, wide.public_blob, pair.galois_blob)
+    with pytest.raises(CiphertextError):
+        blind_keys.load_announced(ctx, pair.public_blob, wide.galois_blob)
+
+
+def test_sealed_profile_public_key_is_refused(ctx: BlindContext, pair: blind_keys.BlindKeyPair) -> None:
+    sealed = CkksContext(params.get("INSECURE-sealed-n1024", allow_insecure=True))
+    _sk, pk = keys.generate(sealed)
+    with pytest.raises(CiphertextError):
+        blind_keys.load_announced(ctx, sealed.save_bytes(pk), pair.galois_blob)
+
+
+def test_galois_keys_of_a_set_with_other_baby_steps_are_refused(ctx: BlindContext) -> None:
+    # Same ring and primes, so SEAL loads the keys; only the rotation check can tell.
+    b32 = blind_keys.generate(other_context(ctx, baby_steps=32))
+    with pytest.raises(CiphertextError, match="rotations"):
+        blind_keys.load_announced(ctx, b32.public_blob, b32.galois_blob)
+
+
+@pytest.mark.parametrize("elements", [
+    [3],                    # step 1 only
+    [pow(3, 64, 2048)],     # step b1 only
+    [9, pow(3, 64, 2048)],  # step 2 instead of 1
+    [3, pow(3, 64, 2048), 9],  # one rotation too many: the responder must not get more than it needs
+    [3, 2047],              # conjugation instead of step b1
+])
+def test_galois_keys_for_other_steps_are_refused(ctx: BlindContext, pair: blind_keys.BlindKeyPair,
+                                                 elements: list[int]) -> None:
+    kg = seal.KeyGenerator(ctx.seal, pair.secret_key)
+    blob = ctx.save_bytes(kg.create_galois_keys(elements))
+    with pytest.raises(CiphertextError, match="rotations by 1 and b1"):
+        blind_keys.load_announced(ctx, pair.public_blob, blob)
+
+
+def test_encryption_of_zero_at_the_data_level_is_not_a_public_key(ctx: BlindContext,
+                                                                  pair: blind_keys.BlindKeyPair) -> None:
+    enc = seal.Encryptor(ctx.seal, pair.secret_key)
+    blob = ctx.save_bytes(enc.encrypt_zero_symmetric(list(ctx.parms_id)))
+    with pytest.raises(CiphertextError):
+        blind_keys.load_announced(ctx, blob, pair.galois_blob)
+
+
+def test_unseeded_public_key_is_the_same_object(ctx: BlindContext, pair: blind_keys.BlindKeyPair) -> None:
+    # SEAL's own PublicKey (twice the size) is what the seeded blob stands for: it loads too.
+    pk = seal.PublicKey()
+    seal.KeyGenerator(ctx.seal, pair.secret_key).create_public_key(pk)
+    loaded, _ = blind_keys.load_announced(ctx, ctx.save_bytes(pk), pair.galois_blob)
+    assert tuple(loaded.parms_id()) == ctx.key_parms_id
+
+
+# -- nothing secret in a repr ------------------------------------------------------
+
+def _secret_bytes(pair: blind_keys.BlindKeyPair, where: Path) -> bytes:
+    path = where / "sk.bin"
+    keys.save_secret_key(pair.secret_key, str(path))
+    return path.read_bytes()
+
+
+def _assert_no_secret(text: str, secret: bytes) -> None:
+    encoded = text.encode()
+    needles = [f for w in windows(secret, 12, 64, skip=64) for f in leak_forms(w)]
+    assert not [n for n in needles if n in encoded]
+
+
+def test_key_pair_repr_is_short_and_holds_no_key(pair: blind_keys.BlindKeyPair, tmp_path: Path) -> None:
+    text = repr(pair)
+    assert text == f"BlindKeyPair(key_id={pair.key_id})"
+    _assert_no_secret(text, _secret_bytes(pair, tmp_path))
+    for blob in (pair.public_blob, pair.galois_blob):
+        assert blob[64:76].hex() not in text
+
+
+# -- the requester's keyring --------------------------------------------------------
+
+def test_keyring_stores_privately_and_retires_for_good(ctx: BlindContext, tmp_path: Path) -> None:
+    ring = BlindKeyring(str(tmp_path), ctx)
+    assert ring.entries() == {} and ring.active("BB", "C", T0) is None
+    pair = blind_keys.generate(ctx)
+    ring.store(pair, "BB", "C", T0, 600)
+    sk_path = tmp_path / "private" / "blind" / f"{pair.key_id}.sk"
+    assert os.stat(sk_path).st_mode & 0o777 == 0o600
+    assert os.stat(tmp_path / "private" / "blind").st_mode & 0o777 == 0o700
+    assert ring.entries() == {pair.key_id: {"peer": "BB", "case": "C", "created": T0, "expires": T0 + 600,
+                                            "retired": None}}
+    # The key serves exactly (peer, case), until its lifetime ends.
+    assert ring.active("BB", "C", T0 + 599) == pair.key_id
+    assert ring.active("BB", "C", T0 + 600) is None
+    assert ring.active("BB", "other", T0) is None and ring.active("CC", "C", T0) is None
+    assert ring.expires(pair.key_id) == T0 + 600
+    # The stored key is the pair's: it decrypts what the pair's key encrypted.
+    ct = seal.Ciphertext(ctx.seal)
+    seal.Encryptor(ctx.seal, pair.secret_key).encrypt_symmetric(ctx.encode([0.75], 40), ct)
+    pt = seal.Plaintext()
+    seal.Decryptor(ctx.seal, ring.secret_key(pair.key_id)).decrypt(ct, pt)
+    assert abs(ctx.decode(pt)[0] - 0.75) < 1e-6
+
+    text = repr(ring)
+    assert len(text) < 40 + len(str(tmp_path))
+    _assert_no_secret(text, sk_path.read_bytes())
+
+    ring.retire(pair.key_id, "follow-up on q")
+    assert not sk_path.exists()
+    assert ring.entries()[pair.key_id]["retired"] == "follow-up on q"
+    assert ring.active("BB", "C", T0) is None
+    with pytest.raises(KeyRotationError, match="retired"):
+        ring.secret_key(pair.key_id)
+    ring.retire(pair.key_id, "again")  # idempotent: the first reason stays
+    assert ring.entries()[pair.key_id]["retired"] == "follow-up on q"
+    with pytest.raises(KeyRotationError, match="unknown"):
+        ring.secret_key("0" * 32)

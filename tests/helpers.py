@@ -1,0 +1,579 @@
+"""The one helper module of the test suite: plain functions and small classes.
+
+They are functions, not fixtures, so that each test module can decide its own
+fixture scope. Everything secret in here is derived from fixed labels, so
+failures reproduce. Sections:
+
+* states, networks and crafted messages for the protocol, node and CLI tests;
+* two statistics the privacy tests need (numpy only, no scipy);
+* exact noise measurement of blind-profile ciphertexts (integer CRT);
+* running state services and routers on loopback for the network tests.
+
+Fixtures built from these live in ``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import tenseal.sealapi as seal
+import uvicorn
+import zstandard
+
+from pprm import synthetic
+from pprm.cli.main import main
+from pprm.crypto.context import BlindContext
+from pprm.crypto.encoding import coefficients_to_residues, encode_coefficients
+from pprm.crypto.identity import Identity, PublicIdentity
+from pprm.matching.decide import SealedDecider
+from pprm.matching.gallery import EncryptedGallery
+from pprm.matching.owner import GalleryOwner
+from pprm.matching.sealed import SealedMatcher
+from pprm.matching.templates import normalise_probe
+from pprm.node.keyservice import KeyService
+from pprm.node.requester import Requester
+from pprm.node.state import State
+from pprm.protocol.envelope import Header, new_id, seal_envelope
+from pprm.protocol.messages import FollowUpBody
+
+__all__ = [
+    "INSECURE",
+    "MARGIN",
+    "Node",
+    "PARAMS_HEX",
+    "Proc",
+    "build_network",
+    "centered_coefficients",
+    "craft",
+    "craft_followup",
+    "dead_url",
+    "fixed_identity",
+    "header",
+    "ks_2samp",
+    "leak_forms",
+    "lookup_for",
+    "masked_noise_bits",
+    "new_state",
+    "noise_bits",
+    "occurs_in",
+    "plaintext_hits",
+    "plaintext_residues",
+    "resolve_all",
+    "route",
+    "serve",
+    "snapshot",
+    "spawn",
+    "spearman",
+    "thread_server",
+    "wait_for",
+    "windows",
+]
+
+# ---- helpers ------------------------------------------------------------
+
+# The fast test-only parameter set (512 templates per block).
+INSECURE = "INSECURE-sealed-n1024"
+# Scores closer than this to the threshold are not guaranteed to decide
+# exactly (DESIGN.md section 4: delta = 1e-3); test data must avoid them.
+MARGIN = 1e-3
+
+
+def fixed_identity(name: str, label: str = "") -> Identity:
+    """An identity whose keys are derived from fixed labels (reproducible).
+
+    Args:
+        name: state code.
+        label: extra label, to make two identities with the same name.
+
+    Returns:
+        The identity.
+    """
+    seed = hashlib.sha256(f"pprm-test/{name}/{label}/sign".encode()).digest()
+    box = hashlib.sha256(f"pprm-test/{name}/{label}/box".encode()).digest()
+    return Identity(name, seed, box)
+
+
+def lookup_for(*identities: PublicIdentity) -> Callable[[bytes], PublicIdentity | None]:
+    """A roster lookup (fingerprint -> identity) over the given identities."""
+    table = {p.fingerprint: p for p in identities}
+    return table.get
+
+
+# A stand-in parameter digest for envelope tests that need no real set.
+PARAMS_HEX = hashlib.sha256(b"pprm-test/params").hexdigest()
+
+
+def header(**overrides: object) -> Header:
+    """A valid query header from DE to FR, created at t=1_700_000_000, 1 h lifetime.
+
+    Args:
+        **overrides: Header fields to replace.
+
+    Returns:
+        The header.
+    """
+    fields: dict[str, object] = {
+        "type": "query", "sender": "DE", "recipient": "FR", "id": "0" * 31 + "1",
+        "created": 1_700_000_000, "expires": 1_700_003_600, "params": PARAMS_HEX,
+        "profile": "sealed", "in_reply_to": "",
+    }
+    fields.update(overrides)
+    return Header(**fields)  # type: ignore[arg-type]
+
+
+def snapshot(directory: str) -> dict[str, bytes]:
+    """Every file under ``directory`` (hidden ones included) with its bytes and mode.
+
+    Returns:
+        Relative path -> mode byte string + content, so that a changed
+        permission counts as a change too.
+    """
+    out: dict[str, bytes] = {}
+    for root, dirs, files in os.walk(directory):
+        dirs.sort()
+        for d in dirs:
+            rel = os.path.relpath(os.path.join(root, d), directory)
+            out[rel + "/"] = oct(os.stat(os.path.join(root, d)).st_mode).encode()
+        for f in sorted(files):
+            p = os.path.join(root, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, directory)] = oct(os.stat(p).st_mode).encode() + b"|" + fh.read()
+    return out
+
+
+def leak_forms(secret: bytes) -> list[bytes]:
+    """Encodings under which ``secret`` could leak into a text or binary file.
+
+    Raw bytes, hex (both cases), and standard / URL-safe base64 at each of the
+    three byte alignments (so a secret embedded in a longer base64 string is
+    found too), without padding.
+    """
+    forms = [secret, secret.hex().encode(), secret.hex().upper().encode()]
+    for shift in range(3):
+        part = secret[shift:]
+        usable = len(part) - len(part) % 3
+        if usable < 12:
+            continue
+        for enc in (base64.b64encode, base64.urlsafe_b64encode):
+            forms.append(enc(part[:usable]))
+    return forms
+
+
+def windows(blob: bytes, width: int, stride: int, skip: int = 0) -> list[bytes]:
+    """Slices of ``blob`` of ``width`` bytes every ``stride`` bytes from ``skip``."""
+    return [blob[i:i + width] for i in range(skip, len(blob) - width + 1, stride)]
+
+
+def occurs_in(needles: Iterable[bytes], haystacks: dict[str, bytes]) -> list[str]:
+    """Names of haystacks that contain any of the needles."""
+    needles = list(needles)
+    return [name for name, hay in haystacks.items() if any(n in hay for n in needles)]
+
+
+def new_state(directory: str, name: str, **kwargs: object) -> State:
+    """A fresh state on the fast insecure parameter set."""
+    return State.init(directory, name, params=INSECURE, allow_insecure=True, **kwargs)  # type: ignore[arg-type]
+
+
+@dataclass
+class Node:
+    """A state of a test network and the synthetic gallery it enrolled."""
+
+    state: State
+    gallery: synthetic.SyntheticGallery
+
+    @property
+    def name(self) -> str:
+        """The state code."""
+        return self.state.config.name
+
+
+def build_network(root: str, names: Iterable[str], *, n: int = 600, seed: int = 0,
+                  trust: bool = True, **kwargs: object) -> dict[str, Node]:
+    """States that (optionally) all trust each other, each with its own gallery.
+
+    Args:
+        root: parent directory; each state lives in ``root/<name>``.
+        names: state codes.
+        n: templates per gallery (0 for an empty gallery).
+        seed: base seed; the i-th state uses ``seed + i``.
+        trust: make every state trust every other one.
+        **kwargs: passed to :meth:`State.init`.
+
+    Returns:
+        Name -> node.
+    """
+    nodes: dict[str, Node] = {}
+    for i, name in enumerate(names):
+        st = new_state(os.path.join(root, name), name, **kwargs)
+        gal = synthetic.make_gallery(n, dim=st.config.dim, seed=seed + i, prefix=name)
+        if n:
+            KeyService(st).enroll(gal.templates, gal.references)
+        nodes[name] = Node(st, gal)
+    if trust:
+        for a in nodes.values():
+            for b in nodes.values():
+                if a is not b:
+                    a.state.trust(b.state.card_bytes)
+    return nodes
+
+
+def plaintext_hits(templates: np.ndarray, references: list[str], probe: np.ndarray,
+                   threshold: float) -> set[str]:
+    """References whose plaintext cosine score clears ``threshold``.
+
+    Raises:
+        AssertionError: some score lies within the decision margin of the
+            threshold, where the encrypted decision is not guaranteed to be
+            exact (choose other test data then).
+    """
+    p = np.asarray(probe, dtype=np.float64)
+    p = p / np.linalg.norm(p)
+    t = np.asarray(templates, dtype=np.float64)
+    scores = (t / np.linalg.norm(t, axis=1, keepdims=True)) @ p
+    close = np.abs(scores - threshold) < 2 * MARGIN
+    assert not close.any(), "test data has a score at the threshold; pick another seed"
+    return {references[i] for i in np.flatnonzero(scores >= threshold)}
+
+
+def craft(sender: State, to: str, kind: str, body: bytes, *, in_reply_to: str = "",
+          now: float | None = None, lifetime: int = 3600, params: str | None = None,
+          msg_id: str | None = None) -> bytes:
+    """A message of any type, signed by ``sender`` and boxed to peer ``to``.
+
+    This is how a (trusted but misbehaving) peer can build messages the
+    library's own roles would never produce.
+    """
+    peer = sender.peer(to)
+    t = int(time.time() if now is None else now)
+    ident = sender.identity()
+    h = Header(kind, sender.config.name, to, msg_id or new_id(), t, t + lifetime,
+               params or peer.params_digest, "sealed", in_reply_to)
+    return seal_envelope(ident, h, ident.box_to(peer.identity, body))
+
+
+def craft_followup(sender: State, to: str, query_id: str, token: str, now: float | None = None) -> bytes:
+    """A follow-up that skips the requester's own check that the token is in the answer."""
+    return craft(sender, to, "followup", FollowUpBody(query_id, token).to_bytes(),
+                 in_reply_to=query_id, now=now)
+
+
+def resolve_all(requester: State, responder_keys: KeyService, answer: bytes,
+                tokens: Iterable[str]) -> list[str]:
+    """Follow up every token and resolve it at the responder.
+
+    Returns:
+        The references, in token order.
+    """
+    req = Requester(requester)
+    refs = []
+    for tok in tokens:
+        res = responder_keys.resolve(req.follow_up(answer, tok))
+        assert res.requester == requester.config.name
+        refs.append(res.reference)
+    return refs
+
+
+@dataclasses.dataclass
+class ScoredWorld:
+    """A state whose gallery scores near chosen thresholds, with the plaintext kept for checking."""
+
+    state: State
+    secret_key: seal.SecretKey
+    gallery: EncryptedGallery
+    owner: GalleryOwner
+    probes: np.ndarray  # (m, dim) float32 unit rows, one per threshold
+    rows: dict[int, np.ndarray]  # record id -> float32 unit row as enrolled
+    dim: int
+
+    def scores(self, probe: np.ndarray) -> dict[int, float]:
+        p = normalise_probe(probe, self.dim).astype(np.float64)
+        return {rid: float(row.astype(np.float64) @ p) for rid, row in self.rows.items()}
+
+    def matcher(self) -> SealedMatcher:
+        return self.state.matcher(self.gallery)
+
+    def decider(self) -> SealedDecider:
+        return SealedDecider(self.state.ctx, self.secret_key, self.gallery)
+
+    def half_of(self, rid: int) -> int:
+        """Complex packing: 0 for the A half (real parts), 1 for the B half (imaginary parts)."""
+        _b, pos = self.gallery.index.locate(rid)
+        return pos // self.state.ctx.slots
+
+
+# -- the CLI, in process ---------------------------------------------------
+
+@dataclass
+class Result:
+    """Exit code and captured output of one ``pprm`` command."""
+
+    code: int
+    out: str
+    err: str
+
+
+def cli(*argv: object) -> Result:
+    """Run ``main`` in-process with captured stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def ok(*argv: object) -> Result:
+    """Run a command that must succeed."""
+    r = cli(*argv)
+    assert r.code == 0, r
+    return r
+
+
+def ok_json(*argv: object) -> Any:
+    """Run a command that must succeed with ``--json``, and parse its output."""
+    return json.loads(ok(*argv, "--json").out)
+
+
+# ---- stats ------------------------------------------------------------
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(x.size, dtype=np.float64)
+    ranks[order] = np.arange(x.size, dtype=np.float64)
+    # Average the ranks of ties (rare for continuous data, exact when present).
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    if (counts > 1).any():
+        sums = np.bincount(inverse, weights=ranks)
+        ranks = sums[inverse] / counts[inverse]
+    return ranks
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation (Pearson on average ranks)."""
+    rx, ry = _ranks(np.asarray(x, dtype=np.float64)), _ranks(np.asarray(y, dtype=np.float64))
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def ks_2samp(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Two-sample Kolmogorov-Smirnov statistic and asymptotic p-value.
+
+    The p-value uses the Kolmogorov distribution with Stephens' small-sample
+    correction, as in Numerical Recipes' ``kstwo``; accurate for the
+    thousands of samples used here.
+    """
+    a, b = np.sort(np.asarray(a, dtype=np.float64)), np.sort(np.asarray(b, dtype=np.float64))
+    allv = np.concatenate([a, b])
+    cdf_a = np.searchsorted(a, allv, side="right") / a.size
+    cdf_b = np.searchsorted(b, allv, side="right") / b.size
+    d = float(np.abs(cdf_a - cdf_b).max())
+    ne = a.size * b.size / (a.size + b.size)
+    lam = (math.sqrt(ne) + 0.12 + 0.11 / math.sqrt(ne)) * d
+    p = 2.0 * sum((-1) ** (k - 1) * math.exp(-2.0 * k * k * lam * lam) for k in range(1, 101))
+    return d, min(max(p, 0.0), 1.0)
+
+
+# ---- blind_noise ------------------------------------------------------------
+
+def plaintext_residues(ctx: BlindContext, pt: seal.Plaintext, primes: int) -> np.ndarray:
+    fd, path = tempfile.mkstemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    os.close(fd)
+    try:
+        pt.save(path)
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    finally:
+        os.unlink(path)
+    body = zstandard.ZstdDecompressor().decompress(raw[16:], max_output_size=1 << 28) if raw[5] == 2 else raw[16:]
+    off = 32 + 8 + 8 + 16 + 8
+    return np.frombuffer(body, dtype="<u8", offset=off).astype(np.uint64).reshape(primes, ctx.n)
+
+
+def centered_coefficients(ctx: BlindContext, ntt_residues: np.ndarray) -> list[int]:
+    """CRT-lift NTT residues ``[L, N]`` to centered integer coefficients."""
+    primes = ntt_residues.shape[0]
+    if not ntt_residues.any():
+        return [0] * ctx.n
+    ct = ctx.from_residues(np.stack([ntt_residues, ntt_residues]), 1.0)
+    ctx.evaluator.transform_from_ntt_inplace(ct)
+    from pprm.crypto import seal_stream
+
+    _meta, res = seal_stream.parse(ctx.save_bytes(ct))
+    coeffs = res[0]
+    moduli = ctx.moduli[:primes]
+    big_q = 1
+    for q in moduli:
+        big_q *= q
+    out = []
+    parts = [(big_q // q) * pow(big_q // q, -1, q) for q in moduli]
+    cols = [coeffs[j].tolist() for j in range(primes)]
+    for k in range(ctx.n):
+        v = sum(cols[j][k] * parts[j] for j in range(primes)) % big_q
+        out.append(v - big_q if v > big_q // 2 else v)
+    return out
+
+
+def noise_bits(ctx: BlindContext, secret_key: seal.SecretKey, ct: seal.Ciphertext,
+               values: np.ndarray, scale_bits: int) -> float:
+    """log2 of the largest noise coefficient of ``ct`` against exact ``values`` at ``2**scale_bits``."""
+    primes = ct.coeff_modulus_size()
+    pt = seal.Plaintext()
+    seal.Decryptor(ctx.seal, secret_key).decrypt(ct, pt)
+    dec = plaintext_residues(ctx, pt, primes)
+    ideal = coefficients_to_residues(encode_coefficients(values, scale_bits, ctx.n)[None], ctx.moduli[:primes])
+    ideal = ctx.to_ntt(ideal)[0]
+    diff = np.empty_like(dec)
+    for j, q in enumerate(ctx.moduli[:primes]):
+        diff[j] = np.where(dec[j] >= ideal[j], dec[j] - ideal[j], dec[j] + (np.uint64(q) - ideal[j]))
+    worst = max(abs(c) for c in centered_coefficients(ctx, diff))
+    return math.log2(max(worst, 1))
+
+
+def masked_noise_bits(ctx: BlindContext, secret_key: seal.SecretKey, matcher: object, probe_ct: seal.Ciphertext,
+                      galois: seal.GaloisKeys, scores: np.ndarray, signs: np.ndarray, tau: float,
+                      r: np.ndarray) -> float:
+    """Noise of block 0's masked value before the flood, against the exact ring product.
+
+    The ideal is ``NTT(exact u*(s - tau)) * NTT(R)``: the exact encoding of the
+    signed, shifted scores times the integer mask polynomial actually used,
+    so what remains is the computation's own noise (encryption, rotations,
+    rounding of the diagonals), multiplied by the mask.
+    """
+    from pprm.matching import kernel
+    from pprm.matching.blind import BlindMatcher
+
+    assert isinstance(matcher, BlindMatcher)
+    p = ctx.params
+    baby = matcher._baby_steps(probe_ct, galois)
+    inner = kernel.plain_mac(matcher.db.diagonals[0], baby, ctx.moduli)
+    score = matcher._giant_steps(inner, galois)
+    masked = matcher.mask(score, signs, tau, r, np.zeros_like(r))
+    ct = ctx.from_residues(masked, float(2**p.top_scale_bits))
+    pt = seal.Plaintext()
+    seal.Decryptor(ctx.seal, secret_key).decrypt(ct, pt)
+    dec = plaintext_residues(ctx, pt, p.data_primes)
+    shifted = (signs * (scores - np.longdouble(tau))).astype(np.longdouble)
+    st = ctx.to_ntt(coefficients_to_residues(encode_coefficients(shifted[None], p.score_scale_bits, ctx.n),
+                                             ctx.moduli))[0]
+    rr = ctx.to_ntt(coefficients_to_residues(encode_coefficients((signs * r)[None], p.mask_scale_bits, ctx.n),
+                                             ctx.moduli))[0]
+    ideal = kernel.plain_mac(rr[None, None], np.stack([st, st])[None], ctx.moduli)[0, 0]
+    diff = np.empty_like(dec)
+    for j, q in enumerate(ctx.moduli):
+        diff[j] = np.where(dec[j] >= ideal[j], dec[j] - ideal[j], dec[j] + (np.uint64(q) - ideal[j]))
+    worst = max(abs(c) for c in centered_coefficients(ctx, diff))
+    return math.log2(max(worst, 1))
+
+
+# ---- net ------------------------------------------------------------
+
+@dataclass
+class Proc:
+    """A ``pprm serve`` or ``pprm route`` process and the URL it printed."""
+
+    popen: subprocess.Popen[str]
+    url: str
+    args: list[str] = field(default_factory=list)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        self.popen.kill()
+        self.popen.wait(10)
+
+    def stop(self) -> tuple[int, str]:
+        """SIGTERM and wait; returns (exit code, stderr)."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+        try:
+            _, err = self.popen.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            _, err = self.popen.communicate()
+        return self.popen.returncode, err
+
+
+def spawn(args: list[str], timeout: float = 60.0) -> Proc:
+    """Start ``pprm ARGS`` and wait for its 'listening on URL' line."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "pprm.cli.main", *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + timeout
+    assert p.stdout is not None
+    line = ""
+    while time.monotonic() < deadline:
+        line = p.stdout.readline()
+        if "listening on" in line or not line:
+            break
+    if "listening on" not in line:
+        p.kill()
+        _, err = p.communicate()
+        raise RuntimeError(f"pprm {' '.join(args)} did not start: {err.strip()[-500:]}")
+    return Proc(p, line.split()[-1], args)
+
+
+def serve(directory: str) -> Proc:
+    """``pprm serve DIR`` on a free loopback port."""
+    return spawn(["serve", str(directory), "--port", "0"])
+
+
+def route(peers: dict[str, str], path: str) -> Proc:
+    """``pprm route`` over a peers file written to ``path``."""
+    with open(path, "w") as fh:
+        json.dump(peers, fh)
+    return spawn(["route", "--peers", path, "--port", "0"])
+
+
+@contextlib.contextmanager
+def thread_server(app: object) -> Iterator[str]:
+    """Serve an ASGI app from a thread on a free loopback port; yields its URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    config = uvicorn.Config(app, log_level="error", lifespan="on", timeout_graceful_shutdown=1)  # type: ignore[arg-type]
+    server = uvicorn.Server(config)
+    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        t.join(20)
+        sock.close()
+
+
+def dead_url() -> str:
+    """A loopback URL where nothing listens (the port was just released)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"http://127.0.0.1:{port}"
+
+
+def wait_for(predicate: object, timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll ``predicate()`` until true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -1,0 +1,147 @@
+"""Blind profile: what the requester's decryption can and cannot tell apart.
+
+* Circuit privacy: two different galleries that give the same decisions (here
+  even the same scores: B is A reflected through the probe) produce answers
+  whose decrypted non-hit values the two-sample KS test cannot separate.
+* Re-randomisation: the answer differs from the same computation, with the
+  same masks, without the encryption of zero and the flood.
+* Unlinkability: the block order is fresh per query, and the slot layout is
+  fresh per rebuild.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tenseal.sealapi as seal
+
+from pprm.crypto import blind_keys, blind_params
+from pprm.crypto.answer_codec import decode_answer, encode_answer
+from pprm.crypto.context import BlindContext
+from pprm.matching import kernel
+from pprm.matching.blind import BlindMatcher, answer_scale
+from pprm.matching.blind_client import decrypt_values, encrypt_probe
+from pprm.matching.diagonals import BlindDatabase, build_database
+from pprm.matching.templates import normalise_probe
+from tests.helpers import ks_2samp
+
+TAU = 0.4
+
+
+def _keys(ctx: BlindContext) -> tuple[blind_keys.BlindKeyPair, seal.PublicKey, seal.GaloisKeys]:
+    pair = blind_keys.generate(ctx)
+    pk, gk = blind_keys.load_announced(ctx, pair.public_blob, pair.galois_blob)
+    return pair, pk, gk
+
+
+def _values_by_record(ctx: BlindContext, db: BlindDatabase, pair: blind_keys.BlindKeyPair, pk: seal.PublicKey,
+                      gk: seal.GaloisKeys, q: np.ndarray) -> np.ndarray:
+    p = ctx.params
+    ct = ctx.load_seeded_ciphertext(encrypt_probe(ctx, pair.secret_key, q), scale=float(2**p.probe_scale_bits))
+    answer = BlindMatcher(ctx, db).answer(ct, pk, gk, TAU)
+    out = np.full(db.size, np.nan)
+    for pos, blk in enumerate(answer.order):
+        vals = decrypt_values(ctx, pair.secret_key, decode_answer(ctx, answer.ciphertexts[pos], answer_scale(ctx)))
+        rows = db.slot_record[blk]
+        out[rows[rows >= 0]] = vals[rows >= 0]
+    return out
+
+
+def test_same_decisions_give_indistinguishable_answers() -> None:
+    ctx = BlindContext(blind_params.get("pprm-blind-n16384-v1"))
+    p = ctx.params
+    rng = np.random.default_rng(77)
+    q = normalise_probe(rng.normal(size=p.dim), p.dim).astype(np.float64)
+    a = rng.normal(size=(p.slots, p.dim))
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    a[:40] = 0.7 * q + 0.714 * a[:40]  # a few genuine hits
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    # Reflection through q: same score for every template, different templates.
+    b = 2.0 * (a @ q)[:, None] * q[None, :] / (q @ q) - a
+    assert np.abs(a @ q - b @ q).max() < 1e-12 and np.abs(a - b).max() > 0.1
+    pair, pk, gk = _keys(ctx)
+    db_a, db_b = build_database(a, ctx), build_database(b, ctx)
+    s = a @ q
+    non_hit = s < TAU
+    # Under the null hypothesis a KS p-value is uniform: one comparison would
+    # fail p > 0.01 once in a hundred runs. Three independent pairs of answers
+    # (fresh encryptions, fresh masks and floods) and their median p keep the
+    # test's power against a real difference and make a false alarm rare
+    # (about 3e-4).
+    pvals = []
+    for _ in range(3):
+        va = _values_by_record(ctx, db_a, pair, pk, gk, q)
+        vb = _values_by_record(ctx, db_b, pair, pk, gk, q)
+        assert ((va > 0) == (s > TAU)).all() and ((vb > 0) == (s > TAU)).all()
+        pvals.append(ks_2samp(va[non_hit], vb[non_hit])[1])
+    print(f"\nKS over {int(non_hit.sum())} non-hits per gallery, three pairs: p = "
+          + ", ".join(f"{p:.3f}" for p in pvals))
+    assert sorted(pvals)[1] > 0.01, f"KS p-values {pvals}: the answers tell the galleries apart"
+
+
+def test_rerandomised_answer_differs_from_the_bare_computation() -> None:
+    ctx = BlindContext(blind_params.get("INSECURE-blind-n1024", allow_insecure=True))
+    p = ctx.params
+    rng = np.random.default_rng(5)
+    g = rng.normal(size=(p.slots, p.dim))
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    db = build_database(g, ctx)
+    pair, pk, gk = _keys(ctx)
+    matcher = BlindMatcher(ctx, db)
+    q = normalise_probe(rng.normal(size=p.dim), p.dim).astype(np.float64)
+    ct = ctx.load_seeded_ciphertext(encrypt_probe(ctx, pair.secret_key, q), scale=float(2**p.probe_scale_bits))
+    baby = matcher._baby_steps(ct, gk)
+    score = matcher._giant_steps(kernel.plain_mac(db.diagonals[0], baby, ctx.moduli), gk)
+    r, e = matcher.draw_masks()
+    masked = matcher.mask(score, db.signs[0], TAU, r, e)
+    hidden = matcher.hide(masked, pk)
+    bare_ct = ctx.from_residues(masked, float(2**p.top_scale_bits))
+    for _ in range(p.data_primes - 1):
+        ctx.evaluator.rescale_to_next_inplace(bare_ct)
+    bare = encode_answer(ctx, bare_ct)
+    assert len(bare) == len(hidden)
+    half = len(bare) // 2
+    # Both halves change: c1 through the encryption of zero, c0 through it and the flood.
+    assert bare[:half] != hidden[:half] and bare[half:] != hidden[half:]
+    # ... while the decisions are the same.
+    scale = answer_scale(ctx)
+    v_h = decrypt_values(ctx, pair.secret_key, decode_answer(ctx, hidden, scale))
+    v_b = decrypt_values(ctx, pair.secret_key, decode_answer(ctx, bare, scale))
+    assert ((v_h > 0) == (v_b > 0)).all()
+    # Twice the same computation and masks, hidden twice: never the same bytes.
+    assert matcher.hide(masked, pk) != hidden
+
+
+def test_block_order_is_fresh_per_query_and_layout_per_rebuild() -> None:
+    ctx = BlindContext(blind_params.get("INSECURE-blind-n1024", allow_insecure=True))
+    p = ctx.params
+    rng = np.random.default_rng(9)
+    g = rng.normal(size=(6 * p.slots - 17, p.dim))
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    db1, db2 = build_database(g, ctx), build_database(g, ctx)
+    assert db1.blocks == 6 and db1.size == g.shape[0]
+    assert not np.array_equal(db1.slot_record, db2.slot_record)
+    assert not np.array_equal(db1.signs, db2.signs)
+    assert sorted(db1.slot_record[db1.slot_record >= 0].tolist()) == list(range(g.shape[0]))
+    pair, pk, gk = _keys(ctx)
+    q = normalise_probe(rng.normal(size=p.dim), p.dim).astype(np.float64)
+    matcher = BlindMatcher(ctx, db1)
+    orders = []
+    for _ in range(3):
+        ct = ctx.load_seeded_ciphertext(encrypt_probe(ctx, pair.secret_key, q), scale=float(2**p.probe_scale_bits))
+        orders.append(tuple(matcher.answer(ct, pk, gk, TAU).order))
+    assert all(sorted(o) == list(range(6)) for o in orders)
+    assert len(set(orders)) > 1
+
+
+def test_threshold_outside_the_exact_range_is_refused() -> None:
+    ctx = BlindContext(blind_params.get("INSECURE-blind-n1024", allow_insecure=True))
+    db = build_database(np.eye(4, ctx.params.dim), ctx)
+    pair, pk, gk = _keys(ctx)
+    ct = ctx.load_seeded_ciphertext(encrypt_probe(ctx, pair.secret_key, np.ones(ctx.params.dim)),
+                                    scale=float(2**ctx.params.probe_scale_bits))
+    from pprm.errors import ParameterError
+
+    for tau in (0.0, 0.001, 1.0, 1.5):
+        with pytest.raises(ParameterError, match="threshold"):
+            BlindMatcher(ctx, db).answer(ct, pk, gk, tau)

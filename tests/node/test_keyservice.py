@@ -1,0 +1,183 @@
+"""The key service: decrypts only for verified single-use queries, and logs what it does."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pprm import synthetic
+from pprm.errors import (
+    AuthenticationError,
+    GalleryError,
+    MessageError,
+    ParameterError,
+    ReplayError,
+    TemplateError,
+    TokenError,
+)
+from pprm.matching.templates import normalise_probe
+from pprm.node.keyservice import KeyService
+from pprm.node.requester import Requester
+from pprm.node.responder import Responder
+from pprm.protocol.envelope import Header, new_id, seal_envelope
+from pprm.protocol.messages import AnswerBody, QueryBody
+from tests.helpers import Node, build_network, craft, craft_followup, plaintext_hits, snapshot
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Node]:
+    return build_network(str(tmp_path_factory.mktemp("ks")), ["DE", "FR"], n=200, seed=300)
+
+
+def _query(net: dict[str, Node], index: int, **kw: object) -> tuple[bytes, np.ndarray]:
+    probe = synthetic.mate_probe(net["FR"].gallery, index, seed=4)
+    return Requester(net["DE"].state).query("FR", probe, "CASE-KS", "serious-crime", **kw), probe  # type: ignore[arg-type]
+
+
+def test_verify_query_returns_the_boxed_body(net: dict[str, Node]) -> None:
+    q, probe = _query(net, 1)
+    vq = KeyService(net["FR"].state).verify_query(q)
+    assert vq.envelope.header.type == "query"
+    assert vq.envelope.header.sender == "DE"
+    assert (vq.body.case, vq.body.purpose) == ("CASE-KS", "serious-crime")
+    assert np.array_equal(vq.body.probe, normalise_probe(probe, 512))
+    text = repr(vq)
+    assert "DE" in text and "CASE-KS" not in text and "serious-crime" not in text
+    assert repr(KeyService(net["FR"].state)) == "KeyService(FR)"
+
+
+def test_verify_query_refuses_other_message_types(net: dict[str, Node]) -> None:
+    de, fr = net["DE"].state, net["FR"].state
+    ks = KeyService(fr)
+    fu = craft_followup(de, "FR", "ab" * 16, "A" * 96)
+    ans = craft(de, "FR", "answer", AnswerBody("ab" * 16, False, ()).to_bytes(), in_reply_to="ab" * 16)
+    for blob in (fu, ans):
+        with pytest.raises(MessageError, match="expected a query"):
+            ks.verify_query(blob)
+    q, _ = _query(net, 2)
+    with pytest.raises(MessageError, match="expected a follow-up"):
+        ks.resolve(q)
+
+
+def test_verify_query_refuses_bad_bodies(net: dict[str, Node]) -> None:
+    de, fr = net["DE"].state, net["FR"].state
+    ks = KeyService(fr)
+    good = QueryBody("C", "serious-crime", np.ones(512, np.float32)).to_bytes()
+    # Signed and boxed by a trusted peer, but not a query body.
+    with pytest.raises(MessageError):
+        ks.verify_query(craft(de, "FR", "query", b'{"case":"C"}'))
+    # Boxed with the wrong key: a correct signature does not make the box open.
+    ident = de.identity()
+    t = int(time.time())
+    h = Header("query", "DE", "FR", new_id(), t, t + 600, fr.config.parameter_set.digest, "sealed", "")
+    wrong_box = seal_envelope(ident, h, ident.box_to(ident.public, good))
+    with pytest.raises(AuthenticationError):
+        ks.verify_query(wrong_box)
+    # Made for another parameter set (a downgrade attempt).
+    with pytest.raises(ParameterError):
+        ks.verify_query(craft(de, "FR", "query", good, params="0" * 64))
+
+
+def test_wrong_dimension_probe_is_a_template_error(net: dict[str, Node]) -> None:
+    de, fr = net["DE"].state, net["FR"].state
+    before = snapshot(fr.dir)
+    for probe in (np.ones(256, np.float32), np.full(512, np.nan, np.float32), np.zeros(512, np.float32)):
+        q = craft(de, "FR", "query", QueryBody("C", "serious-crime", probe).to_bytes())
+        with pytest.raises(TemplateError):
+            Responder(fr).answer(q)
+    assert snapshot(fr.dir) == before
+
+
+def test_release_records_nothing_until_committed(net: dict[str, Node]) -> None:
+    fr = net["FR"].state
+    gal = net["FR"].gallery
+    q, probe = _query(net, 3)
+    ks = KeyService(fr)
+    result = fr.matcher().match(probe, fr.config.threshold)
+    before = snapshot(fr.dir)
+    rel = ks.release(q, result)
+    rel_again = ks.release(q, result)
+    assert snapshot(fr.dir) == before
+    truth = plaintext_hits(gal.templates, gal.references, probe, fr.config.threshold)
+    assert rel.hits == rel_again.hits == len(truth) == 1
+    assert len(rel.tokens) == 1 and rel.tokens != rel_again.tokens  # fresh tokens every time
+    with fr.lock():
+        ks.commit_release(rel, "cd" * 16)
+    entry = fr.audit.entries()[-1]
+    assert entry["event"] == "answer"
+    assert entry["data"]["answer_id"] == "cd" * 16 and entry["data"]["released"] == 1
+    with pytest.raises(ReplayError):
+        ks.release(q, result)
+    with pytest.raises(ReplayError), fr.lock():
+        ks.commit_release(rel, "ef" * 16)
+
+
+def test_release_verifies_the_query_itself(net: dict[str, Node]) -> None:
+    fr = net["FR"].state
+    q, probe = _query(net, 5)
+    result = fr.matcher().match(probe, fr.config.threshold)
+    bad = bytearray(q)
+    bad[-1] ^= 1
+    with pytest.raises(AuthenticationError):
+        KeyService(fr).release(bytes(bad), result)
+
+
+def test_tokens_expire_after_token_ttl(net: dict[str, Node]) -> None:
+    de, fr = net["DE"].state, net["FR"].state
+    t0 = time.time()
+    q, _ = _query(net, 6, now=t0)
+    answer = Responder(fr).answer(q, now=t0)
+    opened = Requester(de).open(answer, now=t0)
+    token = opened.candidates[0]
+    ttl = fr.config.token_ttl
+    ks = KeyService(fr)
+    late = t0 + ttl + 600
+    with pytest.raises(TokenError, match="expired"):
+        ks.resolve(craft_followup(de, "FR", opened.query_id, token, now=late), now=late)
+    just_in_time = t0 + ttl - 600
+    res = ks.resolve(craft_followup(de, "FR", opened.query_id, token, now=just_in_time), now=just_in_time)
+    assert res.reference == "FR-0000006"
+
+
+def test_resolve_is_logged(net: dict[str, Node]) -> None:
+    de, fr = net["DE"].state, net["FR"].state
+    q, _ = _query(net, 7)
+    answer = Responder(fr).answer(q)
+    req = Requester(de)
+    opened = req.open(answer)
+    fu = req.follow_up(answer, opened.candidates[0])
+    res = KeyService(fr).resolve(fu)
+    entry = fr.audit.entries()[-1]
+    assert entry["event"] == "resolve"
+    assert entry["data"] == {"peer": "DE", "query_id": opened.query_id, "followup_id": res.followup_id,
+                             "reference": "FR-0000007"}
+    assert res.query_id == opened.query_id
+
+
+def test_enroll_and_remove(tmp_path: Path) -> None:
+    nodes = build_network(str(tmp_path), ["FR"], n=0, trust=False)
+    fr = nodes["FR"].state
+    ks = KeyService(fr)
+    gal = synthetic.make_gallery(30, seed=1, prefix="X")
+    ids = ks.enroll(gal.templates[:20], gal.references[:20])
+    assert len(ids) == 20 and len(fr.gallery()) == 20
+    before = snapshot(fr.dir)
+    with pytest.raises(TemplateError):
+        ks.enroll(gal.templates[20:], gal.references[:10])  # duplicate references
+    with pytest.raises(TemplateError):
+        ks.enroll(np.zeros((2, 512), np.float32), ["Z1", "Z2"])
+    with pytest.raises(GalleryError):
+        ks.remove("NOT-THERE")
+    assert snapshot(fr.dir) == before
+    ks.remove(gal.references[3])
+    assert len(fr.gallery()) == 19
+    assert gal.references[3] not in fr.gallery().index.references.values()
+    events = [(e["event"], {k: v for k, v in e["data"].items() if k != "gallery"})
+              for e in fr.audit.entries()[1:]]
+    assert events == [("enroll", {"count": 20, "total": 20}),
+                      ("remove", {"reference": gal.references[3], "total": 19})]
+    # Each change names the gallery version it produced; the last one is the current gallery.
+    assert fr.audit.entries()[-1]["data"]["gallery"] == fr.gallery().version
