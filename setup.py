@@ -1,8 +1,9 @@
 """Build hook for the optional native kernel; all metadata lives in pyproject.toml.
 
-The cffi extension ``pprm._native_kernel`` speeds up the sealed-profile
-multiply-accumulate. It is optional: without a working C compiler the build
-prints one warning line and pprm installs with the pure numpy kernel.
+The cffi extension ``pprm._native_kernel`` speeds up the multiply-accumulates
+of both profiles (loaded by :mod:`pprm.matching.kernel_native`). It is
+optional: without a working C compiler the build prints one warning line and
+pprm installs with the pure numpy kernel.
 """
 
 from __future__ import annotations

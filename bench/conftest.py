@@ -1,12 +1,11 @@
 """Fixtures for the sealed- and blind-profile benchmarks (pytest-benchmark).
 
-The galleries are built once per module through :func:`pprm.cli.bench.build_setup`
-(the same code as ``pprm bench``): two states, a synthetic gallery with planted
-mates enrolled at the responder, and a requester trusted by it. The blind
-profile's galleries are built the same way through
-:func:`pprm.cli.bench_blind.build_blind_setup` (the code of ``pprm bench
---profile blind``), and their blind database (diagonals) is built before any
-benchmark runs.
+The galleries are built once per module through
+:func:`pprm.bench.setup.build_setup`, the code ``pprm bench`` runs: two
+states, a synthetic gallery with planted mates enrolled at the responder, and
+a requester trusted by it. The blind profile's galleries are built the same
+way with the blind parameter set, and their blind database (diagonals) is
+built before any benchmark runs.
 
 Environment:
     PPRM_BENCH_SIZES: comma-separated gallery sizes (default ``10000,100000``).
@@ -24,14 +23,18 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from pprm.cli.bench import BenchSetup, build_setup
-from pprm.cli.bench_blind import BlindSetup, build_blind_setup
+from pprm.bench.setup import BenchSetup, build_setup
 from pprm.crypto.blind_params import DEFAULT_BLIND_PARAMS
+from pprm.node.requester import OpenedAnswer, Requester
+from pprm.node.responder import Responder
+from pprm.profile import Profile
 
 SIZES = tuple(int(x) for x in os.environ.get("PPRM_BENCH_SIZES", "10000,100000").split(",") if x.strip())
 PARAMS = os.environ.get("PPRM_BENCH_PARAMS", "pprm-sealed-n8192-v1")
 BLIND_PARAMS = os.environ.get("PPRM_BENCH_BLIND_PARAMS", DEFAULT_BLIND_PARAMS)
 ROUNDS = int(os.environ.get("PPRM_BENCH_ROUNDS", "5"))
+
+Answers = Callable[[Requester, Responder, Callable[[], bytes]], tuple[list[bytes], list[OpenedAnswer]]]
 
 
 def _size_id(n: int) -> str:
@@ -43,15 +46,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("size", SIZES, ids=_size_id)
 
 
-@pytest.fixture(scope="module")
-def setups(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[int], BenchSetup]]:
-    """Builds (once) and returns the benchmark setup of a gallery size; deletes them all at the end."""
-    root = str(tmp_path_factory.mktemp("pprm-bench"))
+def _built(tmp_path_factory: pytest.TempPathFactory, profile: Profile,
+           params: str) -> Iterator[Callable[[int], BenchSetup]]:
+    """Builds (once per size) and returns the setups of one profile; deletes them all at the end."""
+    root = str(tmp_path_factory.mktemp(f"pprm-bench-{profile}"))
     built: dict[int, BenchSetup] = {}
 
     def get(n: int) -> BenchSetup:
         if n not in built:
-            built[n] = build_setup(n, PARAMS, allow_insecure=PARAMS.startswith("INSECURE"), root=root)
+            setup = build_setup(n, params, profile=profile, allow_insecure=params.startswith("INSECURE"), root=root)
+            if profile == "blind":
+                setup.build_database()  # records database_seconds on the setup
+            built[n] = setup
         return built[n]
 
     yield get
@@ -59,10 +65,28 @@ def setups(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[int],
         setup.close()
 
 
+@pytest.fixture(scope="module")
+def setups(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[int], BenchSetup]]:
+    """The sealed setup of a gallery size, built once."""
+    yield from _built(tmp_path_factory, "sealed", PARAMS)
+
+
+@pytest.fixture(scope="module")
+def blind_setups(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[int], BenchSetup]]:
+    """The blind setup of a gallery size, its database included, built once."""
+    yield from _built(tmp_path_factory, "blind", BLIND_PARAMS)
+
+
 @pytest.fixture(scope="session")
 def bench_params() -> str:
     """The parameter set the galleries are built with."""
     return PARAMS
+
+
+@pytest.fixture(scope="session")
+def blind_bench_params() -> str:
+    """The blind parameter set the blind galleries are built with."""
+    return BLIND_PARAMS
 
 
 @pytest.fixture(scope="session")
@@ -73,41 +97,41 @@ def bench_rounds() -> int:
 
 @pytest.fixture
 def smallest(setups: Callable[[int], BenchSetup]) -> BenchSetup:
-    """The setup of the smallest configured gallery size."""
+    """The sealed setup of the smallest configured gallery size."""
     return setups(min(SIZES))
 
 
 @pytest.fixture
 def sealed(setups: Callable[[int], BenchSetup], size: int) -> BenchSetup:
-    """The setup for the parametrised gallery ``size``."""
+    """The sealed setup for the parametrised gallery ``size``."""
     return setups(size)
 
 
-@pytest.fixture(scope="module")
-def blind_setups(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[int], BlindSetup]]:
-    """Builds (once) and returns the blind setup of a gallery size, database included; deletes them at the end."""
-    root = str(tmp_path_factory.mktemp("pprm-bench-blind"))
-    built: dict[int, BlindSetup] = {}
-
-    def get(n: int) -> BlindSetup:
-        if n not in built:
-            setup = build_blind_setup(n, BLIND_PARAMS, allow_insecure=BLIND_PARAMS.startswith("INSECURE"), root=root)
-            setup.build_database()  # records database_seconds on the setup
-            built[n] = setup
-        return built[n]
-
-    yield get
-    for setup in built.values():
-        setup.close()
-
-
-@pytest.fixture(scope="session")
-def blind_bench_params() -> str:
-    """The blind parameter set the blind galleries are built with."""
-    return BLIND_PARAMS
+@pytest.fixture
+def blind(blind_setups: Callable[[int], BenchSetup], size: int) -> BenchSetup:
+    """The blind setup for the parametrised gallery ``size`` (its database already built)."""
+    return blind_setups(size)
 
 
 @pytest.fixture
-def blind(blind_setups: Callable[[int], BlindSetup], size: int) -> BlindSetup:
-    """The blind setup for the parametrised gallery ``size`` (its database already built)."""
-    return blind_setups(size)
+def timed_answers(benchmark, bench_rounds: int) -> Answers:
+    """Times the responder's answer to a fresh query per round; every answer must be a hit.
+
+    Call it with the requester, the responder and a function making the next
+    query (every round needs its own: answered queries are refused as
+    replays); it returns the answers and their openings, in round order.
+    """
+    def run(requester: Requester, responder: Responder,
+            fresh_query: Callable[[], bytes]) -> tuple[list[bytes], list[OpenedAnswer]]:
+        answers: list[bytes] = []
+
+        def answer(msg: bytes) -> None:
+            answers.append(responder.answer(msg))
+
+        benchmark.pedantic(answer, setup=lambda: ((fresh_query(),), {}), rounds=bench_rounds, warmup_rounds=1,
+                           iterations=1)
+        opened = [requester.open(a) for a in answers]
+        assert all(o.hit for o in opened), "a planted mate was missed"
+        return answers, opened
+
+    return run

@@ -32,7 +32,7 @@ import time
 import numpy as np
 
 from pprm import KeyService, Requester, Responder, State
-from pprm.cli.bench import machine_info
+from pprm.bench.report import machine_info
 from pprm.crypto import keys
 from pprm.matching.decide import SealedDecider
 from pprm.synthetic import unit_vectors

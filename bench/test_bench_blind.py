@@ -13,11 +13,10 @@ planted reference.
 from __future__ import annotations
 
 import itertools
-import os
 from typing import Any
 
-from pprm.cli.bench import RESPONDER, numpy_baseline_ms
-from pprm.cli.bench_blind import BlindSetup
+from pprm.bench.report import load_average, numpy_baseline_ms
+from pprm.bench.setup import RESPONDER, BenchSetup
 from pprm.crypto.answer_codec import answer_bytes
 from pprm.matching import kernel
 from pprm.matching.templates import normalise_probe
@@ -27,7 +26,7 @@ from pprm.node.responder import Responder
 from pprm.synthetic import mate_probe
 
 
-def _figures(blind: BlindSetup, params: str, median_s: float) -> dict[str, Any]:
+def _figures(blind: BenchSetup, params: str, median_s: float) -> dict[str, Any]:
     n = len(blind)
     st = blind.responder
     ctx = st.blind_ctx
@@ -36,7 +35,7 @@ def _figures(blind: BlindSetup, params: str, median_s: float) -> dict[str, Any]:
     db = st.blind_store.database(st.gallery().version, KeyService(st).export_templates)
     return {
         "params": params,
-        "backend": kernel.BACKEND,
+        "backend": kernel.backend(),
         "n": n,
         "blocks": db.blocks,
         "db_build_s": blind.database_seconds,
@@ -45,12 +44,11 @@ def _figures(blind: BlindSetup, params: str, median_s: float) -> dict[str, Any]:
         "numpy_ms": numpy_ms,
         "ratio_to_numpy": median_s * 1e3 / numpy_ms,
         "answer_block_bytes": answer_bytes(ctx),
-        # Other work on the machine skews every figure: record the load it ran under.
-        "load_average": os.getloadavg()[0],
+        "load_average": load_average(),
     }
 
 
-def test_blind_answer(benchmark, blind, blind_bench_params, bench_rounds):
+def test_blind_answer(benchmark, blind, blind_bench_params, timed_answers):
     """Full responder path per blind query: verify, load keys, match, mask/flood/rescale, sign and box."""
     requester = Requester(blind.requester)
     responder = Responder(blind.responder)
@@ -60,12 +58,10 @@ def test_blind_answer(benchmark, blind, blind_bench_params, bench_rounds):
     counter = itertools.count()
     sent: list[tuple[int, bytes]] = []
     announcements: list[bytes] = []
-    answers: list[bytes] = []
     key_parts: dict[str, int] = {}
 
-    def fresh_query() -> tuple[tuple[bytes], dict[str, object]]:
-        # Every round needs its own query (answered queries are refused as
-        # replays); all share one case, hence one key, announced once.
+    def fresh_query() -> bytes:
+        # All queries share one case, hence one key, announced once.
         i = next(counter)
         index = (i * 7919) % n
         ann, msg = requester.blind_query(RESPONDER, mate_probe(blind.gallery, index, i), case, "serious-crime")
@@ -75,15 +71,9 @@ def test_blind_answer(benchmark, blind, blind_bench_params, bench_rounds):
             responder.accept_keys(ann)
             announcements.append(ann)
         sent.append((index, msg))
-        return (msg,), {}
+        return msg
 
-    def answer(msg: bytes) -> None:
-        answers.append(responder.answer(msg))
-
-    benchmark.pedantic(answer, setup=fresh_query, rounds=bench_rounds, warmup_rounds=1, iterations=1)
-
-    opened = [requester.open(a) for a in answers]
-    assert all(o.hit for o in opened), "a planted mate was missed"
+    answers, opened = timed_answers(requester, responder, fresh_query)
     # The follow-up retires the case's key: done once, last.
     index, _msg = sent[-1]
     followup = requester.follow_up(answers[-1], opened[-1].candidates[0])
@@ -109,6 +99,6 @@ def test_blind_query(benchmark, blind, blind_bench_params, bench_rounds):
         return requester.blind_query(RESPONDER, probe, "BENCH-BLIND-Q", "serious-crime")[1]
 
     msg = benchmark.pedantic(query, rounds=bench_rounds, warmup_rounds=1, iterations=1)
-    benchmark.extra_info.update(params=blind_bench_params, backend=kernel.BACKEND, n=len(blind),
+    benchmark.extra_info.update(params=blind_bench_params, backend=kernel.backend(), n=len(blind),
                                 query_bytes=len(msg), announcement_bytes=len(announcement),
                                 announcement_mb=len(announcement) / 1e6)

@@ -25,8 +25,8 @@ import time
 
 import pytest
 
-from pprm.cli.bench import build_setup
-from pprm.cluster import ShardedMatcher, connect, sealed_spec
+from pprm.bench.setup import build_setup
+from pprm.cluster import ShardedMatcher, connect
 from pprm.cluster.shards import ShardSet
 from pprm.crypto import params as param_sets
 from pprm.matching.decide import SealedDecider
@@ -64,7 +64,7 @@ def _measure(setup, workers: int) -> dict[str, float]:
         return original(self, worker, method, *args)
 
     with connect(f"local:{workers}") as handle:
-        sharded = ShardedMatcher(handle, sealed_spec(st))
+        sharded = ShardedMatcher(handle, st.sealed_shard_spec())
         t = time.perf_counter()
         sharded.sync(st.gallery())
         sync_s = time.perf_counter() - t

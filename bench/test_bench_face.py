@@ -33,6 +33,7 @@ pytest.importorskip("cv2", reason='the face extra is not installed (pip install 
 
 import cv2
 
+from pprm.bench.report import load_average
 from pprm.face import FacePipeline, load_models
 from pprm.face.align import align_face
 
@@ -93,8 +94,7 @@ def _info(pipeline: FacePipeline, median_s: float, faces: int, **extra: Any) -> 
         "det_size": list(pipeline.det_size),
         "faces_per_round": faces,
         "ms_per_face": median_s * 1e3 / faces,
-        # Other work on the machine skews every figure: record the load it ran under.
-        "load_average": os.getloadavg()[0],
+        "load_average": load_average(),
         **extra,
     }
 

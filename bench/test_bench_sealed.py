@@ -10,11 +10,11 @@ big-integer reference), so a fast but wrong path cannot pass unnoticed.
 from __future__ import annotations
 
 import itertools
-import os
 
 import numpy as np
 
-from pprm.cli.bench import RESPONDER, BenchSetup, numpy_baseline_ms
+from pprm.bench.report import load_average, numpy_baseline_ms
+from pprm.bench.setup import RESPONDER, BenchSetup
 from pprm.matching import kernel
 from pprm.matching.sealed import quantise_probe
 from pprm.matching.templates import normalise_probe
@@ -29,7 +29,7 @@ def _figures(sealed: BenchSetup, params: str, median_s: float) -> dict[str, obje
     numpy_ms = numpy_baseline_ms(sealed.templates, probe)
     return {
         "params": params,
-        "backend": kernel.BACKEND,
+        "backend": kernel.backend(),
         "n": n,
         "blocks": len(sealed.responder.gallery().index.blocks),
         "us_per_template": median_s * 1e6 / n,
@@ -37,35 +37,25 @@ def _figures(sealed: BenchSetup, params: str, median_s: float) -> dict[str, obje
         "ratio_to_numpy": median_s * 1e3 / numpy_ms,
         "stored_bytes_per_template": sealed.stored_bytes() / n,
         "ram_bytes_per_template": sealed.ram_bytes() / n,
-        # Other work on the machine skews every figure: record the load it ran under.
-        "load_average": os.getloadavg()[0],
+        "load_average": load_average(),
     }
 
 
-def test_sealed_query(benchmark, sealed, bench_params, bench_rounds):
+def test_sealed_query(benchmark, sealed, bench_params, timed_answers):
     """Full responder path per query: verify, match, decrypt, mint tokens, sign and box."""
     requester = Requester(sealed.requester)
-    responder = Responder(sealed.responder)
     counter = itertools.count()
     sent: list[tuple[int, bytes]] = []
-    answers: list[bytes] = []
 
-    def fresh_query() -> tuple[tuple[bytes], dict[str, object]]:
-        # Every round needs its own query: answered queries are refused as replays.
+    def fresh_query() -> bytes:
         i = next(counter)
         index = (i * 7919) % len(sealed)
         msg = requester.query(RESPONDER, mate_probe(sealed.gallery, index, i), case=f"B-{i}",
                               purpose="serious-crime")
         sent.append((index, msg))
-        return (msg,), {}
+        return msg
 
-    def answer(msg: bytes) -> None:
-        answers.append(responder.answer(msg))
-
-    benchmark.pedantic(answer, setup=fresh_query, rounds=bench_rounds, warmup_rounds=1, iterations=1)
-
-    opened = [requester.open(a) for a in answers]
-    assert all(o.hit for o in opened), "a planted mate was missed"
+    answers, opened = timed_answers(requester, Responder(sealed.responder), fresh_query)
     info = _figures(sealed, bench_params, benchmark.stats.stats.median)
     info.update(query_bytes=len(sent[0][1]), answer_bytes_hit=len(answers[0]),
                 candidates=[len(o.candidates) for o in opened])
@@ -82,7 +72,7 @@ def test_sealed_matcher_only(benchmark, sealed, bench_params, bench_rounds):
 
 
 def test_numpy_plaintext_baseline(benchmark, sealed, bench_params):
-    """The plaintext reference of DESIGN.md section 8: float32 G @ q over the same templates."""
+    """The plaintext reference of docs/DESIGN.md section 8: float32 G @ q over the same templates."""
     g = np.ascontiguousarray(sealed.templates, dtype=np.float32)
     _kind, probe = sealed.probe(0, seed=9)
     q = np.ascontiguousarray(probe, dtype=np.float32)
@@ -115,6 +105,6 @@ def test_kernel_one_block(benchmark, smallest, bench_params):
     median = benchmark.stats.stats.median
     macs = block.shape[0] * block.shape[1] * block.shape[2] * block.shape[3]
     benchmark.extra_info.update(
-        params=bench_params, backend=kernel.BACKEND, block_shape=list(block.shape), block_bytes=block.nbytes,
+        params=bench_params, backend=kernel.backend(), block_shape=list(block.shape), block_bytes=block.nbytes,
         templates_per_block=ctx.params.slots, macs=macs, macs_per_s=macs / median,
         gb_per_s=block.nbytes / median / 1e9, ms_per_1k_templates=median * 1e6 / ctx.params.slots)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from pprm.cli.soak import run_soak
+from pprm.bench.soak import run_soak
 from pprm.crypto import params as param_sets
 
 

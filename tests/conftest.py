@@ -1,16 +1,31 @@
 """Shared fixtures for the pprm test suite.
 
-Kept deliberately small:
+Kept deliberately small; the plain functions they use live in
+``tests/helpers.py``. Contexts and keys are session-scoped: building them is
+not free (a production blind key set is several megabytes of Galois keys),
+and nothing mutates them. A test that needs keys of its own (fresh ids, a
+keyring that retires them) generates them itself.
 
-* ``insecure_params`` / ``ctx`` / ``keypair`` / ``key_id``: one CKKS context
-  and key pair on the fast test-only set ``INSECURE-sealed-n1024``, shared by
-  the whole session (building them is cheap, but SEAL contexts are not free
-  and nothing mutates them).
-* ``make_state``: a factory that creates a fresh state directory on the
-  insecure set, for tests that need the node layer.
-* ``scored_rows``: a factory for gallery rows with *prescribed* cosine scores
-  against given probes, so that tests can put scores exactly where they want
-  them (close to the threshold, or safely away from it).
+Sealed profile, on the test-only set ``INSECURE-sealed-n1024``
+(:data:`tests.helpers.INSECURE_SEALED`):
+
+* ``sealed_params`` / ``sealed_ctx`` / ``sealed_keypair`` / ``sealed_key_id``.
+
+Blind profile, on the test-only set ``INSECURE-blind-n1024``
+(:data:`tests.helpers.INSECURE_BLIND`):
+
+* ``blind_params`` / ``blind_ctx`` / ``blind_keypair`` (the requester's side)
+  / ``blind_announced`` (the responder's side: the public and Galois keys
+  loaded from the pair's announcement);
+* ``blind_prod_ctx`` / ``blind_prod_keypair`` / ``blind_prod_announced``: the
+  same on the production set ``pprm-blind-n16384-v1``
+  (:data:`tests.helpers.PROD_BLIND`), for the noise, fidelity and privacy
+  measurements that only mean something there.
+
+Worlds:
+
+* ``make_world``: a state whose gallery scores near chosen thresholds
+  (:class:`tests.helpers.ScoredWorld`).
 
 A Hypothesis profile without deadlines is loaded, because SEAL calls have
 latencies that vary with machine load and a deadline would make tests flaky,
@@ -28,122 +43,123 @@ import pytest
 import tenseal.sealapi as seal
 from hypothesis import HealthCheck, settings
 
-from pprm.crypto import keys, params
-from pprm.crypto.context import CkksContext
+from pprm.crypto import blind_keys, keys, params
+from pprm.crypto import blind_params as blind_param_sets
+from pprm.crypto.context import BlindContext, CkksContext
 from pprm.matching.owner import GalleryOwner
 from pprm.matching.templates import normalise_templates
-from pprm.node.state import State
-from tests.helpers import ScoredWorld
-
-INSECURE = "INSECURE-sealed-n1024"
+from tests.helpers import (
+    INSECURE_BLIND,
+    INSECURE_SEALED,
+    PROD_BLIND,
+    ScoredWorld,
+    new_state,
+    orthonormal_probes,
+    rows_with_scores,
+)
 
 settings.register_profile(
     "pprm", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile("pprm")
 
 
-@pytest.fixture(scope="session")
-def insecure_params() -> params.ParameterSet:
-    """The test-only N=1024 parameter set (512 templates per block)."""
-    return params.get(INSECURE, allow_insecure=True)
-
+# -- sealed profile --------------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def ctx(insecure_params: params.ParameterSet) -> CkksContext:
-    """A CKKS context on the insecure set; holds no key."""
-    return CkksContext(insecure_params)
+def sealed_params() -> params.ParameterSet:
+    """The test-only sealed set ``INSECURE-sealed-n1024`` (512 templates per block)."""
+    return params.get(INSECURE_SEALED, allow_insecure=True)
 
 
 @pytest.fixture(scope="session")
-def keypair(ctx: CkksContext) -> tuple[seal.SecretKey, seal.PublicKey]:
-    """``(secret_key, public_key)`` for :func:`ctx`, generated once per session."""
-    return keys.generate(ctx)
+def sealed_ctx(sealed_params: params.ParameterSet) -> CkksContext:
+    """A CKKS context on :func:`sealed_params`; holds no key."""
+    return CkksContext(sealed_params)
 
 
 @pytest.fixture(scope="session")
-def key_id(ctx: CkksContext, keypair: tuple[seal.SecretKey, seal.PublicKey]) -> str:
-    """Key id of :func:`keypair`'s public key."""
-    return keys.key_id_of(keys.public_key_bytes(ctx, keypair[1]))
+def sealed_keypair(sealed_ctx: CkksContext) -> tuple[seal.SecretKey, seal.PublicKey]:
+    """``(secret_key, public_key)`` for :func:`sealed_ctx`, generated once per session."""
+    return keys.generate(sealed_ctx)
 
 
-@pytest.fixture
-def make_state() -> Callable[..., State]:
-    """Factory ``make_state(tmp_path, name, **kw) -> State``.
-
-    Creates the state in ``tmp_path / name`` via :meth:`State.init`, on
-    ``INSECURE-sealed-n1024`` with ``allow_insecure=True`` unless ``kw``
-    overrides ``params`` or ``allow_insecure``; other keywords (threshold, k,
-    dim) are passed through.
-    """
-
-    def factory(base: Path | str, name: str, **kw: Any) -> State:
-        kw.setdefault("params", INSECURE)
-        kw.setdefault("allow_insecure", True)
-        return State.init(str(Path(base) / name), name, **kw)
-
-    return factory
+@pytest.fixture(scope="session")
+def sealed_key_id(sealed_ctx: CkksContext, sealed_keypair: tuple[seal.SecretKey, seal.PublicKey]) -> str:
+    """Key id of :func:`sealed_keypair`'s public key."""
+    return keys.key_id_of(keys.public_key_bytes(sealed_ctx, sealed_keypair[1]))
 
 
-def _rows_with_scores(probes: np.ndarray, scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Unit rows ``g_i`` with ``g_i . p_j = scores[i, j]`` for orthonormal probes ``p_j``.
+# -- blind profile ---------------------------------------------------------------
 
-    ``g_i = sum_j a_ij p_j + sqrt(1 - sum_j a_ij^2) u_i`` with ``u_i`` a random
-    unit vector orthogonal to every probe.
-
-    Args:
-        probes: ``(m, d)`` orthonormal rows.
-        scores: ``(n, m)`` prescribed scores, with row sums of squares < 1.
-        rng: randomness for the orthogonal parts.
-
-    Returns:
-        ``(n, d)`` float64 unit rows.
-    """
-    p = np.asarray(probes, dtype=np.float64)
-    a = np.asarray(scores, dtype=np.float64)
-    assert np.allclose(p @ p.T, np.eye(p.shape[0]), atol=1e-12), "probes must be orthonormal"
-    rest = 1.0 - (a * a).sum(axis=1)
-    assert (rest > 0).all(), "prescribed scores leave no room for a unit row"
-    u = rng.standard_normal((a.shape[0], p.shape[1]))
-    u -= (u @ p.T) @ p
-    u /= np.linalg.norm(u, axis=1, keepdims=True)
-    return a @ p + np.sqrt(rest)[:, None] * u
+def _announced(ctx: BlindContext, pair: blind_keys.BlindKeyPair) -> tuple[seal.PublicKey, seal.GaloisKeys]:
+    return blind_keys.load_announced(ctx, pair.public_blob, pair.galois_blob)
 
 
-@pytest.fixture
-def scored_rows() -> Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray]:
-    """Factory ``scored_rows(probes, scores, rng)``; see :func:`_rows_with_scores`."""
-    return _rows_with_scores
+@pytest.fixture(scope="session")
+def blind_params() -> blind_param_sets.BlindParameterSet:
+    """The test-only blind set ``INSECURE-blind-n1024`` (512 templates per block)."""
+    return blind_param_sets.get(INSECURE_BLIND, allow_insecure=True)
 
 
-def orthonormal_probes(m: int, dim: int, rng: np.random.Generator) -> np.ndarray:
-    """``m`` random orthonormal rows of dimension ``dim`` (float64)."""
-    q, _ = np.linalg.qr(rng.standard_normal((dim, m)))
-    return np.ascontiguousarray(q.T)
+@pytest.fixture(scope="session")
+def blind_ctx(blind_params: blind_param_sets.BlindParameterSet) -> BlindContext:
+    """A blind-profile context on :func:`blind_params`; holds no key."""
+    return BlindContext(blind_params)
 
 
-@pytest.fixture
-def make_probes() -> Callable[[int, int, np.random.Generator], np.ndarray]:
-    """Factory ``make_probes(m, dim, rng)``: ``m`` orthonormal probe rows."""
-    return orthonormal_probes
+@pytest.fixture(scope="session")
+def blind_keypair(blind_ctx: BlindContext) -> blind_keys.BlindKeyPair:
+    """A requester's key pair for :func:`blind_ctx`, generated once per session."""
+    return blind_keys.generate(blind_ctx)
 
+
+@pytest.fixture(scope="session")
+def blind_announced(blind_ctx: BlindContext,
+                    blind_keypair: blind_keys.BlindKeyPair) -> tuple[seal.PublicKey, seal.GaloisKeys]:
+    """``(public_key, galois_keys)`` as a responder loads them from :func:`blind_keypair`'s announcement."""
+    return _announced(blind_ctx, blind_keypair)
+
+
+@pytest.fixture(scope="session")
+def blind_prod_ctx() -> BlindContext:
+    """A blind-profile context on the production set ``pprm-blind-n16384-v1``."""
+    return BlindContext(blind_param_sets.get(PROD_BLIND))
+
+
+@pytest.fixture(scope="session")
+def blind_prod_keypair(blind_prod_ctx: BlindContext) -> blind_keys.BlindKeyPair:
+    """A requester's key pair for :func:`blind_prod_ctx`, generated once per session."""
+    return blind_keys.generate(blind_prod_ctx)
+
+
+@pytest.fixture(scope="session")
+def blind_prod_announced(blind_prod_ctx: BlindContext,
+                         blind_prod_keypair: blind_keys.BlindKeyPair) -> tuple[seal.PublicKey, seal.GaloisKeys]:
+    """``(public_key, galois_keys)`` loaded from :func:`blind_prod_keypair`'s announcement."""
+    return _announced(blind_prod_ctx, blind_prod_keypair)
+
+
+# -- worlds ----------------------------------------------------------------------
 
 @pytest.fixture
-def make_world(tmp_path: Path, make_state: Callable[..., State]) -> Callable[..., ScoredWorld]:
+def make_world(tmp_path: Path) -> Callable[..., ScoredWorld]:
     """Factory ``make_world(n_rows, dim, thresholds, seed, **state_kw) -> ScoredWorld``.
 
-    Scores against probe ``j`` spread over ``thresholds[j] +- 0.05``, so about
-    half of the pairs are hits and ~2% sit inside the 1e-3 margin.
+    The state lives in ``tmp_path / "DE"`` (:func:`tests.helpers.new_state`,
+    ``state_kw`` passed on). Scores against probe ``j`` spread over
+    ``thresholds[j] +- 0.05``, so about half of the pairs are hits and ~2% sit
+    inside the 1e-3 margin.
     """
 
     def factory(n_rows: int, dim: int, thresholds: tuple[float, ...], seed: int, **kw: Any) -> ScoredWorld:
-        state = make_state(tmp_path, "DE", dim=dim, **kw)
+        state = new_state(tmp_path / "DE", "DE", dim=dim, **kw)
         sk = keys.load_secret_key(state.ctx, state.secret_key_path())
         gallery = state.gallery()
         owner = GalleryOwner(state.ctx, sk, gallery)
         rng = np.random.default_rng(seed)
         probes = orthonormal_probes(len(thresholds), dim, rng)
         a = np.stack([rng.uniform(t - 0.05, t + 0.05, n_rows) for t in thresholds], axis=1)
-        templates = _rows_with_scores(probes, a, rng).astype(np.float32)
+        templates = rows_with_scores(probes, a, rng).astype(np.float32)
         ids = owner.enroll(templates, [f"DE-{i:05d}" for i in range(n_rows)])
         unit = normalise_templates(templates, dim)
         return ScoredWorld(state, sk, gallery, owner, probes.astype(np.float32),

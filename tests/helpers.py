@@ -4,7 +4,13 @@ They are functions, not fixtures, so that each test module can decide its own
 fixture scope. Everything secret in here is derived from fixed labels, so
 failures reproduce. Sections:
 
-* states, networks and crafted messages for the protocol, node and CLI tests;
+* the names of the test parameter sets (``INSECURE_SEALED``,
+  ``INSECURE_BLIND``, ...: one name each, used everywhere);
+* states (:func:`new_state`), networks and crafted messages for the
+  protocol, node and CLI tests;
+* galleries with prescribed scores (:func:`rows_with_scores`,
+  :class:`ScoredWorld`) for the fidelity tests;
+* the CLI, in process (:func:`cli`, :func:`ok`, :func:`ok_json`);
 * two statistics the privacy tests need (numpy only, no scipy);
 * exact noise measurement of blind-profile ciphertexts (integer CRT);
 * running state services and routers on loopback for the network tests.
@@ -55,13 +61,19 @@ from pprm.protocol.envelope import Header, new_id, seal_envelope
 from pprm.protocol.messages import FollowUpBody
 
 __all__ = [
-    "INSECURE",
+    "INSECURE_BLIND",
+    "INSECURE_SEALED",
+    "INSECURE_SEALED_COMPLEX",
     "MARGIN",
     "Node",
     "PARAMS_HEX",
+    "PROD_BLIND",
     "Proc",
+    "Result",
+    "ScoredWorld",
     "build_network",
     "centered_coefficients",
+    "cli",
     "craft",
     "craft_followup",
     "dead_url",
@@ -74,10 +86,14 @@ __all__ = [
     "new_state",
     "noise_bits",
     "occurs_in",
+    "ok",
+    "ok_json",
+    "orthonormal_probes",
     "plaintext_hits",
     "plaintext_residues",
     "resolve_all",
     "route",
+    "rows_with_scores",
     "serve",
     "snapshot",
     "spawn",
@@ -89,10 +105,17 @@ __all__ = [
 
 # ---- helpers ------------------------------------------------------------
 
-# The fast test-only parameter set (512 templates per block).
-INSECURE = "INSECURE-sealed-n1024"
+# The fast test-only parameter sets of the two profiles (N=1024; never
+# accepted without allow_insecure=True).
+INSECURE_SEALED = "INSECURE-sealed-n1024"  # 512 templates per block
+INSECURE_SEALED_COMPLEX = "INSECURE-sealed-n1024-complex"  # 1024 templates per block
+INSECURE_BLIND = "INSECURE-blind-n1024"  # 512 templates per block
+# The blind production set, for the tests that measure noise and fidelity
+# where it matters (pinned by name, not DEFAULT_BLIND_PARAMS: the figures in
+# those tests belong to this set).
+PROD_BLIND = "pprm-blind-n16384-v1"
 # Scores closer than this to the threshold are not guaranteed to decide
-# exactly (DESIGN.md section 4: delta = 1e-3); test data must avoid them.
+# exactly (docs/DESIGN.md section 4: delta = 1e-3); test data must avoid them.
 MARGIN = 1e-3
 
 
@@ -188,9 +211,22 @@ def occurs_in(needles: Iterable[bytes], haystacks: dict[str, bytes]) -> list[str
     return [name for name, hay in haystacks.items() if any(n in hay for n in needles)]
 
 
-def new_state(directory: str, name: str, **kwargs: object) -> State:
-    """A fresh state on the fast insecure parameter set."""
-    return State.init(directory, name, params=INSECURE, allow_insecure=True, **kwargs)  # type: ignore[arg-type]
+def new_state(directory: str | os.PathLike[str], name: str, *, params: str = INSECURE_SEALED,
+              allow_insecure: bool = True, **kwargs: Any) -> State:
+    """A fresh state in ``directory`` via :meth:`State.init`, on the fast insecure sealed set.
+
+    Args:
+        directory: the state directory (must not exist, or be empty).
+        name: the state code.
+        params: sealed parameter set (default :data:`INSECURE_SEALED`).
+        allow_insecure: passed on (default True, so the insecure sets load).
+        **kwargs: other :meth:`State.init` keywords (threshold, k, dim,
+            blind_params, ...).
+
+    Returns:
+        The opened state.
+    """
+    return State.init(os.fspath(directory), name, params=params, allow_insecure=allow_insecure, **kwargs)
 
 
 @dataclass
@@ -207,7 +243,7 @@ class Node:
 
 
 def build_network(root: str, names: Iterable[str], *, n: int = 600, seed: int = 0,
-                  trust: bool = True, **kwargs: object) -> dict[str, Node]:
+                  trust: bool = True, **kwargs: Any) -> dict[str, Node]:
     """States that (optionally) all trust each other, each with its own gallery.
 
     Args:
@@ -290,6 +326,38 @@ def resolve_all(requester: State, responder_keys: KeyService, answer: bytes,
         assert res.requester == requester.config.name
         refs.append(res.reference)
     return refs
+
+
+def orthonormal_probes(m: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """``m`` random orthonormal rows of dimension ``dim`` (float64)."""
+    q, _ = np.linalg.qr(rng.standard_normal((dim, m)))
+    return np.ascontiguousarray(q.T)
+
+
+def rows_with_scores(probes: np.ndarray, scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Unit rows ``g_i`` with ``g_i . p_j = scores[i, j]`` for orthonormal probes ``p_j``.
+
+    ``g_i = sum_j a_ij p_j + sqrt(1 - sum_j a_ij^2) u_i`` with ``u_i`` a random
+    unit vector orthogonal to every probe, so that tests can put scores
+    exactly where they want them (close to the threshold, or safely away).
+
+    Args:
+        probes: ``(m, d)`` orthonormal rows.
+        scores: ``(n, m)`` prescribed scores, with row sums of squares < 1.
+        rng: randomness for the orthogonal parts.
+
+    Returns:
+        ``(n, d)`` float64 unit rows.
+    """
+    p = np.asarray(probes, dtype=np.float64)
+    a = np.asarray(scores, dtype=np.float64)
+    assert np.allclose(p @ p.T, np.eye(p.shape[0]), atol=1e-12), "probes must be orthonormal"
+    rest = 1.0 - (a * a).sum(axis=1)
+    assert (rest > 0).all(), "prescribed scores leave no room for a unit row"
+    u = rng.standard_normal((a.shape[0], p.shape[1]))
+    u -= (u @ p.T) @ p
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    return a @ p + np.sqrt(rest)[:, None] * u
 
 
 @dataclasses.dataclass

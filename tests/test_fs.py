@@ -8,6 +8,7 @@ import os
 import stat
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pytest
@@ -73,7 +74,7 @@ def test_failure_keeps_old_content_and_leaves_no_temp(tmp_path: Path, monkeypatc
     if existing:
         _fs.atomic_write_bytes(str(p), b"old content", mode=0o600)
     before = _listing(tmp_path)
-    monkeypatch.setattr(_fs.os, target.split(".")[1], _fail)
+    monkeypatch.setattr(f"pprm._fs.{target}", _fail)
     with pytest.raises(Boom):
         _fs.atomic_write_bytes(str(p), b"new content that never lands")
     monkeypatch.undo()
@@ -92,12 +93,12 @@ def test_failure_in_the_middle_of_writing(tmp_path: Path, monkeypatch: pytest.Mo
     old = p.read_bytes()
     real_save = np.save
 
-    def partial_save(fh, arr, allow_pickle=False):  # type: ignore[no-untyped-def]
+    def partial_save(fh: BinaryIO, arr: np.ndarray, allow_pickle: bool = False) -> None:
         real_save(fh, arr[: len(arr) // 2], allow_pickle=allow_pickle)
         fh.flush()
         raise Boom
 
-    monkeypatch.setattr(_fs.np, "save", partial_save)
+    monkeypatch.setattr("pprm._fs.np.save", partial_save)
     with pytest.raises(Boom):
         _fs.atomic_save_npy(str(p), np.ones(1000, np.uint64))
     monkeypatch.undo()
@@ -112,7 +113,7 @@ def test_interrupt_is_cleaned_up_too(tmp_path: Path, monkeypatch: pytest.MonkeyP
     def interrupt(*_a: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_fs.os, "replace", interrupt)
+    monkeypatch.setattr("pprm._fs.os.replace", interrupt)
     with pytest.raises(KeyboardInterrupt):
         _fs.atomic_write_bytes(str(p), b"new")
     monkeypatch.undo()

@@ -232,13 +232,8 @@ def run_demo(directory: str | None = None, *, states: int = 3, gallery: int = 50
 
                 req, resp = requesters[r], responders[s]
                 case, purpose = f"DEMO-{pair:04d}-{kind}-{profile}", "serious-crime"
-                if profile == "blind":
-                    announcement, msg = req.blind_query(codes[s], probe, case, purpose)
-                    if announcement is not None:
-                        resp.accept_keys(announcement)
-                else:
-                    msg = req.query(codes[s], probe, case=case, purpose=purpose)
-                answer = resp.answer(msg)
+                sent = req.prepare(codes[s], probe, case, purpose, profile=profile)
+                answer = resp.answer(sent.query, announcements=sent.announcements)
                 opened = req.open(answer)
                 learned = [resp.key_service.resolve(req.follow_up(answer, tok)).reference
                            for tok in opened.candidates]

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pprm.cli.common import EXIT_OK, AddVerb, AtomicOutput, Verbs, emit, int_at_least, read_utf8
 from pprm.cli.progress import ProgressBar
 from pprm.errors import NoFaceError, TemplateError
 from pprm.matching.templates import validate_references
@@ -33,7 +34,7 @@ if TYPE_CHECKING:  # only for annotations: importing pprm.face loads onnxruntime
     from pprm.face import FaceModels, FacePipeline, FaceResults
     from pprm.node.state import State
 
-__all__ = ["add_embed_args", "add_enroll_args", "add_query_args", "cmd_embed", "templates_from_folder",
+__all__ = ["VERBS", "add_embed_args", "add_enroll_args", "add_query_args", "cmd_embed", "templates_from_folder",
            "probe_from_image", "skipped_report", "DEFAULT_THREADS"]
 
 # onnxruntime intra-op threads per model unless --threads says otherwise.
@@ -42,27 +43,21 @@ DEFAULT_THREADS = 2
 
 # -- parser -----------------------------------------------------------------------
 
-def _threads(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 def _model_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument("--models", required=required, metavar="DIR",
                    help="model pack folder: buffalo_l (det_10g.onnx + w600k_r50.onnx), buffalo_s (det_500m.onnx + "
                         "w600k_mbf.onnx), or one SCRFD detector and one ArcFace recognizer; pprm never downloads "
                         "weights")
-    p.add_argument("--threads", type=_threads, default=DEFAULT_THREADS,
+    p.add_argument("--threads", type=int_at_least(1), default=DEFAULT_THREADS,
                    help=f"onnxruntime threads per model (default {DEFAULT_THREADS})")
 
 
 def add_embed_args(p: argparse.ArgumentParser) -> None:
-    """Arguments of ``pprm embed``."""
+    """Add the arguments of ``pprm embed``.
+
+    Args:
+        p: the verb's parser.
+    """
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     _model_args(p, required=True)
     p.add_argument("--out", required=True, help=".npy file to write, shape (N, dim) float32, unit rows")
@@ -73,7 +68,12 @@ def add_embed_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_enroll_args(p: argparse.ArgumentParser) -> None:
-    """The image inputs of ``pprm enroll`` (``--templates``/``--refs`` stay in main)."""
+    """Add the image inputs of ``pprm enroll`` (:mod:`pprm.cli.state_cmds` adds ``--templates``/``--refs``).
+
+    Args:
+        p: the verb's parser; its ``check`` default refuses the combinations
+            of inputs that do not go together (a usage error).
+    """
     p.add_argument("--images", default=None, metavar="FOLDER",
                    help="enrol the largest face of every image in FOLDER (.jpg .jpeg .png .bmp .webp .tif .tiff); "
                         "instead of --templates/--refs, needs --models")
@@ -85,7 +85,12 @@ def add_enroll_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_query_args(p: argparse.ArgumentParser) -> None:
-    """The image input of ``pprm query`` (``--probe`` stays in main)."""
+    """Add the image input of ``pprm query`` (:mod:`pprm.cli.flow_cmds` adds ``--probe``).
+
+    Args:
+        p: the verb's parser; its ``check`` default refuses the combinations
+            of inputs that do not go together (a usage error).
+    """
     p.add_argument("--image", default=None, metavar="FILE",
                    help="probe with the largest face in this image instead of --probe; needs --models")
     _model_args(p, required=False)
@@ -165,17 +170,28 @@ def _embed_ref(path: str, face_index: int) -> str:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    """``pprm embed``: templates of the faces in images, to a .npy (and references) written atomically."""
-    from pprm.cli.main import EXIT_OK, _AtomicOutput, _emit
+    """``pprm embed``: templates of the faces in images, to a .npy (and references) written atomically.
 
+    Args:
+        args: the parsed ``embed`` arguments.
+
+    Returns:
+        :data:`~pprm.cli.common.EXIT_OK`.
+
+    Raises:
+        NoFaceError: no image yielded a template (nothing is written).
+        TemplateError: file names that cannot be references (with ``--refs-out``).
+        ModelPackError: see :func:`pprm.face.load_models`.
+        OSError: an output cannot be written.
+    """
     if args.refs_out is not None:
         # Before any work: file names that cannot be references (duplicates
         # from two folders, control characters) fail now, not after embedding.
         validate_references([_embed_ref(p, 0) for p in args.images], len(args.images))
     pipeline = _load(args)
     with contextlib.ExitStack() as stack:
-        out = stack.enter_context(_AtomicOutput(args.out))
-        refs_out = stack.enter_context(_AtomicOutput(args.refs_out)) if args.refs_out is not None else None
+        out = stack.enter_context(AtomicOutput(args.out))
+        refs_out = stack.enter_context(AtomicOutput(args.refs_out)) if args.refs_out is not None else None
         results = _embed(pipeline, args.images, all_faces=args.all_faces)
         skipped = skipped_report(results)
         if not results:
@@ -193,7 +209,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
             f"(pack {pipeline.models.pack}, dimension {pipeline.dim})")
     if skipped:
         text += f"; {len(skipped)} skipped"
-    _emit(args, report, text)
+    emit(args, report, text)
     return EXIT_OK
 
 
@@ -220,12 +236,7 @@ def _read_refs_csv(path: str, folder: str, names: Sequence[str]) -> dict[str, st
             unknown or repeated file, an image without a row.
         OSError: the file cannot be read.
     """
-    with open(path, "rb") as fh:
-        raw = fh.read()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise TemplateError(f"references CSV {path} is not valid UTF-8") from None
+    text = read_utf8(path, "references CSV", encoding="utf-8-sig")
     known = set(names)
     mapping: dict[str, str] = {}
     try:
@@ -309,6 +320,13 @@ def templates_from_folder(args: argparse.Namespace, st: State) -> tuple[np.ndarr
 def probe_from_image(args: argparse.Namespace, st: State) -> np.ndarray:
     """The probe of ``pprm query --image FILE --models DIR``: the largest face's template.
 
+    Args:
+        args: the parsed ``query`` arguments.
+        st: the querying state (its dimension must match the recognizer's).
+
+    Returns:
+        The template, of the state's dimension.
+
     Raises:
         ImageError: the image cannot be read.
         NoFaceError: it shows no usable face.
@@ -316,3 +334,12 @@ def probe_from_image(args: argparse.Namespace, st: State) -> np.ndarray:
         ModelPackError: see :func:`pprm.face.load_models`.
     """
     return _load(args, st).embed_one(args.image)
+
+
+def _add_embed(verbs: Verbs) -> None:
+    p = verbs.add("embed", cmd_embed, "detect, align and embed the faces in images into a .npy of templates")
+    add_embed_args(p)
+
+
+# Verb name -> the function adding it; pprm.cli.main chooses the order.
+VERBS: dict[str, AddVerb] = {"embed": _add_embed}

@@ -1,7 +1,7 @@
-"""CLI verbs over the network: ``serve``, ``route``, ``ask``.
+"""The verbs over the network: ``serve``, ``route``, ``ask``, and ``follow-up`` sent over HTTP.
 
-The HTTP stack is imported only when one of these verbs runs, so the other
-verbs start as fast as before.
+The HTTP stack (:mod:`pprm.net`, starlette, uvicorn, httpx) is imported only
+when one of these runs, so the other verbs do not pay for it at start-up.
 """
 
 from __future__ import annotations
@@ -9,35 +9,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from typing import Any
 
+from pprm.cli.common import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    AddVerb,
+    Verbs,
+    emit,
+    load_npy,
+    seconds_up_to,
+    state_codes,
+)
 from pprm.errors import ParameterError
 
-__all__ = ["add_net_verbs", "send_follow_up_cmd", "EXIT_PARTIAL"]
+__all__ = ["VERBS", "send_follow_up_cmd"]
 
-# `pprm ask`: at least one peer could not be asked to the end (unreachable,
-# timed out, or a reply outside the protocol). Distinct from 1 (nothing sent).
-EXIT_PARTIAL = 4
-
-Verb = Callable[..., argparse.ArgumentParser]
-
-
-def _codes(text: str) -> list[str]:
-    codes = [c.strip() for c in text.split(",") if c.strip()]
-    if not codes:
-        raise argparse.ArgumentTypeError("name at least one state, e.g. DE,HU")
-    return codes
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("a number of seconds") from None
-    if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError("between 0 and 3600 seconds")
-    return value
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 def _directory(args: argparse.Namespace) -> Any:
@@ -71,7 +59,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
     run(app, sock, log_level=args.log_level, started=lambda: _announce(args.host, f"serve: {name}", url))
-    return 0
+    return EXIT_OK
 
 
 def _cmd_route(args: argparse.Namespace) -> int:
@@ -90,17 +78,16 @@ def _cmd_route(args: argparse.Namespace) -> int:
                         stream=sys.stderr)
     run(app, sock, log_level=args.log_level,
         started=lambda: _announce(args.host, f"route: {len(peers)} state(s)", url))
-    return 0
+    return EXIT_OK
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
-    from pprm.cli.main import _load_npy
     from pprm.net.ask import ask
     from pprm.node.state import State
 
     st = State.open(args.dir)
     directory = _directory(args)
-    probe = _load_npy(args.probe, "probe")
+    probe = load_npy(args.probe, "probe")
     outcomes = ask(st, probe, args.to, case=args.case, purpose=args.purpose, directory=directory,
                    timeout=args.timeout, answers_dir=args.answers)
     if args.json:
@@ -115,48 +102,66 @@ def _cmd_ask(args: argparse.Namespace) -> int:
                 line += f"  ({o.detail})"
             print(line)
     answered = all(o.status in ("hit", "no hit", "refused") for o in outcomes)
-    return 0 if answered else EXIT_PARTIAL
+    return EXIT_OK if answered else EXIT_PARTIAL
 
 
 def send_follow_up_cmd(args: argparse.Namespace, st: Any, answer: bytes) -> int:
-    """``pprm follow-up ... --peers/--router``: build the follow-up and post it to the peer."""
-    from pprm.cli.main import _emit
+    """``pprm follow-up ... --peers/--router``: build the follow-up and post it to the peer.
+
+    Args:
+        args: the parsed ``follow-up`` arguments.
+        st: the requesting state (:class:`pprm.node.state.State`).
+        answer: the answer message the token is taken from.
+
+    Returns:
+        :data:`~pprm.cli.common.EXIT_OK` once the peer accepted the follow-up.
+
+    Raises:
+        PprmError: the answer or token is refused locally, or the peer refused
+            or could not be reached.
+    """
     from pprm.net.ask import send_follow_up
 
     ack = send_follow_up(st, answer, args.token, _directory(args))
-    _emit(args, ack, f"follow-up {ack.get('followup_id')} for query {ack.get('query_id')} accepted: the peer "
-                     "resolved and logged it; the record follows through its step two")
-    return 0
+    emit(args, ack, f"follow-up {ack.get('followup_id')} for query {ack.get('query_id')} accepted: the peer "
+                    "resolved and logged it; the record follows through its step two")
+    return EXIT_OK
 
 
-def add_net_verbs(verb: Verb) -> None:
-    """Register ``serve``, ``route`` and ``ask`` with the main parser's ``verb`` factory."""
-    levels = ("critical", "error", "warning", "info", "debug")
-
-    p = verb("serve", _cmd_serve, "run this state as an HTTP service (loopback by default)", json_out=False)
+def _add_serve(verbs: Verbs) -> None:
+    p = verbs.add("serve", _cmd_serve, "run this state as an HTTP service (loopback by default)", json_out=False)
     p.add_argument("dir")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8470, help="port (default 8470; 0 picks a free one)")
-    p.add_argument("--log-level", choices=levels, default="warning",
+    p.add_argument("--log-level", choices=_LOG_LEVELS, default="warning",
                    help="log level; info logs every request and query (default warning)")
     p.add_argument("--cluster", default=None, metavar="ADDRESS",
-                   help="shard the sealed gallery over a Dask cluster: tcp://HOST:PORT, or local:N worker processes")
+                   help="shard the gallery (sealed ciphertexts, blind database) over a Dask cluster: "
+                   "tcp://HOST:PORT, or local:N worker processes")
     p.add_argument("--replicas", type=int, default=1, help="copies of each gallery block on the cluster (default 1)")
 
-    p = verb("route", _cmd_route, "relay signed messages between state services (holds no state keys)",
-             json_out=False)
+
+def _add_route(verbs: Verbs) -> None:
+    p = verbs.add("route", _cmd_route, "relay signed messages between state services (holds no state keys)",
+                  json_out=False)
     p.add_argument("--peers", required=True, help="JSON file: state code -> service URL")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8460, help="port (default 8460; 0 picks a free one)")
-    p.add_argument("--log-level", choices=levels, default="warning", help="log level (default warning)")
+    p.add_argument("--log-level", choices=_LOG_LEVELS, default="warning", help="log level (default warning)")
 
-    p = verb("ask", _cmd_ask, "query several peers over HTTP at once and report per peer")
+
+def _add_ask(verbs: Verbs) -> None:
+    p = verbs.add("ask", _cmd_ask, "query several peers over HTTP at once and report per peer")
     p.add_argument("dir")
     p.add_argument("--probe", required=True, help=".npy template of shape (dim,) or (1, dim)")
-    p.add_argument("--to", required=True, type=_codes, help="peers' state codes, comma-separated (DE,HU)")
+    p.add_argument("--to", required=True, type=state_codes, help="peers' state codes, comma-separated (DE,HU)")
     p.add_argument("--case", required=True, help="case reference")
     p.add_argument("--purpose", required=True, help="purpose (one of the state's configured purposes)")
     p.add_argument("--peers", default=None, help="JSON file: state code -> service URL")
     p.add_argument("--router", default=None, help="router URL, for peers not in --peers")
-    p.add_argument("--timeout", type=_seconds, default=60.0, help="seconds allowed per peer (default 60)")
+    p.add_argument("--timeout", type=seconds_up_to(3600), default=60.0, help="seconds allowed per peer (default 60)")
     p.add_argument("--answers", default=None, help="directory for the signed replies (default DIR/answers)")
+
+
+# Verb name -> the function adding it; pprm.cli.main chooses the order.
+VERBS: dict[str, AddVerb] = {"serve": _add_serve, "route": _add_route, "ask": _add_ask}

@@ -27,7 +27,7 @@ from pprm.cluster.blind_shard import BlindShard, BlindShardSpec
 from pprm.cluster.connect import ClusterHandle
 from pprm.cluster.shards import QUERY_TIMEOUT, ShardSet
 from pprm.errors import ClusterError, ParameterError
-from pprm.matching.blind import BlindAnswer
+from pprm.matching.blind import BlindAnswer, BlindRequest
 from pprm.matching.diagonals import BlindDatabase, secret_permutation
 
 __all__ = ["ShardedBlindMatcher"]
@@ -76,16 +76,14 @@ class ShardedBlindMatcher:
         self._versions = versions
         return report
 
-    def answer_blind(self, probe: bytes, key_id: str, public_key: bytes, galois_keys: bytes, tau: float,
-                     progress: Progress | None = None) -> BlindAnswer:
-        """Evaluate one blind query over the shards.
+    def answer_blind(self, request: BlindRequest, tau: float, progress: Progress | None = None) -> BlindAnswer:
+        """Evaluate one blind query over the shards (the :class:`~pprm.matching.protocols.BlindMatching` interface).
 
         Args:
-            probe: the requester's probe ciphertext (SEAL stream; already
-                checked by the node, parsed again on each worker).
-            key_id: the requester's key id.
-            public_key: its public key blob.
-            galois_keys: its Galois keys blob.
+            request: the probe (parsed by whoever built the request, so a
+                malformed one never reaches a worker, where its error would
+                look like a lost worker) and the requester's announced keys;
+                the workers get the bytes and parse both again.
             tau: the threshold.
             progress: called with ``(blocks done, total)``.
 
@@ -101,11 +99,12 @@ class ShardedBlindMatcher:
         """
         if self._versions is None:
             raise ClusterError("the sharded blind database was never synced")
-        results = self.shards.fan_out(self._versions, "answer", (probe, key_id, public_key, galois_keys, tau),
-                                      progress)
+        keys = request.keys
+        results = self.shards.fan_out(self._versions, "answer", (request.probe, keys.key_id, keys.public, keys.galois,
+                                                                 tau), progress)
         order = [int(i) for i in secret_permutation(len(self._versions))]
         return BlindAnswer([results[b] for b in order], order)
 
     def describe(self) -> dict[str, dict[str, Any]]:
-        """Per worker: what its shard reports."""
+        """Per worker: what its shard reports (pid, blocks, bytes, files, secret objects; JSON-like values)."""
         return self.shards.describe()

@@ -26,6 +26,7 @@ CONNECT_TIMEOUT = 30.0
 class ClusterHandle:
     """A Dask client, and the local cluster it owns (None for a remote one)."""
 
+    # distributed ships no type information: Client and LocalCluster stay Any.
     client: Any
     local: Any = None
     address: str = ""

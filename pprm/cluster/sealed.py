@@ -1,8 +1,9 @@
 """The sealed matcher, sharded over a Dask cluster.
 
 :class:`ShardedMatcher` has the interface of
-:class:`pprm.matching.sealed.SealedMatcher` (``match(probe, threshold)`` ->
-:class:`~pprm.matching.sealed.MaskedResult`), so the key service decrypts its
+:class:`pprm.matching.sealed.SealedMatcher`
+(:class:`~pprm.matching.protocols.SealedMatching`: ``match(probe, threshold)``
+-> :class:`~pprm.matching.sealed.MaskedResult`), so the key service decrypts its
 results exactly as a single process's: same block order, same ciphertexts
 per block, same decisions.
 
@@ -34,23 +35,9 @@ from pprm.matching.gallery import EncryptedGallery
 from pprm.matching.sealed import MaskedResult, quantise_probe
 from pprm.matching.templates import normalise_probe
 
-__all__ = ["ShardedMatcher", "sealed_spec"]
+__all__ = ["ShardedMatcher"]
 
 Progress = Callable[[int, int], None]
-
-
-def sealed_spec(state: Any) -> SealedShardSpec:
-    """The public material a state's shards are built from.
-
-    Args:
-        state: a :class:`pprm.node.state.State`.
-    """
-    cfg = state.config
-    conj = b""
-    if cfg.parameter_set.packing == "complex":
-        with open(state.path("ckks", "galois.key"), "rb") as fh:
-            conj = fh.read()
-    return SealedShardSpec(cfg.params, cfg.allow_insecure, cfg.dim, state.key_id, conj)
 
 
 class ShardedMatcher:
@@ -58,7 +45,9 @@ class ShardedMatcher:
 
     Args:
         cluster: the connection (:func:`pprm.cluster.connect.connect`).
-        spec: public material (:func:`sealed_spec`).
+        spec: public material (a state gives it with
+            :meth:`pprm.node.state.State.sealed_shard_spec`, the conjugation
+            key checked against its key id).
         replicas: copies of each block (1: a lost worker fails queries until
             the next sync; 2: queries go on).
         timeout: seconds a worker may take for its part of one call.
@@ -133,5 +122,5 @@ class ShardedMatcher:
         return MaskedResult(tuple(b.file for b in blocks), cts, float(2**self._params.result_scale_bits))
 
     def describe(self) -> dict[str, dict[str, Any]]:
-        """Per worker: what its shard reports (pid, blocks, bytes, files, secret objects)."""
+        """Per worker: what its shard reports (pid, blocks, bytes, files, secret objects; JSON-like values)."""
         return self.shards.describe()

@@ -17,11 +17,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pprm.cluster.blind_shard import BlindShardSpec
 from pprm.cluster.connect import ClusterHandle
 from pprm.cluster.placement import plan
+from pprm.cluster.sealed_shard import SealedShardSpec
 from pprm.errors import ClusterError, ParameterError
 
-__all__ = ["ShardSet", "QUERY_TIMEOUT"]
+__all__ = ["ShardSet", "ShardSpec", "QUERY_TIMEOUT"]
 
 Progress = Callable[[int, int], None]
 # Seconds a worker may take for its part of one call before it counts as lost.
@@ -29,6 +31,10 @@ Progress = Callable[[int, int], None]
 # block about 0.1 s; 300 s also covers sending a 200 MB blind block. It is a
 # backstop against a hung process: a dead one fails at once.
 QUERY_TIMEOUT = 300.0
+# Actor handles and futures come from distributed, which ships no type
+# information: they are Any below, and so are the per-block results a shard
+# method returns through them (each coordinator knows its own).
+ShardSpec = SealedShardSpec | BlindShardSpec
 
 
 class ShardSet:
@@ -46,7 +52,7 @@ class ShardSet:
         ParameterError: replicas < 1.
     """
 
-    def __init__(self, cluster: ClusterHandle, shard_class: type, spec: Any, salt: str, *, replicas: int = 1,
+    def __init__(self, cluster: ClusterHandle, shard_class: type, spec: ShardSpec, salt: str, *, replicas: int = 1,
                  timeout: float = QUERY_TIMEOUT) -> None:
         if replicas < 1:
             raise ParameterError("replicas must be at least 1")

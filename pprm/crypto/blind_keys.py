@@ -2,7 +2,7 @@
 
 A requester uses a fresh key pair per case by default and retires it after
 every follow-up (a follow-up reveals decrypted signs, so the key must not
-decrypt anything crafted afterwards; DESIGN.md section 4, trap 2) and after a
+decrypt anything crafted afterwards; docs/DESIGN.md section 4, trap 2) and after a
 configurable lifetime. What travels, once per key, in a signed announcement:
 
 - the public key, as SEAL's seeded symmetric encryption of zero at the key

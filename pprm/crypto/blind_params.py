@@ -3,7 +3,7 @@
 In the blind profile the requester encrypts its probe under its own key and
 the responder evaluates ``r * (<G_j, q> - tau) + e`` with baby-step/giant-step
 diagonals, re-randomises the result with a fresh encryption of zero, floods
-the noise, and rescales the answer down to the first prime (DESIGN.md
+the noise, and rescales the answer down to the first prime (docs/DESIGN.md
 sections 2-4 and 9). Precision, not depth, sets the modulus: the flood is
 2**30 times the worst computation noise and must still leave every decision
 with ``|s - tau| >= 1e-3`` exact at the smallest mask ``r = 1``.
@@ -27,7 +27,7 @@ __all__ = ["BlindParameterSet", "DEFAULT_BLIND_PARAMS", "get", "names", "by_dige
 DEFAULT_BLIND_PARAMS = "pprm-blind-n16384-v1"
 
 # The flood's standard deviation is 2**30 times the worst-case computation
-# noise (DESIGN.md section 4; OpenFHE's NOISE_FLOODING uses the same s = 30).
+# noise (docs/DESIGN.md section 4; OpenFHE's NOISE_FLOODING uses the same s = 30).
 FLOOD_FACTOR_BITS = 30
 
 
@@ -186,22 +186,22 @@ _BLIND_COMMON: dict[str, Any] = {
     # 2**82: probe scale. The probe's encryption noise and the key-switching
     # noise of the 63 chained baby-step rotations, relative to this scale,
     # dominate the computation noise (measured: 2**-68 of the product's scale
-    # for a random gallery). DESIGN.md section 9 used 2**66 with r <= 2**10
+    # for a random gallery). docs/DESIGN.md section 9 used 2**66 with r <= 2**10
     # at N=8192; the wider mask range and the worst-case galleries below
     # cost the extra bits.
     "probe_scale_bits": 82,
     # 2**70: diagonal scale; rounding the exactly computed diagonals to
     # integers then adds about 2**-70 relative error per diagonal.
     "diagonal_scale_bits": 70,
-    # 2**11: mask scale (DESIGN.md section 9); r's encoding error is about
+    # 2**11: mask scale (docs/DESIGN.md section 9); r's encoding error is about
     # 0.02 in absolute terms, which cannot flip the sign of r*(s - tau).
     "mask_scale_bits": 11,
     # r log-uniform in [1, 2**13]: the rank correlation of a non-hit's
     # decrypted value with its score is about 3.4*(sd of impostor scores /
-    # tau) / (13 ln 2) = 0.041 for sd 0.044 and tau = 0.4 (DESIGN.md
+    # tau) / (13 ln 2) = 0.041 for sd 0.044 and tau = 0.4 (docs/DESIGN.md
     # section 9; measured 0.040 by tests/matching/test_blind_fidelity.py).
     "mask_log2_max": 13,
-    # |s - tau| >= 1e-3 must decide exactly (DESIGN.md sections 4 and 8).
+    # |s - tau| >= 1e-3 must decide exactly (docs/DESIGN.md sections 4 and 8).
     "decision_margin": 1e-3,
     # 12 of q0's 60 bits are rounded off every answer coefficient: 48 bits
     # (6 bytes) per coefficient, 24 bytes per template. The rounding error

@@ -3,7 +3,7 @@
 SEAL's ``CKKSEncoder`` computes the inverse canonical embedding in float64.
 Its relative error (about 1e-16 per coefficient, partly systematic) adds up
 over the 512 diagonals of a blind-profile inner product and costs two bits
-of the precision the noise flood needs (DESIGN.md section 9). This module
+of the precision the noise flood needs (docs/DESIGN.md section 9). This module
 computes the same polynomial with an x87 80-bit ``numpy.longdouble`` FFT
 (64-bit mantissa), rounds each coefficient to the nearest integer, and
 reduces it modulo each prime. SEAL then only does the NTT (see

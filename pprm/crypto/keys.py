@@ -6,7 +6,7 @@ symmetrically (the key service). Public material carries a key id that binds
 gallery ciphertexts to the key they were made under.
 
 Complex-packing sets also need a conjugation key: Galois keys for the single
-element 2N - 1 (DESIGN.md section 9). They are public material (they let
+element 2N - 1 (docs/DESIGN.md section 9). They are public material (they let
 anyone conjugate, not decrypt), made once from the secret key when a state is
 created, and loaded by the matcher, which never opens the secret key.
 """

@@ -56,7 +56,7 @@ class ParameterSet:
         decision_margin: |s - tau| at and above which decisions must be exact.
         insecure: True for test-only sets below 128-bit security.
         packing: ``"real"``: one template per CKKS slot; ``"complex"``: two,
-            in the real and imaginary parts (DESIGN.md sections 3 and 9). The
+            in the real and imaginary parts (docs/DESIGN.md sections 3 and 9). The
             complex set needs a conjugation key, so a special prime.
     """
 
@@ -157,7 +157,7 @@ def _validate(lit: dict[str, Any]) -> ParameterSet:
     if worst > q0 - 1:
         raise ParameterError(f"{ps.name}: masked result needs {worst} bits, q0 gives {q0 - 1}")
     # Probe weights w = round(q * 2**p) times 30-bit residue limbs, summed in
-    # groups, must stay exact in float64 (see pprm.matching.kernel).
+    # groups, must stay exact in float64 (see pprm.matching.kernel_numpy).
     if ps.probe_scale_bits > 16:
         raise ParameterError(f"{ps.name}: probe_scale_bits above 16 breaks exact accumulation")
     # The grid must be coarse against decryption noise (which scales like
@@ -170,37 +170,37 @@ def _validate(lit: dict[str, Any]) -> ParameterSet:
 
 
 _SEALED_COMMON: dict[str, Any] = {
-    # One template per CKKS slot (DESIGN.md section 3).
+    # One template per CKKS slot (docs/DESIGN.md section 3).
     "packing": "real",
-    # 2**24: gallery encoding scale. DESIGN.md section 9 starts from 2**22;
+    # 2**24: gallery encoding scale. docs/DESIGN.md section 9 starts from 2**22;
     # two more bits cut the fresh per-component noise from 5.0e-5 to 1.25e-5
     # (measured at N=8192), which lets the owner round decrypted components
     # back onto the 2**-12 grid below with a 9.8-sigma margin (6.9 sigma after
     # one homomorphic append), so removals never accumulate noise.
     "gallery_scale_bits": 24,
     # 2**15: probe quantisation step; with unit-norm probes |w_k| <= 2**15 and
-    # the score lands at scale 2**39 (DESIGN.md section 9 uses the same step).
+    # the score lands at scale 2**39 (docs/DESIGN.md section 9 uses the same step).
     "probe_scale_bits": 15,
-    # 2**10: mask encoding scale (DESIGN.md section 9); r's encoding error is
+    # 2**10: mask encoding scale (docs/DESIGN.md section 9); r's encoding error is
     # about 0.025 (std) in absolute terms, which cannot flip the sign of r*(s - tau).
     "mask_scale_bits": 10,
-    # r log-uniform in [1, 2**8] (DESIGN.md section 4 suggests 2**10; the two
+    # r log-uniform in [1, 2**8] (docs/DESIGN.md section 4 suggests 2**10; the two
     # bits went to the gallery scale). Worst slot: 2**8 * 2 * 2**49 = 2**58 < q/2.
     "mask_log2_max": 8,
     # Enrolled components are rounded to multiples of 2**-12 (2.4e-4): the
     # score moves by at most about 7e-5 (std) from the float32 template, far
     # inside the 1e-3 decision margin, and the grid makes removal exact.
     "template_grid_bits": 12,
-    # |s - tau| >= 1e-3 must decide exactly (DESIGN.md sections 4 and 8).
+    # |s - tau| >= 1e-3 must decide exactly (docs/DESIGN.md sections 4 and 8).
     "decision_margin": 1e-3,
 }
 
 _SEALED_COMPLEX: dict[str, Any] = {
     **_SEALED_COMMON,
-    # Two templates per CKKS slot, real and imaginary parts (DESIGN.md
+    # Two templates per CKKS slot, real and imaginary parts (docs/DESIGN.md
     # sections 3 and 9): half the RAM, disk and kernel work per template.
     "packing": "complex",
-    # 2**9 instead of 2**10 (DESIGN.md section 9 uses 2**9 for complex
+    # 2**9 instead of 2**10 (docs/DESIGN.md section 9 uses 2**9 for complex
     # packing): de-interleaving doubles every score (u = 2*s_A, v = -2i*s_B),
     # so at 2**10 the worst slot would be 2**8 * 2 * 2 * 2**49 = 2**59, at
     # q0/2. One bit less on the mask keeps it at 2**58, the real sets'
@@ -213,7 +213,7 @@ _SEALED_COMPLEX: dict[str, Any] = {
 _LITERALS: tuple[dict[str, Any], ...] = (
     # The production set: N=8192 gives 4096 templates per block; one 60-bit
     # prime (the largest SEAL offers) holds the 2**57.6 worst-case slot
-    # (DESIGN.md section 9); log Q = 60 is far under the 214-bit bound.
+    # (docs/DESIGN.md section 9); log Q = 60 is far under the 214-bit bound.
     {"name": "pprm-sealed-n8192-v1", "poly_modulus_degree": 8192,
      "coeff_modulus_bits": [60], "insecure": False, **_SEALED_COMMON},
     # Same computation at N=4096 (2048 templates per block); log Q = 60 is

@@ -20,7 +20,7 @@ __all__ = ["Registry", "canonical_fields", "digest_of", "check_ring", "HE_MAX_LO
 
 # Maximum total bit length of the coefficient modulus for 128-bit classical
 # security with a ternary secret, per the 2024 HomomorphicEncryption.org
-# security guidelines (stricter than SEAL's 2018 table; DESIGN.md section 5).
+# security guidelines (stricter than SEAL's 2018 table; docs/DESIGN.md section 5).
 HE_MAX_LOG_Q: dict[int, int] = {4096: 107, 8192: 214, 16384: 431, 32768: 868}
 
 

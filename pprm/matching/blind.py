@@ -2,7 +2,7 @@
 
 For each block of N/2 templates the responder turns the requester's
 encrypted probe into one ciphertext of ``r_j * (s_j - tau) + e_j`` and sends
-it back. In order (DESIGN.md section 9):
+it back. In order (docs/DESIGN.md section 9):
 
 1. the baby-step/giant-step product with the plaintext diagonals
    (:mod:`pprm.matching.diagonals`) at the top level, scale ``2**S``; slot
@@ -23,13 +23,15 @@ responder can map (position, slot) back to a record.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import tenseal.sealapi as seal
 
+from pprm.crypto import blind_keys
 from pprm.crypto.answer_codec import encode_answer
 from pprm.crypto.context import BlindContext
 from pprm.crypto.encoding import coefficients_to_residues, encode_coefficients
@@ -39,7 +41,9 @@ from pprm.matching.diagonals import BlindDatabase, secret_permutation
 from pprm.matching.flood import uniform_residues
 from pprm.matching.mask import csprng_uniform
 
-__all__ = ["BlindAnswer", "BlindEvaluator", "BlindMatcher", "answer_scale"]
+__all__ = ["AnnouncedKeys", "BlindAnswer", "BlindEvaluator", "BlindMatcher", "BlindRequest", "answer_scale"]
+
+Progress = Callable[[int, int], None]
 
 
 def answer_scale(ctx: BlindContext) -> float:
@@ -63,6 +67,92 @@ class BlindAnswer:
 
     ciphertexts: list[bytes]
     order: list[int]
+
+
+class AnnouncedKeys:
+    """A requester's announced blind-profile keys: public material, as announced and as SEAL objects.
+
+    A matcher in this process needs the SEAL objects; shards on a cluster
+    need the bytes (each worker loads them itself). The objects are loaded
+    at the first :meth:`load` and kept, so a key serving a burst of queries
+    is parsed once.
+
+    Args:
+        key_id: the key id (checked against the material by whoever
+            accepted the announcement).
+        public: the announced public key (SEAL stream).
+        galois: the announced Galois keys (SEAL stream).
+        loaded: the same keys already loaded with
+            :func:`pprm.crypto.blind_keys.load_announced`, if the caller has them.
+    """
+
+    def __init__(self, key_id: str, public: bytes, galois: bytes,
+                 loaded: tuple[seal.PublicKey, seal.GaloisKeys] | None = None) -> None:
+        self.key_id = key_id
+        self.public = public
+        self.galois = galois
+        self._loaded = loaded
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"AnnouncedKeys({self.key_id})"
+
+    def load(self, ctx: BlindContext) -> tuple[seal.PublicKey, seal.GaloisKeys]:
+        """The keys as SEAL objects for ``ctx`` (strictly loaded once, then cached).
+
+        Args:
+            ctx: the blind context of the announced parameter set.
+
+        Returns:
+            ``(public key, Galois keys)``.
+
+        Raises:
+            CiphertextError: the material does not load (see
+                :func:`pprm.crypto.blind_keys.load_announced`).
+        """
+        with self._lock:
+            if self._loaded is None:
+                self._loaded = blind_keys.load_announced(ctx, self.public, self.galois)
+            return self._loaded
+
+
+@dataclass(frozen=True)
+class BlindRequest:
+    """One blind query as a matcher takes it: the probe, strictly parsed, and the requester's keys.
+
+    Build it with :meth:`parse`, which checks the probe before any matching
+    work starts (and before a blind database is built for it).
+
+    Attributes:
+        probe: the requester's probe ciphertext as received (SEAL stream);
+            shards on a cluster parse it again from these bytes.
+        ciphertext: the same probe parsed at the data level and scale
+            ``2**probe_scale_bits``.
+        keys: the requester's announced keys for this query.
+    """
+
+    probe: bytes = field(repr=False)
+    ciphertext: seal.Ciphertext = field(repr=False)
+    keys: AnnouncedKeys
+
+    @classmethod
+    def parse(cls, ctx: BlindContext, probe: bytes, keys: AnnouncedKeys) -> BlindRequest:
+        """Parse the probe strictly and pair it with the keys.
+
+        Args:
+            ctx: the blind context of the responder's parameter set.
+            probe: the probe ciphertext from the query body.
+            keys: the requester's keys the probe is encrypted under.
+
+        Returns:
+            The request.
+
+        Raises:
+            CiphertextError: the probe is not a ciphertext of ``ctx`` at the
+                data level and the probe scale.
+        """
+        ct = ctx.load_seeded_ciphertext(probe, scale=float(2**ctx.params.probe_scale_bits))
+        return cls(probe, ct, keys)
 
 
 def _mulmod(a: np.ndarray, b: np.ndarray, moduli: tuple[int, ...]) -> np.ndarray:
@@ -176,7 +266,7 @@ class BlindEvaluator:
         return encode_answer(ctx, out)
 
     def evaluate(self, probe: seal.Ciphertext, public_key: seal.PublicKey, galois: seal.GaloisKeys, tau: float,
-                 blocks: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[bytes]:
+                 blocks: Sequence[tuple[np.ndarray, np.ndarray]], progress: Progress | None = None) -> list[bytes]:
         """Answer blocks for ``(diagonals, signs)`` pairs, in the order given.
 
         Args:
@@ -188,6 +278,7 @@ class BlindEvaluator:
                 are certain non-hits.
             blocks: per block, its diagonals ``uint64[g2, b1, L, N]`` and its
                 secret slot signs.
+            progress: called with ``(blocks done, total)``.
 
         Returns:
             One packed answer block per input block.
@@ -221,6 +312,8 @@ class BlindEvaluator:
                 score = self._giant_steps(inner, galois)
                 r, e = self.draw_masks()
                 out.append(self.hide(self.mask(score, blocks[k][1], tau, r, e), public_key))
+                if progress is not None:
+                    progress(k + 1, len(blocks))
         return out
 
 
@@ -258,8 +351,34 @@ class BlindMatcher(BlindEvaluator):
             The block order must be fresh per query and from the CSPRNG; it is
             drawn here and kept only in the returned answer.
         """
+        return self._answer(probe, public_key, galois, tau, None)
+
+    def answer_blind(self, request: BlindRequest, tau: float, progress: Progress | None = None) -> BlindAnswer:
+        """Answer one parsed blind query (the :class:`~pprm.matching.protocols.BlindMatching` interface).
+
+        Args:
+            request: the parsed probe and the requester's keys.
+            tau: the threshold.
+            progress: called with ``(blocks done, total)``.
+
+        Returns:
+            The answer, blocks in a fresh random order.
+
+        Raises:
+            ParameterError: tau out of range.
+            CiphertextError: the requester's keys do not load.
+
+        Warning:
+            As :meth:`answer`: the block order is fresh per query, from the CSPRNG.
+        """
+        public_key, galois = request.keys.load(self.ctx)
+        return self._answer(request.ciphertext, public_key, galois, tau, progress)
+
+    def _answer(self, probe: seal.Ciphertext, public_key: seal.PublicKey, galois: seal.GaloisKeys, tau: float,
+                progress: Progress | None) -> BlindAnswer:
         order = [int(i) for i in secret_permutation(self.db.blocks)]
-        out = self.evaluate(probe, public_key, galois, tau, [(self.db.diagonals[b], self.db.signs[b]) for b in order])
+        out = self.evaluate(probe, public_key, galois, tau, [(self.db.diagonals[b], self.db.signs[b]) for b in order],
+                            progress)
         return BlindAnswer(out, order)
 
 

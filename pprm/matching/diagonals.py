@@ -1,6 +1,6 @@
 """Blind profile, responder's database: the gallery as pre-encoded plaintext diagonals.
 
-Halevi-Shoup diagonals with baby-step/giant-step (DESIGN.md section 3): the
+Halevi-Shoup diagonals with baby-step/giant-step (docs/DESIGN.md section 3): the
 probe ``q`` (d components) is replicated across the N/2 slots, so a rotation
 by ``i`` gives ``q[(j + i) mod d]`` in slot ``j``. With ``D_i[j] = G[j, (i + j)
 mod d]`` for the N/2 templates ``G[j]`` of a block, ``sum_i D_i * rot_i(q)``

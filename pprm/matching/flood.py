@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from pprm.matching.kernel import mulmod_pow2
+from pprm.matching.kernel_numpy import mulmod_pow2
 
 __all__ = ["uniform_residues"]
 

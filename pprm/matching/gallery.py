@@ -2,7 +2,7 @@
 
 Block ``b`` holds up to ``params.templates_per_block`` templates. Ciphertext
 ``k`` of the block encrypts component ``k`` of every template in the block,
-so a score is ``sum_k q_k * C_k`` with no rotations (DESIGN.md section 3).
+so a score is ``sum_k q_k * C_k`` with no rotations (docs/DESIGN.md section 3).
 
 Slot layout. A block's slot map (:attr:`Block.slots`) has one entry per
 template position ``j`` (record id, or -1 when free):

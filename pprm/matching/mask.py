@@ -1,4 +1,4 @@
-"""Per-slot masks for the threshold test (DESIGN.md section 4).
+"""Per-slot masks for the threshold test (docs/DESIGN.md section 4).
 
 The matcher turns an encrypted score ``s`` into ``r * (s - tau) + e`` with a
 fresh, independent, positive ``r`` per slot and small slot noise ``e``, so

@@ -1,7 +1,7 @@
 """Sealed profile, owner side: enrolling into and removing from the gallery.
 
 Encryption is symmetric under the owner's secret key (smaller noise than
-public-key encryption, DESIGN.md section 9), so these operations belong to
+public-key encryption, docs/DESIGN.md section 9), so these operations belong to
 the key-service side of a state, never to the matcher. Plaintext templates
 exist only in memory here.
 

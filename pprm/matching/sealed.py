@@ -7,7 +7,7 @@ decryptor and the secret key file is never opened on this path).
 Real packing: per block, ``S = sum_k w_k C_k`` holds ``s_j`` in slot ``j``,
 and the result is one ciphertext ``r*(S - tau) + e``.
 
-Complex packing (DESIGN.md section 9): slot ``j`` of ``S`` holds
+Complex packing (docs/DESIGN.md section 9): slot ``j`` of ``S`` holds
 ``s_A + i*s_B`` for the two templates of the slot. The matcher subtracts
 ``tau + i*tau`` first, then de-interleaves with the public conjugation key:
 ``u = S + conj(S) = 2(s_A - tau)`` and ``v = conj(S) - S = -2i(s_B - tau)``.

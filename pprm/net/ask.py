@@ -32,8 +32,9 @@ from pprm.errors import (
 from pprm.net.client import PeerClient
 from pprm.net.directory import Directory
 from pprm.net.wire import MAX_WAIT, pack_delivery
-from pprm.node.requester import Requester
+from pprm.node.requester import OutgoingQuery, Requester
 from pprm.node.state import State
+from pprm.profile import Profile
 
 __all__ = ["PeerOutcome", "ask", "ask_async", "send_follow_up", "STATUSES"]
 
@@ -67,40 +68,37 @@ class PeerOutcome:
     detail: str = ""
     seconds: float = 0.0
     answer_path: str | None = None
-    profile: str | None = None
+    profile: Profile | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The JSON form ``pprm ask --json`` prints, one object per peer.
+
+        Returns:
+            ``{"peer", "status", "query_id", "candidates", "detail", "seconds", "answer", "profile"}``.
+        """
         return {"peer": self.peer, "status": self.status, "query_id": self.query_id,
                 "candidates": list(self.candidates), "detail": self.detail, "seconds": round(self.seconds, 3),
                 "answer": self.answer_path, "profile": self.profile}
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Prepared:
-    peer: str
-    profile: str
-    query_id: str
+    sent: OutgoingQuery
     delivery: bytes
 
 
-def _prepare(state: State, req: Requester, peers: Sequence[str], probe: np.ndarray, case: str,
+def _prepare(req: Requester, peers: Sequence[str], probe: np.ndarray, case: str,
              purpose: str) -> tuple[list[_Prepared], list[PeerOutcome]]:
-    """Build every query; errors that concern one peer become that peer's outcome."""
+    """Build every query in its peer's profile; errors that concern one peer become that peer's outcome."""
     ready: list[_Prepared] = []
     failed: list[PeerOutcome] = []
     for peer in peers:
         try:
-            profile = state.config.profile_for(peer)
-            if profile == "blind":
-                announcement, query = req.blind_query(peer, probe, case, purpose)
-                anns = [announcement] if announcement is not None else []
-            else:
-                query = req.query(peer, probe, case, purpose)
-                anns = []
+            sent = req.prepare(peer, probe, case, purpose)
         except UnknownPeerError as exc:
             failed.append(PeerOutcome(peer, "error", detail=str(exc)))
             continue
-        ready.append(_Prepared(peer, profile, state.header_of_own(query, peer).id, pack_delivery(query, anns)))
+        ready.append(_Prepared(sent, pack_delivery(sent.query, sent.announcements)))
     return ready, failed
 
 
@@ -109,7 +107,7 @@ async def ask_async(state: State, probe: np.ndarray, peers: Sequence[str], *, ca
                     http: httpx.AsyncClient | None = None) -> list[PeerOutcome]:
     """As :func:`ask`, in a running event loop."""
     req = Requester(state)
-    ready, outcomes = _prepare(state, req, list(dict.fromkeys(peers)), probe, case, purpose)
+    ready, outcomes = _prepare(req, list(dict.fromkeys(peers)), probe, case, purpose)
     out_dir = answers_dir or state.path("answers")
     os.makedirs(out_dir, mode=0o700, exist_ok=True)
     opening = asyncio.Lock()
@@ -117,22 +115,25 @@ async def ask_async(state: State, probe: np.ndarray, peers: Sequence[str], *, ca
 
     async def one(client: httpx.AsyncClient, p: _Prepared) -> PeerOutcome:
         result = await attempt(client, p)
-        if p.profile == "blind" and result.status in ("unreachable", "timed out", "error"):
+        sent = p.sent
+        if sent.profile == "blind" and result.status in ("unreachable", "timed out", "error"):
             # The peer may never have seen this case's key announcement: start a fresh key next time.
             async with opening:
-                await asyncio.to_thread(req.abandon, p.query_id, f"query {p.query_id}: {result.status}")
+                await asyncio.to_thread(req.abandon, sent.query_id, f"query {sent.query_id}: {result.status}")
         return result
 
     async def attempt(client: httpx.AsyncClient, p: _Prepared) -> PeerOutcome:
+        sent = p.sent
         t0 = time.monotonic()
         deadline = t0 + timeout
 
-        def outcome(status: str, detail: str = "", **kw: Any) -> PeerOutcome:
-            return PeerOutcome(p.peer, status, p.query_id, detail=detail, seconds=time.monotonic() - t0,
-                               profile=p.profile, **kw)
+        def outcome(status: str, detail: str = "", *, candidates: tuple[str, ...] = (),
+                    answer_path: str | None = None) -> PeerOutcome:
+            return PeerOutcome(sent.peer, status, sent.query_id, candidates=candidates, detail=detail,
+                               seconds=time.monotonic() - t0, answer_path=answer_path, profile=sent.profile)
 
         try:
-            peer = PeerClient(client, directory.base(p.peer), p.peer)
+            peer = PeerClient(client, directory.base(sent.peer), sent.peer)
         except UnknownPeerError as exc:
             return outcome("error", str(exc))
         try:
@@ -140,7 +141,7 @@ async def ask_async(state: State, probe: np.ndarray, peers: Sequence[str], *, ca
                 await peer.deliver(p.delivery)
                 reply = None
                 while reply is None:
-                    reply = await peer.answer(me, p.query_id, wait=min(MAX_WAIT, deadline - time.monotonic()))
+                    reply = await peer.answer(me, sent.query_id, wait=min(MAX_WAIT, deadline - time.monotonic()))
         except TimeoutError:
             return outcome("timed out", f"no answer within {timeout:g} s")
         except NetworkTimeoutError as exc:
@@ -153,7 +154,7 @@ async def ask_async(state: State, probe: np.ndarray, peers: Sequence[str], *, ca
             if exc.code in _ROUTER_TIMEOUT:
                 return outcome("timed out", str(exc))
             return outcome("error", str(exc))
-        path = os.path.join(out_dir, f"{p.peer}-{p.query_id}.answer")
+        path = os.path.join(out_dir, f"{sent.peer}-{sent.query_id}.answer")
         async with opening:
             try:
                 opened = await asyncio.to_thread(req.open, reply)
@@ -213,19 +214,18 @@ def send_follow_up(state: State, answer: bytes, token: str, directory: Directory
         human step two, not in this reply.
 
     Raises:
-        As :meth:`Requester.follow_up`; NetworkError, NetworkTimeoutError,
-        RemoteError.
+        As :meth:`Requester.prepare_follow_up` (a refusal raises RefusedError);
+        NetworkError, NetworkTimeoutError, RemoteError.
     """
-    req = Requester(state)
-    opened = req.open(answer)
-    message = req.follow_up(answer, token)
+    # One verification of the answer: opening it and building the follow-up are one step.
+    fu = Requester(state).prepare_follow_up(answer, token)
 
     async def post() -> dict[str, str]:
         async with httpx.AsyncClient(trust_env=False) as client:
             try:
                 async with asyncio.timeout(timeout):
-                    return await PeerClient(client, directory.base(opened.sender), opened.sender).follow_up(message)
+                    return await PeerClient(client, directory.base(fu.peer), fu.peer).follow_up(fu.message)
             except TimeoutError:
-                raise NetworkTimeoutError(f"{opened.sender} did not answer in time") from None
+                raise NetworkTimeoutError(f"{fu.peer} did not answer in time") from None
 
     return asyncio.run(post())

@@ -24,16 +24,18 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pprm.errors import MessageError, PprmError, ReplayError, StateError
+from pprm.errors import ClusterError, MessageError, PprmError, ReplayError, StateError
 from pprm.matching.diagonals import BlindDatabase
 from pprm.matching.gallery import EncryptedGallery
+from pprm.matching.protocols import BlindMatching, SealedMatching
 from pprm.net.body import read_body
 from pprm.net.inbox import Failure, Inbox
 from pprm.net.wire import (
@@ -48,8 +50,11 @@ from pprm.net.wire import (
     unpack_delivery,
 )
 from pprm.node.keyservice import KeyService
-from pprm.node.responder import BlindBackend, Matcher, Responder
+from pprm.node.responder import BlindMatcherFactory, Responder, SealedMatcherFactory
 from pprm.node.state import State
+
+if TYPE_CHECKING:
+    from pprm.cluster import ShardedBlindMatcher, ShardedMatcher
 
 __all__ = ["StateService", "create_app"]
 
@@ -59,6 +64,8 @@ log = logging.getLogger("pprm.net.service")
 # blind query at 100k takes 1.2 s, so 256 is minutes of work, and memory per
 # waiting delivery is only its file name.
 MAX_PENDING = 256
+
+_T = TypeVar("_T")
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -86,8 +93,7 @@ class StateService:
     """
 
     def __init__(self, directory: str, *, now: Callable[[], float] = time.time,
-                 matcher: Callable[[EncryptedGallery], Matcher] | None = None,
-                 blind: Callable[[BlindDatabase, str], BlindBackend] | None = None) -> None:
+                 matcher: SealedMatcherFactory | None = None, blind: BlindMatcherFactory | None = None) -> None:
         self.state = State.open(directory)
         self._clock = now
         self._lock_fd = os.open(self.state.path(".serve.lock"), os.O_RDWR | os.O_CREAT, 0o600)
@@ -98,7 +104,8 @@ class StateService:
             raise StateError(f"another pprm serve is running on {directory}") from None
         self.inbox = Inbox(self.state.dir)
         # Intake verifies with its own KeyService: read-only, so it can run
-        # beside the worker; the worker re-verifies everything when it answers.
+        # beside the worker. The worker verifies the stored delivery once more
+        # when it answers it: the bytes come back from disk, maybe after a restart.
         self._intake = KeyService(State.open(directory))
         self._responder = Responder(self.state, matcher=matcher, blind=blind)
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
@@ -190,9 +197,9 @@ class StateService:
         with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
             loop.call_soon_threadsafe(set_event)
 
-    async def _on_worker(self, fn: Callable[[], Any]) -> Any:
+    async def _on_worker(self, fn: Callable[[], _T]) -> _T:
         """Run ``fn`` on the worker thread, after the jobs queued before it."""
-        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        fut: concurrent.futures.Future[_T] = concurrent.futures.Future()
 
         def job() -> None:
             if not fut.set_running_or_notify_cancel():
@@ -212,8 +219,7 @@ class StateService:
         t = self._clock()
         header = self._intake.query_header(query, t)
         for ann in announcements:
-            env, _body = self._intake.verify_announcement(ann, t)
-            if env.header.sender != header.sender:
+            if self._intake.verify_announcement(ann, t).envelope.header.sender != header.sender:
                 raise MessageError("a delivery's key announcements must come from the query's sender")
         if announcements and header.profile != "blind":
             raise MessageError("key announcements come only with blind-profile queries")
@@ -293,6 +299,24 @@ class _Busy(Exception):
     """The intake queue is full (internal signal; becomes a 503)."""
 
 
+@dataclass
+class _Shards:
+    """The service's sharded matchers, set once the app's lifespan has connected to the cluster."""
+
+    sealed: ShardedMatcher | None = None
+    blind: ShardedBlindMatcher | None = None
+
+    def sealed_matcher(self) -> ShardedMatcher:
+        if self.sealed is None:
+            raise ClusterError("the cluster is not connected yet")
+        return self.sealed
+
+    def blind_matcher(self) -> ShardedBlindMatcher:
+        if self.blind is None:
+            raise ClusterError("the cluster is not connected yet")
+        return self.blind
+
+
 def create_app(directory: str, *, now: Callable[[], float] = time.time, cluster: str | None = None,
                replicas: int = 1) -> Starlette:
     """The ASGI application of one state's service.
@@ -313,15 +337,15 @@ def create_app(directory: str, *, now: Callable[[], float] = time.time, cluster:
     Raises:
         StateError: not a state directory, or another service runs on it.
     """
-    handle: list[Any] = []
+    shards = _Shards()
 
-    def sharded(gallery: EncryptedGallery) -> Matcher:
-        matcher = handle[0]
+    def sharded(gallery: EncryptedGallery) -> SealedMatching:
+        matcher = shards.sealed_matcher()
         matcher.sync(gallery)
         return matcher
 
-    def sharded_blind(database: BlindDatabase, version: str) -> BlindBackend:
-        blind = handle[1]
+    def sharded_blind(database: BlindDatabase, version: str) -> BlindMatching:
+        blind = shards.blind_matcher()
         blind.sync(database, version)
         return blind
 
@@ -331,15 +355,14 @@ def create_app(directory: str, *, now: Callable[[], float] = time.time, cluster:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if cluster:
-            from pprm.cluster import BlindShardSpec, ShardedBlindMatcher, ShardedMatcher, connect, sealed_spec
+            from pprm.cluster import ShardedBlindMatcher, ShardedMatcher, connect
 
             conn = await asyncio.to_thread(connect, cluster)
-            cfg = svc.state.config
-            handle.append(ShardedMatcher(conn, sealed_spec(svc.state), replicas=replicas))
-            # Blind shards hold the gallery's plaintext encoding: the README's trusted-cluster rule applies.
-            handle.append(ShardedBlindMatcher(conn, BlindShardSpec(cfg.blind_params, cfg.allow_insecure),
-                                              svc.state.key_id, replicas=replicas))
-            report = await asyncio.to_thread(handle[0].sync, svc.state.gallery())
+            st = svc.state
+            shards.sealed = ShardedMatcher(conn, st.sealed_shard_spec(), replicas=replicas)
+            # Blind shards hold the gallery's plaintext encoding: the trusted-cluster rule of docs/CLUSTER.md applies.
+            shards.blind = ShardedBlindMatcher(conn, st.blind_shard_spec(), st.key_id, replicas=replicas)
+            report = await asyncio.to_thread(shards.sealed.sync, st.gallery())
             log.warning("%s: sealed gallery sharded over %d workers at %s (%d blocks sent)", svc.name,
                         report["workers"], cluster, report["sent"])
         svc.start(asyncio.get_running_loop())
@@ -347,8 +370,8 @@ def create_app(directory: str, *, now: Callable[[], float] = time.time, cluster:
             yield
         finally:
             await asyncio.to_thread(svc.stop)
-            if handle:
-                await asyncio.to_thread(handle[0].cluster.close)
+            if shards.sealed is not None:
+                await asyncio.to_thread(shards.sealed.cluster.close)
 
     routes = [
         Route("/v1/card", svc.card, methods=["GET"]),

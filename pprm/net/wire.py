@@ -10,7 +10,8 @@ Routes of a state's service (all under ``/v1``)::
     GET  /v1/card               the state's signed public card
     GET  /v1/health             {"state": NAME, "ok": true, "pending": N}
     POST /v1/queries            a delivery (below); 202 {"query_id": ID}
-    GET  /v1/answers/{ID}?wait=S  200 the answer or refusal; 202 while pending
+    GET  /v1/answers/{SENDER}/{ID}?wait=S
+                                200 the answer or refusal; 202 while pending
     POST /v1/followups          a follow-up message; 200 {"followup_id": ID}
 
 A router exposes each state's routes under ``/route/{STATE}/v1/...``.
@@ -64,7 +65,7 @@ __all__ = [
 API = "/v1"
 OCTETS = "application/octet-stream"
 # A blind delivery is the largest request: a 394 kB probe plus a 3.67 MB key
-# announcement for pprm-blind-n16384-v1 (README, blind sizes); 16 MiB leaves
+# announcement for pprm-blind-n16384-v1 (docs/PERFORMANCE.md, blind profile); 16 MiB leaves
 # room for a second announcement and larger future sets, and bounds memory.
 MAX_DELIVERY = 16 << 20
 # Follow-ups carry one token in a boxed body: well under 4 kB; 64 KiB is slack.

@@ -1,4 +1,4 @@
-"""Append-only, hash-chained audit log with signed checkpoints (DESIGN.md section 7).
+"""Append-only, hash-chained audit log with signed checkpoints (docs/DESIGN.md section 7).
 
 Each line of ``audit.log`` is canonical JSON ``{seq, time, event, data, prev, hash}``
 where ``hash = SHA-256(tag | canonical entry without hash)`` and ``prev`` is the

@@ -32,12 +32,12 @@ from typing import Any
 import nacl.exceptions
 import nacl.secret
 import numpy as np
-import tenseal.sealapi as seal
 
 from pprm._fs import atomic_write_bytes, atomic_write_json, read_json
 from pprm.crypto import blind_keys
 from pprm.crypto.context import BlindContext
 from pprm.errors import GalleryError, KeyRotationError, StateError
+from pprm.matching.blind import AnnouncedKeys
 from pprm.matching.diagonals import BlindDatabase, build_database
 from pprm.protocol.blind_messages import KeyAnnouncementBody
 
@@ -79,9 +79,10 @@ class BlindStore:
         self._box_key = box_key
         self._secret_box: nacl.secret.SecretBox | None = None
         self._cache: tuple[str, BlindDatabase] | None = None
-        # Loaded announced keys by id; the rules (peer, retirement, lifetime)
-        # are re-read from meta.json on every use.
-        self._keys: dict[str, tuple[seal.PublicKey, seal.GaloisKeys]] = {}
+        # Announced keys by id (loaded at first use in this process); the
+        # rules (peer, retirement, lifetime) are re-read from meta.json on
+        # every use.
+        self._keys: dict[str, AnnouncedKeys] = {}
 
     @property
     def _box(self) -> nacl.secret.SecretBox:
@@ -96,12 +97,16 @@ class BlindStore:
         return os.path.join(self.dir, *parts)
 
     # -- announced keys ------------------------------------------------
-    def check_new_keys(self, peer: str, body: KeyAnnouncementBody,
-                       now: float) -> tuple[seal.PublicKey, seal.GaloisKeys]:
+    def check_new_keys(self, peer: str, body: KeyAnnouncementBody, now: float) -> AnnouncedKeys:
         """Check a key announcement without storing it (nothing changes).
 
+        Args:
+            peer: the announcing state.
+            body: the verified announcement.
+            now: the current time.
+
         Returns:
-            The loaded keys.
+            The keys, already loaded (loading is part of the check).
 
         Raises:
             KeyRotationError: the key id was announced before, does not match
@@ -114,7 +119,8 @@ class BlindStore:
             raise KeyRotationError("this key id was announced before; a key id is never reused")
         if body.expires < now:
             raise KeyRotationError("the announced key has already passed its lifetime")
-        return blind_keys.load_announced(self.ctx, body.public, body.galois)
+        loaded = blind_keys.load_announced(self.ctx, body.public, body.galois)
+        return AnnouncedKeys(body.key_id, body.public, body.galois, loaded)
 
     def store_keys(self, peer: str, body: KeyAnnouncementBody) -> None:
         """Cache a checked announcement (:meth:`check_new_keys`) by key id; caller holds the lock."""
@@ -144,8 +150,16 @@ class BlindStore:
             raise StateError("blind key metadata is corrupt")
         return meta
 
-    def keys_for(self, key_id: str, peer: str, now: float) -> tuple[seal.PublicKey, seal.GaloisKeys]:
+    def keys_for(self, key_id: str, peer: str, now: float) -> AnnouncedKeys:
         """A peer's usable key for a new query.
+
+        Args:
+            key_id: the key id the query names.
+            peer: the querying state.
+            now: the current time.
+
+        Returns:
+            The stored announcement's keys (cached in memory by key id).
 
         Raises:
             KeyRotationError: unknown, another peer's, expired, or retired.
@@ -158,7 +172,7 @@ class BlindStore:
         if int(meta["expires"]) < now:
             raise KeyRotationError("this key has passed its lifetime; use a fresh key")
         if key_id not in self._keys:
-            self._keys[key_id] = blind_keys.load_announced(self.ctx, *self.key_blobs(key_id))
+            self._keys[key_id] = AnnouncedKeys(key_id, *self.key_blobs(key_id))
         return self._keys[key_id]
 
     def key_blobs(self, key_id: str) -> tuple[bytes, bytes]:

@@ -9,6 +9,7 @@ from typing import Any
 from pprm.crypto import blind_params as blind_param_sets
 from pprm.crypto import params as param_sets
 from pprm.errors import ParameterError, StateError
+from pprm.profile import DEFAULT_PROFILE, Profile, is_profile
 from pprm.protocol.messages import MAX_PURPOSE
 
 __all__ = ["StateConfig", "NAME_PATTERN", "DEFAULT_PURPOSES", "MAX_QUOTA", "QUOTA_WINDOW"]
@@ -83,7 +84,7 @@ class StateConfig:
     token_ttl: int = 7 * 24 * 3600
     allow_insecure: bool = False
     blind_params: str = blind_param_sets.DEFAULT_BLIND_PARAMS
-    profiles: dict[str, str] = field(default_factory=dict)
+    profiles: dict[str, Profile] = field(default_factory=dict)
     blind_key_ttl: int = 24 * 3600
     purposes: tuple[str, ...] = DEFAULT_PURPOSES
     quota_per_case: int = 100
@@ -108,7 +109,7 @@ class StateConfig:
         param_sets.get(self.params, allow_insecure=self.allow_insecure)
         blind_param_sets.get(self.blind_params, allow_insecure=self.allow_insecure)
         if not isinstance(self.profiles, dict) or any(
-                not isinstance(k, str) or not NAME_PATTERN.fullmatch(k) or v not in ("sealed", "blind")
+                not isinstance(k, str) or not NAME_PATTERN.fullmatch(k) or not is_profile(v)
                 for k, v in self.profiles.items()):
             raise ParameterError("profiles must map state codes to 'sealed' or 'blind'")
         if not 60 <= int(self.blind_key_ttl) <= 31 * 24 * 3600:
@@ -131,9 +132,16 @@ class StateConfig:
             if type(value) is not int or not 1 <= value <= MAX_QUOTA:
                 raise ParameterError(f"{what} must be an integer between 1 and {MAX_QUOTA}")
 
-    def profile_for(self, peer: str) -> str:
-        """The default query profile for ``peer``."""
-        return self.profiles.get(peer, "sealed")
+    def profile_for(self, peer: str) -> Profile:
+        """The query profile configured for ``peer``.
+
+        Args:
+            peer: a state code.
+
+        Returns:
+            ``profiles[peer]``, or ``"sealed"`` for a peer not listed.
+        """
+        return self.profiles.get(peer, DEFAULT_PROFILE)
 
     @property
     def blind_parameter_set(self) -> blind_param_sets.BlindParameterSet:

@@ -5,57 +5,105 @@ results only when they are bound to a valid, unexpired, single-use signed
 query from a trusted peer, releases at most ``k`` candidates as opaque
 per-query tokens, resolves a token only for the state it was released to,
 and logs every release and resolution.
+
+It is also the door for incoming messages: :meth:`KeyService.verify_incoming`
+checks a query once (signature first, then the header, replay, and only
+then the box and the body) and returns a :class:`VerifiedQuery` or
+:class:`VerifiedBlindQuery`. Everything after the door takes that object,
+never the bytes again; :meth:`KeyService.release` accepts only objects this
+key service issued, so a caller cannot hand it a query it made up.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
 from pprm.crypto import keys
-from pprm.errors import GalleryError, MessageError, TokenError
+from pprm.errors import AuthenticationError, GalleryError, MessageError, TokenError
 from pprm.matching.decide import SealedDecider
 from pprm.matching.gallery import EncryptedGallery
 from pprm.matching.owner import GalleryOwner
 from pprm.matching.sealed import MaskedResult
 from pprm.node.state import State
+from pprm.profile import Profile
 from pprm.protocol.blind_messages import BlindQueryBody, KeyAnnouncementBody, parse_handle
 from pprm.protocol.envelope import Envelope, Header, open_envelope
 from pprm.protocol.messages import FollowUpBody, QueryBody
 from pprm.protocol.replay import ReplayCache
 from pprm.protocol.tokens import TokenMinter
 
-__all__ = ["KeyService", "VerifiedQuery", "VerifiedBlindQuery", "Release", "Resolution"]
+__all__ = ["KeyService", "VerifiedQuery", "VerifiedBlindQuery", "VerifiedAnnouncement", "Release", "Resolution"]
 
 Progress = Callable[[int, int], None]
 
 
-@dataclass(frozen=True)
+# eq=False: a verified query is compared by identity, which is what lets
+# the key service recognise the objects it issued (see KeyService.release).
+@dataclass(frozen=True, eq=False)
 class VerifiedQuery:
-    """A query whose envelope, box and body all checked out."""
+    """A sealed-profile query whose envelope, box and body all checked out.
+
+    Attributes:
+        envelope: the verified envelope (header, sender; the body still boxed).
+        body: the unboxed, parsed query body.
+    """
 
     envelope: Envelope
     body: QueryBody
+
+    @property
+    def profile(self) -> Profile:
+        """Always ``"sealed"``."""
+        return "sealed"
 
     def __repr__(self) -> str:
         h = self.envelope.header
         return f"VerifiedQuery(from={h.sender}, id={h.id})"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class VerifiedBlindQuery:
-    """A blind-profile query whose envelope, box and body all checked out."""
+    """A blind-profile query whose envelope, box and body all checked out.
+
+    Attributes:
+        envelope: the verified envelope.
+        body: the unboxed, parsed blind query body (the probe is still a
+            ciphertext; it is parsed when the matcher gets it).
+    """
 
     envelope: Envelope
     body: BlindQueryBody
 
+    @property
+    def profile(self) -> Profile:
+        """Always ``"blind"``."""
+        return "blind"
+
     def __repr__(self) -> str:
         h = self.envelope.header
         return f"VerifiedBlindQuery(from={h.sender}, id={h.id}, key={self.body.key_id})"
+
+
+_Verified = TypeVar("_Verified", VerifiedQuery, VerifiedBlindQuery)
+
+
+class VerifiedAnnouncement(NamedTuple):
+    """A blind-profile key announcement whose envelope and body checked out (signed, not boxed).
+
+    Attributes:
+        envelope: the verified envelope.
+        body: the parsed announcement (public key material).
+    """
+
+    envelope: Envelope
+    body: KeyAnnouncementBody
 
 
 @dataclass(frozen=True)
@@ -89,6 +137,9 @@ class KeyService:
         self._sk = keys.load_secret_key(state.ctx, state.secret_key_path())
         self._minter = TokenMinter(state.token_key())
         self._replay = ReplayCache(state.path("replay.json"))
+        # The verified queries this key service handed out; weak, so a query
+        # dropped by its caller is forgotten here too.
+        self._issued: weakref.WeakSet[VerifiedQuery | VerifiedBlindQuery] = weakref.WeakSet()
 
     def __repr__(self) -> str:
         return f"KeyService({self.state.config.name})"
@@ -164,8 +215,21 @@ class KeyService:
         return GalleryOwner(self.state.ctx, self._sk, self.state.gallery()).export_templates()
 
     # -- step one ----------------------------------------------------------
-    def verify_query(self, blob: bytes, now: float | None = None) -> VerifiedQuery:
-        """Verify a sealed-profile query message end to end (signature before parsing).
+    def verify_incoming(self, blob: bytes, now: float | None = None) -> VerifiedQuery | VerifiedBlindQuery:
+        """Verify a query of either profile end to end, once: the door for query bytes.
+
+        In order: framing, the sender's signature, then the header (type,
+        recipient, time, parameters), the replay cache, and only then the box
+        and the body. Nothing is recorded (see :meth:`commit_release` and
+        :meth:`commit_seen`).
+
+        Args:
+            blob: the signed query message.
+            now: clock override for tests.
+
+        Returns:
+            A :class:`VerifiedQuery` or :class:`VerifiedBlindQuery`, as the
+            signed header's profile says.
 
         Raises:
             MessageError and subclasses: bad framing, signature, recipient,
@@ -173,47 +237,83 @@ class KeyService:
             UnknownPeerError: the sender is not trusted.
             ParameterError: made for another parameter set.
         """
-        env, plain = self._open(blob, "query", now, "sealed")
-        return VerifiedQuery(env, QueryBody.from_bytes(plain))
+        env, plain = self._open(blob, "query", now, None)
+        if env.header.profile == "blind":
+            return self._issue(VerifiedBlindQuery(env, BlindQueryBody.from_bytes(plain)))
+        return self._issue(VerifiedQuery(env, QueryBody.from_bytes(plain)))
 
-    def query_profile(self, blob: bytes, now: float | None = None) -> str:
-        """Verify a query's envelope (not its body) and return its profile.
+    def verify_query(self, blob: bytes, now: float | None = None) -> VerifiedQuery:
+        """Verify a sealed-profile query message end to end (signature before parsing).
+
+        Args:
+            blob: the signed query message.
+            now: clock override for tests.
+
+        Returns:
+            The verified query.
 
         Raises:
-            As :meth:`verify_query`.
+            As :meth:`verify_incoming`; MessageError also for a blind-profile query.
         """
-        return self.query_header(blob, now).profile
+        env, plain = self._open(blob, "query", now, "sealed")
+        return self._issue(VerifiedQuery(env, QueryBody.from_bytes(plain)))
+
+    def verify_blind_query(self, blob: bytes, now: float | None = None) -> VerifiedBlindQuery:
+        """Verify a blind-profile query message end to end (signature before parsing).
+
+        Args:
+            blob: the signed query message.
+            now: clock override for tests.
+
+        Returns:
+            The verified query.
+
+        Raises:
+            As :meth:`verify_incoming`; MessageError also for a sealed-profile query.
+        """
+        env, plain = self._open(blob, "query", now, "blind")
+        return self._issue(VerifiedBlindQuery(env, BlindQueryBody.from_bytes(plain)))
 
     def query_header(self, blob: bytes, now: float | None = None) -> Header:
         """Verify a query's envelope (signature, recipient, time, parameters, replay) without unboxing it.
 
         Changes nothing: a network service uses it to refuse a bad delivery
-        at intake, before it is stored; answering verifies everything again.
+        at intake, before it is stored; answering the stored delivery later
+        verifies it again, since it comes back from disk.
+
+        Args:
+            blob: the signed query message.
+            now: clock override for tests.
+
+        Returns:
+            The verified header.
 
         Raises:
-            As :meth:`verify_query`.
+            As :meth:`verify_incoming`, except body errors.
         """
         return self._envelope(blob, "query", now, None).header
 
-    def verify_blind_query(self, blob: bytes, now: float | None = None) -> VerifiedBlindQuery:
-        """Verify a blind-profile query message end to end (signature before parsing).
-
-        Raises:
-            As :meth:`verify_query`.
-        """
-        env, plain = self._open(blob, "query", now, "blind")
-        return VerifiedBlindQuery(env, BlindQueryBody.from_bytes(plain))
-
-    def verify_announcement(self, blob: bytes, now: float | None = None) -> tuple[Envelope, KeyAnnouncementBody]:
+    def verify_announcement(self, blob: bytes, now: float | None = None) -> VerifiedAnnouncement:
         """Verify a blind-profile key announcement (signed, not boxed: public material).
 
+        Args:
+            blob: the signed ``keys`` message.
+            now: clock override for tests.
+
+        Returns:
+            The verified announcement (a named tuple ``(envelope, body)``).
+
         Raises:
-            As :meth:`verify_query`.
+            As :meth:`verify_incoming`.
         """
         env = self._envelope(blob, "keys", now, "blind")
-        return env, KeyAnnouncementBody.from_bytes(env.body)
+        return VerifiedAnnouncement(env, KeyAnnouncementBody.from_bytes(env.body))
 
-    def _envelope(self, blob: bytes, kind: str, now: float | None, profile: str | None) -> Envelope:
+    def _issue(self, vq: _Verified) -> _Verified:
+        self._issued.add(vq)
+        return vq
+
+    def _envelope(self, blob: bytes, kind: str, now: float | None, profile: Profile | None) -> Envelope:
         st = self.state
         env = open_envelope(blob, lookup=st.lookup, me=st.config.name,
                             params_digest=st.config.parameter_set.digest, now=now,
@@ -221,30 +321,35 @@ class KeyService:
         if env.header.type != kind:
             label = {"followup": "follow-up", "keys": "key announcement"}.get(kind, kind)
             raise MessageError(f"expected a {label}, got a {env.header.type}")
-        if profile is not None and env.header.profile != profile and kind != "followup":
+        if profile is not None and env.header.profile != profile:
             raise MessageError(f"expected a {profile}-profile message, got a {env.header.profile}-profile one")
         self._replay.check(env.header.sender, env.header.id)
         return env
 
-    def _open(self, blob: bytes, kind: str, now: float | None, profile: str = "sealed") -> tuple[Envelope, bytes]:
+    def _open(self, blob: bytes, kind: str, now: float | None, profile: Profile | None) -> tuple[Envelope, bytes]:
         """Verify an incoming message of type ``kind`` that was not seen before; unbox its body."""
         env = self._envelope(blob, kind, now, profile)
         return env, self.state.identity().unbox_from(env.sender, env.body)
 
     def commit_seen(self, env: Envelope, now: float) -> None:
-        """Mark a verified message as used (caller holds the state lock)."""
+        """Mark a verified message as used (caller holds the state lock).
+
+        Args:
+            env: the verified envelope of a query or key announcement.
+            now: the time the message was handled.
+        """
         self._replay.add(env.header.sender, env.header.id, env.header.expires, now)
 
-    def release(self, query: bytes, result: MaskedResult, now: float | None = None,
+    def release(self, query: VerifiedQuery, result: MaskedResult, now: float | None = None,
                 gallery: EncryptedGallery | None = None) -> Release:
         """Decrypt a masked result and pick at most ``k`` candidates.
 
-        The query is verified again here: the key service trusts no caller to
-        have done it. Nothing is recorded; call :meth:`commit_release` once the
-        answer has been handed over.
+        Nothing is recorded; call :meth:`commit_release` once the answer has
+        been handed over.
 
         Args:
-            query: the signed query message the result answers.
+            query: the verified query the result answers, as this key service
+                returned it from :meth:`verify_incoming` or :meth:`verify_query`.
             result: the matcher's masked result on the current gallery.
             now: clock override for tests.
             gallery: the gallery view the matcher used (saves reloading its
@@ -253,24 +358,40 @@ class KeyService:
         Returns:
             The release (tokens are fresh and per query).
 
+        Raises:
+            AuthenticationError: ``query`` was not verified by this key service.
+            ReplayError: the query was answered since it was verified.
+            CiphertextError: the result does not match the gallery or parameters.
+
         Warning:
-            When more than ``k`` candidates clear the threshold, ``k`` of them
-            are chosen uniformly at random; the key service cannot rank them
+            The key service decrypts only for queries it verified itself: it
+            trusts no caller to have checked the signature, so an object it
+            did not issue is refused even if it looks verified. When more
+            than ``k`` candidates clear the threshold, ``k`` of them are
+            chosen uniformly at random; the key service cannot rank them
             because it only ever sees signs.
         """
-        vq = self.verify_query(query, now)
+        if not isinstance(query, VerifiedQuery) or query not in self._issued:
+            raise AuthenticationError("this query was not verified by this key service")
+        h = query.envelope.header
+        self._replay.check(h.sender, h.id)
         decider = SealedDecider(self.state.ctx, self._sk, gallery or self.state.gallery())
         hits = decider.hits(result)
         chosen = list(hits)
         if len(chosen) > self.state.config.k:
             chosen = [chosen[i] for i in sorted(_sample(len(chosen), self.state.config.k))]
         issued = int(time.time() if now is None else now)
-        fpr = vq.envelope.sender.fingerprint
-        tokens = tuple(self._minter.mint(fpr, vq.envelope.header.id, rid, issued) for rid in chosen)
-        return Release(vq, len(hits), tokens)
+        fpr = query.envelope.sender.fingerprint
+        tokens = tuple(self._minter.mint(fpr, h.id, rid, issued) for rid in chosen)
+        return Release(query, len(hits), tokens)
 
     def commit_release(self, release: Release, answer_id: str, now: float | None = None) -> None:
         """Mark the query used and log the release (caller holds the state lock).
+
+        Args:
+            release: from :meth:`release`.
+            answer_id: the id of the answer that carried the tokens.
+            now: clock override for tests.
 
         Raises:
             ReplayError: the query was answered meanwhile.
@@ -288,7 +409,16 @@ class KeyService:
 
     # -- step two ----------------------------------------------------------
     def resolve(self, blob: bytes, now: float | None = None) -> Resolution:
-        """Resolve a follow-up's token to its reference, and log it.
+        """Resolve a follow-up's token to its reference, and log it: the door for follow-up bytes.
+
+        The follow-up is verified once, signature first, under the state lock.
+
+        Args:
+            blob: the signed follow-up message.
+            now: clock override for tests.
+
+        Returns:
+            The resolution (the reference stays with this state's examiner).
 
         Raises:
             MessageError and subclasses: bad message, replay, expiry.
@@ -299,7 +429,8 @@ class KeyService:
         st = self.state
         t = time.time() if now is None else now
         with st.lock():
-            env, plain = self._open(blob, "followup", t)
+            # A follow-up names its profile in the header; either is accepted here.
+            env, plain = self._open(blob, "followup", t, None)
             body = FollowUpBody.from_bytes(plain)
             if env.header.profile == "blind":
                 return self._resolve_blind(env, body, t)

@@ -1,34 +1,45 @@
 """The requesting side: build queries, open answers, ask follow-ups.
 
-The requester keeps an outbox of the queries it sent, so that it accepts an
-answer only from the state it asked, only for a query it sent, and only one
-answer per query. A signed refusal in reply closes the query the same way.
+The requester keeps an outbox of the queries it sent (:mod:`pprm.node.outbox`),
+so that it accepts an answer only from the state it asked, only for a query
+it sent, and only one answer per query. A signed refusal in reply closes the
+query the same way.
+
+Which profile a query to a peer uses is decided in one place,
+:meth:`Requester.prepare`: the caller's choice, else the state's configured
+profile for that peer. Every reply is verified once (signature first, then
+the header, then the box and the body) and handed on as a verified object.
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import numpy as np
 
-from pprm._fs import atomic_write_json, read_json
 from pprm.crypto import blind_keys
 from pprm.crypto.answer_codec import decode_answer
-from pprm.errors import MessageError, PolicyError, RefusedError, ReplayError, StateError, TokenError
+from pprm.errors import MessageError, PolicyError, RefusedError, ReplayError, TokenError
 from pprm.matching.blind import answer_scale
 from pprm.matching.blind_client import decrypt_signs, encrypt_probe
 from pprm.matching.templates import normalise_probe
+from pprm.node.outbox import Outbox, SentBlindQuery, SentSealedQuery
 from pprm.node.state import State
+from pprm.profile import Profile, parse_profile
 from pprm.protocol.blind_messages import BlindAnswerBody, BlindQueryBody, KeyAnnouncementBody, make_handle
 from pprm.protocol.envelope import Envelope, Header, new_id, open_envelope, seal_envelope
 from pprm.protocol.messages import AnswerBody, FollowUpBody, QueryBody, RefusalBody, check_case_and_purpose
 
-__all__ = ["Requester", "OpenedAnswer"]
+__all__ = ["Requester", "OpenedAnswer", "OutgoingQuery", "OutgoingFollowUp", "QuerySink"]
+
+# Receives ``(announcement or None, query)`` before anything is recorded; if
+# it raises, no key and no query are kept (the CLI writes both files here).
+QuerySink = Callable[[bytes | None, bytes], None]
 
 
 @dataclass(frozen=True)
@@ -41,8 +52,65 @@ class OpenedAnswer:
     candidates: tuple[str, ...]
 
     def to_json(self) -> dict[str, Any]:
+        """The JSON form ``pprm open --json`` prints.
+
+        Returns:
+            ``{"from", "query_id", "hit", "candidates"}``.
+        """
         return {"from": self.sender, "query_id": self.query_id, "hit": self.hit,
                 "candidates": list(self.candidates)}
+
+
+@dataclass(frozen=True)
+class OutgoingQuery:
+    """A signed query ready to be delivered, and what goes with it.
+
+    Attributes:
+        peer: the state it is addressed to.
+        profile: the profile it was made in.
+        query_id: its message id (the id its answer will reply to).
+        query: the signed query message.
+        announcement: blind profile: the signed key announcement to deliver
+            with (before) the query when its key is new to the peer; else None.
+        key_id: blind profile: the key pair the probe is encrypted under.
+    """
+
+    peer: str
+    profile: Profile
+    query_id: str
+    query: bytes = field(repr=False)
+    announcement: bytes | None = field(default=None, repr=False)
+    key_id: str | None = None
+
+    @property
+    def announcements(self) -> list[bytes]:
+        """The key announcements to deliver with the query (zero or one)."""
+        return [] if self.announcement is None else [self.announcement]
+
+
+@dataclass(frozen=True)
+class OutgoingFollowUp:
+    """A signed follow-up ready to be delivered.
+
+    Attributes:
+        peer: the answering state it goes to.
+        query_id: the query whose answer named the candidate.
+        followup_id: the follow-up's message id.
+        message: the signed follow-up, boxed to the peer.
+    """
+
+    peer: str
+    query_id: str
+    followup_id: str
+    message: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """A reply whose envelope, box and body checked out (the outbox is not consulted yet)."""
+
+    envelope: Envelope
+    body: AnswerBody | BlindAnswerBody | RefusalBody
 
 
 class Requester:
@@ -54,21 +122,21 @@ class Requester:
 
     def __init__(self, state: State) -> None:
         self.state = state
-        self._outbox_path = state.path("outbox.json")
+        self._box = Outbox(state.path("outbox.json"))
 
     def __repr__(self) -> str:
         return f"Requester({self.state.config.name})"
 
-    def _outbox(self) -> dict[str, dict[str, Any]]:
-        if not os.path.exists(self._outbox_path):
-            return {}
-        try:
-            data = read_json(self._outbox_path)
-            if not isinstance(data, dict):
-                raise ValueError
-            return data
-        except ValueError:
-            raise StateError("outbox.json is corrupt") from None
+    def outbox(self) -> dict[str, SentSealedQuery | SentBlindQuery]:
+        """The queries this state sent, by query id, and what came back for each.
+
+        Returns:
+            Query id -> typed record (:mod:`pprm.node.outbox`).
+
+        Raises:
+            StateError: ``outbox.json`` is corrupt.
+        """
+        return self._box.load()
 
     def _check_purpose(self, case: str, purpose: str) -> None:
         """Fail fast on a purpose this state does not send queries for (nothing is recorded)."""
@@ -78,9 +146,68 @@ class Requester:
             raise PolicyError(f"purpose {purpose!r} is not one of {self.state.config.name}'s purposes: "
                               f"{', '.join(allowed)}")
 
+    # -- queries -------------------------------------------------------------
+    def profile_for(self, peer: str, profile: str | None = None) -> Profile:
+        """The profile a query to ``peer`` is made in: the rule :meth:`prepare` applies.
+
+        Args:
+            peer: the peer's state code.
+            profile: the caller's choice (e.g. a command-line option), or None.
+
+        Returns:
+            ``profile`` when given, else the profile this state's configuration
+            names for the peer (``"sealed"`` when it names none).
+
+        Raises:
+            ParameterError: ``profile`` is not a profile.
+        """
+        return self.state.config.profile_for(peer) if profile is None else parse_profile(profile)
+
+    def prepare(self, peer: str, probe: np.ndarray, case: str, purpose: str, *, profile: str | None = None,
+                now: float | None = None, sink: QuerySink | None = None) -> OutgoingQuery:
+        """Build a signed query for ``peer`` in the profile that peer gets, and record it.
+
+        The profile is ``profile`` when given, else the one this state's
+        configuration names for the peer (:meth:`profile_for`, the one place
+        that choice is made).
+
+        Args:
+            peer: the peer's state code (must be in the roster).
+            probe: one template (the peer's dimension for sealed, the blind
+                parameter set's for blind); normalised here.
+            case: case reference (personal data: boxed).
+            purpose: purpose of the search (boxed).
+            profile: ``"sealed"`` or ``"blind"`` to override the configuration.
+            now: clock override for tests.
+            sink: called with ``(announcement or None, query)`` under the state
+                lock, before the query (and a new key) is recorded; if it
+                raises, nothing is kept. Lets a caller write its files first.
+
+        Returns:
+            The query, its id and profile, and the key announcement to deliver
+            first when the blind key is new to the peer.
+
+        Raises:
+            ParameterError: ``profile`` is not a profile.
+            UnknownPeerError: ``peer`` is not trusted.
+            TemplateError: the probe is malformed.
+            MessageError: case or purpose are empty or too long.
+            PolicyError: the purpose is not on this state's list (the
+                peer's list decides on arrival).
+
+        Warning:
+            In the sealed profile the probe is boxed to the peer and decrypted
+            there: the peer's matcher sees it. The blind profile keeps it
+            encrypted under this state's own key; configure it (``profiles``
+            in ``state.json``) for peers that must not see probes.
+        """
+        if self.profile_for(peer, profile) == "blind":
+            return self._prepare_blind(peer, probe, case, purpose, now, sink)
+        return self._prepare_sealed(peer, probe, case, purpose, now, sink)
+
     def query(self, to: str, probe: np.ndarray, case: str, purpose: str,
               now: float | None = None) -> bytes:
-        """Build a signed query for peer ``to``.
+        """Build a signed sealed-profile query for peer ``to`` (:meth:`prepare` with ``profile="sealed"``).
 
         Args:
             to: the peer's state code (must be in the roster).
@@ -93,37 +220,18 @@ class Requester:
             The query message bytes.
 
         Raises:
-            UnknownPeerError: ``to`` is not trusted.
-            TemplateError: the probe is malformed.
-            MessageError: case or purpose are empty or too long.
-            PolicyError: the purpose is not on this state's list (the
-                peer's list decides on arrival).
+            As :meth:`prepare`.
 
         Warning:
             In the sealed profile the probe is boxed to the peer and decrypted
             there: the peer's matcher sees it. Use the blind profile when that
             is not acceptable.
         """
-        st = self.state
-        peer = st.peer(to)
-        body = QueryBody(case, purpose, normalise_probe(probe, peer.dim))
-        self._check_purpose(case, purpose)
-        t = int(time.time() if now is None else now)
-        ident = st.identity()
-        header = Header("query", st.config.name, to, new_id(), t, t + st.config.query_ttl,
-                        peer.params_digest, "sealed", "")
-        msg = seal_envelope(ident, header, ident.box_to(peer.identity, body.to_bytes()))
-        with st.lock():
-            box = self._outbox()
-            box[header.id] = {"to": to, "case": case, "purpose": purpose, "created": t,
-                              "expires": header.expires, "answer": None}
-            atomic_write_json(self._outbox_path, box)
-            st.audit.append("query", peer=to, query_id=header.id, case=case, purpose=purpose)
-        return msg
+        return self._prepare_sealed(to, probe, case, purpose, now, None).query
 
     def blind_query(self, to: str, probe: np.ndarray, case: str, purpose: str, now: float | None = None,
-                    sink: Callable[[bytes | None, bytes], None] | None = None) -> tuple[bytes | None, bytes]:
-        """Build a signed blind-profile query (and a key announcement when the key is new).
+                    sink: QuerySink | None = None) -> tuple[bytes | None, bytes]:
+        """Build a signed blind-profile query (:meth:`prepare` with ``profile="blind"``).
 
         The probe is encrypted under this state's own key pair for (peer,
         case); a fresh pair is made when there is none or the last one was
@@ -135,19 +243,39 @@ class Requester:
             case: case reference (boxed).
             purpose: purpose of the search (boxed).
             now: clock override for tests.
-            sink: called with ``(announcement, query)`` before anything is
-                recorded; if it raises, no key and no query are kept.
+            sink: as in :meth:`prepare`.
 
         Returns:
             ``(announcement, query)``: the announcement is None when the key
             was announced to this peer before; send it first otherwise.
 
         Raises:
-            UnknownPeerError: ``to`` is not trusted.
-            TemplateError: the probe is malformed.
-            MessageError: case or purpose are empty or too long.
-            PolicyError: the purpose is not on this state's list.
+            As :meth:`prepare`.
         """
+        sent = self._prepare_blind(to, probe, case, purpose, now, sink)
+        return sent.announcement, sent.query
+
+    def _prepare_sealed(self, to: str, probe: np.ndarray, case: str, purpose: str, now: float | None,
+                        sink: QuerySink | None) -> OutgoingQuery:
+        st = self.state
+        peer = st.peer(to)
+        body = QueryBody(case, purpose, normalise_probe(probe, peer.dim))
+        self._check_purpose(case, purpose)
+        t = int(time.time() if now is None else now)
+        ident = st.identity()
+        header = Header("query", st.config.name, to, new_id(), t, t + st.config.query_ttl,
+                        peer.params_digest, "sealed", "")
+        msg = seal_envelope(ident, header, ident.box_to(peer.identity, body.to_bytes()))
+        with st.lock():
+            if sink is not None:
+                sink(None, msg)
+            self._box.put(SentSealedQuery(query_id=header.id, peer=to, case=case, purpose=purpose, created=t,
+                                          expires=header.expires))
+            st.audit.append("query", peer=to, query_id=header.id, case=case, purpose=purpose)
+        return OutgoingQuery(to, "sealed", header.id, msg)
+
+    def _prepare_blind(self, to: str, probe: np.ndarray, case: str, purpose: str, now: float | None,
+                       sink: QuerySink | None) -> OutgoingQuery:
         st = self.state
         peer = st.peer(to)
         self._check_purpose(case, purpose)
@@ -180,14 +308,11 @@ class Requester:
             if pair is not None:
                 ring.store(pair, to, case, t, st.config.blind_key_ttl)
                 st.audit.append("keys_created", peer=to, key_id=kid, case=case)
-            box = self._outbox()
-            box[header.id] = {"to": to, "case": case, "purpose": purpose, "created": t,
-                              "expires": header.expires, "answer": None, "profile": "blind", "key_id": kid,
-                              "candidates": None, "hits": None}
-            atomic_write_json(self._outbox_path, box)
+            self._box.put(SentBlindQuery(query_id=header.id, peer=to, case=case, purpose=purpose, created=t,
+                                         expires=header.expires, key_id=kid))
             st.audit.append("query", peer=to, query_id=header.id, case=case, purpose=purpose,
                             profile="blind", key_id=kid)
-        return announcement, msg
+        return OutgoingQuery(to, "blind", header.id, msg, announcement, kid)
 
     def abandon(self, query_id: str, reason: str) -> str | None:
         """Give up on a blind query that may not have reached its peer: retire its key.
@@ -208,74 +333,77 @@ class Requester:
         """
         st = self.state
         with st.lock():
-            sent = self._outbox().get(query_id)
-            if sent is None or sent.get("profile") != "blind" or sent.get("answer") is not None:
+            sent = self._box.get(query_id)
+            if not isinstance(sent, SentBlindQuery) or sent.answer is not None:
                 return None
-            kid = str(sent["key_id"])
+            kid = sent.key_id
             entry = st.blind_keyring.entries().get(kid)
             if entry is None or entry["retired"] is not None:
                 return None
             st.blind_keyring.retire(kid, reason)
-            st.audit.append("keys_retired", peer=sent["to"], key_id=kid, query_id=query_id, reason=reason)
+            st.audit.append("keys_retired", peer=sent.peer, key_id=kid, query_id=query_id, reason=reason)
         return kid
 
-    def _verify_envelope(self, answer: bytes, now: float | None,
-                         kinds: tuple[str, ...] = ("answer",)) -> Envelope:
+    # -- replies -------------------------------------------------------------
+    def _verify_reply(self, blob: bytes, now: float | None, kinds: tuple[str, ...]) -> _Reply:
+        """Verify a reply once: signature, header, type, then the box and the body."""
         st = self.state
         roster = st.roster()
 
         def digest_of(sender: str) -> str:
             return roster[sender].params_digest
 
-        env = open_envelope(answer, lookup=st.lookup, me=st.config.name, params_digest=digest_of, now=now,
+        env = open_envelope(blob, lookup=st.lookup, me=st.config.name, params_digest=digest_of, now=now,
                             blind_digest=st.config.blind_parameter_set.digest)
-        if env.header.type not in kinds:
-            raise MessageError(f"expected an answer, got a {env.header.type}")
-        return env
+        h = env.header
+        if h.type not in kinds:
+            raise MessageError(f"expected an answer, got a {h.type}")
+        plain = st.identity().unbox_from(env.sender, env.body)
+        body: AnswerBody | BlindAnswerBody | RefusalBody
+        if h.type == "refusal":
+            body = RefusalBody.from_bytes(plain)
+        elif h.profile == "blind":
+            body = BlindAnswerBody.from_bytes(plain)
+        else:
+            body = AnswerBody.from_bytes(plain)
+        if body.query_id != h.in_reply_to:
+            raise MessageError(f"{'refusal' if h.type == 'refusal' else 'answer'} body and header name "
+                               "different queries")
+        return _Reply(env, body)
 
-    def _check_outbox(self, h: Header) -> dict[str, Any]:
-        sent = self._outbox().get(h.in_reply_to)
-        if sent is None or sent["to"] != h.sender:
+    def _check_outbox(self, h: Header) -> SentSealedQuery | SentBlindQuery:
+        sent = self._box.get(h.in_reply_to)
+        if sent is None or sent.peer != h.sender:
             raise MessageError("answer is for a query this state did not send to that peer")
-        if sent.get("profile", "sealed") != h.profile:
+        if sent.profile != h.profile:
             raise MessageError("answer is in another profile than its query")
-        if sent["answer"] not in (None, h.id):
+        if sent.answer not in (None, h.id):
             raise ReplayError("another answer to this query was already accepted")
         return sent
 
-    def _open_refusal(self, env: Envelope) -> NoReturn:
+    def _record_refusal(self, h: Header, body: RefusalBody) -> NoReturn:
         """Record a peer's signed refusal as the reply to its query, then raise it."""
         st = self.state
-        h = env.header
-        body = RefusalBody.from_bytes(st.identity().unbox_from(env.sender, env.body))
-        if body.query_id != h.in_reply_to:
-            raise MessageError("refusal body and header name different queries")
         with st.lock():
-            self._check_outbox(h)
-            box = self._outbox()
-            entry = box[h.in_reply_to]
-            if entry["answer"] is None:
-                entry.update(answer=h.id, refused=body.reason)
-                atomic_write_json(self._outbox_path, box)
+            sent = self._check_outbox(h)
+            if sent.answer is None:
+                self._box.put(dataclasses.replace(sent, answer=h.id, refused=body.reason))
                 st.audit.append("refused", peer=h.sender, query_id=h.in_reply_to, refusal_id=h.id,
                                 reason=body.reason, profile=h.profile)
         raise RefusedError(f"query {h.in_reply_to} to {h.sender} refused: {body.reason} ({body.message})",
                            peer=h.sender, query_id=h.in_reply_to, reason=body.reason)
 
-    def _open_blind(self, env: Envelope, now: float | None) -> OpenedAnswer:
+    def _open_blind(self, h: Header, body: BlindAnswerBody) -> OpenedAnswer:
         """Decrypt a blind answer to at most k candidate handles, once."""
         st = self.state
-        h = env.header
-        body = BlindAnswerBody.from_bytes(st.identity().unbox_from(env.sender, env.body))
-        if body.query_id != h.in_reply_to:
-            raise MessageError("answer body and header name different queries")
         with st.lock():
             sent = self._check_outbox(h)
-            if sent["answer"] == h.id and sent["candidates"] is not None:
-                cands = tuple(sent["candidates"])
-                return OpenedAnswer(h.sender, h.in_reply_to, bool(cands), cands)
+            if not isinstance(sent, SentBlindQuery):  # _check_outbox compared the profiles
+                raise MessageError("answer is in another profile than its query")
+            if sent.answer == h.id and sent.candidates is not None:
+                return OpenedAnswer(h.sender, h.in_reply_to, bool(sent.candidates), sent.candidates)
             ctx = st.blind_ctx
-            sk = st.blind_keyring.secret_key(sent["key_id"])
+            sk = st.blind_keyring.secret_key(sent.key_id)
             scale = answer_scale(ctx)
             hits: list[tuple[int, int]] = []
             for pos, blob in enumerate(body.blocks):
@@ -286,44 +414,46 @@ class Requester:
                 pool = list(hits)
                 hits = sorted(pool.pop(secrets.randbelow(len(pool))) for _ in range(st.config.k))
             cands = tuple(make_handle(pos, j) for pos, j in hits)
-            box = self._outbox()
-            entry = box[h.in_reply_to]
-            entry.update(answer=h.id, candidates=list(cands))
-            atomic_write_json(self._outbox_path, box)
+            self._box.put(dataclasses.replace(sent, answer=h.id, candidates=cands))
             st.audit.append("answer_received", peer=h.sender, query_id=h.in_reply_to, answer_id=h.id,
                             hit=bool(cands), candidates=len(cands), profile="blind")
         return OpenedAnswer(h.sender, h.in_reply_to, bool(cands), cands)
 
-    def _verify_answer(self, answer: bytes, now: float | None) -> tuple[Header, AnswerBody]:
-        """Verify a sealed-profile answer and check it against the outbox; changes nothing."""
-        st = self.state
-        env = self._verify_envelope(answer, now)
-        h = env.header
-        if h.profile != "sealed":
-            raise MessageError("expected a sealed-profile answer")
-        body = AnswerBody.from_bytes(st.identity().unbox_from(env.sender, env.body))
-        if body.query_id != h.in_reply_to:
-            raise MessageError("answer body and header name different queries")
-        self._check_outbox(h)
-        return h, body
-
     def _accept(self, h: Header, body: AnswerBody) -> None:
         """Record the answer as the one accepted for its query (caller holds the lock)."""
-        box = self._outbox()
-        sent = box[h.in_reply_to]
-        if sent["answer"] not in (None, h.id):
+        sent = self._box.get(h.in_reply_to)
+        if sent is None:
+            raise MessageError("answer is for a query this state did not send to that peer")
+        if sent.answer not in (None, h.id):
             raise ReplayError("another answer to this query was already accepted")
-        if sent["answer"] is None:
-            sent["answer"] = h.id
-            atomic_write_json(self._outbox_path, box)
+        if sent.answer is None:
+            self._box.put(dataclasses.replace(sent, answer=h.id))
             self.state.audit.append("answer_received", peer=h.sender, query_id=h.in_reply_to,
                                     answer_id=h.id, hit=body.hit, candidates=len(body.candidates))
+
+    def _open_reply(self, reply: _Reply) -> OpenedAnswer:
+        h, body = reply.envelope.header, reply.body
+        if isinstance(body, RefusalBody):
+            self._record_refusal(h, body)
+        if isinstance(body, BlindAnswerBody):
+            return self._open_blind(h, body)
+        self._check_outbox(h)
+        with self.state.lock():
+            self._accept(h, body)
+        return OpenedAnswer(h.sender, h.in_reply_to, body.hit, body.candidates)
 
     def open(self, answer: bytes, now: float | None = None) -> OpenedAnswer:
         """Verify and open an answer to one of our queries.
 
         Opening the same answer again returns the same result; a second,
         different answer to the same query is refused.
+
+        Args:
+            answer: the signed reply (an answer or a refusal).
+            now: clock override for tests.
+
+        Returns:
+            Whether it is a hit, and the released tokens (sealed) or handles (blind).
 
         Raises:
             RefusedError: the reply is a signed refusal by the peer's policy;
@@ -333,16 +463,9 @@ class Requester:
             ReplayError: another answer to this query was already accepted.
             UnknownPeerError: the sender is not trusted.
         """
-        env = self._verify_envelope(answer, now, ("answer", "refusal"))
-        if env.header.type == "refusal":
-            self._open_refusal(env)
-        if env.header.profile == "blind":
-            return self._open_blind(env, now)
-        h, body = self._verify_answer(answer, now)
-        with self.state.lock():
-            self._accept(h, body)
-        return OpenedAnswer(h.sender, h.in_reply_to, body.hit, body.candidates)
+        return self._open_reply(self._verify_reply(answer, now, ("answer", "refusal")))
 
+    # -- follow-ups ----------------------------------------------------------
     def follow_up(self, answer: bytes, token: str, now: float | None = None) -> bytes:
         """Ask the answering state for the record behind one released token.
 
@@ -356,44 +479,72 @@ class Requester:
 
         Raises:
             TokenError: the token is not in that answer.
-            MessageError and subclasses: the answer does not verify.
+            MessageError and subclasses: the answer does not verify, or the
+                message is a refusal (nothing can be followed up on it).
         """
-        if self._verify_envelope(answer, now).header.profile == "blind":
-            return self._follow_up_blind(answer, token, now)
-        ah, answer_body = self._verify_answer(answer, now)
-        if token not in answer_body.candidates:
+        return self._follow_up(self._verify_reply(answer, now, ("answer",)), token, now).message
+
+    def prepare_follow_up(self, answer: bytes, token: str, *, now: float | None = None) -> OutgoingFollowUp:
+        """As :meth:`follow_up`, and say where the follow-up goes; the reply is opened as :meth:`open` does.
+
+        Args:
+            answer: the signed reply the token came in.
+            token: one of its candidates.
+            now: clock override for tests.
+
+        Returns:
+            The follow-up, its peer, query and id.
+
+        Raises:
+            RefusedError: the reply is a signed refusal (recorded as by :meth:`open`).
+            TokenError, MessageError and subclasses: as :meth:`follow_up`.
+        """
+        reply = self._verify_reply(answer, now, ("answer", "refusal"))
+        if isinstance(reply.body, RefusalBody):
+            self._record_refusal(reply.envelope.header, reply.body)
+        return self._follow_up(reply, token, now)
+
+    def _follow_up(self, reply: _Reply, token: str, now: float | None) -> OutgoingFollowUp:
+        h, body = reply.envelope.header, reply.body
+        if isinstance(body, BlindAnswerBody):
+            return self._follow_up_blind(h, body, token, now)
+        if not isinstance(body, AnswerBody):  # the callers dealt with refusals
+            raise MessageError(f"expected an answer, got a {h.type}")
+        self._check_outbox(h)
+        if token not in body.candidates:
             raise TokenError("token is not among the candidates of this answer")
         st = self.state
-        peer = st.peer(ah.sender)
+        peer = st.peer(h.sender)
         t = int(time.time() if now is None else now)
         ident = st.identity()
         header = Header("followup", st.config.name, peer.name, new_id(), t, t + st.config.query_ttl,
-                        peer.params_digest, "sealed", ah.in_reply_to)
-        body = FollowUpBody(ah.in_reply_to, token)
-        msg = seal_envelope(ident, header, ident.box_to(peer.identity, body.to_bytes()))
+                        peer.params_digest, "sealed", h.in_reply_to)
+        fu = FollowUpBody(h.in_reply_to, token)
+        msg = seal_envelope(ident, header, ident.box_to(peer.identity, fu.to_bytes()))
         with st.lock():
-            self._accept(ah, answer_body)
-            st.audit.append("followup", peer=peer.name, query_id=ah.in_reply_to, followup_id=header.id)
-        return msg
+            self._accept(h, body)
+            st.audit.append("followup", peer=peer.name, query_id=h.in_reply_to, followup_id=header.id)
+        return OutgoingFollowUp(peer.name, h.in_reply_to, header.id, msg)
 
-    def _follow_up_blind(self, answer: bytes, handle: str, now: float | None) -> bytes:
+    def _follow_up_blind(self, h: Header, body: BlindAnswerBody, handle: str, now: float | None) -> OutgoingFollowUp:
         """Follow up one blind candidate, and retire the key it was found under."""
         st = self.state
-        opened = self.open(answer, now)
+        opened = self._open_blind(h, body)
         if handle not in opened.candidates:
             raise TokenError("handle is not among the candidates of this answer")
-        env = self._verify_envelope(answer, now)
-        peer = st.peer(env.header.sender)
+        peer = st.peer(h.sender)
         t = int(time.time() if now is None else now)
         ident = st.identity()
         header = Header("followup", st.config.name, peer.name, new_id(), t, t + st.config.query_ttl,
-                        st.blind_ctx.params.digest, "blind", env.header.in_reply_to)
-        body = FollowUpBody(env.header.in_reply_to, handle)
-        msg = seal_envelope(ident, header, ident.box_to(peer.identity, body.to_bytes()))
+                        st.blind_ctx.params.digest, "blind", h.in_reply_to)
+        fu = FollowUpBody(h.in_reply_to, handle)
+        msg = seal_envelope(ident, header, ident.box_to(peer.identity, fu.to_bytes()))
         with st.lock():
-            kid = self._outbox()[env.header.in_reply_to]["key_id"]
+            sent = self._box.get(h.in_reply_to)
+            if not isinstance(sent, SentBlindQuery):
+                raise MessageError("answer is in another profile than its query")
             # A follow-up reveals decrypted signs: the key never decrypts again.
-            st.blind_keyring.retire(kid, f"follow-up on {env.header.in_reply_to}")
-            st.audit.append("followup", peer=peer.name, query_id=env.header.in_reply_to, followup_id=header.id,
-                            profile="blind", key_id=kid)
-        return msg
+            st.blind_keyring.retire(sent.key_id, f"follow-up on {h.in_reply_to}")
+            st.audit.append("followup", peer=peer.name, query_id=h.in_reply_to, followup_id=header.id,
+                            profile="blind", key_id=sent.key_id)
+        return OutgoingFollowUp(peer.name, h.in_reply_to, header.id, msg)

@@ -5,6 +5,11 @@ matcher (public material only) computes the masked encrypted result, the key
 service decrypts it to capped candidate tokens, and the node signs and boxes
 the answer. The probe exists only in memory for the duration of the call.
 
+A query's bytes are verified once, at the door (:meth:`KeyService.verify_incoming`:
+signature first, then header checks and replay, then the box and the body);
+from there on every step takes the verified object. The same holds for the
+key announcements delivered with a blind query.
+
 Between verifying and matching, the state's policy (:mod:`pprm.node.policy`)
 decides: a query with a purpose not on the list, or over a quota, gets a
 signed refusal instead of an answer, and is never matched.
@@ -15,26 +20,28 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
-
-import numpy as np
 
 from pprm.errors import KeyRotationError, MessageError
-from pprm.matching.blind import BlindAnswer, BlindMatcher
+from pprm.matching.blind import AnnouncedKeys, BlindMatcher, BlindRequest
 from pprm.matching.diagonals import BlindDatabase
 from pprm.matching.gallery import EncryptedGallery
-from pprm.matching.sealed import MaskedResult
+from pprm.matching.protocols import BlindMatching, SealedMatching
 from pprm.node.blind_store import AnsweredQuery
-from pprm.node.keyservice import KeyService
+from pprm.node.keyservice import KeyService, VerifiedAnnouncement, VerifiedBlindQuery, VerifiedQuery
 from pprm.node.policy import QuotaLedger, Refusal, decide
 from pprm.node.state import State
-from pprm.protocol.blind_messages import BlindAnswerBody, KeyAnnouncementBody
-from pprm.protocol.envelope import Envelope, Header, new_id, seal_envelope
+from pprm.profile import Profile
+from pprm.protocol.blind_messages import BlindAnswerBody
+from pprm.protocol.envelope import Header, new_id, seal_envelope
 from pprm.protocol.messages import AnswerBody, RefusalBody
 
-__all__ = ["BlindBackend", "Matcher", "Responder", "Response"]
+__all__ = ["Responder", "Response", "SealedMatcherFactory", "BlindMatcherFactory"]
 
 Progress = Callable[[int, int], None]
+# How a responder gets its matchers: one for a gallery view (sealed), one
+# for a blind database and the gallery version it was built from.
+SealedMatcherFactory = Callable[[EncryptedGallery], SealedMatching]
+BlindMatcherFactory = Callable[[BlindDatabase, str], BlindMatching]
 
 
 @dataclass(frozen=True)
@@ -53,22 +60,9 @@ class Response:
     message: bytes = field(repr=False)
     peer: str
     query_id: str
-    profile: str
+    profile: Profile
     refused: str | None = None
     reason: str | None = None
-
-
-class Matcher(Protocol):
-    """What the responder needs of a sealed matcher (one process, or shards on a cluster)."""
-
-    def match(self, probe: np.ndarray, threshold: float, progress: Progress | None = None) -> MaskedResult: ...
-
-
-class BlindBackend(Protocol):
-    """What the responder needs of a blind matcher held elsewhere (shards on a cluster)."""
-
-    def answer_blind(self, probe: bytes, key_id: str, public_key: bytes, galois_keys: bytes,
-                     tau: float) -> BlindAnswer: ...
 
 
 class Responder:
@@ -80,17 +74,22 @@ class Responder:
             :meth:`State.matcher`, in this process); a sharded one
             (:mod:`pprm.cluster`) syncs the view to its workers first.
         blind: the blind matcher for a database and its gallery version
-            (default: :class:`BlindMatcher` in this process); a sharded one
-            syncs the database to its workers first.
+            (default: :class:`~pprm.matching.blind.BlindMatcher` in this
+            process); a sharded one syncs the database to its workers first.
+            Both kinds meet :class:`~pprm.matching.protocols.SealedMatching`
+            and :class:`~pprm.matching.protocols.BlindMatching`.
     """
 
-    def __init__(self, state: State, *, matcher: Callable[[EncryptedGallery], Matcher] | None = None,
-                 blind: Callable[[BlindDatabase, str], BlindBackend] | None = None) -> None:
+    def __init__(self, state: State, *, matcher: SealedMatcherFactory | None = None,
+                 blind: BlindMatcherFactory | None = None) -> None:
         self.state = state
         self.key_service = KeyService(state)
         self.quota = QuotaLedger(state.path("quota.json"))
-        self._matcher = matcher if matcher is not None else state.matcher
-        self._blind = blind
+        self._matcher: SealedMatcherFactory = matcher if matcher is not None else state.matcher
+        self._blind: BlindMatcherFactory = blind if blind is not None else self._local_blind
+
+    def _local_blind(self, database: BlindDatabase, version: str) -> BlindMatching:
+        return BlindMatcher(self.state.blind_ctx, database)
 
     def __repr__(self) -> str:
         return f"Responder({self.state.config.name})"
@@ -135,40 +134,47 @@ class Responder:
             As :meth:`answer`.
         """
         st = self.state
+        ks = self.key_service
         t = time.time() if now is None else now
-        # The envelope is verified (signature first) before its profile picks the path.
-        if self.key_service.query_profile(query, t) == "blind":
-            return self._answer_blind(query, sink, t, announcements)
-        if announcements:
-            raise MessageError("key announcements come only with blind-profile queries")
         with st.lock():
-            vq = self.key_service.verify_query(query, t)
-            qh = vq.envelope.header
-            refusal = decide(st.config, self.quota, qh.sender, vq.body.case, vq.body.purpose, t)
-            if refusal is not None:
-                return self._refuse(vq.envelope, vq.body.case, vq.body.purpose, refusal, sink, t)
-            # One view of the gallery for both roles: the matcher's public
-            # material, and the index the key service maps hits through.
-            gallery = st.gallery()
-            result = self._matcher(gallery).match(vq.body.probe, st.config.threshold, progress)
-            release = self.key_service.release(query, result, t, gallery)
-            body = AnswerBody(qh.id, bool(release.tokens), release.tokens)
-            ident = st.identity()
-            header = Header("answer", st.config.name, qh.sender, new_id(), int(t),
-                            int(t) + st.config.token_ttl, st.config.parameter_set.digest,
-                            "sealed", qh.id)
-            answer = seal_envelope(ident, header, ident.box_to(vq.envelope.sender, body.to_bytes()))
-            if sink is not None:
-                sink(answer)
-            self.key_service.commit_release(release, header.id, t)
-            self.quota.record(qh.sender, vq.body.case, t)
+            vq = ks.verify_incoming(query, t)
+            if isinstance(vq, VerifiedBlindQuery):
+                return self._answer_blind(vq, [ks.verify_announcement(a, t) for a in announcements], sink, t)
+            if announcements:
+                raise MessageError("key announcements come only with blind-profile queries")
+            return self._answer_sealed(vq, sink, progress, t)
+
+    def _answer_sealed(self, vq: VerifiedQuery, sink: Callable[[bytes], None] | None, progress: Progress | None,
+                       t: float) -> Response:
+        """Answer a verified sealed-profile query (caller holds the state lock)."""
+        st = self.state
+        qh = vq.envelope.header
+        refusal = decide(st.config, self.quota, qh.sender, vq.body.case, vq.body.purpose, t)
+        if refusal is not None:
+            return self._refuse(vq, refusal, sink, t)
+        # One view of the gallery for both roles: the matcher's public
+        # material, and the index the key service maps hits through.
+        gallery = st.gallery()
+        result = self._matcher(gallery).match(vq.body.probe, st.config.threshold, progress)
+        release = self.key_service.release(vq, result, t, gallery)
+        body = AnswerBody(qh.id, bool(release.tokens), release.tokens)
+        ident = st.identity()
+        header = Header("answer", st.config.name, qh.sender, new_id(), int(t),
+                        int(t) + st.config.token_ttl, st.config.parameter_set.digest,
+                        "sealed", qh.id)
+        answer = seal_envelope(ident, header, ident.box_to(vq.envelope.sender, body.to_bytes()))
+        if sink is not None:
+            sink(answer)
+        self.key_service.commit_release(release, header.id, t)
+        self.quota.record(qh.sender, vq.body.case, t)
         return Response(answer, qh.sender, qh.id, "sealed")
 
-    def _refuse(self, env: Envelope, case: str, purpose: str, refusal: Refusal,
+    def _refuse(self, vq: VerifiedQuery | VerifiedBlindQuery, refusal: Refusal,
                 sink: Callable[[bytes], None] | None, t: float,
-                announcements: Sequence[tuple[Envelope, KeyAnnouncementBody]] = ()) -> Response:
+                announcements: Sequence[VerifiedAnnouncement] = ()) -> Response:
         """Sign and hand over a refusal, then record it (caller holds the state lock)."""
         st = self.state
+        env = vq.envelope
         qh = env.header
         digest = st.config.blind_parameter_set.digest if qh.profile == "blind" else st.config.parameter_set.digest
         body = RefusalBody(qh.id, refusal.reason, refusal.message)
@@ -180,10 +186,10 @@ class Responder:
             sink(msg)
         # Announced keys are public material, valid on their own: the
         # requester counts them as delivered, so they are kept.
-        for ann_env, ann in announcements:
-            self._commit_keys(ann_env, ann, t)
-        st.audit.append("refuse", peer=qh.sender, query_id=qh.id, refusal_id=header.id, case=case,
-                        purpose=purpose, reason=refusal.reason, profile=qh.profile)
+        for ann in announcements:
+            self._commit_keys(ann, t)
+        st.audit.append("refuse", peer=qh.sender, query_id=qh.id, refusal_id=header.id, case=vq.body.case,
+                        purpose=vq.body.purpose, reason=refusal.reason, profile=qh.profile)
         self.key_service.commit_seen(env, t)
         return Response(msg, qh.sender, qh.id, qh.profile, refusal.reason, refusal.message)
 
@@ -206,68 +212,62 @@ class Responder:
         st = self.state
         t = time.time() if now is None else now
         with st.lock():
-            env, body = self.key_service.verify_announcement(announcement, t)
-            st.blind_store.check_new_keys(env.header.sender, body, t)
-            self._commit_keys(env, body, t)
-        return body.key_id
+            ann = self.key_service.verify_announcement(announcement, t)
+            st.blind_store.check_new_keys(ann.envelope.header.sender, ann.body, t)
+            self._commit_keys(ann, t)
+        return ann.body.key_id
 
-    def _commit_keys(self, env: Envelope, body: KeyAnnouncementBody, t: float) -> None:
+    def _commit_keys(self, ann: VerifiedAnnouncement, t: float) -> None:
         st = self.state
-        st.blind_store.store_keys(env.header.sender, body)
-        st.audit.append("keys", peer=env.header.sender, key_id=body.key_id, expires=body.expires)
-        self.key_service.commit_seen(env, t)
+        sender = ann.envelope.header.sender
+        st.blind_store.store_keys(sender, ann.body)
+        st.audit.append("keys", peer=sender, key_id=ann.body.key_id, expires=ann.body.expires)
+        self.key_service.commit_seen(ann.envelope, t)
 
-    def _answer_blind(self, query: bytes, sink: Callable[[bytes], None] | None, t: float,
-                      announcements: Sequence[bytes]) -> Response:
-        """Answer a blind-profile query: the probe stays encrypted under the requester's key."""
+    def _answer_blind(self, vq: VerifiedBlindQuery, announcements: Sequence[VerifiedAnnouncement],
+                      sink: Callable[[bytes], None] | None, t: float) -> Response:
+        """Answer a verified blind-profile query (caller holds the state lock).
+
+        The probe stays encrypted under the requester's key.
+        """
         st = self.state
         ks = self.key_service
-        ctx = st.blind_ctx
-        p = ctx.params
-        with st.lock():
-            pending = [ks.verify_announcement(a, t) for a in announcements]
-            vq = ks.verify_blind_query(query, t)
-            qh = vq.envelope.header
-            fresh = {body.key_id: (env, body) for env, body in pending}
-            if len(fresh) != len(pending):
-                raise MessageError("the same key is announced twice")
-            loaded = {body.key_id: st.blind_store.check_new_keys(env.header.sender, body, t)
-                      for env, body in pending}
-            if vq.body.key_id in loaded:
-                if fresh[vq.body.key_id][0].header.sender != qh.sender:
-                    raise KeyRotationError("this key was announced by another state")
-                public_key, galois = loaded[vq.body.key_id]
-            else:
-                public_key, galois = st.blind_store.keys_for(vq.body.key_id, qh.sender, t)
-            refusal = decide(st.config, self.quota, qh.sender, vq.body.case, vq.body.purpose, t)
-            if refusal is not None:
-                return self._refuse(vq.envelope, vq.body.case, vq.body.purpose, refusal, sink, t, pending)
-            probe = ctx.load_seeded_ciphertext(vq.body.probe, scale=float(2**p.probe_scale_bits))
-            gallery = st.gallery()
-            version = gallery.version
-            db = st.blind_store.database(version, ks.export_templates)
-            if self._blind is None:
-                result = BlindMatcher(ctx, db).answer(probe, public_key, galois, st.config.threshold)
-            else:
-                blobs = ((fresh[vq.body.key_id][1].public, fresh[vq.body.key_id][1].galois)
-                         if vq.body.key_id in fresh else st.blind_store.key_blobs(vq.body.key_id))
-                result = self._blind(db, version).answer_blind(vq.body.probe, vq.body.key_id, *blobs,
-                                                               st.config.threshold)
-            answer_body = BlindAnswerBody(qh.id, tuple(result.ciphertexts))
-            ident = st.identity()
-            header = Header("answer", st.config.name, qh.sender, new_id(), int(t), int(t) + st.config.token_ttl,
-                            p.digest, "blind", qh.id)
-            answer = seal_envelope(ident, header, ident.box_to(vq.envelope.sender, answer_body.to_bytes()))
-            if sink is not None:
-                sink(answer)
-            for env, ann in pending:
-                self._commit_keys(env, ann, t)
-            # Logged before the query is marked used (see KeyService.commit_release).
-            st.audit.append("answer", peer=qh.sender, query_id=qh.id, answer_id=header.id, case=vq.body.case,
-                            purpose=vq.body.purpose, profile="blind", key_id=vq.body.key_id,
-                            blocks=len(result.ciphertexts), gallery_size=db.size)
-            st.blind_store.record_answer(AnsweredQuery(qh.id, qh.sender, vq.body.key_id, result.order, version,
-                                                       int(t), []))
-            ks.commit_seen(vq.envelope, t)
-            self.quota.record(qh.sender, vq.body.case, t)
+        qh = vq.envelope.header
+        kid = vq.body.key_id
+        fresh = {ann.body.key_id: ann for ann in announcements}
+        if len(fresh) != len(announcements):
+            raise MessageError("the same key is announced twice")
+        checked = {ann.body.key_id: st.blind_store.check_new_keys(ann.envelope.header.sender, ann.body, t)
+                   for ann in announcements}
+        keys: AnnouncedKeys
+        if kid in checked:
+            if fresh[kid].envelope.header.sender != qh.sender:
+                raise KeyRotationError("this key was announced by another state")
+            keys = checked[kid]
+        else:
+            keys = st.blind_store.keys_for(kid, qh.sender, t)
+        refusal = decide(st.config, self.quota, qh.sender, vq.body.case, vq.body.purpose, t)
+        if refusal is not None:
+            return self._refuse(vq, refusal, sink, t, announcements)
+        # Parsed before the database is loaded or built: a malformed probe changes nothing.
+        request = BlindRequest.parse(st.blind_ctx, vq.body.probe, keys)
+        version = st.gallery().version
+        db = st.blind_store.database(version, ks.export_templates)
+        result = self._blind(db, version).answer_blind(request, st.config.threshold)
+        answer_body = BlindAnswerBody(qh.id, tuple(result.ciphertexts))
+        ident = st.identity()
+        header = Header("answer", st.config.name, qh.sender, new_id(), int(t), int(t) + st.config.token_ttl,
+                        st.blind_ctx.params.digest, "blind", qh.id)
+        answer = seal_envelope(ident, header, ident.box_to(vq.envelope.sender, answer_body.to_bytes()))
+        if sink is not None:
+            sink(answer)
+        for ann in announcements:
+            self._commit_keys(ann, t)
+        # Logged before the query is marked used (see KeyService.commit_release).
+        st.audit.append("answer", peer=qh.sender, query_id=qh.id, answer_id=header.id, case=vq.body.case,
+                        purpose=vq.body.purpose, profile="blind", key_id=kid,
+                        blocks=len(result.ciphertexts), gallery_size=db.size)
+        st.blind_store.record_answer(AnsweredQuery(qh.id, qh.sender, kid, result.order, version, int(t), []))
+        ks.commit_seen(vq.envelope, t)
+        self.quota.record(qh.sender, vq.body.case, t)
         return Response(answer, qh.sender, qh.id, "blind")

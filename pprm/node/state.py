@@ -31,8 +31,9 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import tenseal.sealapi as seal
 
@@ -49,6 +50,10 @@ from pprm.node.blind_store import BlindStore
 from pprm.node.config import StateConfig
 from pprm.protocol.card import Card, make_card, parse_card
 from pprm.protocol.envelope import Header, open_envelope
+
+if TYPE_CHECKING:
+    from pprm.cluster.blind_shard import BlindShardSpec
+    from pprm.cluster.sealed_shard import SealedShardSpec
 
 __all__ = ["State"]
 
@@ -90,7 +95,7 @@ class State:
     @classmethod
     def init(cls, directory: str, name: str, *, threshold: float = 0.4, params: str | None = None,
              k: int = 10, dim: int = 512, allow_insecure: bool = False, blind_params: str | None = None,
-             profiles: dict[str, str] | None = None, purposes: Sequence[str] | None = None,
+             profiles: Mapping[str, str] | None = None, purposes: Sequence[str] | None = None,
              quota_per_case: int | None = None, quota_per_peer: int | None = None) -> State:
         """Create a new state directory with fresh keys.
 
@@ -104,7 +109,8 @@ class State:
             allow_insecure: accept ``INSECURE*`` sets (tests only).
             blind_params: blind-profile parameter set name (default
                 ``pprm-blind-n16384-v1``).
-            profiles: per-peer default query profile.
+            profiles: per-peer default query profile (``"sealed"`` or
+                ``"blind"``; checked here like every other setting).
             purposes: the purposes this state answers and queries for
                 (default :data:`pprm.node.config.DEFAULT_PURPOSES`).
             quota_per_case: queries answered per requesting state and case
@@ -269,26 +275,67 @@ class State:
         return EncryptedGallery(self.path("gallery"), self.config.parameter_set, self.key_id,
                                 self.config.dim)
 
-    def conjugation_key(self) -> seal.GaloisKeys | None:
-        """The public conjugation key for complex packing, or None for real packing.
-
-        Raises:
-            StateError: a complex-packing state whose key file is missing,
-                invalid, or not the one the card's key id covers.
-        """
+    def _conjugation_key_bytes(self) -> bytes | None:
+        """The conjugation key file's bytes, once checked against the card's key id; None for real packing."""
         if self.config.parameter_set.packing != "complex":
             return None
-        path = self.path("ckks", "galois.key")
         try:
             with open(self.path("ckks", "public.key"), "rb") as fh:
                 pk_blob = fh.read()
-            with open(path, "rb") as fh:
+            with open(self.path("ckks", "galois.key"), "rb") as fh:
                 gk_blob = fh.read()
         except OSError:
             raise StateError("CKKS public key or conjugation key file is missing") from None
         if keys.key_id_of(pk_blob, gk_blob) != self.key_id:
             raise StateError("conjugation key does not belong to this state's CKKS key id; refusing it")
-        return keys.load_conjugation_key(self.ctx, path)
+        return gk_blob
+
+    def conjugation_key(self) -> seal.GaloisKeys | None:
+        """The public conjugation key for complex packing, or None for real packing.
+
+        Returns:
+            The loaded Galois keys (conjugation element only), or None.
+
+        Raises:
+            StateError: a complex-packing state whose key file is missing,
+                invalid, or not the one the card's key id covers.
+        """
+        if self._conjugation_key_bytes() is None:
+            return None
+        return keys.load_conjugation_key(self.ctx, self.path("ckks", "galois.key"))
+
+    def sealed_shard_spec(self) -> SealedShardSpec:
+        """What shards of this state's sealed gallery are built from (public material only).
+
+        Returns:
+            The spec: parameter set, dimension, CKKS key id and, for complex
+            packing, the conjugation key bytes, checked against the key id
+            exactly as :meth:`conjugation_key` checks them.
+
+        Raises:
+            StateError: as :meth:`conjugation_key`.
+        """
+        # Imported here: pprm.cluster is an optional layer that importing pprm must not load.
+        from pprm.cluster.sealed_shard import SealedShardSpec
+
+        cfg = self.config
+        conj = self._conjugation_key_bytes()
+        return SealedShardSpec(cfg.params, cfg.allow_insecure, cfg.dim, self.key_id, conj or b"")
+
+    def blind_shard_spec(self) -> BlindShardSpec:
+        """What shards of this state's blind database are built from.
+
+        Returns:
+            The spec: the blind parameter set.
+
+        Warning:
+            Blind shards hold the gallery's plaintext encoding: give this spec
+            only to workers inside the owner's trusted cluster.
+        """
+        from pprm.cluster.blind_shard import BlindShardSpec
+
+        cfg = self.config
+        return BlindShardSpec(cfg.blind_params, cfg.allow_insecure)
 
     def matcher(self, gallery: EncryptedGallery | None = None) -> SealedMatcher:
         """The matcher role: public material only, it cannot decrypt.

@@ -1,4 +1,4 @@
-"""The signed message envelope (DESIGN.md section 6).
+"""The signed message envelope (docs/DESIGN.md section 6).
 
 Wire format, version 1::
 
@@ -22,6 +22,7 @@ from typing import Any
 
 from pprm.crypto.identity import Identity, PublicIdentity
 from pprm.errors import ExpiredError, MessageError, ParameterError, RecipientError, UnknownPeerError
+from pprm.profile import PROFILES, Profile, is_profile
 from pprm.protocol import canonical
 
 __all__ = ["Header", "Envelope", "seal_envelope", "open_envelope", "MESSAGE_TYPES", "PROFILES",
@@ -45,7 +46,6 @@ MAX_LIFETIME = 31 * 24 * 3600
 # as a string. A "refusal" replaces an answer when the responder's policy
 # refuses a query (pprm.protocol.messages.RefusalBody).
 MESSAGE_TYPES = ("query", "answer", "followup", "keys", "refusal")
-PROFILES = ("sealed", "blind")
 _NAME = re.compile(r"^[A-Z][A-Z0-9-]{1,15}$")
 _HEX128 = re.compile(r"^[0-9a-f]{32}$")
 _HEX256 = re.compile(r"^[0-9a-f]{64}$")
@@ -62,7 +62,7 @@ class Header:
     created: int
     expires: int
     params: str
-    profile: str
+    profile: Profile
     in_reply_to: str
 
     def to_json(self) -> dict[str, Any]:
@@ -75,6 +75,7 @@ class Header:
         want = {"v", "type", "from", "to", "id", "created", "expires", "params", "profile", "re"}
         if set(obj) != want or obj["v"] != VERSION:
             raise MessageError("message header has unexpected fields or version")
+        profile = obj["profile"]
         ok = (
             obj["type"] in MESSAGE_TYPES
             and isinstance(obj["from"], str) and _NAME.fullmatch(obj["from"])
@@ -82,13 +83,12 @@ class Header:
             and isinstance(obj["id"], str) and _HEX128.fullmatch(obj["id"])
             and type(obj["created"]) is int and type(obj["expires"]) is int
             and isinstance(obj["params"], str) and _HEX256.fullmatch(obj["params"])
-            and obj["profile"] in PROFILES
             and isinstance(obj["re"], str) and (obj["re"] == "" or _HEX128.fullmatch(obj["re"]))
         )
-        if not ok:
+        if not ok or not is_profile(profile):
             raise MessageError("message header has a malformed field")
         return cls(obj["type"], obj["from"], obj["to"], obj["id"], obj["created"], obj["expires"],
-                   obj["params"], obj["profile"], obj["re"])
+                   obj["params"], profile, obj["re"])
 
 
 @dataclass(frozen=True)

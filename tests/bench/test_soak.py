@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from pprm.cli.soak import run_soak
+from pprm.bench.soak import run_soak
+from tests.helpers import INSECURE_SEALED
 
 
 def test_concurrent_queries_are_each_answered_once_and_logged(tmp_path) -> None:
-    report = run_soak(queries=45, requesters=3, gallery=600, params="INSECURE-sealed-n1024",
+    report = run_soak(queries=45, requesters=3, gallery=600, params=INSECURE_SEALED,
                       allow_insecure=True, workdir=str(tmp_path))
     assert report["errors"] == []
     assert report["answered"] == 45
@@ -18,7 +19,7 @@ def test_concurrent_queries_are_each_answered_once_and_logged(tmp_path) -> None:
 
 
 def test_concurrent_queries_over_http_are_each_answered_once_and_logged(tmp_path) -> None:
-    report = run_soak(queries=45, requesters=3, gallery=600, params="INSECURE-sealed-n1024",
+    report = run_soak(queries=45, requesters=3, gallery=600, params=INSECURE_SEALED,
                       allow_insecure=True, workdir=str(tmp_path), over_http=True)
     assert report["transport"] == "http"
     assert report["errors"] == []

@@ -19,7 +19,7 @@ import pytest
 
 import pprm.cli.demo as demo
 from pprm.cli.main import main
-from tests.helpers import INSECURE
+from tests.helpers import INSECURE_BLIND, INSECURE_SEALED
 
 STATES = 3
 GALLERY = 600
@@ -30,7 +30,7 @@ def report() -> dict[str, Any]:
     """One demo run on the fast parameter set, as its --json report."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = main(["demo", "--states", str(STATES), "--gallery", str(GALLERY), "--params", INSECURE, "--json"])
+        code = main(["demo", "--states", str(STATES), "--gallery", str(GALLERY), "--params", INSECURE_SEALED, "--json"])
     assert code == 0
     return json.loads(out.getvalue())
 
@@ -38,13 +38,13 @@ def report() -> dict[str, Any]:
 def test_demo_learned_equals_truth_for_every_query(report: dict[str, Any]) -> None:
     k = report["k"]
     queries = report["queries"]
-    assert report["ok"] is True and report["params"] == INSECURE
+    assert report["ok"] is True and report["params"] == INSECURE_SEALED
     # Per ordered pair: a sealed mate, a sealed impostor, and a blind mate.
     assert len(queries) == 3 * STATES * (STATES - 1)
     pairs = {(q["requester"], q["responder"]) for q in queries}
     assert len(pairs) == STATES * (STATES - 1)  # every state queried every other one
     assert {q["profile"] for q in queries} == {"sealed", "blind"}
-    assert report["blind_params"] == "INSECURE-blind-n1024"
+    assert report["blind_params"] == INSECURE_BLIND
     for q in queries:
         assert q["dont_care"] == []  # the fixed seed keeps every score out of the margin
         truth, learned = q["truth"], q["learned"]
@@ -124,7 +124,7 @@ def test_judge(truth: list[str], dont_care: list[str], learned: list[str], k: in
 def test_demo_exits_3_on_disagreement(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     # Stand in for a broken pipeline: the check itself flags every query.
     monkeypatch.setattr(demo, "judge", lambda *args: "forced disagreement")
-    code = main(["demo", "--states", "2", "--gallery", "16", "--params", INSECURE])
+    code = main(["demo", "--states", "2", "--gallery", "16", "--params", INSECURE_SEALED])
     out = capsys.readouterr().out
     assert code == 3
     assert "MISMATCH: forced disagreement" in out and "6 queries: 0 OK, 6 MISMATCH" in out
@@ -132,14 +132,14 @@ def test_demo_exits_3_on_disagreement(monkeypatch: pytest.MonkeyPatch, capsys: p
 
 def test_demo_keeps_states_in_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     target = tmp_path / "demo"
-    assert main(["demo", "--states", "2", "--gallery", "16", "--params", INSECURE, "--dir", str(target)]) == 0
+    assert main(["demo", "--states", "2", "--gallery", "16", "--params", INSECURE_SEALED, "--dir", str(target)]) == 0
     capsys.readouterr()
     assert main(["info", str(target / "FR"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["roster"] == ["DE"] and info["gallery"] == 16 + 2
     assert main(["audit", "verify", str(target / "DE")]) == 0
     # A second run into the same, now non-empty, directory is refused cleanly.
-    assert main(["demo", "--states", "2", "--gallery", "16", "--params", INSECURE, "--dir", str(target)]) == 1
+    assert main(["demo", "--states", "2", "--gallery", "16", "--params", INSECURE_SEALED, "--dir", str(target)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("pprm: error: ") and err.count("\n") == 1
 

@@ -7,6 +7,7 @@ plaintext truth, through the requester's own decryption.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
@@ -16,23 +17,19 @@ from pprm.errors import ClusterError
 from pprm.node.keyservice import KeyService
 from pprm.node.requester import Requester
 from pprm.node.responder import Responder
-from pprm.node.state import State
 from tests.cluster.support import kill_after_dispatch, spread_salt
-from tests.helpers import plaintext_hits, wait_for
+from tests.helpers import INSECURE_BLIND, new_state, plaintext_hits, wait_for
 
 pytest.importorskip("distributed")
 
-BLIND = "INSECURE-blind-n1024"
 N = 1400  # three blocks of 512 slots
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("blind-cluster")
-    kw = {"params": "INSECURE-sealed-n1024", "allow_insecure": True, "blind_params": BLIND,
-          "profiles": {"FR": "blind"}}
-    de = State.init(str(root / "DE"), "DE", **kw)
-    fr = State.init(str(root / "FR"), "FR", **kw)
+    de = new_state(root / "DE", "DE", blind_params=INSECURE_BLIND, profiles={"FR": "blind"})
+    fr = new_state(root / "FR", "FR", blind_params=INSECURE_BLIND, profiles={"FR": "blind"})
     gallery = synthetic.make_gallery(N, seed=21, prefix="FR")
     KeyService(fr).enroll(gallery.templates, gallery.references)
     de.trust(fr.card_bytes)
@@ -52,8 +49,8 @@ def _ask(de, fr, probe, case, blind=None):
 
 def test_sharded_blind_answers_equal_one_process_and_the_truth(world):
     de, fr, gallery, handle = world
-    sharded = ShardedBlindMatcher(handle, BlindShardSpec(BLIND, True), spread_salt(3))
-    synced: list[dict] = []
+    sharded = ShardedBlindMatcher(handle, BlindShardSpec(INSECURE_BLIND, True), spread_salt(3))
+    synced: list[dict[str, Any]] = []
 
     def blind(db, version):
         synced.append(sharded.sync(db, version))
@@ -78,8 +75,8 @@ def test_sharded_blind_answers_equal_one_process_and_the_truth(world):
 
 def test_a_gallery_change_resends_the_new_database(world):
     de, fr, _gallery, handle = world
-    sharded = ShardedBlindMatcher(handle, BlindShardSpec(BLIND, True), fr.key_id)
-    reports: list[dict] = []
+    sharded = ShardedBlindMatcher(handle, BlindShardSpec(INSECURE_BLIND, True), fr.key_id)
+    reports: list[dict[str, Any]] = []
 
     def blind(db, version):
         reports.append(sharded.sync(db, version))
@@ -96,7 +93,7 @@ def test_a_gallery_change_resends_the_new_database(world):
 
 def test_a_worker_lost_mid_blind_query_fails_cleanly(world, monkeypatch):
     de, fr, gallery, handle = world
-    sharded = ShardedBlindMatcher(handle, BlindShardSpec(BLIND, True), spread_salt(3))
+    sharded = ShardedBlindMatcher(handle, BlindShardSpec(INSECURE_BLIND, True), spread_salt(3))
     db = fr.blind_store.database(fr.gallery().version, KeyService(fr).export_templates)
     sharded.sync(db, fr.gallery().version)
     pids = {w: d["pid"] for w, d in sharded.describe().items()}

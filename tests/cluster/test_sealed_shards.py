@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from pprm import synthetic
-from pprm.cluster import ShardedMatcher, connect, moves, owners, plan, sealed_spec
+from pprm.cluster import ShardedMatcher, connect, moves, owners, plan
 from pprm.cluster.host import secret_objects
 from pprm.cluster.shards import ShardSet
 from pprm.errors import ClusterError, ParameterError
@@ -22,9 +22,8 @@ from pprm.matching.decide import SealedDecider
 from pprm.node.keyservice import KeyService
 from pprm.node.requester import Requester
 from pprm.node.responder import Responder
-from pprm.node.state import State
 from tests.cluster.support import kill_after_dispatch, spread_salt
-from tests.helpers import INSECURE, Node, plaintext_hits, wait_for
+from tests.helpers import INSECURE_SEALED, INSECURE_SEALED_COMPLEX, Node, new_state, plaintext_hits, wait_for
 
 pytest.importorskip("distributed")
 
@@ -37,9 +36,9 @@ def cluster():
         yield handle
 
 
-def _state(root: Path, name: str = "FR", n: int = N, params: str = INSECURE):
-    de = State.init(str(root / "DE"), "DE", params=params, allow_insecure=True)
-    st = State.init(str(root / name), name, params=params, allow_insecure=True)
+def _state(root: Path, name: str = "FR", n: int = N, params: str = INSECURE_SEALED):
+    de = new_state(root / "DE", "DE", params=params)
+    st = new_state(root / name, name, params=params)
     gallery = synthetic.make_gallery(n, seed=11, prefix=name)
     KeyService(st).enroll(gallery.templates, gallery.references)
     de.trust(st.card_bytes)
@@ -62,12 +61,12 @@ def _hits(st, result):
     return {refs[r] for r in _decider(st).hits(result)}
 
 
-@pytest.mark.parametrize("params", ["INSECURE-sealed-n1024", "INSECURE-sealed-n1024-complex"])
+@pytest.mark.parametrize("params", [INSECURE_SEALED, INSECURE_SEALED_COMPLEX])
 def test_sharded_answers_equal_the_single_process_and_the_truth(cluster, tmp_path, params):
     _de, node = _state(tmp_path, params=params)
     st, g = node.state, node.gallery
     blocks = len(st.gallery().index.blocks)
-    sharded = ShardedMatcher(cluster, sealed_spec(st), salt=spread_salt(blocks))
+    sharded = ShardedMatcher(cluster, st.sealed_shard_spec(), salt=spread_salt(blocks))
     report = sharded.sync(st.gallery())
     assert report["workers"] == 2 and report["sent"] == blocks
     held = {w: d["blocks"] for w, d in sharded.describe().items()}
@@ -85,7 +84,7 @@ def test_sharded_answers_equal_the_single_process_and_the_truth(cluster, tmp_pat
 def test_a_query_through_the_responder_on_the_cluster(cluster, tmp_path):
     de, node = _state(tmp_path)
     st, g = node.state, node.gallery
-    sharded = ShardedMatcher(cluster, sealed_spec(st))
+    sharded = ShardedMatcher(cluster, st.sealed_shard_spec())
 
     def matcher(gallery):
         sharded.sync(gallery)
@@ -100,7 +99,7 @@ def test_a_query_through_the_responder_on_the_cluster(cluster, tmp_path):
 
 
 def test_no_secret_key_reaches_a_worker(cluster, tmp_path, monkeypatch):
-    _de, node = _state(tmp_path, params="INSECURE-sealed-n1024-complex")
+    _de, node = _state(tmp_path, params=INSECURE_SEALED_COMPLEX)
     st = node.state
     sk = Path(st.secret_key_path()).read_bytes()
     windows = [sk[i:i + 48] for i in range(64, len(sk) - 48, max(48, (len(sk) - 112) // 12))]
@@ -113,7 +112,7 @@ def test_no_secret_key_reaches_a_worker(cluster, tmp_path, monkeypatch):
         return original(self, worker, method, *args)
 
     monkeypatch.setattr(ShardSet, "call", recording)
-    spec = sealed_spec(st)
+    spec = st.sealed_shard_spec()
     sharded = ShardedMatcher(cluster, spec)
     sharded.sync(st.gallery())
     sharded.match(synthetic.impostor_probe(512, seed=1), 0.4)
@@ -136,7 +135,7 @@ def test_no_secret_key_reaches_a_worker(cluster, tmp_path, monkeypatch):
 def test_enrolment_and_removal_reach_only_the_owners_of_changed_blocks(cluster, tmp_path):
     _de, node = _state(tmp_path)
     st, g = node.state, node.gallery
-    sharded = ShardedMatcher(cluster, sealed_spec(st))
+    sharded = ShardedMatcher(cluster, st.sealed_shard_spec())
     sharded.sync(st.gallery())
     before = {w: d["blocks"] for w, d in sharded.describe().items()}
     files_before = [b.file for b in st.gallery().index.blocks]
@@ -169,7 +168,7 @@ def test_rebalancing_when_a_worker_joins_moves_only_its_blocks(tmp_path):
     salt = next(f"r{i}" for i in range(100) if plan(blocks, ["0", "1"], 1, f"r{i}") != plan(blocks, ["0", "1", "2"], 1,
                                                                                             f"r{i}"))
     with connect("local:2") as handle:
-        sharded = ShardedMatcher(handle, sealed_spec(st), salt=salt)
+        sharded = ShardedMatcher(handle, st.sealed_shard_spec(), salt=salt)
         sharded.sync(st.gallery())
         old = sharded.placement()
         handle.local.scale(3)
@@ -192,7 +191,7 @@ def test_a_worker_lost_mid_query(tmp_path, monkeypatch, replicas):
     st, g = node.state, node.gallery
     probe = synthetic.mate_probe(g, 2000, seed=3)
     with connect("local:2") as handle:
-        sharded = ShardedMatcher(handle, sealed_spec(st), replicas=replicas)
+        sharded = ShardedMatcher(handle, st.sealed_shard_spec(), replicas=replicas)
         sharded.sync(st.gallery())
         pids = {w: d["pid"] for w, d in sharded.describe().items()}
         victim = kill_after_dispatch(monkeypatch, pids, "match")
@@ -228,7 +227,7 @@ def test_placement_is_stable_and_validated():
 def test_a_gallery_of_another_key_is_refused(cluster, tmp_path):
     _de, a = _state(tmp_path / "a")
     _de2, b = _state(tmp_path / "b")
-    sharded = ShardedMatcher(cluster, sealed_spec(a.state))
+    sharded = ShardedMatcher(cluster, a.state.sealed_shard_spec())
     with pytest.raises(ParameterError):
         sharded.sync(b.state.gallery())
     with pytest.raises(ClusterError, match="never synced"):

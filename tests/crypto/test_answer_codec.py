@@ -20,25 +20,13 @@ import tenseal.sealapi as seal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pprm.crypto import blind_keys, blind_params
+from pprm.crypto import blind_keys
 from pprm.crypto.answer_codec import answer_bytes, decode_answer, encode_answer
 from pprm.crypto.context import BlindContext
 from pprm.errors import CiphertextError
 from pprm.matching.blind import BlindMatcher, answer_scale
 from pprm.matching.blind_client import decrypt_signs, decrypt_values, encrypt_probe
 from pprm.matching.diagonals import build_database
-
-BLIND = "INSECURE-blind-n1024"
-
-
-@pytest.fixture(scope="module")
-def ctx() -> BlindContext:
-    return BlindContext(blind_params.get(BLIND, allow_insecure=True))
-
-
-@pytest.fixture(scope="module")
-def pair(ctx: BlindContext) -> blind_keys.BlindKeyPair:
-    return blind_keys.generate(ctx)
 
 
 def kept_bytes(ctx: BlindContext) -> int:
@@ -62,38 +50,40 @@ def at_q0(ctx: BlindContext, pair: blind_keys.BlindKeyPair, values: np.ndarray) 
 
 
 @pytest.fixture(scope="module")
-def sample(ctx: BlindContext, pair: blind_keys.BlindKeyPair) -> tuple[np.ndarray, seal.Ciphertext]:
+def sample(blind_ctx: BlindContext, blind_keypair: blind_keys.BlindKeyPair) -> tuple[np.ndarray, seal.Ciphertext]:
     # The masked values r*(s - tau) + e of an answer lie within +-2**14.
-    values = np.random.default_rng(1).uniform(-2.0**13, 2.0**13, ctx.slots)
-    return values, at_q0(ctx, pair, values)
+    values = np.random.default_rng(1).uniform(-2.0**13, 2.0**13, blind_ctx.slots)
+    return values, at_q0(blind_ctx, blind_keypair, values)
 
 
-def test_answer_size(ctx: BlindContext) -> None:
+def test_answer_size(blind_ctx: BlindContext) -> None:
     # 48 of q0's 60 bits kept: 6 bytes per coefficient, two polynomials.
-    assert kept_bytes(ctx) == 6
-    assert answer_bytes(ctx) == 2 * ctx.n * 6 == 12288
+    assert kept_bytes(blind_ctx) == 6
+    assert answer_bytes(blind_ctx) == 2 * blind_ctx.n * 6 == 12288
 
 
-def test_rescaled_scale_is_the_protocol_scale(ctx: BlindContext, sample: tuple[np.ndarray, seal.Ciphertext]) -> None:
+def test_rescaled_scale_is_the_protocol_scale(blind_ctx: BlindContext,
+                                              sample: tuple[np.ndarray, seal.Ciphertext]) -> None:
     # decode_answer is given the scale by the protocol, not by the sender: it must be SEAL's, bit for bit.
     _, ct = sample
-    assert ct.scale == answer_scale(ctx)
-    assert tuple(ct.parms_id()) == ctx.levels[1]
+    assert ct.scale == answer_scale(blind_ctx)
+    assert tuple(ct.parms_id()) == blind_ctx.levels[1]
 
 
 def test_round_trip_decrypts_within_the_rounding_bound(
-        ctx: BlindContext, pair: blind_keys.BlindKeyPair, sample: tuple[np.ndarray, seal.Ciphertext]) -> None:
+        blind_ctx: BlindContext, blind_keypair: blind_keys.BlindKeyPair,
+        sample: tuple[np.ndarray, seal.Ciphertext]) -> None:
     values, ct = sample
-    before = ctx.save_bytes(ct)
-    blob = encode_answer(ctx, ct)
-    assert len(blob) == answer_bytes(ctx)
-    assert ctx.save_bytes(ct) == before  # the input ciphertext is not modified
-    back = decode_answer(ctx, blob, answer_scale(ctx))
-    assert tuple(back.parms_id()) == ctx.levels[1] and back.size() == 2 and back.is_ntt_form()
-    exact = decrypt_values(ctx, pair.secret_key, ct)
-    packed = decrypt_values(ctx, pair.secret_key, back)
+    before = blind_ctx.save_bytes(ct)
+    blob = encode_answer(blind_ctx, ct)
+    assert len(blob) == answer_bytes(blind_ctx)
+    assert blind_ctx.save_bytes(ct) == before  # the input ciphertext is not modified
+    back = decode_answer(blind_ctx, blob, answer_scale(blind_ctx))
+    assert tuple(back.parms_id()) == blind_ctx.levels[1] and back.size() == 2 and back.is_ntt_form()
+    exact = decrypt_values(blind_ctx, blind_keypair.secret_key, ct)
+    packed = decrypt_values(blind_ctx, blind_keypair.secret_key, back)
     err = float(np.max(np.abs(packed - exact)))
-    bound = rounding_bound(ctx)
+    bound = rounding_bound(blind_ctx)
     assert bound < 3e-4
     assert err <= bound
     # Typical error: about 2**-21.7 measured for the worst of 512 slots; 2**-16 leaves a factor 40.
@@ -103,10 +93,10 @@ def test_round_trip_decrypts_within_the_rounding_bound(
     assert np.array_equal(packed > 0, values > 0)
 
 
-def test_encoding_a_decoded_block_is_the_identity(ctx: BlindContext,
+def test_encoding_a_decoded_block_is_the_identity(blind_ctx: BlindContext,
                                                   sample: tuple[np.ndarray, seal.Ciphertext]) -> None:
-    blob = encode_answer(ctx, sample[1])
-    assert encode_answer(ctx, decode_answer(ctx, blob, answer_scale(ctx))) == blob
+    blob = encode_answer(blind_ctx, sample[1])
+    assert encode_answer(blind_ctx, decode_answer(blind_ctx, blob, answer_scale(blind_ctx))) == blob
 
 
 def _pack(ctx: BlindContext, packed: np.ndarray) -> bytes:
@@ -122,73 +112,75 @@ def _max_packed(ctx: BlindContext) -> int:
 
 @settings(max_examples=25)
 @given(seed=st.integers(0, 2**32 - 1))
-def test_property_any_valid_block_survives_decode_and_encode(ctx: BlindContext, seed: int) -> None:
+def test_property_any_valid_block_survives_decode_and_encode(blind_ctx: BlindContext, seed: int) -> None:
     # Any coefficient vector in range, with a non-zero c1, is a valid block,
     # and the codec maps it to itself (decoding is exact, re-rounding is a no-op).
     rng = np.random.default_rng(seed)
-    packed = rng.integers(0, _max_packed(ctx), size=(2, ctx.n), endpoint=True, dtype=np.uint64)
-    packed[1, rng.integers(ctx.n)] |= np.uint64(1)
-    blob = _pack(ctx, packed)
-    assert encode_answer(ctx, decode_answer(ctx, blob, answer_scale(ctx))) == blob
+    packed = rng.integers(0, _max_packed(blind_ctx), size=(2, blind_ctx.n), endpoint=True, dtype=np.uint64)
+    packed[1, rng.integers(blind_ctx.n)] |= np.uint64(1)
+    blob = _pack(blind_ctx, packed)
+    assert encode_answer(blind_ctx, decode_answer(blind_ctx, blob, answer_scale(blind_ctx))) == blob
 
 
-def test_largest_coefficient_below_q0_is_accepted(ctx: BlindContext) -> None:
-    packed = np.ones((2, ctx.n), dtype=np.uint64)
-    packed[0, 5] = packed[1, 7] = _max_packed(ctx)
-    blob = _pack(ctx, packed)
-    assert encode_answer(ctx, decode_answer(ctx, blob, answer_scale(ctx))) == blob
+def test_largest_coefficient_below_q0_is_accepted(blind_ctx: BlindContext) -> None:
+    packed = np.ones((2, blind_ctx.n), dtype=np.uint64)
+    packed[0, 5] = packed[1, 7] = _max_packed(blind_ctx)
+    blob = _pack(blind_ctx, packed)
+    assert encode_answer(blind_ctx, decode_answer(blind_ctx, blob, answer_scale(blind_ctx))) == blob
 
 
 @pytest.mark.parametrize("where", [(0, 0), (0, 1023), (1, 0), (1, 512)])
-def test_coefficient_at_or_above_q0_is_refused(ctx: BlindContext, where: tuple[int, int]) -> None:
-    for value in (_max_packed(ctx) + 1, 2**48 - 1):  # the first value >= q0 after the shift, and all ones
-        packed = np.ones((2, ctx.n), dtype=np.uint64)
+def test_coefficient_at_or_above_q0_is_refused(blind_ctx: BlindContext, where: tuple[int, int]) -> None:
+    for value in (_max_packed(blind_ctx) + 1, 2**48 - 1):  # the first value >= q0 after the shift, and all ones
+        packed = np.ones((2, blind_ctx.n), dtype=np.uint64)
         packed[where] = value
         with pytest.raises(CiphertextError, match="outside"):
-            decode_answer(ctx, _pack(ctx, packed), answer_scale(ctx))
+            decode_answer(blind_ctx, _pack(blind_ctx, packed), answer_scale(blind_ctx))
 
 
-def test_transparent_block_is_refused(ctx: BlindContext, sample: tuple[np.ndarray, seal.Ciphertext]) -> None:
+def test_transparent_block_is_refused(blind_ctx: BlindContext, sample: tuple[np.ndarray, seal.Ciphertext]) -> None:
     # With c1 = 0 the block is no ciphertext at all, just c0 in the clear: a
     # responder that skipped the re-randomisation must not be silently accepted.
-    blob = encode_answer(ctx, sample[1])
+    blob = encode_answer(blind_ctx, sample[1])
     half = len(blob) // 2
     with pytest.raises(CiphertextError, match="transparent"):
-        decode_answer(ctx, blob[:half] + bytes(half), answer_scale(ctx))
+        decode_answer(blind_ctx, blob[:half] + bytes(half), answer_scale(blind_ctx))
     # c0 = 0 with a non-zero c1 is a legitimate (if unlikely) ciphertext.
-    decode_answer(ctx, bytes(half) + blob[half:], answer_scale(ctx))
+    decode_answer(blind_ctx, bytes(half) + blob[half:], answer_scale(blind_ctx))
 
 
 @pytest.mark.parametrize("delta", [-1, 1, -6, 6])  # a byte, or a whole coefficient, too few or too many
-def test_wrong_length_is_refused(ctx: BlindContext, sample: tuple[np.ndarray, seal.Ciphertext], delta: int) -> None:
-    blob = encode_answer(ctx, sample[1])
+def test_wrong_length_is_refused(blind_ctx: BlindContext, sample: tuple[np.ndarray, seal.Ciphertext],
+                                 delta: int) -> None:
+    blob = encode_answer(blind_ctx, sample[1])
     bad = blob[:delta] if delta < 0 else blob + b"\x01" * delta
     with pytest.raises(CiphertextError, match="bytes"):
-        decode_answer(ctx, bad, answer_scale(ctx))
+        decode_answer(blind_ctx, bad, answer_scale(blind_ctx))
 
 
 @pytest.mark.parametrize("blob", [b"", b"\x01" * 12287, b"\x01" * 24576])
-def test_other_lengths_are_refused(ctx: BlindContext, blob: bytes) -> None:
+def test_other_lengths_are_refused(blind_ctx: BlindContext, blob: bytes) -> None:
     with pytest.raises(CiphertextError):
-        decode_answer(ctx, blob, answer_scale(ctx))
+        decode_answer(blind_ctx, blob, answer_scale(blind_ctx))
 
 
-def test_real_matcher_answer(ctx: BlindContext, pair: blind_keys.BlindKeyPair) -> None:
+def test_real_matcher_answer(blind_ctx: BlindContext, blind_keypair: blind_keys.BlindKeyPair,
+                             blind_announced: tuple[seal.PublicKey, seal.GaloisKeys]) -> None:
     """A block from BlindMatcher itself: the right size, a fixed point of the codec, the right signs."""
     rng = np.random.default_rng(7)
-    g = rng.standard_normal((8, ctx.params.dim))
+    g = rng.standard_normal((8, blind_ctx.params.dim))
     g /= np.linalg.norm(g, axis=1, keepdims=True)
-    db = build_database(g, ctx)
-    probe = ctx.load_seeded_ciphertext(encrypt_probe(ctx, pair.secret_key, g[3]),
-                                       scale=float(2**ctx.params.probe_scale_bits))
-    pk, gk = blind_keys.load_announced(ctx, pair.public_blob, pair.galois_blob)
-    result = BlindMatcher(ctx, db).answer(probe, pk, gk, 0.4)
+    db = build_database(g, blind_ctx)
+    probe = blind_ctx.load_seeded_ciphertext(encrypt_probe(blind_ctx, blind_keypair.secret_key, g[3]),
+                                             scale=float(2**blind_ctx.params.probe_scale_bits))
+    pk, gk = blind_announced
+    result = BlindMatcher(blind_ctx, db).answer(probe, pk, gk, 0.4)
     assert len(result.ciphertexts) == 1 and result.order == [0]
     blob = result.ciphertexts[0]
-    assert len(blob) == answer_bytes(ctx)
-    ct = decode_answer(ctx, blob, answer_scale(ctx))
-    assert encode_answer(ctx, ct) == blob
-    signs = decrypt_signs(ctx, pair.secret_key, ct)
+    assert len(blob) == answer_bytes(blind_ctx)
+    ct = decode_answer(blind_ctx, blob, answer_scale(blind_ctx))
+    assert encode_answer(blind_ctx, ct) == blob
+    signs = decrypt_signs(blind_ctx, blind_keypair.secret_key, ct)
     # Only the slot holding template 3 (score 1) clears tau = 0.4; the other
     # templates score about 0 +- 0.13 and empty slots score exactly 0.
     assert np.flatnonzero(signs).tolist() == np.flatnonzero(db.slot_record[0] == 3).tolist()

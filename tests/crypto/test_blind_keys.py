@@ -11,58 +11,48 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tenseal.sealapi as seal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pprm.crypto import blind_keys, blind_params, keys, params
+from pprm.crypto import blind_keys, keys
 from pprm.crypto.context import BlindContext, CkksContext
 from pprm.errors import CiphertextError, KeyRotationError
 from pprm.node.blind_keyring import BlindKeyring
 from tests.helpers import leak_forms, windows
 
-BLIND = "INSECURE-blind-n1024"
 T0 = 1_700_000_000
 
 
-@pytest.fixture(scope="module")
-def ctx() -> BlindContext:
-    return BlindContext(blind_params.get(BLIND, allow_insecure=True))
-
-
-@pytest.fixture(scope="module")
-def pair(ctx: BlindContext) -> blind_keys.BlindKeyPair:
-    return blind_keys.generate(ctx)
-
-
-def other_context(ctx: BlindContext, **change: object) -> BlindContext:
+def other_context(ctx: BlindContext, **change: Any) -> BlindContext:
     """A blind context for a test-only variant of the set (not registered, never on the wire)."""
     return BlindContext(dataclasses.replace(ctx.params, name="INSECURE-blind-variant", **change))
 
 
 # -- generation and key ids ----------------------------------------------------
 
-def test_generate_gives_fresh_keys(ctx: BlindContext, pair: blind_keys.BlindKeyPair) -> None:
-    more = [blind_keys.generate(ctx) for _ in range(2)]
-    pairs = [pair, *more]
+def test_generate_gives_fresh_keys(blind_ctx: BlindContext, blind_keypair: blind_keys.BlindKeyPair) -> None:
+    more = [blind_keys.generate(blind_ctx) for _ in range(2)]
+    pairs = [blind_keypair, *more]
     assert len({p.key_id for p in pairs}) == 3
     assert len({p.public_blob for p in pairs}) == 3 and len({p.galois_blob for p in pairs}) == 3
     for p in pairs:
         assert len(p.key_id) == 32 and int(p.key_id, 16) >= 0
-        assert p.key_id == blind_keys.key_id_of(ctx.params.digest, p.public_blob, p.galois_blob)
+        assert p.key_id == blind_keys.key_id_of(blind_ctx.params.digest, p.public_blob, p.galois_blob)
 
 
-def test_generated_pair_loads(ctx: BlindContext, pair: blind_keys.BlindKeyPair) -> None:
-    pk, gk = blind_keys.load_announced(ctx, pair.public_blob, pair.galois_blob)
-    assert tuple(pk.parms_id()) == ctx.key_parms_id
-    assert gk.size() == 2 and all(gk.has_key(e) for e in blind_keys.galois_elements(ctx))
+def test_generated_pair_loads(blind_ctx: BlindContext, blind_keypair: blind_keys.BlindKeyPair) -> None:
+    pk, gk = blind_keys.load_announced(blind_ctx, blind_keypair.public_blob, blind_keypair.galois_blob)
+    assert tuple(pk.parms_id()) == blind_ctx.key_parms_id
+    assert gk.size() == 2 and all(gk.has_key(e) for e in blind_keys.galois_elements(blind_ctx))
 
 
-def test_galois_elements_are_rotations_by_1_and_b1(ctx: BlindContext) -> None:
-    m = 2 * ctx.n
-    assert blind_keys.galois_elements(ctx) == [3, pow(3, ctx.params.baby_steps, m)]
+def test_galois_elements_are_rotations_by_1_and_b1(blind_ctx: BlindContext) -> None:
+    m = 2 * blind_ctx.n
+    assert blind_keys.galois_elements(blind_ctx) == [3, pow(3, blind_ctx.params.baby_steps, m)]
 
 
 @settings(max_examples=100)
@@ -90,64 +80,67 @@ def test_property_key_id_binds_every_part(public: bytes, galois: bytes, data: st
         assert blind_keys.key_id_of(digest, galois, public) != kid
 
 
-def test_key_id_changes_with_the_parameter_set(ctx: BlindContext, pair: blind_keys.BlindKeyPair) -> None:
-    other = other_context(ctx, baby_steps=32)
-    assert other.params.digest != ctx.params.digest
-    assert blind_keys.key_id_of(other.params.digest, pair.public_blob, pair.galois_blob) != pair.key_id
+def test_key_id_changes_with_the_parameter_set(blind_ctx: BlindContext, blind_keypair: blind_keys.BlindKeyPair) -> None:
+    other = other_context(blind_ctx, baby_steps=32)
+    assert other.params.digest != blind_ctx.params.digest
+    other_id = blind_keys.key_id_of(other.params.digest, blind_keypair.public_blob, blind_keypair.galois_blob)
+    assert other_id != blind_keypair.key_id
 
 
 # -- strict loading --------------------------------------------------------------
 
-def test_swapped_blobs_are_refused(ctx: BlindContext, pair: blind_keys.BlindKeyPair) -> None:
+def test_swapped_blobs_are_refused(blind_ctx: BlindContext, blind_keypair: blind_keys.BlindKeyPair) -> None:
     with pytest.raises(CiphertextError, match="public key"):
-        blind_keys.load_announced(ctx, pair.galois_blob, pair.public_blob)
+        blind_keys.load_announced(blind_ctx, blind_keypair.galois_blob, blind_keypair.public_blob)
     with pytest.raises(CiphertextError, match="Galois"):
-        blind_keys.load_announced(ctx, pair.public_blob, pair.public_blob)
+        blind_keys.load_announced(blind_ctx, blind_keypair.public_blob, blind_keypair.public_blob)
     with pytest.raises(CiphertextError, match="public key"):
-        blind_keys.load_announced(ctx, pair.galois_blob, pair.galois_blob)
+        blind_keys.load_announced(blind_ctx, blind_keypair.galois_blob, blind_keypair.galois_blob)
 
 
 @settings(max_examples=20)
 @given(data=st.data())
-def test_property_truncated_blobs_are_refused(ctx: BlindContext, pair: blind_keys.BlindKeyPair,
+def test_property_truncated_blobs_are_refused(blind_ctx: BlindContext, blind_keypair: blind_keys.BlindKeyPair,
                                               data: st.DataObject) -> None:
-    cut_pk = data.draw(st.integers(0, len(pair.public_blob) - 1), label="public length")
-    cut_gk = data.draw(st.integers(0, len(pair.galois_blob) - 1), label="galois length")
+    cut_pk = data.draw(st.integers(0, len(blind_keypair.public_blob) - 1), label="public length")
+    cut_gk = data.draw(st.integers(0, len(blind_keypair.galois_blob) - 1), label="galois length")
     with pytest.raises(CiphertextError):
-        blind_keys.load_announced(ctx, pair.public_blob[:cut_pk], pair.galois_blob)
+        blind_keys.load_announced(blind_ctx, blind_keypair.public_blob[:cut_pk], blind_keypair.galois_blob)
     with pytest.raises(CiphertextError):
-        blind_keys.load_announced(ctx, pair.public_blob, pair.galois_blob[:cut_gk])
+        blind_keys.load_announced(blind_ctx, blind_keypair.public_blob, blind_keypair.galois_blob[:cut_gk])
 
 
-def test_empty_and_oversized_blobs_are_refused_before_seal(ctx: BlindContext, pair: blind_keys.BlindKeyPair) -> None:
+def test_empty_and_oversized_blobs_are_refused_before_seal(blind_ctx: BlindContext,
+                                                           blind_keypair: blind_keys.BlindKeyPair) -> None:
     huge = bytes(blind_keys.MAX_KEY_BYTES + 1)
-    for public, galois in ((b"", pair.galois_blob), (pair.public_blob, b""),
-                           (huge, pair.galois_blob), (pair.public_blob, huge)):
+    for public, galois in ((b"", blind_keypair.galois_blob), (blind_keypair.public_blob, b""),
+                           (huge, blind_keypair.galois_blob), (blind_keypair.public_blob, huge)):
         with pytest.raises(CiphertextError, match="empty or oversized"):
-            blind_keys.load_announced(ctx, public, galois)
+            blind_keys.load_announced(blind_ctx, public, galois)
 
 
-def test_keys_of_another_ring_are_refused(ctx: BlindContext, pair: blind_keys.BlindKeyPair) -> None:
+def test_keys_of_another_ring_are_refused(blind_ctx: BlindContext, blind_keypair: blind_keys.BlindKeyPair) -> None:
     # N = 2048 with the same primes' sizes: a different ring, SEAL refuses both blobs.
-    wide = blind_keys.generate(other_context(ctx, poly_modulus_degree=2048))
+    wide = blind_keys.generate(other_context(blind_ctx, poly_modulus_degree=2048))
     with pytest.raises(CiphertextError):
-        blind_keys.load_announced(ctx, wide.public_blob, pair.galois_blob)
+        blind_keys.load_announced(blind_ctx, wide.public_blob, blind_keypair.galois_blob)
     with pytest.raises(CiphertextError):
-        blind_keys.load_announced(ctx, pair.public_blob, wide.galois_blob)
+        blind_keys.load_announced(blind_ctx, blind_keypair.public_blob, wide.galois_blob)
 
 
-def test_sealed_profile_public_key_is_refused(ctx: BlindContext, pair: blind_keys.BlindKeyPair) -> None:
-    sealed = CkksContext(params.get("INSECURE-sealed-n1024", allow_insecure=True))
-    _sk, pk = keys.generate(sealed)
+def test_sealed_profile_public_key_is_refused(blind_ctx: BlindContext, blind_keypair: blind_keys.BlindKeyPair,
+                                              sealed_ctx: CkksContext,
+                                              sealed_keypair: tuple[seal.SecretKey, seal.PublicKey]) -> None:
+    pk = sealed_keypair[1]
     with pytest.raises(CiphertextError):
-        blind_keys.load_announced(ctx, sealed.save_bytes(pk), pair.galois_blob)
+        blind_keys.load_announced(blind_ctx, sealed_ctx.save_bytes(pk), blind_keypair.galois_blob)
 
 
-def test_galois_keys_of_a_set_with_other_baby_steps_are_refused(ctx: BlindContext) -> None:
+def test_galois_keys_of_a_set_with_other_baby_steps_are_refused(blind_ctx: BlindContext) -> None:
     # Same ring and primes, so SEAL loads the keys; only the rotation check can tell.
-    b32 = blind_keys.generate(other_context(ctx, baby_steps=32))
+    b32 = blind_keys.generate(other_context(blind_ctx, baby_steps=32))
     with pytest.raises(CiphertextError, match="rotations"):
-        blind_keys.load_announced(ctx, b32.public_blob, b32.galois_blob)
+        blind_keys.load_announced(blind_ctx, b32.public_blob, b32.galois_blob)
 
 
 @pytest.mark.parametrize("elements", [
@@ -157,28 +150,29 @@ def test_galois_keys_of_a_set_with_other_baby_steps_are_refused(ctx: BlindContex
     [3, pow(3, 64, 2048), 9],  # one rotation too many: the responder must not get more than it needs
     [3, 2047],              # conjugation instead of step b1
 ])
-def test_galois_keys_for_other_steps_are_refused(ctx: BlindContext, pair: blind_keys.BlindKeyPair,
+def test_galois_keys_for_other_steps_are_refused(blind_ctx: BlindContext, blind_keypair: blind_keys.BlindKeyPair,
                                                  elements: list[int]) -> None:
-    kg = seal.KeyGenerator(ctx.seal, pair.secret_key)
-    blob = ctx.save_bytes(kg.create_galois_keys(elements))
+    kg = seal.KeyGenerator(blind_ctx.seal, blind_keypair.secret_key)
+    blob = blind_ctx.save_bytes(kg.create_galois_keys(elements))
     with pytest.raises(CiphertextError, match="rotations by 1 and b1"):
-        blind_keys.load_announced(ctx, pair.public_blob, blob)
+        blind_keys.load_announced(blind_ctx, blind_keypair.public_blob, blob)
 
 
-def test_encryption_of_zero_at_the_data_level_is_not_a_public_key(ctx: BlindContext,
-                                                                  pair: blind_keys.BlindKeyPair) -> None:
-    enc = seal.Encryptor(ctx.seal, pair.secret_key)
-    blob = ctx.save_bytes(enc.encrypt_zero_symmetric(list(ctx.parms_id)))
+def test_encryption_of_zero_at_the_data_level_is_not_a_public_key(blind_ctx: BlindContext,
+                                                                  blind_keypair: blind_keys.BlindKeyPair) -> None:
+    enc = seal.Encryptor(blind_ctx.seal, blind_keypair.secret_key)
+    blob = blind_ctx.save_bytes(enc.encrypt_zero_symmetric(list(blind_ctx.parms_id)))
     with pytest.raises(CiphertextError):
-        blind_keys.load_announced(ctx, blob, pair.galois_blob)
+        blind_keys.load_announced(blind_ctx, blob, blind_keypair.galois_blob)
 
 
-def test_unseeded_public_key_is_the_same_object(ctx: BlindContext, pair: blind_keys.BlindKeyPair) -> None:
+def test_unseeded_public_key_is_the_same_object(blind_ctx: BlindContext,
+                                                blind_keypair: blind_keys.BlindKeyPair) -> None:
     # SEAL's own PublicKey (twice the size) is what the seeded blob stands for: it loads too.
     pk = seal.PublicKey()
-    seal.KeyGenerator(ctx.seal, pair.secret_key).create_public_key(pk)
-    loaded, _ = blind_keys.load_announced(ctx, ctx.save_bytes(pk), pair.galois_blob)
-    assert tuple(loaded.parms_id()) == ctx.key_parms_id
+    seal.KeyGenerator(blind_ctx.seal, blind_keypair.secret_key).create_public_key(pk)
+    loaded, _ = blind_keys.load_announced(blind_ctx, blind_ctx.save_bytes(pk), blind_keypair.galois_blob)
+    assert tuple(loaded.parms_id()) == blind_ctx.key_parms_id
 
 
 # -- nothing secret in a repr ------------------------------------------------------
@@ -195,20 +189,20 @@ def _assert_no_secret(text: str, secret: bytes) -> None:
     assert not [n for n in needles if n in encoded]
 
 
-def test_key_pair_repr_is_short_and_holds_no_key(pair: blind_keys.BlindKeyPair, tmp_path: Path) -> None:
-    text = repr(pair)
-    assert text == f"BlindKeyPair(key_id={pair.key_id})"
-    _assert_no_secret(text, _secret_bytes(pair, tmp_path))
-    for blob in (pair.public_blob, pair.galois_blob):
+def test_key_pair_repr_is_short_and_holds_no_key(blind_keypair: blind_keys.BlindKeyPair, tmp_path: Path) -> None:
+    text = repr(blind_keypair)
+    assert text == f"BlindKeyPair(key_id={blind_keypair.key_id})"
+    _assert_no_secret(text, _secret_bytes(blind_keypair, tmp_path))
+    for blob in (blind_keypair.public_blob, blind_keypair.galois_blob):
         assert blob[64:76].hex() not in text
 
 
 # -- the requester's keyring --------------------------------------------------------
 
-def test_keyring_stores_privately_and_retires_for_good(ctx: BlindContext, tmp_path: Path) -> None:
-    ring = BlindKeyring(str(tmp_path), ctx)
+def test_keyring_stores_privately_and_retires_for_good(blind_ctx: BlindContext, tmp_path: Path) -> None:
+    ring = BlindKeyring(str(tmp_path), blind_ctx)
     assert ring.entries() == {} and ring.active("BB", "C", T0) is None
-    pair = blind_keys.generate(ctx)
+    pair = blind_keys.generate(blind_ctx)
     ring.store(pair, "BB", "C", T0, 600)
     sk_path = tmp_path / "private" / "blind" / f"{pair.key_id}.sk"
     assert os.stat(sk_path).st_mode & 0o777 == 0o600
@@ -221,11 +215,11 @@ def test_keyring_stores_privately_and_retires_for_good(ctx: BlindContext, tmp_pa
     assert ring.active("BB", "other", T0) is None and ring.active("CC", "C", T0) is None
     assert ring.expires(pair.key_id) == T0 + 600
     # The stored key is the pair's: it decrypts what the pair's key encrypted.
-    ct = seal.Ciphertext(ctx.seal)
-    seal.Encryptor(ctx.seal, pair.secret_key).encrypt_symmetric(ctx.encode([0.75], 40), ct)
+    ct = seal.Ciphertext(blind_ctx.seal)
+    seal.Encryptor(blind_ctx.seal, pair.secret_key).encrypt_symmetric(blind_ctx.encode([0.75], 40), ct)
     pt = seal.Plaintext()
-    seal.Decryptor(ctx.seal, ring.secret_key(pair.key_id)).decrypt(ct, pt)
-    assert abs(ctx.decode(pt)[0] - 0.75) < 1e-6
+    seal.Decryptor(blind_ctx.seal, ring.secret_key(pair.key_id)).decrypt(ct, pt)
+    assert abs(blind_ctx.decode(pt)[0] - 0.75) < 1e-6
 
     text = repr(ring)
     assert len(text) < 40 + len(str(tmp_path))

@@ -12,6 +12,7 @@ import pytest
 from pprm.crypto import blind_params, params
 from pprm.crypto.context import BlindContext
 from pprm.errors import ParameterError
+from tests.helpers import INSECURE_BLIND
 
 DIGESTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "blind_params_digests.json")
 
@@ -85,12 +86,12 @@ def test_bad_literals_are_refused(changes: dict[str, Any], match: str) -> None:
 
 def test_insecure_sets_need_permission_and_digests_resolve() -> None:
     with pytest.raises(ParameterError, match="insecure"):
-        blind_params.get("INSECURE-blind-n1024")
+        blind_params.get(INSECURE_BLIND)
     with pytest.raises(ParameterError, match="unknown"):
         blind_params.get("pprm-blind-n9-v0")
     ps = blind_params.get(blind_params.DEFAULT_BLIND_PARAMS)
     assert blind_params.by_digest(ps.digest) is ps
-    insecure = blind_params.get("INSECURE-blind-n1024", allow_insecure=True)
+    insecure = blind_params.get(INSECURE_BLIND, allow_insecure=True)
     with pytest.raises(ParameterError):
         blind_params.by_digest(insecure.digest)
     with pytest.raises(ParameterError):

@@ -119,14 +119,14 @@ def test_emit_refuses_a_shape_that_disagrees_with_the_meta() -> None:
             emit(meta, arr)
 
 
-def test_emit_writes_what_seal_loads(ctx: CkksContext) -> None:
+def test_emit_writes_what_seal_loads(sealed_ctx: CkksContext) -> None:
     # SEAL's own loader accepts emit's bytes, and saves back the same residues.
     rng = np.random.default_rng(1)
-    arr = rng.integers(0, ctx.moduli[0], size=(2, 1, ctx.n), dtype=np.uint64)
-    ct = seal.Ciphertext(ctx.seal)
-    ctx._load_into(ct, emit(ctx.meta(2.0**30), arr))
-    meta, back = parse(ctx.save_bytes(ct))
-    assert meta == ctx.meta(2.0**30)
+    arr = rng.integers(0, sealed_ctx.moduli[0], size=(2, 1, sealed_ctx.n), dtype=np.uint64)
+    ct = seal.Ciphertext(sealed_ctx.seal)
+    sealed_ctx._load_into(ct, emit(sealed_ctx.meta(2.0**30), arr))
+    meta, back = parse(sealed_ctx.save_bytes(ct))
+    assert meta == sealed_ctx.meta(2.0**30)
     assert np.array_equal(back, arr)
 
 
@@ -213,7 +213,8 @@ def test_oversized_claims_are_refused() -> None:
 ])
 def test_dimensions_that_disagree_with_the_data_are_refused(field: str, value: int) -> None:
     meta, _arr, blob = _small_stream()
-    forged = dataclasses.replace(meta, **{field: value})
+    changes: dict[str, Any] = {field: value}
+    forged = dataclasses.replace(meta, **changes)
     members = META.pack(*forged.parms_id, 1, forged.size, forged.poly_modulus_degree,
                         forged.coeff_modulus_size, forged.scale, forged.correction_factor)
     bad = blob[:OFF_MEMBERS] + members + blob[OFF_DATA_HDR:]
@@ -271,26 +272,26 @@ def test_every_header_byte_flip_is_refused_or_visible() -> None:
     assert refused > 0.5 * OFF_RESIDUES * 255
 
 
-def test_header_flips_never_reach_seal_as_another_ciphertext(ctx: CkksContext) -> None:
+def test_header_flips_never_reach_seal_as_another_ciphertext(sealed_ctx: CkksContext) -> None:
     # Through load_ciphertext, a flipped header byte is either refused or
     # (for fields SEAL does not use in CKKS: versions, reserved, correction
     # factor) yields exactly the original ciphertext.
     rng = np.random.default_rng(2)
-    arr = rng.integers(0, ctx.moduli[0], size=(2, 1, ctx.n), dtype=np.uint64)
+    arr = rng.integers(0, sealed_ctx.moduli[0], size=(2, 1, sealed_ctx.n), dtype=np.uint64)
     scale = 2.0**24
-    blob = emit(ctx.meta(scale), arr)
+    blob = emit(sealed_ctx.meta(scale), arr)
     accepted: set[int] = set()
     for pos in range(OFF_RESIDUES):
         for mask in (0x01, 0x80, 0xFF):
             bad = bytearray(blob)
             bad[pos] ^= mask
             try:
-                ct = ctx.load_ciphertext(bytes(bad), scale=scale)
+                ct = sealed_ctx.load_ciphertext(bytes(bad), scale=scale)
             except CiphertextError:
                 continue
             accepted.add(pos)
             assert ct.scale == scale
-            assert np.array_equal(ctx.to_residues(ct), arr), f"flip at byte {pos} changed the ciphertext"
+            assert np.array_equal(sealed_ctx.to_residues(ct), arr), f"flip at byte {pos} changed the ciphertext"
     corr = set(range(OFF_DATA_HDR - 8, OFF_DATA_HDR))  # correction_factor, last u64 of the members
     assert accepted <= IGNORED | corr | {3, 4}
 
@@ -321,15 +322,15 @@ def test_seal_written_stream_parses_to_pinned_residues(vector: tuple[bytes, dict
     assert HEADER.unpack_from(blob)[4] == info["compression_mode"] == 2
     meta, arr = parse(blob)
     m = info["meta"]
-    assert meta == CiphertextMeta(tuple(m["parms_id"]), m["is_ntt_form"], m["size"],  # type: ignore[arg-type]
+    assert meta == CiphertextMeta(tuple(m["parms_id"]), m["is_ntt_form"], m["size"],
                                   m["poly_modulus_degree"], m["coeff_modulus_size"], m["scale"],
-                                  m["correction_factor"], tuple(m["version"]))  # type: ignore[arg-type]
+                                  m["correction_factor"], tuple(m["version"]))
     assert arr.shape == (2, 1, 1024)
     assert hashlib.sha256(arr.astype("<u8").tobytes()).hexdigest() == info["residues_sha256"]
 
 
 def test_vector_is_reproducible_and_decrypts_to_its_values(
-        vector: tuple[bytes, dict[str, Any]], ctx: CkksContext) -> None:
+        vector: tuple[bytes, dict[str, Any]], sealed_ctx: CkksContext) -> None:
     blob, info = vector
     gen = _load_generator()
     _context, sk, stream = gen.seeded_encryption()
@@ -337,11 +338,11 @@ def test_vector_is_reproducible_and_decrypts_to_its_values(
     assert stream == blob
     # ... and pprm's strict loader accepts SEAL's own stream and decrypts it
     # (fresh noise at scale 2**24 is ~1e-5; 1e-4 tolerance).
-    ct = ctx.load_ciphertext(blob, scale=float(2 ** info["scale_bits"]))
+    ct = sealed_ctx.load_ciphertext(blob, scale=float(2 ** info["scale_bits"]))
     pt = seal.Plaintext()
-    seal.Decryptor(ctx.seal, sk).decrypt(ct, pt)
-    values = ctx.decode(pt)
-    want = np.zeros(ctx.slots)
+    seal.Decryptor(sealed_ctx.seal, sk).decrypt(ct, pt)
+    values = sealed_ctx.decode(pt)
+    want = np.zeros(sealed_ctx.slots)
     want[: len(info["values"])] = info["values"]
     assert np.abs(values - want).max() < 1e-4
     # And the emitted (uncompressed) copy of the parse is equivalent.

@@ -12,6 +12,7 @@ import pytest
 from pprm.crypto import params
 from pprm.crypto.context import CkksContext
 from pprm.errors import ParameterError
+from tests.helpers import INSECURE_SEALED
 
 DIGESTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "params_digests.json")
 
@@ -171,7 +172,7 @@ def test_by_digest_finds_the_set() -> None:
 
 
 def test_by_digest_refuses_downgrades() -> None:
-    insecure = params.get("INSECURE-sealed-n1024", allow_insecure=True)
+    insecure = params.get(INSECURE_SEALED, allow_insecure=True)
     # A peer announcing the insecure set is refused unless tests allow it.
     with pytest.raises(ParameterError):
         params.by_digest(insecure.digest)

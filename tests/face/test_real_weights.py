@@ -26,7 +26,7 @@ from pprm.errors import NoFaceError
 from pprm.face import FacePipeline, load_models
 from pprm.face.align import align_face, alignment_matrix, apply_affine
 from tests.face.support import insightface_images, link_pack, vectron_models
-from tests.helpers import ok, ok_json
+from tests.helpers import new_state, ok, ok_json
 
 MODELS = vectron_models()
 IMAGES = insightface_images()
@@ -53,14 +53,23 @@ def augment(image: np.ndarray, bbox, *, angle: float = 8.0) -> np.ndarray:
                           borderMode=cv2.BORDER_REFLECT)
     ok_, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 70])
     assert ok_
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    photo = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    assert photo is not None
+    return photo
+
+
+def sample(name: str) -> np.ndarray:
+    """One of insightface's sample photos (BGR)."""
+    assert IMAGES is not None
+    image = cv2.imread(str(IMAGES / name))
+    assert image is not None, name
+    return image
 
 
 def tom_hanks() -> np.ndarray:
     # The sample is already a tight 112x112 crop; SCRFD needs some context
     # around a face, so it gets a black border (as a passport photo has).
-    return cv2.copyMakeBorder(cv2.imread(str(IMAGES / "Tom_Hanks_54745.png")), 56, 56, 56, 56,
-                              cv2.BORDER_CONSTANT, value=(0, 0, 0))
+    return cv2.copyMakeBorder(sample("Tom_Hanks_54745.png"), 56, 56, 56, 56, cv2.BORDER_CONSTANT, value=(0, 0, 0))
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +85,7 @@ def pipeline(pack: Path) -> FacePipeline:
 
 @pytest.fixture(scope="module")
 def t1() -> np.ndarray:
-    return cv2.imread(str(IMAGES / "t1.jpg"))
+    return sample("t1.jpg")
 
 
 def test_the_pack_is_buffalo_s(pipeline):
@@ -156,7 +165,7 @@ def test_matches_insightface_detection_and_alignment(pipeline, t1, pack):
 
 # -- the CLI end to end on real weights ---------------------------------------------------------
 
-def test_cli_enrol_folder_then_query_with_an_augmented_photo(pipeline, pack, t1, tmp_path, make_state):
+def test_cli_enrol_folder_then_query_with_an_augmented_photo(pipeline, pack, t1, tmp_path):
     """FR enrols six face photos with 'pprm enroll --images'; DE finds person 3 with 'pprm query --image'."""
     faces = pipeline.embed([t1], all_faces=True)
     folder = tmp_path / "photos"
@@ -169,7 +178,7 @@ def test_cli_enrol_folder_then_query_with_an_augmented_photo(pipeline, pack, t1,
     (folder / "notes.txt").write_text("not an image; ignored")
     (tmp_path / "map.csv").write_text("file,reference\n" + "".join(
         f"person{k}.jpg,FR-PHOTO-{k:03d}\n" for k in range(6)))
-    de, fr = make_state(tmp_path, "DE"), make_state(tmp_path, "FR")
+    de, fr = new_state(tmp_path / "DE", "DE"), new_state(tmp_path / "FR", "FR")
     de.trust(fr.card_bytes)
     fr.trust(de.card_bytes)
 

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import INSECURE_SEALED
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-FAST_ARGS = ["--gallery", "300", "--params", "INSECURE-sealed-n1024"]
+FAST_ARGS = ["--gallery", "300", "--params", INSECURE_SEALED]
 
 # Per example: patterns that must match a line of its output, and how many
 # lines must end in " ok".

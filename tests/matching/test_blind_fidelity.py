@@ -9,9 +9,11 @@ One block of 8192 templates is queried with 20 probes (163,840 pairs):
 
 Decision fidelity: every pair with |s - tau| >= 1e-3 decides as in plaintext.
 Leakage: among the random templates' non-hits, the decrypted value's rank
-correlation with the true score must stay below 0.05 (DESIGN.md section 9);
+correlation with the true score must stay below 0.05 (docs/DESIGN.md section 9);
 the figure for hits is reported, where a candidate's strength is expected
 to show through partly.
+
+Twin of tests/matching/test_sealed_fidelity.py (the same check for the sealed profile).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+import tenseal.sealapi as seal
 
-from pprm.crypto import blind_keys, blind_params
+from pprm.crypto import blind_keys
 from pprm.crypto.answer_codec import decode_answer
 from pprm.crypto.context import BlindContext
 from pprm.matching.blind import BlindMatcher, answer_scale
@@ -43,8 +46,9 @@ class Run:
 
 
 @pytest.fixture(scope="module")
-def run() -> Run:
-    ctx = BlindContext(blind_params.get("pprm-blind-n16384-v1"))
+def run(blind_prod_ctx: BlindContext, blind_prod_keypair: blind_keys.BlindKeyPair,
+        blind_prod_announced: tuple[seal.PublicKey, seal.GaloisKeys]) -> Run:
+    ctx, pair = blind_prod_ctx, blind_prod_keypair
     p = ctx.params
     rng = np.random.default_rng(20261124)
     probes = np.stack([normalise_probe(rng.normal(size=p.dim), p.dim).astype(np.float64) for _ in range(PROBES)])
@@ -58,8 +62,7 @@ def run() -> Run:
     db = build_database(g, ctx)
     rows = db.slot_record[0]
     assert (rows >= 0).all()
-    pair = blind_keys.generate(ctx)
-    pk, gk = blind_keys.load_announced(ctx, pair.public_blob, pair.galois_blob)
+    pk, gk = blind_prod_announced
     matcher = BlindMatcher(ctx, db)
     values = np.empty((PROBES, p.slots))
     for i, q in enumerate(probes):
@@ -82,7 +85,7 @@ def test_decisions_match_plaintext_at_the_margin(run: Run) -> None:
 def test_non_hit_values_barely_rank_the_scores(run: Run) -> None:
     non_hit = (run.scores < TAU) & run.natural[None, :]
     rho = spearman(run.values[non_hit], run.scores[non_hit])
-    # Predicted 3.4 * (0.044 / 0.4) / (13 ln 2) = 0.041 (DESIGN.md section 9).
+    # Predicted 3.4 * (0.044 / 0.4) / (13 ln 2) = 0.041 (docs/DESIGN.md section 9).
     assert non_hit.sum() > 100_000
     print(f"\nSpearman rho among {int(non_hit.sum())} random non-hits: {rho:.4f}")
     assert abs(rho) < 0.05, f"Spearman rho {rho:.4f} over {int(non_hit.sum())} non-hits"

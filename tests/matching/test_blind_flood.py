@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pprm.crypto import blind_params
 from pprm.crypto.context import BlindContext
 from pprm.matching.flood import uniform_residues
 
 
 @pytest.fixture(scope="module")
-def moduli() -> tuple[int, ...]:
-    return BlindContext(blind_params.get("INSECURE-blind-n1024", allow_insecure=True)).moduli
+def moduli(blind_ctx: BlindContext) -> tuple[int, ...]:
+    return blind_ctx.moduli
 
 
 def _crt(res: np.ndarray, moduli: tuple[int, ...]) -> list[int]:

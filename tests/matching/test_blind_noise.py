@@ -20,18 +20,16 @@ from pprm.matching.blind import BlindMatcher
 from pprm.matching.blind_client import encrypt_probe
 from pprm.matching.diagonals import build_database
 from pprm.matching.templates import normalise_probe
-from tests.helpers import masked_noise_bits, noise_bits
+from tests.helpers import PROD_BLIND, masked_noise_bits, noise_bits
 
-PROD = "pprm-blind-n16384-v1"
 TAU = 0.4
 
 
 @pytest.fixture(scope="module")
-def world() -> tuple[BlindContext, blind_keys.BlindKeyPair, seal.PublicKey, seal.GaloisKeys]:
-    ctx = BlindContext(blind_params.get(PROD))
-    pair = blind_keys.generate(ctx)
-    pk, gk = blind_keys.load_announced(ctx, pair.public_blob, pair.galois_blob)
-    return ctx, pair, pk, gk
+def world(blind_prod_ctx: BlindContext, blind_prod_keypair: blind_keys.BlindKeyPair,
+          blind_prod_announced: tuple[seal.PublicKey, seal.GaloisKeys],
+          ) -> tuple[BlindContext, blind_keys.BlindKeyPair, seal.PublicKey, seal.GaloisKeys]:
+    return blind_prod_ctx, blind_prod_keypair, *blind_prod_announced
 
 
 def _gallery(kind: str, q: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -77,7 +75,7 @@ def test_fresh_probe_noise_is_small(world) -> None:
 
 
 def test_flood_width_follows_the_bound() -> None:
-    p = blind_params.get(PROD)
+    p = blind_params.get(PROD_BLIND)
     # uniform on [-2**k, 2**k): std 2**k / sqrt(3) >= 2**30 * 2**(top - noise bits)
     assert 2.0 ** p.flood_bits / 3**0.5 >= 2.0 ** (30 + p.top_scale_bits - p.noise_bits_below_scale)
     # and in the slots (std sqrt(N/2) per coefficient std, relative to the scale)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tenseal.sealapi as seal
 
-from pprm.crypto import blind_keys, blind_params
+from pprm.crypto import blind_keys
 from pprm.crypto.answer_codec import decode_answer, encode_answer
 from pprm.crypto.context import BlindContext
 from pprm.matching import kernel
@@ -26,12 +26,6 @@ from pprm.matching.templates import normalise_probe
 from tests.helpers import ks_2samp
 
 TAU = 0.4
-
-
-def _keys(ctx: BlindContext) -> tuple[blind_keys.BlindKeyPair, seal.PublicKey, seal.GaloisKeys]:
-    pair = blind_keys.generate(ctx)
-    pk, gk = blind_keys.load_announced(ctx, pair.public_blob, pair.galois_blob)
-    return pair, pk, gk
 
 
 def _values_by_record(ctx: BlindContext, db: BlindDatabase, pair: blind_keys.BlindKeyPair, pk: seal.PublicKey,
@@ -47,9 +41,10 @@ def _values_by_record(ctx: BlindContext, db: BlindDatabase, pair: blind_keys.Bli
     return out
 
 
-def test_same_decisions_give_indistinguishable_answers() -> None:
-    ctx = BlindContext(blind_params.get("pprm-blind-n16384-v1"))
-    p = ctx.params
+def test_same_decisions_give_indistinguishable_answers(
+        blind_prod_ctx: BlindContext, blind_prod_keypair: blind_keys.BlindKeyPair,
+        blind_prod_announced: tuple[seal.PublicKey, seal.GaloisKeys]) -> None:
+    p = blind_prod_ctx.params
     rng = np.random.default_rng(77)
     q = normalise_probe(rng.normal(size=p.dim), p.dim).astype(np.float64)
     a = rng.normal(size=(p.slots, p.dim))
@@ -59,8 +54,8 @@ def test_same_decisions_give_indistinguishable_answers() -> None:
     # Reflection through q: same score for every template, different templates.
     b = 2.0 * (a @ q)[:, None] * q[None, :] / (q @ q) - a
     assert np.abs(a @ q - b @ q).max() < 1e-12 and np.abs(a - b).max() > 0.1
-    pair, pk, gk = _keys(ctx)
-    db_a, db_b = build_database(a, ctx), build_database(b, ctx)
+    pk, gk = blind_prod_announced
+    db_a, db_b = build_database(a, blind_prod_ctx), build_database(b, blind_prod_ctx)
     s = a @ q
     non_hit = s < TAU
     # Under the null hypothesis a KS p-value is uniform: one comparison would
@@ -70,8 +65,8 @@ def test_same_decisions_give_indistinguishable_answers() -> None:
     # (about 3e-4).
     pvals = []
     for _ in range(3):
-        va = _values_by_record(ctx, db_a, pair, pk, gk, q)
-        vb = _values_by_record(ctx, db_b, pair, pk, gk, q)
+        va = _values_by_record(blind_prod_ctx, db_a, blind_prod_keypair, pk, gk, q)
+        vb = _values_by_record(blind_prod_ctx, db_b, blind_prod_keypair, pk, gk, q)
         assert ((va > 0) == (s > TAU)).all() and ((vb > 0) == (s > TAU)).all()
         pvals.append(ks_2samp(va[non_hit], vb[non_hit])[1])
     print(f"\nKS over {int(non_hit.sum())} non-hits per gallery, three pairs: p = "
@@ -79,69 +74,74 @@ def test_same_decisions_give_indistinguishable_answers() -> None:
     assert sorted(pvals)[1] > 0.01, f"KS p-values {pvals}: the answers tell the galleries apart"
 
 
-def test_rerandomised_answer_differs_from_the_bare_computation() -> None:
-    ctx = BlindContext(blind_params.get("INSECURE-blind-n1024", allow_insecure=True))
-    p = ctx.params
+def test_rerandomised_answer_differs_from_the_bare_computation(
+        blind_ctx: BlindContext, blind_keypair: blind_keys.BlindKeyPair,
+        blind_announced: tuple[seal.PublicKey, seal.GaloisKeys]) -> None:
+    p = blind_ctx.params
     rng = np.random.default_rng(5)
     g = rng.normal(size=(p.slots, p.dim))
     g /= np.linalg.norm(g, axis=1, keepdims=True)
-    db = build_database(g, ctx)
-    pair, pk, gk = _keys(ctx)
-    matcher = BlindMatcher(ctx, db)
+    db = build_database(g, blind_ctx)
+    pk, gk = blind_announced
+    matcher = BlindMatcher(blind_ctx, db)
     q = normalise_probe(rng.normal(size=p.dim), p.dim).astype(np.float64)
-    ct = ctx.load_seeded_ciphertext(encrypt_probe(ctx, pair.secret_key, q), scale=float(2**p.probe_scale_bits))
+    ct = blind_ctx.load_seeded_ciphertext(encrypt_probe(blind_ctx, blind_keypair.secret_key, q),
+                                          scale=float(2**p.probe_scale_bits))
     baby = matcher._baby_steps(ct, gk)
-    score = matcher._giant_steps(kernel.plain_mac(db.diagonals[0], baby, ctx.moduli), gk)
+    score = matcher._giant_steps(kernel.plain_mac(db.diagonals[0], baby, blind_ctx.moduli), gk)
     r, e = matcher.draw_masks()
     masked = matcher.mask(score, db.signs[0], TAU, r, e)
     hidden = matcher.hide(masked, pk)
-    bare_ct = ctx.from_residues(masked, float(2**p.top_scale_bits))
+    bare_ct = blind_ctx.from_residues(masked, float(2**p.top_scale_bits))
     for _ in range(p.data_primes - 1):
-        ctx.evaluator.rescale_to_next_inplace(bare_ct)
-    bare = encode_answer(ctx, bare_ct)
+        blind_ctx.evaluator.rescale_to_next_inplace(bare_ct)
+    bare = encode_answer(blind_ctx, bare_ct)
     assert len(bare) == len(hidden)
     half = len(bare) // 2
     # Both halves change: c1 through the encryption of zero, c0 through it and the flood.
     assert bare[:half] != hidden[:half] and bare[half:] != hidden[half:]
     # ... while the decisions are the same.
-    scale = answer_scale(ctx)
-    v_h = decrypt_values(ctx, pair.secret_key, decode_answer(ctx, hidden, scale))
-    v_b = decrypt_values(ctx, pair.secret_key, decode_answer(ctx, bare, scale))
+    scale = answer_scale(blind_ctx)
+    v_h = decrypt_values(blind_ctx, blind_keypair.secret_key, decode_answer(blind_ctx, hidden, scale))
+    v_b = decrypt_values(blind_ctx, blind_keypair.secret_key, decode_answer(blind_ctx, bare, scale))
     assert ((v_h > 0) == (v_b > 0)).all()
     # Twice the same computation and masks, hidden twice: never the same bytes.
     assert matcher.hide(masked, pk) != hidden
 
 
-def test_block_order_is_fresh_per_query_and_layout_per_rebuild() -> None:
-    ctx = BlindContext(blind_params.get("INSECURE-blind-n1024", allow_insecure=True))
-    p = ctx.params
+def test_block_order_is_fresh_per_query_and_layout_per_rebuild(
+        blind_ctx: BlindContext, blind_keypair: blind_keys.BlindKeyPair,
+        blind_announced: tuple[seal.PublicKey, seal.GaloisKeys]) -> None:
+    p = blind_ctx.params
     rng = np.random.default_rng(9)
     g = rng.normal(size=(6 * p.slots - 17, p.dim))
     g /= np.linalg.norm(g, axis=1, keepdims=True)
-    db1, db2 = build_database(g, ctx), build_database(g, ctx)
+    db1, db2 = build_database(g, blind_ctx), build_database(g, blind_ctx)
     assert db1.blocks == 6 and db1.size == g.shape[0]
     assert not np.array_equal(db1.slot_record, db2.slot_record)
     assert not np.array_equal(db1.signs, db2.signs)
     assert sorted(db1.slot_record[db1.slot_record >= 0].tolist()) == list(range(g.shape[0]))
-    pair, pk, gk = _keys(ctx)
+    pk, gk = blind_announced
     q = normalise_probe(rng.normal(size=p.dim), p.dim).astype(np.float64)
-    matcher = BlindMatcher(ctx, db1)
+    matcher = BlindMatcher(blind_ctx, db1)
     orders = []
     for _ in range(3):
-        ct = ctx.load_seeded_ciphertext(encrypt_probe(ctx, pair.secret_key, q), scale=float(2**p.probe_scale_bits))
+        ct = blind_ctx.load_seeded_ciphertext(encrypt_probe(blind_ctx, blind_keypair.secret_key, q),
+                                              scale=float(2**p.probe_scale_bits))
         orders.append(tuple(matcher.answer(ct, pk, gk, TAU).order))
     assert all(sorted(o) == list(range(6)) for o in orders)
     assert len(set(orders)) > 1
 
 
-def test_threshold_outside_the_exact_range_is_refused() -> None:
-    ctx = BlindContext(blind_params.get("INSECURE-blind-n1024", allow_insecure=True))
-    db = build_database(np.eye(4, ctx.params.dim), ctx)
-    pair, pk, gk = _keys(ctx)
-    ct = ctx.load_seeded_ciphertext(encrypt_probe(ctx, pair.secret_key, np.ones(ctx.params.dim)),
-                                    scale=float(2**ctx.params.probe_scale_bits))
+def test_threshold_outside_the_exact_range_is_refused(
+        blind_ctx: BlindContext, blind_keypair: blind_keys.BlindKeyPair,
+        blind_announced: tuple[seal.PublicKey, seal.GaloisKeys]) -> None:
+    db = build_database(np.eye(4, blind_ctx.params.dim), blind_ctx)
+    pk, gk = blind_announced
+    probe = encrypt_probe(blind_ctx, blind_keypair.secret_key, np.ones(blind_ctx.params.dim))
+    ct = blind_ctx.load_seeded_ciphertext(probe, scale=float(2**blind_ctx.params.probe_scale_bits))
     from pprm.errors import ParameterError
 
     for tau in (0.0, 0.001, 1.0, 1.5):
         with pytest.raises(ParameterError, match="threshold"):
-            BlindMatcher(ctx, db).answer(ct, pk, gk, tau)
+            BlindMatcher(blind_ctx, db).answer(ct, pk, gk, tau)

@@ -6,18 +6,17 @@ import numpy as np
 import pytest
 import tenseal.sealapi as seal
 
-from pprm.crypto import blind_keys, blind_params
+from pprm.crypto import blind_keys
 from pprm.crypto.context import BlindContext
 from pprm.errors import CiphertextError
 from pprm.matching.blind_client import encrypt_probe
 
 
 @pytest.fixture(scope="module")
-def world() -> tuple[BlindContext, blind_keys.BlindKeyPair, bytes, float]:
-    ctx = BlindContext(blind_params.get("INSECURE-blind-n1024", allow_insecure=True))
-    pair = blind_keys.generate(ctx)
-    blob = encrypt_probe(ctx, pair.secret_key, np.ones(ctx.params.dim))
-    return ctx, pair, blob, float(2**ctx.params.probe_scale_bits)
+def world(blind_ctx: BlindContext,
+          blind_keypair: blind_keys.BlindKeyPair) -> tuple[BlindContext, blind_keys.BlindKeyPair, bytes, float]:
+    blob = encrypt_probe(blind_ctx, blind_keypair.secret_key, np.ones(blind_ctx.params.dim))
+    return blind_ctx, blind_keypair, blob, float(2**blind_ctx.params.probe_scale_bits)
 
 
 def test_the_genuine_probe_loads(world) -> None:

@@ -21,8 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pprm.crypto import seal_stream
+from pprm.crypto.context import CkksContext
 from pprm.errors import BackendError
-from pprm.matching import _native, kernel
+from pprm.matching import kernel, kernel_native, kernel_numpy, kernel_selfcheck
 from pprm.matching.mac_args import MAX_PLAIN_B, PLAIN_RANGE_ERROR
 
 needs_native = pytest.mark.skipif(
@@ -86,7 +87,7 @@ def random_case(
 def test_numpy_path_matches_python_integers(shape: tuple[int, int, int, int, int], mode: str) -> None:
     moduli = (PRIMES_60[0], Q_TOP, PRIMES_SMALL[2])[: shape[3]]
     pts, cts = random_case(np.random.default_rng(sum(shape)), shape, moduli, mode)
-    got = kernel._plain_mac_numpy(pts, cts, moduli)
+    got = kernel_numpy.plain_mac(pts, cts, moduli)
     assert got.dtype == np.uint64 and got.shape == (shape[0], shape[2], shape[3], shape[4])
     np.testing.assert_array_equal(got, reference(pts, cts, moduli))
 
@@ -106,10 +107,10 @@ def test_random_cases_match_python_integers(
 ) -> None:
     pts, cts = random_case(np.random.default_rng(seed), (g, b, s, len(moduli), n), moduli, mode)
     expected = reference(pts, cts, moduli)
-    np.testing.assert_array_equal(kernel._plain_mac_numpy(pts, cts, moduli), expected)
+    np.testing.assert_array_equal(kernel_numpy.plain_mac(pts, cts, moduli), expected)
     np.testing.assert_array_equal(kernel.plain_mac(pts, cts, moduli), expected)
     if "native" in kernel.available_backends():
-        np.testing.assert_array_equal(_native.plain_mac(pts, cts, moduli, threads=2), expected)
+        np.testing.assert_array_equal(kernel_native.plain_mac(pts, cts, moduli, threads=2), expected)
 
 
 # -- native against numpy, bit for bit ----------------------------------------
@@ -132,15 +133,15 @@ SHAPES = [
 def test_native_matches_numpy(shape: tuple[int, int, int, int, int], mode: str) -> None:
     moduli = (PRIMES_60[0], Q_TOP, PRIMES_SMALL[1], 2)[: shape[3]]
     pts, cts = random_case(np.random.default_rng(len(SHAPES) * sum(shape)), shape, moduli, mode)
-    expected = kernel._plain_mac_numpy(pts, cts, moduli)
+    expected = kernel_numpy.plain_mac(pts, cts, moduli)
     for threads in (1, 2, 3):
-        np.testing.assert_array_equal(_native.plain_mac(pts, cts, moduli, threads=threads), expected)
+        np.testing.assert_array_equal(kernel_native.plain_mac(pts, cts, moduli, threads=threads), expected)
 
 
 @needs_native
 def test_self_check_passes() -> None:
-    assert _native.self_check()
-    assert _native.self_check(seed=3)
+    assert kernel_selfcheck.native_matches_numpy()
+    assert kernel_selfcheck.native_matches_numpy(seed=3)
 
 
 @needs_native
@@ -151,9 +152,9 @@ def test_threads_split_the_work_exactly(threads: int) -> None:
     # poisoned (2**64 - 1 is never a residue) so that a coefficient no thread writes shows.
     moduli = (PRIMES_60[1], PRIMES_SMALL[0])
     pts, cts = random_case(np.random.default_rng(21), (4, 64, 2, 2, 4100), moduli)
-    expected = kernel._plain_mac_numpy(pts, cts, moduli)
-    np.testing.assert_array_equal(_native.plain_mac(pts, cts, moduli, threads=threads), expected)
-    ffi, lib = _native._ffi, _native._lib
+    expected = kernel_numpy.plain_mac(pts, cts, moduli)
+    np.testing.assert_array_equal(kernel_native.plain_mac(pts, cts, moduli, threads=threads), expected)
+    ffi, lib = kernel_native._ffi, kernel_native._lib
     out = np.full(expected.shape, np.iinfo(np.uint64).max, dtype=np.uint64)
     rc = lib.pprm_mac_plain(
         ffi.from_buffer("uint64_t[]", pts),
@@ -174,11 +175,11 @@ def test_concurrent_python_threads_agree() -> None:
     # Calls run with the GIL released; concurrent callers must not share state.
     moduli = (PRIMES_60[0], PRIMES_60[2])
     cases = [random_case(np.random.default_rng(s), (2, 20, 2, 2, 700), moduli) for s in range(3)]
-    expected = [kernel._plain_mac_numpy(p, c, moduli) for p, c in cases]
+    expected = [kernel_numpy.plain_mac(p, c, moduli) for p, c in cases]
     results: dict[int, list[np.ndarray]] = {}
 
     def work(i: int) -> None:
-        results[i] = [_native.plain_mac(p, c, moduli, threads=2) for _ in range(3) for p, c in cases]
+        results[i] = [kernel_native.plain_mac(p, c, moduli, threads=2) for _ in range(3) for p, c in cases]
 
     workers = [threading.Thread(target=work, args=(i,)) for i in range(3)]
     for t in workers:
@@ -197,9 +198,9 @@ PlainMac = Callable[[np.ndarray, np.ndarray, tuple[int, ...]], np.ndarray]
 
 def _backends() -> list[PlainMac]:
     """The numpy path, the dispatching entry point, and the native kernel if it is usable."""
-    out: list[PlainMac] = [kernel._plain_mac_numpy, kernel.plain_mac]
+    out: list[PlainMac] = [kernel_numpy.plain_mac, kernel.plain_mac]
     if "native" in kernel.available_backends():
-        out.append(_native.plain_mac)
+        out.append(kernel_native.plain_mac)
     return out
 
 
@@ -214,7 +215,7 @@ def test_read_only_memory_map(tmp_path: Path) -> None:
     for mac in _backends():
         got = mac(mapped, cts, moduli)
         np.testing.assert_array_equal(got[:, :, :, :4], expected)
-        np.testing.assert_array_equal(got, kernel._plain_mac_numpy(pts, cts, moduli))
+        np.testing.assert_array_equal(got, kernel_numpy.plain_mac(pts, cts, moduli))
 
 
 def test_empty_sum_and_empty_output() -> None:
@@ -230,22 +231,22 @@ def test_dispatch_follows_backend() -> None:
     moduli = (PRIMES_60[0],)
     pts, cts = random_case(np.random.default_rng(4), (2, 5, 2, 1, 40), moduli)
     np.testing.assert_array_equal(kernel.plain_mac(pts, cts, moduli), reference(pts, cts, moduli))
-    assert "plain_mac" in kernel.__all__ and "plain_mac" in _native.__all__
+    assert "plain_mac" in kernel.__all__ and "plain_mac" in kernel_native.__all__
 
 
 # -- against SEAL's own evaluator ---------------------------------------------
 
-def test_import_check_against_seal_accepts_both_kernels_and_catches_a_wrong_one() -> None:
-    assert kernel._plain_agrees_with_seal(kernel._plain_mac_numpy)
+def test_self_check_against_seal_accepts_both_kernels_and_catches_a_wrong_one() -> None:
+    assert kernel_selfcheck.plain_mac_agrees_with_seal(kernel_numpy.plain_mac)
     if "native" in kernel.available_backends():
-        assert kernel._plain_agrees_with_seal(_native.plain_mac)
+        assert kernel_selfcheck.plain_mac_agrees_with_seal(kernel_native.plain_mac)
 
     def off_by_one(pts: np.ndarray, cts: np.ndarray, moduli: tuple[int, ...]) -> np.ndarray:
-        out = kernel._plain_mac_numpy(pts, cts, moduli)
+        out = kernel_numpy.plain_mac(pts, cts, moduli)
         out[1, 1, 0, 5] = (out[1, 1, 0, 5] + np.uint64(1)) % np.uint64(moduli[0])
         return out
 
-    assert not kernel._plain_agrees_with_seal(off_by_one)
+    assert not kernel_selfcheck.plain_mac_agrees_with_seal(off_by_one)
 
 
 def _seal_save(obj: seal.Ciphertext | seal.Plaintext, path: Path) -> bytes:
@@ -260,7 +261,7 @@ def test_matches_seal_multiply_plain_add_chain_on_three_primes(tmp_path: Path, s
     Built directly on sealapi (the parameter sets of pprm have one data
     prime). ``size = 3`` squares each ciphertext first (no relinearisation),
     so the sum runs over three polynomials. The plaintext residues come from
-    :func:`kernel._plaintext_residues`; the ciphertext stream is parsed by
+    :func:`kernel_selfcheck.plaintext_residues`; the ciphertext stream is parsed by
     :mod:`pprm.crypto.seal_stream`.
     """
     n = 1024
@@ -296,7 +297,7 @@ def test_matches_seal_multiply_plain_add_chain_on_three_primes(tmp_path: Path, s
         assert meta.is_ntt_form and meta.size == size and meta.coeff_modulus_size == 3
         return arr
 
-    pts_res = np.stack([np.stack([kernel._plaintext_residues(pt, 3, n) for pt in row]) for row in pts])
+    pts_res = np.stack([np.stack([kernel_selfcheck.plaintext_residues(pt, 3, n) for pt in row]) for row in pts])
     cts_res = np.stack([residues(ct) for ct in cts])
     expected = []
     for g in range(g_count):
@@ -311,22 +312,19 @@ def test_matches_seal_multiply_plain_add_chain_on_three_primes(tmp_path: Path, s
         np.testing.assert_array_equal(mac(pts_res, cts_res, moduli), np.stack(expected))
 
 
-def test_plaintext_residues_match_the_stream_and_reject_bad_shapes(tmp_path: Path) -> None:
+def test_plaintext_residues_match_the_stream_and_reject_bad_shapes(sealed_ctx: CkksContext) -> None:
     # The word-by-word copy against SEAL's own stream of the same plaintext (zstd members:
     # parms_id, coeff_count, scale, then a DynArray header, its count and the words).
     import zstandard
 
-    from pprm.crypto import params
-    from pprm.crypto.context import CkksContext
-
-    ctx = CkksContext(params.get("INSECURE-sealed-n1024", allow_insecure=True))
-    pt = ctx.encode(np.linspace(-1, 1, 100), 20)
-    blob = ctx.save_bytes(pt)
+    pt = sealed_ctx.encode(np.linspace(-1, 1, 100), 20)
+    blob = sealed_ctx.save_bytes(pt)
     body = zstandard.ZstdDecompressor().decompress(blob[16:], max_output_size=1 << 20)
     words = np.frombuffer(body, dtype="<u8", offset=4 * 8 + 8 + 8 + 16 + 8)
-    np.testing.assert_array_equal(kernel._plaintext_residues(pt, 1, ctx.n), words.reshape(1, ctx.n))
+    np.testing.assert_array_equal(kernel_selfcheck.plaintext_residues(pt, 1, sealed_ctx.n),
+                                  words.reshape(1, sealed_ctx.n))
     with pytest.raises(BackendError):
-        kernel._plaintext_residues(pt, 2, ctx.n)
+        kernel_selfcheck.plaintext_residues(pt, 2, sealed_ctx.n)
 
 
 # -- rejections -----------------------------------------------------------------
@@ -373,9 +371,11 @@ def test_bad_arguments_raise_backend_error(case: tuple[str, object, object, obje
     _, pts, cts, moduli = case
     with pytest.raises(BackendError, match="plain_mac"):
         kernel.plain_mac(pts, cts, moduli)  # type: ignore[arg-type]
+    with pytest.raises(BackendError, match="plain_mac"):
+        kernel_numpy.plain_mac(pts, cts, moduli)  # type: ignore[arg-type]
     if "native" in kernel.available_backends():
         with pytest.raises(BackendError, match="plain_mac"):
-            _native.plain_mac(pts, cts, moduli)  # type: ignore[arg-type]
+            kernel_native.plain_mac(pts, cts, moduli)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("where", ["pts", "cts"])
@@ -391,26 +391,26 @@ def test_residue_not_below_its_modulus_is_refused(where: str) -> None:
             mac(pts, cts, moduli)
     arr[1, 299] = moduli[1] - 1
     for mac in _backends():
-        np.testing.assert_array_equal(mac(pts, cts, moduli), kernel._plain_mac_numpy(pts, cts, moduli))
+        np.testing.assert_array_equal(mac(pts, cts, moduli), kernel_numpy.plain_mac(pts, cts, moduli))
 
 
 @needs_native
 def test_negative_threads_and_bad_env_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     pts, cts = _ok()
     with pytest.raises(BackendError):
-        _native.plain_mac(pts, cts, (Q0,), threads=-1)
+        kernel_native.plain_mac(pts, cts, (Q0,), threads=-1)
     monkeypatch.setenv("PPRM_THREADS", "many")
     with pytest.raises(BackendError):
-        _native.plain_mac(pts, cts, (Q0,))
+        kernel_native.plain_mac(pts, cts, (Q0,))
     monkeypatch.setenv("PPRM_THREADS", "3")
-    np.testing.assert_array_equal(_native.plain_mac(pts, cts, (Q0,)), np.zeros((2, 2, 1, 8), np.uint64))
+    np.testing.assert_array_equal(kernel_native.plain_mac(pts, cts, (Q0,)), np.zeros((2, 2, 1, 8), np.uint64))
 
 
 @needs_native
 def test_c_entry_point_validates_its_own_arguments() -> None:
     # Defence in depth: the C function refuses what would make it inexact or divide by zero,
     # even when called without the Python wrapper's checks.
-    ffi, lib = _native._ffi, _native._lib
+    ffi, lib = kernel_native._ffi, kernel_native._lib
     out = np.zeros(2 * 2 * 4, dtype=np.uint64)
 
     def call(pts: np.ndarray, cts: np.ndarray, q: int) -> int:
@@ -445,5 +445,6 @@ def test_c_entry_point_validates_its_own_arguments() -> None:
 
 def test_environment_backend_is_one_of_the_available() -> None:
     assert kernel.BACKEND in kernel.available_backends()
-    if os.environ.get("PPRM_BACKEND", "").strip().lower() == "numpy":
-        assert kernel.BACKEND == "numpy"
+    wanted = os.environ.get("PPRM_BACKEND", "").strip().lower()
+    if wanted:
+        assert kernel.BACKEND == kernel.backend() == wanted

@@ -15,10 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pprm.errors import BackendError
-from pprm.matching import _native, kernel
+from pprm.matching import kernel, kernel_native, kernel_numpy, kernel_selfcheck
 
 REQUIRED = os.environ.get("PPRM_REQUIRE_NATIVE") == "1"
-if not _native.available() and not REQUIRED:
+if not kernel_native.available() and not REQUIRED:
     pytest.skip(
         "native kernel pprm._native_kernel is not built (install with a C compiler: pip install -e .)",
         allow_module_level=True,
@@ -52,9 +52,9 @@ def random_case(
 
 
 def test_extension_loads_and_self_checks() -> None:
-    assert _native.available()
-    assert _native.self_check()
-    assert _native.self_check(seed=7)
+    assert kernel_native.available()
+    assert kernel_selfcheck.native_matches_numpy()
+    assert kernel_selfcheck.native_matches_numpy(seed=7)
 
 
 @settings(max_examples=60, deadline=None)
@@ -70,9 +70,9 @@ def test_random_inputs_match_numpy_and_bigint(
     d: int, size: int, moduli: tuple[int, ...], n: int, threads: int, seed: int
 ) -> None:
     block, weights = random_case(np.random.default_rng(seed), d, size, moduli, n)
-    got = _native.multiply_accumulate(block, weights, moduli, threads=threads)
+    got = kernel_native.multiply_accumulate(block, weights, moduli, threads=threads)
     assert got.dtype == np.uint64 and got.shape == (size, len(moduli), n)
-    np.testing.assert_array_equal(got, kernel._mac_numpy(block, weights, moduli))
+    np.testing.assert_array_equal(got, kernel_numpy.multiply_accumulate(block, weights, moduli))
     np.testing.assert_array_equal(got, bigint_mac(block, weights, moduli))
 
 
@@ -82,7 +82,7 @@ def test_tiles_cross_rows_with_distinct_moduli(threads: int) -> None:
     # rows, so a wrong modulus per row or a wrong tile split would show.
     moduli = (Q0, Q1, 998244353)
     block, weights = random_case(np.random.default_rng(3), 131, 2, moduli, 300)
-    got = _native.multiply_accumulate(block, weights, moduli, threads=threads)
+    got = kernel_native.multiply_accumulate(block, weights, moduli, threads=threads)
     np.testing.assert_array_equal(got, bigint_mac(block, weights, moduli))
     np.testing.assert_array_equal(got, kernel.multiply_accumulate(block, weights, moduli))
 
@@ -101,11 +101,11 @@ def test_threads_split_the_work_exactly(
     threaded_case: tuple[np.ndarray, np.ndarray, tuple[int, ...], np.ndarray], threads: int
 ) -> None:
     block, weights, moduli, expected = threaded_case
-    got = _native.multiply_accumulate(block, weights, moduli, threads=threads)
+    got = kernel_native.multiply_accumulate(block, weights, moduli, threads=threads)
     np.testing.assert_array_equal(got, expected)
     # Through the C entry point with a poisoned output (2**64-1 is never a residue), so that a
     # coefficient no thread writes cannot pass by reusing a freed buffer holding the right value.
-    ffi, lib = _native._ffi, _native._lib
+    ffi, lib = kernel_native._ffi, kernel_native._lib
     out = np.full(expected.shape, np.iinfo(np.uint64).max, dtype=np.uint64)
     row_moduli = np.tile(np.asarray(moduli, dtype=np.uint64), block.shape[1])
     rc = lib.pprm_mac_sealed(
@@ -126,7 +126,7 @@ def test_threaded_reference_agrees_with_numpy(
     threaded_case: tuple[np.ndarray, np.ndarray, tuple[int, ...], np.ndarray],
 ) -> None:
     block, weights, moduli, expected = threaded_case
-    np.testing.assert_array_equal(kernel._mac_numpy(block, weights, moduli), expected)
+    np.testing.assert_array_equal(kernel_numpy.multiply_accumulate(block, weights, moduli), expected)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -134,8 +134,8 @@ def test_production_shape_matches_numpy(threads: int) -> None:
     # One n8192 block's geometry (size 2, one prime, N = 8192); d = 64 (1M words) is
     # shorter than production but enough for two threads.
     block, weights = random_case(np.random.default_rng(11), 64, 2, (Q0,), 8192)
-    got = _native.multiply_accumulate(block, weights, (Q0,), threads=threads)
-    np.testing.assert_array_equal(got, kernel._mac_numpy(block, weights, (Q0,)))
+    got = kernel_native.multiply_accumulate(block, weights, (Q0,), threads=threads)
+    np.testing.assert_array_equal(got, kernel_numpy.multiply_accumulate(block, weights, (Q0,)))
 
 
 @pytest.mark.parametrize("sign", [1, -1, 0])
@@ -152,9 +152,9 @@ def test_extremes_at_maximum_dimension(sign: int) -> None:
         weights[-1] = W  # an odd tail so that the sum is not zero
     expected = bigint_mac(block, weights, (q,))
     for threads in (1, 2):
-        got = _native.multiply_accumulate(block, weights, (q,), threads=threads)
+        got = kernel_native.multiply_accumulate(block, weights, (q,), threads=threads)
         np.testing.assert_array_equal(got, expected)
-    np.testing.assert_array_equal(got, kernel._mac_numpy(block, weights, (q,)))
+    np.testing.assert_array_equal(got, kernel_numpy.multiply_accumulate(block, weights, (q,)))
     # Cross-check the reference itself: x = -1 mod q, so the sum is -sum(w) mod q.
     assert int(expected[0, 0, 0]) == (-int(weights.sum())) % q
 
@@ -164,9 +164,9 @@ def test_extremes_mixed_small() -> None:
     block = np.full((3, 2, 1, 9), q - 1, dtype=np.uint64)
     block[1] = 0
     weights = np.array([W, -W, -W], dtype=np.int64)
-    got = _native.multiply_accumulate(block, weights, (q,), threads=2)
+    got = kernel_native.multiply_accumulate(block, weights, (q,), threads=2)
     np.testing.assert_array_equal(got, np.zeros((2, 1, 9), dtype=np.uint64))  # (W - W) * (q-1) = 0
-    np.testing.assert_array_equal(got, kernel._mac_numpy(block, weights, (q,)))
+    np.testing.assert_array_equal(got, kernel_numpy.multiply_accumulate(block, weights, (q,)))
 
 
 def test_exact_for_any_uint64_residue() -> None:
@@ -175,14 +175,14 @@ def test_exact_for_any_uint64_residue() -> None:
     block = rng.integers(0, np.iinfo(np.uint64).max, size=(40, 2, 2, 33), dtype=np.uint64, endpoint=True)
     block[:3] = np.iinfo(np.uint64).max
     weights = rng.integers(-W, W + 1, size=40, dtype=np.int64)
-    got = _native.multiply_accumulate(block, weights, (Q0, 97), threads=3)
+    got = kernel_native.multiply_accumulate(block, weights, (Q0, 97), threads=3)
     np.testing.assert_array_equal(got, bigint_mac(block, weights, (Q0, 97)))
 
 
 def test_empty_sum_and_empty_output() -> None:
-    got = _native.multiply_accumulate(np.zeros((0, 2, 1, 8), dtype=np.uint64), np.zeros(0, np.int64), (Q0,))
+    got = kernel_native.multiply_accumulate(np.zeros((0, 2, 1, 8), dtype=np.uint64), np.zeros(0, np.int64), (Q0,))
     np.testing.assert_array_equal(got, np.zeros((2, 1, 8), dtype=np.uint64))
-    empty = _native.multiply_accumulate(np.zeros((4, 2, 1, 0), dtype=np.uint64), np.ones(4, np.int64), (Q0,))
+    empty = kernel_native.multiply_accumulate(np.zeros((4, 2, 1, 0), dtype=np.uint64), np.ones(4, np.int64), (Q0,))
     assert empty.shape == (2, 1, 0)
 
 
@@ -194,38 +194,38 @@ def test_read_only_memmap_and_non_contiguous_input(tmp_path: object) -> None:
     mapped = np.load(path, mmap_mode="r")
     assert isinstance(mapped, np.memmap) and not mapped.flags.writeable
     expected = bigint_mac(block, weights, moduli)
-    np.testing.assert_array_equal(_native.multiply_accumulate(mapped, weights, moduli, threads=2), expected)
+    np.testing.assert_array_equal(kernel_native.multiply_accumulate(mapped, weights, moduli, threads=2), expected)
     frozen = block.copy()
     frozen.flags.writeable = False
-    np.testing.assert_array_equal(_native.multiply_accumulate(frozen, weights, moduli), expected)
+    np.testing.assert_array_equal(kernel_native.multiply_accumulate(frozen, weights, moduli), expected)
     strided = block[:, :, :, ::3]
     np.testing.assert_array_equal(
-        _native.multiply_accumulate(strided, weights, moduli, threads=3), bigint_mac(strided, weights, moduli)
+        kernel_native.multiply_accumulate(strided, weights, moduli, threads=3), bigint_mac(strided, weights, moduli)
     )
 
 
 def test_env_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
     block, weights = random_case(np.random.default_rng(4), 10, 2, (Q0,), 1000)
-    expected = kernel._mac_numpy(block, weights, (Q0,))
+    expected = kernel_numpy.multiply_accumulate(block, weights, (Q0,))
     for value, threads in (("3", 3), ("0", 0), ("", 0)):
         monkeypatch.setenv("PPRM_THREADS", value)
-        assert _native.default_threads() == threads
-        np.testing.assert_array_equal(_native.multiply_accumulate(block, weights, (Q0,)), expected)
+        assert kernel_native.default_threads() == threads
+        np.testing.assert_array_equal(kernel_native.multiply_accumulate(block, weights, (Q0,)), expected)
     for bad in ("two", "-1"):
         monkeypatch.setenv("PPRM_THREADS", bad)
         with pytest.raises(BackendError):
-            _native.multiply_accumulate(block, weights, (Q0,))
+            kernel_native.multiply_accumulate(block, weights, (Q0,))
 
 
 def test_concurrent_python_threads_agree() -> None:
     # Calls run with the GIL released; concurrent callers must not share state.
     moduli = (Q0, Q1)
     cases = [random_case(np.random.default_rng(s), 33, 2, moduli, 1500) for s in range(4)]
-    expected = [kernel._mac_numpy(b, w, moduli) for b, w in cases]
+    expected = [kernel_numpy.multiply_accumulate(b, w, moduli) for b, w in cases]
     results: dict[int, list[np.ndarray]] = {}
 
     def work(i: int) -> None:
-        results[i] = [_native.multiply_accumulate(b, w, moduli, threads=2) for _ in range(3) for b, w in cases]
+        results[i] = [kernel_native.multiply_accumulate(b, w, moduli, threads=2) for _ in range(3) for b, w in cases]
 
     workers = [threading.Thread(target=work, args=(i,)) for i in range(3)]
     for t in workers:
@@ -269,15 +269,17 @@ def _bad_inputs() -> list[BadCase]:
 @pytest.mark.parametrize("case", _bad_inputs(), ids=lambda c: c[0])
 def test_bad_input_raises_backend_error(case: BadCase) -> None:
     _, block, weights, moduli, threads, _numpy_too = case
-    assert _native.available()  # otherwise BackendError("not built") would pass this test vacuously
+    assert kernel_native.available()  # otherwise BackendError("not built") would pass this test vacuously
     with pytest.raises(BackendError):
-        _native.multiply_accumulate(block, weights, moduli, threads=threads)  # type: ignore[arg-type]
+        kernel_native.multiply_accumulate(block, weights, moduli, threads=threads)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("case", [c for c in _bad_inputs() if c[5]], ids=lambda c: c[0])
 def test_numpy_path_rejects_the_same_inputs(case: BadCase) -> None:
-    # The checks mirror pprm.matching.kernel.multiply_accumulate, which rejects the same cases.
+    # The checks mirror the numpy kernel's, which rejects the same cases, directly and through dispatch.
     _, block, weights, moduli, _threads, _numpy_too = case
+    with pytest.raises(BackendError):
+        kernel_numpy.multiply_accumulate(block, weights, moduli)  # type: ignore[arg-type]
     with pytest.raises(BackendError):
         kernel.multiply_accumulate(block, weights, moduli)  # type: ignore[arg-type]
 
@@ -288,15 +290,15 @@ def test_integer_weight_dtypes_are_accepted() -> None:
     for dtype in (np.int8, np.int16, np.int32, np.uint16, np.uint64):
         cast = np.clip(weights, np.iinfo(dtype).min, np.iinfo(dtype).max).astype(dtype)
         np.testing.assert_array_equal(
-            _native.multiply_accumulate(block, cast, (Q0,)), kernel.multiply_accumulate(block, cast, (Q0,))
+            kernel_native.multiply_accumulate(block, cast, (Q0,)), kernel.multiply_accumulate(block, cast, (Q0,))
         )
-    np.testing.assert_array_equal(_native.multiply_accumulate(block, weights.tolist(), (Q0,)), expected)
+    np.testing.assert_array_equal(kernel_native.multiply_accumulate(block, weights.tolist(), (Q0,)), expected)
 
 
 def test_c_entry_point_validates_its_own_arguments() -> None:
     # Defence in depth: the C function refuses what would make it inexact or divide by zero,
     # even when called without the Python wrapper's checks.
-    ffi, lib = _native._ffi, _native._lib
+    ffi, lib = kernel_native._ffi, kernel_native._lib
     assert lib is not None
     out = np.zeros(4, dtype=np.uint64)
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from pprm.crypto.context import CkksContext
 from pprm.errors import BackendError
-from pprm.matching import kernel
+from pprm.matching import kernel, kernel_native, kernel_numpy, kernel_selfcheck
 from pprm.matching.sealed import quantise_probe
 
 # Real SEAL primes: the 60-bit prime of the sealed sets, plus smaller ones
@@ -127,7 +127,7 @@ def test_rejects_unsigned_weights_that_would_wrap() -> None:
 
 
 @pytest.mark.parametrize("dtype", [np.int64, np.uint32, np.float64, np.int32, np.object_])
-def test_rejects_block_of_wrong_dtype(dtype: type) -> None:
+def test_rejects_block_of_wrong_dtype(dtype: type[np.generic]) -> None:
     block = _ok_block().astype(dtype)
     with pytest.raises(BackendError):
         kernel.multiply_accumulate(block, np.zeros(4, dtype=np.int64), (PRIMES_60[0],))
@@ -158,8 +158,8 @@ def test_rejects_inconsistent_shapes_and_moduli() -> None:
 
 # -- against SEAL's own evaluator ---------------------------------------------
 
-def test_matches_seal_multiply_plain_add_chain(ctx: CkksContext,
-                                               keypair: tuple[seal.SecretKey, seal.PublicKey]) -> None:
+def test_matches_seal_multiply_plain_add_chain(sealed_ctx: CkksContext,
+                                               sealed_keypair: tuple[seal.SecretKey, seal.PublicKey]) -> None:
     """The kernel's residues equal SEAL's ``multiply_plain``/``add`` chain bit for bit.
 
     ``w_k`` is encoded as a constant at scale 1, i.e. the constant polynomial
@@ -170,42 +170,42 @@ def test_matches_seal_multiply_plain_add_chain(ctx: CkksContext,
     encryption noise (~1.3e-5 per slot at scale 2**24) summed over a
     unit-norm probe, plus the probe quantisation error (<= 2**-16 per weight).
     """
-    sk = keypair[0]
+    sk = sealed_keypair[0]
     rng = np.random.default_rng(11)
     d = 150  # crosses the 128-row group boundary
-    gallery = rng.standard_normal((ctx.slots, d))
+    gallery = rng.standard_normal((sealed_ctx.slots, d))
     gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
     probe = rng.standard_normal(d)
     probe /= np.linalg.norm(probe)
     w = quantise_probe(probe, 15)
     w[0], w[1] = W, -W  # include both extremes
-    enc = seal.Encryptor(ctx.seal, sk)
+    enc = seal.Encryptor(sealed_ctx.seal, sk)
     cts = []
     for k in range(d):
-        ct = seal.Ciphertext(ctx.seal)
-        enc.encrypt_symmetric(ctx.encode(gallery[:, k], 24), ct)
+        ct = seal.Ciphertext(sealed_ctx.seal)
+        enc.encrypt_symmetric(sealed_ctx.encode(gallery[:, k], 24), ct)
         cts.append(ct)
-    block = np.stack([ctx.to_residues(ct) for ct in cts])
-    mine = kernel.multiply_accumulate(block, w, ctx.moduli)
+    block = np.stack([sealed_ctx.to_residues(ct) for ct in cts])
+    mine = kernel.multiply_accumulate(block, w, sealed_ctx.moduli)
 
     acc: seal.Ciphertext | None = None
     for k in range(d):
         if w[k] == 0:
             continue  # SEAL refuses to produce a transparent product
         pt = seal.Plaintext()
-        ctx.encoder.encode(float(w[k]), ctx.parms_id, 1.0, pt)
-        prod = seal.Ciphertext(ctx.seal)
-        ctx.evaluator.multiply_plain(cts[k], pt, prod)
+        sealed_ctx.encoder.encode(float(w[k]), sealed_ctx.parms_id, 1.0, pt)
+        prod = seal.Ciphertext(sealed_ctx.seal)
+        sealed_ctx.evaluator.multiply_plain(cts[k], pt, prod)
         if acc is None:
             acc = prod
         else:
-            ctx.evaluator.add_inplace(acc, prod)
+            sealed_ctx.evaluator.add_inplace(acc, prod)
     assert acc is not None and acc.scale == 2.0**24
-    assert np.array_equal(ctx.to_residues(acc), mine)
+    assert np.array_equal(sealed_ctx.to_residues(acc), mine)
 
     pt = seal.Plaintext()
-    seal.Decryptor(ctx.seal, sk).decrypt(ctx.from_residues(mine, 2.0**39), pt)
-    scores = ctx.decode(pt)
+    seal.Decryptor(sealed_ctx.seal, sk).decrypt(sealed_ctx.from_residues(mine, 2.0**39), pt)
+    scores = sealed_ctx.decode(pt)
     exact = gallery @ (w.astype(np.float64) / 2**15)
     assert np.abs(scores - exact).max() < 2e-4
 
@@ -215,16 +215,14 @@ def test_backend_selection() -> None:
     assert "numpy" in kernel.available_backends()
 
 
-def test_import_self_check_against_seal_accepts_both_kernels_and_catches_a_wrong_one() -> None:
-    from pprm.matching import _native
-
-    assert kernel._agrees_with_seal(kernel._mac_numpy)
-    if _native.available():
-        assert kernel._agrees_with_seal(_native.multiply_accumulate)
+def test_self_check_against_seal_accepts_both_kernels_and_catches_a_wrong_one() -> None:
+    assert kernel_selfcheck.mac_agrees_with_seal(kernel_numpy.multiply_accumulate)
+    if kernel_native.available():
+        assert kernel_selfcheck.mac_agrees_with_seal(kernel_native.multiply_accumulate)
 
     def off_by_one(block: np.ndarray, w: np.ndarray, moduli: tuple[int, ...]) -> np.ndarray:
-        out = kernel._mac_numpy(block, w, moduli)
+        out = kernel_numpy.multiply_accumulate(block, w, moduli)
         out[1, 0, 7] = (out[1, 0, 7] + np.uint64(1)) % np.uint64(moduli[0])
         return out
 
-    assert not kernel._agrees_with_seal(off_by_one)
+    assert not kernel_selfcheck.mac_agrees_with_seal(off_by_one)

@@ -38,10 +38,16 @@ from pprm.node.requester import Requester
 from pprm.node.responder import Responder
 from pprm.node.state import State
 from pprm.protocol.card import parse_card
-from tests.helpers import ScoredWorld, resolve_all
+from tests.helpers import (
+    INSECURE_SEALED_COMPLEX,
+    ScoredWorld,
+    new_state,
+    orthonormal_probes,
+    resolve_all,
+    rows_with_scores,
+)
 from tests.matching.test_sealed_matching import _secrets_in
 
-COMPLEX = "INSECURE-sealed-n1024-complex"
 PRODUCTION = "pprm-sealed-n8192-complex-v1"
 DIM = 64
 THRESHOLDS = (0.3, 0.4, 0.5)
@@ -65,7 +71,7 @@ def test_complex_sets_are_registered_and_the_default() -> None:
     # [q0, special prime]: data level L = 1, so the kernel and residue layout are unchanged.
     assert ps.coeff_modulus_bits == (60, 60) and ps.data_primes == 1
     assert ps.result_ciphertexts_per_block == 2 and ps.score_gain == 2
-    assert params.get(COMPLEX, allow_insecure=True).templates_per_block == 1024
+    assert params.get(INSECURE_SEALED_COMPLEX, allow_insecure=True).templates_per_block == 1024
     # The production default packs two templates per slot (8 KB per template at d = 512).
     assert params.get(params.DEFAULT_PARAMS) is ps
     real = params.get("pprm-sealed-n8192-v1")
@@ -96,7 +102,7 @@ def test_headroom_check_counts_the_doubling() -> None:
 
 
 def test_layout_round_trips() -> None:
-    ps = params.get(COMPLEX, allow_insecure=True)
+    ps = params.get(INSECURE_SEALED_COMPLEX, allow_insecure=True)
     cols = np.random.default_rng(0).uniform(-1, 1, (3, ps.templates_per_block))
     packed = pack_columns(cols, ps)
     assert packed.shape == (3, ps.slots) and np.iscomplexobj(packed)
@@ -108,7 +114,7 @@ def test_layout_round_trips() -> None:
 
 @pytest.fixture
 def world(make_world: Callable[..., ScoredWorld]) -> ScoredWorld:
-    return make_world(N_ROWS, DIM, THRESHOLDS, seed=77, params=COMPLEX)
+    return make_world(N_ROWS, DIM, THRESHOLDS, seed=77, params=INSECURE_SEALED_COMPLEX)
 
 
 def _check(world: ScoredWorld, hits: list[int], probe: np.ndarray, tau: float) -> tuple[int, int]:
@@ -190,8 +196,8 @@ def test_free_and_removed_positions_never_hit_in_either_half(world: ScoredWorld)
     free_halves = [0, 0]
     for blk, vals in zip(world.gallery.index.blocks, values, strict=True):
         free = np.flatnonzero(~blk.occupancy())
-        for pos in free:
-            free_halves[pos // h] += 1
+        for free_pos in free.tolist():
+            free_halves[free_pos // h] += 1
         assert (np.abs(vals[free] - (-2 * tau - 1.0)) < 0.1).all()
     # Block 0: positions 5 (A) and h + 5 (B); block 1: its B half beyond 164.
     assert free_halves == [1, 1 + h - (N_ROWS - 1024 - h)]
@@ -219,8 +225,8 @@ def test_append_fills_the_b_half_of_a_partial_block(world: ScoredWorld) -> None:
     assert world.decider().hits(world.matcher().match(probe, 0.99)) == [new[0], new[2]]
 
 
-def test_masks_are_independent_between_halves(tmp_path: Path, make_state: Callable[..., State]) -> None:
-    state = make_state(tmp_path, "DE", dim=16, params=COMPLEX)
+def test_masks_are_independent_between_halves(tmp_path: Path) -> None:
+    state = new_state(tmp_path / "DE", "DE", dim=16, params=INSECURE_SEALED_COMPLEX)
     sk = keys.load_secret_key(state.ctx, state.secret_key_path())
     owner = GalleryOwner(state.ctx, sk, state.gallery())
     ps = state.config.parameter_set
@@ -275,7 +281,8 @@ def test_matcher_holds_no_secret_and_needs_no_private_dir(world: ScoredWorld, tm
         _check(world, decider.hits(result), probe, tau)
 
 
-def test_missing_conjugation_key_and_short_results_are_refused(world: ScoredWorld) -> None:
+def test_missing_conjugation_key_and_short_results_are_refused(
+        world: ScoredWorld, sealed_ctx: CkksContext, sealed_keypair: tuple[seal.SecretKey, seal.PublicKey]) -> None:
     with pytest.raises(ParameterError, match="conjugation key"):
         SealedMatcher(world.state.ctx, world.gallery)
     result = world.matcher().match(world.probes[0], 0.4)
@@ -293,18 +300,17 @@ def test_missing_conjugation_key_and_short_results_are_refused(world: ScoredWorl
         key.write_bytes(blob)
     # A real-packing set has no special prime, hence no conjugation key.
     with pytest.raises(StateError, match="special prime"):
-        real = CkksContext(params.get("INSECURE-sealed-n1024", allow_insecure=True))
-        keys.conjugation_key_bytes(real, keys.generate(real)[0])
+        keys.conjugation_key_bytes(sealed_ctx, sealed_keypair[0])
 
 
 # -- the whole protocol on a complex set ----------------------------------------------
 
-def test_state_flow_on_the_complex_set(tmp_path: Path, make_state: Callable[..., State]) -> None:
-    de = make_state(tmp_path, "DE", params=COMPLEX)
-    fr = make_state(tmp_path, "FR", params=COMPLEX)
+def test_state_flow_on_the_complex_set(tmp_path: Path) -> None:
+    de = new_state(tmp_path / "DE", "DE", params=INSECURE_SEALED_COMPLEX)
+    fr = new_state(tmp_path / "FR", "FR", params=INSECURE_SEALED_COMPLEX)
     card = parse_card(de.card_bytes, allow_insecure=True)
     ps = de.config.parameter_set
-    assert card.params == COMPLEX and card.params_digest == ps.digest
+    assert card.params == INSECURE_SEALED_COMPLEX and card.params_digest == ps.digest
     assert params.by_digest(card.params_digest, allow_insecure=True) is ps
     assert Path(de.path("ckks", "galois.key")).is_file() and Path(de.path("ckks", "public.key")).is_file()
     de.trust(fr.card_bytes)
@@ -338,7 +344,7 @@ def test_state_flow_on_the_complex_set(tmp_path: Path, make_state: Callable[...,
 # -- decision fidelity on the production complex set -----------------------------------
 
 def test_encrypted_decisions_match_plaintext_near_the_threshold_complex(
-        tmp_path: Path, make_probes: Callable[..., np.ndarray], scored_rows: Callable[..., np.ndarray]) -> None:
+        tmp_path: Path) -> None:
     """As tests/matching/test_sealed_fidelity.py, on ``pprm-sealed-n8192-complex-v1``.
 
     3 full blocks of 8192 (24,576 templates, both halves of every slot
@@ -355,10 +361,10 @@ def test_encrypted_decisions_match_plaintext_near_the_threshold_complex(
     thresholds = (0.3, 0.4, 0.5, 0.3, 0.4)
     rng = np.random.default_rng(20240602)
     n = 3 * ps.templates_per_block
-    exact_probes = make_probes(len(thresholds), 512, rng)
+    exact_probes = orthonormal_probes(len(thresholds), 512, rng)
     probes = exact_probes.astype(np.float32)
     a = np.stack([rng.uniform(t - 0.02, t + 0.02, n) for t in thresholds], axis=1)
-    templates = scored_rows(exact_probes, a, rng).astype(np.float32)
+    templates = rows_with_scores(exact_probes, a, rng).astype(np.float32)
     ids = np.asarray(owner.enroll(templates, [f"F-{i:06d}" for i in range(n)]))
     assert len(gallery.index.blocks) == 3 and all(b.occupancy().all() for b in gallery.index.blocks)
     row_of = {int(rid): i for i, rid in enumerate(ids)}
@@ -398,10 +404,9 @@ def test_encrypted_decisions_match_plaintext_near_the_threshold_complex(
 
 def test_conjugation_key_is_bound_to_the_cards_key_id(tmp_path) -> None:
     from pprm.errors import StateError
-    from pprm.node.state import State
 
-    a = State.init(str(tmp_path / "a"), "FR", params="INSECURE-sealed-n1024-complex", allow_insecure=True, dim=16)
-    b = State.init(str(tmp_path / "b"), "DE", params="INSECURE-sealed-n1024-complex", allow_insecure=True, dim=16)
+    a = new_state(tmp_path / "a", "FR", params=INSECURE_SEALED_COMPLEX, dim=16)
+    b = new_state(tmp_path / "b", "DE", params=INSECURE_SEALED_COMPLEX, dim=16)
     assert a.conjugation_key() is not None
     # Another state's (valid) conjugation key is refused: it is not covered by a's key id.
     (tmp_path / "a" / "ckks" / "galois.key").write_bytes((tmp_path / "b" / "ckks" / "galois.key").read_bytes())

@@ -1,6 +1,6 @@
 """Decision fidelity on the production set: encrypted decisions equal plaintext ones.
 
-DESIGN.md section 8 asks for 100% agreement with the plaintext decision
+docs/DESIGN.md section 8 asks for 100% agreement with the plaintext decision
 whenever |s - tau| >= 1e-3. This test makes that hard to pass by accident:
 every gallery row has a *prescribed* score against each probe, drawn
 uniformly from [tau - 0.02, tau + 0.02], so every pair is close to its
@@ -14,11 +14,12 @@ the float32 unit rows and probes, exactly what a caller hands to pprm.
 
 Scale: 5 blocks of 4096 rows (20,480 templates, d = 512) x 6 probes =
 122,880 pairs, on ``pprm-sealed-n8192-v1`` with fresh masks per query.
+
+Twin of tests/matching/test_blind_fidelity.py (the same check for the blind profile).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from pprm.matching.gallery import EncryptedGallery
 from pprm.matching.owner import GalleryOwner
 from pprm.matching.sealed import SealedMatcher
 from pprm.matching.templates import normalise_probe, normalise_templates
+from tests.helpers import orthonormal_probes, rows_with_scores
 
 DIM = 512
 BLOCKS = 5
@@ -39,8 +41,7 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.3, 0.4, 0.3)
 SPREAD = 0.02
 
 
-def test_encrypted_decisions_match_plaintext_near_the_threshold(
-        tmp_path: Path, make_probes: Callable[..., np.ndarray], scored_rows: Callable[..., np.ndarray]) -> None:
+def test_encrypted_decisions_match_plaintext_near_the_threshold(tmp_path: Path) -> None:
     ps = params.get("pprm-sealed-n8192-v1")
     ctx = CkksContext(ps)
     sk, pk = keys.generate(ctx)
@@ -49,10 +50,10 @@ def test_encrypted_decisions_match_plaintext_near_the_threshold(
 
     rng = np.random.default_rng(20240601)
     n = BLOCKS * ps.slots
-    exact_probes = make_probes(len(THRESHOLDS), DIM, rng)
+    exact_probes = orthonormal_probes(len(THRESHOLDS), DIM, rng)
     probes = exact_probes.astype(np.float32)
     a = np.stack([rng.uniform(t - SPREAD, t + SPREAD, n) for t in THRESHOLDS], axis=1)
-    templates = scored_rows(exact_probes, a, rng).astype(np.float32)
+    templates = rows_with_scores(exact_probes, a, rng).astype(np.float32)
     ids = np.asarray(owner.enroll(templates, [f"F-{i:06d}" for i in range(n)]))
     assert len(gallery.index.blocks) == BLOCKS
     row_of = {int(rid): i for i, rid in enumerate(ids)}
@@ -85,7 +86,7 @@ def test_encrypted_decisions_match_plaintext_near_the_threshold(
           f"{flips_near} of {near} pairs inside the margin flipped (largest |s - tau| of a flip: {worst_flip:.1e})")
     assert checked >= 100_000
     # A sanity bound on the unasserted region: flips belong near the threshold
-    # (DESIGN.md section 9 saw them only below 2.2e-4), not all over the margin.
+    # (docs/DESIGN.md section 9 saw them only below 2.2e-4), not all over the margin.
     assert flips_near < 0.25 * near
 
 

@@ -35,9 +35,11 @@ Env = tuple[EncryptedGallery, GalleryOwner]
 
 
 @pytest.fixture
-def env(tmp_path: Path, ctx: CkksContext, keypair: tuple[seal.SecretKey, seal.PublicKey], key_id: str) -> Env:
-    gallery = EncryptedGallery(str(tmp_path / "gallery"), ctx.params, key_id, DIM)
-    return gallery, GalleryOwner(ctx, keypair[0], gallery)
+def env(
+        tmp_path: Path, sealed_ctx: CkksContext, sealed_keypair: tuple[seal.SecretKey, seal.PublicKey],
+        sealed_key_id: str) -> Env:
+    gallery = EncryptedGallery(str(tmp_path / "gallery"), sealed_ctx.params, sealed_key_id, DIM)
+    return gallery, GalleryOwner(sealed_ctx, sealed_keypair[0], gallery)
 
 
 def _templates(n: int, seed: int) -> np.ndarray:
@@ -87,9 +89,9 @@ def _expect_slots(ctx: CkksContext, values: np.ndarray, slots: dict[int, np.ndar
 
 
 def test_enroll_then_append_leaves_other_blocks_untouched(
-        env: Env, ctx: CkksContext, keypair: tuple[seal.SecretKey, seal.PublicKey]) -> None:
+        env: Env, sealed_ctx: CkksContext, sealed_keypair: tuple[seal.SecretKey, seal.PublicKey]) -> None:
     gallery, owner = env
-    first = _templates(ctx.slots + 10, 1)
+    first = _templates(sealed_ctx.slots + 10, 1)
     ids = owner.enroll(first, _refs("A", len(first)))
     assert ids == list(range(len(first)))
     assert len(gallery.index.blocks) == 2 and len(gallery) == len(first)
@@ -107,20 +109,20 @@ def test_enroll_then_append_leaves_other_blocks_untouched(
     blk = gallery.index.blocks[1]
     assert blk.file != tail_file and not (Path(gallery.directory) / "blocks" / tail_file).exists()
     assert blk.encryptions == 2
-    assert blk.slots[:15].tolist() == list(range(ctx.slots, ctx.slots + 10)) + new_ids
+    assert blk.slots[:15].tolist() == list(range(sealed_ctx.slots, sealed_ctx.slots + 10)) + new_ids
     assert (blk.slots[15:] == -1).all()
 
-    values = _decrypt_block(ctx, keypair[0], gallery, 1)
-    want = {i: normalise_templates(first, DIM)[ctx.slots + i] for i in range(10)}
+    values = _decrypt_block(sealed_ctx, sealed_keypair[0], gallery, 1)
+    want = {i: normalise_templates(first, DIM)[sealed_ctx.slots + i] for i in range(10)}
     want.update({10 + i: normalise_templates(second, DIM)[i] for i in range(5)})
-    _expect_slots(ctx, values, want)
+    _expect_slots(sealed_ctx, values, want)
     # And the state survives a reopen.
-    again = EncryptedGallery(gallery.directory, ctx.params, gallery.key_id, DIM)
+    again = EncryptedGallery(gallery.directory, sealed_ctx.params, gallery.key_id, DIM)
     assert again.index.to_json() == gallery.index.to_json()
 
 
 def test_block_takes_at_most_max_encryptions(
-        env: Env, ctx: CkksContext, keypair: tuple[seal.SecretKey, seal.PublicKey]) -> None:
+        env: Env, sealed_ctx: CkksContext, sealed_keypair: tuple[seal.SecretKey, seal.PublicKey]) -> None:
     gallery, owner = env
     rows = _templates(MAX_ENCRYPTIONS_PER_BLOCK + 1, 3)
     for i in range(MAX_ENCRYPTIONS_PER_BLOCK):
@@ -134,15 +136,15 @@ def test_block_takes_at_most_max_encryptions(
     assert gallery.index.blocks[1].encryptions == 1
     assert gallery.index.blocks[1].slots[0] == MAX_ENCRYPTIONS_PER_BLOCK
     # The summed block still rounds back to exactly what was enrolled.
-    values = _decrypt_block(ctx, keypair[0], gallery, 0)
+    values = _decrypt_block(sealed_ctx, sealed_keypair[0], gallery, 0)
     unit = normalise_templates(rows, DIM)
-    _expect_slots(ctx, values, {i: unit[i] for i in range(MAX_ENCRYPTIONS_PER_BLOCK)})
-    assert np.array_equal(_grid(ctx, values[:, :MAX_ENCRYPTIONS_PER_BLOCK]),
-                          _grid(ctx, unit[:MAX_ENCRYPTIONS_PER_BLOCK].T))
+    _expect_slots(sealed_ctx, values, {i: unit[i] for i in range(MAX_ENCRYPTIONS_PER_BLOCK)})
+    assert np.array_equal(_grid(sealed_ctx, values[:, :MAX_ENCRYPTIONS_PER_BLOCK]),
+                          _grid(sealed_ctx, unit[:MAX_ENCRYPTIONS_PER_BLOCK].T))
 
 
 def test_remove_zeroes_the_slot_and_frees_it(
-        env: Env, ctx: CkksContext, keypair: tuple[seal.SecretKey, seal.PublicKey]) -> None:
+        env: Env, sealed_ctx: CkksContext, sealed_keypair: tuple[seal.SecretKey, seal.PublicKey]) -> None:
     gallery, owner = env
     rows = _templates(20, 4)
     owner.enroll(rows[:12], _refs("A", 12))
@@ -161,10 +163,10 @@ def test_remove_zeroes_the_slot_and_frees_it(
     assert blk.file != old_file and not (Path(gallery.directory) / "blocks" / old_file).exists()
     assert blk.encryptions == 1
 
-    values = _decrypt_block(ctx, keypair[0], gallery, 0)
+    values = _decrypt_block(sealed_ctx, sealed_keypair[0], gallery, 0)
     unit = normalise_templates(rows, DIM)
     keep = {i: unit[i] for i in range(20) if i != 5}
-    _expect_slots(ctx, values, keep)  # slot 5 included: ~0 within TOL
+    _expect_slots(sealed_ctx, values, keep)  # slot 5 included: ~0 within TOL
     assert np.abs(values[:, 5]).max() < TOL
 
     # The freed slot is reused by the next enrolment.
@@ -216,39 +218,39 @@ def test_failed_enrolment_changes_no_files(env: Env) -> None:
     assert gallery.index.to_json() == index_before
 
 
-def test_gallery_is_bound_to_key_params_and_dimension(env: Env, ctx: CkksContext, key_id: str) -> None:
+def test_gallery_is_bound_to_key_params_and_dimension(env: Env, sealed_ctx: CkksContext, sealed_key_id: str) -> None:
     gallery, owner = env
     owner.enroll(_templates(2, 9), _refs("A", 2))
     d = gallery.directory
-    EncryptedGallery(d, ctx.params, key_id, DIM)  # the right binding opens
+    EncryptedGallery(d, sealed_ctx.params, sealed_key_id, DIM)  # the right binding opens
     with pytest.raises(StateError, match="another CKKS key"):
-        EncryptedGallery(d, ctx.params, "0" * 32, DIM)
+        EncryptedGallery(d, sealed_ctx.params, "0" * 32, DIM)
     with pytest.raises(StateError, match="parameter set"):
-        EncryptedGallery(d, params.get("pprm-sealed-n4096-v1"), key_id, DIM)
+        EncryptedGallery(d, params.get("pprm-sealed-n4096-v1"), sealed_key_id, DIM)
     with pytest.raises(StateError, match="dimension"):
-        EncryptedGallery(d, ctx.params, key_id, DIM * 2)
+        EncryptedGallery(d, sealed_ctx.params, sealed_key_id, DIM * 2)
 
 
-def test_corrupt_index_and_blocks_are_refused(env: Env, ctx: CkksContext, key_id: str) -> None:
+def test_corrupt_index_and_blocks_are_refused(env: Env, sealed_ctx: CkksContext, sealed_key_id: str) -> None:
     gallery, owner = env
     owner.enroll(_templates(2, 10), _refs("A", 2))
     index = Path(gallery.directory, "index.json")
     good = index.read_bytes()
     index.write_text('{"format": "pprm-gallery/1"}')
     with pytest.raises(StateError):
-        EncryptedGallery(gallery.directory, ctx.params, key_id, DIM)
+        EncryptedGallery(gallery.directory, sealed_ctx.params, sealed_key_id, DIM)
     index.write_bytes(good)
     # A block file of the wrong shape, then a missing one.
     path = _block_path(gallery, 0)
     np.save(path, np.zeros((DIM, 2, 1, 8), dtype=np.uint64))
     with pytest.raises(GalleryError, match="shape"):
-        EncryptedGallery(gallery.directory, ctx.params, key_id, DIM).block(0)
+        EncryptedGallery(gallery.directory, sealed_ctx.params, sealed_key_id, DIM).block(0)
     path.unlink()
     with pytest.raises(GalleryError, match="missing"):
-        EncryptedGallery(gallery.directory, ctx.params, key_id, DIM).block(0)
+        EncryptedGallery(gallery.directory, sealed_ctx.params, sealed_key_id, DIM).block(0)
 
 
-def test_no_plaintext_template_bytes_on_disk(env: Env, ctx: CkksContext) -> None:
+def test_no_plaintext_template_bytes_on_disk(env: Env, sealed_ctx: CkksContext) -> None:
     gallery, owner = env
     rows = _templates(6, 11)
     owner.enroll(rows, _refs("A", 6))
@@ -259,10 +261,10 @@ def test_no_plaintext_template_bytes_on_disk(env: Env, ctx: CkksContext) -> None
     # float64 component, of the input, the normalised and the grid-rounded
     # rows: a random ciphertext contains one by chance with probability ~2**-100.
     needles: set[bytes] = set()
-    for form in (rows, unit, _grid(ctx, unit).astype(np.float32)):
+    for form in (rows, unit, _grid(sealed_ctx, unit).astype(np.float32)):
         raw = np.ascontiguousarray(form, dtype="<f4").tobytes()
         needles.update(raw[i: i + 16] for i in range(0, len(raw) - 15, 4))
-    for form64 in (unit.astype(np.float64), _grid(ctx, unit)):
+    for form64 in (unit.astype(np.float64), _grid(sealed_ctx, unit)):
         raw = np.ascontiguousarray(form64, dtype="<f8").tobytes()
         needles.update(raw[i: i + 8] for i in range(0, len(raw), 8) if raw[i: i + 8] != bytes(8))
     for name, blob in files.items():
@@ -272,19 +274,20 @@ def test_no_plaintext_template_bytes_on_disk(env: Env, ctx: CkksContext) -> None
     assert re.search(rb"\d\.\d", files["index.json"]) is None
 
 
-def test_blocks_load_memory_mapped_read_only(env: Env, ctx: CkksContext, key_id: str) -> None:
+def test_blocks_load_memory_mapped_read_only(env: Env, sealed_ctx: CkksContext, sealed_key_id: str) -> None:
     gallery, owner = env
     owner.enroll(_templates(3, 12), _refs("A", 3))
-    fresh = EncryptedGallery(gallery.directory, ctx.params, key_id, DIM)
+    fresh = EncryptedGallery(gallery.directory, sealed_ctx.params, sealed_key_id, DIM)
     arr = fresh.block(0)
     assert isinstance(arr, np.memmap)
-    assert arr.shape == fresh.block_shape == (DIM, 2, 1, ctx.n) and arr.dtype == np.uint64
+    assert arr.shape == fresh.block_shape == (DIM, 2, 1, sealed_ctx.n) and arr.dtype == np.uint64
     assert not arr.flags.writeable
     assert fresh.block(0) is arr  # mapped once, then reused
     assert fresh.stored_bytes() >= arr.nbytes
 
 
-def test_references_live_in_one_switched_file_off_the_matcher_path(env: Env, ctx: CkksContext, key_id: str) -> None:
+def test_references_live_in_one_switched_file_off_the_matcher_path(
+        env: Env, sealed_ctx: CkksContext, sealed_key_id: str) -> None:
     gallery, owner = env
     owner.enroll(_templates(20, 9), _refs("R", 20))
     owner.remove("R-00003")
@@ -293,13 +296,13 @@ def test_references_live_in_one_switched_file_off_the_matcher_path(env: Env, ctx
     # Exactly the file the index names survives; the superseded ones are gone.
     assert refs_files == [gallery.index.refs_file]
     # Opening the gallery reads the slot maps only; references load on demand.
-    fresh = EncryptedGallery(gallery.directory, ctx.params, key_id, DIM)
+    fresh = EncryptedGallery(gallery.directory, sealed_ctx.params, sealed_key_id, DIM)
     assert fresh.index._references is None
     assert len(fresh) == 19
     assert fresh.index._references is None
     assert "R-00003" not in fresh.index.references.values() and len(fresh.index.references) == 19
     # A damaged references file is a clear StateError, not a crash.
     (root / gallery.index.refs_file).write_text("{not json")
-    broken = EncryptedGallery(gallery.directory, ctx.params, key_id, DIM)
+    broken = EncryptedGallery(gallery.directory, sealed_ctx.params, sealed_key_id, DIM)
     with pytest.raises(StateError, match="references"):
         _ = broken.index.references

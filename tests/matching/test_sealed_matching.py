@@ -25,7 +25,7 @@ from pprm.errors import CiphertextError, GalleryError, StateError
 from pprm.matching.decide import SealedDecider
 from pprm.matching.sealed import MaskedResult, SealedMatcher
 from pprm.node.state import State
-from tests.helpers import ScoredWorld
+from tests.helpers import ScoredWorld, new_state
 
 DIM = 64
 THRESHOLDS = (0.3, 0.4, 0.5)
@@ -201,8 +201,7 @@ def test_decider_rejects_wrong_scale(world: ScoredWorld) -> None:
 @pytest.mark.parametrize("tau", [0.0, -0.2, 1.0, 1.5])
 def test_matcher_refuses_a_threshold_outside_the_unit_interval(tau: float, tmp_path) -> None:
     from pprm.errors import ParameterError
-    from pprm.node.state import State
 
-    st = State.init(str(tmp_path / "s"), "FR", params="INSECURE-sealed-n1024", allow_insecure=True, dim=16)
+    st = new_state(tmp_path / "s", "FR", dim=16)
     with pytest.raises(ParameterError, match="threshold"):
         st.matcher().match(np.ones(16, dtype=np.float32), tau)

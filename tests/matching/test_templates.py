@@ -91,7 +91,7 @@ def test_probe_shapes() -> None:
 
 
 def test_scaled_probes_normalise_to_the_same_vector() -> None:
-    # A probe cannot carry a scale factor into the matcher (DESIGN.md section 4, trap 3).
+    # A probe cannot carry a scale factor into the matcher (docs/DESIGN.md section 4, trap 3).
     p = np.random.default_rng(0).standard_normal(DIM).astype(np.float32)
     assert np.allclose(normalise_probe(p * 1000, DIM), normalise_probe(p, DIM), atol=1e-7)
 

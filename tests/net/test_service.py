@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,22 +22,38 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from pprm import synthetic
-from pprm.net import Directory, ask, send_follow_up
+from pprm.net import Directory, PeerOutcome, ask, send_follow_up
 from pprm.net.wire import MAX_DELIVERY, MAX_FOLLOWUP, pack_delivery
 from pprm.node.requester import Requester
-from tests.helpers import build_network, dead_url, plaintext_hits, route, serve, spawn, thread_server, wait_for
+from tests.helpers import (
+    INSECURE_BLIND,
+    Node,
+    build_network,
+    dead_url,
+    plaintext_hits,
+    route,
+    serve,
+    spawn,
+    thread_server,
+    wait_for,
+)
 
-BLIND = "INSECURE-blind-n1024"
 N = 300
 PURPOSE = "serious-crime"
 
 
-def _world(root: Path, names: tuple[str, ...] = ("DE", "FR", "HU"), **kw: object) -> dict:
+def _world(root: Path, names: tuple[str, ...] = ("DE", "FR", "HU"), **kw: Any) -> dict[str, Node]:
     # Every state asks HU in the blind profile (the probe stays encrypted under the asker's key).
-    return build_network(str(root), names, n=N, blind_params=BLIND, profiles={"HU": "blind"}, **kw)
+    return build_network(str(root), names, n=N, blind_params=INSECURE_BLIND, profiles={"HU": "blind"}, **kw)
 
 
-def _entries(nodes: dict, name: str, event: str) -> list[dict]:
+def _answer(outcome: PeerOutcome) -> bytes:
+    """The signed reply an outcome saved (the peer replied, so there is one)."""
+    assert outcome.answer_path is not None
+    return Path(outcome.answer_path).read_bytes()
+
+
+def _entries(nodes: dict[str, Node], name: str, event: str) -> list[dict[str, Any]]:
     st = nodes[name].state
     st.audit.check()
     return [e for e in st.audit.entries() if e.get("event") == event]
@@ -68,7 +85,7 @@ def test_ask_sealed_and_blind_over_http_then_follow_up(world):
     assert out["FR"].status == "hit" and len(out["FR"].candidates) == 1 and out["FR"].profile == "sealed"
     assert out["HU"].status == "no hit" and out["HU"].profile == "blind"
     # Step two over HTTP: FR resolves the token and logs the reference; the requester gets an ack only.
-    answer = Path(out["FR"].answer_path).read_bytes()
+    answer = _answer(out["FR"])
     ack = send_follow_up(de, answer, out["FR"].candidates[0], directory)
     assert ack["status"] == "resolved" and ack["query_id"] == out["FR"].query_id
     assert fr.references[17] not in json.dumps(ack)
@@ -89,7 +106,7 @@ def test_blind_hit_over_http(world):
     (o,) = ask(nodes["DE"].state, probe, ["HU"], case="C-NET-2", purpose=PURPOSE,
                directory=Directory({"HU": procs["HU"].url}))
     assert o.status == "hit" and o.profile == "blind" and len(o.candidates) == 1
-    send_follow_up(nodes["DE"].state, Path(o.answer_path).read_bytes(), o.candidates[0],
+    send_follow_up(nodes["DE"].state, _answer(o), o.candidates[0],
                    Directory({"HU": procs["HU"].url}))
     assert [e["data"]["reference"] for e in _entries(nodes, "HU", "resolve")] == [hu.references[5]]
 
@@ -107,7 +124,7 @@ def test_refusal_by_policy_is_reported_as_refused(tmp_path):
 class _serving:
     """``with _serving(nodes, 'FR') as url``: a service for the duration of a block."""
 
-    def __init__(self, nodes: dict, name: str) -> None:
+    def __init__(self, nodes: dict[str, Node], name: str) -> None:
         self.proc = serve(nodes[name].state.dir)
 
     def __enter__(self) -> str:
@@ -167,7 +184,7 @@ def test_peer_killed_mid_query_then_restarted(tmp_path):
         for d in backlog:
             r = http.post(f"{proc.url}/v1/queries", content=d, headers={"content-type": "application/octet-stream"})
             assert r.status_code == 202, r.text
-    result: list = []
+    result: list[PeerOutcome] = []
     asker = threading.Thread(target=lambda: result.extend(
         ask(nodes["DE"].state, probe, ["FR"], case="C-KILL", purpose=PURPOSE, directory=Directory({"FR": proc.url}),
             timeout=60)))
@@ -214,7 +231,7 @@ def test_router_forwards_without_keys(tmp_path, world):
         out = {o.peer: o for o in ask(nodes["DE"].state, probe, ["FR", "HU"], case="C-R", purpose=PURPOSE,
                                       directory=Directory(router=router.url))}
         assert out["FR"].status == "hit" and out["HU"].status == "no hit"
-        ack = send_follow_up(nodes["DE"].state, Path(out["FR"].answer_path).read_bytes(), out["FR"].candidates[0],
+        ack = send_follow_up(nodes["DE"].state, _answer(out["FR"]), out["FR"].candidates[0],
                              Directory(router=router.url))
         assert ack["status"] == "resolved"
         # The router knows addresses only: its directory holds nothing but the peers file.
@@ -354,10 +371,10 @@ def test_service_log_names_no_case_and_no_reference(tmp_path):
     probe = synthetic.mate_probe(nodes["FR"].gallery, 17, seed=3)
     directory = Directory({"FR": proc.url})
     (o,) = ask(nodes["DE"].state, probe, ["FR"], case="C-LOG-7731", purpose=PURPOSE, directory=directory)
-    send_follow_up(nodes["DE"].state, Path(o.answer_path).read_bytes(), o.candidates[0], directory)
+    send_follow_up(nodes["DE"].state, _answer(o), o.candidates[0], directory)
     code, err = proc.stop()
     assert code in (0, -15)
-    assert o.query_id in err and "resolved" in err  # it does log, at info level
+    assert o.query_id is not None and o.query_id in err and "resolved" in err  # it does log, at info level
     assert "C-LOG-7731" not in err and nodes["FR"].gallery.references[17] not in err
 
 

@@ -18,6 +18,7 @@ import shutil
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -42,14 +43,14 @@ from pprm.node.audit import (
 from pprm.node.keyservice import KeyService
 from pprm.node.requester import Requester
 from pprm.node.responder import Responder
-from pprm.node.state import State
 from pprm.protocol.canonical import encode
 from tests.helpers import (
-    INSECURE,
+    INSECURE_BLIND,
     build_network,
     cli,
     fixed_identity,
     leak_forms,
+    new_state,
     occurs_in,
     ok_json,
     snapshot,
@@ -197,9 +198,14 @@ def test_non_scalar_fields_are_refused(log: AuditLog, value: object) -> None:
     assert _lines(log) == before
 
 
-def _float_free(blob: bytes) -> list[dict]:
+def _float_free(blob: bytes) -> list[dict[str, Any]]:
     floats: list[str] = []
-    entries = [json.loads(line, parse_float=lambda s: floats.append(s) or 0.0) for line in blob.splitlines()]
+
+    def record(s: str) -> float:
+        floats.append(s)
+        return 0.0
+
+    entries = [json.loads(line, parse_float=record) for line in blob.splitlines()]
     assert floats == []
     return entries
 
@@ -638,7 +644,7 @@ def test_a_kept_old_head_is_the_remaining_limit(signed: AuditLog) -> None:
 def cli_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A state whose log holds init (unsigned, as State.init writes it) and 40 signed notes."""
     root = tmp_path_factory.mktemp("audit-cli")
-    st = State.init(str(root / "DE"), "DE", params=INSECURE, allow_insecure=True)
+    st = new_state(root / "DE", "DE")
     with st.lock():
         for i in range(N_SIGNED):
             st.audit.append("note", peer="FR", i=i)
@@ -664,7 +670,7 @@ def test_cli_verify_and_show(cli_state: Path) -> None:
 
 def test_cli_verify_of_a_state_before_signing(tmp_path: Path) -> None:
     # State.init writes one unsigned line; older states have only unsigned lines.
-    st = State.init(str(tmp_path / "DE"), "DE", params=INSECURE, allow_insecure=True)
+    st = new_state(tmp_path / "DE", "DE")
     assert ok_json("audit", "verify", st.dir) == {"entries": 1, "ok": True, "checkpoints": 0, "head": None,
                                                   "unsigned": 0}
     assert "not signed yet" in cli("audit", "verify", st.dir).out
@@ -696,9 +702,8 @@ def test_cli_verify_detects_tampering(cli_state: Path, tmp_path: Path, case: str
 
 
 def test_logs_of_a_sealed_and_a_blind_flow_hold_no_template_or_probe_bytes(tmp_path: Path) -> None:
-    kw = {"params": INSECURE, "blind_params": "INSECURE-blind-n1024", "allow_insecure": True}
-    a = State.init(str(tmp_path / "AA"), "AA", **kw)  # type: ignore[arg-type]
-    b = State.init(str(tmp_path / "BB"), "BB", **kw)  # type: ignore[arg-type]
+    a = new_state(tmp_path / "AA", "AA", blind_params=INSECURE_BLIND)
+    b = new_state(tmp_path / "BB", "BB", blind_params=INSECURE_BLIND)
     a.trust(b.card_bytes)
     b.trust(a.card_bytes)
     ga = synthetic.make_gallery(20, dim=512, seed=71, prefix="AA")

@@ -9,7 +9,7 @@ can be told apart. A blind answer costs a fraction of a second here; flows
 that only read share fixtures; every refusal is checked to leave the refusing
 state byte-for-byte unchanged.
 
-The rotation rules under test (the issue's words): "a follow-up on a retired
+The rotation rules under test (docs/DESIGN.md section 10): "a follow-up on a retired
 key is refused, and a reused key id is rejected".
 """
 
@@ -49,9 +49,8 @@ from pprm.protocol import canonical
 from pprm.protocol.blind_messages import BlindAnswerBody, BlindQueryBody, KeyAnnouncementBody, make_handle, parse_handle
 from pprm.protocol.envelope import _FRAME, Header, new_id, seal_envelope
 from pprm.protocol.messages import AnswerBody, FollowUpBody
-from tests.helpers import INSECURE, craft, leak_forms, plaintext_hits, snapshot, windows
+from tests.helpers import INSECURE_BLIND, craft, leak_forms, new_state, plaintext_hits, snapshot, windows
 
-BLIND = "INSECURE-blind-n1024"
 DIM = 512
 TAU = 0.4
 K_REQUESTER = 5
@@ -94,10 +93,9 @@ def noisy(v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Net:
     root = tmp_path_factory.mktemp("blind-node")
-    kw = {"params": INSECURE, "blind_params": BLIND, "allow_insecure": True}
-    a = State.init(str(root / "AA"), "AA", k=K_REQUESTER, **kw)  # type: ignore[arg-type]
-    b = State.init(str(root / "BB"), "BB", k=K_RESPONDER, **kw)  # type: ignore[arg-type]
-    c = State.init(str(root / "CC"), "CC", **kw)  # type: ignore[arg-type]
+    a = new_state(root / "AA", "AA", k=K_REQUESTER, blind_params=INSECURE_BLIND)
+    b = new_state(root / "BB", "BB", k=K_RESPONDER, blind_params=INSECURE_BLIND)
+    c = new_state(root / "CC", "CC", blind_params=INSECURE_BLIND)
     for x in (a, b, c):
         for y in (a, b, c):
             if x is not y:
@@ -169,7 +167,8 @@ def handles_with_records(b: State, query_id: str) -> tuple[list[str], list[str]]
     """(handles of occupied slots, handles of empty slots) of an answered query, read from BB's secrets."""
     rec = b.blind_store.answered(query_id)
     layout = b.blind_store.layout(rec.version)
-    full, empty = [], []
+    full: list[str] = []
+    empty: list[str] = []
     for pos, blk in enumerate(rec.order):
         for slot, rid in enumerate(layout[blk]):
             (full if rid >= 0 else empty).append(make_handle(pos, slot))
@@ -405,9 +404,8 @@ def test_a_key_announced_by_one_state_is_not_usable_by_another(net: Net) -> None
 
 
 def test_refused_blind_query_at_a_fresh_responder_changes_nothing(tmp_path: os.PathLike[str]) -> None:
-    kw = {"params": INSECURE, "blind_params": BLIND, "allow_insecure": True}
-    a = State.init(os.path.join(tmp_path, "AA"), "AA", **kw)  # type: ignore[arg-type]
-    d = State.init(os.path.join(tmp_path, "DD"), "DD", **kw)  # type: ignore[arg-type]
+    a = new_state(os.path.join(tmp_path, "AA"), "AA", blind_params=INSECURE_BLIND)
+    d = new_state(os.path.join(tmp_path, "DD"), "DD", blind_params=INSECURE_BLIND)
     a.trust(d.card_bytes)
     d.trust(a.card_bytes)
     _ann, q = Requester(a).blind_query("DD", np.ones(DIM), "C", "serious-crime")  # the announcement is never delivered
@@ -577,9 +575,8 @@ def test_the_same_handle_cannot_be_followed_up_twice_under_another_spelling(net:
 
 
 def test_a_key_past_its_lifetime_is_retired_and_its_secret_key_deleted(tmp_path: os.PathLike[str]) -> None:
-    kw = {"params": INSECURE, "blind_params": BLIND, "allow_insecure": True}
-    a = State.init(os.path.join(tmp_path, "AA"), "AA", **kw)  # type: ignore[arg-type]
-    b = State.init(os.path.join(tmp_path, "BB"), "BB", **kw)  # type: ignore[arg-type]
+    a = new_state(os.path.join(tmp_path, "AA"), "AA", blind_params=INSECURE_BLIND)
+    b = new_state(os.path.join(tmp_path, "BB"), "BB", blind_params=INSECURE_BLIND)
     a.trust(b.card_bytes)
     b.trust(a.card_bytes)
     t0 = 1_800_000_000

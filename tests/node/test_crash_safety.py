@@ -34,7 +34,7 @@ from pprm.node.keyservice import KeyService
 from pprm.node.requester import Requester
 from pprm.node.state import State
 from pprm.synthetic import make_gallery, mate_probe
-from tests.helpers import INSECURE
+from tests.helpers import new_state
 
 CHILD = r"""
 import sys
@@ -60,10 +60,6 @@ elif op == "answer":
         with open(path, "rb") as fh:
             responder.answer(fh.read())
 """
-
-
-def _state(root: Path, name: str) -> State:
-    return State.init(str(root / name), name, params=INSECURE, allow_insecure=True)
 
 
 def _run_and_kill(state_dir: str, op: str, seed: int, *extra: str) -> None:
@@ -99,7 +95,7 @@ def _check_consistent(state_dir: str) -> State:
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_killed_during_enrolment(tmp_path: Path, seed: int) -> None:
-    st = _state(tmp_path, "DE")
+    st = new_state(tmp_path / "DE", "DE")
     KeyService(st).enroll(np.random.default_rng(0).normal(size=(100, 512)).astype(np.float32),
                           [f"BASE-{i}" for i in range(100)])
     _run_and_kill(st.dir, "enroll", seed)
@@ -112,7 +108,7 @@ def test_killed_during_enrolment(tmp_path: Path, seed: int) -> None:
 
 @pytest.mark.parametrize("seed", [4, 5])
 def test_killed_during_removal(tmp_path: Path, seed: int) -> None:
-    st = _state(tmp_path, "DE")
+    st = new_state(tmp_path / "DE", "DE")
     KeyService(st).enroll(np.random.default_rng(1).normal(size=(1500, 512)).astype(np.float32),
                           [f"R-{i:04d}" for i in range(1500)])
     _run_and_kill(st.dir, "remove", seed)
@@ -124,7 +120,7 @@ def test_killed_during_removal(tmp_path: Path, seed: int) -> None:
 
 @pytest.mark.parametrize("seed", [6, 7])
 def test_killed_while_answering(tmp_path: Path, seed: int) -> None:
-    fr, de = _state(tmp_path, "FR"), _state(tmp_path, "DE")
+    fr, de = new_state(tmp_path / "FR", "FR"), new_state(tmp_path / "DE", "DE")
     fr.trust(de.card_bytes)
     de.trust(fr.card_bytes)
     gallery = make_gallery(800, seed=seed, prefix="FR")

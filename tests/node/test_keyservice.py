@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from pprm.errors import (
     TokenError,
 )
 from pprm.matching.templates import normalise_probe
-from pprm.node.keyservice import KeyService
+from pprm.node.keyservice import KeyService, VerifiedQuery
 from pprm.node.requester import Requester
 from pprm.node.responder import Responder
 from pprm.protocol.envelope import Header, new_id, seal_envelope
@@ -98,8 +99,9 @@ def test_release_records_nothing_until_committed(net: dict[str, Node]) -> None:
     ks = KeyService(fr)
     result = fr.matcher().match(probe, fr.config.threshold)
     before = snapshot(fr.dir)
-    rel = ks.release(q, result)
-    rel_again = ks.release(q, result)
+    vq = ks.verify_query(q)
+    rel = ks.release(vq, result)
+    rel_again = ks.release(vq, result)
     assert snapshot(fr.dir) == before
     truth = plaintext_hits(gal.templates, gal.references, probe, fr.config.threshold)
     assert rel.hits == rel_again.hits == len(truth) == 1
@@ -110,7 +112,9 @@ def test_release_records_nothing_until_committed(net: dict[str, Node]) -> None:
     assert entry["event"] == "answer"
     assert entry["data"]["answer_id"] == "cd" * 16 and entry["data"]["released"] == 1
     with pytest.raises(ReplayError):
-        ks.release(q, result)
+        ks.release(vq, result)
+    with pytest.raises(ReplayError):
+        ks.verify_query(q)
     with pytest.raises(ReplayError), fr.lock():
         ks.commit_release(rel, "ef" * 16)
 
@@ -121,8 +125,16 @@ def test_release_verifies_the_query_itself(net: dict[str, Node]) -> None:
     result = fr.matcher().match(probe, fr.config.threshold)
     bad = bytearray(q)
     bad[-1] ^= 1
+    ks = KeyService(fr)
     with pytest.raises(AuthenticationError):
-        KeyService(fr).release(bytes(bad), result)
+        ks.verify_query(bytes(bad))
+    # A look-alike it did not issue: another key service's, a copy, or one made up around a real envelope.
+    other = KeyService(fr).verify_query(q)
+    mine = ks.verify_query(q)
+    for fake in (other, dataclasses.replace(mine), VerifiedQuery(mine.envelope, mine.body)):
+        with pytest.raises(AuthenticationError, match="not verified by this key service"):
+            ks.release(fake, result)
+    assert ks.release(mine, result).hits == 1
 
 
 def test_tokens_expire_after_token_ttl(net: dict[str, Node]) -> None:

@@ -4,7 +4,7 @@ AA asks, BB answers, CC is a third trusted state. AA may send for a purpose
 ("traffic-offence") that BB's default list does not hold, so that BB's own
 list is what decides on arrival. Quotas are set small in BB where a test
 needs them. Everything runs on the INSECURE sets; every refusal is checked
-to leave the refusing side as the issue asks (replay cache and audit entry,
+to leave the refusing side as docs/DESIGN.md section 12 describes (replay cache and audit entry,
 no answer, no token, no quota used, no matching).
 """
 
@@ -37,11 +37,9 @@ from pprm.node.state import State
 from pprm.protocol import canonical
 from pprm.protocol.envelope import _FRAME, MESSAGE_TYPES, Header, open_envelope
 from pprm.protocol.messages import MAX_REFUSAL_MESSAGE, REFUSAL_REASONS, AnswerBody, RefusalBody
+from tests.helpers import INSECURE_BLIND, INSECURE_SEALED, craft, new_state, ok, ok_json, snapshot
 from tests.helpers import cli as run_cli
-from tests.helpers import craft, ok, ok_json, snapshot
 
-SEALED = "INSECURE-sealed-n1024"
-BLIND = "INSECURE-blind-n1024"
 T0 = 1_800_000_000
 EXTRA = "traffic-offence"  # on AA's list only
 AA_PURPOSES = (*DEFAULT_PURPOSES, EXTRA)
@@ -49,10 +47,8 @@ N = 24
 
 
 def new(base: Path, name: str, **kw: Any) -> State:
-    kw.setdefault("params", SEALED)
-    kw.setdefault("blind_params", BLIND)
-    kw.setdefault("allow_insecure", True)
-    return State.init(str(base / name), name, **kw)
+    kw.setdefault("blind_params", INSECURE_BLIND)
+    return new_state(base / name, name, **kw)
 
 
 def world(base: Path, **bb: Any) -> tuple[State, State, State, synthetic.SyntheticGallery]:
@@ -138,7 +134,7 @@ def test_older_state_json_loads_with_the_defaults(tmp_path: Path) -> None:
 
 def test_cli_init_sets_purposes_and_info_shows_the_policy(tmp_path: Path) -> None:
     d = tmp_path / "AA"
-    init = ok_json("init", d, "--name", "AA", "--params", SEALED, "--allow-insecure",
+    init = ok_json("init", d, "--name", "AA", "--params", INSECURE_SEALED, "--allow-insecure",
                    "--purpose", "serious-crime", "--purpose", "child-abduction")
     assert init["purposes"] == ["serious-crime", "child-abduction"]
     assert State.open(str(d)).config.purposes == ("serious-crime", "child-abduction")
@@ -149,8 +145,8 @@ def test_cli_init_sets_purposes_and_info_shows_the_policy(tmp_path: Path) -> Non
     assert "purposes     serious-crime, child-abduction" in text
     assert "quotas       100 per case, 2000 per peer" in text
     assert "purposes     serious-crime, missing-person, unidentified-remains" in ok(
-        "init", tmp_path / "BB", "--name", "BB", "--params", SEALED, "--allow-insecure").out
-    bad = run_cli("init", tmp_path / "CC", "--name", "CC", "--params", SEALED, "--allow-insecure",
+        "init", tmp_path / "BB", "--name", "BB", "--params", INSECURE_SEALED, "--allow-insecure").out
+    bad = run_cli("init", tmp_path / "CC", "--name", "CC", "--params", INSECURE_SEALED, "--allow-insecure",
                   "--purpose", "x", "--purpose", "x")
     assert bad.code == 1 and "purposes must not repeat" in bad.err
     assert not (tmp_path / "CC").exists()

@@ -344,7 +344,8 @@ def test_matcher_works_without_private_directory(tmp_path: Path) -> None:
     finally:
         os.rename(fr.path("private.away"), fr.path("private"))
     assert len(result.ciphertexts) == len(fr.gallery().index.blocks) == 2
-    release = KeyService(fr).release(q, result)
+    ks = KeyService(fr)
+    release = ks.release(ks.verify_query(q), result)
     assert release.hits == len(truth) == 1
     qid = release.query.envelope.header.id
     refs = {KeyService(fr).resolve(craft_followup(de, "FR", qid, t)).reference for t in release.tokens}

@@ -6,6 +6,7 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
@@ -20,7 +21,7 @@ from pprm.node.responder import Responder
 from pprm.node.state import State
 from pprm.protocol.canonical import b64
 from pprm.protocol.tokens import TokenMinter
-from tests.helpers import leak_forms, new_state, snapshot, windows
+from tests.helpers import INSECURE_SEALED, leak_forms, new_state, snapshot, windows
 
 PRIVATE_FILES = {"identity.key", "ckks-secret.key", "token.key"}
 
@@ -161,23 +162,22 @@ def test_failed_key_generation_leaves_no_directory(tmp_path: Path, monkeypatch: 
     def crash(*_a: object) -> None:
         raise RuntimeError("no entropy today")
 
-    monkeypatch.setattr(state_module.keys, "generate", crash)
+    monkeypatch.setattr("pprm.node.state.keys.generate", crash)
     with pytest.raises(RuntimeError):
         new_state(str(tmp_path / "de"), "DE")
     assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("kwargs", [{"k": 0}, {"threshold": 0.99}, {"dim": 8}, {"params": "nope"}])
-def test_invalid_settings_create_nothing(tmp_path: Path, kwargs: dict) -> None:
+def test_invalid_settings_create_nothing(tmp_path: Path, kwargs: dict[str, Any]) -> None:
     with pytest.raises(ParameterError):
-        State.init(str(tmp_path / "de"), "DE", **{"params": "INSECURE-sealed-n1024", "allow_insecure": True,
-                                                  **kwargs})
+        new_state(tmp_path / "de", "DE", **kwargs)
     assert os.listdir(tmp_path) == []
 
 
 def test_insecure_params_need_permission(tmp_path: Path) -> None:
     with pytest.raises(ParameterError):
-        State.init(str(tmp_path / "de"), "DE", params="INSECURE-sealed-n1024")
+        State.init(str(tmp_path / "de"), "DE", params=INSECURE_SEALED)
     assert os.listdir(tmp_path) == []
 
 

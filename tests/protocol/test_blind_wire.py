@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from typing import Any
 
 from pprm.protocol.blind_messages import BlindAnswerBody, BlindQueryBody, KeyAnnouncementBody, parse_handle
 
@@ -15,7 +16,7 @@ def _derive(label: str, n: int = 32) -> bytes:
     return hashlib.sha256(f"pprm-wire-vector/{label}".encode()).digest()[:n]
 
 
-def _vectors() -> dict:
+def _vectors() -> dict[str, Any]:
     with open(VECTORS, encoding="ascii") as fh:
         return json.load(fh)["blind"]
 

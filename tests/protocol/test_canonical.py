@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -27,7 +28,7 @@ def test_encoding_is_sorted_compact_ascii() -> None:
 
 @settings(max_examples=200)
 @given(JSON_OBJECTS)
-def test_property_decode_inverts_encode(obj: dict) -> None:
+def test_property_decode_inverts_encode(obj: dict[str, Any]) -> None:
     blob = encode(obj)
     assert blob.isascii()
     assert decode(blob, "x") == obj

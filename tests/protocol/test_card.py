@@ -6,6 +6,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,13 +14,12 @@ from pprm.crypto import params as param_sets
 from pprm.errors import AuthenticationError, MessageError, ParameterError, PprmError
 from pprm.protocol.canonical import encode
 from pprm.protocol.card import CARD_FORMAT, make_card, parse_card
-from tests.helpers import fixed_identity, leak_forms, new_state, windows
+from tests.helpers import INSECURE_SEALED, fixed_identity, leak_forms, new_state, windows
 
 DE = fixed_identity("DE")
 FR = fixed_identity("FR")
 PROD = "pprm-sealed-n8192-v1"
 OTHER = "pprm-sealed-n4096-v1"
-INSECURE = "INSECURE-sealed-n1024"
 KEY_ID = "0123456789abcdef0123456789abcdef"
 
 
@@ -28,7 +28,7 @@ def _card(name: str = PROD, digest: str | None = None, *, ident=DE, dim: int = 5
     return make_card(ident, ps.name, ps.digest if digest is None else digest, dim, KEY_ID, 1_700_000_000)
 
 
-def _signed(obj: dict, ident=DE) -> bytes:
+def _signed(obj: dict[str, Any], ident=DE) -> bytes:
     """Re-sign an edited card as ``ident`` (a self-consistent card)."""
     body = {k: v for k, v in obj.items() if k != "signature"}
     body["signature"] = ident.sign(encode(body)).hex()
@@ -84,10 +84,10 @@ def test_every_byte_flip_is_refused() -> None:
 
 
 def test_insecure_parameters_refused_unless_allowed() -> None:
-    blob = _card(INSECURE)
+    blob = _card(INSECURE_SEALED)
     with pytest.raises(ParameterError):
         parse_card(blob)
-    assert parse_card(blob, allow_insecure=True).params == INSECURE
+    assert parse_card(blob, allow_insecure=True).params == INSECURE_SEALED
 
 
 def test_digest_mismatch_is_a_downgrade() -> None:
@@ -116,7 +116,7 @@ def test_unknown_parameter_set_is_refused() -> None:
     {"created": "now"}, {"created": 1.5},
     {"key_id": "0" * 31}, {"key_id": 5},
 ])
-def test_malformed_cards_are_message_errors(change: dict) -> None:
+def test_malformed_cards_are_message_errors(change: dict[str, Any]) -> None:
     obj = json.loads(_card())
     obj.update(change)
     with pytest.raises(MessageError) as info:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import struct
+from typing import Any
 
 import nacl.signing
 import numpy as np
@@ -22,7 +23,7 @@ from pprm.errors import (
     RecipientError,
     UnknownPeerError,
 )
-from pprm.protocol import envelope
+from pprm.protocol import canonical, envelope
 from pprm.protocol.card import make_card
 from pprm.protocol.envelope import (
     CLOCK_SKEW,
@@ -49,7 +50,7 @@ LOOKUP = lookup_for(DE.public, FR.public)
 REJECTIONS = (MessageError, UnknownPeerError, ParameterError)
 
 
-def _open(blob: bytes, **kw: object) -> envelope.Envelope:
+def _open(blob: bytes | bytearray | memoryview, **kw: object) -> envelope.Envelope:
     args: dict[str, object] = {"lookup": LOOKUP, "me": "FR", "params_digest": PARAMS_HEX,
                                "now": 1_700_000_000}
     args.update(kw)
@@ -73,17 +74,17 @@ def _frame(hb: bytes, body: bytes, ident: Identity = DE, *, magic: bytes = b"PPR
 # -- known-answer vectors -------------------------------------------------
 
 @pytest.fixture(scope="module")
-def vectors() -> dict:
+def vectors() -> dict[str, Any]:
     with open(VECTORS_PATH, encoding="ascii") as fh:
         return json.load(fh)
 
 
-def _vector_identity(vectors: dict, name: str) -> Identity:
+def _vector_identity(vectors: dict[str, Any], name: str) -> Identity:
     v = vectors["identities"][name]
     return Identity(name, bytes.fromhex(v["signing_seed"]), bytes.fromhex(v["box_secret"]))
 
 
-def test_vector_identities_derive_pinned_public_keys(vectors: dict) -> None:
+def test_vector_identities_derive_pinned_public_keys(vectors: dict[str, Any]) -> None:
     for name in ("DE", "FR"):
         pub = _vector_identity(vectors, name).public
         v = vectors["identities"][name]
@@ -95,7 +96,7 @@ def test_vector_identities_derive_pinned_public_keys(vectors: dict) -> None:
             pub.verify_key, digest_size=16, person=b"pprm-identity").digest()
 
 
-def test_vector_bodies_are_pinned(vectors: dict) -> None:
+def test_vector_bodies_are_pinned(vectors: dict[str, Any]) -> None:
     q = vectors["query_body"]
     probe = np.frombuffer(bytes.fromhex(q["probe_f32le"]), dtype="<f4")
     assert QueryBody(q["case"], q["purpose"], probe).to_bytes().decode() == q["canonical"]
@@ -111,7 +112,7 @@ def test_vector_bodies_are_pinned(vectors: dict) -> None:
     assert FollowUpBody.from_bytes(f["canonical"].encode()).token == f["token"]
 
 
-def test_vector_box_is_pinned_and_opens(vectors: dict) -> None:
+def test_vector_box_is_pinned_and_opens(vectors: dict[str, Any]) -> None:
     b = vectors["box"]
     sender, recipient = _vector_identity(vectors, b["sender"]), _vector_identity(vectors, b["recipient"])
     plaintext = vectors["query_body"]["canonical"].encode()
@@ -131,7 +132,7 @@ def test_vector_box_is_pinned_and_opens(vectors: dict) -> None:
         recipient.unbox_from(other.public, boxed)
 
 
-def test_vector_envelope_is_pinned(vectors: dict) -> None:
+def test_vector_envelope_is_pinned(vectors: dict[str, Any]) -> None:
     e = vectors["envelope"]
     signer = _vector_identity(vectors, e["signer"])
     hdr = Header(**e["header"])
@@ -159,7 +160,7 @@ def test_vector_envelope_is_pinned(vectors: dict) -> None:
     assert env.sender == signer.public
 
 
-def test_vector_card_is_pinned(vectors: dict) -> None:
+def test_vector_card_is_pinned(vectors: dict[str, Any]) -> None:
     c = vectors["card"]
     card = make_card(_vector_identity(vectors, c["signer"]), c["params"], c["params_digest"], c["dim"],
                      c["key_id"], c["created"])
@@ -167,7 +168,7 @@ def test_vector_card_is_pinned(vectors: dict) -> None:
     assert hashlib.sha256(card).hexdigest() == c["sha256"]
 
 
-def test_vector_generator_is_deterministic(vectors: dict) -> None:
+def test_vector_generator_is_deterministic(vectors: dict[str, Any]) -> None:
     # The generator must reproduce the stored file exactly from the library.
     import importlib.util
 
@@ -354,13 +355,13 @@ def test_seal_refuses_foreign_sender_and_oversize(monkeypatch: pytest.MonkeyPatc
 
 def test_signature_is_checked_before_the_header_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
     parsed = []
-    real = envelope.canonical.decode
+    real = canonical.decode
 
-    def spy(blob: bytes, what: str) -> dict:
+    def spy(blob: bytes, what: str) -> dict[str, Any]:
         parsed.append(what)
         return real(blob, what)
 
-    monkeypatch.setattr(envelope.canonical, "decode", spy)
+    monkeypatch.setattr(canonical, "decode", spy)  # the module envelope reads it from
     m = bytearray(_small())
     m[FRAME.size + 2] ^= 1
     with pytest.raises(AuthenticationError):
@@ -386,7 +387,7 @@ def test_signed_garbage_header_is_rejected(hb: bytes) -> None:
     {"id": "0" * 31}, {"id": "G" * 32}, {"created": "1700000000"}, {"created": 1.5}, {"expires": True},
     {"params": "0" * 63}, {"params": "A" * 64}, {"profile": "open"}, {"re": "xyz"}, {"re": None},
 ])
-def test_signed_header_with_malformed_field_is_rejected(change: dict) -> None:
+def test_signed_header_with_malformed_field_is_rejected(change: dict[str, Any]) -> None:
     obj = header().to_json()
     obj.update(change)
     hb = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,9 +25,9 @@ def _text(limit: int) -> st.SearchStrategy[str]:
     return st.text(PRINTABLE, min_size=1, max_size=limit)
 
 
-def _query_obj(**change: object) -> dict:
+def _query_obj(**change: object) -> dict[str, Any]:
     probe = np.linspace(-1, 1, 8, dtype="<f4")
-    obj: dict = {"case": "C-1", "purpose": "test", "dim": 8, "probe": b64(probe.tobytes())}
+    obj: dict[str, Any] = {"case": "C-1", "purpose": "test", "dim": 8, "probe": b64(probe.tobytes())}
     obj.update(change)
     return obj
 
@@ -65,7 +66,7 @@ def test_query_probe_is_little_endian_float32_base64() -> None:
     {"case": ""}, {"case": "x" * (MAX_CASE + 1)}, {"case": "a\nb"}, {"case": "\x00"}, {"case": 1},
     {"purpose": ""}, {"purpose": "x" * (MAX_PURPOSE + 1)}, {"purpose": "tab\there"}, {"purpose": None},
 ])
-def test_query_rejects(change: dict) -> None:
+def test_query_rejects(change: dict[str, Any]) -> None:
     with pytest.raises(MessageError):
         QueryBody.from_bytes(encode(_query_obj(**change)))
 
@@ -107,8 +108,8 @@ def test_property_answer_round_trip(qid: str, tokens: list[str]) -> None:
     assert back == body
 
 
-def _answer_obj(**change: object) -> dict:
-    obj: dict = {"query_id": QID, "hit": True, "candidates": ["A" * 16, "B" * 16]}
+def _answer_obj(**change: object) -> dict[str, Any]:
+    obj: dict[str, Any] = {"query_id": QID, "hit": True, "candidates": ["A" * 16, "B" * 16]}
     obj.update(change)
     return obj
 
@@ -127,7 +128,7 @@ def _answer_obj(**change: object) -> dict:
     {"candidates": [f"{i:016d}" for i in range(1001)]},  # beyond any allowed cap
     {"query_id": QID.upper()}, {"query_id": QID[:-1]}, {"query_id": QID + "0"}, {"query_id": 5},
 ])
-def test_answer_rejects(change: dict) -> None:
+def test_answer_rejects(change: dict[str, Any]) -> None:
     with pytest.raises(MessageError):
         AnswerBody.from_bytes(encode(_answer_obj(**change)))
 
@@ -170,13 +171,13 @@ def test_property_followup_round_trip(qid: str, token: str) -> None:
     {"query_id": "z" * 32, "token": "A" * 16},
     {"query_id": None, "token": "A" * 16},
 ])
-def test_followup_rejects(obj: dict) -> None:
+def test_followup_rejects(obj: dict[str, Any]) -> None:
     with pytest.raises(MessageError):
         FollowUpBody.from_bytes(encode(obj))
 
 
 @pytest.mark.parametrize("cls", [QueryBody, AnswerBody, FollowUpBody])
 @pytest.mark.parametrize("blob", [b"", b"[]", b"{}", b"\xff", b'{"a":NaN}'])
-def test_bodies_reject_garbage(cls: type, blob: bytes) -> None:
+def test_bodies_reject_garbage(cls: type[QueryBody | AnswerBody | FollowUpBody], blob: bytes) -> None:
     with pytest.raises(MessageError):
         cls.from_bytes(blob)

@@ -55,7 +55,7 @@ from pprm.synthetic import impostor_probe, make_gallery, mate_probe
 __all__ = ["run_soak"]
 
 _RESPONDER = "RESP"
-# Queries per case: far under the default quota per case (issue 5: 100 per day).
+# Queries per case: far under the default quota per case (100 per day).
 _PER_CASE = 50
 _PURPOSE = "serious-crime"
 
@@ -66,8 +66,7 @@ def _account(resp: State, reqs: list[State], sent: dict[str, tuple[str, bool, bo
     lost = 0
     for st in reqs:
         received.update(e["data"]["query_id"] for e in st.audit.entries() if e["event"] == "answer_received")
-        outbox = Requester(st)._outbox()
-        lost += sum(1 for qid in outbox if outbox[qid]["answer"] is None)
+        lost += sum(1 for sent in Requester(st).outbox().values() if sent.answer is None)
     wrong = sum(1 for _qid, (_who, mate, hit) in sent.items() if mate != hit)
     return {
         "lost": lost,
@@ -82,6 +81,7 @@ def _account(resp: State, reqs: list[State], sent: dict[str, tuple[str, bool, bo
 @contextmanager
 def _service(directory: str) -> Iterator[str]:
     """``pprm serve DIR`` as a separate process on a free loopback port; yields its URL."""
+    # The deployed command itself, run as a program: nothing here imports the CLI.
     proc = subprocess.Popen([sys.executable, "-m", "pprm.cli.main", "serve", directory, "--port", "0"],  # noqa: S603 - our own interpreter and module
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})

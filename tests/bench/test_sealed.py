@@ -1,4 +1,4 @@
-"""The logic of ``pprm bench`` (pprm.cli.bench), on a small insecure gallery.
+"""The sealed benchmark behind ``pprm bench`` (pprm.bench.sealed), on a small insecure gallery.
 
 Timings are only checked for being recorded, never for their values; the
 byte figures are checked against what the parameter set implies, and the
@@ -11,35 +11,26 @@ import copy
 import json
 import math
 import os
+from typing import Any
 
 import numpy as np
 import pytest
 import tenseal
 
 import pprm
-from pprm.cli.bench import (
-    TARGETS,
-    Agreement,
-    build_setup,
-    format_table,
-    near_threshold_probe,
-    run_bench,
-)
-from pprm.crypto import keys
+from pprm.bench.sealed import TARGETS, Agreement, format_table, run_bench
 from pprm.crypto import params as param_sets
 from pprm.errors import ParameterError
-from pprm.matching.decide import SealedDecider
-from pprm.synthetic import make_gallery
+from tests.helpers import INSECURE_SEALED
 
-PARAMS = "INSECURE-sealed-n1024"
 N = 600
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[str], str]:
+def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], list[str], str]:
     workdir = str(tmp_path_factory.mktemp("bench-work"))
     messages: list[str] = []
-    result = run_bench(sizes=[N], params=PARAMS, allow_insecure=True, repeats=1,
+    result = run_bench(sizes=[N], params=INSECURE_SEALED, allow_insecure=True, repeats=1,
                        progress=messages.append, workdir=workdir)
     return result, messages, workdir
 
@@ -47,7 +38,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[str], st
 def test_result_is_json_ready_and_describes_the_machine(bench):
     result, _messages, _workdir = bench
     assert json.loads(json.dumps(result)) == result
-    assert result["params"] == PARAMS
+    assert result["params"] == INSECURE_SEALED
     assert result["repeats"] == 1 and result["agreement_probes"] == 10
     m = result["machine"]
     assert m["cores"] == os.cpu_count()
@@ -83,7 +74,7 @@ def test_decisions_agree_with_plaintext_truth(bench):
 def test_byte_figures_follow_from_the_parameters(bench):
     result, _messages, _workdir = bench
     (row,) = result["sizes"]
-    ps = param_sets.get(PARAMS, allow_insecure=True)
+    ps = param_sets.get(INSECURE_SEALED, allow_insecure=True)
     blocks = math.ceil(N / ps.templates_per_block)
     assert row["n"] == N and row["blocks"] == blocks and row["templates_per_block"] == ps.templates_per_block
     # One block: dim ciphertexts x 2 polynomials x L primes x N coefficients x 8 bytes.
@@ -122,7 +113,7 @@ def test_progress_is_reported_and_scratch_states_are_removed(bench):
 def test_format_table_shows_every_size_and_the_targets(bench):
     result, _messages, _workdir = bench
     text = format_table(result)
-    assert PARAMS in text
+    assert INSECURE_SEALED in text
     assert "query ms" in text and "x numpy" in text and "RAM B/tpl" in text
     assert any(line.split()[:2] == ["600", "2"] for line in text.splitlines())
     assert "not measured (run with size 100,000)" in text
@@ -168,59 +159,14 @@ def test_agreement_counts_flips_only_outside_the_margin():
         b.add(scores, flipped[:3], tau, margin)
 
 
-def test_near_threshold_probe_lands_near_tau():
-    g = make_gallery(2000, seed=3)
-    rng = np.random.default_rng(5)
-    probe = near_threshold_probe(g.templates, rng, 0.4)
-    assert probe.dtype == np.float32
-    assert np.linalg.norm(probe) == pytest.approx(1.0, abs=1e-6)
-    s = g.templates.astype(np.float64) @ probe.astype(np.float64)
-    near = np.abs(s - 0.4) < 0.1
-    assert near.sum() >= 4
-    assert np.sort(s)[-7] < 0.25  # only the blended templates score high
-
-
-def test_setup_maps_record_ids_to_rows(tmp_path):
-    setup = build_setup(40, PARAMS, allow_insecure=True, root=str(tmp_path))
-    try:
-        kind, probe = setup.probe(0)
-        assert kind == "mate"
-        s = setup.scores(probe)
-        best = int(np.argmax(s))
-        st = setup.responder
-        result = st.matcher().match(probe, st.config.threshold)
-        decider = SealedDecider(st.ctx, keys.load_secret_key(st.ctx, st.secret_key_path()), st.gallery())
-        mask = setup.hit_mask(decider.hits(result))
-        assert mask[best] and mask.sum() == (s >= 0.4).sum()
-    finally:
-        setup.close()
-    assert os.listdir(tmp_path) == []
-
-
-def test_refuses_bad_arguments():
+@pytest.mark.parametrize("bad", [
+    {"params": INSECURE_SEALED, "allow_insecure": False},
+    {"params": "no-such-set"},
+    {"sizes": []},
+    {"sizes": [0]},
+    {"repeats": 0},
+    {"agreement_probes": 0},
+])
+def test_refuses_bad_arguments(bad: dict[str, Any]) -> None:
     with pytest.raises(ParameterError):
-        run_bench([N], params=PARAMS)  # insecure set without allow_insecure
-    with pytest.raises(ParameterError):
-        run_bench([], params=PARAMS, allow_insecure=True)
-    with pytest.raises(ParameterError):
-        run_bench([0], params=PARAMS, allow_insecure=True)
-    with pytest.raises(ParameterError):
-        run_bench([N], params=PARAMS, allow_insecure=True, repeats=0)
-    with pytest.raises(ParameterError):
-        run_bench([N], params=PARAMS, allow_insecure=True, agreement_probes=0)
-    with pytest.raises(ParameterError):
-        run_bench([N], params="no-such-set")
-
-
-def test_kernel_figures_cover_the_active_backend_and_the_numpy_reference() -> None:
-    from pprm.cli.bench import kernel_figures
-    from pprm.matching.kernel import BACKEND
-
-    ps = param_sets.get("INSECURE-sealed-n1024", allow_insecure=True)
-    k = kernel_figures(ps, rounds=2)
-    assert k["block_shape"] == [512, 2, 1, 1024] and k["templates_per_block"] == ps.templates_per_block
-    assert "numpy" in k["backends"] and (BACKEND != "native" or "native" in k["backends"])
-    for fig in k["backends"].values():
-        assert fig["ms_per_block"] > 0 and fig["gmac_per_s"] > 0 and fig["gb_per_s"] > 0
-        # Internal consistency: bytes / time and mult-accs / time describe the same call.
-        assert fig["gb_per_s"] == pytest.approx(fig["gmac_per_s"] * 8, rel=1e-9)
+        run_bench(**{"sizes": [N], "params": INSECURE_SEALED, "allow_insecure": True, **bad})

@@ -1,8 +1,9 @@
-"""Benchmarks of the blind profile, behind ``pprm bench --profile blind``.
+"""The blind profile's benchmark, behind ``pprm bench --profile blind``.
 
-For each gallery size the benchmark builds two states in a scratch directory
-through the public API (a responder holding a synthetic gallery with planted
-mates, and a requester that trusts it), then measures:
+For each gallery size :func:`run_blind_bench` builds two states in a scratch
+directory (:func:`pprm.bench.setup.build_setup` with ``profile="blind"``: a
+responder holding a synthetic gallery with planted mates, and a requester
+that trusts it), then measures:
 
 * one-off figures: the sealed enrolment the gallery needs first, the blind
   database (export the gallery, encode its diagonals, seal them to disk; the
@@ -25,70 +26,45 @@ mates, and a requester that trusts it), then measures:
 
 Queries of one size share one case, hence one requester key; the follow-up
 (which retires the key) comes last. The result is a JSON-ready dict;
-:func:`format_blind_table` renders it. Figures are reported against the
-issue's targets, never asserted.
+:func:`format_blind_table` renders it. The figures are reported against
+:data:`BLIND_TARGETS` (a 100k x 512 query in <= 1.5 s on 2 cores with the
+native kernel; one ciphertext per query plus <= 3 MB of keys per key
+lifetime; an answer of <= 32 bytes per template), never asserted.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import statistics
-import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
-from pprm.cli.bench import (
-    REQUESTER,
-    RESPONDER,
-    THRESHOLD,
-    fmt_cell,
-    header_lines,
-    machine_info,
-    numpy_baseline_ms,
-    table_lines,
-)
+from pprm.bench import report
+from pprm.bench.kernel import plain_mac_figures
+from pprm.bench.report import Column, Progress, median_ms, verdict
+from pprm.bench.setup import RESPONDER, THRESHOLD, BenchSetup, check_sizes, measure_sizes, sealed_params_for
 from pprm.crypto import blind_keys
 from pprm.crypto import blind_params as blind_param_sets
-from pprm.crypto import params as param_sets
 from pprm.crypto.answer_codec import answer_bytes as answer_block_bytes
-from pprm.crypto.context import BlindContext
 from pprm.errors import ParameterError
 from pprm.matching import kernel
-from pprm.matching.templates import normalise_probe, normalise_templates
-from pprm.node.config import MAX_QUOTA
+from pprm.matching.templates import normalise_probe
 from pprm.node.keyservice import KeyService
 from pprm.node.requester import Requester
 from pprm.node.responder import Responder
 from pprm.node.state import State
-from pprm.synthetic import SyntheticGallery, impostor_probe, make_gallery, mate_probe
+from pprm.synthetic import impostor_probe, mate_probe
 
-__all__ = [
-    "run_blind_bench",
-    "format_blind_table",
-    "BlindSetup",
-    "build_blind_setup",
-    "sealed_params_for",
-    "BLIND_TARGETS",
-    "INSECURE_SEALED",
-]
+__all__ = ["run_blind_bench", "format_blind_table", "BLIND_TARGETS"]
 
-Progress = Callable[[str], None]
-
-# The sealed set the benchmark's states carry when the blind set is a test-only one.
-INSECURE_SEALED = "INSECURE-sealed-n1024"
 MB = 10**6
 
-# The issue's targets for the blind profile; reported, never asserted.
+# Reported, never asserted.
 BLIND_TARGETS: dict[str, Any] = {
     "query_ms": 1500.0,
     "query_ms_at_n": 100_000,
     "query_ms_backend": "native",
-    "query_ms_note": "blind 100k x 512 query <= 1.5 s on 2 cores once the native kernel exists "
+    "query_ms_note": "blind 100k x 512 query <= 1.5 s on 2 cores with the native kernel "
                      "(responder time; the numpy fallback is reported against it too)",
     "key_bytes": 3 * MB,
     "upload_note": "upload: one ciphertext per query plus <= 3 MB (10^6 bytes) of keys per key lifetime",
@@ -97,139 +73,7 @@ BLIND_TARGETS: dict[str, Any] = {
 }
 
 
-def sealed_params_for(blind_params: str, allow_insecure: bool) -> str:
-    """The sealed parameter set the benchmark's states are created with.
-
-    Args:
-        blind_params: the blind set being measured.
-        allow_insecure: whether ``INSECURE*`` sets are accepted.
-
-    Returns:
-        :data:`INSECURE_SEALED` for an insecure blind set when allowed (fast
-        enrolment in smoke runs), else the library default sealed set.
-    """
-    if allow_insecure and blind_params.startswith("INSECURE"):
-        return INSECURE_SEALED
-    return param_sets.DEFAULT_PARAMS
-
-
-@dataclass
-class BlindSetup:
-    """Two states for the blind profile, a responder with an enrolled synthetic gallery and a requester.
-
-    Attributes:
-        root: scratch directory holding both states.
-        responder: the state holding the gallery.
-        requester: a state that trusts the responder (and is trusted by it).
-        gallery: the synthetic gallery (plaintext, for ground truth only).
-        templates: the gallery's templates as the library normalises them.
-        enroll_seconds: wall time of the (sealed) enrolment.
-        database_seconds: wall time of the last :meth:`build_database`
-            (None before it ran).
-    """
-
-    root: str
-    responder: State
-    requester: State
-    gallery: SyntheticGallery = field(repr=False)
-    templates: np.ndarray = field(repr=False)
-    enroll_seconds: float
-    database_seconds: float | None = None
-
-    def __len__(self) -> int:
-        return len(self.gallery)
-
-    def build_database(self) -> tuple[float, float]:
-        """Build (or fetch) the responder's blind database for the current gallery version.
-
-        This is what the first blind answer does; calling it first keeps the
-        build out of the timed queries.
-
-        Returns:
-            ``(seconds, export_seconds)``: the whole call (export the gallery,
-            encode the diagonals, seal them to disk) and the export alone.
-        """
-        st = self.responder
-        ks = KeyService(st)
-        export_s = [0.0]
-
-        def export() -> tuple[np.ndarray, np.ndarray]:
-            t = time.perf_counter()
-            out = ks.export_templates()
-            export_s[0] += time.perf_counter() - t
-            return out
-
-        t0 = time.perf_counter()
-        st.blind_store.database(st.gallery().version, export)
-        self.database_seconds = time.perf_counter() - t0
-        return self.database_seconds, export_s[0]
-
-    def close(self) -> None:
-        """Delete the scratch directory (states, gallery and sealed diagonals)."""
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-def build_blind_setup(n: int, params: str = blind_param_sets.DEFAULT_BLIND_PARAMS, *,
-                      allow_insecure: bool = False, root: str | None = None, seed: int = 0,
-                      progress: Progress | None = None) -> BlindSetup:
-    """Create the benchmark's two states and enrol ``n`` synthetic templates.
-
-    Both states are created with ``blind_params=params`` and the sealed set of
-    :func:`sealed_params_for`; the responder enrols through
-    :meth:`pprm.node.keyservice.KeyService.enroll` (the blind database is
-    derived from that gallery). The blind database is not built here: see
-    :meth:`BlindSetup.build_database`.
-
-    Args:
-        n: gallery size.
-        params: blind parameter set name.
-        allow_insecure: accept ``INSECURE*`` sets (tests only).
-        root: parent directory for the scratch directory (default: system temp).
-        seed: synthetic gallery seed.
-        progress: receives one-line status messages.
-
-    Returns:
-        The setup; call :meth:`BlindSetup.close` to delete it.
-
-    Raises:
-        ParameterError: unknown or disallowed parameter set, or ``n < 1``.
-    """
-    if n < 1:
-        raise ParameterError("gallery size must be at least 1")
-    bps = blind_param_sets.get(params, allow_insecure=allow_insecure)
-    sealed = sealed_params_for(params, allow_insecure)
-    dim = bps.dim
-    say = progress or (lambda _msg: None)
-    if root is not None:
-        os.makedirs(root, exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix=f"pprm-bench-blind-{n}-", dir=root)
-    try:
-        common: dict[str, Any] = {"threshold": THRESHOLD, "params": sealed, "dim": dim,
-                                  "allow_insecure": allow_insecure, "blind_params": params}
-        # Quotas at their maximum: all queries of a size share one case.
-        resp = State.init(os.path.join(scratch, "responder"), RESPONDER, **common,
-                          quota_per_case=MAX_QUOTA, quota_per_peer=MAX_QUOTA)
-        req = State.init(os.path.join(scratch, "requester"), REQUESTER, **common)
-        resp.trust(req.card_bytes)
-        req.trust(resp.card_bytes)
-        say(f"{n:,} templates: generating the synthetic gallery")
-        gallery = make_gallery(n, dim=dim, seed=seed)
-        t0 = time.perf_counter()
-        KeyService(resp).enroll(gallery.templates, gallery.references)
-        enroll_seconds = time.perf_counter() - t0
-        say(f"{n:,} templates: enrolled in {enroll_seconds:.1f} s")
-        templates = normalise_templates(gallery.templates, dim)
-        return BlindSetup(scratch, resp, req, gallery, templates, enroll_seconds)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
-
-
-def _median_ms(times: list[float]) -> float:
-    return statistics.median(times) * 1e3
-
-
-def _bench_size(setup: BlindSetup, repeats: int, say: Progress) -> dict[str, Any]:
+def _bench_size(setup: BenchSetup, repeats: int, say: Progress) -> dict[str, Any]:
     n = len(setup)
     st = setup.responder
     ctx = st.blind_ctx
@@ -277,7 +121,7 @@ def _bench_size(setup: BlindSetup, repeats: int, say: Progress) -> dict[str, Any
     mate_hits = [first_opened.hit]
     impostor_hits: list[bool] = []
 
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load = report.load_average()
     say(f"{n:,} templates: timing {repeats} blind queries")
     query_t: list[float] = []
     answer_t: list[float] = []
@@ -317,13 +161,13 @@ def _bench_size(setup: BlindSetup, repeats: int, say: Progress) -> dict[str, Any
     planted = setup.gallery.references[mate_index]
 
     say(f"{n:,} templates: numpy float32 G @ q baseline")
-    numpy_ms = numpy_baseline_ms(setup.templates, normalise_probe(mate, ps.dim))
-    responder_ms = _median_ms(answer_t)
-    total_ms = _median_ms(total_t)
+    numpy_ms = report.numpy_baseline_ms(setup.templates, normalise_probe(mate, ps.dim))
+    responder_ms = median_ms(answer_t)
+    total_ms = median_ms(total_t)
+    say(f"{n:,} templates: responder {responder_ms:.0f} ms, total {total_ms:.0f} ms")
     answer_msg = statistics.median(answer_sizes)
     slots = blocks * ps.slots
     announcement_bytes = len(announcement)
-    query_bytes = int(statistics.median(query_sizes))
     return {
         "n": n,
         "blocks": blocks,
@@ -334,13 +178,13 @@ def _bench_size(setup: BlindSetup, repeats: int, say: Progress) -> dict[str, Any
         "db_load_s": load_s,
         "db_ram_bytes": int(db.diagonals.nbytes),
         "db_ram_bytes_per_template": db.diagonals.nbytes / n,
-        "keygen_ms": _median_ms(keygen_times),
+        "keygen_ms": median_ms(keygen_times),
         "first_query_ms": first_query_s * 1e3,
         "accept_keys_ms": accept_s * 1e3,
         "first_answer_ms": first_answer_s * 1e3,
-        "query_ms": _median_ms(query_t),
+        "query_ms": median_ms(query_t),
         "responder_ms": responder_ms,
-        "open_ms": _median_ms(open_t),
+        "open_ms": median_ms(open_t),
         "total_ms": total_ms,
         "query_ms_runs": [t * 1e3 for t in query_t],
         "responder_ms_runs": [t * 1e3 for t in answer_t],
@@ -350,7 +194,7 @@ def _bench_size(setup: BlindSetup, repeats: int, say: Progress) -> dict[str, Any
         "numpy_ms": numpy_ms,
         "ratio_to_numpy": responder_ms / numpy_ms if numpy_ms > 0 else None,
         "total_ratio_to_numpy": total_ms / numpy_ms if numpy_ms > 0 else None,
-        "query_bytes": query_bytes,
+        "query_bytes": int(statistics.median(query_sizes)),
         "query_ciphertext_bytes": probe_ciphertext_bytes,
         "query_ciphertexts": 1,
         "announcement_bytes": announcement_bytes,
@@ -394,7 +238,7 @@ def _targets(rows: list[dict[str, Any]], backend: str) -> dict[str, Any]:
     return {"query": query, "upload": upload, "answer": answer}
 
 
-def run_blind_bench(sizes: list[int], params: str = blind_param_sets.DEFAULT_BLIND_PARAMS, repeats: int = 3,
+def run_blind_bench(sizes: Sequence[int], params: str = blind_param_sets.DEFAULT_BLIND_PARAMS, repeats: int = 3,
                     progress: Progress | None = None, allow_insecure: bool = False,
                     workdir: str | None = None) -> dict[str, Any]:
     """Benchmark the blind query at each gallery size.
@@ -413,94 +257,50 @@ def run_blind_bench(sizes: list[int], params: str = blind_param_sets.DEFAULT_BLI
         A JSON-ready dict: ``format``, ``profile``, ``created``, ``params``,
         ``sealed_params``, ``threshold``, ``dim``, ``decision_margin``,
         ``repeats``, ``backend`` (the kernel that ran: ``native`` or
-        ``numpy``), ``machine`` (:func:`pprm.cli.bench.machine_info`),
+        ``numpy``), ``machine`` (:func:`pprm.bench.report.machine_info`),
         ``sizes`` (one dict per size: timings in ``*_s`` and ``*_ms`` with
         the per-run lists in ``*_ms_runs``, byte figures in ``*_bytes`` and
         per template or slot, ``numpy_ms`` and ``ratio_to_numpy``, and the
         ``correct`` checks; see the module docstring), ``correct``
-        (True when every size's correctness checks passed) and ``targets``
+        (True when every size's correctness checks passed), ``targets``
         (``query``, ``upload`` and ``answer``, each with its ``meets``: a
-        bool, or None when not measured).
+        bool, or None when not measured) and ``kernel``
+        (:func:`pprm.bench.kernel.plain_mac_figures`).
 
     Raises:
         ParameterError: unknown or disallowed parameter set, empty or
             non-positive sizes, ``repeats`` below 1.
     """
     ps = blind_param_sets.get(params, allow_insecure=allow_insecure)
-    if not sizes or any(int(n) < 1 for n in sizes):
-        raise ParameterError("benchmark sizes must be positive integers")
+    check_sizes(sizes)
     if repeats < 1:
         raise ParameterError("repeats must be at least 1")
     say: Progress = progress or (lambda _msg: None)
-    rows: list[dict[str, Any]] = []
-    for n in sizes:
-        setup = build_blind_setup(int(n), params, allow_insecure=allow_insecure, root=workdir, progress=say)
-        try:
-            row = _bench_size(setup, repeats, say)
-        finally:
-            setup.close()
-        say(f"{n:,} templates: responder {row['responder_ms']:.0f} ms, total {row['total_ms']:.0f} ms")
-        rows.append(row)
+    rows = measure_sizes(sizes, params, lambda setup: _bench_size(setup, repeats, say), profile="blind",
+                         allow_insecure=allow_insecure, workdir=workdir, progress=say)
     correct = all(r["correct"]["mate_hit"] and r["correct"]["mate_resolved"] and r["correct"]["impostor_no_hit"]
                   for r in rows)
+    backend = kernel.backend()
     return {
         "format": "pprm-bench-blind/1",
         "profile": "blind",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created": report.utc_timestamp(),
         "params": ps.name,
         "sealed_params": sealed_params_for(params, allow_insecure),
         "threshold": THRESHOLD,
         "dim": ps.dim,
         "decision_margin": ps.decision_margin,
         "repeats": repeats,
-        "backend": kernel.BACKEND,
-        "machine": machine_info(),
+        "backend": backend,
+        "machine": report.machine_info(),
         "sizes": rows,
         "correct": correct,
-        "targets": _targets(rows, kernel.BACKEND),
-        "kernel": plain_kernel_figures(ps),
+        "targets": _targets(rows, backend),
+        "kernel": plain_mac_figures(ps),
     }
 
 
-def plain_kernel_figures(params: blind_param_sets.BlindParameterSet, rounds: int = 3) -> dict[str, Any]:
-    """Time the blind kernel (plaintext times ciphertext residues) on one block's shape, per backend.
-
-    One call is one block of a query: ``g2 x b1`` diagonals against the ``b1``
-    baby-step ciphertexts, random residues below the smallest prime. Each
-    backend's median over ``rounds`` calls; numpy always, native when active.
-
-    Returns:
-        ``{"pts_shape", "cts_shape", "templates_per_block", "backends": {name:
-        {"ms_per_block", "gmac_per_s", "gb_per_s", "ms_per_1k_templates"}}}``
-        (GB/s counts the diagonals streamed, which dominate).
-    """
-    ctx_q = BlindContext(params).moduli
-    rng = np.random.default_rng(0)
-    pts = rng.integers(0, min(ctx_q), size=(params.giant_steps, params.baby_steps, len(ctx_q),
-                                            params.poly_modulus_degree), dtype=np.uint64)
-    cts = rng.integers(0, min(ctx_q), size=(params.baby_steps, 2, len(ctx_q), params.poly_modulus_degree),
-                       dtype=np.uint64)
-    runs: dict[str, Callable[[], Any]] = {"numpy": lambda: kernel._plain_mac_numpy(pts, cts, ctx_q)}
-    if kernel.BACKEND == "native":
-        runs["native"] = lambda: kernel.plain_mac(pts, cts, ctx_q)
-    macs = pts.size * 2
-    out: dict[str, Any] = {}
-    for name, fn in runs.items():
-        fn()  # warm-up
-        times = []
-        for _ in range(rounds):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        med = statistics.median(times)
-        out[name] = {"ms_per_block": med * 1e3, "gmac_per_s": macs / med / 1e9, "gb_per_s": pts.nbytes / med / 1e9,
-                     "ms_per_1k_templates": med * 1e3 * 1000 / params.templates_per_block}
-    return {"pts_shape": list(pts.shape), "cts_shape": list(cts.shape),
-            "templates_per_block": params.templates_per_block, "backends": out}
-
-
-_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    # header, key, format
+_COLUMNS: tuple[Column, ...] = (
     ("n", "n", ","),
     ("blocks", "blocks", "d"),
     ("build s", "db_build_s", ".1f"),
@@ -518,8 +318,24 @@ _COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def _yes(flag: bool | None) -> str:
-    return "-" if flag is None else ("met" if flag else "NOT met")
+def _target_lines(result: dict[str, Any]) -> list[str]:
+    t = result["targets"]
+    q = t["query"]
+    if q["responder_ms"] is None:
+        lines = [f"target: {q['note']}: not measured (run with size {q['at_n']:,})"]
+    else:
+        fallback = "" if q["backend"] == q["for_backend"] else f" [{q['backend']} fallback, target is for native]"
+        lines = [f"target: {q['note']}: responder {q['responder_ms']:,.0f} ms ({verdict(q['meets'])}), "
+                 f"with encrypt and open {q['total_ms']:,.0f} ms ({verdict(q['meets_total'])}) at {q['at_n']:,}"
+                 f"{fallback}"]
+    u = t["upload"]
+    lines.append(f"target: {u['note']}: {u['ciphertexts_per_query']} ciphertext ({u['query_bytes']:,} B message) "
+                 f"per query, keys {u['key_bytes'] / MB:.2f} MB ({verdict(u['meets'])})")
+    a = t["answer"]
+    per = ", ".join(f"{s['bytes_per_template']:.1f} B at {s['n']:,} ({verdict(s['meets'])}; "
+                    f"{s['bytes_per_slot']:.1f} B per slot)" for s in a["sizes"])
+    lines.append(f"target: {a['note']}: {per}")
+    return lines
 
 
 def format_blind_table(result: dict[str, Any]) -> str:
@@ -531,18 +347,16 @@ def format_blind_table(result: dict[str, Any]) -> str:
     Returns:
         Several lines of text, no trailing newline.
     """
-    lines = header_lines(f"pprm bench (blind): {result['params']} (states on {result['sealed_params']}), "
+    lines = report.header_lines(f"pprm bench (blind): {result['params']} (states on {result['sealed_params']}), "
                          f"d={result['dim']}, tau={result['threshold']}, median of {result['repeats']} queries",
                          result["machine"], result["backend"])
     headers = [h for h, _k, _f in _COLUMNS] + ["mate", "impostor", "load"]
     table: list[list[str]] = []
     for row in result["sizes"]:
         c = row["correct"]
-        cells = [fmt_cell(row.get(key), spec) for _h, key, spec in _COLUMNS]
-        cells += ["ok" if c["mate_hit"] and c["mate_resolved"] else "WRONG",
-                  "ok" if c["impostor_no_hit"] else "WRONG", fmt_cell(row.get("load_average"), ".1f")]
-        table.append(cells)
-    lines.extend(table_lines(headers, table))
+        table.append([*report.row_cells(row, _COLUMNS), "ok" if c["mate_hit"] and c["mate_resolved"] else "WRONG",
+                      "ok" if c["impostor_no_hit"] else "WRONG", report.fmt_cell(row.get("load_average"), ".1f")])
+    lines.extend(report.table_lines(headers, table))
     lines.append("")
     lines.append("build = export + encode + seal the diagonals (one-off, per gallery version); keys = key "
                  "announcement, once per key; query = requester encrypts, boxes and signs;")
@@ -561,21 +375,6 @@ def format_blind_table(result: dict[str, Any]) -> str:
                      f"accept_keys {row['accept_keys_ms']:.0f} ms; first query (new key) "
                      f"{row['first_query_ms']:.0f} ms; first answer {row['first_answer_ms']:.0f} ms; "
                      f"sealed db reload {row['db_load_s']:.1f} s; enrolment {row['enroll_s']:.1f} s")
-    t = result["targets"]
-    q = t["query"]
-    if q["responder_ms"] is None:
-        lines.append(f"target: {q['note']}: not measured (run with size {q['at_n']:,})")
-    else:
-        fallback = "" if q["backend"] == q["for_backend"] else f" [{q['backend']} fallback, target is for native]"
-        lines.append(f"target: {q['note']}: responder {q['responder_ms']:,.0f} ms ({_yes(q['meets'])}), "
-                     f"with encrypt and open {q['total_ms']:,.0f} ms ({_yes(q['meets_total'])}) at {q['at_n']:,}"
-                     f"{fallback}")
-    u = t["upload"]
-    lines.append(f"target: {u['note']}: {u['ciphertexts_per_query']} ciphertext ({u['query_bytes']:,} B message) "
-                 f"per query, keys {u['key_bytes'] / MB:.2f} MB ({_yes(u['meets'])})")
-    a = t["answer"]
-    per = ", ".join(f"{s['bytes_per_template']:.1f} B at {s['n']:,} ({_yes(s['meets'])}; "
-                    f"{s['bytes_per_slot']:.1f} B per slot)" for s in a["sizes"])
-    lines.append(f"target: {a['note']}: {per}")
+    lines.extend(_target_lines(result))
     lines.append(f"correctness: {'ok' if result['correct'] else 'FAILED'}")
     return "\n".join(lines)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from pprm import synthetic
+from pprm.cli.common import EXIT_PARTIAL
 from pprm.cli.main import main
-from pprm.cli.net_cmds import EXIT_PARTIAL
 from tests.helpers import build_network, dead_url, route, serve
 
 PURPOSE = "serious-crime"

@@ -1,16 +1,17 @@
-"""Loader and thin wrappers for the optional native multiply-accumulate kernels.
+"""The optional native multiply-accumulate kernels: the cffi loader and thin wrappers.
 
 The C kernels (``native/pprm_kernel.c``, built by cffi in API mode as
-``pprm._native_kernel``) compute exactly what
-:func:`pprm.matching.kernel.multiply_accumulate` and
-:func:`pprm.matching.kernel.plain_mac` compute, with the same argument
-checks, but stream the residues once with 128-bit lazy accumulation and
-split the work over pthreads. cffi releases the GIL for the duration of a
-call, so other Python threads keep running.
+``pprm._native_kernel``) compute exactly what the numpy kernels of
+:mod:`pprm.matching.kernel_numpy` compute, under the same names and with the
+same arguments, checks and results, but stream the residues once with
+128-bit lazy accumulation and split the work over pthreads (the optional
+``threads`` argument). cffi releases the GIL for the duration of a call, so
+other Python threads keep running.
 
 The extension is optional: :func:`available` says whether it was built and
-loads, and :func:`self_check` compares it bit for bit with the numpy path on
-a small random case before anyone should rely on it.
+loads. Loading waits for the first call, so importing this module costs
+nothing. Whether it may be trusted is decided elsewhere
+(:mod:`pprm.matching.kernel_selfcheck`, run by :func:`pprm.matching.kernel.backend`).
 """
 
 from __future__ import annotations
@@ -22,11 +23,9 @@ from typing import Any
 import numpy as np
 
 from pprm.errors import BackendError
-from pprm.matching.mac_args import MAX_PLAIN_B as _MAX_PLAIN_B
-from pprm.matching.mac_args import MAX_WEIGHT as _MAX_WEIGHT
 from pprm.matching.mac_args import PLAIN_RANGE_ERROR, check_mac_args, check_plain_mac_args
 
-__all__ = ["available", "multiply_accumulate", "plain_mac", "self_check", "default_threads"]
+__all__ = ["available", "multiply_accumulate", "plain_mac", "default_threads"]
 
 _MODULE = "pprm._native_kernel"
 
@@ -100,8 +99,9 @@ def multiply_accumulate(
 
     Raises:
         BackendError: the extension is not built, or shapes or ranges the
-            kernel cannot compute exactly (the same checks as the numpy path,
-            plus a zero modulus, which has no residues).
+            kernel cannot compute exactly (the numpy kernel's checks,
+            :func:`~pprm.matching.mac_args.check_mac_args`), or a negative
+            thread count.
     """
     if not available():
         raise BackendError(f"the native kernel is not built ({_load_error})")
@@ -198,76 +198,3 @@ def plain_mac(pts: np.ndarray, cts: np.ndarray, moduli: tuple[int, ...], threads
         # Every other reason for PPRM_EINVAL was ruled out by check_plain_mac_args.
         raise BackendError(PLAIN_RANGE_ERROR)
     return out
-
-
-def self_check(seed: int = 0) -> bool:
-    """Compare the native kernels with the numpy paths, bit for bit, on small random cases.
-
-    The multiply-accumulate case has extreme values (``q - 1`` residues,
-    ``+-2**16`` weights), two ciphertext components, two primes, and a
-    coefficient count that is not a multiple of the kernel's tile; the
-    ``plain_mac`` cases are described in :func:`_plain_cases`. They are small
-    enough (a few ms) to run at import, so the kernels do them on one thread;
-    the threaded split only deals whole tiles out and is covered by the test
-    suite.
-
-    Args:
-        seed: seed of the random cases.
-
-    Returns:
-        True if the extension is available and agrees exactly; False otherwise.
-    """
-    if not available():
-        return False
-    # Imported here, not at the top: kernel imports this module and calls self_check
-    # while it is itself being imported (by then _mac_numpy and _plain_mac_numpy are defined).
-    from pprm.matching import kernel
-
-    rng = np.random.default_rng(seed)
-    moduli = (1152921504606830593, 1152921504606748673)
-    d, size, n = 37, 2, 700
-    q = np.asarray(moduli, dtype=np.uint64).reshape(1, 1, 2, 1)
-    block = rng.integers(0, 1 << 62, size=(d, size, len(moduli), n), dtype=np.uint64) % q
-    block[0] = q - np.uint64(1)
-    weights = rng.integers(-_MAX_WEIGHT, _MAX_WEIGHT + 1, size=d, dtype=np.int64)
-    weights[:2] = (_MAX_WEIGHT, -_MAX_WEIGHT)
-    expected = kernel._mac_numpy(block, weights, moduli)
-    try:
-        if not np.array_equal(multiply_accumulate(block, weights, moduli, threads=1), expected):
-            return False
-        return all(
-            np.array_equal(plain_mac(pts, cts, moduli, threads=1), kernel._plain_mac_numpy(pts, cts, moduli))
-            for pts, cts in _plain_cases(rng, moduli)
-        )
-    except BackendError:
-        return False
-
-
-def _plain_cases(rng: np.random.Generator, moduli: tuple[int, ...]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Small ``plain_mac`` cases with edge values, for :func:`self_check`.
-
-    One per code path of the kernel: s = 2 with b not a multiple of its
-    4-row step and n crossing a 256-coefficient tile, with zero and ``q - 1``
-    rows; b = 256 with every residue ``q - 1`` (the largest sum the contract
-    allows, just under 2**128); b = 1 with s = 3.
-    """
-    q = np.asarray(moduli, dtype=np.uint64).reshape(1, 1, len(moduli), 1)
-
-    def residues(shape: tuple[int, int, int, int]) -> np.ndarray:
-        return rng.integers(0, 1 << 62, size=shape, dtype=np.uint64) % q
-
-    nl = len(moduli)
-    top = q - np.uint64(1)
-    pts, cts = residues((2, 37, nl, 300)), residues((37, 2, nl, 300))
-    pts[0, :5] = top[0]
-    cts[:3] = top
-    pts[1, 7] = 0
-    cts[9] = 0
-    return [
-        (pts, cts),
-        (
-            np.ascontiguousarray(np.broadcast_to(top, (1, _MAX_PLAIN_B, nl, 20))),
-            np.ascontiguousarray(np.broadcast_to(top, (_MAX_PLAIN_B, 2, nl, 20))),
-        ),
-        (residues((3, 1, nl, 9)), residues((1, 3, nl, 9))),
-    ]

@@ -1,4 +1,4 @@
-"""The ``pprm`` command line in the blind profile, end to end.
+"""One search between two states (pprm.cli.flow_cmds), through the CLI, blind profile.
 
 Two states (AA asks, BB answers) are created with the test-only sets through
 ``pprm init --params INSECURE-sealed-n1024 --blind-params
@@ -7,7 +7,7 @@ the CLI itself (``main(argv)`` in-process). A blind query writes the query
 and, when its key is new, a key announcement beside it (OUT.keys); the
 responder accepts the announcement with ``answer --keys`` before it answers.
 
-As in tests/cli/test_sealed_cli.py, every refused command must exit 1 with exactly one
+As in tests/cli/test_flow_cmds.py, every refused command must exit 1 with exactly one
 ``pprm: error:`` line on stderr, nothing on stdout, and leave every state
 directory and the message directory unchanged, with no output file created.
 """
@@ -18,18 +18,19 @@ import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-import pprm.cli.main as cli_main
+import pprm.cli.common as cli_common
 from pprm import synthetic
 from pprm.matching.templates import normalise_probe, normalise_templates
 from pprm.node.state import State
 from pprm.protocol.blind_messages import parse_handle
-from tests.helpers import INSECURE, cli, ok, ok_json, snapshot
+from tests.cli.worlds import refused
+from tests.helpers import INSECURE_BLIND, INSECURE_SEALED, ok, ok_json
 
-BLIND = "INSECURE-blind-n1024"
 DIM = 512
 TAU = 0.4
 GALLERY = 100
@@ -50,8 +51,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     root = tmp_path_factory.mktemp("cli-blind")
     dirs = {n: root / n for n in NAMES}
     for n, d in dirs.items():
-        info = ok_json("init", d, "--name", n, "--params", INSECURE, "--blind-params", BLIND, "--allow-insecure")
-        assert info["params"] == INSECURE and info["blind_params"] == BLIND
+        info = ok_json("init", d, "--name", n, "--params", INSECURE_SEALED, "--blind-params", INSECURE_BLIND,
+                       "--allow-insecure")
+        assert info["params"] == INSECURE_SEALED and info["blind_params"] == INSECURE_BLIND
     for a in NAMES:
         for b in NAMES:
             if a != b:
@@ -79,26 +81,9 @@ def save_probe(world: World, where: Path, index: int) -> Path:
     return where / "p.npy"
 
 
-def blind_query(world: World, where: Path, probe: Path, case: str, name: str, *extra: object) -> dict:
+def blind_query(world: World, where: Path, probe: Path, case: str, name: str, *extra: object) -> dict[str, Any]:
     return ok_json("query", world.dirs["AA"], "--probe", probe, "--to", "BB", "--case", case,
                    "--purpose", "serious-crime", "--out", where / name, "--profile", "blind", *extra)
-
-
-def refused(world: World, scratch: Path, *argv: object, says: str = "") -> str:
-    """Run a command that must fail cleanly and change nothing; return its error line."""
-    roots = [world.root, scratch]
-    before = [snapshot(str(r)) for r in roots]
-    r = cli(*argv)
-    after = [snapshot(str(r)) for r in roots]
-    assert r.code == 1, r
-    assert r.out == ""
-    assert r.err.endswith("\n") and r.err.count("\n") == 1, r.err
-    assert r.err.startswith("pprm: error: ") and "Traceback" not in r.err
-    for b, a in zip(before, after, strict=True):
-        changed = sorted(k for k in b.keys() | a.keys() if b.get(k) != a.get(k))
-        assert changed == [], changed
-    assert says.lower() in r.err.lower(), r.err
-    return r.err
 
 
 def test_blind_query_answer_open_follow_up_resolve(world: World, tmp_path: Path) -> None:
@@ -181,14 +166,14 @@ def test_answer_into_a_missing_directory_changes_nothing(world: World, tmp_path:
 def test_blind_query_whose_announcement_cannot_be_written_leaves_no_file(
         world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     probe = save_probe(world, tmp_path, 13)
-    write = cli_main._AtomicOutput.write
+    write = cli_common.AtomicOutput.write
 
-    def keys_disk_full(self: cli_main._AtomicOutput, data: bytes) -> None:
+    def keys_disk_full(self: cli_common.AtomicOutput, data: bytes) -> None:
         if self.path.endswith(".keys"):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         write(self, data)
 
-    monkeypatch.setattr(cli_main._AtomicOutput, "write", keys_disk_full)
+    monkeypatch.setattr(cli_common.AtomicOutput, "write", keys_disk_full)
     refused(world, tmp_path, "query", world.dirs["AA"], "--probe", probe, "--to", "BB", "--case", "CASE-B7",
             "--purpose", "serious-crime", "--out", tmp_path / "q.msg", "--profile", "blind", says="no space")
 
@@ -206,13 +191,13 @@ def test_blind_query_writes_nothing_when_refused(world: World, tmp_path: Path) -
 
 def test_init_refuses_an_insecure_blind_set_without_permission(world: World, tmp_path: Path) -> None:
     refused(world, tmp_path, "init", tmp_path / "XX", "--name", "XX", "--params", "pprm-sealed-n4096-v1",
-            "--blind-params", BLIND, says="insecure")
+            "--blind-params", INSECURE_BLIND, says="insecure")
     assert not (tmp_path / "XX").exists()
-    refused(world, tmp_path, "init", tmp_path / "XX", "--name", "XX", "--params", INSECURE, "--allow-insecure",
+    refused(world, tmp_path, "init", tmp_path / "XX", "--name", "XX", "--params", INSECURE_SEALED, "--allow-insecure",
             "--blind-params", "no-such-set", says="unknown blind parameter set")
 
 
 def test_init_records_the_blind_set(world: World) -> None:
     for d in world.dirs.values():
         st = State.open(str(d))
-        assert st.config.blind_params == BLIND and st.config.allow_insecure
+        assert st.config.blind_params == INSECURE_BLIND and st.config.allow_insecure

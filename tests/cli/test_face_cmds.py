@@ -27,7 +27,7 @@ import cv2
 from pprm.face import FacePipeline, load_models
 from pprm.node.state import State
 from tests.face.support import link_pack, synthetic_detector, tiny_recognizer
-from tests.helpers import cli, ok, ok_json, snapshot
+from tests.helpers import cli, new_state, ok, ok_json, snapshot
 
 FACE_MODULES = ("onnxruntime", "onnx", "cv2", "pprm.face")
 
@@ -59,8 +59,8 @@ def photos(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def states(tmp_path: Path, make_state) -> dict[str, State]:
-    de, fr = make_state(tmp_path, "DE"), make_state(tmp_path, "FR")
+def states(tmp_path: Path) -> dict[str, State]:
+    de, fr = new_state(tmp_path / "DE", "DE"), new_state(tmp_path / "FR", "FR")
     de.trust(fr.card_bytes)
     fr.trust(de.card_bytes)
     return {"DE": de, "FR": fr}
@@ -217,8 +217,8 @@ def test_enroll_refuses_an_empty_or_missing_folder(pack, tmp_path, states):
             says="no such file or directory")
 
 
-def test_enroll_refuses_a_recognizer_of_another_dimension(pack, photos, tmp_path, make_state):
-    st = make_state(tmp_path, "NL", dim=128)
+def test_enroll_refuses_a_recognizer_of_another_dimension(pack, photos, tmp_path):
+    st = new_state(tmp_path / "NL", "NL", dim=128)
     refused([tmp_path], "enroll", st.dir, "--images", photos, "--models", pack,
             says="makes templates of dimension 512, state NL holds dimension 128")
 

@@ -1,4 +1,4 @@
-"""Smoke test of the blind-profile benchmark (pprm.cli.bench_blind and ``pprm bench --profile blind``).
+"""Smoke test of the blind-profile benchmark behind ``pprm bench --profile blind`` (pprm.bench.blind).
 
 On the insecure N=1024 set with 600 templates (two blocks): the result must be
 JSON-ready with the documented keys, the correctness checks must pass, and
@@ -7,22 +7,19 @@ the table must render. Timings are only checked for being recorded.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from typing import Any
 
 import pytest
 
 import pprm
-from pprm.cli.bench_blind import BLIND_TARGETS, INSECURE_SEALED, format_blind_table, run_blind_bench
-from pprm.cli.main import main
-from pprm.crypto import blind_params as blind_param_sets
+from pprm.bench.blind import BLIND_TARGETS, format_blind_table, run_blind_bench
+from pprm.bench.setup import INSECURE_SEALED
 from pprm.crypto.answer_codec import answer_bytes
 from pprm.crypto.context import BlindContext
 from pprm.errors import ParameterError
+from tests.helpers import INSECURE_BLIND
 
-PARAMS = "INSECURE-blind-n1024"
 N = 600
 
 SIZE_KEYS = {
@@ -39,7 +36,7 @@ SIZE_KEYS = {
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     workdir = str(tmp_path_factory.mktemp("bench-blind"))
-    return run_blind_bench([N], params=PARAMS, repeats=1, allow_insecure=True, workdir=workdir)
+    return run_blind_bench([N], params=INSECURE_BLIND, repeats=1, allow_insecure=True, workdir=workdir)
 
 
 def test_result_has_the_documented_keys_and_passes_its_checks(result: dict[str, Any]) -> None:
@@ -49,7 +46,8 @@ def test_result_has_the_documented_keys_and_passes_its_checks(result: dict[str, 
     kern = result["kernel"]["backends"]
     assert "numpy" in kern and ("native" in kern) == (pprm.BACKEND == "native")
     assert all(k["ms_per_block"] > 0 and k["gmac_per_s"] > 0 for k in kern.values())
-    assert result["profile"] == "blind" and result["params"] == PARAMS and result["sealed_params"] == INSECURE_SEALED
+    assert result["profile"] == "blind" and result["params"] == INSECURE_BLIND
+    assert result["sealed_params"] == INSECURE_SEALED
     assert result["backend"] == pprm.BACKEND == result["machine"]["backend"]
     assert result["correct"] is True
     (row,) = result["sizes"]
@@ -64,16 +62,15 @@ def test_result_has_the_documented_keys_and_passes_its_checks(result: dict[str, 
     assert len(row["responder_ms_runs"]) == 1
 
 
-def test_byte_figures_follow_from_the_parameters(result: dict[str, Any]) -> None:
+def test_byte_figures_follow_from_the_parameters(result: dict[str, Any], blind_ctx: BlindContext) -> None:
     (row,) = result["sizes"]
-    ctx = BlindContext(blind_param_sets.get(PARAMS, allow_insecure=True))
-    blocks = -(-N // ctx.params.slots)
+    blocks = -(-N // blind_ctx.params.slots)
     assert row["blocks"] == blocks
-    assert row["answer_block_bytes"] == answer_bytes(ctx)
+    assert row["answer_block_bytes"] == answer_bytes(blind_ctx)
     # The answer message is its blocks plus a small envelope.
-    assert blocks * answer_bytes(ctx) < row["answer_bytes"] < blocks * answer_bytes(ctx) + 2048
+    assert blocks * answer_bytes(blind_ctx) < row["answer_bytes"] < blocks * answer_bytes(blind_ctx) + 2048
     assert row["answer_bytes_per_template"] == pytest.approx(row["answer_bytes"] / N)
-    assert row["answer_bytes_per_slot"] == pytest.approx(row["answer_bytes"] / (blocks * ctx.params.slots))
+    assert row["answer_bytes_per_slot"] == pytest.approx(row["answer_bytes"] / (blocks * blind_ctx.params.slots))
     # One ciphertext per query, plus a small envelope.
     assert row["query_ciphertexts"] == 1
     assert row["query_ciphertext_bytes"] < row["query_bytes"] < row["query_ciphertext_bytes"] + 2048
@@ -93,28 +90,18 @@ def test_targets_block(result: dict[str, Any]) -> None:
 
 def test_format_blind_table_renders(result: dict[str, Any]) -> None:
     text = format_blind_table(result)
-    assert PARAMS in text and "600" in text
+    assert INSECURE_BLIND in text and "600" in text
     assert "target: blind 100k x 512 query" in text and "not measured" in text
     assert "target: answer <= 32 bytes per template" in text
     assert "correctness: ok" in text and "WRONG" not in text
 
 
-def test_cli_blind_profile_prints_json() -> None:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(["bench", "--profile", "blind", "--sizes", str(N), "--params", PARAMS, "--allow-insecure",
-                     "--repeats", "1", "--json"])
-    assert code == 0, err.getvalue()
-    data = json.loads(out.getvalue())
-    assert data["profile"] == "blind" and data["params"] == PARAMS and data["correct"] is True
-
-
-def test_refuses_bad_arguments() -> None:
+@pytest.mark.parametrize("bad", [
+    {"allow_insecure": False},  # an insecure set needs permission
+    {"sizes": []},
+    {"sizes": [0]},
+    {"repeats": 0},
+])
+def test_refuses_bad_arguments(bad: dict[str, Any]) -> None:
     with pytest.raises(ParameterError):
-        run_blind_bench([N], params=PARAMS)  # insecure set without allow_insecure
-    with pytest.raises(ParameterError):
-        run_blind_bench([], params=PARAMS, allow_insecure=True)
-    with pytest.raises(ParameterError):
-        run_blind_bench([0], params=PARAMS, allow_insecure=True)
-    with pytest.raises(ParameterError):
-        run_blind_bench([N], params=PARAMS, allow_insecure=True, repeats=0)
+        run_blind_bench(**{"sizes": [N], "params": INSECURE_BLIND, "allow_insecure": True, **bad})

@@ -1,0 +1,172 @@
+"""The verbs of one search between two states: ``query``, ``answer``, ``open``, ``follow-up``, ``resolve``.
+
+Messages travel as files the operators exchange by whatever channel their
+Prüm setup uses (``follow-up`` can also post over HTTP, through
+:mod:`pprm.cli.net_cmds`). Every output file is written whole or not at all
+(:class:`pprm.cli.common.AtomicOutput`), and before the state records the
+step, so a failed write leaves the state as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from typing import Any
+
+from pprm.cli import face_cmds
+from pprm.cli.common import EXIT_OK, AddVerb, AtomicOutput, Verbs, emit, load_npy, read_bytes
+from pprm.cli.net_cmds import send_follow_up_cmd
+from pprm.cli.progress import ProgressBar
+from pprm.errors import ParameterError
+from pprm.node.keyservice import KeyService
+from pprm.node.requester import Requester
+from pprm.node.responder import Responder
+from pprm.node.state import State
+from pprm.profile import PROFILES
+
+__all__ = ["VERBS"]
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    st = State.open(args.dir)
+    probe = face_cmds.probe_from_image(args, st) if args.image is not None else load_npy(args.probe, "probe")
+    req = Requester(st)
+    blind = req.profile_for(args.to, args.profile) == "blind"
+    keys_path = args.keys_out or f"{args.out}.keys"
+    keys_file = AtomicOutput(keys_path) if blind else contextlib.nullcontext(None)
+    with AtomicOutput(args.out) as out, keys_file as keys_out:
+
+        def sink(announcement: bytes | None, query: bytes) -> None:
+            # Every file is complete on disk (written, fsynced) before any is
+            # renamed into place, and all before the key or the query is recorded.
+            out.write(query)
+            if announcement is not None and keys_out is not None:
+                keys_out.write(announcement)
+                keys_out.commit()
+            out.commit()
+
+        sent = req.prepare(args.to, probe, args.case, args.purpose, profile=args.profile, sink=sink)
+    if sent.profile == "sealed":
+        emit(args, {"to": args.to, "query_id": sent.query_id, "out": out.path},
+             f"query {sent.query_id} to {args.to} written to {args.out}")
+        return EXIT_OK
+    announced = sent.announcement is not None
+    report: dict[str, Any] = {"to": args.to, "query_id": sent.query_id, "out": out.path, "profile": "blind",
+                              "keys": keys_path if announced else None}
+    text = f"blind query {sent.query_id} to {args.to} written to {args.out}"
+    if announced:
+        text += f"; new key announcement written to {keys_path} (deliver it first)"
+    emit(args, report, text)
+    return EXIT_OK
+
+
+def _cmd_answer(args: argparse.Namespace) -> int:
+    st = State.open(args.dir)
+    blob = read_bytes(args.query)
+    announcements = [read_bytes(k) for k in args.keys or []]
+    with AtomicOutput(args.out) as out, ProgressBar("matching") as bar:
+        # The responder verifies the query once, before any state change; sink
+        # runs before the query is marked used: if the write fails, the query
+        # stays unanswered and can be answered again.
+        res = Responder(st).respond(blob, sink=out.write, progress=bar.callback, announcements=announcements)
+        out.commit()
+    # A refusal by policy is a valid protocol outcome (signed, logged): exit 0.
+    text = (f"answer to query {res.query_id} from {res.peer} written to {args.out}" if res.refused is None else
+            f"refusal ({res.refused}) of query {res.query_id} from {res.peer} written to {args.out}: {res.reason}")
+    emit(args, {"to": res.peer, "query_id": res.query_id, "out": out.path, "refused": res.refused}, text)
+    return EXIT_OK
+
+
+def _cmd_open(args: argparse.Namespace) -> int:
+    st = State.open(args.dir)
+    opened = Requester(st).open(read_bytes(args.answer))
+    lines = [f"answer from {opened.sender} to query {opened.query_id}: "
+             f"{'HIT' if opened.hit else 'no hit'}, {len(opened.candidates)} candidate(s)"]
+    lines += [f"  {tok}" for tok in opened.candidates]
+    emit(args, opened.to_json(), "\n".join(lines))
+    return EXIT_OK
+
+
+def _cmd_follow_up(args: argparse.Namespace) -> int:
+    st = State.open(args.dir)
+    blob = read_bytes(args.answer)
+    if args.out is None:
+        if args.peers is None and args.router is None:
+            raise ParameterError("give --out FILE, or --peers FILE / --router URL to send the follow-up")
+        return send_follow_up_cmd(args, st, blob)
+    with AtomicOutput(args.out) as out:
+        fu = Requester(st).prepare_follow_up(blob, args.token)
+        out.write(fu.message)
+        out.commit()
+    emit(args, {"to": fu.peer, "query_id": fu.query_id, "out": out.path},
+         f"follow-up to {fu.peer} for query {fu.query_id} written to {args.out}")
+    return EXIT_OK
+
+
+def _cmd_resolve(args: argparse.Namespace) -> int:
+    st = State.open(args.dir)
+    res = KeyService(st).resolve(read_bytes(args.followup))
+    emit(args, {"reference": res.reference},
+         f"{res.reference}  (released to {res.requester} for query {res.query_id})")
+    return EXIT_OK
+
+
+# -- parser -------------------------------------------------------------------------------------
+
+def _add_query(verbs: Verbs) -> None:
+    p = verbs.add("query", _cmd_query, "write a signed query for a peer")
+    p.add_argument("dir")
+    p.add_argument("--probe", default=None, help=".npy template of shape (dim,) or (1, dim)")
+    face_cmds.add_query_args(p)
+    p.add_argument("--to", required=True, help="the peer's state code")
+    p.add_argument("--case", required=True, help="case reference")
+    p.add_argument("--purpose", required=True,
+                   help="purpose of the search, one of this state's purposes (default list: serious-crime, "
+                        "missing-person, unidentified-remains)")
+    p.add_argument("--out", required=True, help="query message file to write")
+    p.add_argument("--profile", choices=PROFILES, default=None,
+                   help="sealed: the peer sees the probe; blind: it stays encrypted under this state's key "
+                        "(default: the per-peer setting in state.json, else sealed)")
+    p.add_argument("--keys-out", default=None,
+                   help="blind: where to write a new key announcement (default: OUT.keys)")
+
+
+def _add_answer(verbs: Verbs) -> None:
+    p = verbs.add("answer", _cmd_answer, "answer a query addressed to this state (or refuse it by policy)")
+    p.add_argument("dir")
+    p.add_argument("query", metavar="QUERY_FILE")
+    p.add_argument("--out", required=True, help="answer message file to write")
+    p.add_argument("--keys", action="append", metavar="KEYS_FILE",
+                   help="blind: a key announcement to accept first (repeatable)")
+
+
+def _add_open(verbs: Verbs) -> None:
+    p = verbs.add("open", _cmd_open, "open an answer to one of this state's queries")
+    p.add_argument("dir")
+    p.add_argument("answer", metavar="ANSWER_FILE")
+
+
+def _add_follow_up(verbs: Verbs) -> None:
+    p = verbs.add("follow-up", _cmd_follow_up, "ask for the record behind one candidate token")
+    p.add_argument("dir")
+    p.add_argument("answer", metavar="ANSWER_FILE")
+    p.add_argument("token")
+    p.add_argument("--out", default=None, help="follow-up message file to write")
+    p.add_argument("--peers", default=None, help="send it over HTTP instead: JSON file, state code -> service URL")
+    p.add_argument("--router", default=None, help="send it over HTTP through this router")
+
+
+def _add_resolve(verbs: Verbs) -> None:
+    p = verbs.add("resolve", _cmd_resolve, "resolve a follow-up to its reference (logged)")
+    p.add_argument("dir")
+    p.add_argument("followup", metavar="FOLLOWUP_FILE")
+
+
+# Verb name -> the function adding it; pprm.cli.main chooses the order.
+VERBS: dict[str, AddVerb] = {
+    "query": _add_query,
+    "answer": _add_answer,
+    "open": _add_open,
+    "follow-up": _add_follow_up,
+    "resolve": _add_resolve,
+}
