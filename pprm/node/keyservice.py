@@ -237,10 +237,7 @@ class KeyService:
             UnknownPeerError: the sender is not trusted.
             ParameterError: made for another parameter set.
         """
-        env, plain = self._open(blob, "query", now, None)
-        if env.header.profile == "blind":
-            return self._issue(VerifiedBlindQuery(env, BlindQueryBody.from_bytes(plain)))
-        return self._issue(VerifiedQuery(env, QueryBody.from_bytes(plain)))
+        return self._verify(blob, now, None)
 
     def verify_query(self, blob: bytes, now: float | None = None) -> VerifiedQuery:
         """Verify a sealed-profile query message end to end (signature before parsing).
@@ -255,8 +252,9 @@ class KeyService:
         Raises:
             As :meth:`verify_incoming`; MessageError also for a blind-profile query.
         """
-        env, plain = self._open(blob, "query", now, "sealed")
-        return self._issue(VerifiedQuery(env, QueryBody.from_bytes(plain)))
+        vq = self._verify(blob, now, "sealed")
+        assert isinstance(vq, VerifiedQuery)  # _open refused any other profile
+        return vq
 
     def verify_blind_query(self, blob: bytes, now: float | None = None) -> VerifiedBlindQuery:
         """Verify a blind-profile query message end to end (signature before parsing).
@@ -271,8 +269,9 @@ class KeyService:
         Raises:
             As :meth:`verify_incoming`; MessageError also for a sealed-profile query.
         """
-        env, plain = self._open(blob, "query", now, "blind")
-        return self._issue(VerifiedBlindQuery(env, BlindQueryBody.from_bytes(plain)))
+        vq = self._verify(blob, now, "blind")
+        assert isinstance(vq, VerifiedBlindQuery)  # _open refused any other profile
+        return vq
 
     def query_header(self, blob: bytes, now: float | None = None) -> Header:
         """Verify a query's envelope (signature, recipient, time, parameters, replay) without unboxing it.
@@ -308,6 +307,13 @@ class KeyService:
         """
         env = self._envelope(blob, "keys", now, "blind")
         return VerifiedAnnouncement(env, KeyAnnouncementBody.from_bytes(env.body))
+
+    def _verify(self, blob: bytes, now: float | None, profile: Profile | None) -> VerifiedQuery | VerifiedBlindQuery:
+        # The one path of every query: signature, header, replay, then box and body.
+        env, plain = self._open(blob, "query", now, profile)
+        if env.header.profile == "blind":
+            return self._issue(VerifiedBlindQuery(env, BlindQueryBody.from_bytes(plain)))
+        return self._issue(VerifiedQuery(env, QueryBody.from_bytes(plain)))
 
     def _issue(self, vq: _Verified) -> _Verified:
         self._issued.add(vq)
