@@ -12,7 +12,7 @@ Environment:
     PPRM_BENCH_PARAMS: parameter set (default ``pprm-sealed-n8192-v1``);
         ``INSECURE-*`` sets are accepted for quick smoke runs only.
     PPRM_BENCH_BLIND_PARAMS: blind parameter set (default
-        ``pprm-blind-n16384-v1``); ``INSECURE-blind-n1024`` for smoke runs.
+        ``pprm-blind-n16384-v2``); ``INSECURE-blind-n1024-v2`` for smoke runs.
     PPRM_BENCH_ROUNDS: timed rounds of the full query (default 5).
 """
 

@@ -48,7 +48,7 @@ def _identity(name: str) -> Identity:
 DE, FR = _identity("DE"), _identity("FR")
 DIGEST = hashlib.sha256(b"pprm-fuzz/params").hexdigest()
 NOW = 1_700_000_100
-_CTX = BlindContext(blind_params.get("INSECURE-blind-n1024", allow_insecure=True))
+_CTX = BlindContext(blind_params.get("INSECURE-blind-n1024-v2", allow_insecure=True))
 _MINTER = TokenMinter(hashlib.sha256(b"pprm-fuzz/token-key").digest())
 
 

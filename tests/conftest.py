@@ -11,14 +11,14 @@ Sealed profile, on the test-only set ``INSECURE-sealed-n1024``
 
 * ``sealed_params`` / ``sealed_ctx`` / ``sealed_keypair`` / ``sealed_key_id``.
 
-Blind profile, on the test-only set ``INSECURE-blind-n1024``
+Blind profile, on the test-only set ``INSECURE-blind-n1024-v2``
 (:data:`tests.helpers.INSECURE_BLIND`):
 
 * ``blind_params`` / ``blind_ctx`` / ``blind_keypair`` (the requester's side)
   / ``blind_announced`` (the responder's side: the public and Galois keys
   loaded from the pair's announcement);
 * ``blind_prod_ctx`` / ``blind_prod_keypair`` / ``blind_prod_announced``: the
-  same on the production set ``pprm-blind-n16384-v1``
+  same on the production set ``pprm-blind-n16384-v2``
   (:data:`tests.helpers.PROD_BLIND`), for the noise, fidelity and privacy
   measurements that only mean something there.
 
@@ -91,13 +91,13 @@ def sealed_key_id(sealed_ctx: CkksContext, sealed_keypair: tuple[seal.SecretKey,
 
 # -- blind profile ---------------------------------------------------------------
 
-def _announced(ctx: BlindContext, pair: blind_keys.BlindKeyPair) -> tuple[seal.PublicKey, seal.GaloisKeys]:
-    return blind_keys.load_announced(ctx, pair.public_blob, pair.galois_blob)
+def _announced(ctx: BlindContext, pair: blind_keys.BlindKeyPair) -> blind_keys.EvaluationKeys:
+    return blind_keys.load_announced(ctx, pair.public_blob, pair.galois_blob, pair.relin_blob)
 
 
 @pytest.fixture(scope="session")
 def blind_params() -> blind_param_sets.BlindParameterSet:
-    """The test-only blind set ``INSECURE-blind-n1024`` (512 templates per block)."""
+    """The test-only blind set ``INSECURE-blind-n1024-v2`` (512 templates per block)."""
     return blind_param_sets.get(INSECURE_BLIND, allow_insecure=True)
 
 
@@ -115,14 +115,14 @@ def blind_keypair(blind_ctx: BlindContext) -> blind_keys.BlindKeyPair:
 
 @pytest.fixture(scope="session")
 def blind_announced(blind_ctx: BlindContext,
-                    blind_keypair: blind_keys.BlindKeyPair) -> tuple[seal.PublicKey, seal.GaloisKeys]:
-    """``(public_key, galois_keys)`` as a responder loads them from :func:`blind_keypair`'s announcement."""
+                    blind_keypair: blind_keys.BlindKeyPair) -> blind_keys.EvaluationKeys:
+    """The evaluation keys as a responder loads them from :func:`blind_keypair`'s announcement."""
     return _announced(blind_ctx, blind_keypair)
 
 
 @pytest.fixture(scope="session")
 def blind_prod_ctx() -> BlindContext:
-    """A blind-profile context on the production set ``pprm-blind-n16384-v1``."""
+    """A blind-profile context on the production set ``pprm-blind-n16384-v2``."""
     return BlindContext(blind_param_sets.get(PROD_BLIND))
 
 
@@ -134,8 +134,8 @@ def blind_prod_keypair(blind_prod_ctx: BlindContext) -> blind_keys.BlindKeyPair:
 
 @pytest.fixture(scope="session")
 def blind_prod_announced(blind_prod_ctx: BlindContext,
-                         blind_prod_keypair: blind_keys.BlindKeyPair) -> tuple[seal.PublicKey, seal.GaloisKeys]:
-    """``(public_key, galois_keys)`` loaded from :func:`blind_prod_keypair`'s announcement."""
+                         blind_prod_keypair: blind_keys.BlindKeyPair) -> blind_keys.EvaluationKeys:
+    """The evaluation keys loaded from :func:`blind_prod_keypair`'s announcement."""
     return _announced(blind_prod_ctx, blind_prod_keypair)
 
 

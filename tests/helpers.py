@@ -109,11 +109,11 @@ __all__ = [
 # accepted without allow_insecure=True).
 INSECURE_SEALED = "INSECURE-sealed-n1024"  # 512 templates per block
 INSECURE_SEALED_COMPLEX = "INSECURE-sealed-n1024-complex"  # 1024 templates per block
-INSECURE_BLIND = "INSECURE-blind-n1024"  # 512 templates per block
+INSECURE_BLIND = "INSECURE-blind-n1024-v2"  # 512 templates per block
 # The blind production set, for the tests that measure noise and fidelity
 # where it matters (pinned by name, not DEFAULT_BLIND_PARAMS: the figures in
 # those tests belong to this set).
-PROD_BLIND = "pprm-blind-n16384-v1"
+PROD_BLIND = "pprm-blind-n16384-v2"
 # Scores closer than this to the threshold are not guaranteed to decide
 # exactly (docs/DESIGN.md section 4: delta = 1e-3); test data must avoid them.
 MARGIN = 1e-3
@@ -514,24 +514,26 @@ def noise_bits(ctx: BlindContext, secret_key: seal.SecretKey, ct: seal.Ciphertex
 
 
 def masked_noise_bits(ctx: BlindContext, secret_key: seal.SecretKey, matcher: object, probe_ct: seal.Ciphertext,
-                      galois: seal.GaloisKeys, scores: np.ndarray, signs: np.ndarray, tau: float,
+                      keys: object, scores: np.ndarray, signs: np.ndarray, tau: float,
                       r: np.ndarray) -> float:
     """Noise of block 0's masked value before the flood, against the exact ring product.
 
     The ideal is ``NTT(exact u*(s - tau)) * NTT(R)``: the exact encoding of the
     signed, shifted scores times the integer mask polynomial actually used,
-    so what remains is the computation's own noise (encryption, rotations,
-    rounding of the diagonals), multiplied by the mask.
+    so what remains is the computation's own noise (encryption, the
+    responder's re-randomisation, the conjugation, rotations, rounding of the
+    diagonals), multiplied by the mask.
     """
+    from pprm.crypto.blind_keys import EvaluationKeys
     from pprm.matching import kernel
-    from pprm.matching.blind import BlindMatcher
+    from pprm.matching.blind import BlindMatcher, SlotMasks
 
-    assert isinstance(matcher, BlindMatcher)
+    assert isinstance(matcher, BlindMatcher) and isinstance(keys, EvaluationKeys)
     p = ctx.params
-    baby = matcher._baby_steps(probe_ct, galois)
-    inner = kernel.plain_mac(matcher.db.diagonals[0], baby, ctx.moduli)
-    score = matcher._giant_steps(inner, galois)
-    masked = matcher.mask(score, signs, tau, r, np.zeros_like(r))
+    prepared = matcher.prepare(probe_ct, keys)
+    inner = kernel.plain_mac(matcher.db.diagonals[0], prepared.baby, ctx.moduli)
+    score = matcher._giant_steps(inner, keys.galois)
+    masked = matcher.mask(score, signs, tau, SlotMasks(r, np.zeros_like(r)))
     ct = ctx.from_residues(masked, float(2**p.top_scale_bits))
     pt = seal.Plaintext()
     seal.Decryptor(ctx.seal, secret_key).decrypt(ct, pt)
@@ -645,3 +647,53 @@ def wait_for(predicate: object, timeout: float = 30.0, what: str = "condition") 
             return
         time.sleep(0.005)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+# ---- blind follow-ups (appended) -------------------------------------------------
+
+__all__ += ["blind_followup_body", "craft_blind_followup"]
+
+
+def blind_followup_body(query_id: str, handle: str, probe: object, *, dim: int | None = None) -> bytes:
+    """The canonical bytes of a blind follow-up body, unchecked: what a misbehaving peer can put in the box.
+
+    Args:
+        query_id: the query id field.
+        handle: the token field.
+        probe: raw bytes for the probe field (encoded as canonical base64),
+            or an array written as little-endian float32.
+        dim: the dim field (default: the number of float32 values).
+
+    Returns:
+        Canonical JSON with the four fields of
+        :class:`pprm.protocol.blind_messages.BlindFollowUpBody`.
+    """
+    from pprm.protocol import canonical
+
+    raw = probe if isinstance(probe, bytes) else np.asarray(probe).astype("<f4").tobytes()
+    return canonical.encode({"dim": len(raw) // 4 if dim is None else dim, "probe": canonical.b64(raw),
+                             "query_id": query_id, "token": handle})
+
+
+def craft_blind_followup(sender: State, to: str, query_id: str, handle: str, probe: object, *,
+                         body: bytes | None = None, now: float | None = None) -> bytes:
+    """A blind follow-up signed by ``sender`` and boxed to ``to``, skipping every check of the requester.
+
+    Args:
+        sender: the requesting state.
+        to: the answering state.
+        query_id: the query whose answer named (or did not name) ``handle``.
+        handle: a blind handle (any string).
+        probe: the probe to carry (see :func:`blind_followup_body`).
+        body: the body bytes to box instead, when given.
+        now: the creation time (default: now).
+
+    Returns:
+        The signed message.
+    """
+    t = int(time.time() if now is None else now)
+    ident = sender.identity()
+    h = Header("followup", sender.config.name, to, new_id(), t, t + 3600, sender.blind_ctx.params.digest,
+               "blind", query_id)
+    plain = blind_followup_body(query_id, handle, probe) if body is None else body
+    return seal_envelope(ident, h, ident.box_to(sender.peer(to).identity, plain))

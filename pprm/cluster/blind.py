@@ -101,7 +101,7 @@ class ShardedBlindMatcher:
             raise ClusterError("the sharded blind database was never synced")
         keys = request.keys
         results = self.shards.fan_out(self._versions, "answer", (request.probe, keys.key_id, keys.public, keys.galois,
-                                                                 tau), progress)
+                                                                 keys.relin, tau), progress)
         order = [int(i) for i in secret_permutation(len(self._versions))]
         return BlindAnswer([results[b] for b in order], order)
 

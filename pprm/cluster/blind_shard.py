@@ -61,7 +61,7 @@ class BlindShard:
         self._dir = directory or tempfile.mkdtemp(prefix="pprm-blind-shard-", dir=local_directory())
         self._shape = (ps.giant_steps, ps.baby_steps, ps.data_primes, self._ctx.n)
         self._blocks: dict[int, tuple[str, np.ndarray, np.ndarray]] = {}
-        self._keys: collections.OrderedDict[str, tuple[seal.PublicKey, seal.GaloisKeys]] = collections.OrderedDict()
+        self._keys: collections.OrderedDict[str, blind_keys.EvaluationKeys] = collections.OrderedDict()
 
     def __repr__(self) -> str:
         return f"BlindShard({self.spec.params}, {len(self._blocks)} blocks)"
@@ -102,18 +102,19 @@ class BlindShard:
         """Block position -> database version, for every block held."""
         return {b: v for b, (v, _d, _s) in self._blocks.items()}
 
-    def _keys_for(self, key_id: str, public_blob: bytes, galois_blob: bytes) -> tuple[seal.PublicKey, seal.GaloisKeys]:
+    def _keys_for(self, key_id: str, public_blob: bytes, galois_blob: bytes,
+                  relin_blob: bytes) -> blind_keys.EvaluationKeys:
         if key_id not in self._keys:
-            if blind_keys.key_id_of(self._ctx.params.digest, public_blob, galois_blob) != key_id:
+            if blind_keys.key_id_of(self._ctx.params.digest, public_blob, galois_blob, relin_blob) != key_id:
                 raise KeyRotationError("the key material does not match its key id")
-            self._keys[key_id] = blind_keys.load_announced(self._ctx, public_blob, galois_blob)
+            self._keys[key_id] = blind_keys.load_announced(self._ctx, public_blob, galois_blob, relin_blob)
             while len(self._keys) > KEY_CACHE:
                 self._keys.popitem(last=False)
         self._keys.move_to_end(key_id)
         return self._keys[key_id]
 
     def answer(self, wanted: list[tuple[int, str]], probe_blob: bytes, key_id: str, public_blob: bytes,
-               galois_blob: bytes, tau: float) -> list[bytes]:
+               galois_blob: bytes, relin_blob: bytes, tau: float) -> list[bytes]:
         """Answer blocks for the ``wanted`` ``(block, version)`` pairs, in that order.
 
         Raises:
@@ -124,10 +125,10 @@ class BlindShard:
             held = self._blocks.get(b)
             if held is None or held[0] != v:
                 raise ClusterError(f"this worker does not hold blind block {b} in the version asked for")
-        public_key, galois = self._keys_for(key_id, public_blob, galois_blob)
+        keys = self._keys_for(key_id, public_blob, galois_blob, relin_blob)
         p = self._ctx.params
         probe = self._ctx.load_seeded_ciphertext(probe_blob, scale=float(2**p.probe_scale_bits))
-        return self._eval.evaluate(probe, public_key, galois, float(tau),
+        return self._eval.evaluate(probe, keys, float(tau),
                                    [(self._blocks[b][1], self._blocks[b][2]) for b, _v in wanted])
 
     def describe(self) -> dict[str, Any]:

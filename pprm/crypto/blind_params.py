@@ -1,12 +1,14 @@
 """Named CKKS parameter sets for the blind profile, validated like the sealed ones.
 
-In the blind profile the requester encrypts its probe under its own key and
-the responder evaluates ``r * (<G_j, q> - tau) + e`` with baby-step/giant-step
-diagonals, re-randomises the result with a fresh encryption of zero, floods
-the noise, and rescales the answer down to the first prime (docs/DESIGN.md
-sections 2-4 and 9). Precision, not depth, sets the modulus: the flood is
-2**30 times the worst computation noise and must still leave every decision
-with ``|s - tau| >= 1e-3`` exact at the smallest mask ``r = 1``.
+In the blind profile the requester encrypts its probe under its own key. The
+responder re-randomises the probe, projects it onto its real part, computes
+``r * (<G_j, p> - tau * (1 + W_j) / 2) + e`` with baby-step/giant-step
+diagonals (``W_j`` the squared norm of slot j's probe window, computed on a
+rescaled copy of the probe one level down), re-randomises the result,
+floods the noise, and rescales the answer down to the first prime
+(docs/DESIGN.md sections 2-4 and 9). Precision, not depth, sets the modulus:
+the flood is 2**30 times the worst computation noise and must still leave
+every decision with ``|s - tau| >= 1e-3`` exact at the smallest mask ``r = 1``.
 
 Warning:
     Sets named ``INSECURE*`` are for tests only; :func:`get` refuses them
@@ -24,7 +26,7 @@ from pprm.errors import ParameterError
 
 __all__ = ["BlindParameterSet", "DEFAULT_BLIND_PARAMS", "get", "names", "by_digest", "FLOOD_FACTOR_BITS"]
 
-DEFAULT_BLIND_PARAMS = "pprm-blind-n16384-v1"
+DEFAULT_BLIND_PARAMS = "pprm-blind-n16384-v2"
 
 # The flood's standard deviation is 2**30 times the worst-case computation
 # noise (docs/DESIGN.md section 4; OpenFHE's NOISE_FLOODING uses the same s = 30).
@@ -44,10 +46,16 @@ class BlindParameterSet:
             N/(2d) times) and be a multiple of :attr:`baby_steps`.
         baby_steps: b1 of the baby-step/giant-step product; the requester's
             Galois keys are for rotations by 1 and by b1 only.
-        probe_scale_bits: log2 of the scale the requester encodes its probe at.
+        probe_scale_bits: log2 of the scale the requester encodes its probe
+            at. The responder's real projection ``p + conj(p)`` doubles the
+            value, so the projected probe is read at one bit more.
         diagonal_scale_bits: log2 of the scale gallery diagonals are encoded at.
         mask_scale_bits: log2 of the scale the mask r is encoded at.
         mask_log2_max: r is log-uniform in [1, 2**mask_log2_max].
+        norm_lift_bits: the projected probe is multiplied by ``2**k`` for
+            this k and rescaled by the last data prime before the window
+            norms are computed, so that the norms land one level down at a
+            scale that leaves room for an exact factor ``r * tau / 2``.
         answer_drop_bits: low bits of every answer coefficient (coefficient
             form, at q0) rounded away before sending; the rounding adds far
             less noise than the flood.
@@ -68,6 +76,7 @@ class BlindParameterSet:
     diagonal_scale_bits: int
     mask_scale_bits: int
     mask_log2_max: int
+    norm_lift_bits: int
     answer_drop_bits: int
     noise_bits_below_scale: int
     decision_margin: float
@@ -94,9 +103,29 @@ class BlindParameterSet:
         return len(self.coeff_modulus_bits) - 1
 
     @property
+    def projected_scale_bits(self) -> int:
+        """log2 of the scale the real-projected probe ``(p + conj(p)) / 2`` is read at."""
+        return self.probe_scale_bits + 1
+
+    @property
     def score_scale_bits(self) -> int:
-        """log2 of the scale of the inner products (probe times diagonals)."""
-        return self.probe_scale_bits + self.diagonal_scale_bits
+        """log2 of the scale of the inner products (projected probe times diagonals)."""
+        return self.projected_scale_bits + self.diagonal_scale_bits
+
+    @property
+    def norm_probe_bits(self) -> int:
+        """log2 (nominal) of the scale of the probe copy the norms are computed on, one level down."""
+        return self.projected_scale_bits + self.norm_lift_bits - self.coeff_modulus_bits[-2]
+
+    @property
+    def combine_scale_bits(self) -> int:
+        """log2 (nominal) of the scale one level down, where the window-norm term joins the answer."""
+        return self.top_scale_bits - self.coeff_modulus_bits[-2]
+
+    @property
+    def norm_factor_bits(self) -> int:
+        """log2 (nominal) of the scale the factor ``r * tau / 2`` of ``W - 1`` is encoded at."""
+        return self.combine_scale_bits - 2 * self.norm_probe_bits
 
     @property
     def top_scale_bits(self) -> int:
@@ -141,6 +170,7 @@ def _validate(lit: dict[str, Any]) -> BlindParameterSet:
             diagonal_scale_bits=int(lit["diagonal_scale_bits"]),
             mask_scale_bits=int(lit["mask_scale_bits"]),
             mask_log2_max=int(lit["mask_log2_max"]),
+            norm_lift_bits=int(lit["norm_lift_bits"]),
             answer_drop_bits=int(lit["answer_drop_bits"]),
             noise_bits_below_scale=int(lit["noise_bits_below_scale"]),
             decision_margin=float(lit["decision_margin"]),
@@ -159,6 +189,14 @@ def _validate(lit: dict[str, Any]) -> BlindParameterSet:
     worst = ps.mask_log2_max + 1
     if ps.top_scale_bits + worst + 1 > sum(bits[:-1]) - 1:
         raise ParameterError(f"{ps.name}: the masked value overflows the top modulus")
+    # One level down (the last data prime rescaled away), the answer with
+    # |r*(s - tau*(1 + W)/2)| < 2**worst must fit; the probe copy the norms
+    # are computed on must keep about 2**-24 precision, and W's factor
+    # r*tau/2 must be encoded precisely (2**-20 of its value at r = 1).
+    if ps.combine_scale_bits + worst + 1 > sum(bits[:-2]) - 1:
+        raise ParameterError(f"{ps.name}: the answer one level down overflows its modulus")
+    if ps.norm_probe_bits < 30 or ps.norm_factor_bits < 20:
+        raise ParameterError(f"{ps.name}: norm_lift_bits leaves the window norms too imprecise")
     final_scale = ps.top_scale_bits - sum(bits[1:-1])
     if final_scale < 20 or final_scale + worst + 1 > bits[0] - 1:
         raise ParameterError(f"{ps.name}: the answer scale 2**{final_scale} does not fit q0 = 2**{bits[0]}")
@@ -180,10 +218,12 @@ def _validate(lit: dict[str, Any]) -> BlindParameterSet:
 _BLIND_COMMON: dict[str, Any] = {
     # ArcFace embeddings (the mission's template size).
     "dim": 512,
-    # b1 = 64 baby steps and 8 giant steps: 63 rotations of the probe per
-    # query plus 7 per block, and two Galois keys (steps 1 and 64).
+    # b1 = 64 baby steps and 8 giant steps: 63 rotations of the probe and 7
+    # of the window norms per query, 7 per block, and three Galois keys
+    # (steps 1 and 64, and the conjugation for the real projection).
     "baby_steps": 64,
-    # 2**82: probe scale. The probe's encryption noise and the key-switching
+    # 2**82: probe scale (2**83 after the real projection doubles the
+    # value and the noise alike). The probe's encryption noise and the key-switching
     # noise of the 63 chained baby-step rotations, relative to this scale,
     # dominate the computation noise (measured: 2**-68 of the product's scale
     # for a random gallery). docs/DESIGN.md section 9 used 2**66 with r <= 2**10
@@ -201,6 +241,12 @@ _BLIND_COMMON: dict[str, Any] = {
     # tau) / (13 ln 2) = 0.041 for sd 0.044 and tau = 0.4 (docs/DESIGN.md
     # section 9; measured 0.040 by tests/matching/test_blind_fidelity.py).
     "mask_log2_max": 13,
+    # 2**15: the projected probe (2**83) times 2**15, rescaled by a 60-bit
+    # prime, sits at about 2**38 one level down: the rescale's rounding is
+    # about 2**-25 of each component, so W is exact to about 2**-24 and
+    # shifts an honest threshold by under 2**-25. W then sits at 2**76 and
+    # its factor r*tau/2 at 2**28 (error about 40/2**28 in the slots).
+    "norm_lift_bits": 15,
     # |s - tau| >= 1e-3 must decide exactly (docs/DESIGN.md sections 4 and 8).
     "decision_margin": 1e-3,
     # 12 of q0's 60 bits are rounded off every answer coefficient: 48 bits
@@ -231,13 +277,13 @@ _LITERALS: tuple[dict[str, Any], ...] = (
     # wide enough for the rank-correlation target at tau = 0.4 (measured
     # with [44, 40, 40, 40 | 50]: 0.9 bits of margin for random galleries,
     # 3.7 bits short for structured ones, with r <= 2**12).
-    {"name": "pprm-blind-n16384-v1", "poly_modulus_degree": 16384,
+    {"name": "pprm-blind-n16384-v2", "poly_modulus_degree": 16384,
      "coeff_modulus_bits": [60, 60, 60, 60], "insecure": False,
      "noise_bits_below_scale": 50, **_BLIND_COMMON},
     # Test-only: the same primes and scales at N=1024 (512 templates per
     # block, one probe replica); far below 128-bit security (log Q = 240 at
     # N=1024), it keeps tests fast.
-    {"name": "INSECURE-blind-n1024", "poly_modulus_degree": 1024,
+    {"name": "INSECURE-blind-n1024-v2", "poly_modulus_degree": 1024,
      "coeff_modulus_bits": [60, 60, 60, 60], "insecure": True,
      "noise_bits_below_scale": 50, **_BLIND_COMMON},
 )

@@ -376,3 +376,11 @@ class BlindContext(SealContext):
         super().__init__(params)
         self.params = params
         self.key_parms_id: tuple[int, int, int, int] = tuple(self.seal.key_parms_id())
+        # The key level's primes: the data primes, then SEAL's special prime.
+        self.key_moduli: tuple[int, ...] = tuple(
+            m.value() for m in self.seal.key_context_data().parms().coeff_modulus())
+
+    @property
+    def version(self) -> tuple[int, int]:
+        """SEAL's serialisation version (major, minor), for streams built here."""
+        return self._version

@@ -1,21 +1,41 @@
 """Blind profile, responder side: masked threshold on an encrypted probe.
 
 For each block of N/2 templates the responder turns the requester's
-encrypted probe into one ciphertext of ``r_j * (s_j - tau) + e_j`` and sends
-it back. In order (docs/DESIGN.md section 9):
+encrypted probe into one ciphertext of ``r_j * (s_j - tau * (1 + W_j) / 2) +
+e_j`` and sends it back, where ``W_j`` is the squared norm of the probe
+window slot ``j`` sees. Once per query (docs/DESIGN.md sections 4 and 9):
 
-1. the baby-step/giant-step product with the plaintext diagonals
-   (:mod:`pprm.matching.diagonals`) at the top level, scale ``2**S``; slot
-   ``j`` holds ``u_j * s_j`` with the database's secret sign ``u_j``;
-2. subtract ``u_j * tau``, multiply by ``u_j * r_j`` with the mask ``r``
+1. add the responder's own encryption of zero under the requester's public
+   key: from here on the requester cannot know ``c1`` of anything its
+   evaluation keys switch, so what a dishonest key adds is noise it cannot
+   predict, not a value it chose;
+2. project onto the real part, ``p' = (p + conj(p)) / 2``: an imaginary part
+   of the probe no longer reaches the answer;
+3. the b1 - 1 baby-step rotations of ``p'``;
+4. the window norms, one level down: ``p'`` times ``2**norm_lift_bits``,
+   rescaled, times its own conjugate (``|p'|**2``, which imaginary noise can
+   only raise), relinearised, and summed over every slot's 512-window by
+   b1 - 1 rotations by one and g2 - 1 by b1.
+
+Then per block:
+
+5. the baby-step/giant-step product with the plaintext diagonals
+   (:mod:`pprm.matching.diagonals`) at the top level; slot ``j`` holds
+   ``u_j * s_j`` with the database's secret sign ``u_j``;
+6. subtract ``u_j * tau``, multiply by ``u_j * r_j`` with the mask ``r``
    (log-uniform, one per slot, from the CSPRNG), add the slot noise ``e``;
-3. add a fresh encryption of zero under the requester's public key, so that
-   ``c1`` is no longer a linear function of the gallery (circuit privacy);
-4. add the flood polynomial, uniform on ``[-2**k, 2**k)`` per coefficient
-   with ``2**k / sqrt(3) >= 2**30`` times the worst-case computation noise,
-   to ``c0`` (:mod:`pprm.matching.flood`);
-5. rescale down to the first prime: the answer is as small as the exact
-   decisions allow.
+7. rescale one level, and add ``-r_j * tau / 2 * (W_j - 1)``. Since
+   ``(1 + W) / 2 >= sqrt(W)``, a slot clears the threshold only if the unit
+   probe ``v / |v|`` of its window ``v`` scores at least ``tau * (1 + |v|**2)
+   / (2 |v|) >= tau``: whatever real probe the requester sends, every slot
+   answers for a unit probe at a threshold no lower than ``tau``, and an
+   honest probe (unit norm, encoded exactly) at ``tau`` itself;
+8. add a fresh encryption of zero under the requester's public key, so that
+   ``c1`` is no longer a function of the gallery (circuit privacy);
+9. add the flood polynomial, uniform per coefficient and ``2**30`` times the
+   worst-case computation noise (:mod:`pprm.matching.flood`), to ``c0``;
+10. rescale down to the first prime: the answer is as small as the exact
+    decisions allow.
 
 The answer's blocks go out in a fresh random order per query; only the
 responder can map (position, slot) back to a record.
@@ -23,8 +43,9 @@ responder can map (position, slot) back to a record.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -33,15 +54,18 @@ import tenseal.sealapi as seal
 
 from pprm.crypto import blind_keys
 from pprm.crypto.answer_codec import encode_answer
+from pprm.crypto.blind_keys import EvaluationKeys
 from pprm.crypto.context import BlindContext
 from pprm.crypto.encoding import coefficients_to_residues, encode_coefficients
-from pprm.errors import ParameterError
+from pprm.errors import CiphertextError, ParameterError
 from pprm.matching import kernel
 from pprm.matching.diagonals import BlindDatabase, secret_permutation
 from pprm.matching.flood import uniform_residues
+from pprm.matching.kernel_numpy import mulmod_pow2
 from pprm.matching.mask import csprng_uniform
 
-__all__ = ["AnnouncedKeys", "BlindAnswer", "BlindEvaluator", "BlindMatcher", "BlindRequest", "answer_scale"]
+__all__ = ["AnnouncedKeys", "BlindAnswer", "BlindEvaluator", "BlindMatcher", "BlindRequest", "PreparedProbe",
+           "SlotMasks", "answer_scale"]
 
 Progress = Callable[[int, int], None]
 
@@ -80,31 +104,33 @@ class AnnouncedKeys:
     Args:
         key_id: the key id (checked against the material by whoever
             accepted the announcement).
-        public: the announced public key (SEAL stream).
+        public: the announced public key (seed and ``b``).
         galois: the announced Galois keys (SEAL stream).
+        relin: the announced relinearisation key (SEAL stream).
         loaded: the same keys already loaded with
             :func:`pprm.crypto.blind_keys.load_announced`, if the caller has them.
     """
 
-    def __init__(self, key_id: str, public: bytes, galois: bytes,
-                 loaded: tuple[seal.PublicKey, seal.GaloisKeys] | None = None) -> None:
+    def __init__(self, key_id: str, public: bytes, galois: bytes, relin: bytes,
+                 loaded: EvaluationKeys | None = None) -> None:
         self.key_id = key_id
         self.public = public
         self.galois = galois
+        self.relin = relin
         self._loaded = loaded
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"AnnouncedKeys({self.key_id})"
 
-    def load(self, ctx: BlindContext) -> tuple[seal.PublicKey, seal.GaloisKeys]:
+    def load(self, ctx: BlindContext) -> EvaluationKeys:
         """The keys as SEAL objects for ``ctx`` (strictly loaded once, then cached).
 
         Args:
             ctx: the blind context of the announced parameter set.
 
         Returns:
-            ``(public key, Galois keys)``.
+            The evaluation keys.
 
         Raises:
             CiphertextError: the material does not load (see
@@ -112,7 +138,7 @@ class AnnouncedKeys:
         """
         with self._lock:
             if self._loaded is None:
-                self._loaded = blind_keys.load_announced(ctx, self.public, self.galois)
+                self._loaded = blind_keys.load_announced(ctx, self.public, self.galois, self.relin)
             return self._loaded
 
 
@@ -155,53 +181,169 @@ class BlindRequest:
         return cls(probe, ct, keys)
 
 
+@dataclass(frozen=True)
+class PreparedProbe:
+    """What one query computes once and every block shares.
+
+    Attributes:
+        baby: ``uint64[b1, 2, L, N]``: the projected probe rotated by ``0..b1-1``.
+        norm_gap: ``uint64[2, L - 1, N]``: ``W - 1`` one level down, at
+            scale :attr:`norm_scale`, or None when the checks are off.
+        norm_scale: the exact scale of ``norm_gap``.
+    """
+
+    baby: np.ndarray = field(repr=False)
+    norm_gap: np.ndarray | None = field(repr=False)
+    norm_scale: float = 0.0
+
+
+@dataclass(frozen=True)
+class SlotMasks:
+    """One block's fresh per-slot secrets: mask ``r`` and slot noise ``e``."""
+
+    r: np.ndarray = field(repr=False)
+    e: np.ndarray = field(repr=False)
+
+
 def _mulmod(a: np.ndarray, b: np.ndarray, moduli: tuple[int, ...]) -> np.ndarray:
     """``a * b mod q`` per prime row: ``a`` is ``[L, N]``, ``b`` is ``[S, L, N]``."""
     out = kernel.plain_mac(a[None, None], b[None], moduli)
     return out[0]
 
 
+@contextlib.contextmanager
+def _seal_errors() -> Iterator[None]:
+    """SEAL's own refusals (a transparent or malformed intermediate) as a typed error."""
+    try:
+        yield
+    except (RuntimeError, ValueError) as exc:
+        raise CiphertextError(
+            f"the requester's keys or probe gave a degenerate ciphertext: {str(exc).splitlines()[0][:100]}") from None
+
+
 class BlindEvaluator:
-    """The blind product, masks and hiding, for whatever blocks of diagonals it is handed.
+    """The blind product, checks, masks and hiding, for whatever blocks of diagonals it is handed.
 
     :class:`BlindMatcher` runs it over a whole database; a shard of a cluster
     (:mod:`pprm.cluster`) runs it over the blocks it holds.
 
     Args:
         ctx: the blind context of the diagonals' parameter set.
+        checks: the probe's re-randomisation, real projection and window
+            norms (steps 1, 2, 4 and 7 of the module docstring).
+
+    Warning:
+        ``checks=False`` exists only so that ``pprm bench`` can report what
+        the checks cost; an evaluator without them answers a malicious
+        requester with the gallery (docs/DESIGN.md section 4). Nothing in the
+        protocol, node or CLI builds one.
     """
 
-    def __init__(self, ctx: BlindContext) -> None:
+    def __init__(self, ctx: BlindContext, *, checks: bool = True) -> None:
         self.ctx = ctx
+        self.checks = checks
 
     def __repr__(self) -> str:
         return f"BlindEvaluator({self.ctx.params.name})"
 
-    def _baby_steps(self, probe: seal.Ciphertext, galois: seal.GaloisKeys) -> np.ndarray:
+    def encrypt_zero(self, public_key: seal.PublicKey, scale: float = 1.0) -> seal.Ciphertext:
+        """A fresh encryption of zero under the requester's public key, at the data level, labelled ``scale``."""
+        zero = seal.Ciphertext(self.ctx.seal)
+        seal.Encryptor(self.ctx.seal, public_key).encrypt_zero(zero)
+        zero.scale = scale
+        return zero
+
+    def prepare(self, probe: seal.Ciphertext, keys: EvaluationKeys) -> PreparedProbe:
+        """Re-randomise and project the probe, rotate it, and compute its window norms (once per query).
+
+        Args:
+            probe: the requester's ciphertext, strictly parsed at the data
+                level and scale ``2**probe_scale_bits``.
+            keys: the requester's evaluation keys.
+
+        Returns:
+            The baby steps and ``W - 1``.
+
+        Raises:
+            CiphertextError: SEAL refuses an intermediate (degenerate keys).
+        """
         p = self.ctx.params
-        ev = self.ctx.evaluator
-        out = np.empty((p.baby_steps, 2, p.data_primes, self.ctx.n), dtype=np.uint64)
-        cur = probe
-        out[0] = self.ctx.to_residues(cur)
-        for b in range(1, p.baby_steps):
-            nxt = seal.Ciphertext(self.ctx.seal)
-            ev.rotate_vector(cur, 1, galois, nxt)
-            out[b] = self.ctx.to_residues(nxt)
-            cur = nxt
-        return out
+        ctx = self.ctx
+        ev = ctx.evaluator
+        with _seal_errors():
+            ct = seal.Ciphertext(ctx.seal)
+            if self.checks:
+                ev.add(probe, self.encrypt_zero(keys.public, probe.scale), ct)
+                ev.add_inplace(ct, ctx.conjugate(ct, keys.galois))
+            else:
+                ev.add(probe, probe, ct)
+            baby = np.empty((p.baby_steps, 2, p.data_primes, ctx.n), dtype=np.uint64)
+            baby[0] = ctx.to_residues(ct)
+            cur = ct
+            for b in range(1, p.baby_steps):
+                nxt = seal.Ciphertext(ctx.seal)
+                ev.rotate_vector(cur, 1, keys.galois, nxt)
+                baby[b] = ctx.to_residues(nxt)
+                cur = nxt
+            if not self.checks:
+                return PreparedProbe(baby, None)
+            return self._window_norms(baby[0], keys, baby)
+
+    def _window_norms(self, projected: np.ndarray, keys: EvaluationKeys, baby: np.ndarray) -> PreparedProbe:
+        """``W - 1`` one level down, from the projected probe's residues (caller maps SEAL errors)."""
+        p = self.ctx.params
+        ctx = self.ctx
+        ev = ctx.evaluator
+        lifted = np.empty_like(projected)
+        for j, q in enumerate(ctx.moduli):
+            lifted[:, j] = mulmod_pow2(projected[:, j], p.norm_lift_bits, q)
+        low = ctx.from_residues(lifted, float(2 ** (p.projected_scale_bits + p.norm_lift_bits)))
+        ev.rescale_to_next_inplace(low)
+        # |p'|**2 rather than p'**2: imaginary noise a dishonest key leaves in
+        # p' raises W (a stricter threshold) instead of lowering it.
+        sq = seal.Ciphertext(ctx.seal)
+        ev.multiply(low, ctx.conjugate(low, keys.galois), sq)
+        ev.relinearize_inplace(sq, keys.relin)
+        # Sum over b1 consecutive slots (b1 - 1 rotations by one), then over
+        # the g2 giant steps (g2 - 1 rotations by b1): every slot's window.
+        step = seal.Ciphertext(ctx.seal)
+        ev.rotate_vector(sq, 1, keys.galois, step)
+        window = seal.Ciphertext(ctx.seal)
+        ev.add(sq, step, window)
+        for _ in range(2, p.baby_steps):
+            nxt = seal.Ciphertext(ctx.seal)
+            ev.rotate_vector(step, 1, keys.galois, nxt)
+            ev.add_inplace(window, nxt)
+            step = nxt
+        norms = window
+        for _ in range(1, p.giant_steps):
+            nxt = seal.Ciphertext(ctx.seal)
+            ev.rotate_vector(norms, p.baby_steps, keys.galois, nxt)
+            ev.add_inplace(nxt, window)
+            norms = nxt
+        scale = norms.scale
+        lvl = p.data_primes - 1
+        gap = ctx.to_residues(norms, lvl)
+        for j, q in enumerate(ctx.moduli[:lvl]):
+            # The constant 1 at this scale is the same value at every NTT point.
+            one = np.uint64(int(round(scale)) % q)
+            row = gap[0, j]
+            gap[0, j] = np.where(row >= one, row - one, row + (np.uint64(q) - one))
+        return PreparedProbe(baby, gap, scale)
 
     def _giant_steps(self, inner: np.ndarray, galois: seal.GaloisKeys) -> np.ndarray:
         """Horner: ``acc = rot_b1(acc) + inner_g`` from the last giant step down."""
         p = self.ctx.params
         ev = self.ctx.evaluator
         scale = float(2**p.score_scale_bits)
-        acc = self.ctx.from_residues(inner[-1], scale)
-        for g in range(p.giant_steps - 2, -1, -1):
-            ev.rotate_vector_inplace(acc, p.baby_steps, galois)
-            ev.add_inplace(acc, self.ctx.from_residues(inner[g], scale))
-        return self.ctx.to_residues(acc)
+        with _seal_errors():
+            acc = self.ctx.from_residues(inner[-1], scale)
+            for g in range(p.giant_steps - 2, -1, -1):
+                ev.rotate_vector_inplace(acc, p.baby_steps, galois)
+                ev.add_inplace(acc, self.ctx.from_residues(inner[g], scale))
+            return self.ctx.to_residues(acc)
 
-    def draw_masks(self) -> tuple[np.ndarray, np.ndarray]:
+    def draw_masks(self) -> SlotMasks:
         """Fresh ``r`` (log-uniform in [1, 2**mask_log2_max]) and ``e`` for one block.
 
         ``|e| <= r*margin/8`` leaves ``7/8 * margin`` for the flood at r = 1
@@ -211,18 +353,16 @@ class BlindEvaluator:
         p = self.ctx.params
         r = np.exp2(csprng_uniform(p.slots) * p.mask_log2_max)
         e = (2.0 * csprng_uniform(p.slots) - 1.0) * r * (p.decision_margin / 8.0)
-        return r, e
+        return SlotMasks(r, e)
 
-    def mask(self, score: np.ndarray, signs: np.ndarray, tau: float, r: np.ndarray,
-             e: np.ndarray) -> np.ndarray:
+    def mask(self, score: np.ndarray, signs: np.ndarray, tau: float, masks: SlotMasks) -> np.ndarray:
         """``u*r * (score - u*tau) + e`` on residues at the top level, scale ``2**top_scale_bits``.
 
         Args:
             score: the block's product, holding ``u_j * s_j``.
             signs: the block's secret slot signs ``u``.
             tau: the threshold.
-            r: masks, from :meth:`draw_masks`.
-            e: slot noise, from :meth:`draw_masks`.
+            masks: from :meth:`draw_masks`.
 
         Returns:
             ``uint64[2, L, N]`` residues of ``r * (s - tau) + e``.
@@ -230,8 +370,8 @@ class BlindEvaluator:
         p = self.ctx.params
         ctx = self.ctx
         moduli = ctx.moduli
-        coeffs = np.stack([encode_coefficients(signs * r, p.mask_scale_bits, ctx.n),
-                           encode_coefficients(e, p.top_scale_bits, ctx.n),
+        coeffs = np.stack([encode_coefficients(signs * masks.r, p.mask_scale_bits, ctx.n),
+                           encode_coefficients(masks.e, p.top_scale_bits, ctx.n),
                            encode_coefficients(signs * tau, p.score_scale_bits, ctx.n)])
         ntt = ctx.to_ntt(coefficients_to_residues(coeffs, moduli))
         c = score.copy()
@@ -240,11 +380,44 @@ class BlindEvaluator:
         c[0] = _add(c[0], ntt[1], moduli)
         return c
 
-    def hide(self, masked: np.ndarray, public_key: seal.PublicKey) -> bytes:
-        """Re-randomise, flood, and rescale a masked block to q0.
+    def fold_norms(self, masked: np.ndarray, tau: float, masks: SlotMasks,
+                   prepared: PreparedProbe) -> tuple[np.ndarray, float]:
+        """Rescale a masked block one level and add ``-r * tau / 2 * (W - 1)``.
 
         Args:
             masked: top-level residues from :meth:`mask`.
+            tau: the threshold.
+            masks: the block's masks (the same ``r``).
+            prepared: the query's window norms (None without the checks).
+
+        Returns:
+            The residues one level down and their exact scale.
+        """
+        p = self.ctx.params
+        ctx = self.ctx
+        lvl = p.data_primes - 1
+        moduli = ctx.moduli[:lvl]
+        with _seal_errors():
+            ct = ctx.from_residues(masked, float(2**p.top_scale_bits))
+            ctx.evaluator.rescale_to_next_inplace(ct)
+            scale = ct.scale
+            c = ctx.to_residues(ct, lvl)
+        if prepared.norm_gap is None:
+            return c, scale
+        # The factor's scale is exactly (scale of c) / (scale of W - 1); it is
+        # encoded at 2**norm_factor_bits with the leftover ratio folded into
+        # the values (a float64 factor within 2**-52 of 1 of its ideal).
+        ratio = scale / prepared.norm_scale / 2.0**p.norm_factor_bits
+        factor = encode_coefficients(-masks.r * (tau / 2.0) * ratio, p.norm_factor_bits, ctx.n)
+        f = ctx.to_ntt(coefficients_to_residues(factor[None], moduli))[0]
+        return _add(c, _mulmod(f, prepared.norm_gap, moduli), moduli), scale
+
+    def hide(self, combined: np.ndarray, scale: float, public_key: seal.PublicKey) -> bytes:
+        """Re-randomise, flood, and rescale a block (one level below the top) to q0.
+
+        Args:
+            combined: residues from :meth:`fold_norms`.
+            scale: their exact scale.
             public_key: the requester's public key.
 
         Returns:
@@ -252,28 +425,32 @@ class BlindEvaluator:
         """
         p = self.ctx.params
         ctx = self.ctx
-        moduli = ctx.moduli
-        flood = ctx.to_ntt(uniform_residues(p.flood_bits, ctx.n, moduli)[None])[0]
-        zero = seal.Ciphertext(ctx.seal)
-        seal.Encryptor(ctx.seal, public_key).encrypt_zero(zero)
-        z = ctx.to_residues(zero)
-        c = masked.copy()
-        c[0] = _add(_add(c[0], z[0], moduli), flood, moduli)
-        c[1] = _add(c[1], z[1], moduli)
-        out = ctx.from_residues(c, float(2**p.top_scale_bits))
-        for _ in range(p.data_primes - 1):
-            ctx.evaluator.rescale_to_next_inplace(out)
-        return encode_answer(ctx, out)
+        lvl = p.data_primes - 1
+        moduli = ctx.moduli[:lvl]
+        # The flood is sized at the top level; one rescale later it is that
+        # width divided by the prime rescaled away.
+        width = p.flood_bits - p.coeff_modulus_bits[lvl]
+        flood = ctx.to_ntt(uniform_residues(width, ctx.n, moduli)[None])[0]
+        with _seal_errors():
+            zero = seal.Ciphertext(ctx.seal)
+            seal.Encryptor(ctx.seal, public_key).encrypt_zero(list(ctx.levels[lvl]), zero)
+            z = ctx.to_residues(zero, lvl)
+            c = combined.copy()
+            c[0] = _add(_add(c[0], z[0], moduli), flood, moduli)
+            c[1] = _add(c[1], z[1], moduli)
+            out = ctx.from_residues(c, scale)
+            for _ in range(lvl - 1):
+                ctx.evaluator.rescale_to_next_inplace(out)
+            return encode_answer(ctx, out)
 
-    def evaluate(self, probe: seal.Ciphertext, public_key: seal.PublicKey, galois: seal.GaloisKeys, tau: float,
+    def evaluate(self, probe: seal.Ciphertext, keys: EvaluationKeys, tau: float,
                  blocks: Sequence[tuple[np.ndarray, np.ndarray]], progress: Progress | None = None) -> list[bytes]:
         """Answer blocks for ``(diagonals, signs)`` pairs, in the order given.
 
         Args:
             probe: the requester's ciphertext, already strictly parsed at the
                 data level and scale ``2**probe_scale_bits``.
-            public_key: the requester's public key (for the encryption of zero).
-            galois: the requester's Galois keys for steps 1 and b1.
+            keys: the requester's evaluation keys.
             tau: the threshold, in ``[2*margin, 1)`` so empty slots (score 0)
                 are certain non-hits.
             blocks: per block, its diagonals ``uint64[g2, b1, L, N]`` and its
@@ -285,21 +462,23 @@ class BlindEvaluator:
 
         Raises:
             ParameterError: tau out of range.
+            CiphertextError: the requester's keys make SEAL refuse an
+                intermediate ciphertext.
 
         Warning:
-            The masks and the flood must be fresh per query and from the
-            CSPRNG; they are drawn here and never stored.
+            The masks, the encryptions of zero and the flood must be fresh
+            per query and from the CSPRNG; they are drawn here and never stored.
         """
         p = self.ctx.params
         if not 2 * p.decision_margin <= tau < 1.0:
             raise ParameterError(f"threshold must be in [{2 * p.decision_margin}, 1), got {tau}")
         if not blocks:
             return []
-        baby = self._baby_steps(probe, galois)
+        prepared = self.prepare(probe, keys)
         out = []
 
         def mac(k: int) -> np.ndarray:
-            return kernel.plain_mac(blocks[k][0], baby, self.ctx.moduli)
+            return kernel.plain_mac(blocks[k][0], prepared.baby, self.ctx.moduli)
 
         # The kernel releases the GIL: the next block's multiply-accumulate runs
         # while this thread does the current block's rotations and masking in SEAL.
@@ -309,9 +488,10 @@ class BlindEvaluator:
                 inner = pending.result()
                 if k + 1 < len(blocks):
                     pending = pool.submit(mac, k + 1)
-                score = self._giant_steps(inner, galois)
-                r, e = self.draw_masks()
-                out.append(self.hide(self.mask(score, blocks[k][1], tau, r, e), public_key))
+                score = self._giant_steps(inner, keys.galois)
+                masks = self.draw_masks()
+                combined, scale = self.fold_norms(self.mask(score, blocks[k][1], tau, masks), tau, masks, prepared)
+                out.append(self.hide(combined, scale, keys.public))
                 if progress is not None:
                     progress(k + 1, len(blocks))
         return out
@@ -323,22 +503,22 @@ class BlindMatcher(BlindEvaluator):
     Args:
         ctx: the blind context of the database's parameter set.
         database: the diagonals.
+        checks: as :class:`BlindEvaluator` (measurement only when False).
 
     Raises:
         ParameterError: the database belongs to another parameter set.
     """
 
-    def __init__(self, ctx: BlindContext, database: BlindDatabase) -> None:
+    def __init__(self, ctx: BlindContext, database: BlindDatabase, *, checks: bool = True) -> None:
         if database.params_name != ctx.params.name:
             raise ParameterError("the blind database was built for another parameter set")
-        super().__init__(ctx)
+        super().__init__(ctx, checks=checks)
         self.db = database
 
     def __repr__(self) -> str:
         return f"BlindMatcher({self.ctx.params.name}, {self.db.size} templates)"
 
-    def answer(self, probe: seal.Ciphertext, public_key: seal.PublicKey, galois: seal.GaloisKeys,
-               tau: float) -> BlindAnswer:
+    def answer(self, probe: seal.Ciphertext, keys: EvaluationKeys, tau: float) -> BlindAnswer:
         """Evaluate one blind query over the whole database (see :meth:`evaluate`).
 
         Returns:
@@ -346,12 +526,13 @@ class BlindMatcher(BlindEvaluator):
 
         Raises:
             ParameterError: tau out of range.
+            CiphertextError: as :meth:`evaluate`.
 
         Warning:
             The block order must be fresh per query and from the CSPRNG; it is
             drawn here and kept only in the returned answer.
         """
-        return self._answer(probe, public_key, galois, tau, None)
+        return self._answer(probe, keys, tau, None)
 
     def answer_blind(self, request: BlindRequest, tau: float, progress: Progress | None = None) -> BlindAnswer:
         """Answer one parsed blind query (the :class:`~pprm.matching.protocols.BlindMatching` interface).
@@ -366,19 +547,18 @@ class BlindMatcher(BlindEvaluator):
 
         Raises:
             ParameterError: tau out of range.
-            CiphertextError: the requester's keys do not load.
+            CiphertextError: the requester's keys do not load, or make SEAL
+                refuse an intermediate ciphertext.
 
         Warning:
             As :meth:`answer`: the block order is fresh per query, from the CSPRNG.
         """
-        public_key, galois = request.keys.load(self.ctx)
-        return self._answer(request.ciphertext, public_key, galois, tau, progress)
+        return self._answer(request.ciphertext, request.keys.load(self.ctx), tau, progress)
 
-    def _answer(self, probe: seal.Ciphertext, public_key: seal.PublicKey, galois: seal.GaloisKeys, tau: float,
+    def _answer(self, probe: seal.Ciphertext, keys: EvaluationKeys, tau: float,
                 progress: Progress | None) -> BlindAnswer:
         order = [int(i) for i in secret_permutation(self.db.blocks)]
-        out = self.evaluate(probe, public_key, galois, tau, [(self.db.diagonals[b], self.db.signs[b]) for b in order],
-                            progress)
+        out = self.evaluate(probe, keys, tau, [(self.db.diagonals[b], self.db.signs[b]) for b in order], progress)
         return BlindAnswer(out, order)
 
 

@@ -4,7 +4,7 @@
 
     DIR/blind/
       keys/KEY_ID/           a peer's announced key (public material)
-        public.bin  galois.bin  meta.json   (peer, expiry, retired_by)
+        public.bin  galois.bin  relin.bin  meta.json   (peer, expiry, retired_by)
       queries/QUERY_ID.json  answered blind queries: peer, key id, block
                              order, database version, follow-ups so far
       db/VERSION/            the gallery's diagonals for one gallery version
@@ -113,18 +113,18 @@ class BlindStore:
                 the key material, or has expired.
             CiphertextError: the key material does not load.
         """
-        if blind_keys.key_id_of(self.ctx.params.digest, body.public, body.galois) != body.key_id:
+        if blind_keys.key_id_of(self.ctx.params.digest, body.public, body.galois, body.relin) != body.key_id:
             raise KeyRotationError("announced key id does not match the key material")
         if os.path.exists(self._path("keys", body.key_id)):
             raise KeyRotationError("this key id was announced before; a key id is never reused")
         if body.expires < now:
             raise KeyRotationError("the announced key has already passed its lifetime")
-        loaded = blind_keys.load_announced(self.ctx, body.public, body.galois)
-        return AnnouncedKeys(body.key_id, body.public, body.galois, loaded)
+        loaded = blind_keys.load_announced(self.ctx, body.public, body.galois, body.relin)
+        return AnnouncedKeys(body.key_id, body.public, body.galois, body.relin, loaded)
 
     def store_keys(self, peer: str, body: KeyAnnouncementBody) -> None:
         """Cache a checked announcement (:meth:`check_new_keys`) by key id; caller holds the lock."""
-        key_id, expires, public, galois = body.key_id, body.expires, body.public, body.galois
+        key_id, expires = body.key_id, body.expires
         final = self._path("keys", key_id)
         if os.path.exists(final):
             raise KeyRotationError("this key id was announced before; a key id is never reused")
@@ -133,8 +133,9 @@ class BlindStore:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
         try:
-            atomic_write_bytes(os.path.join(tmp, "public.bin"), public)
-            atomic_write_bytes(os.path.join(tmp, "galois.bin"), galois)
+            atomic_write_bytes(os.path.join(tmp, "public.bin"), body.public)
+            atomic_write_bytes(os.path.join(tmp, "galois.bin"), body.galois)
+            atomic_write_bytes(os.path.join(tmp, "relin.bin"), body.relin)
             atomic_write_json(os.path.join(tmp, "meta.json"), {"peer": peer, "expires": expires, "retired_by": None})
             os.rename(tmp, final)
         except BaseException:
@@ -175,8 +176,8 @@ class BlindStore:
             self._keys[key_id] = AnnouncedKeys(key_id, *self.key_blobs(key_id))
         return self._keys[key_id]
 
-    def key_blobs(self, key_id: str) -> tuple[bytes, bytes]:
-        """The stored public and Galois key blobs of an announced key (public material).
+    def key_blobs(self, key_id: str) -> tuple[bytes, bytes, bytes]:
+        """The stored public, Galois and relinearisation key blobs of an announced key (public material).
 
         Raises:
             KeyRotationError: unknown key id.
@@ -186,7 +187,9 @@ class BlindStore:
             public = fh.read()
         with open(self._path("keys", key_id, "galois.bin"), "rb") as fh:
             galois = fh.read()
-        return public, galois
+        with open(self._path("keys", key_id, "relin.bin"), "rb") as fh:
+            relin = fh.read()
+        return public, galois, relin
 
     def retire_for_followup(self, key_id: str, query_id: str) -> None:
         """Retire a key at its first follow-up; later follow-ups must be on the same query.

@@ -108,7 +108,7 @@ class State:
             dim: template dimension.
             allow_insecure: accept ``INSECURE*`` sets (tests only).
             blind_params: blind-profile parameter set name (default
-                ``pprm-blind-n16384-v1``).
+                ``pprm-blind-n16384-v2``).
             profiles: per-peer default query profile (``"sealed"`` or
                 ``"blind"``; checked here like every other setting).
             purposes: the purposes this state answers and queries for

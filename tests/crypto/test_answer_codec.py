@@ -165,7 +165,7 @@ def test_other_lengths_are_refused(blind_ctx: BlindContext, blob: bytes) -> None
 
 
 def test_real_matcher_answer(blind_ctx: BlindContext, blind_keypair: blind_keys.BlindKeyPair,
-                             blind_announced: tuple[seal.PublicKey, seal.GaloisKeys]) -> None:
+                             blind_announced: blind_keys.EvaluationKeys) -> None:
     """A block from BlindMatcher itself: the right size, a fixed point of the codec, the right signs."""
     rng = np.random.default_rng(7)
     g = rng.standard_normal((8, blind_ctx.params.dim))
@@ -173,8 +173,8 @@ def test_real_matcher_answer(blind_ctx: BlindContext, blind_keypair: blind_keys.
     db = build_database(g, blind_ctx)
     probe = blind_ctx.load_seeded_ciphertext(encrypt_probe(blind_ctx, blind_keypair.secret_key, g[3]),
                                              scale=float(2**blind_ctx.params.probe_scale_bits))
-    pk, gk = blind_announced
-    result = BlindMatcher(blind_ctx, db).answer(probe, pk, gk, 0.4)
+    keys = blind_announced
+    result = BlindMatcher(blind_ctx, db).answer(probe, keys, 0.4)
     assert len(result.ciphertexts) == 1 and result.order == [0]
     blob = result.ciphertexts[0]
     assert len(blob) == answer_bytes(blind_ctx)

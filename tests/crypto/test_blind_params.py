@@ -100,7 +100,12 @@ def test_insecure_sets_need_permission_and_digests_resolve() -> None:
 
 def test_noise_budget_is_consistent() -> None:
     ps = blind_params.get(blind_params.DEFAULT_BLIND_PARAMS)
-    assert ps.top_scale_bits == ps.probe_scale_bits + ps.diagonal_scale_bits + ps.mask_scale_bits == 163
-    assert ps.flood_bits == 163 - 50 + 30 + 1
+    # The real projection p + conj(p) doubles the probe: read one bit higher.
+    assert ps.projected_scale_bits == ps.probe_scale_bits + 1
+    assert ps.top_scale_bits == ps.projected_scale_bits + ps.diagonal_scale_bits + ps.mask_scale_bits == 164
+    assert ps.flood_bits == 164 - 50 + 30 + 1
+    # The window norms one level down: the lifted probe at 2**38, W at 2**76,
+    # its factor r*tau/2 at 2**28, all of it one level down at 2**104.
+    assert (ps.norm_probe_bits, ps.combine_scale_bits, ps.norm_factor_bits) == (38, 104, 28)
     # The answer keeps whole bytes after rounding: 48 of q0's 60 bits.
     assert (ps.coeff_modulus_bits[0] - ps.answer_drop_bits) % 8 == 0

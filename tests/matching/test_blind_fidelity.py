@@ -47,7 +47,7 @@ class Run:
 
 @pytest.fixture(scope="module")
 def run(blind_prod_ctx: BlindContext, blind_prod_keypair: blind_keys.BlindKeyPair,
-        blind_prod_announced: tuple[seal.PublicKey, seal.GaloisKeys]) -> Run:
+        blind_prod_announced: blind_keys.EvaluationKeys) -> Run:
     ctx, pair = blind_prod_ctx, blind_prod_keypair
     p = ctx.params
     rng = np.random.default_rng(20261124)
@@ -62,12 +62,12 @@ def run(blind_prod_ctx: BlindContext, blind_prod_keypair: blind_keys.BlindKeyPai
     db = build_database(g, ctx)
     rows = db.slot_record[0]
     assert (rows >= 0).all()
-    pk, gk = blind_prod_announced
+    keys = blind_prod_announced
     matcher = BlindMatcher(ctx, db)
     values = np.empty((PROBES, p.slots))
     for i, q in enumerate(probes):
         ct = ctx.load_seeded_ciphertext(encrypt_probe(ctx, pair.secret_key, q), scale=float(2**p.probe_scale_bits))
-        answer = matcher.answer(ct, pk, gk, TAU)
+        answer = matcher.answer(ct, keys, TAU)
         values[i] = decrypt_values(ctx, pair.secret_key, decode_answer(ctx, answer.ciphertexts[0], answer_scale(ctx)))
     scores = g[rows] @ probes.T
     return Run(values, scores.T, rows >= PLANTED)

@@ -17,9 +17,8 @@ import tenseal.sealapi as seal
 from pprm.crypto import blind_keys, blind_params
 from pprm.crypto.context import BlindContext
 from pprm.matching.blind import BlindMatcher
-from pprm.matching.blind_client import encrypt_probe
+from pprm.matching.blind_client import encrypt_probe, unit_probe
 from pprm.matching.diagonals import build_database
-from pprm.matching.templates import normalise_probe
 from tests.helpers import PROD_BLIND, masked_noise_bits, noise_bits
 
 TAU = 0.4
@@ -29,9 +28,9 @@ NOISE_TAIL_BITS = 0.5
 
 @pytest.fixture(scope="module")
 def world(blind_prod_ctx: BlindContext, blind_prod_keypair: blind_keys.BlindKeyPair,
-          blind_prod_announced: tuple[seal.PublicKey, seal.GaloisKeys],
-          ) -> tuple[BlindContext, blind_keys.BlindKeyPair, seal.PublicKey, seal.GaloisKeys]:
-    return blind_prod_ctx, blind_prod_keypair, *blind_prod_announced
+          blind_prod_announced: blind_keys.EvaluationKeys,
+          ) -> tuple[BlindContext, blind_keys.BlindKeyPair, blind_keys.EvaluationKeys]:
+    return blind_prod_ctx, blind_prod_keypair, blind_prod_announced
 
 
 def _gallery(kind: str, q: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -48,19 +47,23 @@ def _gallery(kind: str, q: np.ndarray, n: int, rng: np.random.Generator) -> np.n
 
 @pytest.mark.parametrize("kind", ["random", "probe", "constant"])
 def test_masked_noise_stays_under_the_bound(world, kind: str) -> None:
-    ctx, pair, _pk, gk = world
+    ctx, pair, keys = world
     p = ctx.params
     rng = np.random.default_rng(11)
-    q = normalise_probe(rng.normal(size=p.dim), p.dim).astype(np.float64)
+    # The probe exactly as the client encodes it (normalising is not idempotent
+    # to the last bit, so the raw probe is what goes to encrypt_probe).
+    raw = rng.normal(size=p.dim)
+    q = unit_probe(raw, p.dim)
     g = _gallery(kind, q, p.slots, rng)
     db = build_database(g, ctx)
     matcher = BlindMatcher(ctx, db)
-    probe_ct = ctx.load_seeded_ciphertext(encrypt_probe(ctx, pair.secret_key, q), scale=float(2**p.probe_scale_bits))
+    probe_ct = ctx.load_seeded_ciphertext(encrypt_probe(ctx, pair.secret_key, raw),
+                                          scale=float(2**p.probe_scale_bits))
     rows = db.slot_record[0]
     scores = np.zeros(p.slots, dtype=np.longdouble)
-    scores[rows >= 0] = np.einsum("ij,j->i", g[rows[rows >= 0]].astype(np.longdouble), q.astype(np.longdouble))
+    scores[rows >= 0] = np.einsum("ij,j->i", g[rows[rows >= 0]].astype(np.longdouble), q)
     r_max = np.full(p.slots, float(2**p.mask_log2_max))
-    bits = masked_noise_bits(ctx, pair.secret_key, matcher, probe_ct, gk, scores, db.signs[0], TAU, r_max)
+    bits = masked_noise_bits(ctx, pair.secret_key, matcher, probe_ct, keys, scores, db.signs[0], TAU, r_max)
     bound = p.top_scale_bits - p.noise_bits_below_scale
     # The noise depends on the requester's fresh key pair and encryption. Over
     # fresh keys (2-core VM): random 2**107.4-108.3 (10 keys), every template
@@ -73,11 +76,11 @@ def test_masked_noise_stays_under_the_bound(world, kind: str) -> None:
 
 def test_fresh_probe_noise_is_small(world) -> None:
     # A symmetric fresh encryption: noise of a few units (sigma 3.2 per coefficient).
-    ctx, pair, _pk, _gk = world
+    ctx, pair, _keys = world
     p = ctx.params
-    q = normalise_probe(np.random.default_rng(2).normal(size=p.dim), p.dim).astype(np.float64)
-    ct = ctx.load_seeded_ciphertext(encrypt_probe(ctx, pair.secret_key, q), scale=float(2**p.probe_scale_bits))
-    replicated = np.tile(q, p.slots // p.dim).astype(np.longdouble)
+    raw = np.random.default_rng(2).normal(size=p.dim)
+    ct = ctx.load_seeded_ciphertext(encrypt_probe(ctx, pair.secret_key, raw), scale=float(2**p.probe_scale_bits))
+    replicated = np.tile(unit_probe(raw, p.dim), p.slots // p.dim).astype(np.longdouble)
     assert noise_bits(ctx, pair.secret_key, ct, replicated, p.probe_scale_bits) < 6
 
 
@@ -89,3 +92,26 @@ def test_flood_width_follows_the_bound() -> None:
     # it stays an order of magnitude under the decision margin at r = 1.
     slot_std = (p.poly_modulus_degree / 2) ** 0.5 * 2.0 ** p.flood_bits / 3**0.5 / 2.0 ** p.top_scale_bits
     assert slot_std * 8 < p.decision_margin * 7 / 8
+
+
+# An honest probe's window norms, as the responder computes them one level
+# down: measured within 2**-21.4 of 1 (production set, 2-core VM). The
+# threshold term -r*tau/2*(W - 1) then moves an honest decision by less than
+# tau * 2**-20, a thousand times under the decision margin.
+WINDOW_NORM_BOUND_BITS = -19
+
+
+def test_honest_window_norms_are_one(world) -> None:
+    ctx, pair, keys = world
+    p = ctx.params
+    raw = np.random.default_rng(5).normal(size=p.dim)
+    probe_ct = ctx.load_seeded_ciphertext(encrypt_probe(ctx, pair.secret_key, raw), scale=float(2**p.probe_scale_bits))
+    db = build_database(np.eye(p.dim)[:1], ctx)
+    prepared = BlindMatcher(ctx, db).prepare(probe_ct, keys)
+    assert prepared.norm_gap is not None
+    gap_ct = ctx.from_residues(prepared.norm_gap, prepared.norm_scale)
+    pt = seal.Plaintext()
+    seal.Decryptor(ctx.seal, pair.secret_key).decrypt(gap_ct, pt)
+    gap = np.asarray(ctx.encoder.decode_complex(pt))
+    assert np.abs(gap).max() < 2.0**WINDOW_NORM_BOUND_BITS
+    assert 2.0**WINDOW_NORM_BOUND_BITS * 0.5 < p.decision_margin / 1000

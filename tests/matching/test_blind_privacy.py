@@ -28,11 +28,10 @@ from tests.helpers import ks_2samp
 TAU = 0.4
 
 
-def _values_by_record(ctx: BlindContext, db: BlindDatabase, pair: blind_keys.BlindKeyPair, pk: seal.PublicKey,
-                      gk: seal.GaloisKeys, q: np.ndarray) -> np.ndarray:
+def _values_by_record(ctx: BlindContext, db: BlindDatabase, pair: blind_keys.BlindKeyPair, keys: blind_keys.EvaluationKeys, q: np.ndarray) -> np.ndarray:
     p = ctx.params
     ct = ctx.load_seeded_ciphertext(encrypt_probe(ctx, pair.secret_key, q), scale=float(2**p.probe_scale_bits))
-    answer = BlindMatcher(ctx, db).answer(ct, pk, gk, TAU)
+    answer = BlindMatcher(ctx, db).answer(ct, keys, TAU)
     out = np.full(db.size, np.nan)
     for pos, blk in enumerate(answer.order):
         vals = decrypt_values(ctx, pair.secret_key, decode_answer(ctx, answer.ciphertexts[pos], answer_scale(ctx)))
@@ -43,7 +42,7 @@ def _values_by_record(ctx: BlindContext, db: BlindDatabase, pair: blind_keys.Bli
 
 def test_same_decisions_give_indistinguishable_answers(
         blind_prod_ctx: BlindContext, blind_prod_keypair: blind_keys.BlindKeyPair,
-        blind_prod_announced: tuple[seal.PublicKey, seal.GaloisKeys]) -> None:
+        blind_prod_announced: blind_keys.EvaluationKeys) -> None:
     p = blind_prod_ctx.params
     rng = np.random.default_rng(77)
     q = normalise_probe(rng.normal(size=p.dim), p.dim).astype(np.float64)
@@ -54,7 +53,7 @@ def test_same_decisions_give_indistinguishable_answers(
     # Reflection through q: same score for every template, different templates.
     b = 2.0 * (a @ q)[:, None] * q[None, :] / (q @ q) - a
     assert np.abs(a @ q - b @ q).max() < 1e-12 and np.abs(a - b).max() > 0.1
-    pk, gk = blind_prod_announced
+    keys = blind_prod_announced
     db_a, db_b = build_database(a, blind_prod_ctx), build_database(b, blind_prod_ctx)
     s = a @ q
     non_hit = s < TAU
@@ -65,8 +64,8 @@ def test_same_decisions_give_indistinguishable_answers(
     # (about 3e-4).
     pvals = []
     for _ in range(3):
-        va = _values_by_record(blind_prod_ctx, db_a, blind_prod_keypair, pk, gk, q)
-        vb = _values_by_record(blind_prod_ctx, db_b, blind_prod_keypair, pk, gk, q)
+        va = _values_by_record(blind_prod_ctx, db_a, blind_prod_keypair, keys, q)
+        vb = _values_by_record(blind_prod_ctx, db_b, blind_prod_keypair, keys, q)
         assert ((va > 0) == (s > TAU)).all() and ((vb > 0) == (s > TAU)).all()
         pvals.append(ks_2samp(va[non_hit], vb[non_hit])[1])
     print(f"\nKS over {int(non_hit.sum())} non-hits per gallery, three pairs: p = "
@@ -76,24 +75,24 @@ def test_same_decisions_give_indistinguishable_answers(
 
 def test_rerandomised_answer_differs_from_the_bare_computation(
         blind_ctx: BlindContext, blind_keypair: blind_keys.BlindKeyPair,
-        blind_announced: tuple[seal.PublicKey, seal.GaloisKeys]) -> None:
+        blind_announced: blind_keys.EvaluationKeys) -> None:
     p = blind_ctx.params
     rng = np.random.default_rng(5)
     g = rng.normal(size=(p.slots, p.dim))
     g /= np.linalg.norm(g, axis=1, keepdims=True)
     db = build_database(g, blind_ctx)
-    pk, gk = blind_announced
+    keys = blind_announced
     matcher = BlindMatcher(blind_ctx, db)
     q = normalise_probe(rng.normal(size=p.dim), p.dim).astype(np.float64)
     ct = blind_ctx.load_seeded_ciphertext(encrypt_probe(blind_ctx, blind_keypair.secret_key, q),
                                           scale=float(2**p.probe_scale_bits))
-    baby = matcher._baby_steps(ct, gk)
-    score = matcher._giant_steps(kernel.plain_mac(db.diagonals[0], baby, blind_ctx.moduli), gk)
-    r, e = matcher.draw_masks()
-    masked = matcher.mask(score, db.signs[0], TAU, r, e)
-    hidden = matcher.hide(masked, pk)
-    bare_ct = blind_ctx.from_residues(masked, float(2**p.top_scale_bits))
-    for _ in range(p.data_primes - 1):
+    prepared = matcher.prepare(ct, keys)
+    score = matcher._giant_steps(kernel.plain_mac(db.diagonals[0], prepared.baby, blind_ctx.moduli), keys.galois)
+    masks = matcher.draw_masks()
+    combined, scale = matcher.fold_norms(matcher.mask(score, db.signs[0], TAU, masks), TAU, masks, prepared)
+    hidden = matcher.hide(combined, scale, keys.public)
+    bare_ct = blind_ctx.from_residues(combined, scale)
+    for _ in range(p.data_primes - 2):
         blind_ctx.evaluator.rescale_to_next_inplace(bare_ct)
     bare = encode_answer(blind_ctx, bare_ct)
     assert len(bare) == len(hidden)
@@ -101,17 +100,17 @@ def test_rerandomised_answer_differs_from_the_bare_computation(
     # Both halves change: c1 through the encryption of zero, c0 through it and the flood.
     assert bare[:half] != hidden[:half] and bare[half:] != hidden[half:]
     # ... while the decisions are the same.
-    scale = answer_scale(blind_ctx)
-    v_h = decrypt_values(blind_ctx, blind_keypair.secret_key, decode_answer(blind_ctx, hidden, scale))
-    v_b = decrypt_values(blind_ctx, blind_keypair.secret_key, decode_answer(blind_ctx, bare, scale))
+    a_scale = answer_scale(blind_ctx)
+    v_h = decrypt_values(blind_ctx, blind_keypair.secret_key, decode_answer(blind_ctx, hidden, a_scale))
+    v_b = decrypt_values(blind_ctx, blind_keypair.secret_key, decode_answer(blind_ctx, bare, a_scale))
     assert ((v_h > 0) == (v_b > 0)).all()
     # Twice the same computation and masks, hidden twice: never the same bytes.
-    assert matcher.hide(masked, pk) != hidden
+    assert matcher.hide(combined, scale, keys.public) != hidden
 
 
 def test_block_order_is_fresh_per_query_and_layout_per_rebuild(
         blind_ctx: BlindContext, blind_keypair: blind_keys.BlindKeyPair,
-        blind_announced: tuple[seal.PublicKey, seal.GaloisKeys]) -> None:
+        blind_announced: blind_keys.EvaluationKeys) -> None:
     p = blind_ctx.params
     rng = np.random.default_rng(9)
     g = rng.normal(size=(6 * p.slots - 17, p.dim))
@@ -121,27 +120,27 @@ def test_block_order_is_fresh_per_query_and_layout_per_rebuild(
     assert not np.array_equal(db1.slot_record, db2.slot_record)
     assert not np.array_equal(db1.signs, db2.signs)
     assert sorted(db1.slot_record[db1.slot_record >= 0].tolist()) == list(range(g.shape[0]))
-    pk, gk = blind_announced
+    keys = blind_announced
     q = normalise_probe(rng.normal(size=p.dim), p.dim).astype(np.float64)
     matcher = BlindMatcher(blind_ctx, db1)
     orders = []
     for _ in range(3):
         ct = blind_ctx.load_seeded_ciphertext(encrypt_probe(blind_ctx, blind_keypair.secret_key, q),
                                               scale=float(2**p.probe_scale_bits))
-        orders.append(tuple(matcher.answer(ct, pk, gk, TAU).order))
+        orders.append(tuple(matcher.answer(ct, keys, TAU).order))
     assert all(sorted(o) == list(range(6)) for o in orders)
     assert len(set(orders)) > 1
 
 
 def test_threshold_outside_the_exact_range_is_refused(
         blind_ctx: BlindContext, blind_keypair: blind_keys.BlindKeyPair,
-        blind_announced: tuple[seal.PublicKey, seal.GaloisKeys]) -> None:
+        blind_announced: blind_keys.EvaluationKeys) -> None:
     db = build_database(np.eye(4, blind_ctx.params.dim), blind_ctx)
-    pk, gk = blind_announced
+    keys = blind_announced
     probe = encrypt_probe(blind_ctx, blind_keypair.secret_key, np.ones(blind_ctx.params.dim))
     ct = blind_ctx.load_seeded_ciphertext(probe, scale=float(2**blind_ctx.params.probe_scale_bits))
     from pprm.errors import ParameterError
 
     for tau in (0.0, 0.001, 1.0, 1.5):
         with pytest.raises(ParameterError, match="threshold"):
-            BlindMatcher(blind_ctx, db).answer(ct, pk, gk, tau)
+            BlindMatcher(blind_ctx, db).answer(ct, keys, tau)
