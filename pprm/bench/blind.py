@@ -20,6 +20,11 @@ that trusts it), then measures:
   answer per template and per slot;
 * the plaintext reference: numpy float32 ``G @ q`` over the same templates in
   the same run, and the responder's ratio to it;
+* what the malicious-requester checks cost: the matcher alone
+  (:class:`pprm.matching.blind.BlindMatcher`) on the same probe and keys,
+  with the checks (re-randomisation, real projection, window norms) and
+  without them (measurement only), median of ``repeats`` each, and the
+  ratio;
 * correctness on the side: the planted mates must come back as hits, the
   follow-up of one of them must resolve to the planted reference, and the
   impostors must give no hit.
@@ -28,8 +33,9 @@ Queries of one size share one case, hence one requester key; the follow-up
 (which retires the key) comes last. The result is a JSON-ready dict;
 :func:`format_blind_table` renders it. The figures are reported against
 :data:`BLIND_TARGETS` (a 100k x 512 query in <= 1.5 s on 2 cores with the
-native kernel; one ciphertext per query plus <= 3 MB of keys per key
-lifetime; an answer of <= 32 bytes per template), never asserted.
+native kernel; the checks add at most 30% to the matcher's time at 100k;
+one ciphertext per query plus <= 7 MB of keys per key lifetime; an answer
+of <= 24 bytes per slot), never asserted.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from pprm.crypto import blind_params as blind_param_sets
 from pprm.crypto.answer_codec import answer_bytes as answer_block_bytes
 from pprm.errors import ParameterError
 from pprm.matching import kernel
+from pprm.matching.blind import BlindMatcher
 from pprm.matching.templates import normalise_probe
 from pprm.node.keyservice import KeyService
 from pprm.node.requester import Requester
@@ -66,11 +73,33 @@ BLIND_TARGETS: dict[str, Any] = {
     "query_ms_backend": "native",
     "query_ms_note": "blind 100k x 512 query <= 1.5 s on 2 cores with the native kernel "
                      "(responder time; the numpy fallback is reported against it too)",
-    "key_bytes": 3 * MB,
-    "upload_note": "upload: one ciphertext per query plus <= 3 MB (10^6 bytes) of keys per key lifetime",
-    "answer_bytes_per_template": 32.0,
-    "answer_note": "answer <= 32 bytes per template",
+    "checks_overhead": 0.30,
+    "checks_note": "the malicious-requester checks add <= 30% to the matcher's time at 100k (native kernel)",
+    "key_bytes": 7 * MB,
+    "upload_note": "upload: one ciphertext per query plus <= 7 MB (10^6 bytes) of keys per key lifetime",
+    "answer_bytes_per_slot": 24.0,
+    "answer_note": "answer <= 24 bytes per slot (a template per slot; the last block may be part empty)",
 }
+
+
+def _checks_cost(ctx: Any, db: Any, probe: Any, keys: blind_keys.EvaluationKeys,
+                 repeats: int) -> tuple[float, float]:
+    """Median times of the matcher alone with and without the checks, runs interleaved.
+
+    Interleaving (checked, unchecked, unchecked, checked, ...) after one
+    untimed warm-up each keeps a change of machine load from landing on one
+    side only.
+    """
+    matchers = {True: BlindMatcher(ctx, db, checks=True), False: BlindMatcher(ctx, db, checks=False)}
+    runs: dict[bool, list[float]] = {True: [], False: []}
+    for checks in (True, False):
+        matchers[checks].answer(probe, keys, THRESHOLD)
+    for i in range(repeats):
+        for checks in ((True, False) if i % 2 == 0 else (False, True)):
+            t0 = time.perf_counter()
+            matchers[checks].answer(probe, keys, THRESHOLD)
+            runs[checks].append(time.perf_counter() - t0)
+    return median_ms(runs[True]), median_ms(runs[False])
 
 
 def _bench_size(setup: BenchSetup, repeats: int, say: Progress) -> dict[str, Any]:
@@ -113,7 +142,8 @@ def _bench_size(setup: BenchSetup, repeats: int, say: Progress) -> dict[str, Any
     t0 = time.perf_counter()
     responder.accept_keys(announcement)
     accept_s = time.perf_counter() - t0
-    probe_ciphertext_bytes = len(ks.verify_blind_query(first_query).body.probe)
+    probe_blob = ks.verify_blind_query(first_query).body.probe
+    probe_ciphertext_bytes = len(probe_blob)
     t0 = time.perf_counter()
     first_answer = responder.answer(first_query)
     first_answer_s = time.perf_counter() - t0
@@ -160,6 +190,11 @@ def _bench_size(setup: BenchSetup, repeats: int, say: Progress) -> dict[str, Any
         resolved = ks.resolve(followup).reference
     planted = setup.gallery.references[mate_index]
 
+    say(f"{n:,} templates: the matcher with and without the malicious-requester checks")
+    eval_keys = blind_keys.load_announced(ctx, ann.public, ann.galois, ann.relin)
+    probe_ct = ctx.load_seeded_ciphertext(probe_blob, scale=float(2**ps.probe_scale_bits))
+    checked_ms, unchecked_ms = _checks_cost(ctx, db, probe_ct, eval_keys, repeats)
+
     say(f"{n:,} templates: numpy float32 G @ q baseline")
     numpy_ms = report.numpy_baseline_ms(setup.templates, normalise_probe(mate, ps.dim))
     responder_ms = median_ms(answer_t)
@@ -191,6 +226,10 @@ def _bench_size(setup: BenchSetup, repeats: int, say: Progress) -> dict[str, Any
         "open_ms_runs": [t * 1e3 for t in open_t],
         "total_ms_runs": [t * 1e3 for t in total_t],
         "us_per_template": responder_ms * 1e3 / n,
+        "matcher_checks_ms": checked_ms,
+        "matcher_no_checks_ms": unchecked_ms,
+        "checks_overhead": checked_ms / unchecked_ms - 1.0,
+        "checks_pct": 100.0 * (checked_ms / unchecked_ms - 1.0),
         "numpy_ms": numpy_ms,
         "ratio_to_numpy": responder_ms / numpy_ms if numpy_ms > 0 else None,
         "total_ratio_to_numpy": total_ms / numpy_ms if numpy_ms > 0 else None,
@@ -200,6 +239,7 @@ def _bench_size(setup: BenchSetup, repeats: int, say: Progress) -> dict[str, Any
         "announcement_bytes": announcement_bytes,
         "announcement_public_bytes": len(ann.public),
         "announcement_galois_bytes": len(ann.galois),
+        "announcement_relin_bytes": len(ann.relin),
         "announcement_mb": announcement_bytes / MB,
         "answer_bytes": answer_msg,
         "answer_block_bytes": answer_block_bytes(ctx),
@@ -232,10 +272,16 @@ def _targets(rows: list[dict[str, Any]], backend: str) -> dict[str, Any]:
               "meets": None if key_bytes is None else key_bytes <= t["key_bytes"]}
     per_size = [{"n": r["n"], "bytes_per_template": r["answer_bytes_per_template"],
                  "bytes_per_slot": r["answer_bytes_per_slot"],
-                 "meets": r["answer_bytes_per_template"] <= t["answer_bytes_per_template"]} for r in rows]
-    answer = {"limit_bytes_per_template": t["answer_bytes_per_template"], "note": t["answer_note"],
+                 "meets": r["answer_bytes_per_slot"] <= t["answer_bytes_per_slot"]} for r in rows]
+    answer = {"limit_bytes_per_slot": t["answer_bytes_per_slot"], "note": t["answer_note"],
               "sizes": per_size, "meets": all(s["meets"] for s in per_size) if per_size else None}
-    return {"query": query, "upload": upload, "answer": answer}
+    at_checks = [r for r in rows if r["n"] == t["query_ms_at_n"]]
+    checks: dict[str, Any] = {"limit": t["checks_overhead"], "at_n": t["query_ms_at_n"], "note": t["checks_note"],
+                              "backend": backend, "overhead": None, "meets": None}
+    if at_checks:
+        checks.update(overhead=at_checks[0]["checks_overhead"],
+                      meets=at_checks[0]["checks_overhead"] <= t["checks_overhead"])
+    return {"query": query, "upload": upload, "answer": answer, "checks": checks}
 
 
 def run_blind_bench(sizes: Sequence[int], params: str = blind_param_sets.DEFAULT_BLIND_PARAMS, repeats: int = 3,
@@ -312,6 +358,9 @@ _COLUMNS: tuple[Column, ...] = (
     ("total ms", "total_ms", ".1f"),
     ("numpy ms", "numpy_ms", ".2f"),
     ("x numpy", "ratio_to_numpy", ".0f"),
+    ("match ms", "matcher_checks_ms", ".0f"),
+    ("unchecked", "matcher_no_checks_ms", ".0f"),
+    ("checks +%", "checks_pct", ".0f"),
     ("query B", "query_bytes", ","),
     ("ans B/tpl", "answer_bytes_per_template", ".1f"),
     ("ans B/slot", "answer_bytes_per_slot", ".1f"),
@@ -335,6 +384,13 @@ def _target_lines(result: dict[str, Any]) -> list[str]:
     per = ", ".join(f"{s['bytes_per_template']:.1f} B at {s['n']:,} ({verdict(s['meets'])}; "
                     f"{s['bytes_per_slot']:.1f} B per slot)" for s in a["sizes"])
     lines.append(f"target: {a['note']}: {per}")
+    c = t.get("checks")
+    if c is not None:
+        if c["overhead"] is None:
+            lines.append(f"target: {c['note']}: not measured (run with size {c['at_n']:,})")
+        else:
+            lines.append(f"target: {c['note']}: +{100 * c['overhead']:.0f}% at {c['at_n']:,} "
+                         f"[{c['backend']}] ({verdict(c['meets'])})")
     return lines
 
 
@@ -362,6 +418,8 @@ def format_blind_table(result: dict[str, Any]) -> str:
                  "announcement, once per key; query = requester encrypts, boxes and signs;")
     lines.append("resp = verify + load keys + match + mask/flood/rescale + sign + box; open = decrypt every block; "
                  "x numpy = resp / float32 G @ q;")
+    lines.append("match = the matcher alone with the malicious-requester checks; unchecked = the same without "
+                 "them (measurement only); checks +% = their cost")
     lines.append("mate = planted mates hit and the follow-up resolves to the planted reference; "
                  "load = 1-minute load average before timing")
     kern = result.get("kernel")
@@ -371,7 +429,8 @@ def format_blind_table(result: dict[str, Any]) -> str:
                          f"{k['gmac_per_s']:.2f} G mult-acc/s, {k['gb_per_s']:.1f} GB/s of diagonals")
     for row in result["sizes"]:
         lines.append(f"{row['n']:,}: keys {row['announcement_public_bytes']:,} B public + "
-                     f"{row['announcement_galois_bytes']:,} B Galois ({row['announcement_bytes']:,} B message); "
+                     f"{row['announcement_galois_bytes']:,} B Galois + {row.get('announcement_relin_bytes', 0):,} B "
+                     f"relinearisation ({row['announcement_bytes']:,} B message); "
                      f"accept_keys {row['accept_keys_ms']:.0f} ms; first query (new key) "
                      f"{row['first_query_ms']:.0f} ms; first answer {row['first_answer_ms']:.0f} ms; "
                      f"sealed db reload {row['db_load_s']:.1f} s; enrolment {row['enroll_s']:.1f} s")

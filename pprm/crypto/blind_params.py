@@ -56,6 +56,12 @@ class BlindParameterSet:
             this k and rescaled by the last data prime before the window
             norms are computed, so that the norms land one level down at a
             scale that leaves room for an exact factor ``r * tau / 2``.
+        key_check_lift_bits: the evaluation keys' check outputs ``T`` are
+            multiplied by ``2**k`` for this k before they are squared; with
+            ``key_check_factor_bits`` it sets the check's weights (see
+            :meth:`pprm.matching.blind.BlindEvaluator.prepare`).
+        key_check_factor_bits: the scale the check's factor ``r`` is
+            encoded at; the check term is read at the combine scale divided by it.
         answer_drop_bits: low bits of every answer coefficient (coefficient
             form, at q0) rounded away before sending; the rounding adds far
             less noise than the flood.
@@ -77,6 +83,8 @@ class BlindParameterSet:
     mask_scale_bits: int
     mask_log2_max: int
     norm_lift_bits: int
+    key_check_lift_bits: int
+    key_check_factor_bits: int
     answer_drop_bits: int
     noise_bits_below_scale: int
     decision_margin: float
@@ -171,6 +179,8 @@ def _validate(lit: dict[str, Any]) -> BlindParameterSet:
             mask_scale_bits=int(lit["mask_scale_bits"]),
             mask_log2_max=int(lit["mask_log2_max"]),
             norm_lift_bits=int(lit["norm_lift_bits"]),
+            key_check_lift_bits=int(lit["key_check_lift_bits"]),
+            key_check_factor_bits=int(lit["key_check_factor_bits"]),
             answer_drop_bits=int(lit["answer_drop_bits"]),
             noise_bits_below_scale=int(lit["noise_bits_below_scale"]),
             decision_margin=float(lit["decision_margin"]),
@@ -197,6 +207,8 @@ def _validate(lit: dict[str, Any]) -> BlindParameterSet:
         raise ParameterError(f"{ps.name}: the answer one level down overflows its modulus")
     if ps.norm_probe_bits < 30 or ps.norm_factor_bits < 20:
         raise ParameterError(f"{ps.name}: norm_lift_bits leaves the window norms too imprecise")
+    if not 8 <= ps.key_check_factor_bits <= 40 or not 0 <= ps.key_check_lift_bits <= 16:
+        raise ParameterError(f"{ps.name}: key check scales out of range")
     final_scale = ps.top_scale_bits - sum(bits[1:-1])
     if final_scale < 20 or final_scale + worst + 1 > bits[0] - 1:
         raise ParameterError(f"{ps.name}: the answer scale 2**{final_scale} does not fit q0 = 2**{bits[0]}")
@@ -247,6 +259,18 @@ _BLIND_COMMON: dict[str, Any] = {
     # shifts an honest threshold by under 2**-25. W then sits at 2**76 and
     # its factor r*tau/2 at 2**28 (error about 40/2**28 in the slots).
     "norm_lift_bits": 15,
+    # The key check is read at 2**(104 - 24) = 2**80, its factor r encoded
+    # at 2**24. A key switch's noise of x per slot (about 2**15 for honest
+    # keys at N=16384) costs a threshold 2**(30 + 2 log2 x - 80) from the
+    # rotated or conjugated zeros (lifted by 2**15 before squaring), and the
+    # relinearisation difference (integers at the norms' scale, about 2**30
+    # from the product of two fresh zeros) 2**(2 log2 x - 80): honest keys
+    # about 2**-18 in all, a thousand times under the decision margin. The
+    # harm the same noise can do is linear: at most 2**(log2 x - 40) (the
+    # conjugation in |p'|**2, the most exposed use), so the check outweighs
+    # it from the first 2**-20 of harm on, by a factor that grows with x.
+    "key_check_lift_bits": 15,
+    "key_check_factor_bits": 10,
     # |s - tau| >= 1e-3 must decide exactly (docs/DESIGN.md sections 4 and 8).
     "decision_margin": 1e-3,
     # 12 of q0's 60 bits are rounded off every answer coefficient: 48 bits

@@ -190,11 +190,16 @@ class PreparedProbe:
         norm_gap: ``uint64[2, L - 1, N]``: ``W - 1`` one level down, at
             scale :attr:`norm_scale`, or None when the checks are off.
         norm_scale: the exact scale of ``norm_gap``.
+        key_check: ``uint64[2, L - 1, N]``: the evaluation keys' check term
+            (a non-negative value per slot, near zero for honest keys), at
+            scale ``combine scale / 2**key_check_factor_bits``; None when the
+            checks are off.
     """
 
     baby: np.ndarray = field(repr=False)
     norm_gap: np.ndarray | None = field(repr=False)
     norm_scale: float = 0.0
+    key_check: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -301,9 +306,12 @@ class BlindEvaluator:
         ev.rescale_to_next_inplace(low)
         # |p'|**2 rather than p'**2: imaginary noise a dishonest key leaves in
         # p' raises W (a stricter threshold) instead of lowering it.
+        lvl = p.data_primes - 1
+        h3 = seal.Ciphertext(ctx.seal)
+        ev.multiply(low, ctx.conjugate(low, keys.galois), h3)
+        squares = ctx.to_residues(h3, lvl)
         sq = seal.Ciphertext(ctx.seal)
-        ev.multiply(low, ctx.conjugate(low, keys.galois), sq)
-        ev.relinearize_inplace(sq, keys.relin)
+        ev.relinearize(h3, keys.relin, sq)
         # Sum over b1 consecutive slots (b1 - 1 rotations by one), then over
         # the g2 giant steps (g2 - 1 rotations by b1): every slot's window.
         step = seal.Ciphertext(ctx.seal)
@@ -322,14 +330,75 @@ class BlindEvaluator:
             ev.add_inplace(nxt, window)
             norms = nxt
         scale = norms.scale
-        lvl = p.data_primes - 1
         gap = ctx.to_residues(norms, lvl)
         for j, q in enumerate(ctx.moduli[:lvl]):
             # The constant 1 at this scale is the same value at every NTT point.
-            one = np.uint64(int(round(scale)) % q)
+            one = np.uint64(round(scale) % q)
             row = gap[0, j]
             gap[0, j] = np.where(row >= one, row - one, row + (np.uint64(q) - one))
-        return PreparedProbe(baby, gap, scale)
+        check = self._key_check(keys, squares, ctx.to_residues(sq, lvl), low.scale)
+        return PreparedProbe(baby, gap, scale, check)
+
+    def _key_check(self, keys: EvaluationKeys, squares: np.ndarray, relinearised: np.ndarray,
+                   low_scale: float) -> np.ndarray:
+        """The check term that turns any noise a dishonest key adds into a stricter threshold.
+
+        Evaluation keys cannot be checked for honesty, and the noise of a
+        dishonest one, once large enough to matter, would shift thresholds
+        at random. So each key is applied once more to a fresh encryption of
+        zero at the data level (where every component of the key is used):
+        ``T = rot_1(Z)``, ``rot_b1(Z')``, ``conj(Z'')``; the relinearisation
+        key's noise is isolated as the difference ``D`` of relinearising the
+        squares with and without an added product of two encryptions of zero.
+        The term is ``sum |2**k * T|**2 + |D|**2`` read at
+        ``combine scale / 2**key_check_factor_bits`` (``k = key_check_lift_bits``):
+        the square of noise that is linear where it does harm. Honest keys
+        leave about ``2**-18`` of a unit; noise that could move a threshold
+        by ``2**-20`` or more weighs at least ``2**9`` times that move, and
+        the ratio grows with the noise. Subtracted from every slot (times
+        ``r``), it only ever makes the threshold stricter; when it outgrows
+        the modulus the slot reads as noise. There is no band where it turns
+        into a random threshold.
+
+        Returns:
+            ``uint64[2, L - 1, N]`` residues (relinearised).
+        """
+        p = self.ctx.params
+        ctx = self.ctx
+        ev = ctx.evaluator
+        lvl = p.data_primes - 1
+        moduli = ctx.moduli[:lvl]
+        total = np.zeros((3, lvl, ctx.n), dtype=np.uint64)
+        for kind in ("rot1", "rotb1", "conj"):
+            z = self.encrypt_zero(keys.public)
+            t = seal.Ciphertext(ctx.seal)
+            if kind == "rot1":
+                ev.rotate_vector(z, 1, keys.galois, t)
+            elif kind == "rotb1":
+                ev.rotate_vector(z, p.baby_steps, keys.galois, t)
+            else:
+                t = ctx.conjugate(z, keys.galois)
+            # |T|**2 at the data level; dropping q_L's residues is SEAL's exact mod switch.
+            sq = _tensor(ctx.to_residues(t), ctx.to_residues(ctx.conjugate(t, keys.galois)), ctx.moduli)[:, :lvl]
+            for j, q in enumerate(moduli):
+                sq[:, j] = mulmod_pow2(sq[:, j], 2 * p.key_check_lift_bits, q)
+            total = _add(total, sq, moduli)
+        z3, z4 = (self._zero_at(keys.public, lvl) for _ in range(2))
+        with_zero = ctx.from_residues(_add(squares, _tensor(z3, z4, moduli), moduli), low_scale * low_scale)
+        ev.relinearize_inplace(with_zero, keys.relin)
+        diff = _sub(ctx.to_residues(with_zero, lvl), relinearised, moduli)
+        diff_ct = ctx.from_residues(diff, low_scale * low_scale)
+        total = _add(total, _tensor(diff, ctx.to_residues(ctx.conjugate(diff_ct, keys.galois), lvl), moduli),
+                     moduli)
+        check = ctx.from_residues(total, 1.0)
+        ev.relinearize_inplace(check, keys.relin)
+        return ctx.to_residues(check, lvl)
+
+    def _zero_at(self, public_key: seal.PublicKey, lvl: int) -> np.ndarray:
+        """Residues of a fresh encryption of zero with ``lvl`` data primes."""
+        zero = seal.Ciphertext(self.ctx.seal)
+        seal.Encryptor(self.ctx.seal, public_key).encrypt_zero(list(self.ctx.levels[lvl]), zero)
+        return self.ctx.to_residues(zero, lvl)
 
     def _giant_steps(self, inner: np.ndarray, galois: seal.GaloisKeys) -> np.ndarray:
         """Horner: ``acc = rot_b1(acc) + inner_g`` from the last giant step down."""
@@ -382,7 +451,7 @@ class BlindEvaluator:
 
     def fold_norms(self, masked: np.ndarray, tau: float, masks: SlotMasks,
                    prepared: PreparedProbe) -> tuple[np.ndarray, float]:
-        """Rescale a masked block one level and add ``-r * tau / 2 * (W - 1)``.
+        """Rescale a masked block one level and add ``-r * (tau / 2 * (W - 1) + key check)``.
 
         Args:
             masked: top-level residues from :meth:`mask`.
@@ -402,15 +471,17 @@ class BlindEvaluator:
             ctx.evaluator.rescale_to_next_inplace(ct)
             scale = ct.scale
             c = ctx.to_residues(ct, lvl)
-        if prepared.norm_gap is None:
+        if prepared.norm_gap is None or prepared.key_check is None:
             return c, scale
         # The factor's scale is exactly (scale of c) / (scale of W - 1); it is
         # encoded at 2**norm_factor_bits with the leftover ratio folded into
         # the values (a float64 factor within 2**-52 of 1 of its ideal).
         ratio = scale / prepared.norm_scale / 2.0**p.norm_factor_bits
-        factor = encode_coefficients(-masks.r * (tau / 2.0) * ratio, p.norm_factor_bits, ctx.n)
-        f = ctx.to_ntt(coefficients_to_residues(factor[None], moduli))[0]
-        return _add(c, _mulmod(f, prepared.norm_gap, moduli), moduli), scale
+        factors = np.stack([encode_coefficients(-masks.r * (tau / 2.0) * ratio, p.norm_factor_bits, ctx.n),
+                            encode_coefficients(-masks.r, p.key_check_factor_bits, ctx.n)])
+        f = ctx.to_ntt(coefficients_to_residues(factors, moduli))
+        c = _add(c, _mulmod(f[0], prepared.norm_gap, moduli), moduli)
+        return _add(c, _mulmod(f[1], prepared.key_check, moduli), moduli), scale
 
     def hide(self, combined: np.ndarray, scale: float, public_key: seal.PublicKey) -> bytes:
         """Re-randomise, flood, and rescale a block (one level below the top) to q0.
@@ -560,6 +631,13 @@ class BlindMatcher(BlindEvaluator):
         order = [int(i) for i in secret_permutation(self.db.blocks)]
         out = self.evaluate(probe, keys, tau, [(self.db.diagonals[b], self.db.signs[b]) for b in order], progress)
         return BlindAnswer(out, order)
+
+
+def _tensor(a: np.ndarray, b: np.ndarray, moduli: tuple[int, ...]) -> np.ndarray:
+    """The size-3 product of two size-2 ciphertexts' residues (NTT form), with no scale bookkeeping."""
+    x = _mulmod(a[0], b, moduli)
+    y = _mulmod(a[1], b, moduli)
+    return np.stack([x[0], _add(x[1], y[0], moduli), y[1]])
 
 
 def _add(a: np.ndarray, b: np.ndarray, moduli: tuple[int, ...]) -> np.ndarray:

@@ -29,7 +29,8 @@ SIZE_KEYS = {
     "us_per_template", "numpy_ms", "ratio_to_numpy", "total_ratio_to_numpy", "query_bytes",
     "query_ciphertext_bytes", "query_ciphertexts", "announcement_bytes", "announcement_public_bytes",
     "announcement_galois_bytes", "announcement_mb", "answer_bytes", "answer_block_bytes",
-    "answer_bytes_per_template", "answer_bytes_per_slot", "load_average", "correct",
+    "answer_bytes_per_template", "answer_bytes_per_slot", "load_average", "correct", "announcement_relin_bytes",
+    "matcher_checks_ms", "matcher_no_checks_ms", "checks_overhead", "checks_pct",
 }
 
 
@@ -60,6 +61,8 @@ def test_result_has_the_documented_keys_and_passes_its_checks(result: dict[str, 
         assert row[key] > 0, key
     assert row["total_ms"] >= row["responder_ms"]
     assert len(row["responder_ms_runs"]) == 1
+    assert row["matcher_checks_ms"] > 0 and row["matcher_no_checks_ms"] > 0
+    assert row["checks_overhead"] == pytest.approx(row["matcher_checks_ms"] / row["matcher_no_checks_ms"] - 1)
 
 
 def test_byte_figures_follow_from_the_parameters(result: dict[str, Any], blind_ctx: BlindContext) -> None:
@@ -74,17 +77,19 @@ def test_byte_figures_follow_from_the_parameters(result: dict[str, Any], blind_c
     # One ciphertext per query, plus a small envelope.
     assert row["query_ciphertexts"] == 1
     assert row["query_ciphertext_bytes"] < row["query_bytes"] < row["query_ciphertext_bytes"] + 2048
-    assert row["announcement_bytes"] > row["announcement_public_bytes"] + row["announcement_galois_bytes"]
+    assert row["announcement_bytes"] > (row["announcement_public_bytes"] + row["announcement_galois_bytes"]
+                                        + row["announcement_relin_bytes"])
     assert row["announcement_mb"] == pytest.approx(row["announcement_bytes"] / 1e6)
 
 
 def test_targets_block(result: dict[str, Any]) -> None:
     t = result["targets"]
-    assert set(t) == {"query", "upload", "answer"}
+    assert set(t) == {"query", "upload", "answer", "checks"}
     assert t["query"]["meets"] is None and t["query"]["at_n"] == BLIND_TARGETS["query_ms_at_n"]
-    assert t["upload"]["meets"] is True  # the N=1024 keys are far below 3 MB
+    assert t["checks"]["meets"] is None and t["checks"]["overhead"] is None  # measured at 100k only
+    assert t["upload"]["meets"] is True  # the N=1024 keys are far below 7 MB
     (size,) = t["answer"]["sizes"]
-    assert size["meets"] is (size["bytes_per_template"] <= 32.0)
+    assert size["meets"] is (size["bytes_per_slot"] <= 24.0)
     assert t["answer"]["meets"] is size["meets"]
 
 
@@ -92,7 +97,8 @@ def test_format_blind_table_renders(result: dict[str, Any]) -> None:
     text = format_blind_table(result)
     assert INSECURE_BLIND in text and "600" in text
     assert "target: blind 100k x 512 query" in text and "not measured" in text
-    assert "target: answer <= 32 bytes per template" in text
+    assert "target: answer <= 24 bytes per slot" in text
+    assert "target: the malicious-requester checks add <= 30%" in text
     assert "correctness: ok" in text and "WRONG" not in text
 
 
