@@ -24,14 +24,20 @@ from collections.abc import Callable
 
 import numpy as np
 
-from pprm.crypto import blind_params, seal_stream
+from pprm.crypto import blind_keys, blind_params, seal_stream
 from pprm.crypto.answer_codec import decode_answer
 from pprm.crypto.context import BlindContext
 from pprm.crypto.identity import Identity
 from pprm.errors import PprmError
 from pprm.net.wire import pack_delivery, unpack_delivery
 from pprm.protocol import canonical
-from pprm.protocol.blind_messages import BlindAnswerBody, BlindQueryBody, KeyAnnouncementBody, parse_handle
+from pprm.protocol.blind_messages import (
+    BlindAnswerBody,
+    BlindFollowUpBody,
+    BlindQueryBody,
+    KeyAnnouncementBody,
+    parse_handle,
+)
 from pprm.protocol.card import parse_card
 from pprm.protocol.envelope import Header, open_envelope, seal_envelope
 from pprm.protocol.messages import AnswerBody, FollowUpBody, QueryBody, RefusalBody
@@ -50,6 +56,7 @@ DIGEST = hashlib.sha256(b"pprm-fuzz/params").hexdigest()
 NOW = 1_700_000_100
 _CTX = BlindContext(blind_params.get("INSECURE-blind-n1024-v2", allow_insecure=True))
 _MINTER = TokenMinter(hashlib.sha256(b"pprm-fuzz/token-key").digest())
+_PUBLIC = blind_keys.generate(_CTX).public_blob
 
 
 def _lookup(fpr: bytes) -> object:
@@ -105,6 +112,9 @@ PARSERS: list[Callable[[bytes], object]] = [
     _text(lambda t: _MINTER.open(DE.public.fingerprint, t)),
     _text(parse_handle),
     unpack_delivery,  # the HTTP service's request framing (pprm.net.wire)
+    BlindFollowUpBody.from_bytes,
+    # An announced public key (seed and b): the responder's own expansion and checks.
+    lambda d: blind_keys.load_announced(_CTX, d, b"-", b"-"),
 ]
 
 
@@ -126,7 +136,9 @@ def seeds() -> list[bytes]:
     answer = AnswerBody("11" * 16, False, ()).to_bytes()
     out = [bytes([0]) + boxed, bytes([1]) + wire, bytes([2]) + query, bytes([3]) + query, bytes([4]) + answer,
            bytes([5]) + FollowUpBody("11" * 16, "blind-000001-000002").to_bytes(),
-           bytes([15]) + b"blind-000001-000002", bytes([16]) + pack_delivery(wire, [wire])]
+           bytes([15]) + b"blind-000001-000002", bytes([16]) + pack_delivery(wire, [wire]),
+           bytes([17]) + BlindFollowUpBody("11" * 16, "blind-000001-000002", np.ones(8, dtype=np.float32)).to_bytes(),
+           bytes([18]) + _PUBLIC]
     return out
 
 

@@ -36,6 +36,9 @@ __all__ = [
     "ImageError",
     "AlignmentError",
     "NoFaceError",
+    "NotAHitError",
+    "FollowUpRefusedError",
+    "ProbeNotKeptError",
 ]
 
 
@@ -169,3 +172,48 @@ class NoFaceError(PprmError, LookupError):
 
 class ClusterError(PprmError, RuntimeError):
     """A sharded query or gallery sync could not complete on the cluster (nothing was answered)."""
+
+
+class NotAHitError(TokenError):
+    """A blind follow-up's probe does not clear the threshold against the record behind its handle.
+
+    The responder refused the follow-up with a signed refusal (reason
+    ``not-a-hit``), logged it, counted it against the answer's follow-up
+    limit *k* and marked its id used; nothing was resolved. The message
+    names no score, and neither does anything else here.
+
+    Attributes:
+        peer: the requesting state.
+        query_id: the query whose answer named the handle.
+        followup_id: the refused follow-up's id.
+        refusal: the signed refusal, boxed to the requester, to hand over.
+    """
+
+    def __init__(self, message: str, *, peer: str, query_id: str, followup_id: str, refusal: bytes) -> None:
+        super().__init__(message)
+        self.peer = peer
+        self.query_id = query_id
+        self.followup_id = followup_id
+        self.refusal = refusal
+
+
+class FollowUpRefusedError(RefusedError):
+    """A peer answered one of this state's follow-ups with a signed refusal.
+
+    Attributes:
+        followup_id: the refused follow-up (``peer``, ``query_id`` and
+            ``reason``, e.g. ``not-a-hit``, as in :class:`RefusedError`).
+    """
+
+    def __init__(self, message: str, *, peer: str, query_id: str, reason: str, followup_id: str) -> None:
+        super().__init__(message, peer=peer, query_id=query_id, reason=reason)
+        self.followup_id = followup_id
+
+
+class ProbeNotKeptError(StateError):
+    """A blind follow-up needs its query's probe, and this state's outbox does not hold it.
+
+    Queries recorded before pprm kept probes for follow-ups, and queries whose
+    probe was dropped because no follow-up can follow (no hit, refused,
+    abandoned), have none: query again to follow up.
+    """

@@ -381,8 +381,8 @@ def _target_lines(result: dict[str, Any]) -> list[str]:
     lines.append(f"target: {u['note']}: {u['ciphertexts_per_query']} ciphertext ({u['query_bytes']:,} B message) "
                  f"per query, keys {u['key_bytes'] / MB:.2f} MB ({verdict(u['meets'])})")
     a = t["answer"]
-    per = ", ".join(f"{s['bytes_per_template']:.1f} B at {s['n']:,} ({verdict(s['meets'])}; "
-                    f"{s['bytes_per_slot']:.1f} B per slot)" for s in a["sizes"])
+    per = ", ".join(f"{s['bytes_per_slot']:.1f} B per slot at {s['n']:,} ({verdict(s['meets'])}; "
+                    f"{s['bytes_per_template']:.1f} B per template)" for s in a["sizes"])
     lines.append(f"target: {a['note']}: {per}")
     c = t.get("checks")
     if c is not None:

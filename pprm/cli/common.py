@@ -86,7 +86,8 @@ EXIT_INTERRUPTED = 130
 
 EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(EXIT_OK, "ok", "success; for answer, also a refusal by policy (signed, logged and written like an "
-                            "answer)"),
+                            "answer); for resolve, also a blind follow-up refused as not a hit (signed, logged "
+                            "and written)"),
     ExitCode(EXIT_ERROR, "error", "an expected error: one 'pprm: error:' line on stderr, no state change; for "
                                   "open, also a peer's signed refusal, which is recorded"),
     ExitCode(EXIT_USAGE, "usage", "a usage error: unknown verb, missing or malformed arguments, options that do "

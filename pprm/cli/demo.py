@@ -16,7 +16,10 @@ impostor, and in the blind profile (the probe encrypted under the
 requester's own key) once more with the mate. Each outcome is compared
 with the plaintext truth: the references whose exact float64 score between
 the normalised float32 probe and the normalised float32 template (what was
-encrypted) is at least the threshold.
+encrypted) is at least the threshold. A blind follow-up carries the probe,
+and the responder refuses one whose record it does not clear the threshold
+against (a candidate within the decision margin can be one): the signed
+refusal goes back to the requester, and the candidate counts as not learned.
 
 Scores appear nowhere in the output; only references, counts and verdicts.
 """
@@ -36,7 +39,7 @@ import numpy as np
 
 from pprm.crypto import blind_params as blind_param_sets
 from pprm.crypto import params as param_sets
-from pprm.errors import ParameterError
+from pprm.errors import FollowUpRefusedError, NotAHitError, ParameterError
 from pprm.matching.templates import normalise_probe, normalise_templates
 from pprm.node.requester import Requester
 from pprm.node.responder import Responder
@@ -164,8 +167,9 @@ def run_demo(directory: str | None = None, *, states: int = 3, gallery: int = 50
 
     Returns:
         A JSON-ready report: settings, the states, one entry per query
-        (``truth``, ``dont_care``, ``learned`` references and a verdict) and a
-        summary; ``ok`` is True when every query agreed.
+        (``truth``, ``dont_care``, ``learned`` references, ``refused``
+        follow-ups and a verdict) and a summary; ``ok`` is True when every
+        query agreed.
 
     Raises:
         ParameterError: unknown parameter set or out-of-range settings.
@@ -179,7 +183,7 @@ def run_demo(directory: str | None = None, *, states: int = 3, gallery: int = 50
         raise ParameterError("seed must not be negative")
     pset = param_sets.get(params, allow_insecure=True)
     # Throwaway states on a test-only sealed set get the test-only blind set too.
-    bset = blind_param_sets.get("INSECURE-blind-n1024" if pset.insecure else blind_param_sets.DEFAULT_BLIND_PARAMS,
+    bset = blind_param_sets.get("INSECURE-blind-n1024-v2" if pset.insecure else blind_param_sets.DEFAULT_BLIND_PARAMS,
                                 allow_insecure=True)
     started = time.monotonic()
     codes = DEMO_STATES[:states]
@@ -235,16 +239,16 @@ def run_demo(directory: str | None = None, *, states: int = 3, gallery: int = 50
                 sent = req.prepare(codes[s], probe, case, purpose, profile=profile)
                 answer = resp.answer(sent.query, announcements=sent.announcements)
                 opened = req.open(answer)
-                learned = [resp.key_service.resolve(req.follow_up(answer, tok)).reference
-                           for tok in opened.candidates]
+                learned, refused = _follow_up_all(req, resp, answer, opened.candidates)
                 reason = judge(truth, dont_care, learned, DEMO_K)
-                if reason is None and opened.hit != bool(learned):
+                if reason is None and (opened.hit != bool(opened.candidates)
+                                       or len(opened.candidates) != len(learned) + refused):
                     reason = "hit flag disagrees with the candidates"
                 queries.append({
                     "requester": codes[r], "responder": codes[s], "probe": kind, "profile": profile,
                     "planted": planted,
                     "note": note, "truth": truth, "dont_care": dont_care, "hit": opened.hit,
-                    "candidates": len(opened.candidates), "learned": sorted(learned),
+                    "candidates": len(opened.candidates), "learned": sorted(learned), "refused": refused,
                     "ok": reason is None, "reason": reason,
                 })
                 if progress is not None:
@@ -263,6 +267,25 @@ def run_demo(directory: str | None = None, *, states: int = 3, gallery: int = 50
                     "elapsed_s": round(time.monotonic() - started, 2)},
         "ok": mismatches == 0,
     }
+
+
+def _follow_up_all(req: Requester, resp: Responder, answer: bytes,
+                   candidates: Sequence[str]) -> tuple[list[str], int]:
+    """Follow up every candidate; returns the resolved references and how many follow-ups were refused.
+
+    A refused (blind, not a hit) follow-up's signed refusal is handed back to
+    the requester, which records it, as a deployment would.
+    """
+    learned: list[str] = []
+    refused = 0
+    for tok in candidates:
+        try:
+            learned.append(resp.key_service.resolve(req.follow_up(answer, tok)).reference)
+        except NotAHitError as exc:
+            refused += 1
+            with contextlib.suppress(FollowUpRefusedError):
+                req.open(exc.refusal)
+    return learned, refused
 
 
 def _refs_cell(refs: Sequence[str]) -> str:

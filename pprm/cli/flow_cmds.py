@@ -5,6 +5,12 @@ Prüm setup uses (``follow-up`` can also post over HTTP, through
 :mod:`pprm.cli.net_cmds`). Every output file is written whole or not at all
 (:class:`pprm.cli.common.AtomicOutput`), and before the state records the
 step, so a failed write leaves the state as it was.
+
+``resolve`` on a blind follow-up whose probe does not clear the threshold
+against the record behind its handle writes the key service's signed
+refusal (reason ``not-a-hit``) to ``--refusal-out`` and exits 0, as
+``answer`` does with a refusal by policy; the requester opens it with
+``open``, which records it and exits 1, as for a refused query.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from pprm.cli import face_cmds
 from pprm.cli.common import EXIT_OK, AddVerb, AtomicOutput, Verbs, emit, load_npy, read_bytes
 from pprm.cli.net_cmds import send_follow_up_cmd
 from pprm.cli.progress import ProgressBar
-from pprm.errors import ParameterError
+from pprm.errors import NotAHitError, ParameterError
 from pprm.node.keyservice import KeyService
 from pprm.node.requester import Requester
 from pprm.node.responder import Responder
@@ -105,7 +111,28 @@ def _cmd_follow_up(args: argparse.Namespace) -> int:
 
 def _cmd_resolve(args: argparse.Namespace) -> int:
     st = State.open(args.dir)
-    res = KeyService(st).resolve(read_bytes(args.followup))
+    blob = read_bytes(args.followup)
+    refusal_path = args.refusal_out or f"{args.followup}.refusal"
+    refusals: list[AtomicOutput] = []
+    with contextlib.ExitStack() as stack:
+
+        def sink(refusal: bytes) -> None:
+            # Only a refused follow-up has an output file; it is made here, so
+            # that an unwritable place fails before the refusal is recorded.
+            out = stack.enter_context(AtomicOutput(refusal_path))
+            refusals.append(out)
+            out.write(refusal)
+
+        try:
+            res = KeyService(st).resolve(blob, sink=sink)
+        except NotAHitError as exc:
+            # A refusal is a valid protocol outcome (signed, logged, counted): exit 0, as answer does.
+            (out,) = refusals
+            out.commit()
+            emit(args, {"reference": None, "refused": "not-a-hit", "out": out.path},
+                 f"follow-up {exc.followup_id} from {exc.peer} on query {exc.query_id} refused (not-a-hit: its "
+                 f"probe does not match the record); signed refusal written to {out.path}")
+            return EXIT_OK
     emit(args, {"reference": res.reference},
          f"{res.reference}  (released to {res.requester} for query {res.query_id})")
     return EXIT_OK
@@ -141,7 +168,8 @@ def _add_answer(verbs: Verbs) -> None:
 
 
 def _add_open(verbs: Verbs) -> None:
-    p = verbs.add("open", _cmd_open, "open an answer to one of this state's queries")
+    p = verbs.add("open", _cmd_open, "open an answer to one of this state's queries (a signed refusal of a "
+                                     "query or follow-up is recorded and reported as an error)")
     p.add_argument("dir")
     p.add_argument("answer", metavar="ANSWER_FILE")
 
@@ -157,9 +185,13 @@ def _add_follow_up(verbs: Verbs) -> None:
 
 
 def _add_resolve(verbs: Verbs) -> None:
-    p = verbs.add("resolve", _cmd_resolve, "resolve a follow-up to its reference (logged)")
+    p = verbs.add("resolve", _cmd_resolve, "resolve a follow-up to its reference (logged), or refuse a blind "
+                                           "one whose probe does not match the record")
     p.add_argument("dir")
     p.add_argument("followup", metavar="FOLLOWUP_FILE")
+    p.add_argument("--refusal-out", default=None,
+                   help="blind: where to write the signed refusal when the follow-up's probe does not match the "
+                        "record behind its handle (default: FOLLOWUP_FILE.refusal)")
 
 
 # Verb name -> the function adding it; pprm.cli.main chooses the order.

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import tenseal.sealapi as seal
 
 from pprm.cluster.host import local_directory, secret_objects, worker
 from pprm.crypto import blind_keys

@@ -220,7 +220,7 @@ def _check_nonzero_rows(res: np.ndarray, what: str) -> None:
 
 
 def _check_switching_key(ctx: BlindContext, parts: list[seal.PublicKey], what: str) -> None:
-    """One key-switching key: one component per data prime, each a size-2 key-level ciphertext with no degenerate part."""
+    """One key-switching key: a size-2 key-level ciphertext per data prime, with no degenerate part."""
     if len(parts) != len(ctx.moduli):
         raise CiphertextError(f"announced {what} has {len(parts)} components, expected {len(ctx.moduli)}")
     for part in parts:

@@ -2,11 +2,12 @@
 
 The requester normalises its probe in float64 (not the float32 the plaintext
 matchers use: the responder's window-norm term then moves an honest
-decision by about 2**-52 of tau instead of 2**-24), encodes it exactly (:mod:`pprm.crypto.encoding`), replicated across the N/2
-slots, at scale ``2**probe_scale_bits``, and encrypts it symmetrically under
-its own secret key; SEAL then saves the ciphertext seeded (half size). On the way back it
-decrypts each block and keeps only the sign of each slot: values never leave
-this module.
+decision by about 2**-52 of tau instead of 2**-24), encodes it exactly
+(:mod:`pprm.crypto.encoding`), replicated across the N/2 slots, at scale
+``2**probe_scale_bits``, and encrypts it symmetrically under its own secret
+key; SEAL then saves the ciphertext seeded (half size). On the way back it
+decrypts each block and keeps only the sign of each slot: values never
+leave this module.
 
 Warning:
     Every decryption is a potential oracle for the party that crafted the

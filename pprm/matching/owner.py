@@ -74,6 +74,23 @@ class GalleryOwner:
         step = float(2**self.ctx.params.template_grid_bits)
         return np.rint(values * step) / step
 
+    def decrypt_record(self, block: int, slot: int) -> np.ndarray:
+        """One enrolled template, exactly as enrolled (its block decrypted in memory, its slot kept).
+
+        Args:
+            block: the record's block.
+            slot: its slot in the block.
+
+        Returns:
+            ``float64[d]`` on the enrolment grid: the values the blind
+            database is built from.
+
+        Warning:
+            The result is a plaintext template: callers must not write, log
+            or send it.
+        """
+        return self._decrypt_block(block)[:, slot].copy()
+
     def _decrypt_block(self, b: int) -> np.ndarray:
         """Enrolled values of block ``b`` as ``float64[d, templates_per_block]``, exactly (memory only)."""
         p = self.ctx.params

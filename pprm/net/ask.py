@@ -215,12 +215,16 @@ def send_follow_up(state: State, answer: bytes, token: str, directory: Directory
 
     Raises:
         As :meth:`Requester.prepare_follow_up` (a refusal raises RefusedError);
+        FollowUpRefusedError: the peer refused a blind follow-up whose probe
+            does not hit the record (signed refusal, verified and recorded by
+            :meth:`Requester.open_followup_refusal`);
         NetworkError, NetworkTimeoutError, RemoteError.
     """
     # One verification of the answer: opening it and building the follow-up are one step.
-    fu = Requester(state).prepare_follow_up(answer, token)
+    requester = Requester(state)
+    fu = requester.prepare_follow_up(answer, token)
 
-    async def post() -> dict[str, str]:
+    async def post() -> dict[str, str] | bytes:
         async with httpx.AsyncClient(trust_env=False) as client:
             try:
                 async with asyncio.timeout(timeout):
@@ -228,4 +232,7 @@ def send_follow_up(state: State, answer: bytes, token: str, directory: Directory
             except TimeoutError:
                 raise NetworkTimeoutError(f"{fu.peer} did not answer in time") from None
 
-    return asyncio.run(post())
+    reply = asyncio.run(post())
+    if isinstance(reply, bytes):
+        requester.open_followup_refusal(reply)
+    return reply

@@ -148,16 +148,21 @@ class PeerClient:
             return None
         return self._octets(reply)
 
-    async def follow_up(self, message: bytes) -> dict[str, str]:
-        """Post a follow-up; the peer resolves and logs it.
+    async def follow_up(self, message: bytes) -> dict[str, str] | bytes:
+        """Post a follow-up; the peer resolves and logs it, or refuses it with a signed refusal.
 
         Returns:
-            The peer's acknowledgement (``status``, ``query_id``, ``followup_id``).
+            The peer's acknowledgement (``status``, ``query_id``,
+            ``followup_id``); or, when it refused a blind follow-up whose probe
+            does not hit the record, the signed refusal's bytes, unverified
+            (open them with :meth:`pprm.node.requester.Requester.open_followup_refusal`).
 
         Raises:
             NetworkError, NetworkTimeoutError, RemoteError (``token``, ``replay``, ...).
         """
         reply = await self._request("POST", "/followups", content=message)
+        if reply.content_type == OCTETS:
+            return reply.content
         try:
             ack = reply.json()
         except ValueError:

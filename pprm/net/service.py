@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pprm.errors import ClusterError, MessageError, PprmError, ReplayError, StateError
+from pprm.errors import ClusterError, MessageError, NotAHitError, PprmError, ReplayError, StateError
 from pprm.matching.diagonals import BlindDatabase
 from pprm.matching.gallery import EncryptedGallery
 from pprm.matching.protocols import BlindMatching, SealedMatching
@@ -288,6 +288,13 @@ class StateService:
         key_service = KeyService(self.state)
         try:
             res = await self._on_worker(lambda: key_service.resolve(body, self._clock()))
+        except NotAHitError as exc:
+            # A blind follow-up whose probe does not hit its record: refused,
+            # logged and counted by the key service; the requester gets the
+            # signed refusal, like the refusal of a query.
+            log.info("follow-up %s from %s on query %s refused (not-a-hit)", exc.followup_id, exc.peer,
+                     exc.query_id)
+            return Response(exc.refusal, media_type=OCTETS)
         except PprmError as exc:
             return _pprm_error(exc)
         log.info("follow-up %s from %s on query %s resolved", res.followup_id, res.requester, res.query_id)

@@ -12,7 +12,8 @@ Routes of a state's service (all under ``/v1``)::
     POST /v1/queries            a delivery (below); 202 {"query_id": ID}
     GET  /v1/answers/{SENDER}/{ID}?wait=S
                                 200 the answer or refusal; 202 while pending
-    POST /v1/followups          a follow-up message; 200 {"followup_id": ID}
+    POST /v1/followups          a follow-up message; 200 {"status": "resolved", "query_id", "followup_id"},
+                                or 200 the signed refusal (octets) of a blind follow-up that is not a hit
 
 A router exposes each state's routes under ``/route/{STATE}/v1/...``.
 
@@ -65,10 +66,12 @@ __all__ = [
 API = "/v1"
 OCTETS = "application/octet-stream"
 # A blind delivery is the largest request: a 394 kB probe plus a 3.67 MB key
-# announcement for pprm-blind-n16384-v1 (docs/PERFORMANCE.md, blind profile); 16 MiB leaves
+# announcement for pprm-blind-n16384-v2 (docs/PERFORMANCE.md, blind profile); 16 MiB leaves
 # room for a second announcement and larger future sets, and bounds memory.
 MAX_DELIVERY = 16 << 20
-# Follow-ups carry one token in a boxed body: well under 4 kB; 64 KiB is slack.
+# Follow-ups carry one token in a boxed body, a blind one also the probe as
+# float32 in base64: 3.2 kB signed and boxed at d = 512, 22 kB at the largest
+# dimension the body parser accepts (4096); 64 KiB is slack.
 MAX_FOLLOWUP = 64 << 10
 # Answers a requester will download: a blind answer for 3*10**7 templates is
 # 3663 blocks of 196 kB (24 B per slot), about 720 MB. 1 GiB bounds it.

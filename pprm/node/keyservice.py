@@ -4,7 +4,10 @@ It enrols and removes templates (symmetric encryption), decrypts *masked*
 results only when they are bound to a valid, unexpired, single-use signed
 query from a trusted peer, releases at most ``k`` candidates as opaque
 per-query tokens, resolves a token only for the state it was released to,
-and logs every release and resolution.
+and logs every release and resolution. A blind-profile handle is resolved
+only if the probe the follow-up carries clears the threshold against the
+record behind it; otherwise the follow-up gets a signed refusal
+(:class:`~pprm.errors.NotAHitError` carries it to the caller).
 
 It is also the door for incoming messages: :meth:`KeyService.verify_incoming`
 checks a query once (signature first, then the header, replay, and only
@@ -16,26 +19,29 @@ key service issued, so a caller cannot hand it a query it made up.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple, NoReturn, TypeVar
 
 import numpy as np
 
 from pprm.crypto import keys
-from pprm.errors import AuthenticationError, GalleryError, MessageError, TokenError
+from pprm.errors import AuthenticationError, GalleryError, MessageError, NotAHitError, TemplateError, TokenError
 from pprm.matching.decide import SealedDecider
 from pprm.matching.gallery import EncryptedGallery
 from pprm.matching.owner import GalleryOwner
 from pprm.matching.sealed import MaskedResult
+from pprm.matching.templates import normalise_probe
+from pprm.node.blind_store import AnsweredQuery
 from pprm.node.state import State
 from pprm.profile import Profile
-from pprm.protocol.blind_messages import BlindQueryBody, KeyAnnouncementBody, parse_handle
-from pprm.protocol.envelope import Envelope, Header, open_envelope
-from pprm.protocol.messages import FollowUpBody, QueryBody
+from pprm.protocol.blind_messages import BlindFollowUpBody, BlindQueryBody, KeyAnnouncementBody, parse_handle
+from pprm.protocol.envelope import Envelope, Header, new_id, open_envelope, seal_envelope
+from pprm.protocol.messages import FollowUpBody, QueryBody, RefusalBody
 from pprm.protocol.replay import ReplayCache
 from pprm.protocol.tokens import TokenMinter
 
@@ -414,32 +420,53 @@ class KeyService:
         self._replay.add(h.sender, h.id, h.expires, t)
 
     # -- step two ----------------------------------------------------------
-    def resolve(self, blob: bytes, now: float | None = None) -> Resolution:
-        """Resolve a follow-up's token to its reference, and log it: the door for follow-up bytes.
+    def resolve(self, blob: bytes, now: float | None = None, *,
+                sink: Callable[[bytes], None] | None = None) -> Resolution:
+        """Resolve a follow-up's token or handle to its reference, and log it: the door for follow-up bytes.
 
         The follow-up is verified once, signature first, under the state lock.
+        A blind-profile follow-up carries the requester's probe: its handle is
+        resolved only if that probe clears this state's threshold against the
+        record behind it, and refused with a signed refusal otherwise
+        (:meth:`_resolve_blind`).
 
         Args:
             blob: the signed follow-up message.
             now: clock override for tests.
+            sink: receives the signed refusal of a blind follow-up that is not
+                a hit, before anything is recorded; if it raises, nothing is
+                recorded and the follow-up can be delivered again.
 
         Returns:
             The resolution (the reference stays with this state's examiner).
 
         Raises:
-            MessageError and subclasses: bad message, replay, expiry.
+            NotAHitError: blind profile: the probe does not clear the
+                threshold against the record behind the handle. The signed
+                refusal (reason ``not-a-hit``, boxed to the requester) was
+                handed to ``sink``, logged (``refuse_followup``), counted
+                against the answer's ``k`` and the follow-up's id marked
+                used; the error carries the refusal. Nothing is resolved.
+            MessageError and subclasses: bad message (a blind one without a
+                probe, or with a malformed one or one of another dimension),
+                replay, expiry.
             TokenError: a token not released to this requester for this query,
-                altered, or older than ``token_ttl``.
-            GalleryError: the record was removed since.
+                altered, or older than ``token_ttl``; a handle of an answer
+                given to another state, outside the answer, followed up
+                before, or beyond the answer's ``k`` follow-ups.
+            KeyRotationError: blind profile: the key was retired by a
+                follow-up on another query.
+            GalleryError: the record was removed since (blind: or the handle
+                names an empty slot, or an answer this state never gave).
         """
         st = self.state
         t = time.time() if now is None else now
         with st.lock():
             # A follow-up names its profile in the header; either is accepted here.
             env, plain = self._open(blob, "followup", t, None)
-            body = FollowUpBody.from_bytes(plain)
             if env.header.profile == "blind":
-                return self._resolve_blind(env, body, t)
+                return self._resolve_blind(env, BlindFollowUpBody.from_bytes(plain), t, sink)
+            body = FollowUpBody.from_bytes(plain)
             content = self._minter.open(env.sender.fingerprint, body.token)
             if content.query_id != body.query_id:
                 raise TokenError("token belongs to another query")
@@ -453,18 +480,42 @@ class KeyService:
             self._replay.add(env.header.sender, env.header.id, env.header.expires, t)
         return Resolution(reference, env.header.sender, body.query_id, env.header.id)
 
+    def _resolve_blind(self, env: Envelope, body: BlindFollowUpBody, t: float,
+                       sink: Callable[[bytes], None] | None) -> Resolution:
+        """Resolve a blind-profile handle whose record the follow-up's probe hits (caller holds the state lock).
 
-    def _resolve_blind(self, env: Envelope, body: FollowUpBody, t: float) -> Resolution:
-        """Resolve a blind-profile handle (caller holds the state lock).
+        Every check of the handle comes first, and changes nothing: the probe
+        has this profile's dimension; the answer was given to this peer,
+        within ``token_ttl``; the handle was not followed up before and the
+        answer has had fewer than ``k`` follow-ups; the key was not retired by
+        a follow-up on another query; the handle points inside the answer at
+        an occupied slot whose record is still enrolled. Then the probe is
+        scored against that record (:meth:`_clears_threshold`): at or above
+        the threshold the handle is resolved as before (key retired, handle
+        counted, ``resolve`` logged); below it the follow-up is refused
+        (:meth:`_refuse_followup`).
+
+        Raises:
+            NotAHitError: the probe does not clear the threshold.
+            As :meth:`resolve`.
 
         Warning:
-            The responder never sees decryptions, so it cannot check that the
-            slot was a hit. What bounds fishing: at most ``k`` follow-ups per
-            answer, each logged, and the requester's key is retired at the
-            first one (no key decrypts after it has revealed signs).
+            The responder never sees the requester's decryptions; the probe
+            is what proves the hit. A follow-up on an occupied slot that did
+            not hit (fishing) is refused, logged, and costs one of the
+            answer's ``k`` follow-ups. A requester holding any face that
+            clears the threshold against the record (not only the probe it
+            searched with) still resolves it: it then holds a matching face
+            already, and reveals it to this state. Scores within the blind
+            matcher's decision margin of the threshold may have been reported
+            as hits; they are decided here exactly, so such a candidate below
+            the threshold is refused. The score exists only in memory here.
         """
         st = self.state
         store = st.blind_store
+        dim = st.blind_ctx.params.dim
+        if body.dim != dim:
+            raise MessageError(f"the follow-up's probe must have dimension {dim}")
         position, slot = parse_handle(body.token)
         rec = store.answered(body.query_id)
         if rec.peer != env.header.sender:
@@ -483,13 +534,113 @@ class KeyService:
         reference = st.gallery().index.references.get(record_id) if record_id >= 0 else None
         if reference is None:
             raise GalleryError("there is no record behind this candidate (empty slot or removed since)")
+        if not self._clears_threshold(body.probe, record_id):
+            self._refuse_followup(env, body, rec, t, sink)
         store.retire_for_followup(rec.key_id, rec.query_id)
-        store.record_answer(type(rec)(rec.query_id, rec.peer, rec.key_id, rec.order, rec.version, rec.answered,
-                                      [*rec.followups, body.token]))
+        store.record_answer(dataclasses.replace(rec, followups=[*rec.followups, body.token]))
         st.audit.append("resolve", peer=env.header.sender, query_id=body.query_id, followup_id=env.header.id,
                         reference=reference, profile="blind", key_id=rec.key_id)
         self._replay.add(env.header.sender, env.header.id, env.header.expires, t)
         return Resolution(reference, env.header.sender, body.query_id, env.header.id)
+
+    def _clears_threshold(self, probe: np.ndarray, record_id: int) -> bool:
+        """Whether ``probe`` scores at least the threshold against record ``record_id`` (the matcher's rule).
+
+        The probe is normalised as every matcher normalises probes
+        (:func:`~pprm.matching.templates.normalise_probe`: a float32 unit
+        vector), and its float64 inner product with the record's template as
+        enrolled (unit length, on the parameter set's grid: the values the
+        blind database encodes, so the cosine up to that rounding) is compared
+        with this state's configured threshold.
+
+        Args:
+            probe: the follow-up's probe.
+            record_id: an enrolled record.
+
+        Returns:
+            True for a hit.
+
+        Raises:
+            MessageError: the probe cannot be normalised.
+            GalleryError: the record has no slot.
+
+        Warning:
+            The score never leaves this method: it is not returned, logged,
+            or put into an exception or a message.
+        """
+        st = self.state
+        try:
+            unit = normalise_probe(probe, st.blind_ctx.params.dim).astype(np.float64)
+        except TemplateError:
+            raise MessageError("the follow-up's probe is not a usable template") from None
+        return bool(float(self._record_template(record_id) @ unit) >= st.config.threshold)
+
+    def _record_template(self, record_id: int) -> np.ndarray:
+        """Decrypt one record's template, exactly as enrolled (memory only).
+
+        Only the record's block is decrypted (one ciphertext per component)
+        and its slot kept: the same grid values :meth:`export_templates`
+        gives for the record, from which the blind database is built.
+
+        Args:
+            record_id: an enrolled record.
+
+        Returns:
+            ``float64[dim]``.
+
+        Raises:
+            GalleryError: the record has no slot.
+
+        Warning:
+            The result is a plaintext template; callers must not write,
+            log or send it.
+        """
+        gallery = self.state.gallery()
+        block, slot = gallery.index.locate(record_id)
+        owner = GalleryOwner(self.state.ctx, self._sk, gallery)
+        # The owner's exact decryption (noise rounded off to the enrolment grid),
+        # the one export_templates uses.
+        return owner.decrypt_record(block, slot)
+
+    def _refuse_followup(self, env: Envelope, body: BlindFollowUpBody, rec: AnsweredQuery, t: float,
+                         sink: Callable[[bytes], None] | None) -> NoReturn:
+        """Refuse a blind follow-up that is not a hit: hand over a signed refusal, record it, raise (lock held).
+
+        What changes: the audit log gets ``refuse_followup`` (peer, query id,
+        follow-up id, refusal id, reason, profile, key id: no score, no
+        handle's record); the answer's record in ``blind/queries/`` lists the
+        handle, so it counts against ``k`` and cannot be followed up again
+        with another probe; the replay cache marks the follow-up's id used.
+        What does not: nothing is resolved and no reference is logged; the
+        requester's key is not retired here (a resolution retires it; the
+        requester retired it on its side when it sent the follow-up); no
+        quota is used; gallery, database and announced keys are untouched.
+
+        Order: handed over (``sink``), logged, counted, marked used. A crash
+        in between leaves a logged refusal whose follow-up can be delivered
+        once more (refused and logged again), never an unlogged one.
+
+        Raises:
+            NotAHitError: always, carrying the signed refusal.
+        """
+        st = self.state
+        h = env.header
+        reason = "not-a-hit"
+        refusal = RefusalBody(body.query_id, reason, "the follow-up's probe does not clear the threshold against "
+                              "the record behind this candidate", followup_id=h.id)
+        ident = st.identity()
+        header = Header("refusal", st.config.name, h.sender, new_id(), int(t), int(t) + st.config.token_ttl,
+                        st.blind_ctx.params.digest, "blind", h.id)
+        msg = seal_envelope(ident, header, ident.box_to(env.sender, refusal.to_bytes()))
+        if sink is not None:
+            sink(msg)
+        st.audit.append("refuse_followup", peer=h.sender, query_id=body.query_id, followup_id=h.id,
+                        refusal_id=header.id, reason=reason, profile="blind", key_id=rec.key_id)
+        st.blind_store.record_answer(dataclasses.replace(rec, followups=[*rec.followups, body.token]))
+        self._replay.add(h.sender, h.id, h.expires, t)
+        raise NotAHitError(f"follow-up {h.id} from {h.sender} on query {body.query_id} refused ({reason}): its "
+                           "probe does not clear the threshold against the record behind the candidate",
+                           peer=h.sender, query_id=body.query_id, followup_id=h.id, refusal=msg)
 
 
 def _sample(n: int, k: int) -> set[int]:

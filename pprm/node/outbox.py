@@ -5,19 +5,36 @@ ones pprm has always written, so existing state directories open unchanged::
 
     sealed: {"to", "case", "purpose", "created", "expires", "answer"[, "refused"]}
     blind:  the same, and "profile": "blind", "key_id", "candidates"
+            [, "probe"][, "followups"][, "followups_refused"]
 
 ``answer`` is the id of the one reply accepted for the query (an answer or a
 signed refusal), ``refused`` the refusal's reason code, ``candidates`` the
 handles a blind answer decrypted to (kept, so opening the answer again gives
 the same handles). A ``hits`` key that older blind records carry is ignored.
+
+``probe`` is the blind query's probe, as the requester normalised it (base64
+of float32 little-endian): a blind follow-up carries it, so that the
+responder can check that the handle's record clears its threshold. It is
+this state's own data on its own disk (``outbox.json`` is 0600), written
+only when present and dropped once no follow-up can follow (no hit, a
+refusal, an abandoned query); records written before pprm kept probes have
+none, and a follow-up on them is refused locally
+(:class:`~pprm.errors.ProbeNotKeptError`). ``followups`` lists the ids of
+the follow-ups sent on the answer, ``followups_refused`` those the peer
+refused with a signed refusal. The optional keys are written only when set,
+so a record that never had them is written back key for key.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+import numpy as np
 
 from pprm._fs import atomic_write_json, read_json
 from pprm.errors import StateError
@@ -79,18 +96,44 @@ class SentBlindQuery(SentQuery):
     Attributes:
         key_id: the key pair the probe was encrypted under.
         candidates: the handles its answer decrypted to, once opened.
+        probe: the probe as this state normalised it, float32 little-endian
+            bytes (see :meth:`probe_template`), kept for the follow-ups; None
+            when not kept (an older record, or dropped once no follow-up can
+            follow). Not in the repr.
+        followups: ids of the follow-ups sent on the answer.
+        followups_refused: ids of those the peer refused (signed refusals).
+
+    Warning:
+        The probe is biometric data, kept here because a blind follow-up must
+        carry it (the responder resolves a handle only if the probe clears
+        its threshold against the record). It is the requesting state's own
+        probe on its own disk, in the 0600 ``outbox.json``, and never leaves
+        except boxed in a follow-up to the state whose answer named the handle.
     """
 
     profile: ClassVar[Profile] = "blind"
 
     key_id: str
     candidates: tuple[str, ...] | None = None
+    probe: bytes | None = field(default=None, repr=False)
+    followups: tuple[str, ...] = ()
+    followups_refused: tuple[str, ...] = ()
+
+    def probe_template(self) -> np.ndarray | None:
+        """The kept probe as float32[dim], or None when it is not kept."""
+        return None if self.probe is None else np.frombuffer(self.probe, dtype="<f4").astype(np.float32)
 
     def to_json(self) -> dict[str, Any]:
-        """As :meth:`SentQuery.to_json`, with the blind profile's keys."""
+        """As :meth:`SentQuery.to_json`, with the blind profile's keys (the optional ones only when set)."""
         out = super().to_json()
         out.update(profile="blind", key_id=self.key_id,
                    candidates=None if self.candidates is None else list(self.candidates))
+        if self.probe is not None:
+            out["probe"] = base64.b64encode(self.probe).decode("ascii")
+        if self.followups:
+            out["followups"] = list(self.followups)
+        if self.followups_refused:
+            out["followups_refused"] = list(self.followups_refused)
         return out
 
 
@@ -106,6 +149,28 @@ def _optional_text(obj: Mapping[str, Any], key: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise TypeError(key)
     return value
+
+
+def _texts(obj: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = obj.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError(key)
+    return tuple(value)
+
+
+def _probe(obj: Mapping[str, Any]) -> bytes | None:
+    value = obj.get("probe")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError("probe")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise TypeError("probe") from None
+    if not raw or len(raw) % 4:
+        raise TypeError("probe")
+    return raw
 
 
 def _int(obj: Mapping[str, Any], key: str) -> int:
@@ -146,7 +211,9 @@ def sent_query_from_json(query_id: str, obj: object) -> SentSealedQuery | SentBl
                                        or not all(isinstance(c, str) for c in candidates)):
             raise TypeError("candidates")
         return SentBlindQuery(**common, key_id=_text(obj, "key_id"),
-                              candidates=None if candidates is None else tuple(candidates))
+                              candidates=None if candidates is None else tuple(candidates),
+                              probe=_probe(obj), followups=_texts(obj, "followups"),
+                              followups_refused=_texts(obj, "followups_refused"))
     except (KeyError, TypeError):
         raise StateError("outbox.json is corrupt") from None
 

@@ -5,6 +5,13 @@ so that it accepts an answer only from the state it asked, only for a query
 it sent, and only one answer per query. A signed refusal in reply closes the
 query the same way.
 
+A blind query's probe stays in the outbox record (this state's own data, on
+its own disk) until no follow-up can follow: a blind follow-up carries it,
+boxed to the answering state, which resolves the handle only if the probe
+clears its threshold against the record there, and otherwise answers with a
+signed refusal (reason ``not-a-hit``) that :meth:`Requester.open` records and
+raises as :class:`~pprm.errors.FollowUpRefusedError`.
+
 Which profile a query to a peer uses is decided in one place,
 :meth:`Requester.prepare`: the caller's choice, else the state's configured
 profile for that peer. Every reply is verified once (signature first, then
@@ -24,14 +31,28 @@ import numpy as np
 
 from pprm.crypto import blind_keys
 from pprm.crypto.answer_codec import decode_answer
-from pprm.errors import MessageError, PolicyError, RefusedError, ReplayError, TokenError
+from pprm.errors import (
+    FollowUpRefusedError,
+    MessageError,
+    PolicyError,
+    ProbeNotKeptError,
+    RefusedError,
+    ReplayError,
+    TokenError,
+)
 from pprm.matching.blind import answer_scale
 from pprm.matching.blind_client import decrypt_signs, encrypt_probe
 from pprm.matching.templates import normalise_probe
 from pprm.node.outbox import Outbox, SentBlindQuery, SentSealedQuery
 from pprm.node.state import State
 from pprm.profile import Profile, parse_profile
-from pprm.protocol.blind_messages import BlindAnswerBody, BlindQueryBody, KeyAnnouncementBody, make_handle
+from pprm.protocol.blind_messages import (
+    BlindAnswerBody,
+    BlindFollowUpBody,
+    BlindQueryBody,
+    KeyAnnouncementBody,
+    make_handle,
+)
 from pprm.protocol.envelope import Envelope, Header, new_id, open_envelope, seal_envelope
 from pprm.protocol.messages import AnswerBody, FollowUpBody, QueryBody, RefusalBody, check_case_and_purpose
 
@@ -199,7 +220,11 @@ class Requester:
             In the sealed profile the probe is boxed to the peer and decrypted
             there: the peer's matcher sees it. The blind profile keeps it
             encrypted under this state's own key; configure it (``profiles``
-            in ``state.json``) for peers that must not see probes.
+            in ``state.json``) for peers that must not see probes. A blind
+            query's normalised probe is kept in this state's outbox
+            (``outbox.json``, 0600) for the follow-ups, which carry it boxed
+            to the peer: the peer then sees the probe only for a candidate
+            this state chose to pursue, whose record step two reveals anyway.
         """
         if self.profile_for(peer, profile) == "blind":
             return self._prepare_blind(peer, probe, case, purpose, now, sink)
@@ -295,7 +320,7 @@ class Requester:
             if kid is None:
                 pair = blind_keys.generate(ctx)
                 kid, expires, sk = pair.key_id, t + st.config.blind_key_ttl, pair.secret_key
-                ann = KeyAnnouncementBody(kid, expires, pair.public_blob, pair.galois_blob)
+                ann = KeyAnnouncementBody(kid, expires, pair.public_blob, pair.galois_blob, pair.relin_blob)
                 header = Header("keys", st.config.name, to, new_id(), t, expires, digest, "blind", "")
                 announcement = seal_envelope(ident, header, ann.to_bytes())
             else:
@@ -308,8 +333,9 @@ class Requester:
             if pair is not None:
                 ring.store(pair, to, case, t, st.config.blind_key_ttl)
                 st.audit.append("keys_created", peer=to, key_id=kid, case=case)
+            # The normalised probe stays with the record: a follow-up must carry it.
             self._box.put(SentBlindQuery(query_id=header.id, peer=to, case=case, purpose=purpose, created=t,
-                                         expires=header.expires, key_id=kid))
+                                         expires=header.expires, key_id=kid, probe=q.astype("<f4").tobytes()))
             st.audit.append("query", peer=to, query_id=header.id, case=case, purpose=purpose,
                             profile="blind", key_id=kid)
         return OutgoingQuery(to, "blind", header.id, msg, announcement, kid)
@@ -321,8 +347,9 @@ class Requester:
         delivery failed, the peer may never have seen the key, and every later
         query under it would be refused as using an unknown key. Retiring it
         (its secret key is deleted) makes the next query to that peer and case
-        announce a fresh one. Nothing happens for sealed queries, unknown
-        ids, or keys already retired.
+        announce a fresh one. The query's kept probe is dropped (no answer
+        can be opened, so no follow-up can follow). Nothing happens for
+        sealed queries, unknown ids, or keys already retired.
 
         Args:
             query_id: the query's id (from this state's outbox).
@@ -341,6 +368,7 @@ class Requester:
             if entry is None or entry["retired"] is not None:
                 return None
             st.blind_keyring.retire(kid, reason)
+            self._box.put(dataclasses.replace(sent, probe=None))
             st.audit.append("keys_retired", peer=sent.peer, key_id=kid, query_id=query_id, reason=reason)
         return kid
 
@@ -366,7 +394,11 @@ class Requester:
             body = BlindAnswerBody.from_bytes(plain)
         else:
             body = AnswerBody.from_bytes(plain)
-        if body.query_id != h.in_reply_to:
+        if isinstance(body, RefusalBody) and body.followup_id is not None:
+            # A follow-up's refusal replies to the follow-up, and names its query too.
+            if body.followup_id != h.in_reply_to:
+                raise MessageError("refusal body and header name different follow-ups")
+        elif body.query_id != h.in_reply_to:
             raise MessageError(f"{'refusal' if h.type == 'refusal' else 'answer'} body and header name "
                                "different queries")
         return _Reply(env, body)
@@ -382,16 +414,62 @@ class Requester:
         return sent
 
     def _record_refusal(self, h: Header, body: RefusalBody) -> NoReturn:
-        """Record a peer's signed refusal as the reply to its query, then raise it."""
+        """Record a peer's signed refusal as the reply to its query (or follow-up), then raise it."""
+        if body.followup_id is not None:
+            self._record_followup_refusal(h, body)
         st = self.state
         with st.lock():
             sent = self._check_outbox(h)
             if sent.answer is None:
-                self._box.put(dataclasses.replace(sent, answer=h.id, refused=body.reason))
+                refused = dataclasses.replace(sent, answer=h.id, refused=body.reason)
+                if isinstance(refused, SentBlindQuery):
+                    refused = dataclasses.replace(refused, probe=None)  # no follow-up can follow
+                self._box.put(refused)
                 st.audit.append("refused", peer=h.sender, query_id=h.in_reply_to, refusal_id=h.id,
                                 reason=body.reason, profile=h.profile)
         raise RefusedError(f"query {h.in_reply_to} to {h.sender} refused: {body.reason} ({body.message})",
                            peer=h.sender, query_id=h.in_reply_to, reason=body.reason)
+
+    def _record_followup_refusal(self, h: Header, body: RefusalBody) -> NoReturn:
+        """Record a peer's signed refusal of one of this state's blind follow-ups, then raise it."""
+        st = self.state
+        fid = body.followup_id
+        assert fid is not None  # _record_refusal dispatches on it
+        with st.lock():
+            sent = self._box.get(body.query_id)
+            if (not isinstance(sent, SentBlindQuery) or sent.peer != h.sender or h.profile != "blind"
+                    or fid not in sent.followups):
+                raise MessageError("refusal is for a follow-up this state did not send to that peer")
+            if fid not in sent.followups_refused:
+                self._box.put(dataclasses.replace(sent, followups_refused=(*sent.followups_refused, fid)))
+                st.audit.append("followup_refused", peer=h.sender, query_id=body.query_id, followup_id=fid,
+                                refusal_id=h.id, reason=body.reason, profile=h.profile)
+        raise FollowUpRefusedError(f"follow-up {fid} on query {body.query_id} to {h.sender} refused: {body.reason} "
+                                   f"({body.message})", peer=h.sender, query_id=body.query_id, reason=body.reason,
+                                   followup_id=fid)
+
+    def open_followup_refusal(self, blob: bytes, now: float | None = None) -> NoReturn:
+        """Verify a peer's signed refusal of one of this state's follow-ups, record it, and raise it.
+
+        What :meth:`open` does with such a refusal, for a caller that expects
+        nothing else (the reply to a follow-up posted over HTTP).
+
+        Args:
+            blob: the signed refusal.
+            now: clock override for tests.
+
+        Raises:
+            FollowUpRefusedError: always, once the refusal verified; it is
+                recorded (outbox ``followups_refused``, audit
+                ``followup_refused``) the first time.
+            MessageError and subclasses: bad, tampered or misaddressed, not a
+                refusal of a follow-up, or of one this state did not send.
+            UnknownPeerError: the sender is not trusted.
+        """
+        reply = self._verify_reply(blob, now, ("refusal",))
+        if not isinstance(reply.body, RefusalBody) or reply.body.followup_id is None:
+            raise MessageError("expected the refusal of a follow-up")
+        self._record_followup_refusal(reply.envelope.header, reply.body)
 
     def _open_blind(self, h: Header, body: BlindAnswerBody) -> OpenedAnswer:
         """Decrypt a blind answer to at most k candidate handles, once."""
@@ -414,7 +492,9 @@ class Requester:
                 pool = list(hits)
                 hits = sorted(pool.pop(secrets.randbelow(len(pool))) for _ in range(st.config.k))
             cands = tuple(make_handle(pos, j) for pos, j in hits)
-            self._box.put(dataclasses.replace(sent, answer=h.id, candidates=cands))
+            # Without a candidate no follow-up can follow: the probe is not kept.
+            self._box.put(dataclasses.replace(sent, answer=h.id, candidates=cands,
+                                              probe=sent.probe if cands else None))
             st.audit.append("answer_received", peer=h.sender, query_id=h.in_reply_to, answer_id=h.id,
                             hit=bool(cands), candidates=len(cands), profile="blind")
         return OpenedAnswer(h.sender, h.in_reply_to, bool(cands), cands)
@@ -459,6 +539,10 @@ class Requester:
             RefusedError: the reply is a signed refusal by the peer's policy;
                 it is recorded (outbox, audit ``refused``) and closes the
                 query. Opening it again raises it again.
+            FollowUpRefusedError: the reply is a signed refusal of one of this
+                state's blind follow-ups (reason ``not-a-hit``); it is
+                recorded (outbox ``followups_refused``, audit
+                ``followup_refused``) and raised, again on every opening.
             MessageError and subclasses: bad, tampered, misaddressed or expired.
             ReplayError: another answer to this query was already accepted.
             UnknownPeerError: the sender is not trusted.
@@ -475,12 +559,24 @@ class Requester:
             now: clock override for tests.
 
         Returns:
-            The signed follow-up message, boxed to the peer.
+            The signed follow-up message, boxed to the peer. In the blind
+            profile it carries the query's probe (kept in the outbox), and the
+            key the probe was encrypted under is retired.
 
         Raises:
             TokenError: the token is not in that answer.
+            ProbeNotKeptError: blind profile: the outbox does not hold the
+                query's probe (a query recorded before pprm kept probes);
+                nothing changes.
             MessageError and subclasses: the answer does not verify, or the
                 message is a refusal (nothing can be followed up on it).
+
+        Warning:
+            A blind follow-up reveals the probe to the peer, boxed: the peer
+            resolves the handle only if the probe clears its threshold
+            against the record behind it. Follow up only candidates the case
+            warrants pursuing; the record they name reaches this state
+            through step two anyway.
         """
         return self._follow_up(self._verify_reply(answer, now, ("answer",)), token, now).message
 
@@ -496,8 +592,9 @@ class Requester:
             The follow-up, its peer, query and id.
 
         Raises:
-            RefusedError: the reply is a signed refusal (recorded as by :meth:`open`).
-            TokenError, MessageError and subclasses: as :meth:`follow_up`.
+            RefusedError: the reply is a signed refusal (recorded as by :meth:`open`;
+                :class:`~pprm.errors.FollowUpRefusedError` for the refusal of a follow-up).
+            TokenError, ProbeNotKeptError, MessageError and subclasses: as :meth:`follow_up`.
         """
         reply = self._verify_reply(answer, now, ("answer", "refusal"))
         if isinstance(reply.body, RefusalBody):
@@ -527,8 +624,14 @@ class Requester:
         return OutgoingFollowUp(peer.name, h.in_reply_to, header.id, msg)
 
     def _follow_up_blind(self, h: Header, body: BlindAnswerBody, handle: str, now: float | None) -> OutgoingFollowUp:
-        """Follow up one blind candidate, and retire the key it was found under."""
+        """Follow up one blind candidate with the query's probe, and retire the key it was found under."""
         st = self.state
+        sent = self._check_outbox(h)
+        if not isinstance(sent, SentBlindQuery):  # _check_outbox compared the profiles
+            raise MessageError("answer is in another profile than its query")
+        if sent.candidates is None and sent.probe is None:
+            # Checked before the answer is opened (and recorded): an old record cannot be followed up.
+            raise _probe_not_kept(h.in_reply_to)
         opened = self._open_blind(h, body)
         if handle not in opened.candidates:
             raise TokenError("handle is not among the candidates of this answer")
@@ -537,14 +640,24 @@ class Requester:
         ident = st.identity()
         header = Header("followup", st.config.name, peer.name, new_id(), t, t + st.config.query_ttl,
                         st.blind_ctx.params.digest, "blind", h.in_reply_to)
-        fu = FollowUpBody(h.in_reply_to, handle)
-        msg = seal_envelope(ident, header, ident.box_to(peer.identity, fu.to_bytes()))
         with st.lock():
-            sent = self._box.get(h.in_reply_to)
-            if not isinstance(sent, SentBlindQuery):
+            current = self._box.get(h.in_reply_to)
+            if not isinstance(current, SentBlindQuery):
                 raise MessageError("answer is in another profile than its query")
+            probe = current.probe_template()
+            if probe is None:
+                raise _probe_not_kept(h.in_reply_to)
+            fu = BlindFollowUpBody(h.in_reply_to, handle, probe)
+            msg = seal_envelope(ident, header, ident.box_to(peer.identity, fu.to_bytes()))
             # A follow-up reveals decrypted signs: the key never decrypts again.
-            st.blind_keyring.retire(sent.key_id, f"follow-up on {h.in_reply_to}")
+            st.blind_keyring.retire(current.key_id, f"follow-up on {h.in_reply_to}")
+            self._box.put(dataclasses.replace(current, followups=(*current.followups, header.id)))
             st.audit.append("followup", peer=peer.name, query_id=h.in_reply_to, followup_id=header.id,
-                            profile="blind", key_id=sent.key_id)
+                            profile="blind", key_id=current.key_id)
         return OutgoingFollowUp(peer.name, h.in_reply_to, header.id, msg)
+
+
+def _probe_not_kept(query_id: str) -> ProbeNotKeptError:
+    return ProbeNotKeptError(f"the probe of blind query {query_id} is not kept (recorded before pprm kept probes "
+                             "for follow-ups, or dropped when the query was abandoned); a blind follow-up must "
+                             "carry it: query again")

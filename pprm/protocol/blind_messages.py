@@ -15,6 +15,12 @@ The JSON names how many parts follow; nothing may trail the last one.
 A follow-up names a candidate by a handle ``blind-<position>-<slot>`` (the
 answer block and the slot in it); only the responder can map it to a record,
 through the secret layout and the per-query block order it kept.
+
+- ``followup`` (profile blind): the handle, its query id and the requester's
+  probe (boxed), canonical JSON like the sealed bodies (:class:`BlindFollowUpBody`).
+  The responder resolves the handle only if that probe clears its threshold
+  against the record in the slot; otherwise it sends a signed refusal
+  (:class:`pprm.protocol.messages.RefusalBody`, reason ``not-a-hit``).
 """
 
 from __future__ import annotations
@@ -23,12 +29,14 @@ import re
 import struct
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from pprm.errors import MessageError
 from pprm.protocol import canonical
 from pprm.protocol.messages import MAX_CASE, MAX_PURPOSE
 
-__all__ = ["KeyAnnouncementBody", "BlindQueryBody", "BlindAnswerBody", "pack_parts", "unpack_parts",
-           "make_handle", "parse_handle", "MAX_BLOCKS"]
+__all__ = ["KeyAnnouncementBody", "BlindQueryBody", "BlindAnswerBody", "BlindFollowUpBody", "pack_parts",
+           "unpack_parts", "make_handle", "parse_handle", "MAX_BLOCKS", "MAX_PROBE_DIM"]
 
 _LEN = struct.Struct(">I")
 _HEX128 = re.compile(r"^[0-9a-f]{32}$")
@@ -36,6 +44,10 @@ _HANDLE = re.compile(r"^blind-([0-9]{6})-([0-9]{6})$")
 # 3*10**7 templates at 8192 per block is 3663 blocks; the envelope's 64 MiB
 # body limit stops far earlier, this only bounds the JSON.
 MAX_BLOCKS = 4096
+# A blind follow-up's probe has the blind set's dimension (512 for every set
+# so far); the parser bounds it as the sealed query body does, and the key
+# service checks the exact dimension.
+MAX_PROBE_DIM = 4096
 
 
 def pack_parts(meta: dict[str, object], parts: list[bytes]) -> bytes:
@@ -99,26 +111,27 @@ def _key_id(value: object) -> str:
 
 @dataclass(frozen=True)
 class KeyAnnouncementBody:
-    """A requester's public key material for one blind key id."""
+    """A requester's public key material for one blind key id: public key, Galois keys, relinearisation key."""
 
     key_id: str
     expires: int
     public: bytes = field(repr=False)
     galois: bytes = field(repr=False)
+    relin: bytes = field(repr=False)
 
     def to_bytes(self) -> bytes:
-        return pack_parts({"key_id": self.key_id, "expires": self.expires}, [self.public, self.galois])
+        return pack_parts({"key_id": self.key_id, "expires": self.expires}, [self.public, self.galois, self.relin])
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> KeyAnnouncementBody:
         meta, parts = unpack_parts(blob, "key announcement")
         _fields(meta, {"key_id", "expires"}, "key announcement")
-        if len(parts) != 2 or not all(parts):
-            raise MessageError("key announcement must carry a public key and Galois keys")
+        if len(parts) != 3 or not all(parts):
+            raise MessageError("key announcement must carry a public key, Galois keys and a relinearisation key")
         expires = meta["expires"]
         if type(expires) is not int or expires <= 0:
             raise MessageError("key announcement has a malformed expiry")
-        return cls(_key_id(meta["key_id"]), expires, parts[0], parts[1])
+        return cls(_key_id(meta["key_id"]), expires, parts[0], parts[1], parts[2])
 
 
 @dataclass(frozen=True)
@@ -169,6 +182,89 @@ class BlindAnswerBody:
             raise MessageError("blind answer body must carry non-empty blocks of one size")
         return cls(qid, tuple(parts))
 
+
+def _followup_probe(value: object) -> np.ndarray:
+    """A blind follow-up's probe as read-only float32[dim]: finite, not zero, 1..MAX_PROBE_DIM long."""
+    arr = np.asarray(value)
+    if arr.ndim != 1 or not 1 <= arr.size <= MAX_PROBE_DIM or not np.issubdtype(arr.dtype, np.floating):
+        raise MessageError(f"a follow-up's probe must be 1 to {MAX_PROBE_DIM} floating-point values")
+    with np.errstate(over="ignore", invalid="ignore"):  # a value beyond float32 becomes inf, refused below
+        p = np.array(arr, dtype=np.float32)
+    if not np.isfinite(p).all():
+        raise MessageError("a follow-up's probe has a non-finite value")
+    if float(np.linalg.norm(p.astype(np.float64))) < 1e-12:
+        raise MessageError("a follow-up's probe is a zero vector")
+    p.setflags(write=False)
+    return p
+
+
+@dataclass(frozen=True, eq=False)
+class BlindFollowUpBody:
+    """Step two, blind profile: the handle, and the probe the requester searched with.
+
+    Canonical JSON, boxed to the responder::
+
+        {"dim": D, "probe": base64url(D float32 little-endian), "query_id": ID, "token": HANDLE}
+
+    The probe travels as the requester normalised it (float32, exactly as
+    in the sealed query body); the responder normalises it again as its
+    matcher normalises probes.
+
+    Attributes:
+        query_id: the query whose answer named the handle.
+        token: the handle ``blind-PPPPPP-SSSSSS``.
+        probe: float32[dim], finite and not zero (read-only; not in the repr).
+
+    Raises:
+        MessageError: a malformed field: a query id that is not 32 hex digits,
+            a token that is not a blind handle, a probe that is not 1 to
+            :data:`MAX_PROBE_DIM` finite float32 values (not all zero) in
+            canonical base64 matching ``dim``, or a body without a probe
+            (as pprm wrote before blind follow-ups carried one).
+
+    Warning:
+        The probe is the requester's biometric data. It goes only to the
+        state whose answer named the handle, boxed, and only for a candidate
+        the requester chose to pursue, whose record step two reveals to it
+        anyway; the responder uses it in memory to check that the record
+        behind the handle clears its threshold, and never stores or logs it.
+        Equality is by identity (``eq=False``): compare fields explicitly.
+    """
+
+    query_id: str
+    token: str
+    probe: np.ndarray = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.query_id, str) or not _HEX128.fullmatch(self.query_id):
+            raise MessageError("blind follow-up body has a malformed query id")
+        if not isinstance(self.token, str) or not _HANDLE.fullmatch(self.token):
+            raise MessageError("blind follow-up body has a malformed token (not a blind-profile handle)")
+        object.__setattr__(self, "probe", _followup_probe(self.probe))
+
+    @property
+    def dim(self) -> int:
+        """The probe's dimension."""
+        return int(self.probe.size)
+
+    def to_bytes(self) -> bytes:
+        return canonical.encode({"dim": self.dim, "probe": canonical.b64(self.probe.astype("<f4").tobytes()),
+                                 "query_id": self.query_id, "token": self.token})
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> BlindFollowUpBody:
+        obj = canonical.decode(blob, "blind follow-up body")
+        if set(obj) == {"query_id", "token"}:
+            raise MessageError("blind follow-up body carries no probe; a blind handle is resolved only "
+                               "against the probe that found it")
+        _fields(obj, {"dim", "probe", "query_id", "token"}, "blind follow-up body")
+        dim = obj["dim"]
+        if type(dim) is not int or not 1 <= dim <= MAX_PROBE_DIM:
+            raise MessageError("blind follow-up body has a bad dimension")
+        raw = canonical.unb64(obj["probe"], "follow-up probe")
+        if len(raw) != 4 * dim:
+            raise MessageError("follow-up probe length does not match its dimension")
+        return cls(obj["query_id"], obj["token"], np.frombuffer(raw, dtype="<f4").astype(np.float32))
 
 def make_handle(position: int, slot: int) -> str:
     """The follow-up handle of slot ``slot`` in answer block ``position``."""

@@ -44,7 +44,8 @@ CLOCK_SKEW = 120
 MAX_LIFETIME = 31 * 24 * 3600
 # Appending a type changes no existing encoding: the header carries the type
 # as a string. A "refusal" replaces an answer when the responder's policy
-# refuses a query (pprm.protocol.messages.RefusalBody).
+# refuses a query, or a resolution when a blind follow-up's probe does not
+# clear the threshold against its record (pprm.protocol.messages.RefusalBody).
 MESSAGE_TYPES = ("query", "answer", "followup", "keys", "refusal")
 _NAME = re.compile(r"^[A-Z][A-Z0-9-]{1,15}$")
 _HEX128 = re.compile(r"^[0-9a-f]{32}$")

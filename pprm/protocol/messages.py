@@ -4,7 +4,10 @@ Every body is canonical JSON and, on the wire, boxed to the recipient: the
 query carries the probe template, case reference and purpose (personal data),
 the answer carries the hit flag and the candidate tokens, the follow-up the
 token being asked about, the refusal (sent instead of an answer, in either
-profile) why the responder's policy refused the query.
+profile) why the responder's policy refused the query. A refusal also answers
+a blind-profile follow-up whose probe does not clear the threshold against
+the record behind its handle (reason ``not-a-hit``; the blind follow-up body
+is :class:`pprm.protocol.blind_messages.BlindFollowUpBody`).
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ import numpy as np
 from pprm.errors import MessageError
 from pprm.protocol import canonical
 
-__all__ = ["QueryBody", "AnswerBody", "FollowUpBody", "RefusalBody", "REFUSAL_REASONS", "check_case_and_purpose",
-           "MAX_CASE", "MAX_PURPOSE", "MAX_REFUSAL_MESSAGE"]
+__all__ = ["QueryBody", "AnswerBody", "FollowUpBody", "RefusalBody", "REFUSAL_REASONS", "FOLLOWUP_REFUSAL_REASONS",
+           "check_case_and_purpose", "MAX_CASE", "MAX_PURPOSE", "MAX_REFUSAL_MESSAGE"]
 
 # Case references are file numbers; purposes are short phrases. The limits
 # keep log lines bounded without constraining real use.
@@ -26,10 +29,14 @@ MAX_CASE = 64
 MAX_PURPOSE = 200
 # A refusal's human-readable line: one sentence, never a template or a score.
 MAX_REFUSAL_MESSAGE = 300
-# Why a responder refuses a well-formed query (the only codes on the wire):
-# the purpose is not on its list, or the requester's rolling 24-hour quota
-# for the case, or for all its queries, is used up.
+# Why a responder refuses a well-formed query: the purpose is not on its
+# list, or the requester's rolling 24-hour quota for the case, or for all its
+# queries, is used up.
 REFUSAL_REASONS = ("purpose", "quota-case", "quota-peer")
+# Why a responder refuses a well-formed follow-up (blind profile): the probe
+# it carries does not clear the threshold against the record behind the
+# handle. These and REFUSAL_REASONS are the only codes on the wire.
+FOLLOWUP_REFUSAL_REASONS = ("not-a-hit",)
 # Candidate caps above this are refused by config validation anyway.
 MAX_CANDIDATES = 1000
 _HEX128 = re.compile(r"^[0-9a-f]{32}$")
@@ -118,7 +125,11 @@ class AnswerBody:
 
 @dataclass(frozen=True)
 class FollowUpBody:
-    """Step two: the requester asks for the record behind one token."""
+    """Step two, sealed profile: the requester asks for the record behind one token.
+
+    A blind-profile follow-up also carries the probe
+    (:class:`pprm.protocol.blind_messages.BlindFollowUpBody`).
+    """
 
     query_id: str
     token: str
@@ -140,35 +151,66 @@ class FollowUpBody:
 
 @dataclass(frozen=True)
 class RefusalBody:
-    """Sent instead of an answer: the responder's policy refused the query.
+    """Sent instead of an answer or a resolution: the responder refused a query or a follow-up.
 
-    ``reason`` is one of :data:`REFUSAL_REASONS`; ``message`` is one line for
-    the operator. Nothing about the gallery is in it: a refusal is decided
-    before any matching.
+    Two shapes, told apart by their exact fields:
+
+    * a query refusal ``{"query_id", "reason", "message"}``: ``reason`` is one
+      of :data:`REFUSAL_REASONS`; the header's ``re`` names the query. Nothing
+      about the gallery is in it: it is decided before any matching.
+    * a follow-up refusal ``{"query_id", "followup_id", "reason", "message"}``
+      (blind profile): ``reason`` is one of :data:`FOLLOWUP_REFUSAL_REASONS`;
+      the header's ``re`` names the follow-up, ``query_id`` the query whose
+      answer named the handle. It says that the follow-up's probe does not
+      clear the threshold against the record behind the handle, never by
+      how much.
+
+    ``message`` is one line for the operator.
+
+    Raises:
+        MessageError: a malformed field, or a reason that does not fit the shape.
     """
 
     query_id: str
     reason: str
     message: str
+    followup_id: str | None = None
 
     def __post_init__(self) -> None:
-        _refusal_fields(self.query_id, self.reason, self.message)
+        _refusal_fields(self.query_id, self.reason, self.message, self.followup_id)
+
+    @property
+    def refused_id(self) -> str:
+        """The refused message's id, which the header's ``re`` names: the follow-up's, else the query's."""
+        return self.query_id if self.followup_id is None else self.followup_id
 
     def to_bytes(self) -> bytes:
-        return canonical.encode({"query_id": self.query_id, "reason": self.reason, "message": self.message})
+        obj = {"query_id": self.query_id, "reason": self.reason, "message": self.message}
+        if self.followup_id is not None:
+            obj["followup_id"] = self.followup_id
+        return canonical.encode(obj)
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> RefusalBody:
         obj = canonical.decode(blob, "refusal body")
-        _fields(obj, {"query_id", "reason", "message"}, "refusal body")
-        qid, reason, message = obj["query_id"], obj["reason"], obj["message"]
-        _refusal_fields(qid, reason, message)
-        return cls(qid, reason, message)
+        if set(obj) not in ({"query_id", "reason", "message"}, {"query_id", "followup_id", "reason", "message"}):
+            raise MessageError("refusal body has unexpected fields")
+        fid = obj.get("followup_id")
+        if "followup_id" in obj and not isinstance(fid, str):
+            raise MessageError("refusal body has a malformed follow-up id")
+        _refusal_fields(obj["query_id"], obj["reason"], obj["message"], fid)
+        return cls(obj["query_id"], obj["reason"], obj["message"], fid)
 
 
-def _refusal_fields(qid: object, reason: object, message: object) -> None:
+def _refusal_fields(qid: object, reason: object, message: object, followup_id: object) -> None:
     if not isinstance(qid, str) or not _HEX128.fullmatch(qid):
         raise MessageError("refusal body has a malformed query id")
-    if reason not in REFUSAL_REASONS:
-        raise MessageError("refusal body has an unknown reason")
+    if followup_id is None:
+        if reason not in REFUSAL_REASONS:
+            raise MessageError("refusal body has an unknown reason")
+    else:
+        if not isinstance(followup_id, str) or not _HEX128.fullmatch(followup_id):
+            raise MessageError("refusal body has a malformed follow-up id")
+        if reason not in FOLLOWUP_REFUSAL_REASONS:
+            raise MessageError("refusal body has an unknown reason for a follow-up")
     _text(message, MAX_REFUSAL_MESSAGE, "refusal message")

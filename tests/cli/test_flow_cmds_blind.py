@@ -2,7 +2,7 @@
 
 Two states (AA asks, BB answers) are created with the test-only sets through
 ``pprm init --params INSECURE-sealed-n1024 --blind-params
-INSECURE-blind-n1024 --allow-insecure``, exchange cards and enrol through
+INSECURE-blind-n1024-v2 --allow-insecure``, exchange cards and enrol through
 the CLI itself (``main(argv)`` in-process). A blind query writes the query
 and, when its key is new, a key announcement beside it (OUT.keys); the
 responder accepts the announcement with ``answer --keys`` before it answers.
@@ -14,6 +14,7 @@ directory and the message directory unchanged, with no output file created.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 from dataclasses import dataclass
@@ -26,10 +27,11 @@ import pytest
 import pprm.cli.common as cli_common
 from pprm import synthetic
 from pprm.matching.templates import normalise_probe, normalise_templates
+from pprm.node.requester import Requester
 from pprm.node.state import State
-from pprm.protocol.blind_messages import parse_handle
+from pprm.protocol.blind_messages import make_handle, parse_handle
 from tests.cli.worlds import refused
-from tests.helpers import INSECURE_BLIND, INSECURE_SEALED, ok, ok_json
+from tests.helpers import INSECURE_BLIND, INSECURE_SEALED, cli, ok, ok_json
 
 DIM = 512
 TAU = 0.4
@@ -201,3 +203,41 @@ def test_init_records_the_blind_set(world: World) -> None:
     for d in world.dirs.values():
         st = State.open(str(d))
         assert st.config.blind_params == INSECURE_BLIND and st.config.allow_insecure
+
+
+def test_resolve_refuses_a_follow_up_whose_probe_misses_its_record(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    probe = save_probe(world, tmp_path, 14)
+    q = blind_query(world, tmp_path, probe, "CASE-B8", "q.msg")
+    ok("answer", world.dirs["BB"], tmp_path / "q.msg", "--keys", tmp_path / "q.msg.keys", "--out", tmp_path / "a.msg")
+    (hit,) = ok_json("open", world.dirs["AA"], tmp_path / "a.msg")["candidates"]
+    # An occupied slot that is not a hit, read from BB's secrets.
+    bb = State.open(str(world.dirs["BB"]))
+    rec = bb.blind_store.answered(q["query_id"])
+    layout = bb.blind_store.layout(rec.version)
+    target = next(make_handle(pos, slot) for pos, blk in enumerate(rec.order)
+                  for slot, rid in enumerate(layout[blk]) if rid >= 0 and make_handle(pos, slot) != hit)
+    # AA's own Requester, patched in this test only, believes the slot was a candidate.
+    real = Requester._open_blind
+
+    def believe(self: Requester, h: Any, body: Any) -> Any:
+        opened = real(self, h, body)
+        return dataclasses.replace(opened, candidates=(*opened.candidates, target))
+
+    with monkeypatch.context() as m:
+        m.setattr(Requester, "_open_blind", believe)
+        ok("follow-up", world.dirs["AA"], tmp_path / "a.msg", target, "--out", tmp_path / "f.msg")
+    # Where the refusal cannot be written, nothing is recorded.
+    refused(world, tmp_path, "resolve", world.dirs["BB"], tmp_path / "f.msg", "--refusal-out",
+            tmp_path / "missing" / "r.msg", says="no such file")
+    # BB refuses (signed, logged, counted) and exits 0, as answer does with a refusal by policy.
+    res = ok_json("resolve", world.dirs["BB"], tmp_path / "f.msg")
+    assert res == {"reference": None, "refused": "not-a-hit", "out": str(tmp_path / "f.msg.refusal")}
+    assert ok_json("audit", "verify", world.dirs["BB"])["ok"] is True
+    # AA opens the refusal: recorded, and reported as an error (exit 1, one line), as a refused query.
+    r = cli("open", world.dirs["AA"], tmp_path / "f.msg.refusal")
+    assert r.code == 1 and r.out == "" and r.err.count("\n") == 1
+    assert "refused: not-a-hit" in r.err and q["query_id"] in r.err
+    # The genuine candidate still resolves, and the text output of a refusal names its file.
+    ok("follow-up", world.dirs["AA"], tmp_path / "a.msg", hit, "--out", tmp_path / "g.msg")
+    assert ok("resolve", world.dirs["BB"], tmp_path / "g.msg").out.split()[0] == "BB-0000014"

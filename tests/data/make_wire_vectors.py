@@ -89,7 +89,8 @@ def build() -> dict[str, Any]:
     # Blind profile: binary bodies (JSON part + length-prefixed parts), with
     # short stand-ins for the SEAL blobs; the framing is what is pinned.
     blind_key = _derive("blind-key-id", 16).hex()
-    keys_body = KeyAnnouncementBody(blind_key, 1_700_086_400, _derive("public-key", 32), _derive("galois-keys", 32))
+    keys_body = KeyAnnouncementBody(blind_key, 1_700_086_400, _derive("public-key", 32), _derive("galois-keys", 32),
+                                    _derive("relin-key", 32))
     bquery = BlindQueryBody("CASE-2024-0002", "wire format known-answer test (blind)", blind_key,
                             _derive("probe-ciphertext", 32))
     bhdr = Header("query", "DE", "FR", _derive("blind-query-id", 16).hex(), 1_700_000_000, 1_700_003_600,

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-import tenseal.sealapi as seal
 
 from pprm.crypto import blind_keys
 from pprm.crypto.answer_codec import decode_answer

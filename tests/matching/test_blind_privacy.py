@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tenseal.sealapi as seal
 
 from pprm.crypto import blind_keys
 from pprm.crypto.answer_codec import decode_answer, encode_answer
@@ -28,7 +27,8 @@ from tests.helpers import ks_2samp
 TAU = 0.4
 
 
-def _values_by_record(ctx: BlindContext, db: BlindDatabase, pair: blind_keys.BlindKeyPair, keys: blind_keys.EvaluationKeys, q: np.ndarray) -> np.ndarray:
+def _values_by_record(ctx: BlindContext, db: BlindDatabase, pair: blind_keys.BlindKeyPair,
+                      keys: blind_keys.EvaluationKeys, q: np.ndarray) -> np.ndarray:
     p = ctx.params
     ct = ctx.load_seeded_ciphertext(encrypt_probe(ctx, pair.secret_key, q), scale=float(2**p.probe_scale_bits))
     answer = BlindMatcher(ctx, db).answer(ct, keys, TAU)

@@ -392,3 +392,57 @@ def test_a_failed_blind_delivery_does_not_strand_the_key(world):
     # The next query of the same case announces a fresh key, and is answered.
     (o,) = ask(de, probe, ["HU"], case="C-STRAND", purpose=PURPOSE, directory=Directory({"HU": procs["HU"].url}))
     assert o.status == "hit", o.detail
+
+
+# -- blind step two: a follow-up must prove its hit -------------------------------------------
+
+def test_a_blind_follow_up_that_is_not_a_hit_gets_a_signed_refusal_over_http(tmp_path, monkeypatch):
+    import dataclasses
+
+    from pprm.errors import FollowUpRefusedError, MessageError
+    from pprm.matching.templates import normalise_probe
+    from pprm.net.service import create_app
+    from pprm.protocol.blind_messages import make_handle
+    from tests.helpers import craft_blind_followup
+
+    nodes = _world(tmp_path, ("DE", "HU"))
+    de, hu = nodes["DE"].state, nodes["HU"]
+    probe = synthetic.mate_probe(hu.gallery, 5, seed=4)
+    assert plaintext_hits(hu.gallery.templates, hu.gallery.references, probe, 0.4) == {hu.gallery.references[5]}
+    with thread_server(create_app(hu.state.dir)) as url:
+        directory = Directory({"HU": url})
+        (o,) = ask(de, probe, ["HU"], case="C-NET-FISH", purpose=PURPOSE, directory=directory)
+        assert o.status == "hit" and o.profile == "blind" and o.query_id is not None
+        qid = o.query_id
+        (hit,) = o.candidates
+        rec = hu.state.blind_store.answered(qid)
+        layout = hu.state.blind_store.layout(rec.version)
+        occupied = [make_handle(pos, slot) for pos, blk in enumerate(rec.order)
+                    for slot, rid in enumerate(layout[blk]) if rid >= 0 and make_handle(pos, slot) != hit]
+        # DE's own Requester, patched in this test only, believes a non-hit slot was a candidate.
+        real = Requester._open_blind
+
+        def believe(self, h, body):
+            opened = real(self, h, body)
+            return dataclasses.replace(opened, candidates=(*opened.candidates, occupied[0]))
+
+        with monkeypatch.context() as m:
+            m.setattr(Requester, "_open_blind", believe)
+            with pytest.raises(FollowUpRefusedError) as info:
+                send_follow_up(de, _answer(o), occupied[0], directory)
+        assert (info.value.peer, info.value.query_id, info.value.reason) == ("HU", o.query_id, "not-a-hit")
+        # On the wire: 200 and the signed refusal as octets, like a refused query's reply.
+        crafted = craft_blind_followup(de, "HU", qid, occupied[1], normalise_probe(probe, 512))
+        with httpx.Client(trust_env=False) as http:
+            r = http.post(f"{url}/v1/followups", content=crafted, headers=OCT)
+        assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
+        with pytest.raises(MessageError, match="did not send"):  # DE never sent that one itself
+            Requester(de).open_followup_refusal(r.content)
+        # The genuine candidate resolves.
+        assert send_follow_up(de, _answer(o), hit, directory)["status"] == "resolved"
+    refusals = _entries(nodes, "HU", "refuse_followup")
+    assert [e["data"]["reason"] for e in refusals] == ["not-a-hit", "not-a-hit"]
+    assert [e["data"]["reference"] for e in _entries(nodes, "HU", "resolve")] == [hu.gallery.references[5]]
+    assert [e["data"]["followup_id"] for e in _entries(nodes, "DE", "followup_refused")] == [
+        info.value.followup_id]
+    assert hu.state.blind_store.answered(qid).followups == [*occupied[:2], hit]

@@ -1,7 +1,7 @@
 """The blind profile at node level: Requester, Responder and KeyService on real states.
 
 One module-wide network (AA queries, BB answers, CC is a third trusted
-state) on the test-only sets INSECURE-sealed-n1024 / INSECURE-blind-n1024.
+state) on the test-only sets INSECURE-sealed-n1024 / INSECURE-blind-n1024-v2.
 BB's gallery fits one block (512 slots): 60 random templates, and a cluster
 of AA.k + 3 near-copies of one template for the candidate cap. AA's k is 5
 and BB's k is 3, so the requester's cap and the responder's follow-up cap
@@ -36,11 +36,13 @@ from pprm.errors import (
     GalleryError,
     KeyRotationError,
     MessageError,
+    NotAHitError,
     ReplayError,
     TokenError,
     UnknownPeerError,
 )
 from pprm.matching.blind_client import encrypt_probe
+from pprm.matching.templates import normalise_probe
 from pprm.node.keyservice import KeyService
 from pprm.node.requester import OpenedAnswer, Requester
 from pprm.node.responder import Responder
@@ -48,8 +50,17 @@ from pprm.node.state import State
 from pprm.protocol import canonical
 from pprm.protocol.blind_messages import BlindAnswerBody, BlindQueryBody, KeyAnnouncementBody, make_handle, parse_handle
 from pprm.protocol.envelope import _FRAME, Header, new_id, seal_envelope
-from pprm.protocol.messages import AnswerBody, FollowUpBody
-from tests.helpers import INSECURE_BLIND, craft, leak_forms, new_state, plaintext_hits, snapshot, windows
+from pprm.protocol.messages import AnswerBody
+from tests.helpers import (
+    INSECURE_BLIND,
+    craft,
+    craft_blind_followup,
+    leak_forms,
+    new_state,
+    plaintext_hits,
+    snapshot,
+    windows,
+)
 
 DIM = 512
 TAU = 0.4
@@ -139,9 +150,9 @@ def craft_blind(sender: State, to: str, kind: str, body: bytes, *, boxed: bool =
     return seal_envelope(ident, h, ident.box_to(sender.peer(to).identity, body) if boxed else body)
 
 
-def followup(sender: State, to: str, query_id: str, handle: str) -> bytes:
-    """A blind follow-up that skips the requester's own check that the handle is a candidate."""
-    return craft_blind(sender, to, "followup", FollowUpBody(query_id, handle).to_bytes(), in_reply_to=query_id)
+def followup(sender: State, to: str, query_id: str, handle: str, probe: np.ndarray) -> bytes:
+    """A blind follow-up (carrying ``probe``) that skips the requester's own check that the handle is a candidate."""
+    return craft_blind_followup(sender, to, query_id, handle, normalise_probe(probe, DIM))
 
 
 def ask(net: Net, probe: np.ndarray, case: str, *, accept: bool = True) -> tuple[bytes | None, bytes]:
@@ -370,16 +381,17 @@ def test_a_key_id_must_match_its_key_material(net: Net, rotation: Rotation) -> N
     body = _body_of(rotation.ann)
     fresh = blind_keys.generate(net.a.blind_ctx)
     lies = [
-        KeyAnnouncementBody("0" * 32, body.expires, body.public, body.galois),      # made-up id
-        KeyAnnouncementBody(fresh.key_id, body.expires, body.public, body.galois),  # another key's id
-        KeyAnnouncementBody(body.key_id, body.expires, fresh.public_blob, fresh.galois_blob),
-        KeyAnnouncementBody(fresh.key_id, body.expires, fresh.public_blob, body.galois),  # mixed material
+        KeyAnnouncementBody("0" * 32, body.expires, body.public, body.galois, body.relin),      # made-up id
+        KeyAnnouncementBody(fresh.key_id, body.expires, body.public, body.galois, body.relin),  # another key's id
+        KeyAnnouncementBody(body.key_id, body.expires, fresh.public_blob, fresh.galois_blob, fresh.relin_blob),
+        KeyAnnouncementBody(fresh.key_id, body.expires, fresh.public_blob, body.galois, fresh.relin_blob),  # mixed
+        KeyAnnouncementBody(fresh.key_id, body.expires, fresh.public_blob, fresh.galois_blob, body.relin),  # mixed
     ]
     for lie in lies:
         with unchanged(net.b), pytest.raises(KeyRotationError, match="does not match"):
             resp.accept_keys(_announcement(net.a, "BB", lie))
     # The honest announcement of the fresh key is then accepted once.
-    ok = KeyAnnouncementBody(fresh.key_id, body.expires, fresh.public_blob, fresh.galois_blob)
+    ok = KeyAnnouncementBody(fresh.key_id, body.expires, fresh.public_blob, fresh.galois_blob, fresh.relin_blob)
     assert resp.accept_keys(_announcement(net.a, "BB", ok)) == fresh.key_id
 
 
@@ -530,7 +542,8 @@ def test_malformed_blind_answers_from_a_trusted_peer(net: Net) -> None:
 # -- follow-ups ----------------------------------------------------------------------------
 
 def test_follow_ups_per_answer_are_capped_and_checked(net: Net) -> None:
-    _ann, q = ask(net, net.mate(50), "FOLLOW-UPS")
+    probe = net.mate(50)
+    _ann, q = ask(net, probe, "FOLLOW-UPS")
     answer = Responder(net.b).answer(q)
     opened = Requester(net.a).open(answer)
     qid = opened.query_id
@@ -539,12 +552,12 @@ def test_follow_ups_per_answer_are_capped_and_checked(net: Net) -> None:
     assert hit in occupied and empty
     ks = KeyService(net.b)
     refused = [
-        (followup(net.a, "BB", qid, empty[0]), GalleryError, "no record"),       # an empty slot
-        (followup(net.a, "BB", qid, make_handle(1, 0)), TokenError, "outside"),  # one block only
-        (followup(net.a, "BB", qid, make_handle(0, 512)), TokenError, "outside"),
-        (followup(net.a, "BB", "ab" * 16, hit), GalleryError, "no blind answer"),
-        (followup(net.c, "BB", qid, hit), TokenError, "another state"),          # CC asks about AA's answer
-        (followup(net.a, "BB", qid, "A" * 16), MessageError, "handle"),           # not a blind handle
+        (followup(net.a, "BB", qid, empty[0], probe), GalleryError, "no record"),       # an empty slot
+        (followup(net.a, "BB", qid, make_handle(1, 0), probe), TokenError, "outside"),  # one block only
+        (followup(net.a, "BB", qid, make_handle(0, 512), probe), TokenError, "outside"),
+        (followup(net.a, "BB", "ab" * 16, hit, probe), GalleryError, "no blind answer"),
+        (followup(net.c, "BB", qid, hit, probe), TokenError, "another state"),          # CC asks about AA's answer
+        (followup(net.a, "BB", qid, "A" * 16, probe), MessageError, "handle"),           # not a blind handle
     ]
     for blob, exc, why in refused:
         with unchanged(net.b), pytest.raises(exc, match=why):
@@ -553,13 +566,15 @@ def test_follow_ups_per_answer_are_capped_and_checked(net: Net) -> None:
     again = Requester(net.a).follow_up(answer, hit)
     with unchanged(net.b), pytest.raises(TokenError, match="already"):
         ks.resolve(again)
-    # BB cannot tell hits from other slots (it never decrypts), so a
-    # misbehaving requester can fish in occupied slots, but only up to k per answer.
+    # BB never sees AA's decryptions, but the probe proves the hit: a
+    # misbehaving requester fishing in occupied slots is refused (and the
+    # refusals count against k, see tests/node/test_blind_followup.py).
     others = [h for h in occupied if h != hit]
     for h in others[:K_RESPONDER - 1]:
-        assert ks.resolve(followup(net.a, "BB", qid, h)).reference in net.refs
+        with pytest.raises(NotAHitError):
+            ks.resolve(followup(net.a, "BB", qid, h, probe))
     with unchanged(net.b), pytest.raises(TokenError, match=f"at most {K_RESPONDER}"):
-        ks.resolve(followup(net.a, "BB", qid, others[K_RESPONDER]))
+        ks.resolve(followup(net.a, "BB", qid, others[K_RESPONDER], probe))
 
 
 def test_the_same_handle_cannot_be_followed_up_twice_under_another_spelling(net: Net) -> None:
@@ -571,7 +586,7 @@ def test_the_same_handle_cannot_be_followed_up_twice_under_another_spelling(net:
     ks = KeyService(net.b)
     assert ks.resolve(Requester(net.a).follow_up(answer, hit)).reference == "BB-00051"
     with unchanged(net.b), pytest.raises(MessageError, match="token"):
-        ks.resolve(followup(net.a, "BB", header_of(q).id, hit + "\n"))
+        ks.resolve(followup(net.a, "BB", header_of(q).id, hit + "\n", net.templates[51]))
 
 
 def test_a_key_past_its_lifetime_is_retired_and_its_secret_key_deleted(tmp_path: os.PathLike[str]) -> None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from pprm import synthetic
 from pprm.errors import StateError
+from pprm.matching.templates import normalise_probe
 from pprm.node.outbox import Outbox, SentBlindQuery, SentSealedQuery, sent_query_from_json
 from pprm.node.requester import Requester
 from pprm.node.responder import Responder
@@ -90,3 +94,50 @@ def test_the_requester_keeps_typed_records(tmp_path: Path) -> None:
     rec = req.outbox()[blind.query_id]
     assert isinstance(rec, SentBlindQuery)
     assert rec.answer is not None and rec.candidates == opened.candidates
+
+
+# -- the probe a blind record keeps for its follow-ups ----------------------------------------
+
+def test_a_blind_record_keeps_its_probe_and_follow_ups() -> None:
+    probe = np.array([0.5, -0.5, 0.25, 0.0], dtype="<f4")
+    rec = SentBlindQuery(query_id=QID, peer="NL", case="C-4", purpose="missing-person", created=100, expires=3700,
+                         key_id="ef" * 16, candidates=("blind-000001-000002",), probe=probe.tobytes(),
+                         followups=("12" * 16,), followups_refused=("12" * 16,))
+    obj = rec.to_json()
+    assert obj["probe"] == base64.b64encode(probe.tobytes()).decode()
+    assert (obj["followups"], obj["followups_refused"]) == (["12" * 16], ["12" * 16])
+    back = sent_query_from_json(QID, json.loads(json.dumps(obj)))
+    assert back == rec
+    assert isinstance(back, SentBlindQuery)
+    kept = back.probe_template()
+    assert kept is not None and kept.dtype == np.float32 and np.array_equal(kept, probe)
+    # The probe is biometric data: never in the repr (it is in outbox.json, 0600, by design).
+    assert "probe" not in repr(rec) and obj["probe"] not in repr(rec)
+    # Without them, the optional keys are not written (older records are written back key for key).
+    bare = dataclasses.replace(rec, probe=None, followups=(), followups_refused=())
+    assert set(bare.to_json()) == set(LEGACY["blind-opened"]) - {"hits"}
+    assert bare.probe_template() is None
+
+
+@pytest.mark.parametrize("extra", [
+    {"probe": 5}, {"probe": "not base64!"}, {"probe": base64.b64encode(b"\x00" * 6).decode()}, {"probe": ""},
+    {"followups": "12" * 16}, {"followups": [1]}, {"followups_refused": None},
+])
+def test_a_malformed_kept_probe_or_follow_up_list_is_a_state_error(extra: dict[str, Any]) -> None:
+    with pytest.raises(StateError, match=r"outbox\.json is corrupt"):
+        sent_query_from_json(QID, {**LEGACY["blind-opened"], **extra})
+
+
+def test_the_requester_keeps_the_normalised_probe_of_a_blind_query(tmp_path: Path) -> None:
+    nodes = build_network(str(tmp_path), ["DE", "FR"], n=40, seed=4, blind_params=INSECURE_BLIND)
+    de = nodes["DE"].state
+    probe = synthetic.mate_probe(nodes["FR"].gallery, 5, 0) * 3.0
+    req = Requester(de)
+    blind = req.prepare("FR", probe, "C-P", "serious-crime", profile="blind")
+    sealed = req.prepare("FR", probe, "C-P", "serious-crime")
+    rec = req.outbox()[blind.query_id]
+    assert isinstance(rec, SentBlindQuery)
+    kept = rec.probe_template()
+    assert kept is not None and np.array_equal(kept, normalise_probe(probe, de.config.dim))
+    assert "probe" not in json.loads((tmp_path / "DE" / "outbox.json").read_text())[sealed.query_id]
+    assert os.stat(tmp_path / "DE" / "outbox.json").st_mode & 0o777 == 0o600

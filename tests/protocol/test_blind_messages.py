@@ -140,9 +140,10 @@ def test_maximal_part_count_is_accepted() -> None:
 # -- key announcement -----------------------------------------------------------
 
 @settings(max_examples=100)
-@given(kid=HEX128, expires=st.integers(1, 2**63), public=NONEMPTY, galois=NONEMPTY)
-def test_property_announcement_round_trip(kid: str, expires: int, public: bytes, galois: bytes) -> None:
-    body = KeyAnnouncementBody(kid, expires, public, galois)
+@given(kid=HEX128, expires=st.integers(1, 2**63), public=NONEMPTY, galois=NONEMPTY, relin=NONEMPTY)
+def test_property_announcement_round_trip(kid: str, expires: int, public: bytes, galois: bytes,
+                                          relin: bytes) -> None:
+    body = KeyAnnouncementBody(kid, expires, public, galois, relin)
     blob = body.to_bytes()
     assert KeyAnnouncementBody.from_bytes(blob) == body
     assert KeyAnnouncementBody.from_bytes(blob).to_bytes() == blob
@@ -151,7 +152,7 @@ def test_property_announcement_round_trip(kid: str, expires: int, public: bytes,
 def _ann(meta: dict[str, object] | None = None, parts: list[bytes] | None = None) -> bytes:
     m: dict[str, object] = {"key_id": KID, "expires": 1_700_000_000}
     m.update(meta or {})
-    return pack_parts(m, [b"pk", b"gk"] if parts is None else parts)
+    return pack_parts(m, [b"pk", b"gk", b"rk"] if parts is None else parts)
 
 
 @pytest.mark.parametrize("blob", [
@@ -159,11 +160,12 @@ def _ann(meta: dict[str, object] | None = None, parts: list[bytes] | None = None
     _ann({"key_id": "g" * 32}), _ann({"key_id": 5}), _ann({"key_id": None}),
     _ann({"expires": 0}), _ann({"expires": -1}), _ann({"expires": "5"}), _ann({"expires": True}),
     _ann({"expires": 1.5}),
-    _ann(parts=[b"pk"]), _ann(parts=[b"pk", b"gk", b"x"]), _ann(parts=[]),
-    _ann(parts=[b"", b"gk"]), _ann(parts=[b"pk", b""]),        # empty key material
+    _ann(parts=[b"pk"]), _ann(parts=[b"pk", b"gk"]),           # no relinearisation key
+    _ann(parts=[b"pk", b"gk", b"rk", b"x"]), _ann(parts=[]),
+    _ann(parts=[b"", b"gk", b"rk"]), _ann(parts=[b"pk", b"", b"rk"]), _ann(parts=[b"pk", b"gk", b""]),  # empty
     _ann({"extra": 1}),
-    pack_parts({"key_id": KID}, [b"pk", b"gk"]),                # missing expiry
-    pack_parts({"expires": 5}, [b"pk", b"gk"]),                 # missing key id
+    pack_parts({"key_id": KID}, [b"pk", b"gk", b"rk"]),         # missing expiry
+    pack_parts({"expires": 5}, [b"pk", b"gk", b"rk"]),          # missing key id
 ])
 def test_announcement_rejects(blob: bytes) -> None:
     with pytest.raises(MessageError):
@@ -171,8 +173,8 @@ def test_announcement_rejects(blob: bytes) -> None:
 
 
 def test_announcement_repr_hides_key_material() -> None:
-    text = repr(KeyAnnouncementBody(KID, 5, b"PUBLIC-BLOB", b"GALOIS-BLOB"))
-    assert KID in text and "PUBLIC" not in text and "GALOIS" not in text
+    text = repr(KeyAnnouncementBody(KID, 5, b"PUBLIC-BLOB", b"GALOIS-BLOB", b"RELIN-BLOB"))
+    assert KID in text and "PUBLIC" not in text and "GALOIS" not in text and "RELIN" not in text
 
 
 # -- blind query ----------------------------------------------------------------

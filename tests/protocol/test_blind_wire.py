@@ -26,6 +26,7 @@ def test_blind_bodies_are_pinned_and_parse_back() -> None:
     keys = KeyAnnouncementBody.from_bytes(bytes.fromhex(v["keys_body_hex"]))
     assert keys.key_id == _derive("blind-key-id", 16).hex() and keys.expires == 1_700_086_400
     assert keys.public == _derive("public-key", 32) and keys.galois == _derive("galois-keys", 32)
+    assert keys.relin == _derive("relin-key", 32)
     assert keys.to_bytes().hex() == v["keys_body_hex"]
     query = BlindQueryBody.from_bytes(bytes.fromhex(v["query_body_hex"]))
     assert query.probe == _derive("probe-ciphertext", 32) and query.key_id == keys.key_id
