@@ -83,6 +83,7 @@ __all__ = [
     "leak_forms",
     "lookup_for",
     "masked_noise_bits",
+    "load_switching_keys",
     "new_state",
     "noise_bits",
     "occurs_in",
@@ -511,6 +512,21 @@ def noise_bits(ctx: BlindContext, secret_key: seal.SecretKey, ct: seal.Ciphertex
         diff[j] = np.where(dec[j] >= ideal[j], dec[j] - ideal[j], dec[j] + (np.uint64(q) - ideal[j]))
     worst = max(abs(c) for c in centered_coefficients(ctx, diff))
     return math.log2(max(worst, 1))
+
+
+def load_switching_keys(ctx: BlindContext, cls: type[seal.GaloisKeys] | type[seal.RelinKeys], blob: bytes,
+                        ) -> seal.GaloisKeys | seal.RelinKeys:
+    """Load Galois or relinearisation keys from a blob (SEAL reads only from files)."""
+    fd, path = tempfile.mkstemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    os.close(fd)
+    try:
+        with open(path, "wb") as fh:
+            fh.write(blob)
+        obj = cls()
+        obj.load(ctx.seal, path)
+    finally:
+        os.unlink(path)
+    return obj
 
 
 def masked_noise_bits(ctx: BlindContext, secret_key: seal.SecretKey, matcher: object, probe_ct: seal.Ciphertext,

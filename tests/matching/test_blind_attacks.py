@@ -81,9 +81,7 @@ false-alarm rate, at most 1.5e-8 per assertion:
 from __future__ import annotations
 
 import math
-import os
 import struct
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,7 +96,7 @@ from pprm.crypto.encoding import coefficients_to_residues, encode_coefficients
 from pprm.errors import CiphertextError, PprmError
 from pprm.matching.blind import BlindMatcher, answer_scale
 from pprm.matching.diagonals import BlindDatabase, build_database
-from tests.helpers import noise_bits, plaintext_residues, spearman
+from tests.helpers import load_switching_keys, noise_bits, plaintext_residues, spearman
 
 Keys = blind_keys.EvaluationKeys
 
@@ -562,20 +560,6 @@ def _stream(version: tuple[int, int], body: bytes) -> bytes:
     return head + body
 
 
-def _keys_object(ctx: BlindContext, cls: type[seal.GaloisKeys] | type[seal.RelinKeys], blob: bytes,
-                 ) -> seal.GaloisKeys | seal.RelinKeys:
-    fd, path = tempfile.mkstemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    os.close(fd)
-    try:
-        with open(path, "wb") as fh:
-            fh.write(blob)
-        obj = cls()
-        obj.load(ctx.seal, path)
-    finally:
-        os.unlink(path)
-    return obj
-
-
 def _zero_part(ctx: BlindContext, blob: bytes, cls: type[seal.GaloisKeys] | type[seal.RelinKeys], index: int,
                *, whole: bool) -> bytes:
     """``blob`` with the first component of key ``index`` zeroed: its ``c0`` only, or both polynomials.
@@ -583,7 +567,7 @@ def _zero_part(ctx: BlindContext, blob: bytes, cls: type[seal.GaloisKeys] | type
     The announced (seeded) stream holds ``c0`` and a seed for ``c1``; for
     ``whole`` the keys are re-saved unseeded first, so ``c1`` is there to zero too.
     """
-    keys = _keys_object(ctx, cls, blob)
+    keys = load_switching_keys(ctx, cls, blob)
     if whole:
         blob = ctx.save_bytes(keys)
     _meta, res = seal_stream.parse(ctx.save_bytes(keys.data()[index][0].data()))

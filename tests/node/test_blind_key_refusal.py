@@ -27,8 +27,6 @@ templates.
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -47,7 +45,7 @@ from pprm.node.responder import Responder
 from pprm.node.state import State
 from pprm.protocol.blind_messages import BlindQueryBody, KeyAnnouncementBody, pack_parts
 from pprm.protocol.envelope import Header, new_id, seal_envelope
-from tests.helpers import INSECURE_BLIND, new_state, snapshot
+from tests.helpers import INSECURE_BLIND, load_switching_keys, new_state, snapshot
 
 DIM = 512
 
@@ -85,24 +83,10 @@ def unchanged(state: State) -> Iterator[None]:
 
 # -- degenerate key material ----------------------------------------------------------------
 
-def _keys_object(ctx: BlindContext, cls: type[seal.GaloisKeys] | type[seal.RelinKeys], blob: bytes,
-                 ) -> seal.GaloisKeys | seal.RelinKeys:
-    fd, path = tempfile.mkstemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    os.close(fd)
-    try:
-        with open(path, "wb") as fh:
-            fh.write(blob)
-        obj = cls()
-        obj.load(ctx.seal, path)
-    finally:
-        os.unlink(path)
-    return obj
-
-
 def _zero_first_part(ctx: BlindContext, blob: bytes, cls: type[seal.GaloisKeys] | type[seal.RelinKeys],
                      index: int) -> bytes:
     """The seeded key stream with ``c0`` of the first component of key ``index`` set to zero (uncompressed)."""
-    keys = _keys_object(ctx, cls, blob)  # kept alive: the part below points into it
+    keys = load_switching_keys(ctx, cls, blob)  # kept alive: the part below points into it
     _meta, res = seal_stream.parse(ctx.save_bytes(keys.data()[index][0].data()))
     needle = res[0].astype("<u8").tobytes()
     _magic, _h, major, minor, compr, _r, _total = seal_stream.HEADER.unpack_from(blob)
