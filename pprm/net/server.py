@@ -15,8 +15,9 @@ import uvicorn
 from starlette.applications import Starlette
 
 from pprm.errors import ParameterError
+from pprm.net.guard import MAX_HEADER_BYTES, ConnectionGuard, guarded_protocol
 
-__all__ = ["bind", "run", "is_loopback"]
+__all__ = ["bind", "run", "is_loopback", "server_config"]
 
 # uvicorn's defaults, made explicit: idle keep-alive connections are closed
 # after 5 s; a graceful shutdown waits at most 10 s for requests in flight.
@@ -54,6 +55,25 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def server_config(app: Starlette, *, log_level: str = "warning",
+                  guard: ConnectionGuard | None = None) -> uvicorn.Config:
+    """uvicorn's configuration for pprm's services: limits, timeouts and the connection guard.
+
+    Args:
+        app: the ASGI app.
+        log_level: uvicorn's log level; ``info`` adds one access line per request.
+        guard: the connection guard (default: a fresh one with the module's limits).
+
+    Returns:
+        The configuration (h11, the guard's protocol, headers capped at 16 KiB).
+    """
+    return uvicorn.Config(app, log_level=log_level, access_log=log_level in ("info", "debug"),
+                          timeout_keep_alive=KEEP_ALIVE, timeout_graceful_shutdown=GRACEFUL,
+                          limit_concurrency=MAX_CONNECTIONS, lifespan="on", server_header=False,
+                          http=guarded_protocol(guard or ConnectionGuard()),
+                          h11_max_incomplete_event_size=MAX_HEADER_BYTES)
+
+
 def run(app: Starlette, sock: socket.socket, *, log_level: str = "warning",
         started: Callable[[], None] | None = None) -> None:
     """Serve ``app`` on ``sock`` until SIGINT or SIGTERM, then shut down gracefully.
@@ -64,10 +84,7 @@ def run(app: Starlette, sock: socket.socket, *, log_level: str = "warning",
         log_level: uvicorn's log level; ``info`` adds one access line per request.
         started: called once the app's startup has run.
     """
-    config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("info", "debug"),
-                            timeout_keep_alive=KEEP_ALIVE, timeout_graceful_shutdown=GRACEFUL,
-                            limit_concurrency=MAX_CONNECTIONS, lifespan="on", server_header=False)
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(server_config(app, log_level=log_level))
     if started is not None:
         original = server.startup
 
