@@ -1,9 +1,10 @@
 """Blind profile, responder side: masked threshold on an encrypted probe.
 
 For each block of N/2 templates the responder turns the requester's
-encrypted probe into one ciphertext of ``r_j * (s_j - tau * (1 + W_j) / 2) +
-e_j`` and sends it back, where ``W_j`` is the squared norm of the probe
-window slot ``j`` sees. Once per query (docs/DESIGN.md sections 4 and 9):
+encrypted probe into one ciphertext of ``r_j * (s_j - tau * (1 + W_j) / 2 -
+C_j) + e_j`` and sends it back, where ``W_j`` is the squared norm of the
+probe window slot ``j`` sees and ``C_j >= 0`` the key check (about zero for
+honest keys). Once per query (docs/DESIGN.md sections 4 and 9):
 
 1. add the responder's own encryption of zero under the requester's public
    key: from here on the requester cannot know ``c1`` of anything its
@@ -15,7 +16,9 @@ window slot ``j`` sees. Once per query (docs/DESIGN.md sections 4 and 9):
 4. the window norms, one level down: ``p'`` times ``2**norm_lift_bits``,
    rescaled, times its own conjugate (``|p'|**2``, which imaginary noise can
    only raise), relinearised, and summed over every slot's 512-window by
-   b1 - 1 rotations by one and g2 - 1 by b1.
+   b1 - 1 rotations by one and g2 - 1 by b1; and the key check ``C``, the
+   square of the noise each evaluation key adds to a fresh encryption of
+   zero (:meth:`BlindEvaluator._key_check`).
 
 Then per block:
 
@@ -24,7 +27,7 @@ Then per block:
    ``u_j * s_j`` with the database's secret sign ``u_j``;
 6. subtract ``u_j * tau``, multiply by ``u_j * r_j`` with the mask ``r``
    (log-uniform, one per slot, from the CSPRNG), add the slot noise ``e``;
-7. rescale one level, and add ``-r_j * tau / 2 * (W_j - 1)``. Since
+7. rescale one level, and add ``-r_j * (tau / 2 * (W_j - 1) + C_j)``. Since
    ``(1 + W) / 2 >= sqrt(W)``, a slot clears the threshold only if the unit
    probe ``v / |v|`` of its window ``v`` scores at least ``tau * (1 + |v|**2)
    / (2 |v|) >= tau``: whatever real probe the requester sends, every slot
@@ -234,8 +237,8 @@ class BlindEvaluator:
 
     Args:
         ctx: the blind context of the diagonals' parameter set.
-        checks: the probe's re-randomisation, real projection and window
-            norms (steps 1, 2, 4 and 7 of the module docstring).
+        checks: the probe's re-randomisation, real projection, window norms
+            and key check (steps 1, 2, 4 and 7 of the module docstring).
 
     Warning:
         ``checks=False`` exists only so that ``pprm bench`` can report what
