@@ -186,15 +186,19 @@ class NotAHitError(TokenError):
         peer: the requesting state.
         query_id: the query whose answer named the handle.
         followup_id: the refused follow-up's id.
-        refusal: the signed refusal, boxed to the requester, to hand over.
+        refusal: the signed refusal, boxed to the requester, to hand over
+            (empty from a split state's key service, whose front signs it).
+        refusal_id: the refusal's message id.
     """
 
-    def __init__(self, message: str, *, peer: str, query_id: str, followup_id: str, refusal: bytes) -> None:
+    def __init__(self, message: str, *, peer: str, query_id: str, followup_id: str, refusal: bytes,
+                 refusal_id: str = "") -> None:
         super().__init__(message)
         self.peer = peer
         self.query_id = query_id
         self.followup_id = followup_id
         self.refusal = refusal
+        self.refusal_id = refusal_id
 
 
 class FollowUpRefusedError(RefusedError):

@@ -30,6 +30,7 @@ import math
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -178,6 +179,8 @@ def snapshot(directory: str) -> dict[str, bytes]:
             out[rel + "/"] = oct(os.stat(os.path.join(root, d)).st_mode).encode()
         for f in sorted(files):
             p = os.path.join(root, f)
+            if stat.S_ISSOCK(os.lstat(p).st_mode):
+                continue  # a key service's listening socket: no content
             with open(p, "rb") as fh:
                 out[os.path.relpath(p, directory)] = oct(os.stat(p).st_mode).encode() + b"|" + fh.read()
     return out

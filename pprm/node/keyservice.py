@@ -20,6 +20,8 @@ key service issued, so a caller cannot hand it a query it made up.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 import secrets
 import time
 import weakref
@@ -28,9 +30,18 @@ from dataclasses import dataclass
 from typing import NamedTuple, NoReturn, TypeVar
 
 import numpy as np
+import tenseal.sealapi as seal
 
 from pprm.crypto import keys
-from pprm.errors import AuthenticationError, GalleryError, MessageError, NotAHitError, TemplateError, TokenError
+from pprm.errors import (
+    AuthenticationError,
+    GalleryError,
+    MessageError,
+    NotAHitError,
+    StateError,
+    TemplateError,
+    TokenError,
+)
 from pprm.matching.decide import SealedDecider
 from pprm.matching.gallery import EncryptedGallery
 from pprm.matching.owner import GalleryOwner
@@ -136,12 +147,21 @@ class KeyService:
 
     Args:
         state: the state; its private files are read here and only here.
+        messages: sign the refusal of a blind follow-up that is not a hit
+            with the state's identity (the default). A key service of a split
+            state (:mod:`pprm.node.keyservice_host`) does not hold the
+            state's signing key: it records the refusal, and its front signs
+            it (:class:`~pprm.errors.NotAHitError` then carries no message,
+            only ``refusal_id``).
+
+    The secret key and the token key are read on first use, not here: the
+    same class verifies incoming messages (public material and the box key
+    only) in a front that has no secret keys at all.
     """
 
-    def __init__(self, state: State) -> None:
+    def __init__(self, state: State, *, messages: bool = True) -> None:
         self.state = state
-        self._sk = keys.load_secret_key(state.ctx, state.secret_key_path())
-        self._minter = TokenMinter(state.token_key())
+        self._messages = messages
         self._replay = ReplayCache(state.path("replay.json"))
         # The verified queries this key service handed out; weak, so a query
         # dropped by its caller is forgotten here too.
@@ -149,6 +169,22 @@ class KeyService:
 
     def __repr__(self) -> str:
         return f"KeyService({self.state.config.name})"
+
+    @functools.cached_property
+    def _sk(self) -> seal.SecretKey:
+        return keys.load_secret_key(self.state.ctx, self._secret_path())
+
+    @functools.cached_property
+    def _minter(self) -> TokenMinter:
+        self._secret_path()
+        return TokenMinter(self.state.token_key())
+
+    def _secret_path(self) -> str:
+        path = self.state.secret_key_path()
+        if not os.path.exists(path) and os.path.exists(self.state.path("keyservice.json")):
+            raise StateError(f"{self.state.config.name} is split: its secret keys are in its key service, "
+                             "not here; use the key service (--key-service ADDR)")
+        return path
 
     # -- gallery ownership -------------------------------------------------
     def enroll(self, templates: np.ndarray, references: Sequence[str],
@@ -351,6 +387,20 @@ class KeyService:
             now: the time the message was handled.
         """
         self._replay.add(env.header.sender, env.header.id, env.header.expires, now)
+
+    def commit_seen_id(self, sender: str, msg_id: str, expires: int, now: float) -> None:
+        """Mark a message id from ``sender`` used, by id (caller holds the state lock).
+
+        Args:
+            sender: the requesting state.
+            msg_id: the message's id.
+            expires: the message's expiry (the id is kept until then).
+            now: the time it was handled.
+
+        Raises:
+            ReplayError: the id was used already.
+        """
+        self._replay.add(sender, msg_id, expires, now)
 
     def release(self, query: VerifiedQuery, result: MaskedResult, now: float | None = None,
                 gallery: EncryptedGallery | None = None) -> Release:
@@ -628,10 +678,12 @@ class KeyService:
         reason = "not-a-hit"
         refusal = RefusalBody(body.query_id, reason, "the follow-up's probe does not clear the threshold against "
                               "the record behind this candidate", followup_id=h.id)
-        ident = st.identity()
         header = Header("refusal", st.config.name, h.sender, new_id(), int(t), int(t) + st.config.token_ttl,
                         st.blind_ctx.params.digest, "blind", h.id)
-        msg = seal_envelope(ident, header, ident.box_to(env.sender, refusal.to_bytes()))
+        msg = b""
+        if self._messages:
+            ident = st.identity()
+            msg = seal_envelope(ident, header, ident.box_to(env.sender, refusal.to_bytes()))
         if sink is not None:
             sink(msg)
         st.audit.append("refuse_followup", peer=h.sender, query_id=body.query_id, followup_id=h.id,
@@ -640,7 +692,8 @@ class KeyService:
         self._replay.add(h.sender, h.id, h.expires, t)
         raise NotAHitError(f"follow-up {h.id} from {h.sender} on query {body.query_id} refused ({reason}): its "
                            "probe does not clear the threshold against the record behind the candidate",
-                           peer=h.sender, query_id=body.query_id, followup_id=h.id, refusal=msg)
+                           peer=h.sender, query_id=body.query_id, followup_id=h.id, refusal=msg,
+                           refusal_id=header.id)
 
 
 def _sample(n: int, k: int) -> set[int]:

@@ -17,18 +17,22 @@ signed refusal instead of an answer, and is never matched.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from pprm.errors import KeyRotationError, MessageError
+from pprm.errors import KeyRotationError, MessageError, PprmError, StateError
 from pprm.matching.blind import AnnouncedKeys, BlindMatcher, BlindRequest
 from pprm.matching.diagonals import BlindDatabase
 from pprm.matching.gallery import EncryptedGallery
 from pprm.matching.protocols import BlindMatching, SealedMatching
+from pprm.matching.sealed import MaskedResult
 from pprm.node.blind_store import AnsweredQuery
 from pprm.node.keyservice import KeyService, VerifiedAnnouncement, VerifiedBlindQuery, VerifiedQuery
 from pprm.node.policy import QuotaLedger, Refusal, decide
+from pprm.node.remote_keys import RemoteKeyService
+from pprm.node.split import front_pin
 from pprm.node.state import State
 from pprm.profile import Profile
 from pprm.protocol.blind_messages import BlindAnswerBody
@@ -36,6 +40,8 @@ from pprm.protocol.envelope import Header, new_id, seal_envelope
 from pprm.protocol.messages import AnswerBody, RefusalBody
 
 __all__ = ["Responder", "Response", "SealedMatcherFactory", "BlindMatcherFactory"]
+
+log = logging.getLogger("pprm.responder")
 
 Progress = Callable[[int, int], None]
 # How a responder gets its matchers: one for a gallery view (sealed), one
@@ -78,12 +84,19 @@ class Responder:
             process); a sharded one syncs the database to its workers first.
             Both kinds meet :class:`~pprm.matching.protocols.SealedMatching`
             and :class:`~pprm.matching.protocols.BlindMatching`.
+        key_service: a split state's key service (default: the one at the
+            address recorded when the state was split; none for a
+            self-contained state, whose secret keys are in this process).
     """
 
     def __init__(self, state: State, *, matcher: SealedMatcherFactory | None = None,
-                 blind: BlindMatcherFactory | None = None) -> None:
+                 blind: BlindMatcherFactory | None = None, key_service: RemoteKeyService | None = None) -> None:
         self.state = state
+        # The door (verification) is always here; the secret operations are
+        # here too unless the state is split, then in its key service.
         self.key_service = KeyService(state)
+        self.remote = key_service if key_service is not None else (
+            RemoteKeyService(state) if front_pin(state.dir) is not None else None)
         self.quota = QuotaLedger(state.path("quota.json"))
         self._matcher: SealedMatcherFactory = matcher if matcher is not None else state.matcher
         self._blind: BlindMatcherFactory = blind if blind is not None else self._local_blind
@@ -142,10 +155,10 @@ class Responder:
                 return self._answer_blind(vq, [ks.verify_announcement(a, t) for a in announcements], sink, t)
             if announcements:
                 raise MessageError("key announcements come only with blind-profile queries")
-            return self._answer_sealed(vq, sink, progress, t)
+            return self._answer_sealed(vq, query, sink, progress, t)
 
-    def _answer_sealed(self, vq: VerifiedQuery, sink: Callable[[bytes], None] | None, progress: Progress | None,
-                       t: float) -> Response:
+    def _answer_sealed(self, vq: VerifiedQuery, query: bytes, sink: Callable[[bytes], None] | None,
+                       progress: Progress | None, t: float) -> Response:
         """Answer a verified sealed-profile query (caller holds the state lock)."""
         st = self.state
         qh = vq.envelope.header
@@ -156,6 +169,8 @@ class Responder:
         # material, and the index the key service maps hits through.
         gallery = st.gallery()
         result = self._matcher(gallery).match(vq.body.probe, st.config.threshold, progress)
+        if self.remote is not None:
+            return self._answer_split(vq, query, result, sink, t)
         release = self.key_service.release(vq, result, t, gallery)
         body = AnswerBody(qh.id, bool(release.tokens), release.tokens)
         ident = st.identity()
@@ -167,6 +182,41 @@ class Responder:
             sink(answer)
         self.key_service.commit_release(release, header.id, t)
         self.quota.record(qh.sender, vq.body.case, t)
+        return Response(answer, qh.sender, qh.id, "sealed")
+
+    def _answer_split(self, vq: VerifiedQuery, query: bytes, result: MaskedResult,
+                      sink: Callable[[bytes], None] | None, t: float) -> Response:
+        """The end of a sealed answer in a split state: the key service decides (caller holds the state lock).
+
+        The key service verifies the query once more on its own, decrypts,
+        and records its release before it replies; this side then hands
+        over, logs, marks the query used and counts it, and only then
+        confirms to the key service. A crash before the confirmation is
+        answered, on redelivery, with the same tokens (the key service
+        returns them without decrypting again).
+        """
+        st = self.state
+        assert self.remote is not None
+        qh = vq.envelope.header
+        released = self.remote.release(query, result)
+        body = AnswerBody(qh.id, bool(released.tokens), released.tokens)
+        ident = st.identity()
+        header = Header("answer", st.config.name, qh.sender, new_id(), int(t),
+                        int(t) + st.config.token_ttl, st.config.parameter_set.digest, "sealed", qh.id)
+        answer = seal_envelope(ident, header, ident.box_to(vq.envelope.sender, body.to_bytes()))
+        if sink is not None:
+            sink(answer)
+        st.audit.append("answer", peer=qh.sender, query_id=qh.id, answer_id=header.id, case=vq.body.case,
+                        purpose=vq.body.purpose, hits=released.hits, released=len(released.tokens))
+        self.key_service.commit_seen(vq.envelope, t)
+        self.quota.record(qh.sender, vq.body.case, t)
+        try:
+            self.remote.commit(qh.sender, qh.id, header.id)
+        except PprmError as exc:
+            # Handed over and recorded here: the query is a replay for this
+            # front already. The key service keeps the tokens until the
+            # query expires and then forgets them.
+            log.warning("key service did not confirm the answer to %s: %s", qh.id, exc)
         return Response(answer, qh.sender, qh.id, "sealed")
 
     def _refuse(self, vq: VerifiedQuery | VerifiedBlindQuery, refusal: Refusal,
@@ -233,6 +283,9 @@ class Responder:
         st = self.state
         ks = self.key_service
         qh = vq.envelope.header
+        if self.remote is not None:
+            raise StateError(f"{st.config.name} is split, and its key service does not answer blind-profile "
+                             "queries yet: answer them before splitting, or join the state")
         kid = vq.body.key_id
         fresh = {ann.body.key_id: ann for ann in announcements}
         if len(fresh) != len(announcements):
