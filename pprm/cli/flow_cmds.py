@@ -21,10 +21,11 @@ from typing import Any
 
 from pprm.cli import face_cmds
 from pprm.cli.common import EXIT_OK, AddVerb, AtomicOutput, Verbs, emit, load_npy, read_bytes
+from pprm.cli.keyservice_cmds import add_key_service_arg
 from pprm.cli.net_cmds import send_follow_up_cmd
 from pprm.cli.progress import ProgressBar
 from pprm.errors import NotAHitError, ParameterError
-from pprm.node.keyservice import KeyService
+from pprm.node.remote_keys import key_service_for, remote_key_service
 from pprm.node.requester import Requester
 from pprm.node.responder import Responder
 from pprm.node.state import State
@@ -74,7 +75,8 @@ def _cmd_answer(args: argparse.Namespace) -> int:
         # The responder verifies the query once, before any state change; sink
         # runs before the query is marked used: if the write fails, the query
         # stays unanswered and can be answered again.
-        res = Responder(st).respond(blob, sink=out.write, progress=bar.callback, announcements=announcements)
+        res = Responder(st, key_service=remote_key_service(st, args.key_service)).respond(
+            blob, sink=out.write, progress=bar.callback, announcements=announcements)
         out.commit()
     # A refusal by policy is a valid protocol outcome (signed, logged): exit 0.
     text = (f"answer to query {res.query_id} from {res.peer} written to {args.out}" if res.refused is None else
@@ -124,7 +126,7 @@ def _cmd_resolve(args: argparse.Namespace) -> int:
             out.write(refusal)
 
         try:
-            res = KeyService(st).resolve(blob, sink=sink)
+            res = key_service_for(st, args.key_service).resolve(blob, sink=sink)
         except NotAHitError as exc:
             # A refusal is a valid protocol outcome (signed, logged, counted): exit 0, as answer does.
             (out,) = refusals
@@ -165,6 +167,7 @@ def _add_answer(verbs: Verbs) -> None:
     p.add_argument("--out", required=True, help="answer message file to write")
     p.add_argument("--keys", action="append", metavar="KEYS_FILE",
                    help="blind: a key announcement to accept first (repeatable)")
+    add_key_service_arg(p)
 
 
 def _add_open(verbs: Verbs) -> None:
@@ -192,6 +195,7 @@ def _add_resolve(verbs: Verbs) -> None:
     p.add_argument("--refusal-out", default=None,
                    help="blind: where to write the signed refusal when the follow-up's probe does not match the "
                         "record behind its handle (default: FOLLOWUP_FILE.refusal)")
+    add_key_service_arg(p)
 
 
 # Verb name -> the function adding it; pprm.cli.main chooses the order.

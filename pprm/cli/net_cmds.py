@@ -21,6 +21,7 @@ from pprm.cli.common import (
     seconds_up_to,
     state_codes,
 )
+from pprm.cli.keyservice_cmds import add_key_service_arg
 from pprm.errors import ParameterError
 
 __all__ = ["VERBS", "send_follow_up_cmd"]
@@ -51,7 +52,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from pprm.net.server import bind, run
     from pprm.net.service import create_app
 
-    app = create_app(args.dir, cluster=args.cluster, replicas=args.replicas)
+    app = create_app(args.dir, cluster=args.cluster, replicas=args.replicas, key_service=args.key_service)
     name = app.state.service.name
     sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
@@ -139,6 +140,7 @@ def _add_serve(verbs: Verbs) -> None:
                    help="shard the gallery (sealed ciphertexts, blind database) over a Dask cluster: "
                    "tcp://HOST:PORT, or local:N worker processes")
     p.add_argument("--replicas", type=int, default=1, help="copies of each gallery block on the cluster (default 1)")
+    add_key_service_arg(p)
 
 
 def _add_route(verbs: Verbs) -> None:

@@ -16,12 +16,13 @@ from typing import Any
 
 from pprm.cli import face_cmds
 from pprm.cli.common import EXIT_OK, AddVerb, Verbs, emit, load_npy, read_bytes, read_refs
+from pprm.cli.keyservice_cmds import add_key_service_arg
 from pprm.cli.progress import ProgressBar
 from pprm.crypto import blind_params as blind_param_sets
 from pprm.crypto import params as param_sets
 from pprm.errors import StateError
 from pprm.matching import kernel
-from pprm.node.keyservice import KeyService
+from pprm.node.remote_keys import key_service_for
 from pprm.node.state import State
 
 __all__ = ["VERBS"]
@@ -80,7 +81,7 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
     else:
         templates = load_npy(args.templates, "templates")
         refs = read_refs(args.refs)
-    ks = KeyService(st)
+    ks = key_service_for(st, args.key_service)
     with ProgressBar("enrolling") as bar:
         ids = ks.enroll(templates, refs, progress=bar.callback)
     total = len(st.gallery())
@@ -95,7 +96,7 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
 
 def _cmd_remove(args: argparse.Namespace) -> int:
     st = State.open(args.dir)
-    KeyService(st).remove(args.ref)
+    key_service_for(st, args.key_service).remove(args.ref)
     total = len(st.gallery())
     emit(args, {"removed": args.ref, "total": total},
          f"removed {args.ref} from {st.config.name}; the gallery holds {total}")
@@ -199,12 +200,14 @@ def _add_enroll(verbs: Verbs) -> None:
     p.add_argument("--templates", default=None, help=".npy array of shape (N, dim); needs --refs")
     p.add_argument("--refs", default=None, help="text file, one UTF-8 reference per line")
     face_cmds.add_enroll_args(p)
+    add_key_service_arg(p)
 
 
 def _add_remove(verbs: Verbs) -> None:
     p = verbs.add("remove", _cmd_remove, "remove one reference from the gallery")
     p.add_argument("dir")
     p.add_argument("ref")
+    add_key_service_arg(p)
 
 
 def _add_info(verbs: Verbs) -> None:

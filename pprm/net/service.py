@@ -50,6 +50,7 @@ from pprm.net.wire import (
     unpack_delivery,
 )
 from pprm.node.keyservice import KeyService
+from pprm.node.remote_keys import key_service_for, remote_key_service
 from pprm.node.responder import BlindMatcherFactory, Responder, SealedMatcherFactory
 from pprm.node.state import State
 
@@ -93,7 +94,8 @@ class StateService:
     """
 
     def __init__(self, directory: str, *, now: Callable[[], float] = time.time,
-                 matcher: SealedMatcherFactory | None = None, blind: BlindMatcherFactory | None = None) -> None:
+                 matcher: SealedMatcherFactory | None = None, blind: BlindMatcherFactory | None = None,
+                 key_service: str | None = None) -> None:
         self.state = State.open(directory)
         self._clock = now
         self._lock_fd = os.open(self.state.path(".serve.lock"), os.O_RDWR | os.O_CREAT, 0o600)
@@ -107,7 +109,11 @@ class StateService:
         # beside the worker. The worker verifies the stored delivery once more
         # when it answers it: the bytes come back from disk, maybe after a restart.
         self._intake = KeyService(State.open(directory))
-        self._responder = Responder(self.state, matcher=matcher, blind=blind)
+        # A split state's secrets are in its key service (another process):
+        # nothing in this process can decrypt. Checked here, at start-up.
+        self._key_service = key_service
+        self._responder = Responder(self.state, matcher=matcher, blind=blind,
+                                    key_service=remote_key_service(self.state, key_service))
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -285,7 +291,7 @@ class StateService:
         body = await read_body(request, MAX_FOLLOWUP)
         if isinstance(body, Response):
             return body
-        key_service = KeyService(self.state)
+        key_service = key_service_for(self.state, self._key_service)
         try:
             res = await self._on_worker(lambda: key_service.resolve(body, self._clock()))
         except NotAHitError as exc:
@@ -325,7 +331,7 @@ class _Shards:
 
 
 def create_app(directory: str, *, now: Callable[[], float] = time.time, cluster: str | None = None,
-               replicas: int = 1) -> Starlette:
+               replicas: int = 1, key_service: str | None = None) -> Starlette:
     """The ASGI application of one state's service.
 
     Args:
@@ -336,6 +342,8 @@ def create_app(directory: str, *, now: Callable[[], float] = time.time, cluster:
             (plaintext encoding: trusted workers only) are then sharded over
             its workers, synced before each query.
         replicas: copies of each gallery block on the cluster.
+        key_service: a split state's key-service address (default: the one
+            recorded at split time).
 
     Returns:
         A Starlette app; its lifespan starts and stops the worker thread (and
@@ -357,7 +365,7 @@ def create_app(directory: str, *, now: Callable[[], float] = time.time, cluster:
         return blind
 
     svc = StateService(directory, now=now, matcher=sharded if cluster else None,
-                       blind=sharded_blind if cluster else None)
+                       blind=sharded_blind if cluster else None, key_service=key_service)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -30,7 +30,7 @@ from pprm.node.state import State
 from pprm.protocol.envelope import Header, seal_envelope
 from pprm.protocol.messages import RefusalBody
 
-__all__ = ["RemoteKeyService", "key_service_for", "Released"]
+__all__ = ["RemoteKeyService", "key_service_for", "remote_key_service", "Released"]
 
 log = logging.getLogger("pprm.keyservice")
 
@@ -240,6 +240,19 @@ def _rebuild(meta: dict[str, object]) -> PprmError:
     if cls is None:
         return errors.PprmError(f"key service: {message}")
     return cls(message)
+
+
+def remote_key_service(state: State, address: str | None = None) -> RemoteKeyService | None:
+    """A split state's key service, or None for a self-contained state.
+
+    Raises:
+        StateError: an address for a state that is not split.
+    """
+    if front_pin(state.dir) is not None:
+        return RemoteKeyService(state, address)
+    if address is not None:
+        raise StateError(f"{state.config.name} is not split; it needs no --key-service")
+    return None
 
 
 def key_service_for(state: State, address: str | None = None) -> KeyService | RemoteKeyService:
