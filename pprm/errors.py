@@ -39,6 +39,7 @@ __all__ = [
     "NotAHitError",
     "FollowUpRefusedError",
     "ProbeNotKeptError",
+    "IntakeLimitError",
 ]
 
 
@@ -221,3 +222,24 @@ class ProbeNotKeptError(StateError):
     probe was dropped because no follow-up can follow (no hit, refused,
     abandoned), have none: query again to follow up.
     """
+
+
+class IntakeLimitError(PolicyError):
+    """A network service refused a delivery at intake: its sender is at a limit there.
+
+    Nothing was stored or recorded (no inbox entry, no replay-cache entry, no
+    quota use, no audit entry), so the same delivery may be sent again once
+    the limit clears.
+
+    Attributes:
+        peer: the sending state.
+        reason: ``inbox-share`` (the sender holds its share of the inbox) or
+            ``quota-peer`` (its answered plus queued queries reach its quota).
+        retry_after: seconds after which a retry may succeed (a hint).
+    """
+
+    def __init__(self, message: str, *, peer: str, reason: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.peer = peer
+        self.reason = reason
+        self.retry_after = retry_after

@@ -13,6 +13,10 @@ states could pick the same one, and neither may reach the other's reply.
 
 Replies are signed and boxed to the requester; keeping them readable by
 whoever knows the id leaks their size and timing, nothing more.
+
+The inbox is shared by every peer, so no peer may fill it: :func:`share_of`
+is how many waiting deliveries one peer may hold (the service counts them
+and refuses the one beyond, see :mod:`pprm.net.service`).
 """
 
 from __future__ import annotations
@@ -25,11 +29,51 @@ from pprm._fs import atomic_write_bytes, atomic_write_json, read_json
 from pprm.errors import MessageError, StateError
 from pprm.net.wire import QUERY_ID, STATE_CODE
 
-__all__ = ["Inbox", "Failure"]
+__all__ = ["Inbox", "Failure", "MIN_SHARE", "share_of"]
 
 # Replies are kept this long after they were made: answers expire with their
 # tokens (token_ttl, default 7 days), so a later download serves no one.
 KEEP_SECONDS = 8 * 24 * 3600
+
+# The fewest waiting deliveries a peer may hold however long the roster is:
+# `pprm ask` sends one delivery per peer per probe, and an investigation sends
+# a few probes at once (several photos, several suspects). With the service's
+# 256 entries the floor binds only beyond 32 peers; a Prüm state has 26.
+MIN_SHARE = 8
+
+
+def share_of(capacity: int, peers: int) -> int:
+    """How many waiting deliveries one peer may hold in an inbox of ``capacity`` entries.
+
+    The rule is ``max(MIN_SHARE, capacity // peers)``: an equal split of the
+    inbox among the trusted peers, with a floor for long rosters; and, once
+    there is more than one peer, never more than half the inbox, so a small
+    inbox where the floor would give one peer everything still keeps room
+    for the others.
+
+    Warning:
+        An equal split is what keeps one peer from locking the others out:
+        the shares add up to at most ``capacity``, so however many
+        deliveries one peer (or every peer but one) sends, the others' shares
+        are still free for them. Only when ``peers * MIN_SHARE`` exceeds the
+        capacity can the inbox fill before every peer reaches its share; the
+        service then answers 503 ``busy`` as it did before shares. A peer's
+        share costs it no throughput: the worker answers one delivery at a
+        time whatever the queue holds, so a peer that keeps its share full
+        loses nothing while it is alone, and the others wait behind at most
+        its share, not behind everything it can send.
+
+    Args:
+        capacity: entries the inbox holds in all (at least 1).
+        peers: trusted peers in the roster (0 counts as 1).
+
+    Returns:
+        The per-peer share, between 1 and ``capacity``.
+    """
+    share = max(MIN_SHARE, capacity // max(1, peers))
+    if peers > 1:
+        share = min(share, capacity // 2)
+    return max(1, min(capacity, share))
 
 
 class Failure(tuple[int, str, str]):

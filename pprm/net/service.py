@@ -2,7 +2,8 @@
 
 Intake is cheap and concurrent: the delivery's envelopes are verified
 (signature first, then recipient, time, parameters and replay; nothing is
-unboxed) and the delivery is stored durably before the 202. Everything that
+unboxed), the sender's limits are checked (its share of the inbox, its
+quota), and the delivery is stored durably before the 202. Everything that
 changes the state (answering, accepting keys, resolving follow-ups) runs on
 one worker thread, in arrival order, so the state directory sees the same
 sequence of single steps as the file-based CLI, and matching never competes
@@ -32,12 +33,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pprm.errors import ClusterError, MessageError, NotAHitError, PprmError, ReplayError, StateError
+from pprm.errors import (
+    ClusterError,
+    IntakeLimitError,
+    MessageError,
+    NotAHitError,
+    ParameterError,
+    PprmError,
+    ReplayError,
+    StateError,
+)
 from pprm.matching.diagonals import BlindDatabase
 from pprm.matching.gallery import EncryptedGallery
 from pprm.matching.protocols import BlindMatching, SealedMatching
 from pprm.net.body import read_body
-from pprm.net.inbox import Failure, Inbox
+from pprm.net.inbox import Failure, Inbox, share_of
 from pprm.net.wire import (
     MAX_DELIVERY,
     MAX_FOLLOWUP,
@@ -65,6 +75,12 @@ log = logging.getLogger("pprm.net.service")
 # blind query at 100k takes 1.2 s, so 256 is minutes of work, and memory per
 # waiting delivery is only its file name.
 MAX_PENDING = 256
+# Retry-After for a peer at its share of the inbox, seconds: the worker
+# answers a delivery in 0.1-1.2 s, so a few seconds frees an entry.
+RETRY_SHARE = 5
+# Retry-After for a peer at its quota, seconds: a hint only. Entries leave
+# the rolling 24-hour window one by one, and intake reads counts, not times.
+RETRY_QUOTA = 600
 
 _T = TypeVar("_T")
 
@@ -88,14 +104,20 @@ class StateService:
     Args:
         directory: the state directory (``pprm init``).
         now: clock override for tests.
+        capacity: deliveries that may wait for the worker (default
+            :data:`MAX_PENDING`); each trusted peer may hold
+            :func:`pprm.net.inbox.share_of` of them.
 
     Raises:
         StateError: the directory is not a state, or another service runs on it.
+        ParameterError: ``capacity`` is below 1.
     """
 
     def __init__(self, directory: str, *, now: Callable[[], float] = time.time,
                  matcher: SealedMatcherFactory | None = None, blind: BlindMatcherFactory | None = None,
-                 key_service: str | None = None) -> None:
+                 capacity: int = MAX_PENDING, key_service: str | None = None) -> None:
+        if type(capacity) is not int or capacity < 1:
+            raise ParameterError("the inbox capacity must be a positive integer")
         self.state = State.open(directory)
         self._clock = now
         self._lock_fd = os.open(self.state.path(".serve.lock"), os.O_RDWR | os.O_CREAT, 0o600)
@@ -118,7 +140,11 @@ class StateService:
         self._worker: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[tuple[str, str], asyncio.Event] = {}
+        # Deliveries stored and not yet answered, in all and per sender; both
+        # change only under the intake lock, together with the inbox itself.
+        self._capacity = capacity
         self._pending = 0
+        self._queued: dict[str, int] = {}
         self._intake_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -137,8 +163,10 @@ class StateService:
         self.inbox.prune(self._clock(), temps=True)
         self._worker = threading.Thread(target=self._work, name=f"pprm-worker-{self.name}", daemon=True)
         self._worker.start()
-        for sender, qid in self.inbox.pending():
-            self._enqueue_answer(sender, qid)
+        # A previous run's deliveries count against their senders' shares too.
+        with self._intake_lock:
+            for sender, qid in self.inbox.pending():
+                self._enqueue_answer(sender, qid)
 
     def stop(self) -> None:
         """Let the worker finish its current job and stop; queued deliveries stay on disk."""
@@ -161,8 +189,9 @@ class StateService:
 
     # -- the worker's jobs ------------------------------------------------
     def _enqueue_answer(self, sender: str, qid: str) -> None:
-        with self._intake_lock:
-            self._pending += 1
+        """Count a stored delivery and queue its answer (caller holds the intake lock)."""
+        self._pending += 1
+        self._queued[sender] = self._queued.get(sender, 0) + 1
         self._jobs.put(lambda: self._answer(sender, qid))
 
     def _answer(self, sender: str, qid: str) -> None:
@@ -188,6 +217,11 @@ class StateService:
             self.inbox.done(sender, qid)
             with self._intake_lock:
                 self._pending -= 1
+                left = self._queued.get(sender, 1) - 1
+                if left > 0:
+                    self._queued[sender] = left
+                else:
+                    self._queued.pop(sender, None)
             self._wake(sender, qid)
 
     def _wake(self, sender: str, qid: str) -> None:
@@ -220,7 +254,18 @@ class StateService:
 
     # -- intake -----------------------------------------------------------
     def _intake_check(self, delivery: bytes) -> tuple[str, str]:
-        """Verify a delivery's envelopes and store it; returns ``(sender, query id)``."""
+        """Verify a delivery's envelopes, check its sender's limits, store and queue it.
+
+        Returns:
+            ``(sender, query id)``.
+
+        Raises:
+            MessageError and subclasses: the envelopes do not verify, or the
+                delivery was accepted before (``ReplayError``).
+            IntakeLimitError: the sender holds its share of the inbox, or its
+                answered plus queued queries reach its quota.
+            _Busy: the inbox is full.
+        """
         query, announcements = unpack_delivery(delivery)
         t = self._clock()
         header = self._intake.query_header(query, t)
@@ -229,13 +274,52 @@ class StateService:
                 raise MessageError("a delivery's key announcements must come from the query's sender")
         if announcements and header.profile != "blind":
             raise MessageError("key announcements come only with blind-profile queries")
+        # Checks, store and count under one lock: two deliveries at once must
+        # not both pass a limit that has room for one. The answer is queued
+        # here too, not by the handler, so a request cancelled after the
+        # store cannot leave a delivery counted and never answered.
         with self._intake_lock:
             if self.inbox.known(header.sender, header.id):
                 raise ReplayError("this query was delivered before")
-            if self._pending >= MAX_PENDING:
+            self._check_limits(header.sender, t)
+            if self._pending >= self._capacity:
                 raise _Busy
             self.inbox.accept(header.sender, header.id, delivery)
+            self._enqueue_answer(header.sender, header.id)
         return header.sender, header.id
+
+    def _check_limits(self, sender: str, now: float) -> None:
+        """Refuse a delivery its sender has no room for (caller holds the intake lock).
+
+        Warning:
+            Of the two quotas only the per-peer one is checked here: the
+            case reference is inside the boxed body and intake unboxes
+            nothing, so the per-case quota is still decided by the worker,
+            which answers a query over it with a signed refusal
+            (``quota-case``).
+
+        Raises:
+            IntakeLimitError: ``inbox-share`` or ``quota-peer``.
+        """
+        queued = self._queued.get(sender, 0)
+        # The roster counted by file name, no card parsed: this runs for
+        # every delivery under the intake lock.
+        roster = self.state.path("roster")
+        peers = sum(name.endswith(".card") for name in os.listdir(roster))
+        share = share_of(self._capacity, peers)
+        if queued >= share:
+            raise IntakeLimitError(f"{sender} has {queued} queries waiting at {self.name}, its share of the "
+                                   f"inbox; retry later", peer=sender, reason="inbox-share", retry_after=RETRY_SHARE)
+        # The ledger keeps nothing in memory, so reading it beside the worker
+        # is safe. Read under the intake lock, a query the worker has counted
+        # in the ledger is still counted as queued until the worker takes the
+        # lock: the sum can be one high for a moment, never low.
+        _, answered = self._responder.quota.usage(sender, "", now)
+        quota = self.state.config.quota_per_peer
+        if answered + queued >= quota:
+            raise IntakeLimitError(f"{self.name} answers at most {quota} queries from {sender} in 24 hours "
+                                   f"({answered} answered, {queued} waiting); try again later",
+                                   peer=sender, reason="quota-peer", retry_after=RETRY_QUOTA)
 
     # -- HTTP handlers ----------------------------------------------------
     async def card(self, request: Request) -> Response:
@@ -252,9 +336,11 @@ class StateService:
             sender, qid = await asyncio.to_thread(self._intake_check, body)
         except _Busy:
             return _error(503, "busy", "too many queries are waiting; retry later", {"Retry-After": "5"})
+        except IntakeLimitError as exc:
+            log.info("delivery from %s refused at intake (%s)", exc.peer, exc.reason)
+            return _error(429, exc.reason, str(exc), {"Retry-After": str(exc.retry_after)})
         except PprmError as exc:
             return _pprm_error(exc)
-        self._enqueue_answer(sender, qid)
         return JSONResponse({"query_id": qid, "answer": f"/v1/answers/{sender}/{qid}"}, status_code=202)
 
     async def get_answer(self, request: Request) -> Response:
@@ -331,7 +417,7 @@ class _Shards:
 
 
 def create_app(directory: str, *, now: Callable[[], float] = time.time, cluster: str | None = None,
-               replicas: int = 1, key_service: str | None = None) -> Starlette:
+               replicas: int = 1, capacity: int = MAX_PENDING, key_service: str | None = None) -> Starlette:
     """The ASGI application of one state's service.
 
     Args:
@@ -342,6 +428,8 @@ def create_app(directory: str, *, now: Callable[[], float] = time.time, cluster:
             (plaintext encoding: trusted workers only) are then sharded over
             its workers, synced before each query.
         replicas: copies of each gallery block on the cluster.
+        capacity: deliveries that may wait for the worker; each trusted peer
+            may hold its share of them (:func:`pprm.net.inbox.share_of`).
         key_service: a split state's key-service address (default: the one
             recorded at split time).
 
@@ -351,6 +439,7 @@ def create_app(directory: str, *, now: Callable[[], float] = time.time, cluster:
 
     Raises:
         StateError: not a state directory, or another service runs on it.
+        ParameterError: ``capacity`` is below 1.
     """
     shards = _Shards()
 
@@ -365,7 +454,7 @@ def create_app(directory: str, *, now: Callable[[], float] = time.time, cluster:
         return blind
 
     svc = StateService(directory, now=now, matcher=sharded if cluster else None,
-                       blind=sharded_blind if cluster else None, key_service=key_service)
+                       blind=sharded_blind if cluster else None, capacity=capacity, key_service=key_service)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
