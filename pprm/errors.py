@@ -40,6 +40,7 @@ __all__ = [
     "FollowUpRefusedError",
     "ProbeNotKeptError",
     "IntakeLimitError",
+    "KeyServiceUnavailableError",
 ]
 
 
@@ -243,3 +244,11 @@ class IntakeLimitError(PolicyError):
         self.peer = peer
         self.reason = reason
         self.retry_after = retry_after
+
+
+class KeyServiceUnavailableError(NetworkError):
+    """A split state's key service could not be reached, or hung up mid-request.
+
+    Nothing was decided for the request that failed; a network service keeps
+    the delivery and answers it once the key service is back.
+    """

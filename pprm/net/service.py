@@ -36,6 +36,7 @@ from starlette.routing import Route
 from pprm.errors import (
     ClusterError,
     IntakeLimitError,
+    KeyServiceUnavailableError,
     MessageError,
     NotAHitError,
     ParameterError,
@@ -75,6 +76,9 @@ log = logging.getLogger("pprm.net.service")
 # blind query at 100k takes 1.2 s, so 256 is minutes of work, and memory per
 # waiting delivery is only its file name.
 MAX_PENDING = 256
+# A delivery whose split state's key service is unreachable is tried again
+# after this many seconds (a restarted key service is back in about one).
+KEY_SERVICE_RETRY = 2.0
 # Retry-After for a peer at its share of the inbox, seconds: the worker
 # answers a delivery in 0.1-1.2 s, so a few seconds frees an entry.
 RETRY_SHARE = 5
@@ -195,12 +199,21 @@ class StateService:
         self._jobs.put(lambda: self._answer(sender, qid))
 
     def _answer(self, sender: str, qid: str) -> None:
+        waiting = False
         try:
             query, announcements = unpack_delivery(self.inbox.load(sender, qid))
             res = self._responder.respond(query, sink=lambda msg: self.inbox.write_reply(sender, qid, msg),
                                           announcements=announcements, now=self._clock())
             log.info("%s query %s from %s: %s", res.profile, qid, sender,
                      "answered" if res.refused is None else f"refused ({res.refused})")
+        except KeyServiceUnavailableError as exc:
+            # A split state's key service is down: nothing was decided, the
+            # delivery stays stored and counted, and is tried again.
+            waiting = True
+            log.warning("query %s from %s waits for the key service: %s", qid, sender, exc)
+            timer = threading.Timer(KEY_SERVICE_RETRY, lambda: self._jobs.put(lambda: self._answer(sender, qid)))
+            timer.daemon = True
+            timer.start()
         except PprmError as exc:
             status, code = status_of(exc)
             message = str(exc) if status != 500 else "the service could not answer this query"
@@ -214,15 +227,20 @@ class StateService:
                 self.inbox.write_failure(sender, qid, Failure((500, "internal",
                                                                "the service could not answer this query")))
         finally:
-            self.inbox.done(sender, qid)
-            with self._intake_lock:
-                self._pending -= 1
-                left = self._queued.get(sender, 1) - 1
-                if left > 0:
-                    self._queued[sender] = left
-                else:
-                    self._queued.pop(sender, None)
-            self._wake(sender, qid)
+            if not waiting:
+                self._finish(sender, qid)
+
+    def _finish(self, sender: str, qid: str) -> None:
+        """A delivery was answered, refused or failed: uncount it and wake its waiter."""
+        self.inbox.done(sender, qid)
+        with self._intake_lock:
+            self._pending -= 1
+            left = self._queued.get(sender, 1) - 1
+            if left > 0:
+                self._queued[sender] = left
+            else:
+                self._queued.pop(sender, None)
+        self._wake(sender, qid)
 
     def _wake(self, sender: str, qid: str) -> None:
         loop = self._loop

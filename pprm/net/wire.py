@@ -34,7 +34,9 @@ from typing import Any
 from pprm.errors import (
     AuthenticationError,
     ExpiredError,
+    IntakeLimitError,
     KeyRotationError,
+    KeyServiceUnavailableError,
     MessageError,
     ParameterError,
     PprmError,
@@ -127,6 +129,8 @@ def unpack_delivery(blob: bytes) -> tuple[bytes, list[bytes]]:
 
 # Most specific first: the first class an exception is an instance of wins.
 _CODES: tuple[tuple[type[PprmError], str, int], ...] = (
+    (KeyServiceUnavailableError, "unavailable", 503),
+    (IntakeLimitError, "limit", 429),
     (ReplayError, "replay", 409),
     (ExpiredError, "expired", 410),
     (RecipientError, "recipient", 421),

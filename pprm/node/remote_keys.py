@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from pprm import errors
-from pprm.errors import MessageError, NetworkError, NotAHitError, PprmError, StateError
+from pprm.errors import KeyServiceUnavailableError, MessageError, NetworkError, NotAHitError, PprmError, StateError
 from pprm.matching.sealed import MaskedResult
 from pprm.node import keylink
 from pprm.node.keyservice import KeyService, Resolution
@@ -91,7 +91,7 @@ class RemoteKeyService:
             The response payload (``op == "ok"``).
 
         Raises:
-            NetworkError: the key service cannot be reached or hung up.
+            KeyServiceUnavailableError: the key service cannot be reached or hung up.
             AuthenticationError: the response is not signed by the pinned key service.
             MessageError: the response does not answer this request.
             PprmError subclasses: the key service refused the request.
@@ -99,15 +99,18 @@ class RemoteKeyService:
         ident = self.state.identity()
         req = keylink.Payload(op, keylink.new_nonce(), int(time.time()), dict(meta or {}), tuple(blobs))
         frame = keylink.seal_frame(keylink.REQUEST, req, ident, self.pin.keyservice)
-        sock = keylink.connect(self.address)
         try:
+            sock = keylink.connect(self.address)
             try:
-                keylink.send_frame(sock, frame)
-            except OSError as exc:
-                raise NetworkError(f"the key service at {self.address} hung up: {exc.strerror or exc}") from None
-            reply = keylink.recv_frame(sock)
-        finally:
-            sock.close()
+                try:
+                    keylink.send_frame(sock, frame)
+                except OSError as exc:
+                    raise NetworkError(f"it hung up: {exc.strerror or exc}") from None
+                reply = keylink.recv_frame(sock)
+            finally:
+                sock.close()
+        except NetworkError as exc:
+            raise KeyServiceUnavailableError(f"key service at {self.address}: {exc}") from None
         resp = keylink.open_frame(reply, keylink.RESPONSE, ident, self.pin.keyservice)
         if resp.nonce != req.nonce:
             raise MessageError("the key service's response answers another request")

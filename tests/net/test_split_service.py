@@ -163,3 +163,37 @@ def test_front_killed_mid_query_then_restarted(split_world: Any) -> None:
     assert code in (0, -15), err
     State.open(fr_dir).audit.verify()
     State.open(keydir).audit.verify()
+
+
+def test_key_service_killed_mid_query_then_restarted(split_world: Any) -> None:
+    nodes, keydir, ks, front = split_world
+    fr_dir = nodes["FR"].state.dir
+    de = Requester(nodes["DE"].state)
+    backlog = [de.query("FR", synthetic.impostor_probe(512, seed=300 + i), f"C-K-{i}", PURPOSE) for i in range(30)]
+    with httpx.Client(trust_env=False) as http:
+        for q in backlog:
+            r = http.post(f"{front.url}/v1/queries", content=pack_delivery(q),
+                          headers={"content-type": "application/octet-stream"})
+            assert r.status_code == 202, r.text
+        wait_for(lambda: any(e["event"] == "release" for e in State.open(keydir).audit.entries()),
+                 what="first release")
+        ks.kill()
+        # The front keeps serving; the deliveries wait for the key service.
+        assert http.get(f"{front.url}/v1/health").status_code == 200
+        restarted = spawn(["keyservice", "serve", keydir])
+        try:
+            inbox = Path(fr_dir, "net", "inbox")
+            wait_for(lambda: not any(p.name.endswith(".delivery") for p in inbox.iterdir()), what="inbox drained",
+                     timeout=120)
+            answers = [e["data"]["query_id"] for e in State.open(fr_dir).audit.entries() if e["event"] == "answer"]
+            # Every query answered, none twice; no failure was recorded for any.
+            assert len(answers) == len(set(answers)) == len(backlog)
+            assert not list(Path(fr_dir, "net").rglob("*.error.json"))
+            released = [e["data"]["query_id"] for e in State.open(keydir).audit.entries() if e["event"] == "release"]
+            assert set(released) == set(answers)
+            _ask_and_resolve(nodes, front, 29, "C-SPLIT-3")
+        finally:
+            code, err = restarted.stop()
+        assert code in (0, -15), err
+    State.open(fr_dir).audit.verify()
+    State.open(keydir).audit.verify()
