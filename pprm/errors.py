@@ -41,6 +41,7 @@ __all__ = [
     "ProbeNotKeptError",
     "IntakeLimitError",
     "KeyServiceUnavailableError",
+    "PolicyTamperedError",
 ]
 
 
@@ -244,6 +245,24 @@ class IntakeLimitError(PolicyError):
         self.peer = peer
         self.reason = reason
         self.retry_after = retry_after
+
+
+class PolicyTamperedError(StateError):
+    """``state.json`` holds a policy other than the last one the audit log records.
+
+    Policy changes go through ``pprm policy set`` (:func:`pprm.node.policy.set_policy`),
+    which records them under the signed audit head; any other change (a hand
+    edit, or a ``policy set`` cut short between its audit entry and its write)
+    is refused where the state starts answering, and by ``pprm audit verify``.
+
+    Attributes:
+        fields: the policy settings that differ, in policy order; empty when
+            the recorded policy could not be read back to compare them.
+    """
+
+    def __init__(self, message: str, *, fields: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.fields = fields
 
 
 class KeyServiceUnavailableError(NetworkError):

@@ -40,6 +40,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -47,13 +48,16 @@ from typing import Any
 
 import numpy as np
 
-from pprm._fs import atomic_write_json, read_json
+from pprm._fs import atomic_write_bytes, atomic_write_json, read_json
 from pprm.errors import GalleryError, MessageError, NetworkError, NotAHitError, PolicyError, PprmError, StateError
+from pprm.matching.blind import BlindMatcher, BlindRequest
 from pprm.matching.gallery import EncryptedGallery
 from pprm.matching.sealed import MaskedResult
 from pprm.node import keylink
+from pprm.node.blind_store import AnsweredQuery
 from pprm.node.keyservice import KeyService
 from pprm.node.policy import QuotaLedger, decide
+from pprm.node.responder import blind_keys
 from pprm.node.split import DEFAULT_SOCKET, KeyServicePin, keyservice_pin
 from pprm.node.state import State
 from pprm.protocol.replay import ReplayCache
@@ -93,6 +97,7 @@ class _Outcomes:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self._dir = os.path.splitext(path)[0]
 
     def _load(self) -> dict[str, dict[str, Any]]:
         if not os.path.exists(self.path):
@@ -109,15 +114,52 @@ class _Outcomes:
         found = self._load().get(f"{sender}/{qid}")
         return found if isinstance(found, dict) else None
 
-    def put(self, sender: str, qid: str, value: dict[str, Any], now: float) -> None:
-        data = {k: v for k, v in self._load().items() if int(v.get("expires", 0)) >= now}
+    def put(self, sender: str, qid: str, value: dict[str, Any], now: float, blobs: tuple[bytes, ...] = ()) -> None:
+        """Keep an outcome (and its binary parts, in a file of their own) until the query expires."""
+        data = self._load()
+        for key in [k for k, v in data.items() if int(v.get("expires", 0)) < now]:
+            self._unlink(data.pop(key))
+        if blobs:
+            name = f"{secrets.token_hex(16)}.bin"
+            os.makedirs(self._dir, mode=0o700, exist_ok=True)
+            head = b"".join(len(b).to_bytes(8, "big") for b in blobs)
+            atomic_write_bytes(os.path.join(self._dir, name), len(blobs).to_bytes(4, "big") + head + b"".join(blobs))
+            value = {**value, "file": name}
         data[f"{sender}/{qid}"] = value
         atomic_write_json(self.path, data)
 
+    def blobs(self, value: dict[str, Any]) -> tuple[bytes, ...]:
+        """The binary parts kept with an outcome.
+
+        Raises:
+            StateError: the file is missing or damaged.
+        """
+        try:
+            with open(os.path.join(self._dir, str(value["file"])), "rb") as fh:
+                raw = fh.read()
+            n = int.from_bytes(raw[:4], "big")
+            sizes = [int.from_bytes(raw[4 + 8 * i:12 + 8 * i], "big") for i in range(n)]
+            at, out = 4 + 8 * n, []
+            for size in sizes:
+                out.append(raw[at:at + size])
+                at += size
+            if at != len(raw):
+                raise ValueError
+            return tuple(out)
+        except (OSError, KeyError, ValueError):
+            raise StateError("a kept answer of the key service is missing or damaged") from None
+
     def drop(self, sender: str, qid: str) -> None:
         data = self._load()
-        if data.pop(f"{sender}/{qid}", None) is not None:
+        value = data.pop(f"{sender}/{qid}", None)
+        if value is not None:
             atomic_write_json(self.path, data)
+            self._unlink(value)
+
+    def _unlink(self, value: dict[str, Any]) -> None:
+        if "file" in value:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self._dir, str(value["file"])))
 
 
 class KeyServiceHost:
@@ -129,10 +171,13 @@ class KeyServiceHost:
 
     Raises:
         StateError: not a key-service directory, or its gallery is missing.
+        PolicyTamperedError: KEYDIR/state.json differs from the policy its
+            audit log covers (change it with ``pprm policy set KEYDIR``).
     """
 
     def __init__(self, keydir: str, *, now: Callable[[], float] = time.time) -> None:
         self.state = KeyDirState.open_keydir(keydir)
+        self.state.check_policy()
         self.pin = self.state.pin
         self._ident = self.state.identity()
         self._clock = now
@@ -144,7 +189,8 @@ class KeyServiceHost:
             raise StateError(f"the gallery directory {self.pin.gallery} is not reachable from the key service")
         self._ops: dict[str, Handler] = {
             "hello": self._hello, "release": self._release, "commit": self._commit, "resolve": self._resolve,
-            "enroll": self._enroll, "remove": self._remove,
+            "enroll": self._enroll, "remove": self._remove, "blind_answer": self._blind_answer,
+            "accept_keys": self._accept_keys,
         }
 
     def __repr__(self) -> str:
@@ -214,6 +260,58 @@ class KeyServiceHost:
                                                 "expires": h.expires}, t)
             self.quota.record(h.sender, vq.body.case, t)
         return {"tokens": list(release.tokens), "hits": release.hits, "repeat": False}, ()
+
+    def _blind_answer(self, req: keylink.Payload, t: float) -> tuple[dict[str, Any], tuple[bytes, ...]]:
+        if not req.blobs:
+            raise MessageError("a blind answer needs the query")
+        st = self.state
+        with st.lock():
+            vq = self.keys.verify_blind_query(req.blobs[0], t)
+            anns = [self.keys.verify_announcement(b, t) for b in req.blobs[1:]]
+            h = vq.envelope.header
+            stored = self._outcomes.get(h.sender, h.id)
+            if stored is not None:
+                # The same answer again (the front crashed before confirming):
+                # a second, freshly masked answer to one query is never made.
+                return {**stored["meta"], "repeat": True}, self._outcomes.blobs(stored)
+            refusal = decide(st.config, self.quota, h.sender, vq.body.case, vq.body.purpose, t)
+            if refusal is not None:
+                raise PolicyError(f"the key service refuses query {h.id} from {h.sender} ({refusal.reason}): "
+                                  f"{refusal.message}")
+            keys = blind_keys(st, vq, anns, t)
+            # Parsed before the database is loaded or built: a malformed probe changes nothing.
+            request = BlindRequest.parse(st.blind_ctx, vq.body.probe, keys)
+            version = st.gallery().version
+            db = st.blind_store.database(version, self.keys.export_templates)
+            result = BlindMatcher(st.blind_ctx, db).answer_blind(request, st.config.threshold)
+            for ann in anns:
+                st.blind_store.store_keys(ann.envelope.header.sender, ann.body)
+                st.audit.append("keys", peer=ann.envelope.header.sender, key_id=ann.body.key_id,
+                                expires=ann.body.expires)
+                self.keys.commit_seen(ann.envelope, t)
+            meta = {"gallery_size": db.size, "key_id": vq.body.key_id}
+            st.audit.append("release", peer=h.sender, query_id=h.id, case=vq.body.case, purpose=vq.body.purpose,
+                            profile="blind", key_id=vq.body.key_id, blocks=len(result.ciphertexts),
+                            gallery_size=db.size)
+            st.blind_store.record_answer(AnsweredQuery(h.id, h.sender, vq.body.key_id, result.order, version,
+                                                       int(t), []))
+            self._outcomes.put(h.sender, h.id, {"meta": meta, "expires": h.expires}, t,
+                               blobs=tuple(result.ciphertexts))
+            self.quota.record(h.sender, vq.body.case, t)
+        return {**meta, "repeat": False}, tuple(result.ciphertexts)
+
+    def _accept_keys(self, req: keylink.Payload, t: float) -> tuple[dict[str, Any], tuple[bytes, ...]]:
+        if len(req.blobs) != 1:
+            raise MessageError("a key announcement is one message")
+        st = self.state
+        with st.lock():
+            ann = self.keys.verify_announcement(req.blobs[0], t)
+            sender = ann.envelope.header.sender
+            st.blind_store.check_new_keys(sender, ann.body, t)
+            st.blind_store.store_keys(sender, ann.body)
+            st.audit.append("keys", peer=sender, key_id=ann.body.key_id, expires=ann.body.expires)
+            self.keys.commit_seen(ann.envelope, t)
+        return {"key_id": ann.body.key_id}, ()
 
     def _commit(self, req: keylink.Payload, t: float) -> tuple[dict[str, Any], tuple[bytes, ...]]:
         try:

@@ -13,19 +13,36 @@ the last :data:`pprm.node.config.QUOTA_WINDOW` seconds; older pairs are
 dropped on every write. A small file of its own rather than a scan of the
 audit log: checking a quota stays O(queries in a day) whatever the size of
 the log, and the responder's clock override (``now``) applies to it.
+
+Changing the policy (:func:`set_policy`, ``pprm policy set``) is audited: the
+change is logged with its old and new values and the new policy's digest,
+which the signed audit head then covers, before ``state.json`` is rewritten.
+:func:`show_policy` reports the policy and whether it is the audited one.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 from pprm._fs import atomic_write_json, read_json
-from pprm.errors import StateError
-from pprm.node.config import QUOTA_WINDOW, StateConfig
+from pprm.errors import ParameterError, StateError
+from pprm.node.config import (
+    POLICY_FIELDS,
+    QUOTA_WINDOW,
+    StateConfig,
+    policy_digest,
+    policy_of,
+    policy_text,
+    read_state_config,
+)
+from pprm.node.state import State
+from pprm.protocol import canonical
 from pprm.protocol.messages import MAX_REFUSAL_MESSAGE
 
-__all__ = ["Refusal", "QuotaLedger", "decide"]
+__all__ = ["Refusal", "QuotaLedger", "decide", "PolicyReport", "PolicyChange", "show_policy", "set_policy"]
 
 
 @dataclass(frozen=True)
@@ -105,3 +122,191 @@ def decide(config: StateConfig, ledger: QuotaLedger, peer: str, case: str, purpo
         return Refusal("quota-peer", f"{me} answers at most {config.quota_per_peer} queries from {peer} "
                                      f"in 24 hours; try again later")
     return None
+
+
+# -- showing and changing the policy ------------------------------------------------------
+
+PolicyStatus = Literal["audited", "differs", "unaudited"]
+
+
+def _json(value: Any) -> str:
+    """A setting's value as canonical JSON text (audit fields are scalars, never floats)."""
+    return canonical.encode(value).decode("ascii")
+
+
+def _differing(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(f for f in POLICY_FIELDS if _json(a[f]) != _json(b[f]))
+
+
+def _settings(config: StateConfig) -> dict[str, Any]:
+    """The policy settings of a configuration, without the format tag."""
+    pol = policy_of(config)
+    return {f: pol[f] for f in POLICY_FIELDS}
+
+
+@dataclass(frozen=True)
+class PolicyReport:
+    """A state's policy and how it stands against the audit log (:func:`show_policy`).
+
+    Attributes:
+        state: the state code.
+        policy: the settings in ``state.json`` (:data:`pprm.node.config.POLICY_FIELDS`).
+        digest: their digest (:func:`pprm.node.config.policy_digest`).
+        audited: the digest the signed audit head covers; None when the log
+            records no policy yet.
+        status: ``audited`` (the two digests are equal), ``differs`` (a hand
+            edit, or an interrupted ``policy set``: the state refuses to
+            answer) or ``unaudited`` (no policy recorded yet).
+        differs: the settings that differ from the audited policy.
+    """
+
+    state: str
+    policy: dict[str, Any]
+    digest: str
+    audited: str | None
+    status: PolicyStatus
+    differs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PolicyChange:
+    """What :func:`set_policy` did.
+
+    Attributes:
+        state: the state code.
+        policy: the settings now in force.
+        digest: their digest, as recorded and covered by the signed head.
+        previous: the audited digest before (None: the log recorded no policy).
+        changed: setting -> (audited value before, value now), for each
+            setting that changed.
+        restored: settings whose value in ``state.json`` differed from the
+            audited policy (a hand edit, or an interrupted ``policy set``) and
+            that now hold the audited (or newly given) value.
+        recorded: whether an audit entry was written (not when nothing
+            changed).
+    """
+
+    state: str
+    policy: dict[str, Any]
+    digest: str
+    previous: str | None
+    changed: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    restored: tuple[str, ...] = ()
+    recorded: bool = True
+
+
+def show_policy(state: State) -> PolicyReport:
+    """A state's policy, as ``state.json`` holds it, against the audited one.
+
+    Args:
+        state: an opened state (its ``state.json`` is read again).
+
+    Returns:
+        The settings, their digest, the audited digest and the status.
+
+    Raises:
+        StateError: ``state.json`` is invalid, or the audit log's head or
+            policy entry cannot be read or verified.
+    """
+    config = read_state_config(state.path("state.json"))
+    settings, digest = _settings(config), policy_digest(config)
+    audited = state.audit.policy_digest()
+    if audited is None:
+        return PolicyReport(config.name, settings, digest, None, "unaudited")
+    if audited == digest:
+        return PolicyReport(config.name, settings, digest, audited, "audited")
+    recorded = state.audit.recorded_policy()
+    differs = _differing(recorded.fields, settings) if recorded is not None else ()
+    return PolicyReport(config.name, settings, digest, audited, "differs", differs)
+
+
+def set_policy(state: State, *, profile_changes: Mapping[str, str | None] | None = None,
+               **changes: Any) -> PolicyChange:
+    """Change a state's policy, audited.
+
+    Under the state lock: the new policy is the audited one (or, for a state
+    whose log records none yet, the one in ``state.json``) with ``changes``
+    applied, validated as :class:`~pprm.node.config.StateConfig` validates
+    every setting. The audit log then gets a ``policy`` entry (``changed``:
+    the settings that changed, ``<setting>_old`` / ``<setting>_new`` their
+    values as canonical JSON text; ``restored`` and ``<setting>_found`` for
+    settings whose value in ``state.json`` was not the audited one;
+    ``previous_digest``, ``policy`` and ``policy_digest``), the signed head
+    covers the new digest, and ``state.json`` is rewritten atomically. With
+    no changes and ``state.json`` already holding the audited policy, nothing
+    is written.
+
+    Args:
+        state: an opened state; its ``config`` is updated.
+        **changes: new values for settings of
+            :data:`pprm.node.config.POLICY_FIELDS` (``threshold``, ``k``,
+            ``purposes``, ``quota_per_case``, ``quota_per_peer``,
+            ``profiles``, ``query_ttl``, ``token_ttl``, ``blind_key_ttl``).
+        profile_changes: per-peer profiles to set (``"sealed"`` or
+            ``"blind"``) or, with None, to drop (the peer then gets
+            ``"sealed"``), leaving the other peers' as they are; not together
+            with ``profiles``.
+
+    Returns:
+        What changed, and the new digest.
+
+    Raises:
+        ParameterError: a setting that is not a policy setting, or a value of
+            the wrong type or out of range (the message names the setting);
+            nothing is changed.
+        StateError: ``state.json`` is invalid, or the audit log cannot be
+            appended to; nothing is changed.
+
+    Warning:
+        A value of ``state.json`` that differs from the audited policy is
+        never adopted silently: it is replaced by the audited value (or the
+        one given), and the entry names it under ``restored``. For a state
+        whose log records no policy yet, the policy in ``state.json`` is
+        adopted as found (review it with ``pprm policy show`` first) and
+        recorded with ``previous_digest`` null. A running ``pprm serve``
+        keeps the policy it started with until it is restarted.
+    """
+    unknown = sorted(set(changes) - set(POLICY_FIELDS))
+    if unknown:
+        raise ParameterError(f"{unknown[0]!r} is not a policy setting; they are: {', '.join(POLICY_FIELDS)}")
+    if profile_changes is not None and "profiles" in changes:
+        raise ParameterError("give either profiles or profile_changes, not both")
+    with state.lock():
+        current = read_state_config(state.path("state.json"))
+        found = _settings(current)
+        recorded = state.audit.recorded_policy()
+        audited = recorded.fields if recorded is not None else found
+        try:
+            base = replace(current, **audited)
+        except ParameterError as exc:
+            raise StateError(f"the audited policy does not validate: {exc}") from None
+        if profile_changes is not None:
+            profiles: dict[str, Any] = dict(base.profiles)
+            for peer, profile in profile_changes.items():
+                if profile is None:
+                    profiles.pop(peer, None)
+                else:
+                    profiles[peer] = profile
+            changes["profiles"] = profiles
+        new = replace(base, **changes)
+        before, after = _settings(base), _settings(new)
+        changed = _differing(before, after)
+        restored = _differing(found, before)
+        digest = policy_digest(new)
+        if recorded is not None and not changed and not restored:
+            state.config = current
+            return PolicyChange(current.name, after, digest, recorded.digest, recorded=False)
+        data: dict[str, Any] = {"changed": ",".join(changed), "restored": ",".join(restored),
+                                "previous_digest": recorded.digest if recorded is not None else None}
+        for f in changed:
+            data[f"{f}_old"], data[f"{f}_new"] = _json(before[f]), _json(after[f])
+        for f in restored:
+            data[f"{f}_found"] = _json(found[f])
+        # Logged first, then written: a crash in between leaves state.json
+        # behind the audited policy, which is refused like a hand edit until
+        # `pprm policy set DIR` (no options) writes the audited policy.
+        state.audit.append("policy", **data, policy=policy_text(new), policy_digest=digest)
+        atomic_write_json(state.path("state.json"), new.to_json())
+    state.config = new
+    return PolicyChange(new.name, after, digest, recorded.digest if recorded is not None else None,
+                        {f: (before[f], after[f]) for f in changed}, restored)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -147,6 +148,31 @@ class RemoteKeyService:
             return Released((tokens, int(resp.meta["hits"]), bool(resp.meta["repeat"])))
         except (KeyError, TypeError, ValueError):
             raise MessageError("the key service's release is malformed") from None
+
+    def blind_answer(self, query: bytes, announcements: Sequence[bytes]) -> tuple[tuple[bytes, ...], dict[str, Any]]:
+        """Have the key service verify and answer a blind-profile query (it holds the blind database).
+
+        Args:
+            query: the signed blind query, as the requester sent it.
+            announcements: key announcements delivered with it.
+
+        Returns:
+            The answer's ciphertexts (under the requester's key) and the
+            key service's note of them (``gallery_size``, ``repeat``).
+
+        Raises:
+            As :meth:`call`.
+        """
+        resp = self.call("blind_answer", {}, (query, *announcements))
+        return resp.blobs, dict(resp.meta)
+
+    def accept_keys(self, announcement: bytes) -> str:
+        """Have the key service verify and keep a blind-profile key announcement.
+
+        Returns:
+            The key id.
+        """
+        return str(self.call("accept_keys", {}, (announcement,)).meta["key_id"])
 
     def commit(self, peer: str, query_id: str, answer_id: str) -> None:
         """Tell the key service the answer to a released query was handed over."""

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from pprm.errors import KeyRotationError, MessageError, PprmError, StateError
+from pprm.errors import KeyRotationError, MessageError, PprmError
 from pprm.matching.blind import AnnouncedKeys, BlindMatcher, BlindRequest
 from pprm.matching.diagonals import BlindDatabase
 from pprm.matching.gallery import EncryptedGallery
@@ -39,7 +39,7 @@ from pprm.protocol.blind_messages import BlindAnswerBody
 from pprm.protocol.envelope import Header, new_id, seal_envelope
 from pprm.protocol.messages import AnswerBody, RefusalBody
 
-__all__ = ["Responder", "Response", "SealedMatcherFactory", "BlindMatcherFactory"]
+__all__ = ["Responder", "Response", "SealedMatcherFactory", "BlindMatcherFactory", "blind_keys"]
 
 log = logging.getLogger("pprm.responder")
 
@@ -91,6 +91,7 @@ class Responder:
 
     def __init__(self, state: State, *, matcher: SealedMatcherFactory | None = None,
                  blind: BlindMatcherFactory | None = None, key_service: RemoteKeyService | None = None) -> None:
+        state.check_policy()  # refuse a policy the audit log does not cover (a hand edit of state.json)
         self.state = state
         # The door (verification) is always here; the secret operations are
         # here too unless the state is split, then in its key service.
@@ -152,7 +153,10 @@ class Responder:
         with st.lock():
             vq = ks.verify_incoming(query, t)
             if isinstance(vq, VerifiedBlindQuery):
-                return self._answer_blind(vq, [ks.verify_announcement(a, t) for a in announcements], sink, t)
+                verified = [ks.verify_announcement(a, t) for a in announcements]
+                if self.remote is not None:
+                    return self._answer_blind_split(vq, query, verified, list(announcements), sink, t)
+                return self._answer_blind(vq, verified, sink, t)
             if announcements:
                 raise MessageError("key announcements come only with blind-profile queries")
             return self._answer_sealed(vq, query, sink, progress, t)
@@ -243,6 +247,47 @@ class Responder:
         self.key_service.commit_seen(env, t)
         return Response(msg, qh.sender, qh.id, qh.profile, refusal.reason, refusal.message)
 
+    def _answer_blind_split(self, vq: VerifiedBlindQuery, query: bytes, announcements: Sequence[VerifiedAnnouncement],
+                            blobs: Sequence[bytes], sink: Callable[[bytes], None] | None, t: float) -> Response:
+        """Answer a verified blind-profile query through a split state's key service (caller holds the lock).
+
+        The key service holds the blind database (the gallery in clear) and
+        the announced keys: it verifies the query and the announcements once
+        more on its own, matches, and records the answer and the keys before
+        it replies; this side signs, hands over, logs and counts, then
+        confirms. A crash before the confirmation is answered, on
+        redelivery, with the same stored answer (never a second, freshly
+        masked one).
+        """
+        st = self.state
+        assert self.remote is not None
+        qh = vq.envelope.header
+        refusal = decide(st.config, self.quota, qh.sender, vq.body.case, vq.body.purpose, t)
+        if refusal is not None:
+            for blob in blobs:
+                self.remote.accept_keys(blob)
+            return self._refuse(vq, refusal, sink, t, announcements)
+        ciphertexts, meta = self.remote.blind_answer(query, blobs)
+        answer_body = BlindAnswerBody(qh.id, ciphertexts)
+        ident = st.identity()
+        header = Header("answer", st.config.name, qh.sender, new_id(), int(t), int(t) + st.config.token_ttl,
+                        st.blind_ctx.params.digest, "blind", qh.id)
+        answer = seal_envelope(ident, header, ident.box_to(vq.envelope.sender, answer_body.to_bytes()))
+        if sink is not None:
+            sink(answer)
+        for ann in announcements:
+            self._commit_keys(ann, t)
+        st.audit.append("answer", peer=qh.sender, query_id=qh.id, answer_id=header.id, case=vq.body.case,
+                        purpose=vq.body.purpose, profile="blind", key_id=vq.body.key_id,
+                        blocks=len(ciphertexts), gallery_size=int(meta.get("gallery_size", 0)))
+        self.key_service.commit_seen(vq.envelope, t)
+        self.quota.record(qh.sender, vq.body.case, t)
+        try:
+            self.remote.commit(qh.sender, qh.id, header.id)
+        except PprmError as exc:
+            log.warning("key service did not confirm the answer to %s: %s", qh.id, exc)
+        return Response(answer, qh.sender, qh.id, "blind")
+
     def accept_keys(self, announcement: bytes, *, now: float | None = None) -> str:
         """Verify and cache a peer's blind-profile key announcement.
 
@@ -263,14 +308,19 @@ class Responder:
         t = time.time() if now is None else now
         with st.lock():
             ann = self.key_service.verify_announcement(announcement, t)
-            st.blind_store.check_new_keys(ann.envelope.header.sender, ann.body, t)
+            if self.remote is not None:
+                self.remote.accept_keys(announcement)
+            else:
+                st.blind_store.check_new_keys(ann.envelope.header.sender, ann.body, t)
             self._commit_keys(ann, t)
         return ann.body.key_id
 
     def _commit_keys(self, ann: VerifiedAnnouncement, t: float) -> None:
         st = self.state
         sender = ann.envelope.header.sender
-        st.blind_store.store_keys(sender, ann.body)
+        # A split state's keys are kept by its key service (which matches with them).
+        if self.remote is None:
+            st.blind_store.store_keys(sender, ann.body)
         st.audit.append("keys", peer=sender, key_id=ann.body.key_id, expires=ann.body.expires)
         self.key_service.commit_seen(ann.envelope, t)
 
@@ -283,22 +333,8 @@ class Responder:
         st = self.state
         ks = self.key_service
         qh = vq.envelope.header
-        if self.remote is not None:
-            raise StateError(f"{st.config.name} is split, and its key service does not answer blind-profile "
-                             "queries yet: answer them before splitting, or join the state")
         kid = vq.body.key_id
-        fresh = {ann.body.key_id: ann for ann in announcements}
-        if len(fresh) != len(announcements):
-            raise MessageError("the same key is announced twice")
-        checked = {ann.body.key_id: st.blind_store.check_new_keys(ann.envelope.header.sender, ann.body, t)
-                   for ann in announcements}
-        keys: AnnouncedKeys
-        if kid in checked:
-            if fresh[kid].envelope.header.sender != qh.sender:
-                raise KeyRotationError("this key was announced by another state")
-            keys = checked[kid]
-        else:
-            keys = st.blind_store.keys_for(kid, qh.sender, t)
+        keys = blind_keys(st, vq, announcements, t)
         refusal = decide(st.config, self.quota, qh.sender, vq.body.case, vq.body.purpose, t)
         if refusal is not None:
             return self._refuse(vq, refusal, sink, t, announcements)
@@ -324,3 +360,37 @@ class Responder:
         ks.commit_seen(vq.envelope, t)
         self.quota.record(qh.sender, vq.body.case, t)
         return Response(answer, qh.sender, qh.id, "blind")
+
+
+def blind_keys(state: State, vq: VerifiedBlindQuery, announcements: Sequence[VerifiedAnnouncement],
+               t: float) -> AnnouncedKeys:
+    """The announced keys a blind query names: announced with it, or before (nothing is stored).
+
+    Args:
+        state: the responding state (or a split state's key service), whose
+            blind store holds the keys announced before.
+        vq: the verified query.
+        announcements: verified announcements delivered with it.
+        t: the time.
+
+    Returns:
+        The keys, checked (:meth:`pprm.node.blind_store.BlindStore.check_new_keys`).
+
+    Raises:
+        MessageError: the same key announced twice.
+        KeyRotationError: the query's key was announced by another state,
+            or is retired or unknown.
+        CiphertextError: an announced key does not load.
+    """
+    qh = vq.envelope.header
+    kid = vq.body.key_id
+    fresh = {ann.body.key_id: ann for ann in announcements}
+    if len(fresh) != len(announcements):
+        raise MessageError("the same key is announced twice")
+    checked = {ann.body.key_id: state.blind_store.check_new_keys(ann.envelope.header.sender, ann.body, t)
+               for ann in announcements}
+    if kid in checked:
+        if fresh[kid].envelope.header.sender != qh.sender:
+            raise KeyRotationError("this key was announced by another state")
+        return checked[kid]
+    return state.blind_store.keys_for(kid, qh.sender, t)

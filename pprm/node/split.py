@@ -38,6 +38,7 @@ from pprm._fs import atomic_write_bytes, atomic_write_json, read_json
 from pprm.crypto.identity import Identity, PublicIdentity
 from pprm.errors import StateError
 from pprm.node.audit import AuditLog
+from pprm.node.config import policy_digest, policy_text
 from pprm.node.state import State
 
 __all__ = ["FrontPin", "KeyServicePin", "split", "join", "front_pin", "keyservice_pin", "SECRET_FILES",
@@ -253,8 +254,13 @@ def _build_keydir(st: State, keydir: str) -> None:
         atomic_write_json(os.path.join(tmp, PIN_FILE), {
             "format": FORMAT, "role": "keyservice", "state": st.config.name, "gallery": st.path("gallery"),
             "front": _identity_json(st.card.identity)}, mode=0o644)
-        AuditLog(os.path.join(tmp, "audit.log"), signer=ks.sign, public=ks.public).append(
-            "split", state=st.config.name, front=st.card.identity.fingerprint.hex(), gallery=st.gallery().version)
+        log = AuditLog(os.path.join(tmp, "audit.log"), signer=ks.sign, public=ks.public)
+        log.append("split", state=st.config.name, front=st.card.identity.fingerprint.hex(),
+                   gallery=st.gallery().version)
+        # The key service enforces its own copy of the policy (k, quotas,
+        # purposes, TTLs, the blind threshold): recorded under its own signed
+        # head, so a hand edit of KEYDIR/state.json is refused at its start.
+        log.append("policy", policy=policy_text(st.config), policy_digest=policy_digest(st.config), source="split")
         os.rename(tmp, keydir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 import tenseal.sealapi as seal
 
-from pprm._fs import atomic_write_bytes, atomic_write_json, locked, read_json
+from pprm._fs import atomic_write_bytes, atomic_write_json, locked
 from pprm.crypto import keys
 from pprm.crypto.context import BlindContext, CkksContext
 from pprm.crypto.identity import Identity, PublicIdentity
@@ -47,7 +47,7 @@ from pprm.matching.sealed import SealedMatcher
 from pprm.node.audit import AuditLog
 from pprm.node.blind_keyring import BlindKeyring
 from pprm.node.blind_store import BlindStore
-from pprm.node.config import StateConfig
+from pprm.node.config import StateConfig, policy_digest, policy_text, read_state_config
 from pprm.protocol.card import Card, make_card, parse_card
 from pprm.protocol.envelope import Header, open_envelope
 
@@ -171,9 +171,12 @@ class State:
             card = make_card(ident, ps.name, ps.digest, dim, keys.key_id_of(pk_blob, gk_blob), int(time.time()))
             atomic_write_bytes(os.path.join(tmp, "card.json"), card, mode=0o644)
             atomic_write_json(os.path.join(tmp, "state.json"), config.to_json())
-            AuditLog(os.path.join(tmp, "audit.log")).append(
+            # Signed from the first line, with the policy: the signed head
+            # covers the policy digest from the start, so a hand edit of
+            # state.json is refused (check_policy) even before any peer is trusted.
+            AuditLog(os.path.join(tmp, "audit.log"), signer=ident.sign, public=ident.public).append(
                 "init", state=name, params=ps.name, threshold_milli=round(config.threshold * 1000),
-                k=k, dim=dim)
+                k=config.k, dim=config.dim, policy=policy_text(config), policy_digest=policy_digest(config))
             if os.path.exists(directory):
                 os.rmdir(directory)
             os.rename(tmp, directory)
@@ -187,21 +190,40 @@ class State:
     def open(cls, directory: str) -> State:
         """Open an existing state directory.
 
+        Opening does not compare the policy with the audited one: roles that
+        act on the policy call :meth:`check_policy` (the responder does, at
+        construction).
+
         Raises:
-            StateError: not a state directory, or its config is corrupt.
+            StateError: not a state directory, or its config is corrupt or
+                holds an invalid setting (the message names it:
+                ``state.json is invalid: k must be an integer ...``).
         """
         path = os.path.join(directory, "state.json")
         if not os.path.isfile(path):
             raise StateError(f"{directory} is not a pprm state directory (no state.json)")
-        try:
-            obj = read_json(path)
-        except ValueError:
-            raise StateError("state.json is corrupt") from None
-        try:
-            config = StateConfig.from_json(obj)
-        except ParameterError as exc:
-            raise StateError(f"state.json is invalid: {exc}") from None
-        return cls(directory, config)
+        return cls(directory, read_state_config(path))
+
+    def check_policy(self) -> str | None:
+        """Refuse to act on a policy that is not the audited one.
+
+        Compares the digest of this state's policy (as read from
+        ``state.json``) with the digest the signed audit head covers: one
+        signature check, no scan of the log.
+
+        Returns:
+            The audited policy digest; None for a state whose log records no
+            policy yet (created before policies were recorded; see
+            :meth:`pprm.node.audit.AuditLog.check_policy`).
+
+        Raises:
+            PolicyTamperedError: ``state.json`` was edited by hand (or a
+                ``pprm policy set`` was cut short); the message names the
+                settings that differ and says that ``pprm policy set`` is
+                the way to change the policy.
+            StateError: the signed head cannot be read or verified.
+        """
+        return self.audit.check_policy(self.config)
 
     # -- shared material -------------------------------------------------
     @contextlib.contextmanager

@@ -1,8 +1,8 @@
 """The audit log: a hash chain with signed checkpoints and a signed head, that names the first
 damaged line (or the cut at the end), and carries no biometrics.
 
-``log`` is an unsigned chain, as states wrote before signing existed (and as
-``State.init`` still writes its first line); ``signed`` is a log signed with a
+``log`` is an unsigned chain, as states wrote before signing existed (``State.init``
+now signs from its first line); ``signed`` is a log signed with a
 fixed test identity, 40 entries long, so that it holds the checkpoint where
 signing starts (line 2) and the periodic ones (lines 16 and 32).
 """
@@ -25,7 +25,7 @@ import pytest
 
 from pprm import synthetic
 from pprm.crypto.identity import Identity
-from pprm.errors import StateError
+from pprm.errors import AuthenticationError, StateError
 from pprm.matching.templates import normalise_probe, normalise_templates
 from pprm.node.audit import (
     _CHECKPOINT_TAG,
@@ -38,6 +38,7 @@ from pprm.node.audit import (
     AuditLog,
     AuditReport,
     _hash,
+    _head_message,
     _signed_message,
 )
 from pprm.node.keyservice import KeyService
@@ -514,7 +515,11 @@ def test_signed_head_names_the_last_line(signed: AuditLog) -> None:
     assert blob == encode(head) + b"\n"
     last = signed.entries(checkpoints=True)[-1]
     assert (head["state"], head["seq"], head["hash"]) == ("DE", last["seq"], last["hash"])
-    DE.public.verify(_signed_message(_HEAD_TAG, "DE", head["seq"], head["hash"]), bytes.fromhex(head["sig"]))
+    # The head signs the policy digest too (none recorded in this log); not under the v1 message.
+    assert head["policy"] is None
+    DE.public.verify(_head_message("DE", head["seq"], head["hash"], None), bytes.fromhex(head["sig"]))
+    with pytest.raises(AuthenticationError):
+        DE.public.verify(_signed_message(_HEAD_TAG, "DE", head["seq"], head["hash"]), bytes.fromhex(head["sig"]))
     signed.append("more")
     assert _read_head(signed.head_path)["seq"] == last["seq"] + 1  # type: ignore[index]
     assert signed.verify() == last["seq"] + 2
@@ -642,7 +647,7 @@ def test_a_kept_old_head_is_the_remaining_limit(signed: AuditLog) -> None:
 
 @pytest.fixture(scope="module")
 def cli_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A state whose log holds init (unsigned, as State.init writes it) and 40 signed notes."""
+    """A state whose log holds init (signed from the start, as State.init writes it) and 40 signed notes."""
     root = tmp_path_factory.mktemp("audit-cli")
     st = new_state(root / "DE", "DE")
     with st.lock():
@@ -661,16 +666,19 @@ def test_cli_verify_and_show(cli_state: Path) -> None:
     shown = ok_json("audit", "show", cli_state)
     assert shown == [json.loads(line) for line in (cli_state / "audit.log").read_bytes().splitlines()]
     assert [e["seq"] for e in shown] == list(range(n))
-    assert [n for n, e in enumerate(shown, start=1) if e["event"] == CHECKPOINT] == [3, 16, 32]
+    assert [n for n, e in enumerate(shown, start=1) if e["event"] == CHECKPOINT] == [2, 16, 32]
     assert shown[0]["event"] == "init" and [e["data"]["i"] for e in shown if e["event"] == "note"] == list(
         range(N_SIGNED))
     plain = cli("audit", "show", cli_state).out.splitlines()
-    assert len(plain) == n and "checkpoint" in plain[2] and "covers=1" in plain[2]
+    assert len(plain) == n and "checkpoint" in plain[1] and "covers=0" in plain[1]
 
 
 def test_cli_verify_of_a_state_before_signing(tmp_path: Path) -> None:
-    # State.init writes one unsigned line; older states have only unsigned lines.
+    # Older states have only unsigned lines, starting with an init line that records no policy.
     st = new_state(tmp_path / "DE", "DE")
+    os.unlink(st.audit.head_path)
+    os.unlink(st.audit.path)
+    AuditLog(st.audit.path).append("init", state="DE", params="x", threshold_milli=400, k=10, dim=512)
     assert ok_json("audit", "verify", st.dir) == {"entries": 1, "ok": True, "checkpoints": 0, "head": None,
                                                   "unsigned": 0}
     assert "not signed yet" in cli("audit", "verify", st.dir).out

@@ -9,6 +9,7 @@ the key-service directory byte for byte as it was.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -16,6 +17,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,6 +30,7 @@ from pprm.errors import (
     GalleryError,
     MessageError,
     PolicyError,
+    PolicyTamperedError,
     ReplayError,
     StateError,
 )
@@ -40,7 +43,16 @@ from pprm.node.requester import Requester
 from pprm.node.responder import Responder
 from pprm.node.split import SECRET_FILES, front_pin, join, split
 from pprm.node.state import State
-from tests.helpers import build_network, leak_forms, occurs_in, plaintext_hits, snapshot, windows
+from tests.helpers import (
+    INSECURE_BLIND,
+    build_network,
+    leak_forms,
+    new_state,
+    occurs_in,
+    plaintext_hits,
+    snapshot,
+    windows,
+)
 
 
 @dataclass
@@ -252,3 +264,71 @@ def test_split_then_join_round_trip(tmp_path: Path) -> None:
     assert events.count("split") == 1 and events.count("join") == 1
     State.open(fr.dir).audit.verify()
     np.testing.assert_equal(len(State.open(fr.dir).gallery()), 300)
+
+
+@pytest.fixture
+def blind_world(tmp_path: Path) -> Iterator[tuple[State, State, str, list[str], np.ndarray]]:
+    de = new_state(tmp_path / "DE", "DE", blind_params=INSECURE_BLIND)
+    fr = new_state(tmp_path / "FR", "FR", blind_params=INSECURE_BLIND)
+    de.trust(fr.card_bytes)
+    fr.trust(de.card_bytes)
+    rng = np.random.default_rng(17)
+    raw = rng.standard_normal((300, 512))
+    templates = (raw / np.linalg.norm(raw, axis=1, keepdims=True)).astype(np.float32)
+    refs = [f"FR-{i:05d}" for i in range(300)]
+    KeyService(fr).enroll(templates, refs)
+    short = _short_dir()
+    keydir = os.path.join(short, "ks")
+    split(fr.dir, keydir)
+    stop = threading.Event()
+    ready = threading.Event()
+    t = threading.Thread(target=serve, args=(keydir,), kwargs={"ready": lambda _a: ready.set(), "stop": stop.is_set},
+                         daemon=True)
+    t.start()
+    assert ready.wait(20)
+    try:
+        yield de, State.open(fr.dir), keydir, refs, templates
+    finally:
+        stop.set()
+        t.join(10)
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def test_split_blind_flow_matches_the_plaintext(blind_world: Any) -> None:
+    de, fr, keydir, refs, templates = blind_world
+    rng = np.random.default_rng(3)
+    for i, index in enumerate((7, 250)):
+        v = templates[index].astype(np.float64) + 0.3 * rng.standard_normal(512) / np.sqrt(512)
+        probe = v / np.linalg.norm(v)
+        assert plaintext_hits(templates, refs, probe, fr.config.threshold) == {refs[index]}
+        sent = Requester(de).prepare("FR", probe, f"CASE-B{i}", "serious-crime", profile="blind")
+        # A follow-up retires the key, so each query here announces a new one with it.
+        assert sent.announcements
+        answer = Responder(fr).answer(sent.query, announcements=sent.announcements)
+        opened = Requester(de).open(answer)
+        assert len(opened.candidates) == 1
+        res = key_service_for(fr).resolve(Requester(de).follow_up(answer, opened.candidates[0]))
+        assert res.reference == refs[index]
+        with pytest.raises(ReplayError):
+            Responder(fr).answer(sent.query)
+    # The blind database and the announced keys are in the key service's directory only.
+    assert not os.path.exists(fr.path("blind")) and not os.path.exists(fr.path("private", "blind.key"))
+    assert os.listdir(os.path.join(keydir, "blind"))
+    ks = [e["event"] for e in State.open(keydir).audit.entries()]
+    assert ks.count("release") == 2 and ks.count("keys") == 2 and ks.count("resolve") == 2
+    fr.audit.verify()
+    State.open(keydir).audit.verify()
+
+
+def test_a_hand_edit_of_the_key_services_policy_is_refused_at_start(tmp_path: Path) -> None:
+    nodes = build_network(str(tmp_path), ("DE", "FR"), n=0)
+    keydir = os.path.join(_short_dir(), "ks")
+    split(nodes["FR"].state.dir, keydir)
+    KeyServiceHost(keydir)
+    path = os.path.join(keydir, "state.json")
+    obj = json.loads(Path(path).read_text())
+    obj["k"] = 1000
+    Path(path).write_text(json.dumps(obj))
+    with pytest.raises(PolicyTamperedError, match="k"):
+        KeyServiceHost(keydir)
+    shutil.rmtree(os.path.dirname(keydir))

@@ -44,7 +44,7 @@ def test_init_creates_the_layout(tmp_path: Path) -> None:
     st = new_state(str(tmp_path / "de"), "DE", threshold=0.45, k=7, dim=128)
     assert st.dir == str(tmp_path / "de")
     files = set(_files(st.dir))
-    assert files == {"state.json", "card.json", "audit.log", "ckks/public.key",
+    assert files == {"state.json", "card.json", "audit.log", "audit.head", "ckks/public.key",
                      *(f"private/{f}" for f in PRIVATE_FILES)}
     for d in ("ckks", "roster", "gallery", "private"):
         assert os.path.isdir(st.path(d))
@@ -54,7 +54,7 @@ def test_init_creates_the_layout(tmp_path: Path) -> None:
     assert st.roster() == {}
     assert len(st.gallery()) == 0
     assert [e["event"] for e in st.audit.entries()] == ["init"]
-    assert st.audit.verify() == 1
+    assert st.audit.verify() == 2  # init and the checkpoint where signing starts
     with open(st.path("state.json")) as fh:
         assert json.load(fh)["format"] == "pprm-state/1"
     # Reopening gives the same configuration.
@@ -276,7 +276,7 @@ def test_roster_lookup(tmp_path: Path) -> None:
 def test_loose_private_file_modes_are_refused(tmp_path: Path, fname: str) -> None:
     st = new_state(str(tmp_path / "de"), "DE")
     # The identity is read per use; the key service reads the other two.
-    use = st.identity if fname == "identity.key" else (lambda: KeyService(st))
+    use = st.identity if fname == "identity.key" else (lambda: _secrets_of(st))
     os.chmod(st.path("private", fname), 0o644)
     with pytest.raises(StateError, match="0600"):
         use()
@@ -290,7 +290,7 @@ def test_missing_or_malformed_private_files_are_refused(tmp_path: Path, fname: s
     path = st.path("private", fname)
     with open(path, "rb") as fh:
         good = fh.read()
-    use = st.identity if fname == "identity.key" else (lambda: KeyService(st))
+    use = st.identity if fname == "identity.key" else (lambda: _secrets_of(st))
     with open(path, "wb") as fh:
         fh.write(good[:-1])
     with pytest.raises(StateError):
@@ -298,3 +298,9 @@ def test_missing_or_malformed_private_files_are_refused(tmp_path: Path, fname: s
     os.unlink(path)
     with pytest.raises(StateError, match="missing"):
         use()
+
+
+def _secrets_of(st: State) -> None:
+    """Make a key service read both of its secrets (it reads each on first use, not when built)."""
+    ks = KeyService(st)
+    assert ks._sk is not None and ks._minter is not None
