@@ -23,6 +23,7 @@ from pprm.crypto import params as param_sets
 from pprm.errors import StateError
 from pprm.matching import kernel
 from pprm.node.remote_keys import key_service_for
+from pprm.node.split import keyservice_logs
 from pprm.node.state import State
 
 __all__ = ["VERBS"]
@@ -140,9 +141,22 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
     if rep.unsigned:
         signed += (f"; {rep.unsigned} line(s) after the head are not signed yet (an interrupted append leaves"
                    " this; the next entry records it)")
-    emit(args, {"entries": rep.entries, "ok": True, "checkpoints": rep.checkpoints, "head": rep.head,
-                "unsigned": rep.unsigned},
-         f"audit log of {st.config.name} verifies: {rep.entries} entries{signed}")
+    info: dict[str, Any] = {"entries": rep.entries, "ok": True, "checkpoints": rep.checkpoints, "head": rep.head,
+                            "unsigned": rep.unsigned}
+    lines = [f"audit log of {st.config.name} verifies: {rep.entries} entries{signed}"]
+    # A split state's key service keeps its own log of every decryption: checked with this one.
+    others = []
+    for label, log in keyservice_logs(st.dir, args.keydir):
+        try:
+            r = log.check()
+        except StateError as exc:
+            raise StateError(f"{label}: {exc}") from None
+        others.append({"log": label, "entries": r.entries, "ok": True, "checkpoints": r.checkpoints,
+                       "head": r.head, "unsigned": r.unsigned})
+        lines.append(f"audit log of {label} verifies: {r.entries} entries")
+    if others:
+        info["keyservice"] = others
+    emit(args, info, "\n".join(lines))
     return EXIT_OK
 
 
@@ -217,8 +231,12 @@ def _add_info(verbs: Verbs) -> None:
 
 def _add_audit(verbs: Verbs) -> None:
     audit = verbs.group("audit", "check or show the audit log", dest="audit_verb", metavar="ACTION")
-    p = audit.add("verify", _cmd_audit_verify, "verify the hash chain, the signed checkpoints and the signed head")
+    p = audit.add("verify", _cmd_audit_verify, "verify the hash chain, the signed checkpoints and the signed head "
+                                               "(of a split state: its key service's log too)")
     p.add_argument("dir")
+    p.add_argument("--keydir", default=None, metavar="KEYDIR",
+                   help="a split state's key-service directory, if on this host (default: found from the "
+                        "address recorded at split)")
     p = audit.add("show", _cmd_audit_show, "list the entries, checkpoints included")
     p.add_argument("dir")
 

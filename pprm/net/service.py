@@ -130,16 +130,21 @@ class StateService:
         except BlockingIOError:
             os.close(self._lock_fd)
             raise StateError(f"another pprm serve is running on {directory}") from None
-        self.inbox = Inbox(self.state.dir)
-        # Intake verifies with its own KeyService: read-only, so it can run
-        # beside the worker. The worker verifies the stored delivery once more
-        # when it answers it: the bytes come back from disk, maybe after a restart.
-        self._intake = KeyService(State.open(directory))
-        # A split state's secrets are in its key service (another process):
-        # nothing in this process can decrypt. Checked here, at start-up.
-        self._key_service = key_service
-        self._responder = Responder(self.state, matcher=matcher, blind=blind,
-                                    key_service=remote_key_service(self.state, key_service))
+        try:
+            self.inbox = Inbox(self.state.dir)
+            # Intake verifies with its own KeyService: read-only, so it can run
+            # beside the worker. The worker verifies the stored delivery once more
+            # when it answers it: the bytes come back from disk, maybe after a restart.
+            self._intake = KeyService(State.open(directory))
+            # A split state's secrets are in its key service (another process):
+            # nothing in this process can decrypt.
+            self._key_service = key_service
+            self._responder = Responder(self.state, matcher=matcher, blind=blind,
+                                        key_service=remote_key_service(self.state, key_service))
+        except BaseException:
+            # Refused at start (a hand-edited policy, a bad address): let go of the lock.
+            os.close(self._lock_fd)
+            raise
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

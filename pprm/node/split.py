@@ -41,8 +41,8 @@ from pprm.node.audit import AuditLog
 from pprm.node.config import policy_digest, policy_text
 from pprm.node.state import State
 
-__all__ = ["FrontPin", "KeyServicePin", "split", "join", "front_pin", "keyservice_pin", "SECRET_FILES",
-           "DEFAULT_SOCKET"]
+__all__ = ["FrontPin", "KeyServicePin", "split", "join", "front_pin", "keyservice_pin", "keyservice_logs",
+           "archived_keyservice_logs", "SECRET_FILES", "DEFAULT_SOCKET"]
 
 FORMAT = "pprm-split/1"
 PIN_FILE = "keyservice.json"
@@ -94,7 +94,7 @@ def _identity_from(obj: object, what: str) -> PublicIdentity:
 
 
 def front_pin(directory: str) -> FrontPin | None:
-    """The key-service pin of a split front, or None if the directory is not split.
+    """The key-service pin of a split front, or None if the directory is not split (or is a key service's).
 
     Raises:
         StateError: the pin file is corrupt.
@@ -104,6 +104,8 @@ def front_pin(directory: str) -> FrontPin | None:
         return None
     try:
         obj = read_json(path)
+        if obj.get("format") == FORMAT and obj.get("role") == "keyservice":
+            return None  # a key-service directory: it holds the secrets itself
         if obj.get("format") != FORMAT or obj.get("role") != "front":
             raise StateError(f"{path} is not a front's key-service pin")
         return FrontPin(str(obj["address"]), _identity_from(obj["keyservice"], path))
@@ -342,6 +344,40 @@ def _serve_lock(keydir: str):  # type: ignore[no-untyped-def]
         yield
     finally:
         os.close(fd)
+
+
+def keyservice_logs(directory: str, keydir: str | None = None) -> list[tuple[str, AuditLog]]:
+    """The key-service audit logs that belong with a state's own: to verify them together.
+
+    Args:
+        directory: a state directory.
+        keydir: its key-service directory, if it is reachable from here
+            (default: the directory of the default unix socket recorded at
+            split time, when it exists on this host).
+
+    Returns:
+        ``(label, log)`` pairs: the live key service's log, then the logs a
+        join kept in DIR.
+
+    Raises:
+        StateError: ``keydir`` is not the key service DIR is split to.
+    """
+    out: list[tuple[str, AuditLog]] = []
+    pin = front_pin(directory)
+    if keydir is None and pin is not None:
+        guess = os.path.dirname(pin.address)
+        if os.path.isabs(pin.address) and os.path.exists(os.path.join(guess, PIN_FILE)):
+            keydir = guess
+    if keydir is not None:
+        ks_pin = keyservice_pin(keydir)
+        ks_state = State.open(keydir)
+        if pin is None or ks_state.identity().public.verify_key != pin.keyservice.verify_key:
+            raise StateError(f"{keydir} is not the key service {directory} is split to")
+        if ks_pin.state != ks_state.config.name:
+            raise StateError(f"{keydir} is corrupt")
+        out.append((f"key service {keydir}", ks_state.audit))
+    out.extend((f"key service {fpr[:16]} (kept at join)", log) for fpr, log in archived_keyservice_logs(directory))
+    return out
 
 
 def archived_keyservice_logs(directory: str) -> list[tuple[str, AuditLog]]:

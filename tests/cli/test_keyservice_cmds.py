@@ -77,6 +77,10 @@ def test_split_file_flow_then_join(split_cli: tuple[Path, Path, Path, synthetic.
         r = cli("keyservice", "join", fr, keydir)
         assert r.code == 1 and "running" in r.err
         assert ok_json("audit", "verify", keydir)["ok"] is True
+        # The front's verify checks the key service's log too (found from the recorded socket path).
+        both = ok_json("audit", "verify", fr)
+        (ks_log,) = both["keyservice"]
+        assert ks_log["ok"] is True and ks_log["entries"] >= 5  # split, policy, release, commit, resolve, ...
     finally:
         code, err = ks.stop()
     assert code in (0, -15), err
@@ -89,5 +93,13 @@ def test_split_file_flow_then_join(split_cli: tuple[Path, Path, Path, synthetic.
     assert ok_json("open", de, tmp_path / "a2.msg")["hit"] is False  # FR-0000007 was removed
     r = cli("answer", fr, tmp_path / "q2.msg", "--out", tmp_path / "a3.msg", "--key-service", "/tmp/x.sock")
     assert r.code == 1 and "not split" in r.err
-    ok("audit", "verify", fr)
+    (kept,) = ok_json("audit", "verify", fr)["keyservice"]
+    assert "kept at join" in kept["log"] and kept["entries"] == ks_log["entries"]
     assert os.listdir(fr / "keyservice-audit")
+    # A line of the kept key-service log altered: verify names that log and fails.
+    (log_path,) = (fr / "keyservice-audit").glob("*/audit.log")
+    lines = log_path.read_bytes().splitlines(keepends=True)
+    lines[2] = lines[2].replace(b'"time":', b'"time":1', 1)
+    log_path.write_bytes(b"".join(lines))
+    r = cli("audit", "verify", fr)
+    assert r.code == 1 and "key service" in r.err and "line 3" in r.err, r
