@@ -251,3 +251,36 @@ def test_pprm_serve_on_a_cluster(tmp_path):
         code, err = proc.stop()
     assert code in (0, -15), err
     assert "sharded over 2 workers" in err
+
+
+def test_pprm_serve_on_a_cluster_with_its_key_service_apart(tmp_path):
+    """The split layout: the front shards the sealed gallery over the cluster, the key service decides."""
+    import shutil
+    import tempfile
+
+    from pprm.net import Directory, ask, send_follow_up
+    from pprm.node.split import split
+    from tests.helpers import spawn
+
+    de, node = _state(tmp_path)
+    short = tempfile.mkdtemp(prefix="pks-")
+    keydir = f"{short}/ks"
+    split(node.state.dir, keydir)
+    ks = spawn(["keyservice", "serve", keydir])
+    proc = spawn(["serve", node.state.dir, "--port", "0", "--cluster", "local:2"], timeout=120)
+    try:
+        probe = synthetic.mate_probe(node.gallery, 1234, seed=4)
+        directory = Directory({"FR": proc.url})
+        (o,) = ask(de, probe, ["FR"], case="C-CL-S", purpose="serious-crime", directory=directory)
+        assert o.status == "hit" and len(o.candidates) == 1
+        assert o.answer_path is not None
+        ack = send_follow_up(de, Path(o.answer_path).read_bytes(), o.candidates[0], directory)
+        assert ack["status"] == "resolved"
+        resolved = [e["data"]["reference"] for e in node.state.audit.entries() if e["event"] == "resolve"]
+        assert resolved == [node.gallery.references[1234]]
+    finally:
+        code, err = proc.stop()
+        ks.stop()
+        shutil.rmtree(short, ignore_errors=True)
+    assert code in (0, -15), err
+    assert "sharded over 2 workers" in err

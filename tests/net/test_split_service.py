@@ -28,7 +28,7 @@ from pprm.net.wire import pack_delivery
 from pprm.node.requester import Requester
 from pprm.node.split import split
 from pprm.node.state import State
-from tests.helpers import Node, Proc, build_network, plaintext_hits, serve, spawn, wait_for
+from tests.helpers import INSECURE_BLIND, Node, Proc, build_network, plaintext_hits, serve, spawn, wait_for
 
 N = 300
 PURPOSE = "serious-crime"
@@ -197,3 +197,37 @@ def test_key_service_killed_mid_query_then_restarted(split_world: Any) -> None:
         assert code in (0, -15), err
     State.open(fr_dir).audit.verify()
     State.open(keydir).audit.verify()
+
+
+def test_blind_profile_over_http_with_the_key_service_apart(tmp_path: Path) -> None:
+    nodes = build_network(str(tmp_path), ("DE", "HU"), n=N, seed=31, blind_params=INSECURE_BLIND,
+                          profiles={"HU": "blind"})
+    short = tempfile.mkdtemp(prefix="pks-")
+    keydir = os.path.join(short, "ks")
+    split(nodes["HU"].state.dir, keydir)
+    ks = spawn(["keyservice", "serve", keydir])
+    front = serve(nodes["HU"].state.dir)
+    try:
+        hu = nodes["HU"].gallery
+        probe = synthetic.mate_probe(hu, 42, seed=42)
+        truth = plaintext_hits(hu.templates, hu.references, probe, nodes["HU"].state.config.threshold)
+        assert truth == {hu.references[42]}
+        directory = Directory({"HU": front.url})
+        (out,) = ask(nodes["DE"].state, probe, ["HU"], case="C-BL", purpose=PURPOSE, directory=directory, timeout=60)
+        assert out.status == "hit" and out.profile == "blind" and len(out.candidates) == 1, out
+        assert out.answer_path is not None
+        ack = send_follow_up(nodes["DE"].state, Path(out.answer_path).read_bytes(), out.candidates[0], directory)
+        assert ack["status"] == "resolved"
+        (o2,) = ask(nodes["DE"].state, synthetic.impostor_probe(512, seed=5), ["HU"], case="C-BL2", purpose=PURPOSE,
+                    directory=directory, timeout=60)
+        assert o2.status == "no hit"
+        resolved = [e["data"]["reference"] for e in State.open(keydir).audit.entries() if e["event"] == "resolve"]
+        assert resolved == [hu.references[42]]
+        # The front never built or held the blind database.
+        assert not Path(nodes["HU"].state.dir, "blind").exists()
+    finally:
+        front.stop()
+        ks.stop()
+    State.open(nodes["HU"].state.dir).audit.verify()
+    State.open(keydir).audit.verify()
+    shutil.rmtree(short, ignore_errors=True)
