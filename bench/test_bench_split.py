@@ -19,6 +19,6 @@ def test_split_overhead(benchmark, setups, size, bench_params, bench_rounds):
     sealed = setups(size)
     result = benchmark.pedantic(measure_split, args=(sealed, bench_rounds), rounds=1, iterations=1)
     benchmark.extra_info.update(params=bench_params, load_average=load_average(), **result)
-    print(f"\nsplit at n={result['n']}: in-process {result['in_process_ms']:.1f} ms, split {result['split_ms']:.1f} ms, "
-          f"overhead {100 * result['overhead']:+.1f}% ({result['key_service_bytes_per_template']:.1f} B/template "
-          "to the key service)")
+    print(f"\nsplit at n={result['n']}: in-process {result['in_process_ms']:.1f} ms, "
+          f"split {result['split_ms']:.1f} ms, overhead {100 * result['overhead']:+.1f}% "
+          f"({result['key_service_bytes_per_template']:.1f} B/template to the key service)")
