@@ -297,7 +297,10 @@ def key_service_for(state: State, address: str | None = None) -> KeyService | Re
 
     Raises:
         StateError: an address for a state that is not split.
+        PolicyTamperedError: ``state.json`` holds a policy its audit log does not cover.
     """
+    # k and the token lifetime bound what a resolution releases: only the audited policy.
+    state.check_policy()
     if front_pin(state.dir) is not None:
         return RemoteKeyService(state, address)
     if address is not None:

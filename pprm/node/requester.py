@@ -139,9 +139,16 @@ class Requester:
 
     Args:
         state: the requesting state.
+
+    Raises:
+        PolicyTamperedError: ``state.json`` holds a policy its audit log does
+            not cover (a hand edit; change it with ``pprm policy set``).
     """
 
     def __init__(self, state: State) -> None:
+        # Per-peer profiles and lifetimes decide what leaves this state (a
+        # hand edit to "sealed" would send a probe in clear): only the audited policy.
+        state.check_policy()
         self.state = state
         self._box = Outbox(state.path("outbox.json"))
 
