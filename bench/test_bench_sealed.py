@@ -4,23 +4,33 @@ Run with ``pytest bench/ --benchmark-only``. Nothing here asserts a time:
 the figures go to pytest-benchmark's table, and sizes and ratios to
 ``extra_info`` (kept by ``--benchmark-json``). Correctness is still checked
 on the side (answers to planted mates must be hits; the kernel must match a
-big-integer reference), so a fast but wrong path cannot pass unnoticed.
+big-integer reference; decide must find exactly the positive values), so a
+fast but wrong path cannot pass unnoticed.
+
+``test_sealed_decide_at_scale`` times the key service's decide step on
+``PPRM_BENCH_DECIDE_TEMPLATES`` positions (default 1,000,000) without
+enrolling them (:func:`pprm.bench.sealed.build_decide_setup`), next to numpy
+``G @ q`` over as many random float32 templates.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 
 import numpy as np
 
 from pprm.bench.report import load_average, numpy_baseline_ms
-from pprm.bench.setup import RESPONDER, BenchSetup
+from pprm.bench.sealed import build_decide_setup
+from pprm.bench.setup import DIM, RESPONDER, BenchSetup
 from pprm.matching import kernel
 from pprm.matching.sealed import quantise_probe
 from pprm.matching.templates import normalise_probe
 from pprm.node.requester import Requester
 from pprm.node.responder import Responder
 from pprm.synthetic import mate_probe
+
+DECIDE_TEMPLATES = int(os.environ.get("PPRM_BENCH_DECIDE_TEMPLATES", "1000000"))
 
 
 def _figures(sealed: BenchSetup, params: str, median_s: float) -> dict[str, object]:
@@ -69,6 +79,30 @@ def test_sealed_matcher_only(benchmark, sealed, bench_params, bench_rounds):
     tau = sealed.responder.config.threshold
     benchmark.pedantic(matcher.match, args=(probe, tau), rounds=bench_rounds, warmup_rounds=1, iterations=1)
     benchmark.extra_info.update(_figures(sealed, bench_params, benchmark.stats.stats.median))
+    # What the matcher hands the key service (the same size every query).
+    handed = matcher.match(probe, tau).nbytes
+    benchmark.extra_info.update(key_service_bytes=handed, key_service_bytes_per_template=handed / len(sealed))
+
+
+def test_sealed_decide_at_scale(benchmark, bench_params, bench_rounds, tmp_path):
+    """The key service's decide on a packed masked result of DECIDE_TEMPLATES positions, no enrolment."""
+    setup = build_decide_setup(DECIDE_TEMPLATES, bench_params, allow_insecure=bench_params.startswith("INSECURE"),
+                               workdir=str(tmp_path))
+    try:
+        hits = benchmark.pedantic(setup.decider.hits, args=(setup.result,), rounds=bench_rounds, warmup_rounds=1,
+                                  iterations=1)
+        assert hits == setup.expected
+        median_ms = benchmark.stats.stats.median * 1e3
+        rng = np.random.default_rng(1)
+        gallery = rng.standard_normal((setup.templates, DIM), dtype=np.float32)
+        numpy_ms = numpy_baseline_ms(gallery, rng.standard_normal(DIM, dtype=np.float32))
+        benchmark.extra_info.update(
+            params=bench_params, templates=setup.templates, blocks=len(setup.result.blocks),
+            threads=setup.decider.threads, key_service_bytes=setup.result.nbytes,
+            key_service_bytes_per_template=setup.result.nbytes / setup.templates, decide_ms=median_ms,
+            numpy_ms=numpy_ms, ratio_to_numpy=median_ms / numpy_ms, load_average=load_average())
+    finally:
+        setup.close()
 
 
 def test_numpy_plaintext_baseline(benchmark, sealed, bench_params):

@@ -24,12 +24,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from pprm.crypto import blind_keys, blind_params, seal_stream
+from pprm.crypto import blind_keys, blind_params, masked_codec, seal_stream
+from pprm.crypto import params as sealed_params
 from pprm.crypto.answer_codec import decode_answer
-from pprm.crypto.context import BlindContext
+from pprm.crypto.context import BlindContext, CkksContext
 from pprm.crypto.identity import Identity
 from pprm.errors import PprmError
 from pprm.net.wire import pack_delivery, unpack_delivery
+from pprm.node import keylink
 from pprm.protocol import canonical
 from pprm.protocol.blind_messages import (
     BlindAnswerBody,
@@ -55,6 +57,8 @@ DE, FR = _identity("DE"), _identity("FR")
 DIGEST = hashlib.sha256(b"pprm-fuzz/params").hexdigest()
 NOW = 1_700_000_100
 _CTX = BlindContext(blind_params.get("INSECURE-blind-n1024-v2", allow_insecure=True))
+_SEALED = CkksContext(sealed_params.get("INSECURE-sealed-n1024-complex", allow_insecure=True))
+_LAYOUT = masked_codec.masked_layout(_SEALED.params, _SEALED.moduli[0])
 _MINTER = TokenMinter(hashlib.sha256(b"pprm-fuzz/token-key").digest())
 _PUBLIC = blind_keys.generate(_CTX).public_blob
 
@@ -115,6 +119,11 @@ PARSERS: list[Callable[[bytes], object]] = [
     BlindFollowUpBody.from_bytes,
     # An announced public key (seed and b): the responder's own expansion and checks.
     lambda d: blind_keys.load_announced(_CTX, d, b"-", b"-"),
+    # The sealed masked answer the key service reads (one packed ciphertext per block).
+    lambda d: masked_codec.unpack_masked(_LAYOUT, [d]),
+    # The front <-> key service link: a frame (signature first) and its payload.
+    lambda d: keylink.open_frame(d, keylink.REQUEST, FR, DE.public),
+    keylink.Payload.from_bytes,
 ]
 
 
@@ -139,6 +148,10 @@ def seeds() -> list[bytes]:
            bytes([15]) + b"blind-000001-000002", bytes([16]) + pack_delivery(wire, [wire]),
            bytes([17]) + BlindFollowUpBody("11" * 16, "blind-000001-000002", np.ones(8, dtype=np.float32)).to_bytes(),
            bytes([18]) + _PUBLIC]
+    payload = keylink.Payload("hello", "ab" * 16, NOW, {"x": 1}, (b"blob",))
+    out += [bytes([19]) + np.arange(_LAYOUT.n, dtype="<u8").tobytes(),
+            bytes([20]) + keylink.seal_frame(keylink.REQUEST, payload, DE, FR.public),
+            bytes([21]) + payload.to_bytes()]
     return out
 
 

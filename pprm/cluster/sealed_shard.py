@@ -7,8 +7,9 @@ conjugation key. It receives ciphertext blocks, stores them in the worker's
 local directory, memory-maps them, and keeps them until told to drop them.
 It computes exactly what :class:`pprm.matching.sealed.SealedMatcher` computes
 for its blocks (the same :class:`~pprm.matching.sealed.BlockScorer`), fresh
-masks included, and returns serialised ciphertexts. It cannot decrypt: no
-secret key is ever sent to it.
+masks included, and returns packed masked ciphertexts, one per block
+(:mod:`pprm.crypto.masked_codec`). It cannot decrypt: no secret key is ever
+sent to it.
 """
 
 from __future__ import annotations

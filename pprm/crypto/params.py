@@ -89,8 +89,12 @@ class ParameterSet:
 
     @property
     def result_ciphertexts_per_block(self) -> int:
-        """Ciphertexts a masked result carries per block (one per packed half)."""
-        return self.score_gain
+        """Ciphertexts a masked result carries per block: one, both halves of a complex slot in it.
+
+        The real part of each slot carries the first template's decision and
+        the imaginary part the second's (:mod:`pprm.crypto.masked_codec`).
+        """
+        return 1
 
     @property
     def data_primes(self) -> int:

@@ -8,17 +8,24 @@ the decryptor learns the sign and nothing it could invert to the score.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-__all__ = ["Masks", "MaskParams", "draw_masks", "csprng_uniform"]
+from pprm.errors import ParameterError
+
+__all__ = ["Masks", "MaskParams", "draw_masks", "draw_block_masks", "csprng_uniform", "MAX_DRAWS"]
 
 # A free or removed slot decrypts to about r*(0 - tau) + e; forcing r = 1 and
 # e = -1 puts it more than one unit below zero: a certain non-hit.
 _PADDING_R = 1.0
 _PADDING_E = -1.0
+# draw_block_masks redraws only when the block's mean mask magnitude passes a
+# cap set for a 2**-40 redraw rate (pprm.crypto.masked_codec); eight draws in
+# a row past it mean the cap is wrong, not bad luck.
+MAX_DRAWS = 8
 
 
 def csprng_uniform(n: int) -> np.ndarray:
@@ -70,3 +77,39 @@ def draw_masks(occupied: np.ndarray, params: MaskParams) -> Masks:
     r = np.where(occupied, r, _PADDING_R)
     e = np.where(occupied, e, _PADDING_E)
     return Masks(r, e)
+
+
+def draw_block_masks(parts: Sequence[np.ndarray], params: MaskParams, cap: float) -> list[Masks]:
+    """Draw masks for the parts of one block, redrawn together while they are too large on average.
+
+    The compact masked encoding (:func:`pprm.crypto.masked_codec.masked_layout`)
+    scales each decryption up as far as the masks allow; what bounds its
+    coefficients is the mean over slots ``j`` of ``rho_j = sqrt(sum over
+    parts of r[j]**2)``. The masks are redrawn while that mean exceeds ``cap``.
+
+    Args:
+        parts: occupancy of each part, slot by slot (one array with real
+            packing; the A and B halves with complex packing), equal lengths.
+        params: gives the mask range and the decision margin.
+        cap: the largest mean ``rho`` the block's encoding allows
+            (:attr:`pprm.crypto.masked_codec.MaskedLayout.rho_cap`).
+
+    Returns:
+        One :class:`Masks` per part, as :func:`draw_masks` draws them.
+
+    Raises:
+        ParameterError: :data:`MAX_DRAWS` draws in a row exceed the cap.
+
+    Warning:
+        Redrawing conditions the masks on ``mean(rho) <= cap``. The cap is set
+        so that a draw exceeds it with probability at most 2**-40, so the
+        masks' distribution moves by at most that much in statistical
+        distance; every draw is fresh from the CSPRNG and discarded draws are
+        never used.
+    """
+    for _ in range(MAX_DRAWS):
+        masks = [draw_masks(o, params) for o in parts]
+        rho = np.sqrt(np.sum([m.r * m.r for m in masks], axis=0))
+        if float(rho.mean()) <= cap:
+            return masks
+    raise ParameterError(f"masks exceeded their cap {cap:.3g} in {MAX_DRAWS} draws in a row")

@@ -9,18 +9,29 @@ and the result is one ciphertext ``r*(S - tau) + e``.
 
 Complex packing (docs/DESIGN.md section 9): slot ``j`` of ``S`` holds
 ``s_A + i*s_B`` for the two templates of the slot. The matcher subtracts
-``tau + i*tau`` first, then de-interleaves with the public conjugation key:
-``u = S + conj(S) = 2(s_A - tau)`` and ``v = conj(S) - S = -2i(s_B - tau)``.
-The threshold goes in before the mask product, so the mask's encoding error
-multiplies ``s - tau`` and cannot flip a sign. Then ``u * r_A + e_A`` (real
-mask plaintext) and ``v * (i*r_B) + e_B`` (complex mask plaintext; the factor
-``i`` makes the result ``2*r_B*(s_B - tau)``, real) are two ciphertexts, A
-then B. ``r_A`` and ``r_B`` are drawn independently, so no two templates share
-a mask. The halves stay in separate ciphertexts: in one ciphertext (B in the
-imaginary part of A) the slot noise of B's half, about 1.2e-5 per part in
-score units at N=8192, would be multiplied by ``r_B`` (up to 2**8) and land
-in A's real part, where it would compete with ``2 * r_A * margin`` = 2e-3 at
-``r_A = 1``; separately, each half's noise scales with its own mask.
+``tau + i*tau`` first, so the mask's encoding error multiplies ``s - tau``
+and cannot flip a sign; with ``z = S - tau(1 + i)`` it then computes, with
+the public conjugation key, ``a*z + b*conj(z)`` for the real mask
+plaintexts ``a = r_A + r_B`` and ``b = r_A - r_B``:
+``(a + b)*Re(z) + i*(a - b)*Im(z) = 2*r_A*(s_A - tau) + 2i*r_B*(s_B - tau)``.
+A decides in the real part, B in the imaginary part, each under its own
+mask (drawn independently: no two templates share ``r`` or ``e``), and the
+block's result is one ciphertext, half the bytes of one per half.
+
+That separation is exact only if ``a`` and ``b`` are real in every slot
+*exactly*: an imaginary encoding error ``eps`` in ``a`` would carry
+``eps * (s_B - tau)`` into A's real part, up to 2**-9 * 2 against
+``2 * r_A * margin = 2e-3`` at ``r_A = 1``. SEAL's float64 encoder rounds a
+polynomial that is antisymmetric (real slots) only up to float error, so the
+masks are first rounded here to integer polynomials with ``m_{N-k} = -m_k``
+exactly (:meth:`pprm.crypto.embedding.SlotTransform.encode_real`), and SEAL
+is handed those polynomials' own slot values, which it rounds back to the
+same integers (its float error is below 1e-6 of a coefficient). The gallery's
+noise in B stays in the imaginary part; the conjugation's key-switching noise
+(about 1e-9 in score units) is all that crosses.
+
+The result goes to the key service modulus-switched and packed, 8 bytes per
+coefficient pair (:mod:`pprm.crypto.masked_codec`, with its error budget).
 """
 
 from __future__ import annotations
@@ -33,10 +44,12 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from pprm.crypto.context import CkksContext
+from pprm.crypto.embedding import slot_transform
+from pprm.crypto.masked_codec import encode_masked, masked_layout
 from pprm.errors import ParameterError
 from pprm.matching import kernel
 from pprm.matching.gallery import EncryptedGallery
-from pprm.matching.mask import draw_masks
+from pprm.matching.mask import draw_block_masks
 from pprm.matching.templates import normalise_probe
 
 __all__ = ["BlockScorer", "MaskedResult", "SealedMatcher", "quantise_probe"]
@@ -55,14 +68,22 @@ class MaskedResult:
 
     Attributes:
         blocks: block files (versions) the result was computed on, in order.
-        ciphertexts: SEAL ciphertext streams, ``result_ciphertexts_per_block``
-            per block in block order (complex packing: half A, then half B).
-        scale: the scale the key service must find on every ciphertext.
+        ciphertexts: one packed masked ciphertext per block, in block order
+            (:func:`pprm.crypto.masked_codec.encode_masked`; with complex
+            packing half A decides in the real and half B in the imaginary
+            part of each slot).
+        scale: the masked values' scale, ``2**result_scale_bits``; the key
+            service refuses any other.
     """
 
     blocks: tuple[str, ...]
     ciphertexts: tuple[bytes, ...]
     scale: float
+
+    @property
+    def nbytes(self) -> int:
+        """Total bytes of :attr:`ciphertexts` (what the key service receives)."""
+        return sum(len(c) for c in self.ciphertexts)
 
     def __repr__(self) -> str:
         return f"MaskedResult(blocks={len(self.blocks)})"
@@ -105,7 +126,8 @@ class BlockScorer:
         """Masked results of ``count`` blocks: ``residues(b)`` and ``occupancy(b)`` give block ``b``.
 
         Returns:
-            Per block, its ciphertexts (one with real packing, A and B with complex).
+            Per block, its packed masked ciphertexts (one,
+            :data:`pprm.crypto.masked_codec.CIPHERTEXTS_PER_BLOCK`).
         """
         p = self.ctx.params
         # Complex packing subtracts tau from both parts of every slot at once.
@@ -132,39 +154,51 @@ class BlockScorer:
         return out
 
     def _mask(self, residues: np.ndarray, tau: seal.Plaintext, occupied: np.ndarray) -> list[bytes]:
-        """Turn the score ciphertext of one block into masked results, serialised.
+        """Turn the score ciphertext of one block into its packed masked result.
 
         Returns:
-            ``[r*(s - tau) + e]`` with real packing; ``[A, B]`` with complex
-            packing, each holding ``2*r*(s - tau) + e`` for its half.
+            ``[blob]``: ``r*(s - tau) + e`` per slot with real packing;
+            ``2*r_A*(s_A - tau) + e_A + i*(2*r_B*(s_B - tau) + e_B)`` with
+            complex packing.
         """
         p = self.ctx.params
         ev = self.ctx.evaluator
+        q0 = self.ctx.moduli[0]
+        lay = masked_layout(p, q0)
+        t = slot_transform(self.ctx.n)
+        h = p.slots
         score_bits = p.gallery_scale_bits + p.probe_scale_bits
         ct = self.ctx.from_residues(residues, float(2**score_bits))
         ev.sub_plain_inplace(ct, tau)
         if p.packing != "complex":
-            masks = draw_masks(occupied, p)
+            (masks,) = draw_block_masks([occupied], p, lay.rho_cap)
+            # Only real parts decide here, so SEAL's own (complex) encoding error is harmless.
             ev.multiply_plain_inplace(ct, self.ctx.encode(masks.r, p.mask_scale_bits))
-            ev.add_plain_inplace(ct, self.ctx.encode(masks.e, p.result_scale_bits))
-            return [self.ctx.save_bytes(ct)]
-        if self._conj_key is None:  # refused in __init__; kept for the type checker
-            raise ParameterError("complex packing needs the conjugation key")
-        h = p.slots
-        conj = self.ctx.conjugate(ct, self._conj_key)
-        u = seal.Ciphertext(self.ctx.seal)
-        ev.add(ct, conj, u)  # 2(s_A - tau) in every slot
-        ev.sub_inplace(conj, ct)  # -2i(s_B - tau)
-        out = []
-        # Independent draws per half: no two templates share r or e. Padding
-        # positions get r = 1, e = -1: about -2*tau - 1, a certain non-hit.
-        for half, (half_ct, factor) in enumerate(((u, 1.0), (conj, 1j))):
-            masks = draw_masks(occupied[half * h:(half + 1) * h], p)
-            # For B, i*r_B: (-2i)(s_B - tau) * i*r_B = 2*r_B*(s_B - tau), real.
-            ev.multiply_plain_inplace(half_ct, self.ctx.encode(masks.r * factor, p.mask_scale_bits))
-            ev.add_plain_inplace(half_ct, self.ctx.encode(masks.e, p.result_scale_bits))
-            out.append(self.ctx.save_bytes(half_ct))
-        return out
+            e: np.ndarray = masks.e
+        else:
+            if self._conj_key is None:  # refused in __init__; kept for the type checker
+                raise ParameterError("complex packing needs the conjugation key")
+            # Independent draws per half: no two templates share r or e. Padding
+            # positions get r = 1, e = -1: about -2*tau - 1, a certain non-hit.
+            ma, mb = draw_block_masks([occupied[:h], occupied[h:]], p, lay.rho_cap)
+            exact = t.encode_real(np.stack([ma.r + mb.r, ma.r - mb.r]), p.mask_scale_bits)
+            # The exact polynomials' slot values, which SEAL rounds back to them.
+            values = t.to_slots(t.spectrum(exact.astype(np.float64))).real / float(2**p.mask_scale_bits)
+            # b = 0 exactly when both halves carry the same mask in every slot
+            # (a block of free positions only: r = 1 in both). SEAL refuses a
+            # product that comes out transparent, and a*z alone is the same value.
+            conj = self.ctx.conjugate(ct, self._conj_key) if exact[1].any() else None
+            ev.multiply_plain_inplace(ct, self.ctx.encode(values[0], p.mask_scale_bits))
+            if conj is not None:
+                ev.multiply_plain_inplace(conj, self.ctx.encode(values[1], p.mask_scale_bits))
+                ev.add_inplace(ct, conj)
+            e = ma.e + 1j * mb.e
+        ev.transform_from_ntt_inplace(ct)
+        coeffs = self.ctx.to_residues(ct)[:, 0, :]
+        # e joins in coefficient form: adding a plaintext adds it to c0.
+        noise = t.encode_complex(e, p.result_scale_bits) % np.int64(q0)
+        coeffs[0] = (coeffs[0] + noise.astype(np.uint64)) % np.uint64(q0)
+        return [encode_masked(lay, coeffs)]
 
 
 class SealedMatcher:

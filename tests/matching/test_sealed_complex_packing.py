@@ -46,6 +46,7 @@ from tests.helpers import (
     resolve_all,
     rows_with_scores,
 )
+from tests.matching.masked_support import masked_values
 from tests.matching.test_sealed_matching import _secrets_in
 
 PRODUCTION = "pprm-sealed-n8192-complex-v1"
@@ -70,7 +71,8 @@ def test_complex_sets_are_registered_and_the_default() -> None:
     assert ps.templates_per_block == ps.poly_modulus_degree == 8192 and ps.slots == 4096
     # [q0, special prime]: data level L = 1, so the kernel and residue layout are unchanged.
     assert ps.coeff_modulus_bits == (60, 60) and ps.data_primes == 1
-    assert ps.result_ciphertexts_per_block == 2 and ps.score_gain == 2
+    # One masked ciphertext per block: A's decision in the real part of a slot, B's in the imaginary.
+    assert ps.result_ciphertexts_per_block == 1 and ps.score_gain == 2
     assert params.get(INSECURE_SEALED_COMPLEX, allow_insecure=True).templates_per_block == 1024
     # The production default packs two templates per slot (8 KB per template at d = 512).
     assert params.get(params.DEFAULT_PARAMS) is ps
@@ -133,15 +135,7 @@ def _check(world: ScoredWorld, hits: list[int], probe: np.ndarray, tau: float) -
 
 def _decrypt(world: ScoredWorld, result: MaskedResult) -> list[np.ndarray]:
     """Decrypted masked values per block, in position order (A half, then B half)."""
-    ctx = world.state.ctx
-    dec = seal.Decryptor(ctx.seal, world.secret_key)
-    per = ctx.params.result_ciphertexts_per_block
-    values = []
-    for blob in result.ciphertexts:
-        pt = seal.Plaintext()
-        dec.decrypt(ctx.load_ciphertext(blob, scale=result.scale), pt)
-        values.append(ctx.decode(pt))
-    return [np.concatenate(values[i:i + per]) for i in range(0, len(values), per)]
+    return masked_values(world.state.ctx, world.secret_key, result)
 
 
 def test_hits_equal_plaintext_decisions_in_both_halves(world: ScoredWorld) -> None:
@@ -150,7 +144,8 @@ def test_hits_equal_plaintext_decisions_in_both_halves(world: ScoredWorld) -> No
     a_checked = b_checked = 0
     for probe, tau in zip(world.probes, THRESHOLDS, strict=True):
         result = matcher.match(probe, tau)
-        assert len(result.blocks) == 2 and len(result.ciphertexts) == 4
+        # One ciphertext per block: A in the real parts, B in the imaginary parts.
+        assert len(result.blocks) == 2 and len(result.ciphertexts) == 2
         hits = decider.hits(result)
         assert 0.3 * N_ROWS < len(hits) < 0.7 * N_ROWS
         a, b = _check(world, hits, probe, tau)
@@ -238,13 +233,8 @@ def test_masks_are_independent_between_halves(tmp_path: Path) -> None:
     probe = np.zeros(16, dtype=np.float32)
     probe[0] = 1.0
     result = state.matcher().match(probe, 0.4)
-    dec = seal.Decryptor(state.ctx.seal, sk)
-    halves = []
-    for blob in result.ciphertexts:
-        pt = seal.Plaintext()
-        dec.decrypt(state.ctx.load_ciphertext(blob, scale=result.scale), pt)
-        halves.append(state.ctx.decode(pt))
-    a, b = halves
+    (values,) = masked_values(state.ctx, sk, result)
+    a, b = values[:ps.slots], values[ps.slots:]
     r_a, r_b = a / (2 * 0.2), b / (2 * 0.2)  # = r (plus small noise) in each half
     for r in (r_a, r_b):
         assert r.min() > 0.9 and r.max() < 2.0**ps.mask_log2_max * 1.1
@@ -286,7 +276,7 @@ def test_missing_conjugation_key_and_short_results_are_refused(
     with pytest.raises(ParameterError, match="conjugation key"):
         SealedMatcher(world.state.ctx, world.gallery)
     result = world.matcher().match(world.probes[0], 0.4)
-    # Dropping the B ciphertexts (or any one) is refused, not read as "no hits".
+    # Dropping a block's ciphertext (any one) is refused, not read as "no hits".
     for cts in (result.ciphertexts[::2], result.ciphertexts[:-1]):
         with pytest.raises(CiphertextError, match="number of ciphertexts"):
             world.decider().hits(dataclasses.replace(result, ciphertexts=cts))

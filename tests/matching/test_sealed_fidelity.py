@@ -23,7 +23,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import tenseal.sealapi as seal
 
 from pprm.crypto import keys, params
 from pprm.crypto.context import CkksContext
@@ -33,6 +32,7 @@ from pprm.matching.owner import GalleryOwner
 from pprm.matching.sealed import SealedMatcher
 from pprm.matching.templates import normalise_probe, normalise_templates
 from tests.helpers import orthonormal_probes, rows_with_scores
+from tests.matching.masked_support import masked_values
 
 DIM = 512
 BLOCKS = 5
@@ -110,9 +110,7 @@ def test_masked_values_carry_only_the_sign(tmp_path: Path) -> None:
     rows[:, 1] = 0.8
     owner.enroll(rows, [f"S-{i}" for i in range(ps.slots)])
     result = SealedMatcher(ctx, gallery).match(probe, 0.4)
-    pt = seal.Plaintext()
-    seal.Decryptor(ctx.seal, sk).decrypt(ctx.load_ciphertext(result.ciphertexts[0], scale=result.scale), pt)
-    values = ctx.decode(pt)
+    (values,) = masked_values(ctx, sk, result)
     assert (values > 0).all()
     ratio = values / 0.2  # = r (plus small noise)
     assert ratio.min() > 0.9 and ratio.max() < 2.0**ps.mask_log2_max * 1.1
