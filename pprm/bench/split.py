@@ -1,12 +1,12 @@
 """What a split costs: the sealed query in one process against the front plus a key service over a unix socket.
 
 :func:`measure_split` times the full responder path (verify, match, decide,
-mint, sign, box) on a benchmark setup first in-process, then after splitting
-the responder (:func:`pprm.node.split.split`) with its key service running as
-its own ``pprm keyservice serve`` process, as deployed. The same requester
-sends fresh queries to both; the answers to planted mates must be hits in
-both, so a fast but wrong path cannot pass unnoticed. The split is undone at
-the end (:func:`pprm.node.split.join`), leaving the setup as it was.
+mint, sign, box) on a benchmark setup in-process and split, alternately, in
+the same run: a copy of the responder (gallery blocks hard-linked) is split
+(:func:`pprm.node.split.split`) and its key service runs as its own
+``pprm keyservice serve`` process, as deployed. The same requester sends
+fresh queries to both; the answers to planted mates must be hits in both,
+so a fast but wrong path cannot pass unnoticed. The setup is left as it was.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from typing import Any
 
 from pprm.bench.setup import RESPONDER, BenchSetup
@@ -28,7 +27,7 @@ from pprm.matching import kernel
 from pprm.node.remote_keys import RemoteKeyService
 from pprm.node.requester import Requester
 from pprm.node.responder import Responder
-from pprm.node.split import join, split
+from pprm.node.split import split
 from pprm.node.state import State
 from pprm.synthetic import mate_probe
 
@@ -66,29 +65,27 @@ def _stop(proc: subprocess.Popen[str]) -> None:
             proc.wait()
 
 
-def _timed(setup: BenchSetup, answer: Callable[[bytes], bytes], rounds: int, tag: str) -> list[float]:
-    """Seconds per full query (fresh mate probes; each answer must be a hit)."""
-    requester = Requester(setup.requester)
-    times = []
-    for i in range(rounds + 1):
-        index = (i * 7919 + 13) % len(setup)
-        q = requester.query(RESPONDER, mate_probe(setup.gallery, index, i), case=f"{tag}-{i}",
-                            purpose="serious-crime")
-        t0 = time.perf_counter()
-        a = answer(q)
-        dt = time.perf_counter() - t0
-        if not requester.open(a).hit:
-            raise AssertionError("a planted mate was not a hit")
-        if i:  # the first round warms caches (gallery maps, keys)
-            times.append(dt)
-    return times
+def _copy_state(src: str, dst: str) -> None:
+    """A second copy of a state directory; gallery blocks hard-linked (they are never written in place)."""
+    blocks = os.path.join(src, "gallery", "blocks")
+
+    def copy(a: str, b: str) -> object:
+        if os.path.dirname(a) == blocks:
+            os.link(a, b)
+            return b
+        return shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=copy, ignore=shutil.ignore_patterns(".serve.lock", "net"))
 
 
 def measure_split(setup: BenchSetup, rounds: int = 5) -> dict[str, Any]:
     """Median full sealed query in-process and split (key service over a unix socket), same run.
 
+    The two layouts answer alternately (a second copy of the responder is
+    split and served), so both see the same machine load.
+
     Args:
-        setup: a sealed benchmark setup (its responder is split and joined again).
+        setup: a sealed benchmark setup (left as it was).
         rounds: timed queries per layout.
 
     Returns:
@@ -97,27 +94,39 @@ def measure_split(setup: BenchSetup, rounds: int = 5) -> dict[str, Any]:
         and the backend.
     """
     st = setup.responder
-    local = _timed(setup, Responder(State.open(st.dir)).answer, rounds, "LOCAL")
     short = tempfile.mkdtemp(prefix="pks-")
+    apart_dir = os.path.join(short, "front")
     keydir = os.path.join(short, "ks")
     proc = None
     try:
-        split(st.dir, keydir)
+        _copy_state(st.dir, apart_dir)
+        split(apart_dir, keydir)
         proc = start_key_service(keydir)
-        front = State.open(st.dir)
-        remote = RemoteKeyService(front)
-        responder = Responder(front, key_service=remote)
-        apart = _timed(setup, responder.answer, rounds, "SPLIT")
+        front = State.open(apart_dir)
+        layouts = {"in_process": Responder(State.open(st.dir)),
+                   "split": Responder(front, key_service=RemoteKeyService(front))}
+        requester = Requester(setup.requester)
+        times: dict[str, list[float]] = {k: [] for k in layouts}
+        for i in range(rounds + 1):
+            for name, responder in layouts.items():
+                index = (i * 7919 + 13 + len(name)) % len(setup)
+                q = requester.query(RESPONDER, mate_probe(setup.gallery, index, i), case=f"{name}-{i}",
+                                    purpose="serious-crime")
+                t0 = time.perf_counter()
+                a = responder.answer(q)
+                dt = time.perf_counter() - t0
+                if not requester.open(a).hit:
+                    raise AssertionError("a planted mate was not a hit")
+                if i:  # the first round warms caches (gallery maps, keys)
+                    times[name].append(dt)
         masked = front.matcher().match(mate_probe(setup.gallery, 0, 0), front.config.threshold)
         handed = sum(len(c) for c in masked.ciphertexts)
     finally:
         if proc is not None:
             _stop(proc)
-        if os.path.exists(keydir):
-            join(st.dir, keydir)
         shutil.rmtree(short, ignore_errors=True)
-    lm, sm = statistics.median(local), statistics.median(apart)
+    lm, sm = statistics.median(times["in_process"]), statistics.median(times["split"])
     return {"n": len(setup), "backend": kernel.backend(), "in_process_ms": lm * 1e3, "split_ms": sm * 1e3,
-            "overhead": sm / lm - 1.0, "in_process_rounds_ms": [x * 1e3 for x in local],
-            "split_rounds_ms": [x * 1e3 for x in apart], "key_service_bytes": handed,
+            "overhead": sm / lm - 1.0, "in_process_rounds_ms": [x * 1e3 for x in times["in_process"]],
+            "split_rounds_ms": [x * 1e3 for x in times["split"]], "key_service_bytes": handed,
             "key_service_bytes_per_template": handed / len(setup)}

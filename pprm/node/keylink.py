@@ -20,8 +20,9 @@ boxed payload is::
 ``blobs`` lists the byte lengths of the binary parts that follow (queries,
 ciphertexts, templates), so nothing large is base64-encoded. A response
 echoes the request's nonce, so an answer cannot be replayed onto another
-request; the key service refuses a request nonce it has seen, or a request
-older than :data:`MAX_AGE`.
+request; the key service refuses a request nonce it has seen, a request
+older than :data:`MAX_AGE`, or one made before it started (it keeps the
+nonces in memory only).
 
 On the socket each frame is preceded by its length (8 bytes, big-endian);
 one request and its response per connection.

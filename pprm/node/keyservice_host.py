@@ -49,7 +49,16 @@ from typing import Any
 import numpy as np
 
 from pprm._fs import atomic_write_bytes, atomic_write_json, read_json
-from pprm.errors import GalleryError, MessageError, NetworkError, NotAHitError, PolicyError, PprmError, StateError
+from pprm.errors import (
+    GalleryError,
+    MessageError,
+    NetworkError,
+    NotAHitError,
+    PolicyError,
+    PprmError,
+    ReplayError,
+    StateError,
+)
 from pprm.matching.blind import BlindMatcher, BlindRequest
 from pprm.matching.gallery import EncryptedGallery
 from pprm.matching.sealed import MaskedResult
@@ -60,7 +69,6 @@ from pprm.node.policy import QuotaLedger, decide
 from pprm.node.responder import blind_keys
 from pprm.node.split import DEFAULT_SOCKET, KeyServicePin, keyservice_pin
 from pprm.node.state import State
-from pprm.protocol.replay import ReplayCache
 
 __all__ = ["KeyServiceHost", "KeyDirState", "serve"]
 
@@ -183,7 +191,12 @@ class KeyServiceHost:
         self._clock = now
         self.keys = KeyService(self.state, messages=False)
         self.quota = QuotaLedger(self.state.path("quota.json"))
-        self._channel = ReplayCache(self.state.path("channel.json"))
+        # Request nonces are kept in memory only: a request is refused if it
+        # is over MAX_AGE old or was made before this process started, so a
+        # frame captured before a restart cannot be replayed after it, and
+        # nothing is written per request for the link itself.
+        self._started = int(now())
+        self._seen: dict[str, float] = {}
         self._outcomes = _Outcomes(self.state.path("outcomes.json"))
         if not os.path.isdir(self.pin.gallery):
             raise StateError(f"the gallery directory {self.pin.gallery} is not reachable from the key service")
@@ -209,14 +222,17 @@ class KeyServiceHost:
             req = keylink.open_frame(frame, keylink.REQUEST, self._ident, self.pin.front)
             nonce = req.nonce
             keylink.check_fresh(req, t)
-            self._channel.check("front", req.nonce)
+            if req.time < self._started:
+                raise MessageError("key-service request made before this key service started; send it again")
+            if req.nonce in self._seen:
+                raise ReplayError("key-service request replayed")
             handler = self._ops.get(req.op)
             if handler is None:
                 raise MessageError(f"unknown key-service operation {req.op[:32]!r}")
             meta, blobs = handler(req, t)
             # Recorded only once the request succeeded: a refused one changed nothing.
-            with self.state.lock():
-                self._channel.add("front", req.nonce, int(t) + keylink.MAX_AGE, t)
+            self._seen = {n: e for n, e in self._seen.items() if e >= t}
+            self._seen[req.nonce] = t + 2 * keylink.MAX_AGE
             out = keylink.Payload("ok", nonce, int(t), meta, blobs)
         except PprmError as exc:
             log.info("refused: %s: %s", type(exc).__name__, exc)

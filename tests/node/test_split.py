@@ -230,6 +230,11 @@ def test_only_the_pinned_front_is_answered(world: Split) -> None:
     assert keylink.open_frame(host.handle(frame), keylink.RESPONSE, front, pin.keyservice).op == "ok"
     resp = keylink.open_frame(host.handle(frame), keylink.RESPONSE, front, pin.keyservice)
     assert resp.meta["code"] == "ReplayError"
+    # A frame made before this key service started (captured before a restart) is refused too.
+    old = keylink.Payload("hello", keylink.new_nonce(), keylink.now() - 5, {})
+    host = KeyServiceHost(world.keydir, now=lambda: keylink.now() + 3)
+    reply = host.handle(keylink.seal_frame(keylink.REQUEST, old, front, pin.keyservice))
+    assert keylink.open_frame(reply, keylink.RESPONSE, front, pin.keyservice).meta["code"] == "MessageError"
     # A response from anyone but the pinned key service is not accepted by the front.
     forged = keylink.seal_frame(keylink.RESPONSE, req, Identity.generate("KS"), front.public)
     with pytest.raises(AuthenticationError):
