@@ -14,7 +14,10 @@ raised (a replay as :class:`~pprm.errors.ReplayError`, and so on).
 
 from __future__ import annotations
 
+import atexit
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -81,6 +84,9 @@ class RemoteKeyService:
         self.pin: FrontPin = pin
         self.address = address or pin.address
         keylink.parse_address(self.address)
+        self._commits: queue.Queue[tuple[str, str, str]] = queue.Queue()
+        self._lock = threading.Lock()
+        self._worker: threading.Thread | None = None
 
     def __repr__(self) -> str:
         return f"RemoteKeyService({self.state.config.name}, {self.address!r})"
@@ -175,8 +181,42 @@ class RemoteKeyService:
         return str(self.call("accept_keys", {}, (announcement,)).meta["key_id"])
 
     def commit(self, peer: str, query_id: str, answer_id: str) -> None:
-        """Tell the key service the answer to a released query was handed over."""
+        """Tell the key service the answer to a released query was handed over (and wait for it)."""
         self.call("commit", {"peer": peer, "query_id": query_id, "answer_id": answer_id})
+
+    def commit_later(self, peer: str, query_id: str, answer_id: str) -> None:
+        """As :meth:`commit`, off the answering path: a background thread sends it.
+
+        Nothing depends on when the confirmation arrives: until it does, the
+        key service would answer a repeat of the query with what it kept
+        (the same tokens, nothing decrypted), and this front refuses the
+        repeat as a replay anyway. A confirmation that never arrives (the
+        process ends first, the key service is down) leaves the kept tokens
+        until the query expires. :meth:`flush` waits for those queued.
+        """
+        with self._lock:
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._send_commits, name="pprm-keyservice-commit",
+                                                daemon=True)
+                self._worker.start()
+                atexit.register(self.flush)
+        self._commits.put((peer, query_id, answer_id))
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait (up to ``timeout`` seconds) until every queued confirmation was sent or given up."""
+        deadline = time.monotonic() + timeout
+        while self._commits.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def _send_commits(self) -> None:
+        while True:
+            peer, query_id, answer_id = self._commits.get()
+            try:
+                self.commit(peer, query_id, answer_id)
+            except PprmError as exc:
+                log.warning("key service did not take the confirmation of %s: %s", query_id, exc)
+            finally:
+                self._commits.task_done()
 
     def enroll(self, templates: np.ndarray, references: Sequence[str],
                progress: Progress | None = None) -> list[int]:

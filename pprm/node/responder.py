@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from pprm.errors import KeyRotationError, MessageError, PprmError
+from pprm.errors import KeyRotationError, MessageError
 from pprm.matching.blind import AnnouncedKeys, BlindMatcher, BlindRequest
 from pprm.matching.diagonals import BlindDatabase
 from pprm.matching.gallery import EncryptedGallery
@@ -214,13 +214,9 @@ class Responder:
                         purpose=vq.body.purpose, hits=released.hits, released=len(released.tokens))
         self.key_service.commit_seen(vq.envelope, t)
         self.quota.record(qh.sender, vq.body.case, t)
-        try:
-            self.remote.commit(qh.sender, qh.id, header.id)
-        except PprmError as exc:
-            # Handed over and recorded here: the query is a replay for this
-            # front already. The key service keeps the tokens until the
-            # query expires and then forgets them.
-            log.warning("key service did not confirm the answer to %s: %s", qh.id, exc)
+        # Handed over and recorded here: the query is a replay for this front
+        # already, so the key service is told off the answering path.
+        self.remote.commit_later(qh.sender, qh.id, header.id)
         return Response(answer, qh.sender, qh.id, "sealed")
 
     def _refuse(self, vq: VerifiedQuery | VerifiedBlindQuery, refusal: Refusal,
@@ -282,10 +278,7 @@ class Responder:
                         blocks=len(ciphertexts), gallery_size=int(meta.get("gallery_size", 0)))
         self.key_service.commit_seen(vq.envelope, t)
         self.quota.record(qh.sender, vq.body.case, t)
-        try:
-            self.remote.commit(qh.sender, qh.id, header.id)
-        except PprmError as exc:
-            log.warning("key service did not confirm the answer to %s: %s", qh.id, exc)
+        self.remote.commit_later(qh.sender, qh.id, header.id)
         return Response(answer, qh.sender, qh.id, "blind")
 
     def accept_keys(self, announcement: bytes, *, now: float | None = None) -> str:

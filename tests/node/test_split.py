@@ -116,7 +116,10 @@ def test_split_front_answers_exactly_the_plaintext_hits(world: Split) -> None:
     g = world.gallery
     probe = synthetic.mate_probe(g, 5, seed=1)
     q = Requester(world.de).query("FR", probe, "CASE-1", "serious-crime")
-    answer = Responder(world.fr).answer(q)
+    responder = Responder(world.fr)
+    answer = responder.answer(q)
+    assert responder.remote is not None
+    responder.remote.flush()  # the confirmation goes off the answering path
     opened = Requester(world.de).open(answer)
     keys = key_service_for(world.fr)
     assert isinstance(keys, RemoteKeyService)
