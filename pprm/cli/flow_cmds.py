@@ -30,6 +30,7 @@ from pprm.node.requester import Requester
 from pprm.node.responder import Responder
 from pprm.node.state import State
 from pprm.profile import PROFILES
+from pprm.protocol.delivery import pack_delivery, split_query_file
 
 __all__ = ["VERBS"]
 
@@ -39,15 +40,19 @@ def _cmd_query(args: argparse.Namespace) -> int:
     probe = face_cmds.probe_from_image(args, st) if args.image is not None else load_npy(args.probe, "probe")
     req = Requester(st)
     blind = req.profile_for(args.to, args.profile) == "blind"
-    keys_path = args.keys_out or f"{args.out}.keys"
-    keys_file = AtomicOutput(keys_path) if blind else contextlib.nullcontext(None)
+    # A separate announcement file only on request (the two-file flow of older pprm versions).
+    keys_file = AtomicOutput(args.keys_out) if blind and args.keys_out is not None else contextlib.nullcontext(None)
     with AtomicOutput(args.out) as out, keys_file as keys_out:
 
         def sink(announcement: bytes | None, query: bytes) -> None:
             # Every file is complete on disk (written, fsynced) before any is
             # renamed into place, and all before the key or the query is recorded.
-            out.write(query)
-            if announcement is not None and keys_out is not None:
+            if announcement is None:
+                out.write(query)  # nothing travels with it: the bare message, as every pprm wrote it
+            elif keys_out is None:
+                out.write(pack_delivery(query, [announcement]))
+            else:
+                out.write(query)
                 keys_out.write(announcement)
                 keys_out.commit()
             out.commit()
@@ -58,30 +63,43 @@ def _cmd_query(args: argparse.Namespace) -> int:
              f"query {sent.query_id} to {args.to} written to {args.out}")
         return EXIT_OK
     announced = sent.announcement is not None
+    separate = announced and keys_out is not None
     report: dict[str, Any] = {"to": args.to, "query_id": sent.query_id, "out": out.path, "profile": "blind",
-                              "keys": keys_path if announced else None}
+                              "key_id": sent.key_id, "announced": announced,
+                              "keys": keys_out.path if separate and keys_out is not None else None}
     text = f"blind query {sent.query_id} to {args.to} written to {args.out}"
-    if announced:
-        text += f"; new key announcement written to {keys_path} (deliver it first)"
+    if separate:
+        text += (f"; new key announcement written to {args.keys_out}: deliver both (pprm answer ... "
+                 f"--keys {args.keys_out})")
+    elif announced:
+        text += " with the announcement of its new key (one file to deliver)"
     emit(args, report, text)
     return EXIT_OK
 
 
 def _cmd_answer(args: argparse.Namespace) -> int:
     st = State.open(args.dir)
-    blob = read_bytes(args.query)
-    announcements = [read_bytes(k) for k in args.keys or []]
+    # Made first: a state whose policy the audit log does not cover refuses before reading any input.
+    responder = Responder(st, key_service=remote_key_service(st, args.key_service))
+    query, announcements = split_query_file(read_bytes(args.query))
+    for path in args.keys or []:
+        extra = read_bytes(path)
+        # The same announcement in the query file and in --keys (an old habit) counts once.
+        if extra not in announcements:
+            announcements.append(extra)
     with AtomicOutput(args.out) as out, ProgressBar("matching") as bar:
         # The responder verifies the query once, before any state change; sink
         # runs before the query is marked used: if the write fails, the query
         # stays unanswered and can be answered again.
-        res = Responder(st, key_service=remote_key_service(st, args.key_service)).respond(
-            blob, sink=out.write, progress=bar.callback, announcements=announcements)
+        res = responder.respond(query, sink=out.write, progress=bar.callback, announcements=announcements)
         out.commit()
     # A refusal by policy is a valid protocol outcome (signed, logged): exit 0.
     text = (f"answer to query {res.query_id} from {res.peer} written to {args.out}" if res.refused is None else
             f"refusal ({res.refused}) of query {res.query_id} from {res.peer} written to {args.out}: {res.reason}")
-    emit(args, {"to": res.peer, "query_id": res.query_id, "out": out.path, "refused": res.refused}, text)
+    if announcements:
+        text += f" ({len(announcements)} key announcement(s) accepted)"
+    emit(args, {"to": res.peer, "query_id": res.query_id, "out": out.path, "refused": res.refused,
+                "announcements": len(announcements)}, text)
     return EXIT_OK
 
 
@@ -143,7 +161,8 @@ def _cmd_resolve(args: argparse.Namespace) -> int:
 # -- parser -------------------------------------------------------------------------------------
 
 def _add_query(verbs: Verbs) -> None:
-    p = verbs.add("query", _cmd_query, "write a signed query for a peer")
+    p = verbs.add("query", _cmd_query, "write a signed query for a peer (blind, under a new key: one file with "
+                                       "the key's announcement)")
     p.add_argument("dir")
     p.add_argument("--probe", default=None, help=".npy template of shape (dim,) or (1, dim)")
     face_cmds.add_query_args(p)
@@ -156,17 +175,22 @@ def _add_query(verbs: Verbs) -> None:
     p.add_argument("--profile", choices=PROFILES, default=None,
                    help="sealed: the peer sees the probe; blind: it stays encrypted under this state's key "
                         "(default: the per-peer setting in state.json, else sealed)")
-    p.add_argument("--keys-out", default=None,
-                   help="blind: where to write a new key announcement (default: OUT.keys)")
+    p.add_argument("--keys-out", default=None, metavar="KEYS_FILE",
+                   help="blind: write a new key's announcement to this separate file, and the query alone to "
+                        "OUT (default: OUT holds both, as one delivery; a query that needs no announcement, and "
+                        "every sealed query, is written as the bare signed message)")
 
 
 def _add_answer(verbs: Verbs) -> None:
     p = verbs.add("answer", _cmd_answer, "answer a query addressed to this state (or refuse it by policy)")
     p.add_argument("dir")
-    p.add_argument("query", metavar="QUERY_FILE")
+    p.add_argument("query", metavar="QUERY_FILE",
+                   help="as pprm query wrote it: the bare signed query, or a delivery (the query and the key "
+                        "announcements that travel with it, the body pprm ask posts)")
     p.add_argument("--out", required=True, help="answer message file to write")
     p.add_argument("--keys", action="append", metavar="KEYS_FILE",
-                   help="blind: a key announcement to accept first (repeatable)")
+                   help="blind: a separate key announcement to accept with the query (repeatable; from pprm "
+                        "query --keys-out, or an older pprm's OUT.keys)")
     add_key_service_arg(p)
 
 

@@ -2,7 +2,7 @@
 
 Each verb is a thin wrapper over the Python API (:mod:`pprm.node`), defined
 in the module of its theme: :mod:`pprm.cli.state_cmds`,
-:mod:`pprm.cli.flow_cmds`, :mod:`pprm.cli.face_cmds`,
+:mod:`pprm.cli.flow_cmds`, :mod:`pprm.cli.keys_cmds`, :mod:`pprm.cli.face_cmds`,
 :mod:`pprm.cli.net_cmds`, :mod:`pprm.cli.bench_cmds` and
 :mod:`pprm.cli.demo_cmds`. The exit codes are listed in
 :data:`pprm.cli.common.EXIT_CODES` and at the end of ``pprm --help``; an
@@ -17,7 +17,17 @@ import sys
 from collections.abc import Sequence
 
 import pprm
-from pprm.cli import bench_cmds, demo_cmds, face_cmds, flow_cmds, keyservice_cmds, net_cmds, policy_cmds, state_cmds
+from pprm.cli import (
+    bench_cmds,
+    demo_cmds,
+    face_cmds,
+    flow_cmds,
+    keys_cmds,
+    keyservice_cmds,
+    net_cmds,
+    policy_cmds,
+    state_cmds,
+)
 from pprm.cli.common import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -34,12 +44,13 @@ __all__ = ["main", "build_parser", "VERB_ORDER"]
 # The verbs in the order `pprm --help` lists them: a state's life, then a
 # search, then the tools.
 VERB_ORDER = ("init", "card", "trust", "enroll", "embed", "remove", "query", "answer", "open", "follow-up",
-              "resolve", "info", "policy", "audit", "bench", "demo", "serve", "route", "ask", "keyservice")
+              "resolve", "keys", "info", "policy", "audit", "bench", "demo", "serve", "route", "ask", "keyservice")
 
 
 def _verbs() -> dict[str, AddVerb]:
     found: dict[str, AddVerb] = {}
-    for module in (state_cmds, policy_cmds, flow_cmds, face_cmds, net_cmds, bench_cmds, demo_cmds, keyservice_cmds):
+    for module in (state_cmds, policy_cmds, flow_cmds, keys_cmds, face_cmds, net_cmds, bench_cmds, demo_cmds,
+                   keyservice_cmds):
         found.update(module.VERBS)
     return found
 

@@ -5,12 +5,21 @@ and audit log). Then every peer is asked concurrently, each under its own
 deadline: a slow or dead peer costs its own entry, never the others'. Each
 reply is opened (signature first) as soon as it arrives; opening is
 serialised, since it writes to this state's directory.
+
+A blind query that is not answered retires its key
+(:meth:`~pprm.node.requester.Requester.abandon`), since the peer may never
+have seen its announcement. When the peer says it cannot use the key (the
+``key`` error: it never got the announcement, or no longer accepts the key),
+the peer is asked once more, within the same deadline, with a fresh key and
+its announcement (:data:`KEY_RETRY`; why a fresh key and not the same
+announcement again: :meth:`~pprm.node.requester.Requester.abandon_keys`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -36,11 +45,16 @@ from pprm.node.requester import OutgoingQuery, Requester
 from pprm.node.state import State
 from pprm.profile import Profile
 
-__all__ = ["PeerOutcome", "ask", "ask_async", "send_follow_up", "STATUSES"]
+__all__ = ["PeerOutcome", "ask", "ask_async", "send_follow_up", "STATUSES", "KEY_RETRY"]
 
 # Every outcome is one of these; "error" covers a peer that answered outside
 # the protocol (rejected delivery, tampered or misaddressed reply).
 STATUSES = ("hit", "no hit", "refused", "unreachable", "timed out", "error")
+# Outcomes after which the peer may not hold a blind query's key.
+_FAILED = ("unreachable", "timed out", "error")
+# The error code (pprm.net.wire) of a peer that cannot use the key a blind
+# query names; the query is asked again once, under a fresh key.
+KEY_RETRY = "key"
 # Router error codes that describe the hop behind it, not the router itself.
 _ROUTER_UNREACHABLE = {"unreachable"}
 _ROUTER_TIMEOUT = {"timeout"}
@@ -87,6 +101,15 @@ class _Prepared:
     delivery: bytes
 
 
+def _code_line(detail: str, limit: int = 80) -> str:
+    """The start of a peer's error line, for a report that goes on."""
+    return detail if len(detail) <= limit else detail[:limit].rsplit(" ", 1)[0] + " ..."
+
+
+def _prepared(sent: OutgoingQuery) -> _Prepared:
+    return _Prepared(sent, pack_delivery(sent.query, sent.announcements))
+
+
 def _prepare(req: Requester, peers: Sequence[str], probe: np.ndarray, case: str,
              purpose: str) -> tuple[list[_Prepared], list[PeerOutcome]]:
     """Build every query in its peer's profile; errors that concern one peer become that peer's outcome."""
@@ -98,7 +121,7 @@ def _prepare(req: Requester, peers: Sequence[str], probe: np.ndarray, case: str,
         except UnknownPeerError as exc:
             failed.append(PeerOutcome(peer, "error", detail=str(exc)))
             continue
-        ready.append(_Prepared(sent, pack_delivery(sent.query, sent.announcements)))
+        ready.append(_prepared(sent))
     return ready, failed
 
 
@@ -113,18 +136,49 @@ async def ask_async(state: State, probe: np.ndarray, peers: Sequence[str], *, ca
     opening = asyncio.Lock()
     me = state.config.name
 
-    async def one(client: httpx.AsyncClient, p: _Prepared) -> PeerOutcome:
-        result = await attempt(client, p)
-        sent = p.sent
-        if sent.profile == "blind" and result.status in ("unreachable", "timed out", "error"):
-            # The peer may never have seen this case's key announcement: start a fresh key next time.
-            async with opening:
-                await asyncio.to_thread(req.abandon, sent.query_id, f"query {sent.query_id}: {result.status}")
-        return result
+    async def abandon(sent: OutgoingQuery, why: str) -> None:
+        async with opening:
+            await asyncio.to_thread(req.abandon, sent.query_id, f"query {sent.query_id}: {why}")
 
-    async def attempt(client: httpx.AsyncClient, p: _Prepared) -> PeerOutcome:
-        sent = p.sent
+    async def one(client: httpx.AsyncClient, p: _Prepared) -> PeerOutcome:
         t0 = time.monotonic()
+        result, code = await attempt(client, p, t0)
+        sent = p.sent
+        if sent.profile != "blind" or result.status not in _FAILED:
+            return result
+        # The peer may never have seen this case's key announcement: start a fresh key next time.
+        await abandon(sent, result.status)
+        if code != KEY_RETRY:
+            return result
+        # The peer cannot use the key (its announcement never arrived, or the
+        # key is no longer accepted there): ask once more, within the same
+        # deadline, under a fresh key whose announcement travels with the new query.
+        try:
+            async with opening:
+                again = _prepared(await asyncio.to_thread(req.prepare, sent.peer, probe, case, purpose,
+                                                          profile=sent.profile))
+        except PprmError as exc:
+            return dataclasses.replace(result, detail=f"{result.detail}; no new query could be made: {exc}")
+        second, code = await attempt(client, again, t0)
+        if second.status in _FAILED:
+            await abandon(again.sent, second.status)
+            if code == KEY_RETRY:
+                return dataclasses.replace(second, detail=(
+                    f"{second.detail}; refused again under a new key sent with its announcement: the peer's "
+                    "store of announced keys may be damaged; ask its operator, then ask again (the next query "
+                    "makes another key)"))
+            return dataclasses.replace(second, detail=(
+                f"{second.detail} (query {again.sent.query_id}, asked again under a new key after: "
+                f"{result.detail})"))
+        if second.status == "refused":
+            return second  # the detail of a refusal is its reason code
+        return dataclasses.replace(second, detail=(
+            f"the peer could not use the key of query {sent.query_id} ({_code_line(result.detail)}): asked again "
+            "under a new key, announced with this query"))
+
+    async def attempt(client: httpx.AsyncClient, p: _Prepared, t0: float) -> tuple[PeerOutcome, str | None]:
+        """Deliver one query and wait for its reply: the outcome, and the peer's error code if it sent one."""
+        sent = p.sent
         deadline = t0 + timeout
 
         def outcome(status: str, detail: str = "", *, candidates: tuple[str, ...] = (),
@@ -135,36 +189,36 @@ async def ask_async(state: State, probe: np.ndarray, peers: Sequence[str], *, ca
         try:
             peer = PeerClient(client, directory.base(sent.peer), sent.peer)
         except UnknownPeerError as exc:
-            return outcome("error", str(exc))
+            return outcome("error", str(exc)), None
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
                 await peer.deliver(p.delivery)
                 reply = None
                 while reply is None:
                     reply = await peer.answer(me, sent.query_id, wait=min(MAX_WAIT, deadline - time.monotonic()))
         except TimeoutError:
-            return outcome("timed out", f"no answer within {timeout:g} s")
+            return outcome("timed out", f"no answer within {timeout:g} s"), None
         except NetworkTimeoutError as exc:
-            return outcome("timed out", str(exc))
+            return outcome("timed out", str(exc)), None
         except NetworkError as exc:
-            return outcome("unreachable", str(exc))
+            return outcome("unreachable", str(exc)), None
         except RemoteError as exc:
             if exc.code in _ROUTER_UNREACHABLE:
-                return outcome("unreachable", str(exc))
+                return outcome("unreachable", str(exc)), exc.code
             if exc.code in _ROUTER_TIMEOUT:
-                return outcome("timed out", str(exc))
-            return outcome("error", str(exc))
+                return outcome("timed out", str(exc)), exc.code
+            return outcome("error", str(exc)), exc.code
         path = os.path.join(out_dir, f"{sent.peer}-{sent.query_id}.answer")
         async with opening:
             try:
                 opened = await asyncio.to_thread(req.open, reply)
             except RefusedError as exc:
                 await asyncio.to_thread(atomic_write_bytes, path, reply)
-                return outcome("refused", exc.reason, answer_path=path)
+                return outcome("refused", exc.reason, answer_path=path), None
             except PprmError as exc:
-                return outcome("error", f"the reply failed verification: {exc}")
+                return outcome("error", f"the reply failed verification: {exc}"), None
             await asyncio.to_thread(atomic_write_bytes, path, reply)
-        return outcome("hit" if opened.hit else "no hit", candidates=opened.candidates, answer_path=path)
+        return outcome("hit" if opened.hit else "no hit", candidates=opened.candidates, answer_path=path), None
 
     # trust_env=False: proxy variables must not reroute traffic between states.
     async with contextlib.nullcontext(http) if http is not None else httpx.AsyncClient(trust_env=False) as client:

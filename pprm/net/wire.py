@@ -19,7 +19,8 @@ A router exposes each state's routes under ``/route/{STATE}/v1/...``.
 
 A *delivery* is one query plus the key announcements that must be accepted
 in the same step (blind profile), framed like the blind bodies
-(:func:`pprm.protocol.blind_messages.pack_parts`)::
+(:mod:`pprm.protocol.delivery`, re-exported here; a query file that carries
+an announcement holds the same bytes)::
 
     json length u32 BE | {"kind": "delivery", "parts": n} | (length u32 BE | message)*
 
@@ -46,7 +47,10 @@ from pprm.errors import (
     TokenError,
     UnknownPeerError,
 )
-from pprm.protocol.blind_messages import pack_parts, unpack_parts
+
+# The framing lives with the protocol, so that the file flow (pprm query /
+# answer) writes and reads the same bytes without loading the HTTP stack.
+from pprm.protocol.delivery import MAX_ANNOUNCEMENTS, pack_delivery, unpack_delivery
 
 __all__ = [
     "API",
@@ -80,51 +84,9 @@ MAX_FOLLOWUP = 64 << 10
 MAX_ANSWER = 1 << 30
 # Long-poll cap in seconds: shorter than common proxy idle timeouts (60 s).
 MAX_WAIT = 30.0
-# Deliveries carry one query and at most one announcement today; 4 leaves room.
-MAX_ANNOUNCEMENTS = 4
 # State names as pprm.protocol.card accepts them; query ids as envelope.new_id() makes them.
 STATE_CODE = re.compile(r"[A-Z][A-Z0-9-]{1,15}")
 QUERY_ID = re.compile(r"[0-9a-f]{32}")
-
-_KIND = "delivery"
-
-
-def pack_delivery(query: bytes, announcements: list[bytes] | tuple[bytes, ...] = ()) -> bytes:
-    """Frame one query and the key announcements that travel with it.
-
-    Args:
-        query: the signed query message.
-        announcements: signed key announcements (blind profile), possibly none.
-
-    Returns:
-        The request body for ``POST /v1/queries``.
-
-    Raises:
-        MessageError: too many announcements.
-    """
-    if len(announcements) > MAX_ANNOUNCEMENTS:
-        raise MessageError(f"a delivery carries at most {MAX_ANNOUNCEMENTS} key announcements")
-    return pack_parts({"kind": _KIND}, [query, *announcements])
-
-
-def unpack_delivery(blob: bytes) -> tuple[bytes, list[bytes]]:
-    """Strict inverse of :func:`pack_delivery`.
-
-    The parts are not verified here: the responder verifies every signature
-    before it parses any body.
-
-    Returns:
-        ``(query, announcements)``.
-
-    Raises:
-        MessageError: malformed framing, no query, or too many parts.
-    """
-    meta, parts = unpack_parts(blob, "delivery")
-    if meta != {"kind": _KIND}:
-        raise MessageError("delivery has unexpected fields")
-    if not parts or len(parts) > 1 + MAX_ANNOUNCEMENTS:
-        raise MessageError(f"a delivery holds one query and at most {MAX_ANNOUNCEMENTS} key announcements")
-    return parts[0], parts[1:]
 
 
 # Most specific first: the first class an exception is an instance of wins.

@@ -3,18 +3,26 @@
 ::
 
     DIR/blind-keys.json          key id -> peer, case, created, expires, retired
+                                 [, announced_with]
     DIR/private/blind/KEY_ID.sk  the secret key (0600), deleted at retirement
 
 A key pair serves one (peer, case) pair. It is retired after the first
 follow-up sent under it (a follow-up reveals decrypted signs, so the key must
-never decrypt a crafted ciphertext again) and when its lifetime
-(``blind_key_ttl``) ends. Retiring deletes the secret key: answers that
-arrive later cannot be decrypted at all.
+never decrypt a crafted ciphertext again), when its lifetime
+(``blind_key_ttl``) ends, and when the operator or ``pprm ask`` abandons it
+because the peer does not know it (:meth:`pprm.node.requester.Requester.abandon_keys`).
+Retiring deletes the secret key: answers that arrive later cannot be
+decrypted at all.
+
+``announced_with`` is the id of the query whose delivery (or query file)
+carried the key's announcement: every key is announced with the first query
+made under it. Records written before pprm kept it have none.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import tenseal.sealapi as seal
@@ -24,7 +32,35 @@ from pprm.crypto import blind_keys, keys
 from pprm.crypto.context import BlindContext
 from pprm.errors import KeyRotationError, StateError
 
-__all__ = ["BlindKeyring"]
+__all__ = ["BlindKeyring", "BlindKeyRecord"]
+
+
+@dataclass(frozen=True)
+class BlindKeyRecord:
+    """One key pair's public metadata, as ``blind-keys.json`` keeps it.
+
+    Attributes:
+        key_id: the key id (a hash of the public key material).
+        peer: the state the key serves.
+        case: the case it serves.
+        created: when it was made, seconds since the epoch.
+        expires: when its lifetime ends.
+        retired: why it was retired, or None while it is live.
+        announced_with: the query whose delivery carried its announcement
+            (None in records from before pprm kept it).
+    """
+
+    key_id: str
+    peer: str
+    case: str
+    created: int
+    expires: int
+    retired: str | None
+    announced_with: str | None = None
+
+    def live(self, now: float) -> bool:
+        """Whether a query made at ``now`` would use this key (not retired, lifetime not over)."""
+        return self.retired is None and self.expires > now
 
 
 class BlindKeyring:
@@ -53,6 +89,34 @@ class BlindKeyring:
             raise StateError("blind-keys.json is corrupt")
         return data
 
+    def records(self) -> list[BlindKeyRecord]:
+        """Every key pair's metadata, oldest first.
+
+        Raises:
+            StateError: ``blind-keys.json`` is corrupt.
+        """
+        out = []
+        for kid, e in self.entries().items():
+            try:
+                announced = e.get("announced_with")
+                out.append(BlindKeyRecord(kid, str(e["peer"]), str(e["case"]), int(e["created"]),
+                                          int(e["expires"]), None if e["retired"] is None else str(e["retired"]),
+                                          None if announced is None else str(announced)))
+            except (KeyError, TypeError, ValueError, AttributeError):
+                raise StateError("blind-keys.json is corrupt") from None
+        return sorted(out, key=lambda r: (r.created, r.key_id))
+
+    def record(self, key_id: str) -> BlindKeyRecord:
+        """One key pair's metadata.
+
+        Raises:
+            KeyRotationError: no key pair has that id.
+        """
+        for r in self.records():
+            if r.key_id == key_id:
+                return r
+        raise KeyRotationError(f"no blind key {key_id!r} in this state: `pprm keys list` shows its keys")
+
     def active(self, peer: str, case: str, now: float) -> str | None:
         """The usable key id for (peer, case), or None."""
         for kid, e in self.entries().items():
@@ -71,16 +135,27 @@ class BlindKeyring:
             self.retire(kid, "lifetime ended")
         return gone
 
-    def store(self, pair: blind_keys.BlindKeyPair, peer: str, case: str, now: float, ttl: int) -> None:
+    def store(self, pair: blind_keys.BlindKeyPair, peer: str, case: str, now: float, ttl: int,
+              announced_with: str | None = None) -> None:
         """Keep a fresh key pair (from :func:`pprm.crypto.blind_keys.generate`) for (peer, case).
 
         The secret key is saved 0600; the caller holds the state lock.
+
+        Args:
+            pair: the key pair.
+            peer: the state it serves.
+            case: the case it serves.
+            now: its creation time.
+            ttl: its lifetime in seconds.
+            announced_with: the query whose delivery carries its announcement.
         """
         os.makedirs(self._private, mode=0o700, exist_ok=True)
         keys.save_secret_key(pair.secret_key, os.path.join(self._private, f"{pair.key_id}.sk"))
         data = self.entries()
         data[pair.key_id] = {"peer": peer, "case": case, "created": int(now), "expires": int(now) + ttl,
                              "retired": None}
+        if announced_with is not None:
+            data[pair.key_id]["announced_with"] = announced_with
         atomic_write_json(self._index, data)
 
     def expires(self, key_id: str) -> int:
@@ -95,9 +170,12 @@ class BlindKeyring:
         """
         e = self.entries().get(key_id)
         if e is None:
-            raise KeyRotationError("unknown blind key id")
+            raise KeyRotationError("unknown blind key id (not in blind-keys.json; `pprm keys list` shows this "
+                                   "state's keys)")
         if e["retired"] is not None:
-            raise KeyRotationError(f"blind key was retired ({e['retired']}); it decrypts nothing more")
+            raise KeyRotationError(f"blind key was retired ({e['retired']}); it decrypts nothing more: query "
+                                   "again (the next blind query to that peer and case makes and announces a "
+                                   "new key)")
         return keys.load_secret_key(self.ctx, os.path.join(self._private, f"{key_id}.sk"))
 
     def retire(self, key_id: str, reason: str) -> None:

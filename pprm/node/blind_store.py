@@ -145,7 +145,11 @@ class BlindStore:
     def _key_meta(self, key_id: str) -> dict[str, Any]:
         path = self._path("keys", key_id, "meta.json")
         if not os.path.exists(path):
-            raise KeyRotationError("unknown blind key id; announce the key first")
+            # The text reaches the requester too (over HTTP, as the "key" error): say what each side can do.
+            raise KeyRotationError("unknown blind key id: its key announcement has not reached this state (it "
+                                   "travels in the query file of the first query under the key, or in a separate "
+                                   "file for `pprm answer --keys FILE`); if it is lost, the requesting state "
+                                   "retires the key with `pprm keys abandon` and queries again")
         meta = read_json(path)
         if not isinstance(meta, dict):
             raise StateError("blind key metadata is corrupt")

@@ -12,6 +12,15 @@ clears its threshold against the record there, and otherwise answers with a
 signed refusal (reason ``not-a-hit``) that :meth:`Requester.open` records and
 raises as :class:`~pprm.errors.FollowUpRefusedError`.
 
+A blind key pair serves one (peer, case) and is announced with the first
+query made under it. When the peer never got that announcement (a lost
+query file, a failed delivery) or no longer accepts the key, the key is
+abandoned (:meth:`Requester.abandon`, :meth:`Requester.abandon_keys`, ``pprm
+keys abandon``, or ``pprm ask`` on the peer's ``key`` error): its secret key
+is deleted and the next query makes and announces a fresh one.
+:meth:`Requester.blind_keys` lists the key pairs and the queries waiting on
+them (``pprm keys list``).
+
 Which profile a query to a peer uses is decided in one place,
 :meth:`Requester.prepare`: the caller's choice, else the state's configured
 profile for that peer. Every reply is verified once (signature first, then
@@ -34,6 +43,7 @@ from pprm.crypto.answer_codec import decode_answer
 from pprm.errors import (
     FollowUpRefusedError,
     MessageError,
+    ParameterError,
     PolicyError,
     ProbeNotKeptError,
     RefusedError,
@@ -43,6 +53,7 @@ from pprm.errors import (
 from pprm.matching.blind import answer_scale
 from pprm.matching.blind_client import decrypt_signs, encrypt_probe
 from pprm.matching.templates import normalise_probe
+from pprm.node.blind_keyring import BlindKeyRecord
 from pprm.node.outbox import Outbox, SentBlindQuery, SentSealedQuery
 from pprm.node.state import State
 from pprm.profile import Profile, parse_profile
@@ -56,7 +67,8 @@ from pprm.protocol.blind_messages import (
 from pprm.protocol.envelope import Envelope, Header, new_id, open_envelope, seal_envelope
 from pprm.protocol.messages import AnswerBody, FollowUpBody, QueryBody, RefusalBody, check_case_and_purpose
 
-__all__ = ["Requester", "OpenedAnswer", "OutgoingQuery", "OutgoingFollowUp", "QuerySink"]
+__all__ = ["Requester", "OpenedAnswer", "OutgoingQuery", "OutgoingFollowUp", "QuerySink", "BlindKeyStatus",
+           "ABANDONED"]
 
 # Receives ``(announcement or None, query)`` before anything is recorded; if
 # it raises, no key and no query are kept (the CLI writes both files here).
@@ -107,6 +119,62 @@ class OutgoingQuery:
     def announcements(self) -> list[bytes]:
         """The key announcements to deliver with the query (zero or one)."""
         return [] if self.announcement is None else [self.announcement]
+
+
+# The reason recorded for keys an operator abandons (keyring, audit log).
+ABANDONED = "abandoned by the operator"
+
+
+@dataclass(frozen=True)
+class BlindKeyStatus:
+    """One of this state's blind key pairs as a requester, and the queries that depend on it.
+
+    Attributes:
+        key_id: the key id.
+        peer: the state it serves.
+        case: the case it serves.
+        created: when it was made, seconds since the epoch.
+        expires: when its lifetime ends.
+        retired: why it was retired (its secret key is deleted), or None.
+        announced_with: the query whose delivery (or query file) carried its
+            announcement; None when the outbox no longer says.
+        confirmed: the peer answered a query under it, so it holds the key.
+        pending: unexpired queries under it with no reply yet; a retired
+            key's pending queries can no longer be opened.
+    """
+
+    key_id: str
+    peer: str
+    case: str
+    created: int
+    expires: int
+    retired: str | None
+    announced_with: str | None
+    confirmed: bool
+    pending: tuple[str, ...]
+
+    def status(self, now: float) -> str:
+        """Where the key stands at ``now``.
+
+        Returns:
+            ``live`` (the next query to its peer and case uses it),
+            ``expired`` (its lifetime is over; retired at the next blind
+            query) or ``retired``.
+        """
+        if self.retired is not None:
+            return "retired"
+        return "live" if self.expires > now else "expired"
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        """The JSON form ``pprm keys list --json`` prints.
+
+        Returns:
+            ``{"key_id", "peer", "case", "created", "expires", "status", "retired", "announced_with",
+            "confirmed", "pending"}``.
+        """
+        return {"key_id": self.key_id, "peer": self.peer, "case": self.case, "created": self.created,
+                "expires": self.expires, "status": self.status(now), "retired": self.retired,
+                "announced_with": self.announced_with, "confirmed": self.confirmed, "pending": list(self.pending)}
 
 
 @dataclass(frozen=True)
@@ -338,7 +406,7 @@ class Requester:
             if sink is not None:
                 sink(announcement, msg)
             if pair is not None:
-                ring.store(pair, to, case, t, st.config.blind_key_ttl)
+                ring.store(pair, to, case, t, st.config.blind_key_ttl, announced_with=header.id)
                 st.audit.append("keys_created", peer=to, key_id=kid, case=case)
             # The normalised probe stays with the record: a follow-up must carry it.
             self._box.put(SentBlindQuery(query_id=header.id, peer=to, case=case, purpose=purpose, created=t,
@@ -354,9 +422,11 @@ class Requester:
         delivery failed, the peer may never have seen the key, and every later
         query under it would be refused as using an unknown key. Retiring it
         (its secret key is deleted) makes the next query to that peer and case
-        announce a fresh one. The query's kept probe is dropped (no answer
-        can be opened, so no follow-up can follow). Nothing happens for
-        sealed queries, unknown ids, or keys already retired.
+        announce a fresh one. No answer under the key can be opened any
+        more, so no follow-up can follow: the kept probes of this query and
+        of every other unanswered query under the key are dropped. Nothing
+        happens for sealed queries, unknown ids, answered queries, or keys
+        already retired.
 
         Args:
             query_id: the query's id (from this state's outbox).
@@ -364,6 +434,10 @@ class Requester:
 
         Returns:
             The retired key id, or None.
+
+        Warning:
+            A fresh key, not the same announcement again, is the recovery:
+            see :meth:`abandon_keys`.
         """
         st = self.state
         with st.lock():
@@ -375,9 +449,133 @@ class Requester:
             if entry is None or entry["retired"] is not None:
                 return None
             st.blind_keyring.retire(kid, reason)
-            self._box.put(dataclasses.replace(sent, probe=None))
             st.audit.append("keys_retired", peer=sent.peer, key_id=kid, query_id=query_id, reason=reason)
+            self._drop_probes({kid})
         return kid
+
+    def _drop_probes(self, key_ids: set[str]) -> None:
+        """Drop the kept probes of the unanswered queries under retired keys (caller holds the lock).
+
+        No answer under a retired key can be opened, so no follow-up can
+        follow: the probes have no use left.
+        """
+        for sent in self._box.load().values():
+            if (isinstance(sent, SentBlindQuery) and sent.key_id in key_ids and sent.answer is None
+                    and sent.probe is not None):
+                self._box.put(dataclasses.replace(sent, probe=None))
+
+    # -- blind key pairs -----------------------------------------------------
+    def _statuses(self, records: list[BlindKeyRecord], now: float) -> list[BlindKeyStatus]:
+        """Each key record with what the outbox says about it."""
+        by_key: dict[str, list[SentBlindQuery]] = {}
+        for sent in self._box.load().values():
+            if isinstance(sent, SentBlindQuery):
+                by_key.setdefault(sent.key_id, []).append(sent)
+        out = []
+        for r in records:
+            queries = sorted(by_key.get(r.key_id, []), key=lambda q: (q.created, q.query_id))
+            # Every key is announced with the first query made under it.
+            announced = r.announced_with if r.announced_with is not None else (
+                queries[0].query_id if queries else None)
+            out.append(BlindKeyStatus(
+                r.key_id, r.peer, r.case, r.created, r.expires, r.retired, announced,
+                # A refusal proves nothing: a split state may refuse by policy before it reads the key.
+                confirmed=any(q.answer is not None and q.refused is None for q in queries),
+                pending=tuple(q.query_id for q in queries if q.answer is None and q.expires > now)))
+        return out
+
+    def blind_keys(self, *, peer: str | None = None, case: str | None = None,
+                   now: float | None = None) -> list[BlindKeyStatus]:
+        """This state's blind key pairs as a requester, oldest first (changes nothing).
+
+        Args:
+            peer: only the keys serving this peer.
+            case: only the keys serving this case.
+            now: clock override for tests.
+
+        Returns:
+            One :class:`BlindKeyStatus` per key pair, retired ones included.
+
+        Raises:
+            UnknownPeerError: ``peer`` is not in the roster.
+            StateError: ``blind-keys.json`` or ``outbox.json`` is corrupt.
+        """
+        if peer is not None:
+            self.state.peer(peer)
+        t = time.time() if now is None else now
+        records = [r for r in self.state.blind_keyring.records()
+                   if (peer is None or r.peer == peer) and (case is None or r.case == case)]
+        return self._statuses(records, t)
+
+    def abandon_keys(self, key_id: str | None = None, *, peer: str | None = None, case: str | None = None,
+                     reason: str = ABANDONED, now: float | None = None) -> list[BlindKeyStatus]:
+        """Retire blind key pairs so that the next query to their peer and case makes and announces a new key.
+
+        The way out when a peer does not know a key (its announcement was
+        lost, e.g. the separate ``.keys`` file of an older ``pprm query``, or
+        the peer's store of announced keys was lost): the peer answers no
+        query under it, and without this every later query of the case would
+        keep naming it. Name one key by id, or every key not yet retired that
+        serves ``peer`` and/or ``case``.
+
+        Each key's secret key is deleted. Its pending queries (no reply yet)
+        can no longer be opened: an answer to one that arrives later is
+        refused by :meth:`open` (the key decrypts nothing more), and their
+        kept probes are dropped, since no follow-up can follow. Answers
+        already opened keep their candidates, and follow-ups on them still
+        work (they carry the probe, not the key). Each retirement is logged
+        (audit ``keys_retired``, with the number of pending queries).
+
+        Args:
+            key_id: one key, by id (not with ``peer`` or ``case``).
+            peer: every key serving this peer (with ``case``: that case only).
+            case: every key serving this case.
+            reason: recorded in the keyring and the audit log.
+            now: clock override for tests.
+
+        Returns:
+            The keys retired now, with the pending queries that can no longer
+            be opened; empty when every key named was already retired.
+
+        Raises:
+            ParameterError: neither or both of ``key_id`` and ``peer``/``case``.
+            KeyRotationError: no key pair has id ``key_id``; nothing changes.
+            UnknownPeerError: ``peer`` is not in the roster; nothing changes.
+
+        Warning:
+            The recovery is a fresh key, never the same announcement sent
+            again. An announcement is public material (signed, not boxed), so
+            a router or anyone on the path who sees the same key id twice
+            links the two deliveries to one case, while a fresh key's
+            announcement is unlinkable to the old one by its contents (the
+            peer links the queries of a case anyway: the case is in each
+            query's boxed body, and so learns nothing new). Re-sending would
+            also mean keeping the 4-7 MB announcement on disk, and a peer that
+            did store the key would refuse it as announced twice. A fresh key
+            costs one key generation and the same upload.
+        """
+        if key_id is not None and (peer is not None or case is not None):
+            raise ParameterError("name one key by id, or keys by --peer/--case, not both")
+        if key_id is None and peer is None and case is None:
+            raise ParameterError("name a key by id, or keys by --peer and/or --case")
+        st = self.state
+        if peer is not None:
+            st.peer(peer)
+        t = time.time() if now is None else now
+        with st.lock():
+            ring = st.blind_keyring
+            if key_id is not None:
+                chosen = [ring.record(key_id)]
+            else:
+                chosen = [r for r in ring.records()
+                          if (peer is None or r.peer == peer) and (case is None or r.case == case)]
+            gone = self._statuses([r for r in chosen if r.retired is None], t)
+            for k in gone:
+                ring.retire(k.key_id, reason)
+                st.audit.append("keys_retired", peer=k.peer, key_id=k.key_id, case=k.case, reason=reason,
+                                pending=len(k.pending))
+            self._drop_probes({k.key_id for k in gone})
+        return [dataclasses.replace(k, retired=reason) for k in gone]
 
     # -- replies -------------------------------------------------------------
     def _verify_reply(self, blob: bytes, now: float | None, kinds: tuple[str, ...]) -> _Reply:

@@ -3,9 +3,11 @@
 Two states (AA asks, BB answers) are created with the test-only sets through
 ``pprm init --params INSECURE-sealed-n1024 --blind-params
 INSECURE-blind-n1024-v2 --allow-insecure``, exchange cards and enrol through
-the CLI itself (``main(argv)`` in-process). A blind query writes the query
-and, when its key is new, a key announcement beside it (OUT.keys); the
-responder accepts the announcement with ``answer --keys`` before it answers.
+the CLI itself (``main(argv)`` in-process). A blind query whose key is new
+writes one file, a delivery holding the query and the key's announcement
+(:mod:`pprm.protocol.delivery`); ``answer`` reads both from it. The two-file
+flow of older versions still works: ``query --keys-out FILE`` writes the
+bare query and a separate announcement, which ``answer --keys FILE`` accepts.
 
 As in tests/cli/test_flow_cmds.py, every refused command must exit 1 with exactly one
 ``pprm: error:`` line on stderr, nothing on stdout, and leave every state
@@ -30,6 +32,7 @@ from pprm.matching.templates import normalise_probe, normalise_templates
 from pprm.node.requester import Requester
 from pprm.node.state import State
 from pprm.protocol.blind_messages import make_handle, parse_handle
+from pprm.protocol.delivery import unpack_delivery
 from tests.cli.worlds import refused
 from tests.helpers import INSECURE_BLIND, INSECURE_SEALED, cli, ok, ok_json
 
@@ -88,21 +91,30 @@ def blind_query(world: World, where: Path, probe: Path, case: str, name: str, *e
                    "--purpose", "serious-crime", "--out", where / name, "--profile", "blind", *extra)
 
 
+def answer(world: World, where: Path, query: str, *extra: object) -> tuple[Path]:
+    """BB answers ``where/query`` into ``where/a-QUERY``; returns the answer's path (for ``open``)."""
+    out = where / f"a-{query}"
+    ok("answer", world.dirs["BB"], where / query, "--out", out, *extra)
+    return (out,)
+
+
 def test_blind_query_answer_open_follow_up_resolve(world: World, tmp_path: Path) -> None:
     probe = save_probe(world, tmp_path, 7)
     q = blind_query(world, tmp_path, probe, "CASE-B1", "q.msg")
-    assert q["to"] == "BB" and q["profile"] == "blind"
-    assert Path(q["out"]) == tmp_path / "q.msg" and Path(q["keys"]) == tmp_path / "q.msg.keys"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.npy", "q.msg", "q.msg.keys"]
+    assert q["to"] == "BB" and q["profile"] == "blind" and q["announced"] is True and q["keys"] is None
+    assert Path(q["out"]) == tmp_path / "q.msg"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.npy", "q.msg"]  # one file to deliver
+    query, (announcement,) = unpack_delivery((tmp_path / "q.msg").read_bytes())
+    assert query.startswith(b"PPRM") and announcement.startswith(b"PPRM")
 
-    a = ok_json("answer", world.dirs["BB"], tmp_path / "q.msg", "--keys", tmp_path / "q.msg.keys",
-                "--out", tmp_path / "a.msg")
+    a = ok_json("answer", world.dirs["BB"], tmp_path / "q.msg", "--out", tmp_path / "a.msg")
     assert a["to"] == "AA" and a["query_id"] == q["query_id"] and (tmp_path / "a.msg").exists()
+    assert a["announcements"] == 1
 
     opened = ok_json("open", world.dirs["AA"], tmp_path / "a.msg")
     assert set(opened) == {"from", "query_id", "hit", "candidates"}  # nothing about values or scores
     assert opened["from"] == "BB" and opened["query_id"] == q["query_id"] and opened["hit"] is True
-    (handle,) = opened["candidates"]
+    (handle,) = opened["candidates"]  # the plaintext truth is one mate (save_probe checks it)
     parse_handle(handle)
 
     ok("follow-up", world.dirs["AA"], tmp_path / "a.msg", handle, "--out", tmp_path / "f.msg")
@@ -115,44 +127,87 @@ def test_blind_query_answer_open_follow_up_resolve(world: World, tmp_path: Path)
 def test_second_query_for_a_case_reuses_the_key(world: World, tmp_path: Path) -> None:
     probe = save_probe(world, tmp_path, 8)
     first = blind_query(world, tmp_path, probe, "CASE-B2", "q1.msg")
-    assert first["keys"] is not None and (tmp_path / "q1.msg.keys").exists()
+    assert first["announced"] is True and first["keys"] is None
     second = blind_query(world, tmp_path, probe, "CASE-B2", "q2.msg")
-    assert second["keys"] is None
-    assert not (tmp_path / "q2.msg.keys").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.npy", "q1.msg", "q1.msg.keys", "q2.msg"]
+    assert second["announced"] is False and second["keys"] is None and second["key_id"] == first["key_id"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.npy", "q1.msg", "q2.msg"]
+    # Only what carries an announcement is a delivery; the second query is the bare signed message.
+    assert not (tmp_path / "q1.msg").read_bytes().startswith(b"PPRM")
+    assert (tmp_path / "q2.msg").read_bytes().startswith(b"PPRM")
     # BB learns the key once, then answers both queries.
-    ok("answer", world.dirs["BB"], tmp_path / "q1.msg", "--keys", tmp_path / "q1.msg.keys",
-       "--out", tmp_path / "a1.msg")
-    ok("answer", world.dirs["BB"], tmp_path / "q2.msg", "--out", tmp_path / "a2.msg")
+    assert ok_json("answer", world.dirs["BB"], tmp_path / "q1.msg", "--out", tmp_path / "a1.msg")["announcements"] == 1
+    assert ok_json("answer", world.dirs["BB"], tmp_path / "q2.msg", "--out", tmp_path / "a2.msg")["announcements"] == 0
     for name in ("a1.msg", "a2.msg"):
         assert ok_json("open", world.dirs["AA"], tmp_path / name)["hit"] is True
 
 
-def test_keys_out_chooses_the_announcement_file(world: World, tmp_path: Path) -> None:
+def test_a_sealed_query_file_stays_the_bare_message(world: World, tmp_path: Path) -> None:
+    probe = save_probe(world, tmp_path, 15)
+    q = ok_json("query", world.dirs["AA"], "--probe", probe, "--to", "BB", "--case", "CASE-S1", "--purpose",
+                "serious-crime", "--out", tmp_path / "q.msg", "--keys-out", tmp_path / "q.keys")
+    assert set(q) == {"to", "query_id", "out"}
+    assert (tmp_path / "q.msg").read_bytes().startswith(b"PPRM") and not (tmp_path / "q.keys").exists()
+    assert ok_json("open", world.dirs["AA"], *answer(world, tmp_path, "q.msg"))["hit"] is True
+
+
+def test_keys_out_writes_the_two_files_of_older_versions(world: World, tmp_path: Path) -> None:
     probe = save_probe(world, tmp_path, 9)
     q = blind_query(world, tmp_path, probe, "CASE-B3", "q.msg", "--keys-out", tmp_path / "key-announcement")
-    assert Path(q["keys"]) == tmp_path / "key-announcement"
+    assert Path(q["keys"]) == tmp_path / "key-announcement" and q["announced"] is True
     assert sorted(p.name for p in tmp_path.iterdir()) == ["key-announcement", "p.npy", "q.msg"]
+    assert (tmp_path / "q.msg").read_bytes().startswith(b"PPRM")  # the bare query, as older versions wrote it
+    assert ok("query", world.dirs["AA"], "--probe", probe, "--to", "BB", "--case", "CASE-B3b", "--purpose",
+              "serious-crime", "--out", tmp_path / "r.msg", "--profile", "blind", "--keys-out",
+              tmp_path / "r.keys").out.endswith("--keys " + str(tmp_path / "r.keys") + ")\n")
+    # The old two-file flow is answered as before.
+    a = ok_json("answer", world.dirs["BB"], tmp_path / "q.msg", "--keys", tmp_path / "key-announcement",
+                "--out", tmp_path / "a.msg")
+    assert a["announcements"] == 1
+    assert ok_json("open", world.dirs["AA"], tmp_path / "a.msg")["hit"] is True
+
+
+def test_the_same_announcement_in_the_file_and_in_keys_counts_once(world: World, tmp_path: Path) -> None:
+    probe = save_probe(world, tmp_path, 16)
+    blind_query(world, tmp_path, probe, "CASE-B9", "q.msg")
+    _, (announcement,) = unpack_delivery((tmp_path / "q.msg").read_bytes())
+    (tmp_path / "q.keys").write_bytes(announcement)
+    (out,) = answer(world, tmp_path, "q.msg", "--keys", tmp_path / "q.keys")
+    assert ok_json("open", world.dirs["AA"], out)["hit"] is True
 
 
 def test_answer_without_the_announcement_of_a_new_key_fails_cleanly(world: World, tmp_path: Path) -> None:
     probe = save_probe(world, tmp_path, 10)
-    blind_query(world, tmp_path, probe, "CASE-B4", "q.msg")
-    refused(world, tmp_path, "answer", world.dirs["BB"], tmp_path / "q.msg", "--out", tmp_path / "a.msg",
-            says="announce the key first")
+    blind_query(world, tmp_path, probe, "CASE-B4", "q.msg", "--keys-out", tmp_path / "q.msg.keys")
+    err = refused(world, tmp_path, "answer", world.dirs["BB"], tmp_path / "q.msg", "--out", tmp_path / "a.msg",
+                  says="unknown blind key id")
+    # The error says what each side can do next.
+    assert "--keys FILE" in err and "pprm keys abandon" in err
     assert not (tmp_path / "a.msg").exists()
     # Nothing was recorded: with the announcement, the same query is answered.
     ok("answer", world.dirs["BB"], tmp_path / "q.msg", "--keys", tmp_path / "q.msg.keys", "--out", tmp_path / "a.msg")
 
 
-def test_answer_refuses_a_tampered_announcement(world: World, tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["file", "keys"])
+def test_answer_refuses_a_tampered_announcement(world: World, tmp_path: Path, where: str) -> None:
     probe = save_probe(world, tmp_path, 11)
-    blind_query(world, tmp_path, probe, "CASE-B5", "q.msg")
-    keys = bytearray((tmp_path / "q.msg.keys").read_bytes())
-    keys[len(keys) // 2] ^= 0x04
-    (tmp_path / "bad.keys").write_bytes(bytes(keys))
-    refused(world, tmp_path, "answer", world.dirs["BB"], tmp_path / "q.msg", "--keys", tmp_path / "bad.keys",
-            "--out", tmp_path / "a.msg", says="does not verify")
+    if where == "keys":
+        blind_query(world, tmp_path, probe, "CASE-B5", "q.msg", "--keys-out", tmp_path / "q.msg.keys")
+        keys = bytearray((tmp_path / "q.msg.keys").read_bytes())
+        keys[len(keys) // 2] ^= 0x04
+        (tmp_path / "bad.keys").write_bytes(bytes(keys))
+        refused(world, tmp_path, "answer", world.dirs["BB"], tmp_path / "q.msg", "--keys", tmp_path / "bad.keys",
+                "--out", tmp_path / "a.msg", says="does not verify")
+        return
+    blind_query(world, tmp_path, probe, "CASE-B5f", "q.msg")
+    blob = bytearray((tmp_path / "q.msg").read_bytes())
+    _, (announcement,) = unpack_delivery(bytes(blob))
+    blob[len(blob) - len(announcement) // 2] ^= 0x04  # inside the announcement, the last part
+    (tmp_path / "bad.msg").write_bytes(bytes(blob))
+    refused(world, tmp_path, "answer", world.dirs["BB"], tmp_path / "bad.msg", "--out", tmp_path / "a.msg",
+            says="does not verify")
+    (tmp_path / "junk.msg").write_bytes(b"not a query at all")
+    refused(world, tmp_path, "answer", world.dirs["BB"], tmp_path / "junk.msg", "--out", tmp_path / "a.msg",
+            says="neither a signed message nor a delivery")
 
 
 def test_answer_into_a_missing_directory_changes_nothing(world: World, tmp_path: Path) -> None:
@@ -160,24 +215,29 @@ def test_answer_into_a_missing_directory_changes_nothing(world: World, tmp_path:
     # otherwise the retry below, with the same announcement, is refused as a replay.
     probe = save_probe(world, tmp_path, 12)
     blind_query(world, tmp_path, probe, "CASE-B6", "q.msg")
-    refused(world, tmp_path, "answer", world.dirs["BB"], tmp_path / "q.msg", "--keys", tmp_path / "q.msg.keys",
+    refused(world, tmp_path, "answer", world.dirs["BB"], tmp_path / "q.msg",
             "--out", tmp_path / "missing" / "a.msg", says="no such file")
-    ok("answer", world.dirs["BB"], tmp_path / "q.msg", "--keys", tmp_path / "q.msg.keys", "--out", tmp_path / "a.msg")
+    ok("answer", world.dirs["BB"], tmp_path / "q.msg", "--out", tmp_path / "a.msg")
 
 
-def test_blind_query_whose_announcement_cannot_be_written_leaves_no_file(
-        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("failing", [".keys", "q.msg"])
+def test_blind_query_whose_files_cannot_be_written_leaves_no_file(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
     probe = save_probe(world, tmp_path, 13)
     write = cli_common.AtomicOutput.write
 
-    def keys_disk_full(self: cli_common.AtomicOutput, data: bytes) -> None:
-        if self.path.endswith(".keys"):
+    def disk_full(self: cli_common.AtomicOutput, data: bytes) -> None:
+        if self.path.endswith(failing):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         write(self, data)
 
-    monkeypatch.setattr(cli_common.AtomicOutput, "write", keys_disk_full)
+    monkeypatch.setattr(cli_common.AtomicOutput, "write", disk_full)
     refused(world, tmp_path, "query", world.dirs["AA"], "--probe", probe, "--to", "BB", "--case", "CASE-B7",
-            "--purpose", "serious-crime", "--out", tmp_path / "q.msg", "--profile", "blind", says="no space")
+            "--purpose", "serious-crime", "--out", tmp_path / "q.msg", "--profile", "blind",
+            "--keys-out", tmp_path / "q.msg.keys", says="no space")
+    if failing == "q.msg":  # the one-file flow too
+        refused(world, tmp_path, "query", world.dirs["AA"], "--probe", probe, "--to", "BB", "--case", "CASE-B7",
+                "--purpose", "serious-crime", "--out", tmp_path / "q.msg", "--profile", "blind", says="no space")
 
 
 def test_blind_query_writes_nothing_when_refused(world: World, tmp_path: Path) -> None:
@@ -209,7 +269,7 @@ def test_resolve_refuses_a_follow_up_whose_probe_misses_its_record(
         world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     probe = save_probe(world, tmp_path, 14)
     q = blind_query(world, tmp_path, probe, "CASE-B8", "q.msg")
-    ok("answer", world.dirs["BB"], tmp_path / "q.msg", "--keys", tmp_path / "q.msg.keys", "--out", tmp_path / "a.msg")
+    ok("answer", world.dirs["BB"], tmp_path / "q.msg", "--out", tmp_path / "a.msg")
     (hit,) = ok_json("open", world.dirs["AA"], tmp_path / "a.msg")["candidates"]
     # An occupied slot that is not a hit, read from BB's secrets.
     bb = State.open(str(world.dirs["BB"]))
