@@ -76,6 +76,9 @@ ALLOWED = {
     "pprm.protocol.envelope",
     "pprm.protocol.messages",
     "pprm.protocol.replay",
+    # The state database (DIR/state.db) behind the replay cache, the quota ledger and the
+    # outbox: loads the standard library's sqlite3 (a few ms), no third-party module.
+    "pprm.protocol.statedb",
     "pprm.protocol.tokens",
 }
 

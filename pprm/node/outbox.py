@@ -1,7 +1,10 @@
 """The requester's outbox: the queries a state sent, and what came back for each.
 
-``DIR/outbox.json`` maps each query id to one record. The JSON keys are the
-ones pprm has always written, so existing state directories open unchanged::
+The outbox is the ``outbox`` table of the state's database
+(``DIR/state.db``, 0600, :mod:`pprm.protocol.statedb`); each row holds one
+record as the JSON object ``outbox.json`` used to map its query id to, with
+the keys pprm has always written, so records of any version read unchanged
+(an ``outbox.json`` left by an earlier pprm is imported on first use)::
 
     sealed: {"to", "case", "purpose", "created", "expires", "answer"[, "refused"]}
     blind:  the same, and "profile": "blind", "key_id", "candidates"
@@ -15,32 +18,41 @@ the same handles). A ``hits`` key that older blind records carry is ignored.
 ``probe`` is the blind query's probe, as the requester normalised it (base64
 of float32 little-endian): a blind follow-up carries it, so that the
 responder can check that the handle's record clears its threshold. It is
-this state's own data on its own disk (``outbox.json`` is 0600), written
-only when present and dropped once no follow-up can follow (no hit, a
-refusal, an abandoned query); records written before pprm kept probes have
-none, and a follow-up on them is refused locally
+this state's own data on its own disk (``state.db`` is 0600, and written
+with ``secure_delete``, so a dropped probe is overwritten), written only
+when present and dropped once no follow-up can follow (no hit, a refusal,
+an abandoned query); records written before pprm kept probes have none, and
+a follow-up on them is refused locally
 (:class:`~pprm.errors.ProbeNotKeptError`). ``followups`` lists the ids of
 the follow-ups sent on the answer, ``followups_refused`` those the peer
 refused with a signed refusal. The optional keys are written only when set,
 so a record that never had them is written back key for key.
+
+A record is pruned once no reply to its query or to its follow-ups can
+verify any more (:func:`keep_until`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import os
-from collections.abc import Mapping
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
-from pprm._fs import atomic_write_json, read_json
 from pprm.errors import StateError
 from pprm.profile import Profile, is_profile
+from pprm.protocol.envelope import CLOCK_SKEW, MAX_LIFETIME
+from pprm.protocol.statedb import Legacy, StateDB, locate
 
-__all__ = ["Outbox", "SentQuery", "SentSealedQuery", "SentBlindQuery", "sent_query_from_json"]
+__all__ = ["Outbox", "SentQuery", "SentSealedQuery", "SentBlindQuery", "sent_query_from_json", "keep_until",
+           "REPLY_WINDOW", "FOLLOWUP_WINDOW"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,7 +60,7 @@ class SentQuery:
     """What both profiles' outbox records hold.
 
     Attributes:
-        query_id: the query's id (the record's key in ``outbox.json``).
+        query_id: the query's id (the record's key).
         peer: the state the query was sent to (``"to"`` on disk).
         case: the case reference.
         purpose: the purpose of the search.
@@ -70,7 +82,7 @@ class SentQuery:
     refused: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The record as ``outbox.json`` keeps it (without its query id, which is the key).
+        """The record as the outbox keeps it (without its query id, which is the key).
 
         Returns:
             A JSON-ready dict.
@@ -107,7 +119,7 @@ class SentBlindQuery(SentQuery):
         The probe is biometric data, kept here because a blind follow-up must
         carry it (the responder resolves a handle only if the probe clears
         its threshold against the record). It is the requesting state's own
-        probe on its own disk, in the 0600 ``outbox.json``, and never leaves
+        probe on its own disk, in the 0600 ``state.db``, and never leaves
         except boxed in a follow-up to the state whose answer named the handle.
     """
 
@@ -175,7 +187,8 @@ def _probe(obj: Mapping[str, Any]) -> bytes | None:
 
 def _int(obj: Mapping[str, Any], key: str) -> int:
     value = obj[key]
-    if type(value) is not int:
+    # Times, kept as SQLite integers (64 bits; the margin leaves room for keep_until).
+    if type(value) is not int or not -(1 << 62) < value < 1 << 62:
         raise TypeError(key)
     return value
 
@@ -215,40 +228,123 @@ def sent_query_from_json(query_id: str, obj: object) -> SentSealedQuery | SentBl
                               probe=_probe(obj), followups=_texts(obj, "followups"),
                               followups_refused=_texts(obj, "followups_refused"))
     except (KeyError, TypeError):
-        raise StateError("outbox.json is corrupt") from None
+        raise StateError("outbox record is corrupt") from None
+
+
+# A reply to a query (answer or refusal) is made by a peer that verified the
+# query, so its ``created`` is at most the query's expiry plus CLOCK_SKEW, and
+# it verifies here up to its own expiry plus CLOCK_SKEW, at most MAX_LIFETIME
+# after its creation (open_envelope). The window is the protocol's bound, not
+# a ``token_ttl``: the answering state's token_ttl, not this state's, sets its
+# answer's lifetime. After it no reply can be opened, and no follow-up made
+# (a follow-up needs its answer to verify).
+REPLY_WINDOW = 2 * CLOCK_SKEW + MAX_LIFETIME
+# A blind record that lists follow-ups must also take their refusals: each
+# follow-up was made inside REPLY_WINDOW, lives at most MAX_LIFETIME (else the
+# peer refuses it unread), and its refusal is made and verifies as above.
+FOLLOWUP_WINDOW = 2 * CLOCK_SKEW + 2 * MAX_LIFETIME
+
+
+def keep_until(record: SentQuery) -> int:
+    """The last second at which an outbox record can still matter.
+
+    Args:
+        record: the record.
+
+    Returns:
+        ``expires + REPLY_WINDOW`` (about 31 days after the query expires),
+        plus :data:`FOLLOWUP_WINDOW` when the record lists follow-ups
+        (about 93 days in all). Afterwards no reply to the query or to its
+        follow-ups verifies, so none can be opened, and nothing can be
+        followed up.
+    """
+    extra = FOLLOWUP_WINDOW if isinstance(record, SentBlindQuery) and record.followups else 0
+    return record.expires + REPLY_WINDOW + extra
 
 
 class Outbox:
-    """``outbox.json`` of one state; callers hold the state lock around read-modify-write.
+    """The queries one state sent; callers hold the state lock around read-modify-write.
+
+    The records are the ``outbox`` table of the state's database
+    (:mod:`pprm.protocol.statedb`, ``DIR/state.db``, 0600), each the JSON
+    object ``outbox.json`` held for it (the keys above). A record is deleted
+    once it can no longer matter (:func:`keep_until`); pruning runs with every
+    :meth:`put`. An ``outbox.json`` left by an earlier pprm is imported on
+    first use and deleted.
 
     Args:
-        path: the file (need not exist yet).
+        path: the outbox's former JSON file (``DIR/outbox.json``): the
+            records live in ``DIR/state.db`` under the file's name without
+            ``.json``.
+
+    Warning:
+        Pruning forgets a query some 31 days after it expired (93 days when
+        it was followed up). A reply made as pprm makes it (dated when it
+        verified the message it replies to) fails its own expiry check by
+        then. A reply that still verifies later (a peer that post-dates its
+        replies) is refused as "for a query this state did not send", as is a
+        second answer to a pruned query, rather than as a replay: refused
+        either way. The audit log keeps every query and answer.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
+        directory, self.name = locate(path)
+        self._db = StateDB(directory)
+        self._legacy = Legacy(path, self.name, self._parse, self._load)
 
     def __repr__(self) -> str:
         return f"Outbox({self.path!r})"
 
+    # -- the former JSON file ------------------------------------------------------------
+    def _parse(self, raw: bytes) -> list[SentSealedQuery | SentBlindQuery]:
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise StateError(f"{os.path.basename(self.path)} is corrupt") from None
+        if not isinstance(data, dict):
+            raise StateError(f"{os.path.basename(self.path)} is corrupt")
+        try:
+            return [sent_query_from_json(str(qid), rec) for qid, rec in data.items()]
+        except StateError:
+            raise StateError(f"{os.path.basename(self.path)} is corrupt") from None
+
+    def _load(self, conn: sqlite3.Connection, records: Iterable[SentQuery]) -> int:
+        count = 0
+
+        def rows() -> Iterator[tuple[str, str, int, str]]:
+            nonlocal count
+            for r in records:  # streamed: a bulk load need not fit in memory twice
+                count += 1
+                yield self.name, r.query_id, keep_until(r), _dumps(r.to_json())
+
+        conn.executemany("INSERT INTO outbox (box, query_id, keep_until, record) VALUES (?, ?, ?, ?) "
+                         "ON CONFLICT (box, query_id) DO UPDATE SET keep_until = excluded.keep_until, "
+                         "record = excluded.record", rows())
+        return count
+
+    def _record(self, query_id: str, text: str) -> SentSealedQuery | SentBlindQuery:
+        try:
+            return sent_query_from_json(query_id, json.loads(text))
+        except (ValueError, StateError):
+            raise StateError(f"outbox record {query_id[:16]} in {self._db.path} is corrupt") from None
+
+    # -- reading -------------------------------------------------------------------------
     def load(self) -> dict[str, SentSealedQuery | SentBlindQuery]:
-        """Every record, by query id (empty when nothing was sent yet).
+        """Every record kept, by query id (empty when nothing was sent yet); O(records).
 
         Returns:
-            Query id -> record.
+            Query id -> record, in query id order.
 
         Raises:
-            StateError: the file is corrupt.
+            StateError: the database (or a legacy ``outbox.json``) is corrupt.
         """
-        if not os.path.exists(self.path):
-            return {}
-        try:
-            data = read_json(self.path)
-        except ValueError:
-            raise StateError("outbox.json is corrupt") from None
-        if not isinstance(data, dict):
-            raise StateError("outbox.json is corrupt")
-        return {str(qid): sent_query_from_json(str(qid), rec) for qid, rec in data.items()}
+        with self._db.read(self._legacy) as conn:
+            if conn is None:
+                return {}
+            rows = conn.execute("SELECT query_id, record FROM outbox WHERE box = ? ORDER BY query_id",
+                                (self.name,)).fetchall()
+        return {qid: self._record(qid, text) for qid, text in rows}
 
     def get(self, query_id: str) -> SentSealedQuery | SentBlindQuery | None:
         """One record, or None.
@@ -257,22 +353,72 @@ class Outbox:
             query_id: the query's id.
 
         Returns:
-            The record, or None if this state never sent that query.
+            The record, or None if this state never sent that query (or it
+            was pruned, see :func:`keep_until`).
 
         Raises:
-            StateError: the file is corrupt.
+            StateError: the database (or a legacy ``outbox.json``) is corrupt.
         """
-        return self.load().get(query_id)
+        with self._db.read(self._legacy) as conn:
+            if conn is None:
+                return None
+            row = conn.execute("SELECT record FROM outbox WHERE box = ? AND query_id = ?",
+                               (self.name, query_id)).fetchone()
+        return None if row is None else self._record(query_id, row[0])
 
+    # -- writing -------------------------------------------------------------------------
     def put(self, record: SentQuery) -> None:
-        """Add or replace one record (atomic write of the whole file).
+        """Add or replace one record, and prune, in one durable transaction.
+
+        Pruning runs at the earlier of the clock and the record's creation
+        time, so a record made with a clock override (tests) does not
+        prune the others.
 
         Args:
             record: the record; its query id is the key.
 
         Raises:
-            StateError: the file is corrupt.
+            StateError: the database (or a legacy ``outbox.json``) is corrupt.
         """
-        data = {qid: rec.to_json() for qid, rec in self.load().items()}
-        data[record.query_id] = record.to_json()
-        atomic_write_json(self.path, data)
+        with self._db.write(self._legacy) as conn:
+            self._load(conn, [record])
+            self._prune(conn, min(time.time(), record.created))
+
+    def put_many(self, records: Iterable[SentQuery]) -> int:
+        """Add or replace records in bulk, in one transaction; nothing is pruned.
+
+        Args:
+            records: the records.
+
+        Returns:
+            How many were written.
+
+        Raises:
+            StateError: the database (or a legacy ``outbox.json``) is corrupt.
+        """
+        with self._db.write(self._legacy) as conn:
+            return self._load(conn, records)
+
+    def prune(self, now: float) -> int:
+        """Delete the records that can no longer matter at ``now`` (:func:`keep_until`).
+
+        Args:
+            now: the time, seconds since the epoch.
+
+        Returns:
+            How many records were deleted.
+
+        Raises:
+            StateError: the database is corrupt or unwritable.
+        """
+        if not self._db.exists() and not os.path.exists(self.path):
+            return 0
+        with self._db.write(self._legacy) as conn:
+            return self._prune(conn, now)
+
+    def _prune(self, conn: sqlite3.Connection, now: float) -> int:
+        return conn.execute("DELETE FROM outbox WHERE box = ? AND keep_until < ?", (self.name, now)).rowcount
+
+
+def _dumps(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))

@@ -4,15 +4,12 @@ The policy is decided after a query has been verified (signature, box,
 body) and before any matching. A refused query is answered with a signed
 refusal (:class:`pprm.protocol.messages.RefusalBody`) instead of an answer.
 
-Quotas are counted in ``DIR/quota.json``::
-
-    {"DE": [[1700000000, "C-2026-17"], ...], ...}
-
-one ``[time, case]`` pair per *answered* query of each requesting state over
-the last :data:`pprm.node.config.QUOTA_WINDOW` seconds; older pairs are
-dropped on every write. A small file of its own rather than a scan of the
-audit log: checking a quota stays O(queries in a day) whatever the size of
-the log, and the responder's clock override (``now``) applies to it.
+Quotas are counted in the state's database (``DIR/state.db``, :class:`QuotaLedger`):
+one ``(time, case)`` row per *answered* query of each requesting state over
+the last :data:`pprm.node.config.QUOTA_WINDOW` seconds; older rows are
+dropped on every write. A store of its own rather than a scan of the audit
+log: checking a quota stays O(queries in a day) whatever the size of the
+log, and the responder's clock override (``now``) applies to it.
 
 Changing the policy (:func:`set_policy`, ``pprm policy set``) is audited: the
 change is logged with its old and new values and the new policy's digest,
@@ -22,12 +19,14 @@ which the signed audit head then covers, before ``state.json`` is rewritten.
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Mapping
+import sqlite3
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from pprm._fs import atomic_write_json, read_json
+from pprm._fs import atomic_write_json
 from pprm.errors import ParameterError, StateError
 from pprm.node.config import (
     POLICY_FIELDS,
@@ -41,6 +40,7 @@ from pprm.node.config import (
 from pprm.node.state import State
 from pprm.protocol import canonical
 from pprm.protocol.messages import MAX_REFUSAL_MESSAGE
+from pprm.protocol.statedb import Legacy, StateDB, locate
 
 __all__ = ["Refusal", "QuotaLedger", "decide", "PolicyReport", "PolicyChange", "show_policy", "set_policy"]
 
@@ -56,48 +56,124 @@ class Refusal:
 class QuotaLedger:
     """The answered queries of the last 24 hours, per requesting state.
 
+    The ledger is the ``quota`` table of the state's database
+    (:mod:`pprm.protocol.statedb`, ``DIR/state.db``, 0600), one row per
+    answered query: requesting state, time, case reference. A ``quota.json``
+    left by an earlier pprm is imported on first use and deleted.
+
     Args:
-        path: the JSON file; callers hold the state lock around check-and-record.
+        path: the ledger's former JSON file (``DIR/quota.json``): the rows
+            live in ``DIR/state.db`` under the file's name without ``.json``.
+            Callers hold the state lock around check-and-record.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
+        directory, self.name = locate(path)
+        self._db = StateDB(directory)
+        self._legacy = Legacy(path, self.name, self._parse, self._load)
 
     def __repr__(self) -> str:
         return f"QuotaLedger({self.path!r})"
 
-    def _load(self) -> dict[str, list[tuple[int, str]]]:
-        if not os.path.exists(self.path):
-            return {}
+    def _parse(self, raw: bytes) -> dict[str, list[tuple[int, str]]]:
         try:
-            data = read_json(self.path)
+            data = json.loads(raw)
             if not isinstance(data, dict):
                 raise TypeError
             out: dict[str, list[tuple[int, str]]] = {}
             for peer, rows in data.items():
                 entries = []
                 for when, case in rows:
-                    if type(when) is not int or not isinstance(case, str):
+                    if type(when) is not int or not isinstance(case, str) or not -(1 << 62) < when < 1 << 62:
                         raise TypeError
                     entries.append((when, case))
                 out[str(peer)] = entries
             return out
         except (ValueError, TypeError, AttributeError):
-            raise StateError("quota.json is corrupt") from None
+            raise StateError(f"{os.path.basename(self.path)} is corrupt") from None
+
+    def _load(self, conn: sqlite3.Connection, rows: Mapping[str, Sequence[tuple[int, str]]]) -> int:
+        values = [(self.name, peer, when, case) for peer, entries in rows.items() for when, case in entries]
+        conn.executemany("INSERT INTO quota (ledger, peer, at, case_ref) VALUES (?, ?, ?, ?)", values)
+        return len(values)
 
     def usage(self, peer: str, case: str, now: float) -> tuple[int, int]:
-        """``(queries for this case, queries in all)`` answered for ``peer`` in the window."""
-        live = [c for when, c in self._load().get(peer, []) if when > now - QUOTA_WINDOW]
-        return sum(c == case for c in live), len(live)
+        """What ``peer`` used of its quotas in the window ending at ``now``.
+
+        Args:
+            peer: the requesting state.
+            case: the case reference of the query being decided.
+            now: the time of the decision.
+
+        Returns:
+            ``(queries for this case, queries in all)`` answered for ``peer``
+            in the last :data:`~pprm.node.config.QUOTA_WINDOW` seconds.
+
+        Raises:
+            StateError: the ledger (database, or a legacy ``quota.json``) is corrupt.
+        """
+        with self._db.read(self._legacy) as conn:
+            if conn is None:
+                return 0, 0
+            total, same = conn.execute(
+                "SELECT count(*), coalesce(sum(case_ref = ?), 0) FROM quota WHERE ledger = ? AND peer = ? AND at > ?",
+                (case, self.name, peer, now - QUOTA_WINDOW)).fetchone()
+        return int(same), int(total)
 
     def record(self, peer: str, case: str, now: float) -> None:
-        """Count one answered query, and drop what has left the window (caller holds the lock)."""
-        data = self._load()
-        data.setdefault(peer, []).append((int(now), case))
-        horizon = now - QUOTA_WINDOW
-        kept = {p: [[w, c] for w, c in rows if w > horizon] for p, rows in data.items()}
-        # Case references are personal data, as in the audit log: owner-only.
-        atomic_write_json(self.path, {p: rows for p, rows in kept.items() if rows}, mode=0o600)
+        """Count one answered query, and drop what has left the window, in one durable transaction.
+
+        Args:
+            peer: the requesting state.
+            case: the query's case reference.
+            now: the time it was answered (caller holds the state lock).
+
+        Raises:
+            StateError: the ledger is corrupt or unwritable.
+
+        Warning:
+            Rows older than the window are deleted (and overwritten on disk):
+            the ledger then no longer shows which cases a peer asked about
+            before; the audit log keeps every answer.
+        """
+        with self._db.write(self._legacy) as conn:
+            conn.execute("INSERT INTO quota (ledger, peer, at, case_ref) VALUES (?, ?, ?, ?)",
+                         (self.name, peer, int(now), case))
+            conn.execute("DELETE FROM quota WHERE ledger = ? AND at <= ?", (self.name, now - QUOTA_WINDOW))
+
+    def entries(self) -> dict[str, list[tuple[int, str]]]:
+        """Every row kept, by requesting state, oldest first: what ``quota.json`` held (O(rows)).
+
+        Returns:
+            Peer -> ``[(time, case), ...]``.
+
+        Raises:
+            StateError: the ledger is corrupt.
+        """
+        out: dict[str, list[tuple[int, str]]] = {}
+        with self._db.read(self._legacy) as conn:
+            if conn is not None:
+                for peer, when, case in conn.execute(
+                        "SELECT peer, at, case_ref FROM quota WHERE ledger = ? ORDER BY peer, at, rowid",
+                        (self.name,)):
+                    out.setdefault(peer, []).append((when, case))
+        return out
+
+    def merge(self, rows: Mapping[str, Sequence[tuple[int, str]]]) -> int:
+        """Add rows in bulk (to copy a ledger into another directory's); nothing is pruned or de-duplicated.
+
+        Args:
+            rows: peer -> ``[(time, case), ...]``, as :meth:`entries` returns.
+
+        Returns:
+            How many rows were added.
+
+        Raises:
+            StateError: the database is corrupt or unwritable.
+        """
+        with self._db.write(self._legacy) as conn:
+            return self._load(conn, rows)
 
 
 def _line(text: str) -> str:

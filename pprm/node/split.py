@@ -7,12 +7,12 @@ live on another host::
 
     DIR/ (front)                         KEYDIR/ (key service)
       state.json, card.json, ckks/         state.json, card.json, ckks/, roster/ (copies)
-      roster/, outbox.json, quota.json     keyservice.json    {role, state, gallery, front's keys}
+      roster/, state.db (outbox, ...)      keyservice.json    {role, state, gallery, front's keys}
       private/identity.key                 private/identity.key  key service's Ed25519 seed
       private/blind/KEY.sk (requester)                            | the state's X25519 secret
       gallery/  (written by the key          private/ckks-secret.key, token.key, blind.key
                  service, read by the front) blind/  (responder side: the plaintext database)
-      keyservice.json  {role, address,     replay.json, quota.json, outcomes/
+      keyservice.json  {role, address,     state.db (replay, quota), outcomes.json
                         key service's keys} audit.log, audit.head (signed by the key service)
       audit.log, audit.head
 
@@ -39,7 +39,9 @@ from pprm.crypto.identity import Identity, PublicIdentity
 from pprm.errors import StateError
 from pprm.node.audit import AuditLog
 from pprm.node.config import policy_digest, policy_text
+from pprm.node.policy import QuotaLedger
 from pprm.node.state import State
+from pprm.protocol.replay import ReplayCache
 
 __all__ = ["FrontPin", "KeyServicePin", "split", "join", "front_pin", "keyservice_pin", "keyservice_logs",
            "archived_keyservice_logs", "SECRET_FILES", "DEFAULT_SOCKET"]
@@ -249,9 +251,10 @@ def _build_keydir(st: State, keydir: str) -> None:
             _copy_private(st.path(*rel.split("/")), os.path.join(tmp, *rel.split("/")))
         if os.path.isdir(st.path(BLIND_DIR)):
             _copytree(st.path(BLIND_DIR), os.path.join(tmp, BLIND_DIR))
-        for rel in ("replay.json", "quota.json"):
-            if os.path.exists(st.path(rel)):
-                shutil.copy2(st.path(rel), os.path.join(tmp, rel))
+        # The key service refuses what the state had seen, and counts what it had answered
+        # (rows of DIR/state.db; the front's outbox stays in DIR).
+        ReplayCache(os.path.join(tmp, "replay.json")).merge(ReplayCache(st.path("replay.json")).entries())
+        QuotaLedger(os.path.join(tmp, "quota.json")).merge(QuotaLedger(st.path("quota.json")).entries())
         ks = Identity(st.config.name, ks_seed, state_ident.box_secret)
         atomic_write_json(os.path.join(tmp, PIN_FILE), {
             "format": FORMAT, "role": "keyservice", "state": st.config.name, "gallery": st.path("gallery"),
@@ -308,7 +311,8 @@ def join(directory: str, keydir: str) -> None:
             if os.path.isdir(st.path(BLIND_DIR)):
                 shutil.rmtree(st.path(BLIND_DIR))
             os.rename(tmp, st.path(BLIND_DIR))
-        _merge_replay(st.path("replay.json"), ks_state.path("replay.json"))
+        # Both sides refused what either had seen: the union.
+        ReplayCache(st.path("replay.json")).merge(ReplayCache(ks_state.path("replay.json")).entries())
         archive = st.path("keyservice-audit", pin.keyservice.fingerprint.hex())
         os.makedirs(archive, exist_ok=True)
         for name in ("audit.log", "audit.head"):
@@ -318,16 +322,6 @@ def join(directory: str, keydir: str) -> None:
         st.audit.append("join", keyservice=pin.keyservice.fingerprint.hex())
         os.unlink(st.path(PIN_FILE))
     shutil.rmtree(keydir)
-
-
-def _merge_replay(front: str, ks: str) -> None:
-    """Union of two replay caches (both sides refused what either had seen)."""
-    if not os.path.exists(ks):
-        return
-    merged: dict[str, dict[str, int]] = read_json(front) if os.path.exists(front) else {}
-    for sender, ids in read_json(ks).items():
-        merged.setdefault(sender, {}).update(ids)
-    atomic_write_json(front, merged)
 
 
 @contextlib.contextmanager

@@ -18,9 +18,10 @@
       blind/                blind profile, responder side (pprm.node.blind_store)
       blind-keys.json       blind profile, requester side (pprm.node.blind_keyring)
       audit.log             hash-chained audit log
-      replay.json           seen message ids
-      quota.json            queries answered per requesting state, last 24 h
-      outbox.json           queries this state sent, and their answers
+      state.db              SQLite (pprm.protocol.statedb), 0600: seen message ids
+                            (replay), queries answered per requesting state in the
+                            last 24 h (quota), queries this state sent and their
+                            answers (outbox)
 
 Roles get only what they need: :meth:`State.matcher` builds the matcher
 from public material and never opens ``private/``.

@@ -13,6 +13,7 @@ import pytest
 from pprm import synthetic
 from pprm.cli.common import EXIT_PARTIAL
 from pprm.cli.main import main
+from pprm.node.outbox import Outbox
 from tests.helpers import build_network, dead_url, route, serve
 
 PURPOSE = "serious-crime"
@@ -83,13 +84,13 @@ def test_ask_argument_errors_are_one_line_and_send_nothing(net, capsys, argv, me
     nodes, _procs, _peers, tmp = net
     probe = tmp / "probe.npy"
     np.save(probe, synthetic.impostor_probe(512, seed=1))
-    outbox = Path(nodes["DE"].state.dir, "outbox.json")
-    before = outbox.read_bytes() if outbox.exists() else None
+    outbox = Outbox(nodes["DE"].state.path("outbox.json"))
+    before = outbox.load()
     code = main(["ask", nodes["DE"].state.dir, "--probe", str(probe), "--to", "FR", "--case", "C", "--purpose",
                  PURPOSE, *argv])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and message in err[0]
-    assert (outbox.read_bytes() if outbox.exists() else None) == before
+    assert outbox.load() == before
 
 
 def test_malformed_peers_file(tmp_path, capsys):

@@ -44,7 +44,7 @@ from pprm.errors import (
 )
 from pprm.matching.templates import normalise_probe
 from pprm.node.keyservice import KeyService
-from pprm.node.outbox import SentBlindQuery
+from pprm.node.outbox import Outbox, SentBlindQuery
 from pprm.node.requester import OpenedAnswer, Requester
 from pprm.node.responder import Responder
 from pprm.node.state import State
@@ -240,7 +240,7 @@ def test_a_hostile_requester_following_up_a_non_hit_with_its_true_probe_is_refus
     assert handed == [err.refusal]
     # Only the log, the replay cache and the answer's follow-up list changed.
     after = snapshot(net.b.dir)
-    assert changed(before, after) == sorted(["audit.log", "audit.head", "replay.json",
+    assert changed(before, after) == sorted(["audit.log", "audit.head", "state.db",
                                              f"blind/queries/{asked.qid}.json"])
     old, new = (json.loads(s[s.index(b"|") + 1:]) for s in (before[f"blind/queries/{asked.qid}.json"],
                                                              after[f"blind/queries/{asked.qid}.json"]))
@@ -402,20 +402,17 @@ def test_the_probe_never_appears_in_logs_or_the_responders_files(net: Net, monke
     # AA: its audit log never; its outbox keeps the probe (its own data, 0600) for the follow-ups.
     mine = snapshot(net.a.dir)
     leaks = sorted(k for k, v in mine.items() if len(v) < 1 << 20 and any(n in v for n in raw + text))
-    assert leaks == ["outbox.json"]
-    assert os.stat(net.a.path("outbox.json")).st_mode & 0o777 == 0o600
+    assert leaks == ["state.db"]
+    assert os.stat(net.a.path("state.db")).st_mode & 0o777 == 0o600
 
 
 def test_a_record_without_a_kept_probe_cannot_be_followed_up(net: Net) -> None:
     asked = ask(net, 20, "OLD-RECORD")
     # An outbox record as pprm wrote it before it kept probes.
-    path = net.a.path("outbox.json")
-    with open(path) as fh:
-        box = json.load(fh)
-    assert "probe" in box[asked.qid]
-    del box[asked.qid]["probe"]
-    with open(path, "w") as fh:
-        json.dump(box, fh, sort_keys=True, indent=1)
+    box = Outbox(net.a.path("outbox.json"))
+    rec = box.get(asked.qid)
+    assert isinstance(rec, SentBlindQuery) and rec.probe is not None
+    box.put(dataclasses.replace(rec, probe=None))
     with unchanged(net.a), pytest.raises(ProbeNotKeptError, match="not kept"):
         Requester(net.a).follow_up(asked.answer, asked.hit)
 

@@ -16,7 +16,6 @@ key is refused, and a reused key id is rejected".
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import time
@@ -44,6 +43,7 @@ from pprm.errors import (
 from pprm.matching.blind_client import encrypt_probe
 from pprm.matching.templates import normalise_probe
 from pprm.node.keyservice import KeyService
+from pprm.node.outbox import SentBlindQuery
 from pprm.node.requester import OpenedAnswer, Requester
 from pprm.node.responder import Responder
 from pprm.node.state import State
@@ -136,8 +136,9 @@ def header_of(blob: bytes) -> Header:
 
 
 def key_id_of_query(requester: State, query: bytes) -> str:
-    with open(requester.path("outbox.json")) as fh:
-        return str(json.load(fh)[header_of(query).id]["key_id"])
+    rec = Requester(requester).outbox()[header_of(query).id]
+    assert isinstance(rec, SentBlindQuery)
+    return rec.key_id
 
 
 def craft_blind(sender: State, to: str, kind: str, body: bytes, *, boxed: bool = True,

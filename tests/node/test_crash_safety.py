@@ -18,7 +18,6 @@ killed with SIGKILL at a random moment once it is under way. Afterwards:
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -33,6 +32,7 @@ import pytest
 from pprm.node.keyservice import KeyService
 from pprm.node.requester import Requester
 from pprm.node.state import State
+from pprm.protocol.replay import ReplayCache
 from pprm.synthetic import make_gallery, mate_probe
 from tests.helpers import new_state
 
@@ -135,7 +135,7 @@ def test_killed_while_answering(tmp_path: Path, seed: int) -> None:
     _run_and_kill(fr.dir, "answer", seed, *paths)
     st = _check_consistent(fr.dir)
     logged = {e["data"]["query_id"] for e in st.audit.entries() if e["event"] == "answer"}
-    replay = json.loads(Path(fr.path("replay.json")).read_text()) if os.path.exists(fr.path("replay.json")) else {}
+    replay = ReplayCache(fr.path("replay.json")).entries()
     used = set(replay.get("DE", {}))
     # Logged before marked used: a used query id always has its log entry.
     assert used <= logged

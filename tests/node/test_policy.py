@@ -31,6 +31,8 @@ from pprm.errors import (
 )
 from pprm.node.config import DEFAULT_PURPOSES, MAX_QUOTA, QUOTA_WINDOW, StateConfig
 from pprm.node.keyservice import KeyService
+from pprm.node.outbox import Outbox
+from pprm.node.policy import QuotaLedger
 from pprm.node.requester import Requester
 from pprm.node.responder import Responder
 from pprm.node.state import State
@@ -76,12 +78,16 @@ def events(st: State, name: str) -> list[dict[str, Any]]:
 
 
 def quota_file(st: State) -> dict[str, list[list[Any]]]:
-    path = st.path("quota.json")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as fh:
-        data: dict[str, list[list[Any]]] = json.load(fh)
-    return data
+    """The quota ledger's rows (DIR/state.db), in the shape quota.json had."""
+    return {peer: [[when, case] for when, case in rows]
+            for peer, rows in QuotaLedger(st.path("quota.json")).entries().items()}
+
+
+def sent(st: State, query_id: str) -> dict[str, Any]:
+    """The requester's outbox record of a query, as the JSON object outbox.json held."""
+    rec = Outbox(st.path("outbox.json")).get(query_id)
+    assert rec is not None
+    return rec.to_json()
 
 
 # -- configuration --------------------------------------------------------------------
@@ -206,8 +212,7 @@ def test_purpose_not_on_the_responders_list_gets_a_signed_refusal(tmp_path: Path
     err = info.value
     assert isinstance(err, RefusedError) and (err.peer, err.query_id, err.reason) == ("BB", header_of(q).id, "purpose")
     assert "refused: purpose" in str(err) and "\n" not in str(err)
-    with open(a.path("outbox.json")) as fh:
-        entry = json.load(fh)[header_of(q).id]
+    entry = sent(a, header_of(q).id)
     assert (entry["answer"], entry["refused"]) == (env.header.id, "purpose")
     assert events(a, "refused") == [{"peer": "BB", "query_id": header_of(q).id, "refusal_id": env.header.id,
                                      "reason": "purpose", "profile": "sealed"}]
@@ -300,7 +305,7 @@ def test_quota_per_case_then_per_peer(tmp_path: Path) -> None:
     assert len(events(b, "answer")) == 4
     # Only answered queries are counted, in an owner-only file.
     assert quota_file(b) == {"AA": [[T0, "C-1"], [T0 + 1, "C-1"], [T0 + 3, "C-2"]], "CC": [[T0 + 6, "C-1"]]}
-    assert stat.S_IMODE(os.stat(b.path("quota.json")).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(b.path("state.db")).st_mode) == 0o600
     # The requester learns which quota, in one line.
     q = req.query("BB", probe, "C-1", "serious-crime", now=T0 + 7)
     with pytest.raises(RefusedError, match="refused: quota-case") as info:
@@ -355,7 +360,7 @@ def test_the_requester_fails_fast_on_a_purpose_not_on_its_list(tmp_path: Path) -
     with pytest.raises(MessageError):  # malformed text stays a message error
         bb_req.query("AA", probe, "C", "")
     assert snapshot(b.dir) == before  # no query, no key, no log entry
-    assert not os.path.exists(b.path("outbox.json"))
+    assert Requester(b).outbox() == {}
 
 
 # -- the blind profile ---------------------------------------------------------------------
@@ -381,8 +386,7 @@ def test_blind_queries_are_refused_the_same_way_before_any_matching(tmp_path: Pa
         resp.answer(q, now=T0 + 1)
     with pytest.raises(RefusedError, match="refused: purpose"):
         req.open(res.message, now=T0 + 1)
-    with open(a.path("outbox.json")) as fh:
-        assert json.load(fh)[h.in_reply_to]["refused"] == "purpose"
+    assert sent(a, h.in_reply_to)["refused"] == "purpose"
 
     ann2, q2 = req.blind_query("BB", probe, "C-B", "serious-crime", now=T0 + 2)
     assert ann2 is None  # the same key, already delivered

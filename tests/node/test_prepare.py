@@ -9,6 +9,7 @@ import pytest
 
 from pprm import synthetic
 from pprm.errors import ParameterError
+from pprm.node.outbox import Outbox
 from pprm.node.requester import OutgoingQuery, Requester
 from pprm.node.state import State
 from pprm.protocol import canonical
@@ -68,10 +69,10 @@ def test_an_unknown_profile_is_a_parameter_error_and_changes_nothing(nodes) -> N
 def test_the_sink_sees_the_messages_before_anything_is_recorded(nodes, tmp_path: Path, profile) -> None:
     de: State = nodes["DE"].state
     got: list[tuple[bytes | None, bytes]] = []
-    outbox = Path(de.path("outbox.json"))
+    outbox = Outbox(de.path("outbox.json"))
 
     def sink(announcement: bytes | None, query: bytes) -> None:
-        assert _header(query).id not in (outbox.read_text() if outbox.exists() else "")
+        assert outbox.get(_header(query).id) is None
         got.append((announcement, query))
 
     sent = Requester(de).prepare("FR", _probe(nodes, "FR"), f"C-SINK-{profile}", "serious-crime",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import time
 from pathlib import Path
 
@@ -58,10 +57,9 @@ def test_query_is_signed_boxed_and_recorded(net: dict[str, Node]) -> None:
         for needle in [raw, base64.urlsafe_b64encode(raw).rstrip(b"="), *windows(raw, 12, 128)]:
             assert needle not in q
     assert b"CASE-R1" not in q and b"serious-crime" not in q
-    with open(de.path("outbox.json")) as fh:
-        outbox = json.load(fh)
-    assert outbox[h.id] == {"to": "FR", "case": "CASE-R1", "purpose": "serious-crime", "created": t,
-                            "expires": t + de.config.query_ttl, "answer": None}
+    assert Requester(de).outbox()[h.id].to_json() == {"to": "FR", "case": "CASE-R1", "purpose": "serious-crime",
+                                                      "created": t, "expires": t + de.config.query_ttl,
+                                                      "answer": None}
     last = de.audit.entries()[-1]
     assert last["event"] == "query" and last["data"]["query_id"] == h.id
 
@@ -138,8 +136,7 @@ def test_answer_is_recorded_once(net: dict[str, Node]) -> None:
                 and e["data"]["query_id"] == opened.query_id]
     assert len(received) == 1
     assert received[0]["data"]["hit"] is True and received[0]["data"]["candidates"] == 1
-    with open(de.path("outbox.json")) as fh:
-        assert json.load(fh)[opened.query_id]["answer"] == received[0]["data"]["answer_id"]
+    assert req.outbox()[opened.query_id].answer == received[0]["data"]["answer_id"]
 
 
 def test_follow_up_message(net: dict[str, Node]) -> None:
