@@ -41,6 +41,7 @@ from pprm.protocol.blind_messages import (
     parse_handle,
 )
 from pprm.protocol.card import parse_card
+from pprm.protocol.delivery import split_query_file
 from pprm.protocol.envelope import Header, open_envelope, seal_envelope
 from pprm.protocol.messages import AnswerBody, FollowUpBody, QueryBody, RefusalBody
 from pprm.protocol.tokens import TokenMinter
@@ -124,6 +125,8 @@ PARSERS: list[Callable[[bytes], object]] = [
     # The front <-> key service link: a frame (signature first) and its payload.
     lambda d: keylink.open_frame(d, keylink.REQUEST, FR, DE.public),
     keylink.Payload.from_bytes,
+    # A query file: a bare message or a delivery (query plus key announcements).
+    split_query_file,
 ]
 
 
@@ -151,7 +154,7 @@ def seeds() -> list[bytes]:
     payload = keylink.Payload("hello", "ab" * 16, NOW, {"x": 1}, (b"blob",))
     out += [bytes([19]) + np.arange(_LAYOUT.n, dtype="<u8").tobytes(),
             bytes([20]) + keylink.seal_frame(keylink.REQUEST, payload, DE, FR.public),
-            bytes([21]) + payload.to_bytes()]
+            bytes([21]) + payload.to_bytes(), bytes([22]) + pack_delivery(wire, [wire]), bytes([22]) + wire]
     return out
 
 
