@@ -251,10 +251,17 @@ class KeyService:
     def export_templates(self) -> tuple[np.ndarray, np.ndarray]:
         """Decrypt the whole gallery to build the blind profile's diagonals (memory only).
 
+        Every export is logged (``export``, with the gallery version and the
+        number of records): it is the one decryption of the whole gallery.
+
         Warning:
             The result is the plaintext gallery; see :meth:`GalleryOwner.export_templates`.
         """
-        return GalleryOwner(self.state.ctx, self._sk, self.state.gallery()).export_templates()
+        sk = self._sk
+        gallery = self.state.gallery()
+        # Logged before the decryption: a crash may leave a logged export that did not finish, never the reverse.
+        self.state.audit.append("export", gallery=gallery.version, records=len(gallery), purpose="blind-database")
+        return GalleryOwner(self.state.ctx, sk, gallery).export_templates()
 
     # -- step one ----------------------------------------------------------
     def verify_incoming(self, blob: bytes, now: float | None = None) -> VerifiedQuery | VerifiedBlindQuery:

@@ -209,12 +209,17 @@ def split(directory: str, keydir: str, *, address: str | None = None) -> FrontPi
         raise StateError(f"{directory} is split already, and {keydir} is not its key-service directory")
     # Only now that KEYDIR holds every secret durably, and DIR is a front:
     # delete them here (again, if a previous run was interrupted midway).
+    _delete_secrets(st)
+    return pin
+
+
+def _delete_secrets(st: State) -> None:
+    """Remove the key service's material from a front's directory (idempotent)."""
     for rel in SECRET_FILES:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(st.path(*rel.split("/")))
     if os.path.isdir(st.path(BLIND_DIR)):
         shutil.rmtree(st.path(BLIND_DIR))
-    return pin
 
 
 def _is_our_keydir(keydir: str, st: State) -> bool:

@@ -23,12 +23,14 @@ import numpy as np
 import pytest
 
 from pprm import synthetic
+from pprm._fs import atomic_write_json
 from pprm.crypto.identity import Identity
 from pprm.errors import (
     AuthenticationError,
     CiphertextError,
     GalleryError,
     MessageError,
+    ParameterError,
     PolicyError,
     PolicyTamperedError,
     ReplayError,
@@ -324,6 +326,8 @@ def test_split_blind_flow_matches_the_plaintext(blind_world: Any) -> None:
     assert os.listdir(os.path.join(keydir, "blind"))
     ks = [e["event"] for e in State.open(keydir).audit.entries()]
     assert ks.count("release") == 2 and ks.count("keys") == 2 and ks.count("resolve") == 2
+    # The one decryption of the whole gallery (to build the blind database) is logged too.
+    assert ks.count("export") == 1
     fr.audit.verify()
     State.open(keydir).audit.verify()
 
@@ -340,3 +344,92 @@ def test_a_hand_edit_of_the_key_services_policy_is_refused_at_start(tmp_path: Pa
     with pytest.raises(PolicyTamperedError, match="k"):
         KeyServiceHost(keydir)
     shutil.rmtree(os.path.dirname(keydir))
+
+
+@pytest.mark.parametrize("stage", ["keydir-built", "pin-written"])
+def test_an_interrupted_split_loses_nothing_and_finishes_when_run_again(tmp_path: Path, stage: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    nodes = build_network(str(tmp_path), ("DE", "FR"), n=300, seed=12)
+    fr = nodes["FR"].state
+    sk, tk = Path(fr.secret_key_path()).read_bytes(), fr.token_key()
+    keydir = os.path.join(_short_dir(), "ks")
+
+    class Crash(Exception):
+        pass
+
+    import pprm.node.split as split_module
+
+    if stage == "keydir-built":
+        # KEYDIR complete and renamed into place, DIR not yet a front.
+        monkeypatch.setattr(split_module, "atomic_write_json", _fail_on_pin(atomic_write_json, Crash))
+    else:
+        # DIR is a front, its secrets not yet deleted.
+        monkeypatch.setattr(split_module, "_delete_secrets", _raise(Crash))
+    with pytest.raises(Crash):
+        split(fr.dir, keydir)
+    monkeypatch.undo()
+    # Nothing lost: the secrets are whole in DIR or KEYDIR (here: both).
+    assert Path(fr.secret_key_path()).read_bytes() == sk
+    assert Path(keydir, "private", "ckks-secret.key").read_bytes() == sk
+    split(fr.dir, keydir)
+    assert not os.path.exists(fr.secret_key_path())
+    assert Path(keydir, "private", "token.key").read_bytes() == tk
+    assert [e["event"] for e in State.open(fr.dir).audit.entries()].count("split") == 1
+    # And it answers, split.
+    host_thread_stop = threading.Event()
+    ready = threading.Event()
+    t = threading.Thread(target=serve, args=(keydir,), kwargs={"ready": lambda _a: ready.set(),
+                                                               "stop": host_thread_stop.is_set}, daemon=True)
+    t.start()
+    assert ready.wait(20)
+    try:
+        probe = synthetic.mate_probe(nodes["FR"].gallery, 3, seed=3)
+        q = Requester(nodes["DE"].state).query("FR", probe, "CASE-I", "serious-crime")
+        assert Requester(nodes["DE"].state).open(Responder(State.open(fr.dir)).answer(q)).hit
+    finally:
+        host_thread_stop.set()
+        t.join(10)
+    shutil.rmtree(os.path.dirname(keydir), ignore_errors=True)
+
+
+def _fail_on_pin(real: Any, exc: type[Exception]) -> Any:
+    def write(path: str, obj: Any, mode: int = 0o600) -> None:
+        if path.endswith("keyservice.json") and isinstance(obj, dict) and obj.get("role") == "front":
+            raise exc("crash before the pin")
+        real(path, obj, mode=mode)
+    return write
+
+
+def _raise(exc: type[Exception]) -> Any:
+    def delete(*_a: Any, **_k: Any) -> None:
+        raise exc("crash before the secrets are deleted")
+    return delete
+
+
+def test_the_key_service_on_a_loopback_port(tmp_path: Path) -> None:
+    import socket
+
+    nodes = build_network(str(tmp_path), ("DE", "FR"), n=300, seed=13)
+    fr = nodes["FR"].state
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    keydir = os.path.join(_short_dir(), "ks")
+    split(fr.dir, keydir, address=address)
+    assert front_pin(fr.dir).address == address  # type: ignore[union-attr]
+    stop, ready = threading.Event(), threading.Event()
+    t = threading.Thread(target=serve, args=(keydir, address), kwargs={"ready": lambda _a: ready.set(),
+                                                                       "stop": stop.is_set}, daemon=True)
+    t.start()
+    assert ready.wait(20)
+    try:
+        probe = synthetic.mate_probe(nodes["FR"].gallery, 5, seed=5)
+        q = Requester(nodes["DE"].state).query("FR", probe, "CASE-T", "serious-crime")
+        assert Requester(nodes["DE"].state).open(Responder(State.open(fr.dir)).answer(q)).hit
+        with pytest.raises(ParameterError, match="loopback"):
+            RemoteKeyService(State.open(fr.dir), "10.0.0.1:9")
+    finally:
+        stop.set()
+        t.join(10)
+    shutil.rmtree(os.path.dirname(keydir), ignore_errors=True)
