@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import os
+from collections.abc import Callable
 from typing import Any
 
 from pprm.cli import face_cmds
@@ -24,7 +27,7 @@ from pprm.cli.common import EXIT_OK, AddVerb, AtomicOutput, Verbs, emit, load_np
 from pprm.cli.keyservice_cmds import add_key_service_arg
 from pprm.cli.net_cmds import send_follow_up_cmd
 from pprm.cli.progress import ProgressBar
-from pprm.errors import NotAHitError, ParameterError
+from pprm.errors import NotAHitError, ParameterError, PprmError
 from pprm.node.remote_keys import key_service_for, remote_key_service
 from pprm.node.requester import Requester
 from pprm.node.responder import Responder
@@ -36,6 +39,8 @@ __all__ = ["VERBS"]
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
+    if args.probes is not None:
+        return _cmd_query_many(args)
     st = State.open(args.dir)
     probe = face_cmds.probe_from_image(args, st) if args.image is not None else load_npy(args.probe, "probe")
     req = Requester(st)
@@ -75,6 +80,108 @@ def _cmd_query(args: argparse.Namespace) -> int:
         text += " with the announcement of its new key (one file to deliver)"
     emit(args, report, text)
     return EXIT_OK
+
+
+def query_file_name(row: int, count: int) -> str:
+    """The file ``pprm query --probes`` writes probe ``row``'s query to: ``q-0000.msg`` onwards.
+
+    Args:
+        row: the probe's row, from 0.
+        count: the number of probes (more than 10,000 widen every name alike).
+
+    Returns:
+        The file name, the same width for every row of the batch, so names sort as rows do.
+    """
+    return f"q-{row:0{max(4, len(str(count - 1)))}d}.msg"
+
+
+def _cmd_query_many(args: argparse.Namespace) -> int:
+    probes = load_npy(args.probes, "probes")
+    st = State.open(args.dir)
+    req = Requester(st)
+    blind = req.profile_for(args.to, args.profile) == "blind"
+    out_dir = os.path.abspath(args.out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ParameterError(f"--out-dir {args.out_dir} is not a directory")
+    # Files of an earlier batch left beside these would read as part of this one.
+    earlier = sorted(n for n in os.listdir(out_dir) if n.startswith("q-") and n.endswith(".msg")) \
+        if os.path.isdir(out_dir) else []
+    if earlier:
+        raise ParameterError(f"{args.out_dir} already holds query files ({earlier[0]}); give a new --out-dir")
+    written: dict[int, str] = {}
+    keys_written: list[str] = []
+
+    def sink(row: int, announcement: bytes | None, query: bytes) -> None:
+        # Each file is whole on disk before its query (and a new key) is recorded, as for one probe;
+        # the directory is made only once the batch checked out.
+        os.makedirs(out_dir, exist_ok=True)
+        path = os.path.join(out_dir, query_file_name(row, probes.shape[0]))
+        with AtomicOutput(path) as out:
+            if announcement is not None and args.keys_out is not None:
+                with AtomicOutput(args.keys_out) as keys_out:
+                    keys_out.write(announcement)
+                    out.write(query)
+                    keys_out.commit()
+                    keys_written.append(keys_out.path)
+            elif announcement is not None:
+                out.write(pack_delivery(query, [announcement]))
+            else:
+                out.write(query)
+            out.commit()
+        written[row] = path
+
+    with ProgressBar("querying") as bar:
+        results = req.query_many(args.to, probes, args.case, args.purpose, profile=args.profile, sink=sink,
+                                 progress=bar.callback)
+    items: list[dict[str, Any]] = []
+    lines = []
+    for r in results:
+        if r.query is None:
+            items.append({"probe": r.row, "error": str(r.error)})
+            lines.append(f"probe {r.row}: no query: {r.error}")
+            continue
+        item: dict[str, Any] = {"probe": r.row, "query_id": r.query.query_id, "out": written[r.row]}
+        if blind:
+            item.update(key_id=r.query.key_id, announced=r.query.announcement is not None)
+        items.append(item)
+        text = f"probe {r.row}: query {r.query.query_id} written to {written[r.row]}"
+        if r.query.announcement is not None:
+            text += (f" (its key's announcement in {keys_written[0]}: deliver it with this file)" if keys_written
+                     else " with its key's announcement: deliver and answer this file first")
+        lines.append(text)
+    made = sum(r.ok for r in results)
+    report: dict[str, Any] = {"to": args.to, "profile": "blind" if blind else "sealed", "out_dir": out_dir,
+                              "queries": items}
+    if blind:
+        report["keys"] = keys_written[0] if keys_written else None
+    lines.append(f"{made} of {len(results)} {'blind ' if blind else ''}quer{'y' if made == 1 else 'ies'} to "
+                 f"{args.to} written to {args.out_dir}")
+    emit(args, report, "\n".join(lines))
+    failed = [r for r in results if r.error is not None]
+    if failed:
+        more = f" (and {len(failed) - 1} more probe(s) without a query)" if len(failed) > 1 else ""
+        raise PprmError(f"probe {failed[0].row}: no query was made: {failed[0].error}{more}")
+    return EXIT_OK
+
+
+def _check_query(face_check: Callable[[argparse.Namespace], None] | None, p: argparse.ArgumentParser,
+                 args: argparse.Namespace) -> None:
+    if args.probes is None:
+        if args.out_dir is not None:
+            p.error("--out-dir goes with --probes (one file per probe); one probe is written to --out")
+        if args.out is None:
+            p.error("the following arguments are required: --out")
+        if face_check is not None:
+            face_check(args)
+        return
+    if args.probe is not None:
+        p.error("--probe and --probes are mutually exclusive")
+    if args.image is not None or args.models is not None:
+        p.error("--probes and --image/--models are mutually exclusive")
+    if args.out is not None:
+        p.error("--probes writes one file per probe into --out-dir, not --out")
+    if args.out_dir is None:
+        p.error("--probes needs --out-dir (one query file per probe: q-0000.msg, ...)")
 
 
 def _cmd_answer(args: argparse.Namespace) -> int:
@@ -165,20 +272,32 @@ def _add_query(verbs: Verbs) -> None:
                                        "the key's announcement)")
     p.add_argument("dir")
     p.add_argument("--probe", default=None, help=".npy template of shape (dim,) or (1, dim)")
+    p.add_argument("--probes", default=None, metavar="FILE",
+                   help=".npy array of shape (N, dim): one query per row (each with its own id, audit entry and "
+                        "answer), written to --out-dir as q-0000.msg, q-0001.msg, ... (row numbers from 0); "
+                        "blind: one key for the batch, announced in the first file, which the peer must answer "
+                        "first; a follow-up retires that key, so open every answer first, and query a probe again "
+                        "to follow up another probe's candidates")
     face_cmds.add_query_args(p)
+    # Checked here, with --probes; the face inputs' own check runs for one probe.
+    p.set_defaults(check=functools.partial(_check_query, p.get_default("check"), p))
     p.add_argument("--to", required=True, help="the peer's state code")
     p.add_argument("--case", required=True, help="case reference")
     p.add_argument("--purpose", required=True,
                    help="purpose of the search, one of this state's purposes (default list: serious-crime, "
                         "missing-person, unidentified-remains)")
-    p.add_argument("--out", required=True, help="query message file to write")
+    p.add_argument("--out", default=None, help="query message file to write (one probe)")
+    p.add_argument("--out-dir", default=None, metavar="DIR",
+                   help="with --probes: the directory the query files are written to (made if missing; must "
+                        "hold no q-*.msg file yet)")
     p.add_argument("--profile", choices=PROFILES, default=None,
                    help="sealed: the peer sees the probe; blind: it stays encrypted under this state's key "
                         "(default: the per-peer setting in state.json, else sealed)")
     p.add_argument("--keys-out", default=None, metavar="KEYS_FILE",
                    help="blind: write a new key's announcement to this separate file, and the query alone to "
                         "OUT (default: OUT holds both, as one delivery; a query that needs no announcement, and "
-                        "every sealed query, is written as the bare signed message)")
+                        "every sealed query, is written as the bare signed message; with --probes: the first "
+                        "file's)")
 
 
 def _add_answer(verbs: Verbs) -> None:

@@ -3,8 +3,9 @@
 Each verb is a thin wrapper over the Python API (:mod:`pprm.node`), defined
 in the module of its theme: :mod:`pprm.cli.state_cmds`,
 :mod:`pprm.cli.flow_cmds`, :mod:`pprm.cli.keys_cmds`, :mod:`pprm.cli.face_cmds`,
-:mod:`pprm.cli.net_cmds`, :mod:`pprm.cli.bench_cmds` and
-:mod:`pprm.cli.demo_cmds`. The exit codes are listed in
+:mod:`pprm.cli.net_cmds`, :mod:`pprm.cli.bench_cmds`,
+:mod:`pprm.cli.demo_cmds`, :mod:`pprm.cli.keyservice_cmds` and
+:mod:`pprm.cli.prepare_cmds`. The exit codes are listed in
 :data:`pprm.cli.common.EXIT_CODES` and at the end of ``pprm --help``; an
 expected error is one ``pprm: error:`` line on stderr. Nothing here ever
 prints a secret key, a template or a score.
@@ -26,6 +27,7 @@ from pprm.cli import (
     keyservice_cmds,
     net_cmds,
     policy_cmds,
+    prepare_cmds,
     state_cmds,
 )
 from pprm.cli.common import (
@@ -43,14 +45,15 @@ __all__ = ["main", "build_parser", "VERB_ORDER"]
 
 # The verbs in the order `pprm --help` lists them: a state's life, then a
 # search, then the tools.
-VERB_ORDER = ("init", "card", "trust", "enroll", "embed", "remove", "query", "answer", "open", "follow-up",
-              "resolve", "keys", "info", "policy", "audit", "bench", "demo", "serve", "route", "ask", "keyservice")
+VERB_ORDER = ("init", "card", "trust", "enroll", "embed", "remove", "prepare", "query", "answer", "open",
+              "follow-up", "resolve", "keys", "info", "policy", "audit", "bench", "demo", "serve", "route", "ask",
+              "keyservice")
 
 
 def _verbs() -> dict[str, AddVerb]:
     found: dict[str, AddVerb] = {}
     for module in (state_cmds, policy_cmds, flow_cmds, keys_cmds, face_cmds, net_cmds, bench_cmds, demo_cmds,
-                   keyservice_cmds):
+                   keyservice_cmds, prepare_cmds):
         found.update(module.VERBS)
     return found
 

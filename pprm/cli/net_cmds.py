@@ -88,15 +88,25 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 
     st = State.open(args.dir)
     directory = _directory(args)
-    probe = load_npy(args.probe, "probe")
-    outcomes = ask(st, probe, args.to, case=args.case, purpose=args.purpose, directory=directory,
-                   timeout=args.timeout, answers_dir=args.answers)
+    if args.probes is not None:
+        from pprm.net.ask import ask_many
+
+        probes = load_npy(args.probes, "probes")
+        outcomes = ask_many(st, probes, args.to, case=args.case, purpose=args.purpose, directory=directory,
+                            timeout=args.timeout, answers_dir=args.answers)
+    else:
+        probe = load_npy(args.probe, "probe")
+        outcomes = ask(st, probe, args.to, case=args.case, purpose=args.purpose, directory=directory,
+                       timeout=args.timeout, answers_dir=args.answers)
     if args.json:
         print(json.dumps([o.to_json() for o in outcomes], indent=1))
     else:
         width = max(len(o.peer) for o in outcomes)
+        rows = max(len(str(o.probe)) for o in outcomes)
         for o in outcomes:
             line = f"{o.peer:<{width}}  {o.status:<11} {o.seconds:6.2f} s"
+            if o.probe is not None:  # a batch: one line per (probe, peer), rows from 0
+                line = f"probe {o.probe:<{rows}}  {line}"
             if o.candidates:
                 line += "  " + " ".join(o.candidates)
             if o.detail:
@@ -153,9 +163,15 @@ def _add_route(verbs: Verbs) -> None:
 
 
 def _add_ask(verbs: Verbs) -> None:
-    p = verbs.add("ask", _cmd_ask, "query several peers over HTTP at once and report per peer")
+    p = verbs.add("ask", _cmd_ask, "query several peers over HTTP at once and report per peer (per probe and "
+                                   "peer with --probes)")
     p.add_argument("dir")
-    p.add_argument("--probe", required=True, help=".npy template of shape (dim,) or (1, dim)")
+    probe = p.add_mutually_exclusive_group(required=True)
+    probe.add_argument("--probe", default=None, help=".npy template of shape (dim,) or (1, dim)")
+    probe.add_argument("--probes", default=None, metavar="FILE",
+                       help=".npy array of shape (N, dim): ask every peer with every row, one query each, and "
+                            "report one line (JSON item, with \"probe\") per probe and peer, rows from 0; blind: "
+                            "probe 0 is asked first (it carries the batch's key), the others once it was answered")
     p.add_argument("--to", required=True, type=state_codes, help="peers' state codes, comma-separated (DE,HU)")
     p.add_argument("--case", required=True, help="case reference")
     p.add_argument("--purpose", required=True, help="purpose (one of the state's configured purposes)")

@@ -11,6 +11,7 @@ Each is a thin wrapper over :class:`pprm.node.state.State` and
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from typing import Any
 
@@ -96,12 +97,28 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def _cmd_remove(args: argparse.Namespace) -> int:
+    # The list is read whole before the state is touched: a bad file changes nothing.
+    refs = read_refs(args.refs) if args.refs is not None else None
     st = State.open(args.dir)
-    key_service_for(st, args.key_service).remove(args.ref)
+    ks = key_service_for(st, args.key_service)
+    if refs is None:
+        ks.remove(args.ref)
+        total = len(st.gallery())
+        emit(args, {"removed": args.ref, "total": total},
+             f"removed {args.ref} from {st.config.name}; the gallery holds {total}")
+        return EXIT_OK
+    with ProgressBar("removing") as bar:
+        removed = ks.remove_many(refs, progress=bar.callback)
     total = len(st.gallery())
-    emit(args, {"removed": args.ref, "total": total},
-         f"removed {args.ref} from {st.config.name}; the gallery holds {total}")
+    emit(args, {"removed": removed, "total": total},
+         f"removed {removed} reference(s) from {st.config.name}; the gallery holds {total}")
     return EXIT_OK
+
+
+def _check_remove(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if (args.ref is None) == (args.refs is None):
+        p.error("give one reference (REF) or a file of them (--refs FILE), not both" if args.ref is not None
+                else "give the reference to remove (REF) or a file of them (--refs FILE)")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -218,10 +235,15 @@ def _add_enroll(verbs: Verbs) -> None:
 
 
 def _add_remove(verbs: Verbs) -> None:
-    p = verbs.add("remove", _cmd_remove, "remove one reference from the gallery")
+    p = verbs.add("remove", _cmd_remove, "remove one reference, or a file of them, from the gallery")
     p.add_argument("dir")
-    p.add_argument("ref")
+    p.add_argument("ref", nargs="?", default=None, help="the reference to remove (or --refs)")
+    p.add_argument("--refs", default=None, metavar="FILE",
+                   help="remove every reference in FILE (one per line), all or nothing: each block that loses "
+                        "records is re-encrypted once; a reference not enrolled, or listed twice, refuses the "
+                        "whole file (named with its row, from 0) and nothing changes")
     add_key_service_arg(p)
+    p.set_defaults(check=functools.partial(_check_remove, p))
 
 
 def _add_info(verbs: Verbs) -> None:

@@ -24,8 +24,10 @@ one multiply-accumulate pass of :func:`pprm.matching.kernel.plain_mac`.
 
 Warning:
     The diagonals are an encoding of the plaintext gallery. They are kept in
-    memory; on disk they exist only sealed (see
-    :mod:`pprm.node.blind_store`).
+    the memory of the process that answers blind queries (the state's own,
+    or its key service's when the state is split; while ``pprm serve``
+    rebuilds them after a gallery change, the previous version too); on
+    disk they exist only sealed (see :mod:`pprm.node.blind_store`).
 """
 
 from __future__ import annotations
@@ -114,8 +116,12 @@ def block_diagonals(block: np.ndarray, baby: int) -> np.ndarray:
     return out
 
 
-def _encode_block(ctx: BlindContext, values: np.ndarray, out: np.ndarray, pool: ThreadPoolExecutor) -> None:
-    """Encode one block's ``[d, N/2]`` diagonal values into ``out`` (``[d, L, N]`` NTT residues)."""
+def _encode_block(ctx: BlindContext, values: np.ndarray, out: np.ndarray, pool: ThreadPoolExecutor,
+                  step: Callable[[int], None] | None = None) -> None:
+    """Encode one block's ``[d, N/2]`` diagonal values into ``out`` (``[d, L, N]`` NTT residues).
+
+    ``step`` is called with the number of diagonals encoded so far, after each batch.
+    """
     p = ctx.params
     moduli = ctx.moduli[:p.data_primes]
 
@@ -128,6 +134,17 @@ def _encode_block(ctx: BlindContext, values: np.ndarray, out: np.ndarray, pool: 
     starts = range(0, values.shape[0], _ENCODE_BATCH)
     for start, residues in zip(starts, pool.map(encode, starts), strict=True):
         out[start:start + _ENCODE_BATCH] = ctx.to_ntt(residues)
+        if step is not None:
+            step(min(start + _ENCODE_BATCH, values.shape[0]))
+
+
+def _block_steps(progress: Progress, before: int, count: int, dim: int, total: int) -> Callable[[int], None]:
+    """Diagonals encoded in one block (of ``dim``), reported as templates: ``count`` of them, after ``before``."""
+
+    def step(encoded: int) -> None:
+        progress(before + count * encoded // dim, total)
+
+    return step
 
 
 def build_database(templates: np.ndarray, ctx: BlindContext, *, record_ids: np.ndarray | None = None,
@@ -138,7 +155,11 @@ def build_database(templates: np.ndarray, ctx: BlindContext, *, record_ids: np.n
         templates: ``float[n, d]`` unit-norm templates.
         ctx: the blind context.
         record_ids: ``int64[n]`` record id of each row (default: the row number).
-        progress: called with (blocks done, blocks).
+        progress: called with ``(templates done, templates)``: at the start,
+            then after every batch of diagonals, a block's templates counting
+            as done in proportion to its diagonals encoded (a block of N/2
+            templates is the unit of work, and one block is all of a gallery
+            of up to N/2); the last call is ``(n, n)``.
 
     Returns:
         The database, under a fresh secret slot permutation.
@@ -163,14 +184,19 @@ def build_database(templates: np.ndarray, ctx: BlindContext, *, record_ids: np.n
     signs = (1.0 - 2.0 * bits[: blocks * slots].astype(np.float64)).reshape(blocks, slots)
     lvl = p.data_primes
     diag = np.empty((blocks, p.giant_steps, p.baby_steps, lvl, ctx.n), dtype=np.uint64)
+    n = g.shape[0]
+    if progress is not None:
+        progress(0, n)
+    done = 0
     with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="pprm-encode") as pool:
         for blk in range(blocks):
             rows = np.zeros((slots, p.dim), dtype=np.float64)
             used = slot_row[blk] >= 0
             rows[used] = g[slot_row[blk][used]] * signs[blk][used, None]
+            count = int(used.sum())
+            step = None if progress is None else _block_steps(progress, done, count, p.dim, n)
             _encode_block(ctx, block_diagonals(rows, p.baby_steps).reshape(p.dim, slots),
-                          diag[blk].reshape(p.dim, lvl, ctx.n), pool)
-            if progress is not None:
-                progress(blk + 1, blocks)
+                          diag[blk].reshape(p.dim, lvl, ctx.n), pool, step)
+            done += count
     slot_record = np.where(slot_row >= 0, ids[np.maximum(slot_row, 0)] if ids.size else -1, -1)
     return BlindDatabase(diag, slot_record, signs, p.name)

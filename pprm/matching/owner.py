@@ -18,12 +18,16 @@ noise as a real slot, so the same grid argument holds for each.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import tenseal.sealapi as seal
 
 from pprm.crypto.context import CkksContext
+from pprm.errors import GalleryError
 from pprm.matching.gallery import (
     MAX_ENCRYPTIONS_PER_BLOCK,
     Block,
@@ -66,7 +70,8 @@ class GalleryOwner:
         for k in range(columns.shape[0]):
             self._encryptor.encrypt_symmetric(self.ctx.encode(slot_values[k], p.gallery_scale_bits), ct)
             out[k] = self.ctx.to_residues(ct)
-            if progress and (k + 1) % 32 == 0:
+            # Every 32 ciphertexts, and after the last one whatever the dimension.
+            if progress and ((k + 1) % 32 == 0 or k + 1 == columns.shape[0]):
                 progress(done + k + 1, total)
         return out
 
@@ -115,7 +120,12 @@ class GalleryOwner:
         Args:
             templates: ``(N, dim)`` floats.
             references: one unique reference per row.
-            progress: called with ``(ciphertexts done, total)``.
+            progress: called with ``(templates done, templates)``: at the
+                start, then every 32 ciphertexts, a block's templates counting
+                as done in proportion to its components encrypted (one
+                ciphertext per component, whatever the number of templates in
+                the block); the last call, once everything is encrypted and
+                before the blocks are written, is ``(N, N)``.
             before_switch: see :meth:`EncryptedGallery.commit`.
 
         Returns:
@@ -149,8 +159,11 @@ class GalleryOwner:
             row += n
         ids: list[int] = []
         changed: dict[int, np.ndarray] = {}
-        total = len(placements) * g.dim
-        for i, (b, items) in enumerate(sorted(placements.items())):
+        total = len(refs)
+        done = 0
+        if progress is not None:
+            progress(0, total)
+        for b, items in sorted(placements.items()):
             cols = np.zeros((g.dim, slots), dtype=np.float64)
             blk = index.blocks[b]
             for r, s in items:
@@ -160,7 +173,10 @@ class GalleryOwner:
                 blk.slots[s] = rid
                 index.references[rid] = refs[r]
                 ids.append(rid)
-            fresh = self._encrypt_columns(cols, progress, i * g.dim, total)
+            # Counted in templates: a block with few new templates costs as much as a full one.
+            steps = None if progress is None else _template_steps(progress, done, len(items), g.dim, total)
+            fresh = self._encrypt_columns(cols, steps, 0, g.dim)
+            done += len(items)
             if blk.encryptions:
                 # Add the fresh encryption to the stored block: slot-wise sum.
                 old = g.block(b)
@@ -205,6 +221,75 @@ class GalleryOwner:
         g.commit(index, {b: self._encrypt_columns(cols)}, before_switch)
         return rid
 
+    def remove_many(self, references: Sequence[str], before_switch: Callable[[str, int], None] | None = None,
+                    progress: Progress | None = None) -> list[int]:
+        """Remove several references at once: one decryption and re-encryption per block that loses a record.
+
+        All or nothing: every new block is durable before the index switches,
+        once, to all of them (:meth:`EncryptedGallery.commit`), so a crash
+        leaves either the gallery before the call or the gallery after it.
+        Each new block is staged in a scratch file beside the blocks (0600,
+        ciphertext only) until the commit, so memory holds one block at a
+        time however many blocks change; scratch files a crash leaves behind
+        are deleted by the next commit, as any unreferenced block file is.
+
+        Args:
+            references: enrolled references, each at most once.
+            before_switch: see :meth:`EncryptedGallery.commit`; called once.
+            progress: called with ``(blocks re-encrypted, blocks to re-encrypt)``.
+
+        Returns:
+            The removed record ids, in the order of ``references`` (empty for
+            an empty list: nothing changes).
+
+        Raises:
+            GalleryError: a reference is not enrolled, or listed twice; the
+                message names the first one and its row (0-based). Nothing
+                changes.
+
+        Warning:
+            As :meth:`remove`: each changed block is decrypted in memory and
+            encrypted afresh, so the removed records' old ciphertexts are gone
+            from the store once the old block files are deleted after the switch.
+        """
+        g = self.gallery
+        index = g.index.copy()
+        rids = _record_ids(index.references, references)
+        if not rids:
+            return []
+        wanted = np.asarray(rids, dtype=np.int64)
+        groups = {b: np.flatnonzero(np.isin(blk.slots, wanted)) for b, blk in enumerate(index.blocks)}
+        groups = {b: slots for b, slots in groups.items() if slots.size}
+        blocks_dir = os.path.join(g.directory, "blocks")
+        os.makedirs(blocks_dir, exist_ok=True)
+        scratch: list[str] = []
+        changed: dict[int, np.ndarray] = {}
+        try:
+            for done, (b, slots) in enumerate(sorted(groups.items()), start=1):
+                cols = self._decrypt_block(b)
+                blk = index.blocks[b]
+                for rid in blk.slots[slots]:
+                    del index.references[int(rid)]
+                blk.slots[slots] = -1
+                cols[:, ~blk.occupancy()] = 0.0
+                blk.encryptions = 1
+                fd, path = tempfile.mkstemp(prefix="tmp-", suffix=".npy", dir=blocks_dir)
+                os.close(fd)
+                scratch.append(path)
+                staged = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint64, shape=g.block_shape)
+                staged[...] = self._encrypt_columns(cols)
+                staged.flush()
+                changed[b] = staged
+                if progress is not None:
+                    progress(done, len(groups))
+            g.commit(index, changed, before_switch)
+        finally:
+            changed.clear()
+            for path in scratch:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        return rids
+
     def export_templates(self) -> tuple[np.ndarray, np.ndarray]:
         """Decrypt every enrolled template, exactly (grid values), in memory.
 
@@ -228,3 +313,28 @@ class GalleryOwner:
         if not ids:
             return np.zeros(0, dtype=np.int64), np.zeros((0, self.gallery.dim), dtype=np.float64)
         return np.concatenate(ids), np.concatenate(rows)
+
+
+def _record_ids(enrolled: dict[int, str], references: Sequence[str]) -> list[int]:
+    """The record id of each reference, or a GalleryError naming the first unknown or repeated one (0-based row)."""
+    by_ref = {ref: rid for rid, ref in enrolled.items()}
+    rows: dict[str, int] = {}
+    out = []
+    for row, ref in enumerate(references):
+        rid = by_ref.get(ref) if isinstance(ref, str) else None
+        if rid is None:
+            raise GalleryError(f"reference {ref!r} (row {row}) is not enrolled; nothing was removed")
+        if ref in rows:
+            raise GalleryError(f"reference {ref!r} is listed twice (rows {rows[ref]} and {row}); nothing was removed")
+        rows[ref] = row
+        out.append(rid)
+    return out
+
+
+def _template_steps(progress: Progress, before: int, count: int, dim: int, total: int) -> Progress:
+    """Ciphertexts of one block (``dim`` of them) reported as templates: ``count`` of them, after ``before``."""
+
+    def step(encrypted: int, _of: int) -> None:
+        progress(before + count * encrypted // dim, total)
+
+    return step

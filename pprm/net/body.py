@@ -18,6 +18,9 @@ __all__ = ["read_body", "BODY_TIMEOUT"]
 # Seconds to receive a whole body: 16 MiB at 1 MB/s. A slower sender holds a
 # connection slot for no good reason (slowloris).
 BODY_TIMEOUT = 20.0
+# An oversized body is read (and dropped) up to this many times the limit
+# before the 413, within BODY_TIMEOUT; past it the connection is closed.
+DRAIN_FACTOR = 2
 
 
 async def read_body(request: Request, limit: int, timeout: float = BODY_TIMEOUT) -> bytes | Response:
@@ -42,17 +45,27 @@ async def read_body(request: Request, limit: int, timeout: float = BODY_TIMEOUT)
             return _too_large(limit)
     chunks: list[bytes] = []
     size = 0
+    over = False
     try:
         async with asyncio.timeout(timeout):
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    return _too_large(limit)
+                    # Read and drop up to as much again, so that a client still
+                    # sending a body a little too large reads the 413 instead
+                    # of a connection closed under it; beyond that, close.
+                    over = True
+                    chunks.clear()
+                    if size > DRAIN_FACTOR * limit:
+                        break
+                    continue
                 chunks.append(chunk)
     except TimeoutError:
         return JSONResponse(error_body("timeout", f"the body did not arrive within {timeout:g} s"), status_code=408)
     except ClientDisconnect:
         return JSONResponse(error_body("message", "the client went away mid-body"), status_code=400)
+    if over:
+        return _too_large(limit)
     if size == 0:
         return JSONResponse(error_body("message", "the request body is empty"), status_code=400)
     return b"".join(chunks)

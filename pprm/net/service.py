@@ -11,6 +11,11 @@ with itself for the two cores.
 
 The service holds the state's keys, like ``pprm answer`` does. It binds to
 loopback unless told otherwise; see :mod:`pprm.net.router` for the relay.
+
+It keeps the blind database in memory, and after a gallery change rebuilds
+it in a background thread while the worker answers blind queries from the
+previous version (:class:`~pprm.node.blind_store.BlindRebuilder`); a split
+state's database is in its key service instead.
 """
 
 from __future__ import annotations
@@ -60,10 +65,12 @@ from pprm.net.wire import (
     status_of,
     unpack_delivery,
 )
+from pprm.node.blind_store import BlindRebuilder
 from pprm.node.keyservice import KeyService
 from pprm.node.remote_keys import key_service_for, remote_key_service
 from pprm.node.responder import BlindMatcherFactory, Responder, SealedMatcherFactory
 from pprm.node.state import State
+from pprm.protocol.envelope import MAX_LIFETIME
 
 if TYPE_CHECKING:
     from pprm.cluster import ShardedBlindMatcher, ShardedMatcher
@@ -86,7 +93,20 @@ RETRY_SHARE = 5
 # the rolling 24-hour window one by one, and intake reads counts, not times.
 RETRY_QUOTA = 600
 
+# Seconds between looks at the gallery index for a change (a stat call):
+# the blind database is then rebuilt in the background.
+BLIND_POLL = 1.0
+
 _T = TypeVar("_T")
+
+
+def _file_identity(path: str) -> tuple[int, int, int] | None:
+    """What changes when a file is replaced (atomic writes rename a new file over it)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -155,6 +175,15 @@ class StateService:
         self._pending = 0
         self._queued: dict[str, int] = {}
         self._intake_lock = threading.Lock()
+        # The blind database, in memory and kept current in the background
+        # (none in a split state's front: its key service holds the database).
+        self.rebuilder: BlindRebuilder | None = None
+        if self._responder.remote is None:
+            st = self.state
+            index = st.path("gallery", "index.json")
+            self.rebuilder = BlindRebuilder(st.blind_store, st.lock, lambda: st.gallery().version,
+                                            self._responder.key_service.export_templates,
+                                            probe=lambda: _file_identity(index), interval=BLIND_POLL)
 
     def __repr__(self) -> str:
         return f"StateService({self.state.config.name})"
@@ -172,13 +201,51 @@ class StateService:
         self.inbox.prune(self._clock(), temps=True)
         self._worker = threading.Thread(target=self._work, name=f"pprm-worker-{self.name}", daemon=True)
         self._worker.start()
+        if self.rebuilder is not None:
+            self.rebuilder.start()
+        pending = self._settle_logged(self.inbox.pending())
         # A previous run's deliveries count against their senders' shares too.
         with self._intake_lock:
-            for sender, qid in self.inbox.pending():
+            for sender, qid in pending:
                 self._enqueue_answer(sender, qid)
+
+    def _settle_logged(self, pending: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Finish the deliveries a killed run answered and logged but did not mark used; return the others.
+
+        The worker hands a reply over (writes it here), logs it, then marks
+        the query used. A run killed between the last two steps leaves a
+        stored reply and a logged answer for a query that is not yet a
+        replay: answering it again would answer it twice. Its reply is the
+        one already handed over, so it is only marked used and dropped from
+        the inbox.
+        """
+        candidates = [(s, q) for s, q in pending if self.inbox.reply(s, q) is not None]
+        if not candidates:
+            return pending
+        logged = {(e["data"].get("peer"), e["data"].get("query_id")) for e in self.state.audit.entries()
+                  if e["event"] in ("answer", "refuse")}
+        settled = set()
+        with self.state.lock():
+            for sender, qid in candidates:
+                if (sender, qid) not in logged:
+                    continue
+                try:
+                    query, _announcements = unpack_delivery(self.inbox.load(sender, qid))
+                    expires = self._intake.query_header(query, self._clock()).expires
+                except PprmError:
+                    expires = int(self._clock()) + MAX_LIFETIME
+                with contextlib.suppress(ReplayError):
+                    self._intake.commit_seen_id(sender, qid, expires, self._clock())
+                self.inbox.done(sender, qid)
+                settled.add((sender, qid))
+                log.warning("query %s from %s was answered and logged before a restart; not answered again",
+                            qid, sender)
+        return [p for p in pending if p not in settled]
 
     def stop(self) -> None:
         """Let the worker finish its current job and stop; queued deliveries stay on disk."""
+        if self.rebuilder is not None:
+            self.rebuilder.stop()
         if self._worker is not None:
             # Drop queued jobs: their deliveries are on disk and run at the next start.
             with contextlib.suppress(queue.Empty):

@@ -10,6 +10,8 @@
       db/VERSION/            the gallery's diagonals for one gallery version
         layout.sealed        slot -> record map and slot signs (SecretBox)
         block-K.sealed       diagonals of block K (SecretBox)
+        complete             written last, inside a temporary directory that
+                             is then renamed to VERSION
     DIR/private/blind.key    SecretBox key for the sealed files (0600)
 
 The diagonals are an encoding of the plaintext gallery, so they are sealed
@@ -17,17 +19,30 @@ at rest with XSalsa20-Poly1305 (PyNaCl SecretBox); they are rebuilt only
 when the gallery changes, under a fresh secret layout. When a rebuild
 happens, the old version keeps only its layout, which follow-ups on older
 answers still need.
+
+The database of the current gallery version is made in one of three ways:
+inside the first blind answer that needs it (:meth:`BlindStore.database`),
+ahead of time (:meth:`BlindStore.prepare`, ``pprm prepare``), or in the
+background of a long-running process (:class:`BlindRebuilder`, ``pprm
+serve``), which meanwhile answers from the version it holds in memory
+(:meth:`BlindStore.answering`). Every long step reports ``(templates done,
+templates)``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import os
+import secrets
 import shutil
+import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import nacl.exceptions
 import nacl.secret
@@ -36,14 +51,26 @@ import numpy as np
 from pprm._fs import atomic_write_bytes, atomic_write_json, read_json
 from pprm.crypto import blind_keys
 from pprm.crypto.context import BlindContext
-from pprm.errors import GalleryError, KeyRotationError, StateError
+from pprm.errors import GalleryError, KeyRotationError, PprmError, StateError
 from pprm.matching.blind import AnnouncedKeys
 from pprm.matching.diagonals import BlindDatabase, build_database
 from pprm.protocol.blind_messages import KeyAnnouncementBody
 
-__all__ = ["BlindStore", "AnsweredQuery"]
+__all__ = ["BlindStore", "AnsweredQuery", "BlindRebuilder", "InUse", "Prepared"]
+
+log = logging.getLogger("pprm.blind")
 
 Export = Callable[[], tuple[np.ndarray, np.ndarray]]
+Progress = Callable[[int, int], None]
+Lock = Callable[[], AbstractContextManager[object]]
+
+# How one progress bar is shared between the steps of a long call, from
+# times measured with pprm-blind-n16384-v2 (8192 templates per block, 2 cores):
+# a build encodes for 6 s and seals and writes for 2.5 s per block; a load
+# takes 1.5-2.5 s per block, and the answer itself about 1 s.
+_ENCODE_SHARE = 0.7  # of a build: encoding (the rest: sealing and writing)
+_BUILD_SHARE = 0.9  # of an answer that must build the database first
+_LOAD_SHARE = 0.7  # of an answer that must load it from the sealed store first
 
 
 @dataclass(frozen=True)
@@ -63,6 +90,45 @@ class AnsweredQuery:
                 "answered": self.answered, "followups": self.followups}
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What :meth:`BlindStore.prepare` found or did.
+
+    Attributes:
+        version: the gallery version the database belongs to.
+        templates: templates in it.
+        blocks: its blocks (answer ciphertexts per query).
+        built: True if it was built by this call, False if it was there already.
+        seconds: wall time of the call.
+    """
+
+    version: str
+    templates: int
+    blocks: int
+    built: bool
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "templates": self.templates, "blocks": self.blocks, "built": self.built,
+                "seconds": round(self.seconds, 3)}
+
+
+class InUse(NamedTuple):
+    """The database a blind answer is computed on (:meth:`BlindStore.answering`).
+
+    Attributes:
+        version: its gallery version: the one the answer must record, since
+            follow-ups resolve through this version's layout.
+        database: the diagonals.
+        progress: for the matcher, ``(blocks done, blocks)``, reported on as
+            templates; None when the caller gave none.
+    """
+
+    version: str
+    database: BlindDatabase
+    progress: Progress | None
+
+
 class BlindStore:
     """The ``blind/`` directory of one state.
 
@@ -78,7 +144,13 @@ class BlindStore:
         self.ctx = ctx
         self._box_key = box_key
         self._secret_box: nacl.secret.SecretBox | None = None
+        # The one database this process holds (version, diagonals); replaced
+        # whole, never changed in place, so a thread that read it keeps a
+        # consistent pair.
         self._cache: tuple[str, BlindDatabase] | None = None
+        # Set while a long-running process keeps the database current in the
+        # background (BlindRebuilder.start): answers then never wait for a rebuild.
+        self.rebuilder: BlindRebuilder | None = None
         # Announced keys by id (loaded at first use in this process); the
         # rules (peer, retirement, lifetime) are re-read from meta.json on
         # every use.
@@ -234,29 +306,195 @@ class BlindStore:
                              str(obj["version"]), int(obj["answered"]), [str(f) for f in obj["followups"]])
 
     # -- the database ----------------------------------------------------
-    def database(self, version: str, export: Export) -> BlindDatabase:
-        """The diagonals for gallery ``version``: from memory, from the sealed store, or built.
+    @property
+    def in_memory(self) -> str | None:
+        """The gallery version whose database this process holds, or None."""
+        cached = self._cache
+        return None if cached is None else cached[0]
+
+    def complete(self, version: str) -> bool:
+        """Whether the sealed store holds the whole database of ``version``."""
+        return os.path.exists(self._path("db", version, "complete"))
+
+    def database(self, version: str, export: Export, *, progress: Progress | None = None) -> BlindDatabase:
+        """The diagonals for gallery ``version``: from memory, from the sealed store, or built (caller holds the lock).
 
         Args:
             version: the gallery version (:attr:`EncryptedGallery.version`).
             export: returns ``(record_ids, templates)`` of the current gallery
                 (the key service decrypts them); called only to build.
+            progress: called with ``(templates done, templates)`` while it
+                loads or builds; once, with ``(templates, templates)``, when
+                the database is in memory already.
 
         Returns:
-            The database.
+            The database (kept in memory for the next call in this process).
+
+        Raises:
+            StateError: a sealed file fails authentication.
+
+        Warning:
+            The database is the gallery in clear, encoded: it stays in this
+            process's memory, and reaches the disk only sealed, under
+            ``DIR/blind/db/`` (``KEYDIR`` for a split state).
         """
-        if self._cache is not None and self._cache[0] == version:
-            return self._cache[1]
+        cached = self._cache
+        if cached is not None and cached[0] == version:
+            _finished(progress, cached[1].size)
+            return cached[1]
         vdir = self._path("db", version)
-        if os.path.exists(os.path.join(vdir, "complete")):
-            db = self._load(vdir)
+        if self.complete(version):
+            db = self._load(vdir, progress)
         else:
             ids, templates = export()
-            db = build_database(templates, self.ctx, record_ids=ids)
-            self._save(vdir, db)
-            self._prune(version)
+            db, tmp = self._build(vdir, ids, templates, progress)
+            if self._publish(tmp, vdir):
+                self._prune(version)
+            else:  # published meanwhile by a process that did not take the lock: the layout on disk wins
+                shutil.rmtree(tmp, ignore_errors=True)
+                db = self._load(vdir)
         self._cache = (version, db)
         return db
+
+    def answering(self, version: str, export: Export, progress: Progress | None = None) -> InUse:
+        """The database a blind query is answered from (caller holds the lock).
+
+        In a process without a :attr:`rebuilder` (``pprm answer``), it is the
+        database of ``version``, loaded or built first if need be
+        (:meth:`database`). In a process with one (``pprm serve``), an answer
+        never waits for a rebuild: while the database of ``version`` is not
+        in memory yet, the query is answered from the version that is, and
+        the rebuilder is told to catch up. Only when this process holds no
+        database at all is it loaded or built here.
+
+        Args:
+            version: the current gallery version.
+            export: as :meth:`database`.
+            progress: called with ``(templates done, templates)`` over the
+                whole answer: loading or building the database (most of the
+                bar, when it happens), then matching, block by block, through
+                :attr:`InUse.progress`, which the caller hands to the matcher.
+
+        Returns:
+            The version answered from (record it with the answer), the
+            database and the matcher's progress callback.
+
+        Raises:
+            As :meth:`database`.
+
+        Warning:
+            An answer from the previous version may name a record removed
+            since (its follow-up is then refused: resolution goes through the
+            current gallery) and misses records enrolled since, for as long
+            as the rebuild takes.
+        """
+        cached = self._cache
+        rebuilder = self.rebuilder
+        if cached is not None and (cached[0] == version or rebuilder is not None):
+            if cached[0] != version and rebuilder is not None:
+                rebuilder.kick()
+            return InUse(cached[0], cached[1], _blocks_as_templates(progress, cached[1].size, 0.0))
+        complete = self.complete(version)
+        if rebuilder is not None and not complete:
+            log.warning("building the blind database of gallery version %s before answering ('pprm prepare DIR' "
+                        "builds it ahead of time)", version[:12])
+        share = _LOAD_SHARE if complete else _BUILD_SHARE
+        db = self.database(version, export, progress=_span(progress, 0.0, share))
+        return InUse(version, db, _blocks_as_templates(progress, db.size, share))
+
+    def prepare(self, lock: Lock, version_of: Callable[[], str], export: Export, *,
+                progress: Progress | None = None, keep: bool = False) -> Prepared:
+        """Build the sealed database of the current gallery version now, unless it is there already.
+
+        The state lock is taken only to read the gallery (version and
+        export) and to publish the result; encoding, sealing and writing run
+        without it, so a service on the same directory keeps answering. If
+        the gallery changes meanwhile, the database of the new version is
+        built instead; if another process publishes the same version first,
+        its database is the one kept (its layout is the one on disk, which
+        follow-ups read).
+
+        Args:
+            lock: the state lock (:meth:`pprm.node.state.State.lock`); the
+                caller must not hold it.
+            version_of: the current gallery version (called under the lock).
+            export: as :meth:`database` (called under the lock).
+            progress: called with ``(templates done, templates)`` while it
+                builds (or loads, with ``keep``); once with ``(templates,
+                templates)`` when there is nothing to do.
+            keep: also hold the database in this process's memory (a key
+                service or a service, which answer from it next); without
+                it, a database already sealed is only looked at.
+
+        Returns:
+            What was found or built.
+
+        Raises:
+            StateError: a sealed file fails authentication.
+
+        Warning:
+            Building decrypts the whole gallery (``export``) in this
+            process's memory; the database is written only sealed.
+        """
+        t0 = time.monotonic()
+        while True:
+            ids = templates = None
+            with lock():
+                version = version_of()
+                vdir = self._path("db", version)
+                cached = self._cache
+                if cached is not None and cached[0] == version:
+                    return _prepared(version, cached[1].slot_record, False, t0, progress)
+                complete = self.complete(version)
+                if complete and not keep:
+                    return _prepared(version, self._layout_of(vdir), False, t0, progress)
+                if not complete:
+                    ids, templates = export()
+            if ids is None or templates is None:
+                db = self._load_or_retry(lock, version_of, version, vdir, progress)
+                if db is None:
+                    continue
+                self._cache = (version, db)
+                return _prepared(version, db.slot_record, False, t0, None)
+            db, tmp = self._build(vdir, ids, templates, progress)
+            del ids, templates
+            with lock():
+                current = version_of() == version
+                published = current and self._publish(tmp, vdir)
+                if published:
+                    self._prune(version)
+                else:
+                    shutil.rmtree(tmp, ignore_errors=True)
+            if not published:
+                continue  # the gallery changed, or another process was first: look again
+            if keep:
+                self._cache = (version, db)
+            return Prepared(version, db.size, db.blocks, True, time.monotonic() - t0)
+
+    def newest_complete(self) -> str | None:
+        """The most recently completed version in the sealed store (older ones keep only their layout)."""
+        root = self._path("db")
+        best: tuple[int, str] | None = None
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(root):
+                marker = os.path.join(root, name, "complete")
+                if ".tmp-" in name or not os.path.exists(marker):
+                    continue
+                stamp = os.stat(marker).st_mtime_ns
+                if best is None or stamp > best[0]:
+                    best = (stamp, name)
+        return None if best is None else best[1]
+
+    def _load_or_retry(self, lock: Lock, version_of: Callable[[], str], version: str, vdir: str,
+                       progress: Progress | None) -> BlindDatabase | None:
+        """Load a complete version without the lock; None if it was pruned meanwhile (the gallery changed)."""
+        try:
+            return self._load(vdir, progress)
+        except (OSError, StateError):
+            with lock():
+                if version_of() == version and self.complete(version):
+                    raise
+            return None
 
     def layout(self, version: str) -> np.ndarray:
         """The slot -> record map of a database version (kept after rebuilds for follow-ups)."""
@@ -281,39 +519,280 @@ class BlindStore:
         with np.load(io.BytesIO(plain), allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
 
-    def _save(self, vdir: str, db: BlindDatabase) -> None:
-        tmp = f"{vdir}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+    def _layout_of(self, vdir: str) -> np.ndarray:
+        return self._open_arrays(os.path.join(vdir, "layout.sealed"))["slot_record"]
+
+    def _build(self, vdir: str, ids: np.ndarray, templates: np.ndarray,
+               progress: Progress | None) -> tuple[BlindDatabase, str]:
+        """Encode a database and write it, sealed, to a fresh temporary directory beside ``vdir``.
+
+        Returns:
+            The database and the temporary directory (see :meth:`_publish`).
+        """
+        db = build_database(templates, self.ctx, record_ids=ids, progress=_span(progress, 0.0, _ENCODE_SHARE))
+        return db, self._write(vdir, db, _span(progress, _ENCODE_SHARE, 1.0))
+
+    def _write(self, vdir: str, db: BlindDatabase, progress: Progress | None) -> str:
+        # A name no other thread or process uses: a service's background
+        # rebuild and `pprm prepare` may write the same version at once.
+        tmp = f"{vdir}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
         os.makedirs(tmp)
+        counts = (db.slot_record >= 0).sum(axis=1)
         try:
             atomic_write_bytes(os.path.join(tmp, "layout.sealed"),
                                self._seal_arrays(slot_record=db.slot_record, signs=db.signs))
             for k in range(db.blocks):
-                atomic_write_bytes(os.path.join(tmp, f"block-{k}.sealed"), self._seal_arrays(d=db.diagonals[k]))
+                before, count = int(counts[:k].sum()), int(counts[k])
+                sealed = self._seal_arrays(d=db.diagonals[k])
+                if progress is not None:  # sealing and writing take about as long as each other
+                    progress(before + count // 2, db.size)
+                atomic_write_bytes(os.path.join(tmp, f"block-{k}.sealed"), sealed)
+                del sealed
+                if progress is not None:
+                    progress(before + count, db.size)
             atomic_write_bytes(os.path.join(tmp, "complete"), str(int(time.time())).encode())
-            shutil.rmtree(vdir, ignore_errors=True)
-            os.rename(tmp, vdir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        return tmp
 
-    def _load(self, vdir: str) -> BlindDatabase:
+    def _publish(self, tmp: str, vdir: str) -> bool:
+        """Rename a written version into place (caller holds the lock); False if it is there already."""
+        if os.path.exists(os.path.join(vdir, "complete")):
+            return False
+        shutil.rmtree(vdir, ignore_errors=True)  # a leftover without its blocks
+        os.rename(tmp, vdir)
+        return True
+
+    def _load(self, vdir: str, progress: Progress | None = None) -> BlindDatabase:
         arrays = self._open_arrays(os.path.join(vdir, "layout.sealed"))
         slot_record, signs = arrays["slot_record"], arrays["signs"]
+        counts = (slot_record >= 0).sum(axis=1)
+        size = int(counts.sum())
+        if progress is not None:
+            progress(0, size)
         p = self.ctx.params
         diag = np.empty((slot_record.shape[0], p.giant_steps, p.baby_steps, p.data_primes, self.ctx.n),
                         dtype=np.uint64)
         for k in range(diag.shape[0]):
             diag[k] = self._open_arrays(os.path.join(vdir, f"block-{k}.sealed"))["d"]
+            if progress is not None:
+                progress(int(counts[:k + 1].sum()), size)
         return BlindDatabase(diag, slot_record, signs, p.name)
 
     def _prune(self, keep: str) -> None:
-        """Drop the diagonals of older versions; keep their layouts for follow-ups."""
+        """Drop the diagonals of older versions; keep their layouts for follow-ups.
+
+        A version another process (or thread) answers from stays in its
+        memory; only its sealed copy goes. Temporary directories of processes
+        that no longer run (killed while writing) are deleted.
+        """
         root = self._path("db")
         for name in os.listdir(root):
             vdir = os.path.join(root, name)
-            if name == keep or ".tmp-" in name or not os.path.isdir(vdir):
+            if ".tmp-" in name:
+                if not _writer_alive(name):
+                    shutil.rmtree(vdir, ignore_errors=True)
+                continue
+            if name == keep or not os.path.isdir(vdir):
                 continue
             for fname in os.listdir(vdir):
                 if fname.startswith("block-") or fname == "complete":
                     os.unlink(os.path.join(vdir, fname))
+
+
+class BlindRebuilder:
+    """Keeps a store's database current in a background thread, for a long-running process (``pprm serve``).
+
+    Once the store holds a database in memory (or, at start, finds one
+    sealed on disk, which it loads), the rebuilder watches the gallery:
+    after a change it builds the new version's database in the background
+    (:meth:`BlindStore.prepare`, which takes the state lock only to read the
+    gallery and to publish), while :meth:`BlindStore.answering` keeps
+    answering from the version in memory; the new version replaces it when
+    it is whole. A process that never answered a blind query and finds
+    nothing sealed builds nothing.
+
+    Args:
+        store: the store to keep current; :meth:`start` attaches the
+            rebuilder to it.
+        lock: the state lock.
+        version_of: the current gallery version.
+        export: returns ``(record_ids, templates)`` of the current gallery.
+        probe: cheap to call; its value changes when the gallery may have
+            (``os.stat`` of the gallery index). Polled every ``interval``
+            seconds; without it, only :meth:`kick` starts a rebuild.
+        interval: seconds between polls.
+
+    Warning:
+        While it rebuilds, the process holds two versions of the database in
+        memory (each the gallery in clear, encoded): the one it answers from
+        and the one it builds. The previous version's sealed blocks are
+        deleted once the new one is published; its layout stays, for
+        follow-ups on the answers it gave.
+    """
+
+    def __init__(self, store: BlindStore, lock: Lock, version_of: Callable[[], str], export: Export, *,
+                 probe: Callable[[], object] | None = None, interval: float = 1.0) -> None:
+        self.store = store
+        self._lock = lock
+        self._version_of = version_of
+        self._export = export
+        self._probe = probe
+        self.interval = interval
+        self._kick = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"BlindRebuilder({self.store.dir!r}, in_memory={self.store.in_memory})"
+
+    def start(self) -> None:
+        """Attach to the store and start the thread (it first loads what is sealed on disk, if anything)."""
+        self.store.rebuilder = self
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="pprm-blind-rebuild", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Detach and stop watching; a build under way finishes in its daemon thread, or ends with the process.
+
+        A temporary directory a killed build leaves is deleted by the next
+        publication (:meth:`BlindStore._prune`).
+        """
+        if self.store.rebuilder is self:
+            self.store.rebuilder = None
+        self._stop.set()
+        self._kick.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def kick(self) -> None:
+        """Look at the gallery now rather than at the next poll."""
+        self._kick.set()
+
+    def _run(self) -> None:
+        seen: object = None
+        kicked = True  # the first round looks at once
+        while not self._stop.is_set():
+            probe = self._probe() if self._probe is not None else None
+            if kicked or probe != seen:
+                seen = probe
+                try:
+                    self.refresh()
+                except (PprmError, OSError, ValueError, MemoryError) as exc:
+                    # The thread must outlive a failed round: the next change (or kick) tries again.
+                    if self._stop.is_set():
+                        return  # stopped mid-build: the directory may be going away
+                    log.warning("blind database: the background rebuild failed (%s); answers keep coming from "
+                                "version %s", exc, (self.store.in_memory or "none")[:12])
+            kicked = self._kick.wait(self.interval)
+            self._kick.clear()
+
+    def refresh(self, *, stale: bool = True) -> str | None:
+        """Bring the database in memory to the current gallery version (blocking; the thread calls it).
+
+        Args:
+            stale: with no database in memory and only an older version
+                sealed, load that one first to answer from while the current
+                one builds (a process that answers through
+                :meth:`BlindStore.answering`); without it, only build.
+
+        Returns:
+            The version now in memory, or None when there is nothing to keep
+            current (no database in memory and none sealed).
+
+        Raises:
+            StateError: a sealed file fails authentication.
+        """
+        store = self.store
+        current, newest = True, None
+        with self._lock():
+            # Looked at under the lock: an answer may be loading or building the database right now.
+            if store.in_memory is None:
+                current = store.complete(self._version_of())
+                newest = None if current else store.newest_complete()
+        if not current:
+            if newest is None:
+                return None
+            if stale and store.in_memory is None:
+                # Warm start from the last version sealed (the gallery changed
+                # while no service ran): answer from it while the current one builds.
+                db = store._load(store._path("db", newest))
+                if store.in_memory is None:
+                    store._cache = (newest, db)
+                    log.warning("blind database: answering from gallery version %s while the current one builds",
+                                newest[:12])
+        before = store.in_memory
+        t0 = time.monotonic()
+        done = store.prepare(self._lock, self._version_of, self._export, keep=True)
+        if done.version != before:
+            log.warning("blind database of gallery version %s (%d templates) %s in the background in %.1f s",
+                        done.version[:12], done.templates, "built" if done.built else "loaded", time.monotonic() - t0)
+        return done.version
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the process that writes temporary directory ``VERSION.tmp-PID[-R]`` still runs."""
+    try:
+        pid = int(name.rsplit(".tmp-", 1)[1].split("-")[0])
+    except ValueError:
+        return True  # not a name this module makes: leave it
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _finished(progress: Progress | None, total: int) -> None:
+    if progress is not None:
+        progress(total, total)
+
+
+def _prepared(version: str, slot_record: np.ndarray, built: bool, t0: float, progress: Progress | None) -> Prepared:
+    size = int((slot_record >= 0).sum())
+    _finished(progress, size)
+    return Prepared(version, size, int(slot_record.shape[0]), built, time.monotonic() - t0)
+
+
+def _mark(total: int, share: float) -> int:
+    return total if share >= 1.0 else int(total * share)
+
+
+def _span(progress: Progress | None, start: float, end: float) -> Progress | None:
+    """One step of a longer call: its ``(done, total)`` reported as the part ``[start, end]`` of the whole bar.
+
+    Both count the same templates, so the bar's total never changes; the
+    marks are whole templates, computed alike for the end of one step and
+    the start of the next, so the reports stay monotone.
+    """
+    if progress is None:
+        return None
+
+    def report(done: int, total: int) -> None:
+        if total <= 0:
+            progress(0, 0)
+            return
+        lo, hi = _mark(total, start), _mark(total, end)
+        progress(lo + (hi - lo) * min(max(done, 0), total) // total, total)
+
+    return report
+
+
+def _blocks_as_templates(progress: Progress | None, size: int, start: float) -> Progress | None:
+    """The matcher's ``(blocks done, blocks)`` as templates, from ``start`` of the bar to its end."""
+    part = _span(progress, start, 1.0)
+    if part is None:
+        return None
+    part(0, size)
+
+    def report(done: int, blocks: int) -> None:
+        part(size * done // blocks if blocks > 0 else size, size)
+
+    return report

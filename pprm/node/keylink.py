@@ -52,9 +52,11 @@ RESPONSE = 2
 _SIG = 64
 # Signature domains: a request's signature can never pass as a response's.
 _DOMAIN = {REQUEST: b"pprm keylink request\x00", RESPONSE: b"pprm keylink response\x00"}
-# A request older than this (or this far in the future) is refused: the two
-# processes share a host or a clock-synchronised pair, so a minute is ample.
-MAX_AGE = 60
+# A request older than this (or this far in the future) is refused. The key
+# service handles one request at a time, and a blind database build (about a
+# minute per 100k templates) may hold the ones queued behind it, so five
+# minutes; the nonces of that window are kept, so a replay is refused anyway.
+MAX_AGE = 300
 # Largest frame either side reads: a masked answer for 30M templates at
 # 8 bytes each is 240 MB; 1 GiB leaves room and bounds what a peer can make
 # the other allocate.
@@ -185,7 +187,7 @@ def check_fresh(payload: Payload, now: float) -> None:
         MessageError: too old or from the future.
     """
     if abs(payload.time - now) > MAX_AGE:
-        raise MessageError("key-service request is stale (or the clocks disagree by over a minute)")
+        raise MessageError("key-service request is stale (or the clocks disagree by over five minutes)")
 
 
 def parse_address(address: str) -> tuple[str, str | tuple[str, int]]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import secrets
 import time
@@ -225,6 +226,52 @@ class KeyService:
                 self.state.audit.append("remove", reference=reference, total=total, gallery=version)
 
             owner.remove(reference, before_switch=log)
+
+    def remove_many(self, references: Sequence[str], progress: Progress | None = None) -> int:
+        """Remove several records at once; see :meth:`GalleryOwner.remove_many`.
+
+        Each block that loses records is decrypted, rounded and re-encrypted
+        once, however many of its records go. The call is all or nothing: the
+        new blocks are durable before the index switches to all of them at
+        once, and one audit entry (``remove``, with ``count`` and the
+        ``references`` as a JSON array) is written write-ahead, as for
+        :meth:`enroll`, so a crash leaves the gallery before the call or the
+        gallery after it, and the log says which.
+
+        Args:
+            references: enrolled references, each at most once.
+            progress: called with ``(blocks re-encrypted, blocks to re-encrypt)``.
+
+        Returns:
+            How many records were removed (``len(references)``; 0 for an
+            empty list, which changes and logs nothing).
+
+        Raises:
+            GalleryError: a reference is not enrolled or is listed twice (the
+                message names the first one and its 0-based row); nothing
+                changes.
+
+        Warning:
+            One unknown reference refuses the whole call, by choice: a removal
+            list that does not match the gallery (a typo, another state's
+            list, records removed before) needs an operator's look, and a
+            record that must be erased is never silently left in. Since the
+            call is all or nothing, running it again after a crash is safe:
+            either nothing was removed, or everything was and the log says so.
+        """
+        refs = list(references)
+        if not refs:
+            return 0
+        with self.state.lock():
+            self._reconcile()
+            owner = GalleryOwner(self.state.ctx, self._sk, self.state.gallery())
+
+            def log(version: str, total: int) -> None:
+                # One entry for one index switch: the write-ahead rule of _reconcile holds unchanged.
+                self.state.audit.append("remove", count=len(refs), references=json.dumps(refs, ensure_ascii=False),
+                                        total=total, gallery=version)
+
+            return len(owner.remove_many(refs, before_switch=log, progress=progress))
 
     def reconcile(self) -> str | None:
         """Mark an interrupted gallery change in the log, if the last one did not take effect.

@@ -23,10 +23,17 @@ and only these operations:
     Resolve a follow-up's token or handle (verified here, signature first),
     or record a blind follow-up that is not a hit; the front signs the
     refusal, since the key service does not hold the state's signing key.
-``enroll``, ``remove``
-    Gallery changes (encrypt; decrypt, round and re-encrypt a block).
+``enroll``, ``remove``, ``remove_many``
+    Gallery changes (encrypt; decrypt, round and re-encrypt a block; for
+    ``remove_many``, each changed block once, all or nothing).
 ``hello``
     The state's code, key id and gallery version, to check a pairing.
+``prepare``
+    Build (or refresh, after a gallery change) the blind database now and
+    hold it in memory, instead of inside the next blind answer; a no-op
+    when it is current (``pprm prepare DIR`` on the front). At start,
+    :func:`serve` also loads (or, after a gallery change, rebuilds) a
+    database sealed before, in a background thread, while it answers.
 
 So a compromised front cannot make it decrypt anything but the masked
 answer of a genuine, unreplayed, in-quota query, and learns from that at
@@ -42,6 +49,7 @@ import logging
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -63,7 +71,7 @@ from pprm.matching.blind import BlindMatcher, BlindRequest
 from pprm.matching.gallery import EncryptedGallery
 from pprm.matching.sealed import MaskedResult
 from pprm.node import keylink
-from pprm.node.blind_store import AnsweredQuery
+from pprm.node.blind_store import AnsweredQuery, BlindRebuilder
 from pprm.node.keyservice import KeyService
 from pprm.node.policy import QuotaLedger, decide
 from pprm.node.responder import blind_keys
@@ -202,8 +210,9 @@ class KeyServiceHost:
             raise StateError(f"the gallery directory {self.pin.gallery} is not reachable from the key service")
         self._ops: dict[str, Handler] = {
             "hello": self._hello, "release": self._release, "commit": self._commit, "resolve": self._resolve,
-            "enroll": self._enroll, "remove": self._remove, "blind_answer": self._blind_answer,
-            "accept_keys": self._accept_keys,
+            "enroll": self._enroll, "remove": self._remove, "remove_many": self._remove_many,
+            "blind_answer": self._blind_answer,
+            "accept_keys": self._accept_keys, "prepare": self._prepare,
         }
 
     def __repr__(self) -> str:
@@ -373,6 +382,32 @@ class KeyServiceHost:
         self.keys.remove(ref)
         return {}, ()
 
+    def _remove_many(self, req: keylink.Payload, t: float) -> tuple[dict[str, Any], tuple[bytes, ...]]:
+        refs = req.meta.get("references")
+        if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+            raise MessageError("a removal of several records names them as a list of references")
+        return {"removed": self.keys.remove_many(refs)}, ()
+
+    def _prepare(self, req: keylink.Payload, t: float) -> tuple[dict[str, Any], tuple[bytes, ...]]:
+        st = self.state
+        # Takes the lock itself, only to read the gallery and to publish.
+        done = st.blind_store.prepare(st.lock, lambda: st.gallery().version, self.keys.export_templates, keep=True)
+        log.info("blind database of gallery version %s: %s", done.version[:12], "built" if done.built else "current")
+        return done.to_json(), ()
+
+
+def _warm_blind(host: KeyServiceHost) -> None:
+    """Hold the blind database in memory if one was sealed before (rebuilt if the gallery changed since).
+
+    A key service that never answered a blind query (nothing sealed) builds nothing.
+    """
+    st = host.state
+    try:
+        BlindRebuilder(st.blind_store, st.lock, lambda: st.gallery().version, host.keys.export_templates).refresh(
+            stale=False)
+    except (PprmError, OSError) as exc:
+        log.warning("blind database not loaded at start (the next blind answer will): %s", exc)
+
 
 def _error_meta(exc: PprmError) -> dict[str, Any]:
     meta: dict[str, Any] = {"code": type(exc).__name__, "message": str(exc)}
@@ -430,6 +465,8 @@ def serve(keydir: str, address: str | None = None, *, ready: Callable[[str], Non
         sock.listen(16)
         sock.settimeout(1.0)
         log.info("key service of %s listening on %s", host.state.config.name, address)
+        # Off the request loop: a blind answer arriving meanwhile builds or loads on its own (the store publishes once).
+        threading.Thread(target=_warm_blind, args=(host,), name="pprm-blind-warm", daemon=True).start()
         if ready is not None:
             ready(address)
         try:

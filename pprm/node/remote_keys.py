@@ -28,6 +28,7 @@ from pprm import errors
 from pprm.errors import KeyServiceUnavailableError, MessageError, NetworkError, NotAHitError, PprmError, StateError
 from pprm.matching.sealed import MaskedResult
 from pprm.node import keylink
+from pprm.node.blind_store import Prepared
 from pprm.node.keyservice import KeyService, Resolution
 from pprm.node.split import FrontPin, front_pin
 from pprm.node.state import State
@@ -246,6 +247,63 @@ class RemoteKeyService:
         """Remove one record through the key service (it re-encrypts the block)."""
         self.call("remove", {"reference": reference})
 
+    def remove_many(self, references: Sequence[str], progress: Progress | None = None) -> int:
+        """Remove several records through the key service, all or nothing (:meth:`KeyService.remove_many`).
+
+        Args:
+            references: enrolled references, each at most once.
+            progress: called once, when the key service has finished.
+
+        Returns:
+            How many records were removed.
+
+        Raises:
+            GalleryError: a reference is not enrolled or listed twice; nothing changes.
+            As :meth:`call`.
+        """
+        refs = [str(r) for r in references]
+        if not refs:
+            return 0
+        resp = self.call("remove_many", {"references": refs})
+        try:
+            removed = int(resp.meta["removed"])
+        except (KeyError, TypeError, ValueError):
+            raise MessageError("the key service's removal report is malformed") from None
+        if progress is not None:
+            progress(len(refs), len(refs))
+        return removed
+
+    def prepare(self, progress: Progress | None = None) -> Prepared:
+        """Have the key service build (or refresh) the blind database now; it holds it in memory after.
+
+        A no-op when the database of the current gallery version is there
+        already. The key service answers nothing else while it builds (one
+        request at a time).
+
+        Args:
+            progress: called twice: ``(0, templates)`` before the request
+                (the gallery size as this front reads it) and ``(templates,
+                templates)`` once the key service has finished; the link
+                carries no progress in between.
+
+        Returns:
+            What the key service found or built.
+
+        Raises:
+            As :meth:`call`; MessageError: a malformed report.
+        """
+        if progress is not None:
+            progress(0, len(self.state.gallery()))
+        meta = self.call("prepare").meta
+        try:
+            done = Prepared(str(meta["version"]), int(meta["templates"]), int(meta["blocks"]), bool(meta["built"]),
+                            float(meta["seconds"]))
+        except (KeyError, TypeError, ValueError):
+            raise MessageError("the key service's report on the blind database is malformed") from None
+        if progress is not None:
+            progress(done.templates, done.templates)
+        return done
+
     def resolve(self, blob: bytes, now: float | None = None, *,
                 sink: Callable[[bytes], None] | None = None) -> Resolution:
         """Resolve a follow-up at the key service; log it here too.
@@ -333,7 +391,7 @@ def key_service_for(state: State, address: str | None = None) -> KeyService | Re
 
     Returns:
         A :class:`KeyService` or a :class:`RemoteKeyService`; both offer
-        ``enroll``, ``remove`` and ``resolve`` with one signature.
+        ``enroll``, ``remove``, ``remove_many`` and ``resolve`` with one signature.
 
     Raises:
         StateError: an address for a state that is not split.

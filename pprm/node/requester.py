@@ -21,6 +21,10 @@ is deleted and the next query makes and announces a fresh one.
 :meth:`Requester.blind_keys` lists the key pairs and the queries waiting on
 them (``pprm keys list``).
 
+A batch of probes (:meth:`Requester.query_many`) is one query per probe,
+each made and recorded as a single one is; in the blind profile they share
+the (peer, case) key, announced with the first of them.
+
 Which profile a query to a peer uses is decided in one place,
 :meth:`Requester.prepare`: the caller's choice, else the state's configured
 profile for that peer. Every reply is verified once (signature first, then
@@ -45,9 +49,11 @@ from pprm.errors import (
     MessageError,
     ParameterError,
     PolicyError,
+    PprmError,
     ProbeNotKeptError,
     RefusedError,
     ReplayError,
+    TemplateError,
     TokenError,
 )
 from pprm.matching.blind import answer_scale
@@ -67,12 +73,16 @@ from pprm.protocol.blind_messages import (
 from pprm.protocol.envelope import Envelope, Header, new_id, open_envelope, seal_envelope
 from pprm.protocol.messages import AnswerBody, FollowUpBody, QueryBody, RefusalBody, check_case_and_purpose
 
-__all__ = ["Requester", "OpenedAnswer", "OutgoingQuery", "OutgoingFollowUp", "QuerySink", "BlindKeyStatus",
-           "ABANDONED"]
+__all__ = ["Requester", "OpenedAnswer", "OutgoingQuery", "OutgoingFollowUp", "QuerySink", "BatchSink", "ProbeQuery",
+           "BlindKeyStatus", "ABANDONED"]
 
 # Receives ``(announcement or None, query)`` before anything is recorded; if
 # it raises, no key and no query are kept (the CLI writes both files here).
 QuerySink = Callable[[bytes | None, bytes], None]
+# As QuerySink, for one probe of a batch: ``(row, announcement or None, query)``.
+BatchSink = Callable[[int, bytes | None, bytes], None]
+# Called with ``(done, total)``.
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -119,6 +129,28 @@ class OutgoingQuery:
     def announcements(self) -> list[bytes]:
         """The key announcements to deliver with the query (zero or one)."""
         return [] if self.announcement is None else [self.announcement]
+
+
+@dataclass(frozen=True)
+class ProbeQuery:
+    """One probe of a batch (:meth:`Requester.query_many`): its query, or why it has none.
+
+    Attributes:
+        row: the probe's row in the batch, from 0.
+        query: the signed query made for it (its own id, recorded on its
+            own); None when ``error`` is set.
+        error: why no query was made for this probe (nothing was recorded
+            for it); None when ``query`` is set.
+    """
+
+    row: int
+    query: OutgoingQuery | None = None
+    error: PprmError | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether a query was made for this probe."""
+        return self.query is not None
 
 
 # The reason recorded for keys an operator abandons (keyring, audit log).
@@ -304,6 +336,112 @@ class Requester:
         if self.profile_for(peer, profile) == "blind":
             return self._prepare_blind(peer, probe, case, purpose, now, sink)
         return self._prepare_sealed(peer, probe, case, purpose, now, sink)
+
+    def query_many(self, peer: str, probes: np.ndarray, case: str, purpose: str, *, profile: str | None = None,
+                   now: float | None = None, sink: BatchSink | None = None,
+                   progress: Progress | None = None) -> list[ProbeQuery]:
+        """One signed query per probe for ``peer``, each made and recorded as :meth:`prepare` makes one.
+
+        Everything the probes share is checked first, and a bad batch
+        changes nothing: the peer, the profile, case and purpose, the shape
+        ``(N, d)`` and every row. Then each probe gets a query of its own: its
+        own id and audit entry (``query``), its own outbox record, its own
+        count against the peer's quotas and its own answer or refusal there.
+        A probe whose query cannot be made (a :class:`~pprm.errors.PprmError`,
+        e.g. from ``sink``) gets that error as its outcome, nothing is
+        recorded for it, and the others go on; any other exception (a full
+        disk) stops the batch, the probes before it keep their queries.
+
+        In the blind profile the batch shares one key pair, as every query of
+        a (peer, case) does: the first query made under a new key carries its
+        announcement and the others name the key (see the Warning).
+
+        Args:
+            peer: the peer's state code (must be in the roster).
+            probes: ``(N, d)`` templates, one per row (the peer's dimension
+                for sealed, the blind parameter set's for blind); each row is
+                normalised here.
+            case: case reference, the same for every probe (boxed).
+            purpose: purpose of the search (boxed).
+            profile: ``"sealed"`` or ``"blind"`` to override the configuration.
+            now: clock override for tests.
+            sink: called with ``(row, announcement or None, query)`` for each
+                probe, as :meth:`prepare`'s ``sink``: under the state lock,
+                before that probe's query (and a new key) is recorded; if it
+                raises, nothing is kept for that probe.
+            progress: called with ``(probes done, N)``.
+
+        Returns:
+            One :class:`ProbeQuery` per row, in row order.
+
+        Raises:
+            ParameterError: ``profile`` is not a profile.
+            UnknownPeerError: ``peer`` is not trusted.
+            TemplateError: ``probes`` is not ``(N, d)`` with ``N >= 1``, or a
+                row is malformed (the message names the first such row, from 0).
+            MessageError: case or purpose are empty or too long.
+            PolicyError: the purpose is not on this state's list.
+
+        Warning:
+            The sealed profile shows every probe to the peer, as :meth:`prepare`
+            does. In the blind profile one key announcement serves the whole
+            batch, by choice: the peer links the batch's queries anyway (each
+            boxed body names the case), a key per probe would cost a key
+            generation and 6.82 MB of upload per probe and hide nothing more,
+            and on the path one announcement shows one key id once, where a
+            key per probe would show N. Two consequences: the query carrying
+            the announcement must reach the peer before the others (``pprm
+            query --probes`` puts it in the first file; ``pprm ask --probes``
+            asks that probe first); and a follow-up on one probe's answer
+            retires the key, as it retires any key of a case (a follow-up
+            reveals decrypted signs), after which this state opens no
+            further answer under it and the peer answers no further query
+            and follows up no other query under it. So open every answer of
+            the batch before following up a candidate; to pursue another
+            probe's candidates afterwards, query that probe again (the next
+            query of the case makes a fresh key).
+        """
+        chosen = self.check_probes(peer, probes, case, purpose, profile=profile)
+        rows = np.asarray(probes)
+        out: list[ProbeQuery] = []
+        for row in range(rows.shape[0]):
+            row_sink = None if sink is None else _row_sink(sink, row)
+            try:
+                sent = self.prepare(peer, rows[row], case, purpose, profile=chosen, now=now, sink=row_sink)
+            except PprmError as exc:
+                out.append(ProbeQuery(row, error=exc))
+            else:
+                out.append(ProbeQuery(row, sent))
+            if progress is not None:
+                progress(row + 1, rows.shape[0])
+        return out
+
+    def check_probes(self, peer: str, probes: np.ndarray, case: str, purpose: str, *,
+                     profile: str | None = None) -> Profile:
+        """Check a batch as :meth:`query_many` does before it makes any query (changes nothing).
+
+        Lets a caller that makes the batch's queries in several steps (``pprm
+        ask --probes``) refuse a bad batch before anything is sent.
+
+        Args:
+            peer: the peer's state code.
+            probes: ``(N, d)`` templates.
+            case: case reference.
+            purpose: purpose of the search.
+            profile: ``"sealed"`` or ``"blind"`` to override the configuration.
+
+        Returns:
+            The profile the batch's queries to ``peer`` are made in.
+
+        Raises:
+            As :meth:`query_many`.
+        """
+        chosen = self.profile_for(peer, profile)
+        st = self.state
+        card = st.peer(peer)
+        self._check_purpose(case, purpose)
+        _check_probes(probes, st.config.blind_parameter_set.dim if chosen == "blind" else card.dim)
+        return chosen
 
     def query(self, to: str, probe: np.ndarray, case: str, purpose: str,
               now: float | None = None) -> bytes:
@@ -860,6 +998,35 @@ class Requester:
             st.audit.append("followup", peer=peer.name, query_id=h.in_reply_to, followup_id=header.id,
                             profile="blind", key_id=current.key_id)
         return OutgoingFollowUp(peer.name, h.in_reply_to, header.id, msg)
+
+
+def _check_probes(probes: np.ndarray, dim: int) -> None:
+    """Refuse a batch of probes whose shape or any row is unusable (rows numbered from 0).
+
+    The checks :func:`~pprm.matching.templates.normalise_probe` makes of one
+    probe, made of all of them before any query is.
+    """
+    arr = np.asarray(probes)
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise TemplateError(f"probes must have shape (N, {dim}), one probe per row; got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise TemplateError("no probes given (the array has no rows)")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise TemplateError(f"probes must be floating point, got {arr.dtype}")
+    arr64 = arr.astype(np.float64)
+    bad = ~np.isfinite(arr64).all(axis=1)
+    if bad.any():
+        raise TemplateError(f"probe row {int(np.argmax(bad))} has a non-finite value")
+    zero = np.linalg.norm(arr64, axis=1) < 1e-12
+    if zero.any():
+        raise TemplateError(f"probe row {int(np.argmax(zero))} is a zero vector")
+
+
+def _row_sink(sink: BatchSink, row: int) -> QuerySink:
+    """``sink`` for one row of a batch."""
+    def one(announcement: bytes | None, query: bytes) -> None:
+        sink(row, announcement, query)
+    return one
 
 
 def _probe_not_kept(query_id: str) -> ProbeNotKeptError:

@@ -117,7 +117,9 @@ class Responder:
             query: the signed query bytes.
             sink: called with the answer (or refusal) bytes before the query
                 is marked used and logged; if it raises, nothing is recorded.
-            progress: called with ``(blocks done, total)`` while matching.
+            progress: called with ``(done, total)`` while matching: sealed,
+                blocks; blind, templates (including loading or building the
+                blind database first, when this process does not hold it).
             now: clock override for tests.
             announcements: blind profile: key announcements delivered with the
                 query; they are accepted (cached, logged) only if the answer
@@ -155,8 +157,8 @@ class Responder:
             if isinstance(vq, VerifiedBlindQuery):
                 verified = [ks.verify_announcement(a, t) for a in announcements]
                 if self.remote is not None:
-                    return self._answer_blind_split(vq, query, verified, list(announcements), sink, t)
-                return self._answer_blind(vq, verified, sink, t)
+                    return self._answer_blind_split(vq, query, verified, list(announcements), sink, t, progress)
+                return self._answer_blind(vq, verified, sink, t, progress)
             if announcements:
                 raise MessageError("key announcements come only with blind-profile queries")
             return self._answer_sealed(vq, query, sink, progress, t)
@@ -244,7 +246,8 @@ class Responder:
         return Response(msg, qh.sender, qh.id, qh.profile, refusal.reason, refusal.message)
 
     def _answer_blind_split(self, vq: VerifiedBlindQuery, query: bytes, announcements: Sequence[VerifiedAnnouncement],
-                            blobs: Sequence[bytes], sink: Callable[[bytes], None] | None, t: float) -> Response:
+                            blobs: Sequence[bytes], sink: Callable[[bytes], None] | None, t: float,
+                            progress: Progress | None = None) -> Response:
         """Answer a verified blind-profile query through a split state's key service (caller holds the lock).
 
         The key service holds the blind database (the gallery in clear) and
@@ -263,7 +266,13 @@ class Responder:
             for blob in blobs:
                 self.remote.accept_keys(blob)
             return self._refuse(vq, refusal, sink, t, announcements)
+        # The key service matches; the link carries no progress, so the bar shows a start and an end.
+        total = len(st.gallery())
+        if progress is not None:
+            progress(0, total)
         ciphertexts, meta = self.remote.blind_answer(query, blobs)
+        if progress is not None:
+            progress(total, total)
         answer_body = BlindAnswerBody(qh.id, ciphertexts)
         ident = st.identity()
         header = Header("answer", st.config.name, qh.sender, new_id(), int(t), int(t) + st.config.token_ttl,
@@ -318,10 +327,13 @@ class Responder:
         self.key_service.commit_seen(ann.envelope, t)
 
     def _answer_blind(self, vq: VerifiedBlindQuery, announcements: Sequence[VerifiedAnnouncement],
-                      sink: Callable[[bytes], None] | None, t: float) -> Response:
+                      sink: Callable[[bytes], None] | None, t: float, progress: Progress | None = None) -> Response:
         """Answer a verified blind-profile query (caller holds the state lock).
 
-        The probe stays encrypted under the requester's key.
+        The probe stays encrypted under the requester's key. ``progress``
+        counts templates over loading or building the blind database (when
+        this process does not hold it yet) and matching
+        (:meth:`~pprm.node.blind_store.BlindStore.answering`).
         """
         st = self.state
         ks = self.key_service
@@ -333,9 +345,10 @@ class Responder:
             return self._refuse(vq, refusal, sink, t, announcements)
         # Parsed before the database is loaded or built: a malformed probe changes nothing.
         request = BlindRequest.parse(st.blind_ctx, vq.body.probe, keys)
-        version = st.gallery().version
-        db = st.blind_store.database(version, ks.export_templates)
-        result = self._blind(db, version).answer_blind(request, st.config.threshold)
+        # The version actually answered from is recorded: in a service it may be the previous one while
+        # the current one is rebuilt, and follow-ups resolve through its layout.
+        version, db, matching = st.blind_store.answering(st.gallery().version, ks.export_templates, progress)
+        result = self._blind(db, version).answer_blind(request, st.config.threshold, matching)
         answer_body = BlindAnswerBody(qh.id, tuple(result.ciphertexts))
         ident = st.identity()
         header = Header("answer", st.config.name, qh.sender, new_id(), int(t), int(t) + st.config.token_ttl,
