@@ -9,6 +9,7 @@ the key-service directory byte for byte as it was.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -75,6 +76,21 @@ def _short_dir() -> str:
     return tempfile.mkdtemp(prefix="pks-")
 
 
+@contextlib.contextmanager
+def key_service_thread(keydir: str, address: str | None = None) -> Iterator[None]:
+    """Serve KEYDIR's key service from a thread of this process for the duration of the block."""
+    stop, ready = threading.Event(), threading.Event()
+    t = threading.Thread(target=serve, args=(keydir, address), kwargs={"ready": lambda _a: ready.set(),
+                                                                       "stop": stop.is_set}, daemon=True)
+    t.start()
+    assert ready.wait(20)
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join(10)
+
+
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[Split]:
     nodes = build_network(str(tmp_path), ("DE", "FR"), n=600, seed=7, quota_per_case=3)
@@ -84,18 +100,11 @@ def world(tmp_path: Path) -> Iterator[Split]:
     short = _short_dir()
     keydir = os.path.join(short, "ks")
     split(fr.dir, keydir)
-    stop = threading.Event()
-    ready = threading.Event()
-    t = threading.Thread(target=serve, args=(keydir,), kwargs={"ready": lambda _a: ready.set(), "stop": stop.is_set},
-                         daemon=True)
-    t.start()
-    assert ready.wait(20)
     try:
-        yield Split(nodes["DE"].state, State.open(fr.dir), keydir, os.path.join(keydir, "keyservice.sock"),
-                    nodes["FR"].gallery, sk, tk)
+        with key_service_thread(keydir):
+            yield Split(nodes["DE"].state, State.open(fr.dir), keydir, os.path.join(keydir, "keyservice.sock"),
+                        nodes["FR"].gallery, sk, tk)
     finally:
-        stop.set()
-        t.join(10)
         shutil.rmtree(short, ignore_errors=True)
 
 
@@ -290,17 +299,10 @@ def blind_world(tmp_path: Path) -> Iterator[tuple[State, State, str, list[str], 
     short = _short_dir()
     keydir = os.path.join(short, "ks")
     split(fr.dir, keydir)
-    stop = threading.Event()
-    ready = threading.Event()
-    t = threading.Thread(target=serve, args=(keydir,), kwargs={"ready": lambda _a: ready.set(), "stop": stop.is_set},
-                         daemon=True)
-    t.start()
-    assert ready.wait(20)
     try:
-        yield de, State.open(fr.dir), keydir, refs, templates
+        with key_service_thread(keydir):
+            yield de, State.open(fr.dir), keydir, refs, templates
     finally:
-        stop.set()
-        t.join(10)
         shutil.rmtree(short, ignore_errors=True)
 
 
@@ -376,19 +378,10 @@ def test_an_interrupted_split_loses_nothing_and_finishes_when_run_again(tmp_path
     assert Path(keydir, "private", "token.key").read_bytes() == tk
     assert [e["event"] for e in State.open(fr.dir).audit.entries()].count("split") == 1
     # And it answers, split.
-    host_thread_stop = threading.Event()
-    ready = threading.Event()
-    t = threading.Thread(target=serve, args=(keydir,), kwargs={"ready": lambda _a: ready.set(),
-                                                               "stop": host_thread_stop.is_set}, daemon=True)
-    t.start()
-    assert ready.wait(20)
-    try:
+    with key_service_thread(keydir):
         probe = synthetic.mate_probe(nodes["FR"].gallery, 3, seed=3)
         q = Requester(nodes["DE"].state).query("FR", probe, "CASE-I", "serious-crime")
         assert Requester(nodes["DE"].state).open(Responder(State.open(fr.dir)).answer(q)).hit
-    finally:
-        host_thread_stop.set()
-        t.join(10)
     shutil.rmtree(os.path.dirname(keydir), ignore_errors=True)
 
 
@@ -418,18 +411,10 @@ def test_the_key_service_on_a_loopback_port(tmp_path: Path) -> None:
     keydir = os.path.join(_short_dir(), "ks")
     split(fr.dir, keydir, address=address)
     assert front_pin(fr.dir).address == address  # type: ignore[union-attr]
-    stop, ready = threading.Event(), threading.Event()
-    t = threading.Thread(target=serve, args=(keydir, address), kwargs={"ready": lambda _a: ready.set(),
-                                                                       "stop": stop.is_set}, daemon=True)
-    t.start()
-    assert ready.wait(20)
-    try:
+    with key_service_thread(keydir, address):
         probe = synthetic.mate_probe(nodes["FR"].gallery, 5, seed=5)
         q = Requester(nodes["DE"].state).query("FR", probe, "CASE-T", "serious-crime")
         assert Requester(nodes["DE"].state).open(Responder(State.open(fr.dir)).answer(q)).hit
         with pytest.raises(ParameterError, match="loopback"):
             RemoteKeyService(State.open(fr.dir), "10.0.0.1:9")
-    finally:
-        stop.set()
-        t.join(10)
     shutil.rmtree(os.path.dirname(keydir), ignore_errors=True)
