@@ -179,11 +179,7 @@ class Responder:
             return self._answer_split(vq, query, result, sink, t)
         release = self.key_service.release(vq, result, t, gallery)
         body = AnswerBody(qh.id, bool(release.tokens), release.tokens)
-        ident = st.identity()
-        header = Header("answer", st.config.name, qh.sender, new_id(), int(t),
-                        int(t) + st.config.token_ttl, st.config.parameter_set.digest,
-                        "sealed", qh.id)
-        answer = seal_envelope(ident, header, ident.box_to(vq.envelope.sender, body.to_bytes()))
+        answer, header = self._seal_answer(vq, body.to_bytes(), t)
         if sink is not None:
             sink(answer)
         self.key_service.commit_release(release, header.id, t)
@@ -206,10 +202,7 @@ class Responder:
         qh = vq.envelope.header
         released = self.remote.release(query, result)
         body = AnswerBody(qh.id, bool(released.tokens), released.tokens)
-        ident = st.identity()
-        header = Header("answer", st.config.name, qh.sender, new_id(), int(t),
-                        int(t) + st.config.token_ttl, st.config.parameter_set.digest, "sealed", qh.id)
-        answer = seal_envelope(ident, header, ident.box_to(vq.envelope.sender, body.to_bytes()))
+        answer, header = self._seal_answer(vq, body.to_bytes(), t)
         if sink is not None:
             sink(answer)
         st.audit.append("answer", peer=qh.sender, query_id=qh.id, answer_id=header.id, case=vq.body.case,
@@ -220,6 +213,16 @@ class Responder:
         # already, so the key service is told off the answering path.
         self.remote.commit_later(qh.sender, qh.id, header.id)
         return Response(answer, qh.sender, qh.id, "sealed")
+
+    def _seal_answer(self, vq: VerifiedQuery | VerifiedBlindQuery, body: bytes, t: float) -> tuple[bytes, Header]:
+        """An answer to ``vq``: its body boxed to the requester, under a header signed by this state."""
+        st = self.state
+        qh = vq.envelope.header
+        digest = st.blind_ctx.params.digest if qh.profile == "blind" else st.config.parameter_set.digest
+        header = Header("answer", st.config.name, qh.sender, new_id(), int(t), int(t) + st.config.token_ttl,
+                        digest, qh.profile, qh.id)
+        ident = st.identity()
+        return seal_envelope(ident, header, ident.box_to(vq.envelope.sender, body)), header
 
     def _refuse(self, vq: VerifiedQuery | VerifiedBlindQuery, refusal: Refusal,
                 sink: Callable[[bytes], None] | None, t: float,
@@ -273,11 +276,7 @@ class Responder:
         ciphertexts, meta = self.remote.blind_answer(query, blobs)
         if progress is not None:
             progress(total, total)
-        answer_body = BlindAnswerBody(qh.id, ciphertexts)
-        ident = st.identity()
-        header = Header("answer", st.config.name, qh.sender, new_id(), int(t), int(t) + st.config.token_ttl,
-                        st.blind_ctx.params.digest, "blind", qh.id)
-        answer = seal_envelope(ident, header, ident.box_to(vq.envelope.sender, answer_body.to_bytes()))
+        answer, header = self._seal_answer(vq, BlindAnswerBody(qh.id, ciphertexts).to_bytes(), t)
         if sink is not None:
             sink(answer)
         for ann in announcements:
@@ -349,11 +348,7 @@ class Responder:
         # the current one is rebuilt, and follow-ups resolve through its layout.
         version, db, matching = st.blind_store.answering(st.gallery().version, ks.export_templates, progress)
         result = self._blind(db, version).answer_blind(request, st.config.threshold, matching)
-        answer_body = BlindAnswerBody(qh.id, tuple(result.ciphertexts))
-        ident = st.identity()
-        header = Header("answer", st.config.name, qh.sender, new_id(), int(t), int(t) + st.config.token_ttl,
-                        st.blind_ctx.params.digest, "blind", qh.id)
-        answer = seal_envelope(ident, header, ident.box_to(vq.envelope.sender, answer_body.to_bytes()))
+        answer, header = self._seal_answer(vq, BlindAnswerBody(qh.id, tuple(result.ciphertexts)).to_bytes(), t)
         if sink is not None:
             sink(answer)
         for ann in announcements:
