@@ -53,24 +53,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probes", type=int, default=5, help="probes for the agreement check")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--params", default=None, help="parameter set (default: the production set)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="reuse the gallery an earlier run left in --workdir (same --n) instead of enrolling")
     args = ap.parse_args(argv)
 
     root = args.workdir or tempfile.mkdtemp(prefix="pprm-large-")
     os.makedirs(root, exist_ok=True)
     try:
-        fr = State.init(os.path.join(root, "FR"), "FR", threshold=TAU, params=args.params)
-        de = State.init(os.path.join(root, "DE"), "DE", threshold=TAU)
-        fr.trust(de.card_bytes)
-        de.trust(fr.card_bytes)
-        ks = KeyService(fr)
         plain = np.empty((args.n, DIM), dtype=np.float32)
-        t0 = time.perf_counter()
-        for i, start in enumerate(range(0, args.n, CHUNK)):
-            rows = _chunk(i, min(CHUNK, args.n - start))
-            plain[start:start + rows.shape[0]] = rows
-            ks.enroll(rows, [f"FR-{start + j:08d}" for j in range(rows.shape[0])])
-            print(f"enrolled {start + rows.shape[0]:,}/{args.n:,}", file=sys.stderr)
-        enroll_s = time.perf_counter() - t0
+        enroll_s: float | None = None
+        if args.reuse and os.path.isdir(os.path.join(root, "FR")):
+            # The chunks are seeded by their index, so the plaintext copy is rebuilt, not stored.
+            fr, de = State.open(os.path.join(root, "FR")), State.open(os.path.join(root, "DE"))
+            if len(fr.gallery()) != args.n:
+                ap.error(f"--reuse: {root} holds {len(fr.gallery()):,} templates, not {args.n:,}")
+            for i, start in enumerate(range(0, args.n, CHUNK)):
+                plain[start:start + min(CHUNK, args.n - start)] = _chunk(i, min(CHUNK, args.n - start))
+        else:
+            fr = State.init(os.path.join(root, "FR"), "FR", threshold=TAU, params=args.params)
+            de = State.init(os.path.join(root, "DE"), "DE", threshold=TAU)
+            fr.trust(de.card_bytes)
+            de.trust(fr.card_bytes)
+            ks = KeyService(fr)
+            t0 = time.perf_counter()
+            for i, start in enumerate(range(0, args.n, CHUNK)):
+                rows = _chunk(i, min(CHUNK, args.n - start))
+                plain[start:start + rows.shape[0]] = rows
+                ks.enroll(rows, [f"FR-{start + j:08d}" for j in range(rows.shape[0])])
+                print(f"enrolled {start + rows.shape[0]:,}/{args.n:,}", file=sys.stderr)
+            enroll_s = time.perf_counter() - t0
 
         rng = np.random.default_rng(7)
         # Probes: noisy copies of gallery rows (mates) and blends that land near tau.

@@ -22,13 +22,37 @@ ffibuilder.cdef(
                         uint64_t *out, size_t d, size_t rows, size_t n, int threads);
     int pprm_mac_plain(const uint64_t *pts, const uint64_t *cts, const uint64_t *moduli, uint64_t *out,
                        size_t g, size_t b, size_t s, size_t l, size_t n, int threads);
+    #define PPRM_MASK_OK ...
+    #define PPRM_MASK_EINVAL ...
+    #define PPRM_MASK_ENOMEM ...
+    typedef struct {
+        uint64_t q;
+        size_t n;
+        const uint64_t *roots;
+        const uint64_t *roots_shoup;
+        const uint64_t *inv_roots;
+        const uint64_t *inv_roots_shoup;
+        uint64_t inv_n, inv_n_shoup;
+    } pprm_ntt_table;
+    typedef struct {
+        pprm_ntt_table q0, p;
+        uint64_t q0_ratio[2];
+        const uint32_t *perm;
+        const uint64_t *key;
+        const uint64_t *key_shoup;
+        uint64_t p_inv, p_inv_shoup;
+    } pprm_mask_ctx;
+    int pprm_ntt(uint64_t *a, const pprm_ntt_table *t, int inverse);
+    int pprm_shoup(const uint64_t *w, uint64_t *out, size_t n, uint64_t q);
+    int pprm_mask_complex(const uint64_t *ct, const uint64_t *tau, const int64_t *mask_a, const int64_t *mask_b,
+                          const uint64_t *noise, const pprm_mask_ctx *c, uint64_t *out);
     """
 )
 ffibuilder.set_source(
     "pprm._native_kernel",
-    '#include "pprm_kernel.h"',
-    sources=["native/pprm_kernel.c"],
-    depends=["native/pprm_kernel.h"],
+    '#include "pprm_kernel.h"\n#include "pprm_mask.h"',
+    sources=["native/pprm_kernel.c", "native/pprm_mask.c"],
+    depends=["native/pprm_kernel.h", "native/pprm_mask.h"],
     include_dirs=["native"],
     # No -march=native: the C source picks AVX-512/AVX2 at load time (target_clones),
     # so the built module stays valid on any x86-64 it is copied to.

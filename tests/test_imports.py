@@ -50,6 +50,7 @@ ALLOWED = {
     "pprm.matching.kernel_numpy",
     "pprm.matching.mac_args",
     "pprm.matching.mask",
+    "pprm.matching.mask_kernel",
     "pprm.matching.owner",
     "pprm.matching.protocols",
     "pprm.matching.sealed",

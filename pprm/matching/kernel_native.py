@@ -25,7 +25,7 @@ import numpy as np
 from pprm.errors import BackendError
 from pprm.matching.mac_args import PLAIN_RANGE_ERROR, check_mac_args, check_plain_mac_args
 
-__all__ = ["available", "multiply_accumulate", "plain_mac", "default_threads"]
+__all__ = ["available", "handles", "multiply_accumulate", "plain_mac", "default_threads"]
 
 _MODULE = "pprm._native_kernel"
 
@@ -56,6 +56,20 @@ def available() -> bool:
     """
     _load()
     return _lib is not None
+
+
+def handles() -> tuple[Any, Any]:
+    """The loaded extension's ``(ffi, lib)``, for the other native modules of pprm.
+
+    Returns:
+        cffi's ``ffi`` and ``lib`` objects of ``pprm._native_kernel``.
+
+    Raises:
+        BackendError: the extension is not built or does not load.
+    """
+    if not available():
+        raise BackendError(f"the native kernel is not built ({_load_error})")
+    return _ffi, _lib
 
 
 def default_threads() -> int:

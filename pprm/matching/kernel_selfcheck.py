@@ -33,12 +33,15 @@ __all__ = [
     "mac_agrees_with_seal",
     "plain_mac_agrees_with_seal",
     "plaintext_residues",
+    "masking_agrees_with_seal",
 ]
 
 MacFn = Callable[[np.ndarray, np.ndarray, tuple[int, ...]], np.ndarray]
 
 # The smallest sealed set: the checks only need SEAL's arithmetic, not security.
 _CHECK_PARAMS = "INSECURE-sealed-n1024"
+# Its complex-packing twin, for the masking (conjugation through the special prime).
+_CHECK_COMPLEX = "INSECURE-sealed-n1024-complex"
 
 
 def native_passes_self_check() -> bool:
@@ -62,6 +65,7 @@ def native_passes_self_check() -> bool:
         and native_matches_numpy()
         and mac_agrees_with_seal(kernel_native.multiply_accumulate)
         and plain_mac_agrees_with_seal(kernel_native.plain_mac)
+        and masking_agrees_with_seal()
     )
 
 
@@ -247,3 +251,56 @@ def plain_mac_agrees_with_seal(mac: MacFn) -> bool:
         if not np.array_equal(got[g], ctx.to_residues(acc)):
             return False
     return True
+
+
+def masking_agrees_with_seal(seed: int = 0) -> bool:
+    """Whether the native masking of a block equals SEAL's evaluator, word for word.
+
+    One random block at ``INSECURE-sealed-n1024-complex``: ``S - tau``, then
+    ``(S - tau) * a + conj(S - tau) * b`` with SEAL's conjugation and
+    products, out of the NTT domain, against
+    :meth:`pprm.matching.mask_kernel.NativeMasker.mask` on the same words.
+
+    Returns:
+        True if the two agree; False if they differ or the native path
+        refuses its inputs.
+    """
+    import os
+    import tempfile
+
+    from pprm.crypto.embedding import slot_transform
+    from pprm.crypto.keys import conjugation_key_bytes, load_conjugation_key
+    from pprm.matching.mask_kernel import NativeMasker
+
+    ctx = CkksContext(param_sets.get(_CHECK_COMPLEX, allow_insecure=True))
+    p = ctx.params
+    n, q0 = ctx.n, ctx.moduli[0]
+    rng = np.random.default_rng(seed)
+    # SEAL hands out Galois keys only in serialisable form; they load back through a file.
+    with tempfile.TemporaryDirectory(prefix="pprm-check-") as d:
+        path = os.path.join(d, "galois.key")
+        with open(path, "wb") as fh:
+            fh.write(conjugation_key_bytes(ctx, seal.KeyGenerator(ctx.seal).secret_key()))
+        gk = load_conjugation_key(ctx, path)
+    res = rng.integers(0, q0, size=(2, 1, n), dtype=np.uint64)
+    tau = ctx.encode_constant(complex(0.4, 0.4), p.gallery_scale_bits + p.probe_scale_bits)
+    t = slot_transform(n)
+    exact = t.encode_real(rng.uniform(1.0, 4.0, size=(2, p.slots)), p.mask_scale_bits)
+    noise = rng.integers(0, q0, size=n, dtype=np.uint64)
+    ev = ctx.evaluator
+    ct = ctx.from_residues(res, float(2 ** (p.gallery_scale_bits + p.probe_scale_bits)))
+    ev.sub_plain_inplace(ct, tau)
+    conj = ctx.conjugate(ct, gk)
+    values = t.to_slots(t.spectrum(exact.astype(np.float64))).real / float(2**p.mask_scale_bits)
+    ev.multiply_plain_inplace(ct, ctx.encode(values[0], p.mask_scale_bits))
+    ev.multiply_plain_inplace(conj, ctx.encode(values[1], p.mask_scale_bits))
+    ev.add_inplace(ct, conj)
+    ev.transform_from_ntt_inplace(ct)
+    want = ctx.to_residues(ct)[:, 0, :]
+    want[0] = (want[0] + noise) % np.uint64(q0)
+    tau_ntt = plaintext_residues(tau, 1, n)[0]
+    try:
+        got = NativeMasker(ctx, gk).mask(res[:, 0, :], tau_ntt, exact[0], exact[1], noise)
+    except BackendError:
+        return False
+    return bool(np.array_equal(got, want))

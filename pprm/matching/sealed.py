@@ -50,6 +50,7 @@ from pprm.errors import ParameterError
 from pprm.matching import kernel
 from pprm.matching.gallery import EncryptedGallery
 from pprm.matching.mask import draw_block_masks
+from pprm.matching.mask_kernel import NativeMasker
 from pprm.matching.templates import normalise_probe
 
 __all__ = ["BlockScorer", "MaskedResult", "SealedMatcher", "quantise_probe"]
@@ -109,6 +110,10 @@ class BlockScorer:
         if ctx.params.packing == "complex" and conjugation_key is None:
             raise ParameterError(f"{ctx.params.name} packs two templates per slot and needs the conjugation key")
         self._conj_key = conjugation_key
+        # The native backend masks in C on the kernel's residues; the SEAL
+        # path below is the numpy backend's and the reference it is tested against.
+        self._native = (NativeMasker(ctx, conjugation_key) if conjugation_key is not None
+                        and ctx.params.packing == "complex" and kernel.backend() == "native" else None)
 
     def weights(self, probe: np.ndarray, threshold: float, dim: int) -> np.ndarray:
         """The probe's integer weights, after checking the probe and the threshold.
@@ -136,6 +141,7 @@ class BlockScorer:
         out: list[list[bytes]] = []
         if count == 0:
             return out
+        tau_ntt = self._plaintext_residues(tau) if self._native is not None else None
 
         def mac(b: int) -> np.ndarray:
             return kernel.multiply_accumulate(residues(b), w, self.ctx.moduli)
@@ -148,13 +154,31 @@ class BlockScorer:
                 res = pending.result()
                 if b + 1 < count:
                     pending = pool.submit(mac, b + 1)
-                out.append(self._mask(res, tau, occupancy(b)))
+                out.append(self._mask(res, tau, occupancy(b), tau_ntt))
                 if progress:
                     progress(b + 1, count)
         return out
 
-    def _mask(self, residues: np.ndarray, tau: seal.Plaintext, occupied: np.ndarray) -> list[bytes]:
+    def _plaintext_residues(self, pt: seal.Plaintext) -> np.ndarray:
+        # SEAL's own NTT form of a plaintext, read as the difference it makes
+        # to a ciphertext (the binding offers no direct view of its words).
+        q0 = np.uint64(self.ctx.moduli[0])
+        probe = np.random.default_rng().integers(0, int(q0), size=(2, 1, self.ctx.n), dtype=np.uint64)
+        ct = self.ctx.from_residues(probe, 1.0)
+        ct.scale = pt.scale
+        self.ctx.evaluator.sub_plain_inplace(ct, pt)
+        after = self.ctx.to_residues(ct)[0, 0]
+        return np.asarray((probe[0, 0] + (q0 - after)) % q0, dtype=np.uint64)
+
+    def _mask(self, residues: np.ndarray, tau: seal.Plaintext, occupied: np.ndarray,
+              tau_ntt: np.ndarray | None = None) -> list[bytes]:
         """Turn the score ciphertext of one block into its packed masked result.
+
+        Args:
+            residues: the block's encrypted scores, ``uint64[2, 1, N]`` in NTT form.
+            tau: the threshold's plaintext.
+            occupied: which positions of the block hold a template.
+            tau_ntt: the same plaintext's NTT residues, for the native path.
 
         Returns:
             ``[blob]``: ``r*(s - tau) + e`` per slot with real packing;
@@ -162,43 +186,75 @@ class BlockScorer:
             complex packing.
         """
         p = self.ctx.params
-        ev = self.ctx.evaluator
-        q0 = self.ctx.moduli[0]
-        lay = masked_layout(p, q0)
+        lay = masked_layout(p, self.ctx.moduli[0])
+        if p.packing != "complex":
+            return [encode_masked(lay, self._mask_real(residues, tau, occupied, lay.rho_cap))]
+        exact, noise = self._complex_masks(occupied, lay.rho_cap)
+        if self._native is not None and tau_ntt is not None:
+            return [encode_masked(lay, self._native.mask(residues[:, 0, :], tau_ntt, exact[0], exact[1], noise))]
+        return [encode_masked(lay, self._mask_complex_seal(residues, tau, exact, noise))]
+
+    def _complex_masks(self, occupied: np.ndarray, rho_cap: float) -> tuple[np.ndarray, np.ndarray]:
+        """Fresh masks of one block: the integer polynomials of ``a``, ``b``, and the noise's.
+
+        Returns:
+            ``(exact, noise)``: ``int64[2, N]`` polynomials of ``a = r_A + r_B``
+            and ``b = r_A - r_B`` (exactly real in every slot), and
+            ``uint64[N]`` the noise ``e_A + i*e_B`` at the result scale, mod q0.
+        """
+        p = self.ctx.params
         t = slot_transform(self.ctx.n)
         h = p.slots
-        score_bits = p.gallery_scale_bits + p.probe_scale_bits
-        ct = self.ctx.from_residues(residues, float(2**score_bits))
+        # Independent draws per half: no two templates share r or e. Padding
+        # positions get r = 1, e = -1: about -2*tau - 1, a certain non-hit.
+        ma, mb = draw_block_masks([occupied[:h], occupied[h:]], p, rho_cap)
+        exact = t.encode_real(np.stack([ma.r + mb.r, ma.r - mb.r]), p.mask_scale_bits)
+        noise = t.encode_complex(ma.e + 1j * mb.e, p.result_scale_bits) % np.int64(self.ctx.moduli[0])
+        return exact, noise.astype(np.uint64)
+
+    def _mask_real(self, residues: np.ndarray, tau: seal.Plaintext, occupied: np.ndarray,
+                   rho_cap: float) -> np.ndarray:
+        p = self.ctx.params
+        ev = self.ctx.evaluator
+        q0 = self.ctx.moduli[0]
+        ct = self.ctx.from_residues(residues, float(2 ** (p.gallery_scale_bits + p.probe_scale_bits)))
         ev.sub_plain_inplace(ct, tau)
-        if p.packing != "complex":
-            (masks,) = draw_block_masks([occupied], p, lay.rho_cap)
-            # Only real parts decide here, so SEAL's own (complex) encoding error is harmless.
-            ev.multiply_plain_inplace(ct, self.ctx.encode(masks.r, p.mask_scale_bits))
-            e: np.ndarray = masks.e
-        else:
-            if self._conj_key is None:  # refused in __init__; kept for the type checker
-                raise ParameterError("complex packing needs the conjugation key")
-            # Independent draws per half: no two templates share r or e. Padding
-            # positions get r = 1, e = -1: about -2*tau - 1, a certain non-hit.
-            ma, mb = draw_block_masks([occupied[:h], occupied[h:]], p, lay.rho_cap)
-            exact = t.encode_real(np.stack([ma.r + mb.r, ma.r - mb.r]), p.mask_scale_bits)
-            # The exact polynomials' slot values, which SEAL rounds back to them.
-            values = t.to_slots(t.spectrum(exact.astype(np.float64))).real / float(2**p.mask_scale_bits)
-            # b = 0 exactly when both halves carry the same mask in every slot
-            # (a block of free positions only: r = 1 in both). SEAL refuses a
-            # product that comes out transparent, and a*z alone is the same value.
-            conj = self.ctx.conjugate(ct, self._conj_key) if exact[1].any() else None
-            ev.multiply_plain_inplace(ct, self.ctx.encode(values[0], p.mask_scale_bits))
-            if conj is not None:
-                ev.multiply_plain_inplace(conj, self.ctx.encode(values[1], p.mask_scale_bits))
-                ev.add_inplace(ct, conj)
-            e = ma.e + 1j * mb.e
+        (masks,) = draw_block_masks([occupied], p, rho_cap)
+        # Only real parts decide here, so SEAL's own (complex) encoding error is harmless.
+        ev.multiply_plain_inplace(ct, self.ctx.encode(masks.r, p.mask_scale_bits))
         ev.transform_from_ntt_inplace(ct)
         coeffs = self.ctx.to_residues(ct)[:, 0, :]
         # e joins in coefficient form: adding a plaintext adds it to c0.
-        noise = t.encode_complex(e, p.result_scale_bits) % np.int64(q0)
+        noise = slot_transform(self.ctx.n).encode_complex(masks.e, p.result_scale_bits) % np.int64(q0)
         coeffs[0] = (coeffs[0] + noise.astype(np.uint64)) % np.uint64(q0)
-        return [encode_masked(lay, coeffs)]
+        return coeffs
+
+    def _mask_complex_seal(self, residues: np.ndarray, tau: seal.Plaintext, exact: np.ndarray,
+                           noise: np.ndarray) -> np.ndarray:
+        """The complex masking through SEAL's evaluator: the reference the native path must equal."""
+        p = self.ctx.params
+        ev = self.ctx.evaluator
+        t = slot_transform(self.ctx.n)
+        if self._conj_key is None:  # refused in __init__; kept for the type checker
+            raise ParameterError("complex packing needs the conjugation key")
+        ct = self.ctx.from_residues(residues, float(2 ** (p.gallery_scale_bits + p.probe_scale_bits)))
+        ev.sub_plain_inplace(ct, tau)
+        # The exact polynomials' slot values, which SEAL rounds back to them.
+        values = t.to_slots(t.spectrum(exact.astype(np.float64))).real / float(2**p.mask_scale_bits)
+        # b = 0 exactly when both halves carry the same mask in every slot
+        # (a block of free positions only: r = 1 in both). SEAL refuses a
+        # product that comes out transparent, and a*z alone is the same value.
+        conj = self.ctx.conjugate(ct, self._conj_key) if exact[1].any() else None
+        ev.multiply_plain_inplace(ct, self.ctx.encode(values[0], p.mask_scale_bits))
+        if conj is not None:
+            ev.multiply_plain_inplace(conj, self.ctx.encode(values[1], p.mask_scale_bits))
+            ev.add_inplace(ct, conj)
+        ev.transform_from_ntt_inplace(ct)
+        coeffs = self.ctx.to_residues(ct)[:, 0, :]
+        # e joins in coefficient form: adding a plaintext adds it to c0.
+        q0 = np.uint64(self.ctx.moduli[0])
+        coeffs[0] = (coeffs[0] + noise) % q0
+        return coeffs
 
 
 class SealedMatcher:
