@@ -7,20 +7,32 @@ the only large things in memory are the float32 plaintext copy kept for the
 numpy baseline and the agreement check, and the page cache behind the
 memory-mapped ciphertext blocks.
 
+After the ``--n`` random templates it enrols planted ones: for every probe,
+:data:`NEAR` templates whose score lies within 0.01 of tau and
+:data:`MATES` clear mates, so that the agreement check covers the pairs
+where a wrong decision would be likeliest.
+
 It reports, as JSON on stdout: enrolment time, the full responder query
 (median of ``--repeats``), matcher-only and decide-only times, microseconds
-per template, numpy float32 ``G @ q`` in the same run and the ratio, RAM and
-disk bytes per template, and decision agreement with the plaintext truth for
-every (probe, template) pair with ``|s - tau| >= 1e-3``.
+per template, numpy float32 ``G @ q`` in the same run and the ratio, faiss
+``IndexFlatIP`` when faiss is installed, RAM and disk bytes per template, and
+decision agreement with the plaintext truth for every (probe, template) pair
+with ``|s - tau| >= 1e-3``. With ``--batch B`` it also matches B probes in one
+pass (:meth:`pprm.matching.sealed.SealedMatcher.match_many`) and reports the
+time per probe against the single query's and against numpy's and faiss's
+batched search, in the same run.
 
 Run::
 
-    python bench/large_gallery.py --n 1000000 --workdir /var/tmp/pprm-1m
+    python bench/large_gallery.py --n 1000000 --workdir /var/tmp/pprm-1m --batch 16
+    python bench/large_gallery.py --n 1000000 --workdir /var/tmp/pprm-1m --batch 16 --reuse
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
 import os
 import shutil
@@ -28,6 +40,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -40,38 +54,84 @@ from pprm.synthetic import unit_vectors
 CHUNK = 40960  # ten blocks at N=8192
 DIM = 512
 TAU = 0.4
+NEAR = 200  # planted templates per probe with |s - tau| <= 0.01
+MATES = 20  # planted templates per probe with s in [tau + 0.05, 0.9]
 
 
 def _chunk(i: int, n: int) -> np.ndarray:
     return unit_vectors(n, DIM, np.random.default_rng([0xB16, i])).astype(np.float32)
 
 
+def _probes(count: int) -> np.ndarray:
+    return unit_vectors(count, DIM, np.random.default_rng([0xB16, 0x9B0B])).astype(np.float32)
+
+
+def _planted(probes: np.ndarray) -> np.ndarray:
+    """Per probe: NEAR templates scoring within 0.01 of tau and MATES clear mates (float32 unit rows)."""
+    rng = np.random.default_rng([0xB16, 0x91A7])
+    rows = []
+    for p in probes.astype(np.float64):
+        s = np.concatenate([rng.uniform(TAU - 0.01, TAU + 0.01, NEAR), rng.uniform(TAU + 0.05, 0.9, MATES)])
+        u = rng.standard_normal((s.size, DIM))
+        u -= np.outer(u @ p, p)  # orthogonal to the probe
+        u /= np.linalg.norm(u, axis=1, keepdims=True)
+        rows.append(s[:, None] * p + np.sqrt(1.0 - s[:, None] ** 2) * u)
+    return np.concatenate(rows).astype(np.float32)
+
+
+def _scores(plain: np.ndarray, probe: np.ndarray) -> np.ndarray:
+    """float64 scores of the float32 templates, chunk by chunk (no float64 copy of the gallery)."""
+    q = probe.astype(np.float32).astype(np.float64)
+    return np.concatenate([plain[i:i + CHUNK].astype(np.float64) @ q for i in range(0, plain.shape[0], CHUNK)])
+
+
+def _median_s(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--n", type=int, default=1_000_000, help="random templates (planted ones come on top)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--probes", type=int, default=5, help="probes for the agreement check")
+    ap.add_argument("--probes", type=int, default=5, help="probes for the agreement check (at least --batch)")
+    ap.add_argument("--batch", type=int, default=0, help="also match this many probes in one pass")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--params", default=None, help="parameter set (default: the production set)")
     ap.add_argument("--reuse", action="store_true",
                     help="reuse the gallery an earlier run left in --workdir (same --n) instead of enrolling")
     args = ap.parse_args(argv)
+    nprobes = max(args.probes, args.batch, 1)
 
     root = args.workdir or tempfile.mkdtemp(prefix="pprm-large-")
     os.makedirs(root, exist_ok=True)
     try:
-        plain = np.empty((args.n, DIM), dtype=np.float32)
+        probes = _probes(nprobes)
+        planted = _planted(probes)
+        total = args.n + planted.shape[0]
+        plain = np.empty((total, DIM), dtype=np.float32)
+        plain[args.n:] = planted
         enroll_s: float | None = None
-        if args.reuse and os.path.isdir(os.path.join(root, "FR")):
+        reused = args.reuse and os.path.isdir(os.path.join(root, "FR"))
+        if reused:
             # The chunks are seeded by their index, so the plaintext copy is rebuilt, not stored.
             fr, de = State.open(os.path.join(root, "FR")), State.open(os.path.join(root, "DE"))
-            if len(fr.gallery()) != args.n:
-                ap.error(f"--reuse: {root} holds {len(fr.gallery()):,} templates, not {args.n:,}")
+            have = len(fr.gallery())
+            if have not in (args.n, total):
+                ap.error(f"--reuse: {root} holds {have:,} templates, not {args.n:,} or {total:,}")
             for i, start in enumerate(range(0, args.n, CHUNK)):
                 plain[start:start + min(CHUNK, args.n - start)] = _chunk(i, min(CHUNK, args.n - start))
+            if have == args.n:  # an earlier run of this script, before planted templates
+                KeyService(fr).enroll(planted, [f"FR-P{j:07d}" for j in range(planted.shape[0])])
         else:
-            fr = State.init(os.path.join(root, "FR"), "FR", threshold=TAU, params=args.params)
-            de = State.init(os.path.join(root, "DE"), "DE", threshold=TAU)
+            insecure = bool(args.params and args.params.startswith("INSECURE"))
+            fr = State.init(os.path.join(root, "FR"), "FR", threshold=TAU, params=args.params,
+                            allow_insecure=insecure)
+            de = State.init(os.path.join(root, "DE"), "DE", threshold=TAU, allow_insecure=insecure)
             fr.trust(de.card_bytes)
             de.trust(fr.card_bytes)
             ks = KeyService(fr)
@@ -81,16 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                 plain[start:start + rows.shape[0]] = rows
                 ks.enroll(rows, [f"FR-{start + j:08d}" for j in range(rows.shape[0])])
                 print(f"enrolled {start + rows.shape[0]:,}/{args.n:,}", file=sys.stderr)
+            ks.enroll(planted, [f"FR-P{j:07d}" for j in range(planted.shape[0])])
             enroll_s = time.perf_counter() - t0
-
-        rng = np.random.default_rng(7)
-        # Probes: noisy copies of gallery rows (mates) and blends that land near tau.
-        probes = []
-        for _ in range(args.probes):
-            a = plain[rng.integers(args.n)].astype(np.float64)
-            b = unit_vectors(1, DIM, rng)[0]
-            probes.append((TAU + rng.uniform(-0.01, 0.3)) * a + 0.9 * b)
-        probes = [p / np.linalg.norm(p) for p in probes]
 
         gallery = fr.gallery()
         matcher = fr.matcher(gallery)
@@ -104,41 +156,74 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             responder.answer(msg)
             full.append(time.perf_counter() - t)
-        match_t, decide_t, wrong, decisive = [], [], 0, 0
-        for p in probes:
+
+        def agree(probe: np.ndarray, hits: set[int]) -> tuple[int, int, int]:
+            s = _scores(plain, probe)
+            got = np.zeros(total, dtype=bool)
+            got[list(hits)] = True  # record ids are assigned in enrolment order
+            far = np.abs(s - TAU) >= 1e-3
+            near = far & (np.abs(s - TAU) <= 0.01)
+            return int(far.sum()), int(((s >= TAU) != got)[far].sum()), int(near.sum())
+
+        match_t, decide_t, wrong, decisive, near_pairs = [], [], 0, 0, 0
+        for p in probes[:args.probes]:
             t = time.perf_counter()
             res = matcher.match(p, TAU)
             t1 = time.perf_counter()
             hits = set(decider.hits(res))
             decide_t.append(time.perf_counter() - t1)
             match_t.append(t1 - t)
-            s = plain.astype(np.float64) @ p.astype(np.float32).astype(np.float64) if args.n <= 200_000 \
-                else np.concatenate([plain[i:i + CHUNK].astype(np.float64) @ p.astype(np.float32).astype(np.float64)
-                                     for i in range(0, args.n, CHUNK)])
-            got = np.zeros(args.n, dtype=bool)
-            got[list(hits)] = True  # record ids are assigned in enrolment order
-            far = np.abs(s - TAU) >= 1e-3
-            decisive += int(far.sum())
-            wrong += int(((s >= TAU) != got)[far].sum())
-        pq = probes[0].astype(np.float32)
-        base = []
-        for _ in range(10):
-            t = time.perf_counter()
-            plain @ pq
-            base.append(time.perf_counter() - t)
+            far, bad, near = agree(p, hits)
+            decisive, wrong, near_pairs = decisive + far, wrong + bad, near_pairs + near
+        pq = probes[0]
+        numpy_s = _median_s(lambda: plain @ pq, 10)
+        faiss_s = faiss_batch_s = None
+        faiss: Any = None
+        with contextlib.suppress(ImportError):
+            faiss = importlib.import_module("faiss")  # optional anchor, not a dependency
+        if faiss is not None:
+            index = faiss.IndexFlatIP(DIM)
+            index.add(plain)
+            faiss_s = _median_s(lambda: index.range_search(probes[:1], TAU), 5)
         blocks = len(gallery.index.blocks)
         ram = blocks * int(np.prod(gallery.block_shape)) * 8
         med = statistics.median(full)
-        out = {
-            "machine": machine_info(), "params": fr.config.params, "n": args.n, "blocks": blocks,
-            "enroll_s": enroll_s,
+        out: dict[str, object] = {
+            "machine": machine_info(), "params": fr.config.params, "n": total, "planted": planted.shape[0],
+            "blocks": blocks, "enroll_s": enroll_s, "reused": reused,
             "query_ms": med * 1e3, "query_ms_runs": [x * 1e3 for x in full],
             "matcher_ms": statistics.median(match_t) * 1e3, "decide_ms": statistics.median(decide_t) * 1e3,
-            "us_per_template": med * 1e6 / args.n, "numpy_ms": statistics.median(base) * 1e3,
-            "ratio_to_numpy": med / statistics.median(base),
-            "ram_bytes_per_template": ram / args.n, "disk_bytes_per_template": gallery.stored_bytes() / args.n,
-            "agreement": {"pairs": decisive, "disagreements": wrong, "probes": len(probes)},
+            "us_per_template": med * 1e6 / total, "numpy_ms": numpy_s * 1e3,
+            "ratio_to_numpy": med / numpy_s,
+            "faiss_ms": None if faiss_s is None else faiss_s * 1e3,
+            "ram_bytes_per_template": ram / total, "disk_bytes_per_template": gallery.stored_bytes() / total,
         }
+        if args.batch:
+            batch = probes[:args.batch]
+            t = time.perf_counter()
+            results = matcher.match_many(list(batch), TAU)
+            t1 = time.perf_counter()
+            batch_hits = [set(decider.hits(r)) for r in results]
+            t2 = time.perf_counter()
+            for p, hits in zip(batch, batch_hits, strict=True):
+                far, bad, near = agree(p, hits)
+                decisive, wrong, near_pairs = decisive + far, wrong + bad, near_pairs + near
+            single = statistics.median(match_t) + statistics.median(decide_t)
+            per_probe = (t2 - t) / args.batch
+            numpy_batch_s = _median_s(lambda: plain @ batch.T, 3) / args.batch
+            if faiss is not None:
+                faiss_batch_s = _median_s(lambda: index.range_search(batch, TAU), 3) / args.batch
+            out["batch"] = {
+                "probes": args.batch, "match_ms": (t1 - t) * 1e3, "decide_ms": (t2 - t1) * 1e3,
+                "per_probe_ms": per_probe * 1e3, "single_match_decide_ms": single * 1e3,
+                "per_probe_over_single": per_probe / single, "per_probe_over_full_query": per_probe / med,
+                "numpy_batched_per_probe_ms": numpy_batch_s * 1e3,
+                "per_probe_over_numpy_batched": per_probe / numpy_batch_s,
+                "faiss_batched_per_probe_ms": None if faiss_batch_s is None else faiss_batch_s * 1e3,
+                "per_probe_over_faiss_batched": None if faiss_batch_s is None else per_probe / faiss_batch_s,
+            }
+        out["agreement"] = {"pairs": decisive, "disagreements": wrong, "pairs_within_0.01_of_tau": near_pairs,
+                            "probes": args.probes + args.batch}
         print(json.dumps(out, indent=1))
         return 0 if wrong == 0 else 1
     finally:

@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
 
     images = sample_images()
     if images is None:
-        print("insightface's sample images are missing: pip install -e \".[face]\"", file=sys.stderr)
+        print("insightface's sample images are missing: pip install -e \".[dev]\" (a test tool, in dev)",
+              file=sys.stderr)
         return 2
     import cv2
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from pprm.errors import (
     AuthenticationError,
     BackendError,
+    BackendWarning,
     CiphertextError,
     ExpiredError,
     GalleryError,
@@ -35,6 +36,7 @@ from pprm.errors import (
     ParameterError,
     PolicyError,
     PprmError,
+    PprmWarning,
     RecipientError,
     ReplayError,
     StateError,
@@ -77,6 +79,8 @@ __all__ = [
     "ExpiredError",
     "TokenError",
     "PolicyError",
+    "PprmWarning",
+    "BackendWarning",
 ]
 
 

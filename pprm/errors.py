@@ -5,6 +5,7 @@ builtin (``ValueError`` for bad arguments, ``LookupError`` for unknown names)
 the subclass derives from that builtin too, as pyca/cryptography does.
 
 Messages are one line and never contain key material, templates or scores.
+Warnings pprm gives derive from :class:`PprmWarning`, and print as one line.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ __all__ = [
     "IntakeLimitError",
     "KeyServiceUnavailableError",
     "PolicyTamperedError",
+    "PprmWarning",
+    "BackendWarning",
 ]
 
 
@@ -270,4 +273,17 @@ class KeyServiceUnavailableError(NetworkError):
 
     Nothing was decided for the request that failed; a network service keeps
     the delivery and answers it once the key service is back.
+    """
+
+
+class PprmWarning(Warning):
+    """Root of every warning pprm gives: filter them all with ``warnings.simplefilter("ignore", PprmWarning)``."""
+
+
+class BackendWarning(PprmWarning, RuntimeWarning):
+    """The native kernel is not built, or failed its self-check: pprm falls back to the numpy kernel.
+
+    Results stay exact, only slower. Set ``PPRM_REQUIRE_NATIVE=1`` to make
+    the fallback a :class:`BackendError` instead, or ``PPRM_BACKEND=numpy``
+    to choose numpy without a warning when the native kernel is not built.
     """

@@ -47,6 +47,7 @@ ALLOWED = {
     "pprm.matching.gallery",
     "pprm.matching.kernel",
     "pprm.matching.kernel_native",
+    "pprm.matching.kernel_batch",
     "pprm.matching.kernel_numpy",
     "pprm.matching.mac_args",
     "pprm.matching.mask",

@@ -8,6 +8,14 @@ they fail with one line saying ``pip install "pprm[face]"``.
 An image that cannot be read or shows no face is reported on stderr (one
 ``pprm: skipped: ...`` line each) and left out; the batch goes on. When no
 image at all yields a template the command fails and writes nothing.
+
+``--aligned`` takes images that are already aligned 112x112 crops (or squares
+of a multiple of 112) and embeds them without detection or alignment; any
+other size fails the command with one line naming the file. ``--providers``
+picks onnxruntime's execution providers (default ``CPUExecutionProvider``).
+Without ``--models``, the pack folder is ``~/.insightface/models/buffalo_l``
+when it exists (where insightface unpacks ``buffalo_l``); otherwise
+``--models`` is required, as before.
 """
 
 from __future__ import annotations
@@ -35,21 +43,80 @@ if TYPE_CHECKING:  # only for annotations: importing pprm.face loads onnxruntime
     from pprm.node.state import State
 
 __all__ = ["VERBS", "add_embed_args", "add_enroll_args", "add_query_args", "cmd_embed", "templates_from_folder",
-           "probe_from_image", "skipped_report", "DEFAULT_THREADS"]
+           "probe_from_image", "skipped_report", "default_models", "parse_providers", "DEFAULT_THREADS",
+           "DEFAULT_MODELS"]
 
 # onnxruntime intra-op threads per model unless --threads says otherwise.
 DEFAULT_THREADS = 2
 
+# The pack folder when --models is not given and it exists. The same value as
+# pprm.face.pack.DEFAULT_PACK (a test keeps them equal), repeated here because
+# parsing must not import pprm.face: that loads onnxruntime and OpenCV, and
+# fails without the face extra.
+DEFAULT_MODELS = os.path.join("~", ".insightface", "models", "buffalo_l")
+
+# onnxruntime's execution provider unless --providers names others.
+_DEFAULT_PROVIDER = "CPUExecutionProvider"
+
 
 # -- parser -----------------------------------------------------------------------
 
-def _model_args(p: argparse.ArgumentParser, *, required: bool) -> None:
-    p.add_argument("--models", required=required, metavar="DIR",
+def default_models() -> str | None:
+    """:data:`DEFAULT_MODELS` with ``~`` expanded (from ``$HOME``, as insightface does), if that folder exists.
+
+    Returns:
+        The folder, or None.
+    """
+    folder = os.path.expanduser(DEFAULT_MODELS)
+    return folder if not folder.startswith("~") and os.path.isdir(folder) else None
+
+
+def parse_providers(text: str) -> list[str]:
+    """The value of ``--providers``: comma-separated onnxruntime execution provider names.
+
+    Only the form is checked here; whether the installed onnxruntime offers
+    them is checked when the models are loaded
+    (:func:`pprm.face.session.check_providers`), which lists the ones it does.
+
+    Args:
+        text: e.g. ``CUDAExecutionProvider,CPUExecutionProvider``.
+
+    Returns:
+        The names, in order.
+
+    Raises:
+        argparse.ArgumentTypeError: an empty name.
+    """
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated execution provider names, got {text!r}")
+    return names
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", default=None, metavar="DIR",
                    help="model pack folder: buffalo_l (det_10g.onnx + w600k_r50.onnx), buffalo_s (det_500m.onnx + "
-                        "w600k_mbf.onnx), or one SCRFD detector and one ArcFace recognizer; pprm never downloads "
-                        "weights")
+                        "w600k_mbf.onnx), or one SCRFD detector and one ArcFace recognizer (default: "
+                        f"{DEFAULT_MODELS} if it exists); pprm never downloads weights")
     p.add_argument("--threads", type=int_at_least(1), default=DEFAULT_THREADS,
                    help=f"onnxruntime threads per model (default {DEFAULT_THREADS})")
+    p.add_argument("--providers", type=parse_providers, default=None, metavar="LIST",
+                   help="comma-separated onnxruntime execution providers, in order of preference (default "
+                        f"{_DEFAULT_PROVIDER}); one the installed onnxruntime lacks is an error listing those it has")
+
+
+def _aligned_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--aligned", action="store_true",
+                   help=f"{what} already aligned 112x112 face crops (or squares of a multiple of 112, downscaled): "
+                        "no detection or alignment; any other size is an error")
+
+
+def _resolve_models(p: argparse.ArgumentParser, args: argparse.Namespace, missing: str) -> None:
+    """Fill in the default pack folder when ``--models`` is absent; a usage error when there is none."""
+    if args.models is None:
+        args.models = default_models()
+        if args.models is None:
+            p.error(f"{missing} (there is no default pack folder {DEFAULT_MODELS})")
 
 
 def add_embed_args(p: argparse.ArgumentParser) -> None:
@@ -59,12 +126,14 @@ def add_embed_args(p: argparse.ArgumentParser) -> None:
         p: the verb's parser.
     """
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    _model_args(p, required=True)
+    _model_args(p)
     p.add_argument("--out", required=True, help=".npy file to write, shape (N, dim) float32, unit rows")
     p.add_argument("--refs-out", default=None,
                    help="also write one reference per template: the image file name, plus #k for face k > 0")
     p.add_argument("--all-faces", action="store_true",
                    help="every face of each image, largest first (default: the largest face only)")
+    _aligned_arg(p, "the images are")
+    p.set_defaults(check=functools.partial(_check_embed, p))
 
 
 def add_enroll_args(p: argparse.ArgumentParser) -> None:
@@ -80,7 +149,8 @@ def add_enroll_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refs-csv", default=None, metavar="MAP_CSV",
                    help="with --images: CSV with the columns file,reference naming every image's reference "
                         "(default: the file name without its extension)")
-    _model_args(p, required=False)
+    _model_args(p)
+    _aligned_arg(p, "with --images: the images are")
     p.set_defaults(check=functools.partial(_check_enroll, p))
 
 
@@ -92,9 +162,15 @@ def add_query_args(p: argparse.ArgumentParser) -> None:
             of inputs that do not go together (a usage error).
     """
     p.add_argument("--image", default=None, metavar="FILE",
-                   help="probe with the largest face in this image instead of --probe; needs --models")
-    _model_args(p, required=False)
+                   help="probe with the largest face in this image instead of --probe; needs --models (or the "
+                        "default pack folder)")
+    _model_args(p)
+    _aligned_arg(p, "with --image: the image is")
     p.set_defaults(check=functools.partial(_check_query, p))
+
+
+def _check_embed(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    _resolve_models(p, args, "the following arguments are required: --models")
 
 
 def _check_enroll(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -104,20 +180,28 @@ def _check_enroll(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--templates/--refs and --images/--models are mutually exclusive")
     if from_files and (args.templates is None or args.refs is None):
         p.error("--templates and --refs go together")
-    if from_images and (args.images is None or args.models is None):
+    if args.models is not None and args.images is None:
         p.error("--images and --models go together")
     if not (from_files or from_images):
         p.error("give --templates and --refs, or --images and --models")
     if args.refs_csv is not None and args.images is None:
         p.error("--refs-csv goes with --images")
+    if args.aligned and args.images is None:
+        p.error("--aligned goes with --images")
+    if args.images is not None:
+        _resolve_models(p, args, "--images needs --models")
 
 
 def _check_query(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     from_image = args.image is not None or args.models is not None
     if args.probe is not None and from_image:
         p.error("--probe and --image/--models are mutually exclusive")
-    if args.probe is None and (args.image is None or args.models is None):
+    if args.probe is None and args.image is None:
         p.error("give --probe, or --image and --models")
+    if args.aligned and args.image is None:
+        p.error("--aligned goes with --image")
+    if args.image is not None:
+        _resolve_models(p, args, "--image needs --models")
 
 
 # -- shared steps --------------------------------------------------------------------
@@ -125,7 +209,7 @@ def _check_query(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 def _load(args: argparse.Namespace, st: State | None = None) -> FacePipeline:
     from pprm.face import FacePipeline, load_models
 
-    models = load_models(args.models, threads=args.threads)
+    models = load_models(args.models, threads=args.threads, providers=getattr(args, "providers", None))
     if st is not None:
         _check_dim(models, st)
     return FacePipeline(models)
@@ -137,9 +221,10 @@ def _check_dim(models: FaceModels, st: State) -> None:
                             f"state {st.config.name} holds dimension {st.config.dim}")
 
 
-def _embed(pipeline: FacePipeline, paths: Sequence[str], *, all_faces: bool = False) -> FaceResults:
+def _embed(pipeline: FacePipeline, paths: Sequence[str], *, all_faces: bool = False,
+           aligned: bool = False) -> FaceResults:
     with ProgressBar("embedding") as bar:
-        return pipeline.embed(paths, all_faces=all_faces, progress=bar.callback)
+        return pipeline.embed(paths, all_faces=all_faces, aligned=aligned, progress=bar.callback)
 
 
 def skipped_report(results: FaceResults) -> list[dict[str, str]]:
@@ -180,8 +265,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     Raises:
         NoFaceError: no image yielded a template (nothing is written).
+        ImageError: with ``--aligned``, an image that is not an aligned crop's
+            size (nothing is written).
         TemplateError: file names that cannot be references (with ``--refs-out``).
         ModelPackError: see :func:`pprm.face.load_models`.
+        ParameterError: an execution provider onnxruntime does not offer.
         OSError: an output cannot be written.
     """
     if args.refs_out is not None:
@@ -192,7 +280,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(AtomicOutput(args.out))
         refs_out = stack.enter_context(AtomicOutput(args.refs_out)) if args.refs_out is not None else None
-        results = _embed(pipeline, args.images, all_faces=args.all_faces)
+        results = _embed(pipeline, args.images, all_faces=args.all_faces, aligned=args.aligned)
         skipped = skipped_report(results)
         if not results:
             raise NoFaceError(f"no face found in any of the {len(args.images)} image(s); nothing written")
@@ -205,8 +293,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {"out": out.path, "templates": len(results), "dim": pipeline.dim,
                               "refs_out": refs_out.path if refs_out is not None else None,
                               "images": len(args.images), "skipped": skipped, "models": pipeline.models.describe()}
-    text = (f"embedded {len(results)} face(s) from {len(args.images)} image(s) into {args.out} "
-            f"(pack {pipeline.models.pack}, dimension {pipeline.dim})")
+    text = (f"embedded {len(results)} {'aligned crop' if args.aligned else 'face'}(s) from {len(args.images)} "
+            f"image(s) into {args.out} (pack {pipeline.models.pack}, dimension {pipeline.dim})")
     if skipped:
         text += f"; {len(skipped)} skipped"
     emit(args, report, text)
@@ -281,9 +369,11 @@ def templates_from_folder(args: argparse.Namespace, st: State) -> tuple[np.ndarr
 
     Raises:
         NoFaceError: no image yielded a template.
-        ImageError: the folder holds no image files.
+        ImageError: the folder holds no image files; with ``--aligned``, an
+            image that is not an aligned crop's size.
         TemplateError: bad references or CSV, or a recognizer of the wrong dimension.
         ModelPackError: see :func:`pprm.face.load_models`.
+        ParameterError: an execution provider onnxruntime does not offer.
         OSError: the folder or the CSV cannot be read.
     """
     from pprm.errors import ImageError
@@ -308,7 +398,7 @@ def templates_from_folder(args: argparse.Namespace, st: State) -> tuple[np.ndarr
     # Duplicates, within the folder and against the gallery, before any image is embedded.
     validate_references([mapping[n] for n in names], len(names), st.gallery().index.references.values())
     pipeline = _load(args, st)
-    results = _embed(pipeline, [os.path.join(folder, n) for n in names])
+    results = _embed(pipeline, [os.path.join(folder, n) for n in names], aligned=getattr(args, "aligned", False))
     skipped = skipped_report(results)
     if not results:
         raise NoFaceError(f"no face found in any of the {len(names)} image(s) in {folder}; nothing enrolled")
@@ -328,12 +418,14 @@ def probe_from_image(args: argparse.Namespace, st: State) -> np.ndarray:
         The template, of the state's dimension.
 
     Raises:
-        ImageError: the image cannot be read.
+        ImageError: the image cannot be read; with ``--aligned``, it is not
+            an aligned crop's size.
         NoFaceError: it shows no usable face.
         TemplateError: a recognizer of the wrong dimension.
         ModelPackError: see :func:`pprm.face.load_models`.
+        ParameterError: an execution provider onnxruntime does not offer.
     """
-    return _load(args, st).embed_one(args.image)
+    return _load(args, st).embed_one(args.image, aligned=getattr(args, "aligned", False))
 
 
 def _add_embed(verbs: Verbs) -> None:

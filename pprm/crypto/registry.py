@@ -86,14 +86,26 @@ class Registry(Generic[T]):
     def get(self, name: str, *, allow_insecure: bool = False) -> T:
         """The set called ``name``.
 
+        Args:
+            name: a registered name.
+            allow_insecure: permit ``INSECURE*`` sets (tests only).
+
+        Returns:
+            The set.
+
         Raises:
-            ParameterError: unknown name, or an insecure set without permission.
+            ParameterError: not a string, unknown name, or an insecure set
+                without permission (the message says how to give it).
         """
+        if not isinstance(name, str):
+            raise ParameterError(f"a {self.kind} is named by a string, got {type(name).__name__}")
         ps = self._sets.get(name)
         if ps is None:
             raise ParameterError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
         if ps.insecure and not allow_insecure:
-            raise ParameterError(f"parameter set {name!r} is insecure and not allowed here")
+            # Say how to get it: the tests and demos that need these sets are where this refusal is met.
+            raise ParameterError(f"{self.kind} {name!r} is below 128-bit security and for tests only;"
+                                 " pass allow_insecure=True (pprm init --allow-insecure) to use it")
         return ps
 
     def by_digest(self, digest: str, *, allow_insecure: bool = False) -> T:

@@ -15,10 +15,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pprm.errors import AlignmentError
+from pprm.errors import AlignmentError, ImageError
 
 __all__ = ["ARCFACE_LANDMARKS_112", "CROP_SIZE", "COLLINEAR_RTOL", "fit_similarity", "apply_affine",
-           "alignment_matrix", "align_face"]
+           "alignment_matrix", "align_face", "aligned_crop"]
 
 # Side of the aligned crop, the recognizer input of ArcFace models (w600k_r50,
 # w600k_mbf, glintr100 all take 3x112x112).
@@ -135,4 +135,42 @@ def align_face(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     matrix = alignment_matrix(landmarks)
     crop = cv2.warpAffine(image, matrix, (CROP_SIZE, CROP_SIZE), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    return np.asarray(crop, dtype=np.uint8)
+
+
+def aligned_crop(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """Take an image that is already an ArcFace-aligned crop, as the recognizer's 112x112 input.
+
+    For inputs that were aligned elsewhere (a dataset of aligned crops, a
+    crop written by :func:`align_face`): no detection, no alignment. A face
+    filling a 112x112 crop is too large and too tight for SCRFD to find, so
+    such an image cannot go through the full pipeline.
+
+    Accepted: exactly 112x112, or a square whose side is a multiple of 112
+    (224x224, 336x336, ...). The latter is what insightface's alignment
+    (``estimate_norm`` with ``image_size`` a multiple of 112) produces: the
+    same reference landmarks scaled by the integer factor, so an area-average
+    downscale gives the 112x112 crop. Anything else (a 128x128 crop is
+    aligned to shifted landmarks; a photo is not aligned at all) is refused
+    rather than resized into a template of the wrong geometry.
+
+    Args:
+        image: HxWx3 uint8 BGR (as :func:`pprm.face.image.load_image` returns).
+        name: how to call the image in the message.
+
+    Returns:
+        ``(112, 112, 3)`` uint8 BGR.
+
+    Raises:
+        ImageError: not a 112x112 crop or a square of a multiple of 112.
+    """
+    height, width = image.shape[:2]
+    if height != width or height % CROP_SIZE:
+        raise ImageError(f"{name} is {width}x{height}, not an aligned {CROP_SIZE}x{CROP_SIZE} crop (nor a square "
+                         f"whose side is a multiple of {CROP_SIZE}); without --aligned (aligned=True) its face is "
+                         "detected and aligned first")
+    if height == CROP_SIZE:
+        return np.ascontiguousarray(image, dtype=np.uint8)
+    # INTER_AREA at an integer factor is the exact mean of each k x k block.
+    crop = cv2.resize(image, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA)
     return np.asarray(crop, dtype=np.uint8)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -247,13 +248,23 @@ class Detector:
         return f"Detector({self.name!r}, levels={self.levels})"
 
     @classmethod
-    def load(cls, path: str, *, threads: int = 2) -> Detector:
+    def load(cls, path: str, *, threads: int = 2, providers: Sequence[str] | None = None) -> Detector:
         """Open ``path`` and check its interface; see the class.
+
+        Args:
+            path: the .onnx file.
+            threads: onnxruntime intra-op threads.
+            providers: onnxruntime execution providers, see
+                :func:`pprm.face.session.check_providers` (None: CPU).
+
+        Returns:
+            The detector.
 
         Raises:
             ModelPackError: unloadable, or not an SCRFD detector with keypoints.
+            ParameterError: bad ``threads`` or ``providers``.
         """
-        return cls(open_session(path, threads), os.path.basename(path))
+        return cls(open_session(path, threads, providers), os.path.basename(path))
 
     def check_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """Validate a detection input size ``(width, height)`` for this model.

@@ -9,6 +9,7 @@ declares them. Its input normalisation is read from the graph itself (see
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -141,14 +142,24 @@ class Recognizer:
         return cls(session, name, input_normalisation(_read_graph(path)))
 
     @classmethod
-    def load(cls, path: str, *, threads: int = 2) -> Recognizer:
+    def load(cls, path: str, *, threads: int = 2, providers: Sequence[str] | None = None) -> Recognizer:
         """Open ``path`` and :meth:`from_session` it.
+
+        Args:
+            path: the .onnx file.
+            threads: onnxruntime intra-op threads.
+            providers: onnxruntime execution providers, see
+                :func:`pprm.face.session.check_providers` (None: CPU).
+
+        Returns:
+            The recognizer.
 
         Raises:
             ModelPackError: unloadable, or not an ArcFace recognizer.
-            ParameterError: ``threads`` is not a positive int.
+            ParameterError: ``threads`` is not a positive int, or a provider
+                is not available.
         """
-        return cls.from_session(open_session(path, threads), path)
+        return cls.from_session(open_session(path, threads, providers), path)
 
     def blob(self, crops: np.ndarray) -> np.ndarray:
         """The network input for ``(n, 112, 112, 3)`` uint8 BGR crops: NCHW float32 RGB, normalised."""

@@ -14,20 +14,29 @@ pprm never downloads weights. A pack is found in one of two ways:
 A folder must resolve to exactly one detector and one recognizer: templates
 of different recognizers live in different spaces and must never be mixed in
 one gallery, so an ambiguous folder is an error, not a choice.
+
+Without a folder, :func:`load_models` takes :data:`DEFAULT_PACK`,
+``~/.insightface/models/buffalo_l``: where insightface's own tools
+(``FaceAnalysis``, ``insightface-cli model.download``) unpack ``buffalo_l``
+under their default root ``~/.insightface``. insightface reads no environment
+variable for that root, only the home directory (``os.path.expanduser``,
+i.e. ``$HOME``), and neither does pprm.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pprm.errors import ModelPackError
 from pprm.face.detect import Detector, _KeypointsMissing
 from pprm.face.embed import Recognizer, check_interface
-from pprm.face.session import check_threads, open_session
+from pprm.face.session import check_providers, check_threads, open_session
 
-__all__ = ["PackSpec", "KNOWN_PACKS", "OBTAIN", "FaceModels", "load_models", "expected_files"]
+__all__ = ["PackSpec", "KNOWN_PACKS", "OBTAIN", "DEFAULT_PACK", "FaceModels", "load_models", "expected_files",
+           "default_pack_folder"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,23 @@ KNOWN_PACKS = (
 OBTAIN = ("download buffalo_l.zip (or buffalo_s.zip) from the insightface model zoo release page yourself and "
           "unzip it, or supply a detector and recognizer you are licensed to use with the same interface; "
           "pprm never downloads weights")
+
+
+# The pack folder used when none is given, before ``~`` is expanded:
+# insightface's download location for buffalo_l (insightface.utils.storage,
+# root ``~/.insightface``, sub-folder ``models/<name>``).
+DEFAULT_PACK = os.path.join("~", ".insightface", "models", "buffalo_l")
+
+
+def default_pack_folder() -> str | None:
+    """:data:`DEFAULT_PACK` with ``~`` expanded, if that folder exists.
+
+    Returns:
+        The absolute folder, or None when it does not exist (or ``~`` cannot
+        be expanded).
+    """
+    folder = os.path.expanduser(DEFAULT_PACK)
+    return folder if not folder.startswith("~") and os.path.isdir(folder) else None
 
 
 def expected_files() -> str:
@@ -88,10 +114,16 @@ class FaceModels:
         """Template dimension (512 for insightface's recognizers)."""
         return self.recognizer.dim
 
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the recognizer's session runs on, as onnxruntime reports them."""
+        return [str(p) for p in self.recognizer.session.get_providers()]
+
     def describe(self) -> dict[str, Any]:
-        """JSON-ready summary: pack, files, dimension, recognizer normalisation."""
-        return {"pack": self.pack, "detector": self.detector_file, "recognizer": self.recognizer_file,
-                "dim": self.dim, "input_mean": self.recognizer.mean, "input_std": self.recognizer.std}
+        """JSON-ready summary: pack folder and files, dimension, recognizer normalisation, providers."""
+        return {"folder": self.folder, "pack": self.pack, "detector": self.detector_file,
+                "recognizer": self.recognizer_file, "dim": self.dim, "input_mean": self.recognizer.mean,
+                "input_std": self.recognizer.std, "providers": self.providers}
 
 
 def _onnx_files(folder: str) -> list[str]:
@@ -99,13 +131,14 @@ def _onnx_files(folder: str) -> list[str]:
                   if f.lower().endswith(".onnx") and not f.startswith(".") and os.path.isfile(os.path.join(folder, f)))
 
 
-def _by_inspection(folder: str, files: list[str], threads: int) -> tuple[Detector, Recognizer, str, str]:
+def _by_inspection(folder: str, files: list[str], threads: int,
+                   providers: tuple[str, ...]) -> tuple[Detector, Recognizer, str, str]:
     detectors: list[tuple[str, Detector]] = []
     recognizers: list[tuple[str, Any]] = []  # (file, session)
     rejected: list[str] = []
     for f in files:
         path = os.path.join(folder, f)
-        session = open_session(path, threads)
+        session = open_session(path, threads, providers)
         try:
             detectors.append((f, Detector(session, f)))
             continue
@@ -136,24 +169,38 @@ def _by_inspection(folder: str, files: list[str], threads: int) -> tuple[Detecto
     return detector, Recognizer.from_session(rec_session, os.path.join(folder, rec_file)), det_file, rec_file
 
 
-def load_models(folder: str | os.PathLike[str], *, threads: int = 2) -> FaceModels:
+def load_models(folder: str | os.PathLike[str] | None = None, *, threads: int = 2,
+                providers: Sequence[str] | None = None) -> FaceModels:
     """Load and check the detector and recognizer of a model pack folder.
 
     Args:
-        folder: the pack folder (e.g. the unzipped ``buffalo_l``).
-        threads: onnxruntime intra-op threads per model (CPU).
+        folder: the pack folder (e.g. the unzipped ``buffalo_l``); None for
+            :data:`DEFAULT_PACK`, ``~/.insightface/models/buffalo_l``.
+        threads: onnxruntime intra-op threads per model.
+        providers: onnxruntime execution providers in order of preference,
+            e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]``; None
+            for the CPU provider. See :func:`pprm.face.session.check_providers`.
 
     Returns:
         The loaded models.
 
     Raises:
-        ModelPackError: the folder is missing, holds no usable pair, holds an
+        ModelPackError: the folder is missing (or none was given and the
+            default does not exist), holds no usable pair, holds an
             incomplete known pack, is ambiguous, or a model is corrupt or has
             the wrong interface. The message names the files expected and how
             to obtain them.
-        ParameterError: ``threads`` is not a positive int.
+        ParameterError: ``threads`` is not a positive int, or a provider is
+            not available in the installed onnxruntime.
     """
     check_threads(threads)
+    chosen = check_providers(providers)
+    if folder is None:
+        default = default_pack_folder()
+        if default is None:
+            raise ModelPackError(f"no model pack folder given, and the default {DEFAULT_PACK} does not exist; "
+                                 f"expected {expected_files()}; {OBTAIN}")
+        folder = default
     root = os.fspath(folder)
     if not os.path.isdir(root):
         raise ModelPackError(f"model pack folder {root} does not exist; expected {expected_files()}; {OBTAIN}")
@@ -165,14 +212,14 @@ def load_models(folder: str | os.PathLike[str], *, threads: int = 2) -> FaceMode
                              " their templates are not comparable: keep one pack per folder")
     if complete:
         spec = complete[0]
-        detector = Detector.load(os.path.join(root, spec.detector), threads=threads)
-        recognizer = Recognizer.load(os.path.join(root, spec.recognizer), threads=threads)
+        detector = Detector.load(os.path.join(root, spec.detector), threads=threads, providers=chosen)
+        recognizer = Recognizer.load(os.path.join(root, spec.recognizer), threads=threads, providers=chosen)
         return FaceModels(root, spec.name, detector, recognizer, spec.detector, spec.recognizer)
     if not files:
         raise ModelPackError(f"model pack folder {root} holds no .onnx files; expected {expected_files()}; {OBTAIN}")
     partial = [p for p in KNOWN_PACKS if {p.detector, p.recognizer} & present]
     try:
-        detector, recognizer, det_file, rec_file = _by_inspection(root, files, threads)
+        detector, recognizer, det_file, rec_file = _by_inspection(root, files, threads, chosen)
     except ModelPackError:
         if partial:
             spec = partial[0]

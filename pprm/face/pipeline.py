@@ -4,6 +4,15 @@ One bad image does not stop a batch: an unreadable file, an image without a
 face or a face whose landmarks cannot be aligned becomes a
 :class:`SkippedImage` with a one-line reason, and the rest go on. Model
 failures do stop it (they are not a property of one image).
+
+Inputs that are already aligned 112x112 crops skip detection and alignment
+with ``aligned=True`` (:meth:`FacePipeline.embed`, :meth:`FacePipeline.embed_one`;
+``pprm embed --aligned``): SCRFD does not find a face that fills the whole
+image, so such a crop would otherwise be reported as "no face found". An
+input that is not a crop of that geometry stops the batch with an
+:class:`~pprm.errors.ImageError` (see :func:`pprm.face.align.aligned_crop`):
+the caller's claim that the inputs are aligned is wrong, and a photo
+embedded as if it were a crop would be a template of nobody.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pprm.errors import AlignmentError, ImageError, NoFaceError, ParameterError
-from pprm.face.align import CROP_SIZE, align_face
+from pprm.face.align import ARCFACE_LANDMARKS_112, CROP_SIZE, align_face, aligned_crop
 from pprm.face.detect import NMS_IOU, Detection
 from pprm.face.image import ImageSource, load_image, source_name
 from pprm.face.pack import FaceModels
@@ -35,9 +44,14 @@ class FaceResult:
         source: the image path, or ``<array i>`` for an array input.
         image_index: position of the image in the input sequence.
         face_index: rank of the face in its image by box area, 0 the largest.
-        bbox: ``(x1, y1, x2, y2)`` in image pixels.
-        det_score: detector confidence.
-        landmarks: ``(5, 2)`` float32 in image pixels.
+        bbox: ``(x1, y1, x2, y2)`` in image pixels; for an aligned input
+            (``aligned=True``) the whole image.
+        det_score: detector confidence; NaN for an aligned input (no
+            detector ran).
+        landmarks: ``(5, 2)`` float32 in image pixels; for an aligned input
+            the reference landmarks the alignment put the face on
+            (:data:`~pprm.face.align.ARCFACE_LANDMARKS_112`, scaled to the
+            image's side).
         template: ``(dim,)`` float32 of unit L2 norm.
     """
 
@@ -83,6 +97,14 @@ class FaceResults(list[FaceResult]):
 def _largest_first(faces: list[Detection]) -> list[Detection]:
     # Largest box first; ties (identical areas) go to the higher score.
     return sorted(faces, key=lambda d: (-d.area, -d.score))
+
+
+def _whole_crop(image: np.ndarray) -> Detection:
+    """What an aligned input reports in place of a detection: the whole image, no score."""
+    side = float(image.shape[1])
+    landmarks = (ARCFACE_LANDMARKS_112 * (side / CROP_SIZE)).astype(np.float32)
+    return Detection(bbox=np.array([0.0, 0.0, side, float(image.shape[0])], np.float32), score=float("nan"),
+                     landmarks=landmarks)
 
 
 @dataclass
@@ -146,8 +168,8 @@ class FacePipeline:
                                                           threshold=self.det_threshold,
                                                           nms_iou=self.nms_threshold))
 
-    def embed(self, images: Iterable[ImageSource], *, all_faces: bool = False, batch_size: int = 8,
-              progress: Callable[[int, int], None] | None = None) -> FaceResults:
+    def embed(self, images: Iterable[ImageSource], *, all_faces: bool = False, aligned: bool = False,
+              batch_size: int = 8, progress: Callable[[int, int], None] | None = None) -> FaceResults:
         """Templates of the faces in ``images``.
 
         Images are read and detected one at a time; aligned crops are
@@ -160,6 +182,10 @@ class FacePipeline:
                 only the largest (by box area). The largest alone is the
                 right choice for enrolment and probes: a bystander in the
                 background must not become a record.
+            aligned: the images are already ArcFace-aligned crops, 112x112
+                (or squares whose side is a multiple of 112, downscaled):
+                no detection and no alignment, each image is one face. See
+                :func:`pprm.face.align.aligned_crop`.
             batch_size: crops per recognizer pass.
             progress: called with ``(images done, images in total)``.
 
@@ -168,37 +194,43 @@ class FacePipeline:
             skipped images with their reasons.
 
         Raises:
+            ImageError: with ``aligned``, a readable image that is not an
+                aligned crop's size (the whole batch stops; unreadable images
+                are still skipped).
             ModelPackError: a model fails.
             ParameterError: bad ``batch_size``.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ParameterError(f"batch_size must be a positive integer, got {batch_size!r}")
         sources = list(images)
-        return self._run([(source_name(s, i), s) for i, s in enumerate(sources)], all_faces, batch_size, progress)
+        return self._run([(source_name(s, i), s) for i, s in enumerate(sources)], all_faces, batch_size, progress,
+                         aligned=aligned)
 
-    def embed_one(self, image: ImageSource) -> np.ndarray:
+    def embed_one(self, image: ImageSource, *, aligned: bool = False) -> np.ndarray:
         """The template of the largest face in one image.
 
         Args:
             image: a path or an HxWx3 uint8 BGR array.
+            aligned: the image is already an aligned crop; see :meth:`embed`.
 
         Returns:
             ``(dim,)`` float32 of unit norm.
 
         Raises:
-            ImageError: unreadable or not an HxWx3 uint8 array.
+            ImageError: unreadable or not an HxWx3 uint8 array; with
+                ``aligned``, not an aligned crop's size.
             NoFaceError: no face, or the largest face cannot be aligned.
             ModelPackError: a model fails.
         """
         name = source_name(image, 0)
         pixels = load_image(image)  # unreadable is an ImageError here, not a skip
-        results = self._run([(name, pixels)], False, 1, None)
+        results = self._run([(name, pixels)], False, 1, None, aligned=aligned)
         if not results:
             raise NoFaceError(results.skipped[0].reason)
         return results[0].template
 
     def _run(self, items: list[tuple[str, ImageSource]], all_faces: bool, batch_size: int,
-             progress: Callable[[int, int], None] | None) -> FaceResults:
+             progress: Callable[[int, int], None] | None, *, aligned: bool = False) -> FaceResults:
         results = FaceResults(dim=self.dim)
         pending = _Pending()
         for index, (name, source) in enumerate(items):
@@ -206,6 +238,13 @@ class FacePipeline:
                 image = load_image(source)
             except ImageError as exc:
                 results.skipped.append(SkippedImage(name, index, str(exc)))
+                self._report(progress, index + 1, len(items))
+                continue
+            if aligned:
+                pending.crops.append(aligned_crop(image, name if name.startswith("<") else f"image {name}"))
+                pending.meta.append((name, index, 0, _whole_crop(image)))
+                if len(pending.crops) >= batch_size:
+                    self._flush(pending, results, batch_size)
                 self._report(progress, index + 1, len(items))
                 continue
             faces = self.detect(image)

@@ -1,4 +1,10 @@
-"""onnxruntime sessions for the face models: CPU only, bounded threads, typed errors.
+"""onnxruntime sessions for the face models: chosen execution providers, bounded threads, typed errors.
+
+The execution providers default to onnxruntime's CPU provider
+(:data:`DEFAULT_PROVIDERS`); a caller may name others in order of preference
+(``CUDAExecutionProvider``, ``OpenVINOExecutionProvider``, ...), each one
+checked against what the installed onnxruntime build offers
+(:func:`check_providers`).
 
 Every interface fact the rest of :mod:`pprm.face` relies on (input and output
 names, ranks, fixed or symbolic dimensions) is read from the session here,
@@ -17,7 +23,8 @@ from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from pprm.errors import ModelPackError, ParameterError
 
-__all__ = ["ORT_ERRORS", "Dim", "open_session", "run", "shape_of", "describe", "check_threads"]
+__all__ = ["ORT_ERRORS", "Dim", "DEFAULT_PROVIDERS", "open_session", "run", "shape_of", "describe", "check_threads",
+           "check_providers"]
 
 # onnxruntime's pybind errors (Fail, InvalidProtobuf, InvalidGraph, ...) derive
 # from Exception directly, not from RuntimeError or ValueError, and the set
@@ -28,6 +35,10 @@ ORT_ERRORS: tuple[type[Exception], ...] = tuple(
 # A tensor dimension as a session reports it: an int when fixed, else a
 # symbolic name (str) or None.
 Dim = int | str | None
+
+# onnxruntime execution providers unless the caller names others: the CPU
+# provider, which every onnxruntime build has.
+DEFAULT_PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
 
 
 def check_threads(threads: int) -> int:
@@ -41,23 +52,60 @@ def check_threads(threads: int) -> int:
     return threads
 
 
-def open_session(path: str, threads: int) -> Any:
-    """An onnxruntime session on the CPU provider with ``threads`` intra-op threads.
+def check_providers(providers: Sequence[str] | None) -> tuple[str, ...]:
+    """Validate onnxruntime execution providers against the installed build.
+
+    Args:
+        providers: provider names in order of preference (onnxruntime runs
+            each node on the first one that supports it), e.g.
+            ``("CUDAExecutionProvider", "CPUExecutionProvider")``; None for
+            :data:`DEFAULT_PROVIDERS`. A name given twice counts once.
+
+    Returns:
+        The providers, in order, without repeats.
+
+    Raises:
+        ParameterError: empty, not a sequence of str, or a name that
+            ``onnxruntime.get_available_providers()`` does not list (the
+            message lists the ones it does).
+    """
+    if providers is None:
+        return DEFAULT_PROVIDERS
+    if isinstance(providers, str) or not all(isinstance(p, str) for p in providers):
+        raise ParameterError(f"providers must be a sequence of provider names, got {providers!r}")
+    chosen = tuple(dict.fromkeys(p.strip() for p in providers))
+    if not chosen or "" in chosen:
+        raise ParameterError(f"providers must name at least one execution provider, got {providers!r}")
+    available = list(ort.get_available_providers())
+    unknown = [p for p in chosen if p not in available]
+    if unknown:
+        raise ParameterError(f"onnxruntime execution provider {unknown[0]!r} is not available in this onnxruntime "
+                             f"installation; available: {', '.join(available)}")
+    return chosen
+
+
+def open_session(path: str, threads: int, providers: Sequence[str] | None = None) -> Any:
+    """An onnxruntime session on ``providers`` with ``threads`` intra-op threads.
 
     Args:
         path: the .onnx file.
         threads: intra-op threads (inter-op parallelism stays off: the graphs
             are chains of convolutions, and one bounded pool is what a caller
             budgeting cores expects).
+        providers: execution providers in order of preference, see
+            :func:`check_providers`; None for :data:`DEFAULT_PROVIDERS` (CPU).
 
     Returns:
         The ``onnxruntime.InferenceSession``.
 
     Raises:
-        ModelPackError: the file is missing or onnxruntime cannot load it.
-        ParameterError: ``threads`` is not a positive int.
+        ModelPackError: the file is missing or onnxruntime cannot load it
+            (on these providers).
+        ParameterError: ``threads`` is not a positive int, or a provider is
+            not available.
     """
     check_threads(threads)
+    chosen = check_providers(providers)
     name = os.path.basename(path)
     if not os.path.isfile(path):
         raise ModelPackError(f"model file {path} is missing")
@@ -75,10 +123,11 @@ def open_session(path: str, threads: int) -> Any:
     # batched run.
     options.log_severity_level = 3
     try:
-        return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(path, sess_options=options, providers=list(chosen))
     except ORT_ERRORS as exc:
         reason = " ".join(str(exc).split())[:200]
-        raise ModelPackError(f"{name} is not a loadable ONNX model: {reason}") from None
+        on = "" if chosen == DEFAULT_PROVIDERS else f" on {', '.join(chosen)}"
+        raise ModelPackError(f"{name} is not a loadable ONNX model{on}: {reason}") from None
 
 
 def run(session: Any, name: str, outputs: Sequence[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pprm.errors import BackendError
+from pprm.errors import BackendError, BackendWarning
 from pprm.matching import kernel_native, kernel_numpy
 from pprm.matching.kernel_numpy import mulmod_pow2
 from pprm.matching.mac_args import MAX_WEIGHT
@@ -76,7 +76,8 @@ def available_backends() -> list[str]:
 
     Warning:
         A native build that loads but disagrees with numpy or SEAL is
-        dropped with a :class:`RuntimeWarning`, and so is a missing build
+        dropped with a :class:`~pprm.errors.BackendWarning` (a
+        :class:`RuntimeWarning`, printed as one line), and so is a missing build
         (unless ``PPRM_BACKEND=numpy``): results stay exact, only slower.
         Set ``PPRM_REQUIRE_NATIVE=1`` to make either an error.
     """
@@ -88,12 +89,23 @@ def available_backends() -> list[str]:
 
             _native_ok = native_passes_self_check()
             if kernel_native.available() and not _native_ok:
-                warnings.warn("pprm native kernel failed its self-check against numpy and SEAL; using numpy",
-                              RuntimeWarning, stacklevel=2)
+                _warn_fallback("pprm native kernel failed its self-check against numpy and SEAL; using numpy")
             if not kernel_native.available() and os.environ.get("PPRM_BACKEND", "").strip().lower() != "numpy":
-                warnings.warn("pprm native kernel is not built (no C compiler at install?); using the numpy kernel",
-                              RuntimeWarning, stacklevel=2)
+                _warn_fallback("pprm native kernel is not built (no C compiler at install?); using the numpy kernel")
         return ["native", "numpy"] if _native_ok else ["numpy"]
+
+
+def _warn_fallback(message: str) -> None:
+    """Warn, once per process, that the numpy kernel stands in for the native one: one line on stderr.
+
+    A real warning, so that warning filters, ``pytest`` and
+    ``logging.captureWarnings`` all see it, with a location that has no
+    source line: line 0 of "pprm". The default format then prints
+    ``pprm:0: BackendWarning: <message>``, not a second line quoting
+    whichever pprm call happened to choose the backend, which tells a user
+    nothing. No global hook (``warnings.showwarning``) is replaced.
+    """
+    warnings.warn_explicit(message, BackendWarning, filename="pprm", lineno=0, module=__name__)
 
 
 def _select() -> str:
@@ -125,7 +137,7 @@ def backend() -> str:
 
     Warning:
         Without ``PPRM_REQUIRE_NATIVE=1`` a missing or failing native build
-        falls back to numpy with a :class:`RuntimeWarning`
+        falls back to numpy with a :class:`~pprm.errors.BackendWarning`
         (:func:`available_backends`).
     """
     global _selected

@@ -27,7 +27,7 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from pprm.crypto.context import CkksContext
-from pprm.errors import GalleryError
+from pprm.errors import GalleryError, TemplateError
 from pprm.matching.gallery import (
     MAX_ENCRYPTIONS_PER_BLOCK,
     Block,
@@ -35,7 +35,7 @@ from pprm.matching.gallery import (
     pack_columns,
     unpack_slots,
 )
-from pprm.matching.templates import normalise_templates, validate_references
+from pprm.matching.templates import normalise_templates, reference_list, shown_reference, validate_references
 
 __all__ = ["GalleryOwner"]
 
@@ -132,11 +132,15 @@ class GalleryOwner:
             The new record ids.
 
         Raises:
-            TemplateError: bad shape, NaN, zero vector, duplicate reference.
+            TemplateError: bad shape, NaN, zero vector; references not a
+                sequence of strings (:func:`~pprm.matching.templates.validate_references`),
+                not one per row, invalid or duplicate. Nothing is written.
         """
         g = self.gallery
+        # References first: checking them is cheap, and a generator must fail before any work.
+        refs = reference_list(references)
         tpl = self._grid(normalise_templates(templates, g.dim).astype(np.float64))
-        refs = validate_references(references, tpl.shape[0], g.index.references.values())
+        refs = validate_references(refs, tpl.shape[0], g.index.references.values())
         index = g.index.copy()
         slots = self.ctx.templates_per_block
         placements: dict[int, list[tuple[int, int]]] = {}  # block -> [(row, slot)]
@@ -199,6 +203,7 @@ class GalleryOwner:
             The removed record id.
 
         Raises:
+            TemplateError: ``reference`` is not a string.
             GalleryError: the reference is not enrolled.
 
         Warning:
@@ -207,6 +212,8 @@ class GalleryOwner:
             store, not just masked out. The other records of the block come
             back exactly (grid rounding), so their noise is reset, not grown.
         """
+        if not isinstance(reference, str):
+            raise TemplateError(f"the reference is {type(reference).__name__}, not str; nothing was removed")
         g = self.gallery
         index = g.index.copy()
         rid = index.record_of(reference)
@@ -243,8 +250,10 @@ class GalleryOwner:
             an empty list: nothing changes).
 
         Raises:
+            TemplateError: ``references`` is not a sequence of strings
+                (:func:`~pprm.matching.templates.reference_list`). Nothing changes.
             GalleryError: a reference is not enrolled, or listed twice; the
-                message names the first one and its row (0-based). Nothing
+                message names the first one and its index (from 0). Nothing
                 changes.
 
         Warning:
@@ -316,17 +325,18 @@ class GalleryOwner:
 
 
 def _record_ids(enrolled: dict[int, str], references: Sequence[str]) -> list[int]:
-    """The record id of each reference, or a GalleryError naming the first unknown or repeated one (0-based row)."""
+    """The record id of each reference, or an error naming the first bad, unknown or repeated one (by index)."""
     by_ref = {ref: rid for rid, ref in enrolled.items()}
-    rows: dict[str, int] = {}
+    first: dict[str, int] = {}
     out = []
-    for row, ref in enumerate(references):
-        rid = by_ref.get(ref) if isinstance(ref, str) else None
+    for i, ref in enumerate(reference_list(references)):
+        rid = by_ref.get(ref)
         if rid is None:
-            raise GalleryError(f"reference {ref!r} (row {row}) is not enrolled; nothing was removed")
-        if ref in rows:
-            raise GalleryError(f"reference {ref!r} is listed twice (rows {rows[ref]} and {row}); nothing was removed")
-        rows[ref] = row
+            raise GalleryError(f"reference {shown_reference(ref)} is not enrolled (at index {i}); nothing was removed")
+        if ref in first:
+            raise GalleryError(f"reference {shown_reference(ref)} is listed twice (at index {first[ref]} and {i});"
+                               " nothing was removed")
+        first[ref] = i
         out.append(rid)
     return out
 

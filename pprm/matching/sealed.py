@@ -36,7 +36,7 @@ coefficient pair (:mod:`pprm.crypto.masked_codec`, with its error budget).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -47,7 +47,7 @@ from pprm.crypto.context import CkksContext
 from pprm.crypto.embedding import slot_transform
 from pprm.crypto.masked_codec import encode_masked, masked_layout
 from pprm.errors import ParameterError
-from pprm.matching import kernel
+from pprm.matching import kernel, kernel_batch
 from pprm.matching.gallery import EncryptedGallery
 from pprm.matching.mask import draw_block_masks
 from pprm.matching.mask_kernel import NativeMasker
@@ -159,6 +159,44 @@ class BlockScorer:
                     progress(b + 1, count)
         return out
 
+    def run_many(self, count: int, residues: Callable[[int], np.ndarray], occupancy: Callable[[int], np.ndarray],
+                 ws: np.ndarray, threshold: float, progress: Progress | None = None) -> list[list[list[bytes]]]:
+        """As :meth:`run` for several probes in one pass over the blocks.
+
+        Each block is read once and multiplied by all the probes' weights
+        together (:func:`pprm.matching.kernel_batch.multiply_accumulate_many`,
+        exact); each probe then gets its own fresh masks, exactly as a single
+        query would.
+
+        Args:
+            ws: ``int64[B, d]``, the probes' weights (:meth:`weights`).
+
+        Returns:
+            Per probe, per block, its packed masked ciphertexts.
+        """
+        p = self.ctx.params
+        tau_value: float | complex = complex(threshold, threshold) if p.packing == "complex" else threshold
+        tau = self.ctx.encode_constant(tau_value, p.gallery_scale_bits + p.probe_scale_bits)
+        out: list[list[list[bytes]]] = [[] for _ in range(ws.shape[0])]
+        if count == 0 or ws.shape[0] == 0:
+            return out
+        tau_ntt = self._plaintext_residues(tau) if self._native is not None else None
+
+        def mac(b: int) -> np.ndarray:
+            return kernel_batch.multiply_accumulate_many(residues(b), ws, self.ctx.moduli)
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pprm-mac") as pool:
+            pending = pool.submit(mac, 0)
+            for b in range(count):
+                res = pending.result()
+                if b + 1 < count:
+                    pending = pool.submit(mac, b + 1)
+                for i, blobs in enumerate(self._mask_many(res, tau, occupancy(b), tau_ntt)):
+                    out[i].append(blobs)
+                if progress:
+                    progress(b + 1, count)
+        return out
+
     def _plaintext_residues(self, pt: seal.Plaintext) -> np.ndarray:
         # SEAL's own NTT form of a plaintext, read as the difference it makes
         # to a ciphertext (the binding offers no direct view of its words).
@@ -194,6 +232,17 @@ class BlockScorer:
             return [encode_masked(lay, self._native.mask(residues[:, 0, :], tau_ntt, exact[0], exact[1], noise))]
         return [encode_masked(lay, self._mask_complex_seal(residues, tau, exact, noise))]
 
+    def _mask_many(self, residues: np.ndarray, tau: seal.Plaintext, occupied: np.ndarray,
+                   tau_ntt: np.ndarray | None) -> list[list[bytes]]:
+        """:meth:`_mask` for the B probes of one block, ``residues`` being ``uint64[B, 2, 1, N]``."""
+        p = self.ctx.params
+        if p.packing != "complex" or self._native is None or tau_ntt is None:
+            return [self._mask(res, tau, occupied, tau_ntt) for res in residues]
+        lay = masked_layout(p, self.ctx.moduli[0])
+        exact, noise = self._complex_masks_many(occupied, lay.rho_cap, residues.shape[0])
+        return [[encode_masked(lay, self._native.mask(res[:, 0, :], tau_ntt, ab[0], ab[1], nz))]
+                for res, ab, nz in zip(residues, exact, noise, strict=True)]
+
     def _complex_masks(self, occupied: np.ndarray, rho_cap: float) -> tuple[np.ndarray, np.ndarray]:
         """Fresh masks of one block: the integer polynomials of ``a``, ``b``, and the noise's.
 
@@ -202,14 +251,29 @@ class BlockScorer:
             and ``b = r_A - r_B`` (exactly real in every slot), and
             ``uint64[N]`` the noise ``e_A + i*e_B`` at the result scale, mod q0.
         """
+        exact, noise = self._complex_masks_many(occupied, rho_cap, 1)
+        return exact[0], noise[0]
+
+    def _complex_masks_many(self, occupied: np.ndarray, rho_cap: float,
+                            count: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_complex_masks` for ``count`` probes of one block: ``int64[count, 2, N]``, ``uint64[count, N]``.
+
+        Every probe's masks are drawn on their own (each its own CSPRNG
+        draws and its own redraw test); only the encodings run together.
+        """
         p = self.ctx.params
         t = slot_transform(self.ctx.n)
         h = p.slots
-        # Independent draws per half: no two templates share r or e. Padding
-        # positions get r = 1, e = -1: about -2*tau - 1, a certain non-hit.
-        ma, mb = draw_block_masks([occupied[:h], occupied[h:]], p, rho_cap)
-        exact = t.encode_real(np.stack([ma.r + mb.r, ma.r - mb.r]), p.mask_scale_bits)
-        noise = t.encode_complex(ma.e + 1j * mb.e, p.result_scale_bits) % np.int64(self.ctx.moduli[0])
+        r = np.empty((count, 2, h))
+        e = np.empty((count, h), dtype=np.complex128)
+        for i in range(count):
+            # Independent draws per half: no two templates share r or e. Padding
+            # positions get r = 1, e = -1: about -2*tau - 1, a certain non-hit.
+            ma, mb = draw_block_masks([occupied[:h], occupied[h:]], p, rho_cap)
+            r[i, 0], r[i, 1] = ma.r + mb.r, ma.r - mb.r
+            e[i] = ma.e + 1j * mb.e
+        exact = t.encode_real(r, p.mask_scale_bits)
+        noise = t.encode_complex(e, p.result_scale_bits) % np.int64(self.ctx.moduli[0])
         return exact, noise.astype(np.uint64)
 
     def _mask_real(self, residues: np.ndarray, tau: seal.Plaintext, occupied: np.ndarray,
@@ -299,3 +363,29 @@ class SealedMatcher:
                                     progress)
         return MaskedResult(tuple(b.file for b in blocks), tuple(ct for cts in per_block for ct in cts),
                             float(2**self.ctx.params.result_scale_bits))
+
+    def match_many(self, probes: Sequence[np.ndarray], threshold: float,
+                   progress: Progress | None = None) -> list[MaskedResult]:
+        """:meth:`match` for several probes, in one pass over the gallery.
+
+        Args:
+            probes: templates of the gallery's dimension (each normalised here).
+            threshold: tau in (0, 1), shared by the batch.
+            progress: called with ``(done, total)`` blocks.
+
+        Returns:
+            One masked result per probe, in order, each as :meth:`match`
+            would return it (its own masks, drawn afresh).
+
+        Raises:
+            TemplateError: a probe is malformed (nothing is computed).
+            ParameterError: the threshold is outside (0, 1).
+        """
+        ws = np.stack([self.scorer.weights(p, threshold, self.gallery.dim) for p in probes]) if len(probes) \
+            else np.zeros((0, self.gallery.dim), dtype=np.int64)
+        blocks = self.gallery.index.blocks
+        per_probe = self.scorer.run_many(len(blocks), self.gallery.block, lambda b: blocks[b].occupancy(), ws,
+                                         threshold, progress)
+        files = tuple(b.file for b in blocks)
+        scale = float(2**self.ctx.params.result_scale_bits)
+        return [MaskedResult(files, tuple(ct for cts in per_block for ct in cts), scale) for per_block in per_probe]

@@ -86,6 +86,11 @@ MAX_PENDING = 256
 # A delivery whose split state's key service is unreachable is tried again
 # after this many seconds (a restarted key service is back in about one).
 KEY_SERVICE_RETRY = 2.0
+# Queued queries the worker answers together: sealed ones share one pass over
+# the gallery (Responder.respond_many). 16 is where the pass stops getting
+# cheaper per probe at 1M templates (docs/PERFORMANCE.md), and a batch holds
+# its queries' answers until the whole pass is done.
+MAX_BATCH = 16
 # Retry-After for a peer at its share of the inbox, seconds: the worker
 # answers a delivery in 0.1-1.2 s, so a few seconds frees an entry.
 RETRY_SHARE = 5
@@ -98,6 +103,18 @@ RETRY_QUOTA = 600
 BLIND_POLL = 1.0
 
 _T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class _AnswerJob:
+    """The worker's job of answering one stored delivery; the worker batches these."""
+
+    service: Any
+    sender: str
+    qid: str
+
+    def __call__(self) -> None:
+        self.service._answer(self.sender, self.qid)
 
 
 def _file_identity(path: str) -> tuple[int, int, int] | None:
@@ -199,15 +216,16 @@ class StateService:
         self._loop = loop
         # Nothing writes here yet: temp files are leftovers of a killed run.
         self.inbox.prune(self._clock(), temps=True)
+        pending = self._settle_logged(self.inbox.pending())
+        # A previous run's deliveries count against their senders' shares too;
+        # queued before the worker starts, they are answered in batches.
+        with self._intake_lock:
+            for sender, qid in pending:
+                self._enqueue_answer(sender, qid)
         self._worker = threading.Thread(target=self._work, name=f"pprm-worker-{self.name}", daemon=True)
         self._worker.start()
         if self.rebuilder is not None:
             self.rebuilder.start()
-        pending = self._settle_logged(self.inbox.pending())
-        # A previous run's deliveries count against their senders' shares too.
-        with self._intake_lock:
-            for sender, qid in pending:
-                self._enqueue_answer(sender, qid)
 
     def _settle_logged(self, pending: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """Finish the deliveries a killed run answered and logged but did not mark used; return the others.
@@ -261,14 +279,86 @@ class StateService:
             job = self._jobs.get()
             if job is None:
                 return
-            job()
+            if not isinstance(job, _AnswerJob):
+                job()
+                continue
+            # Answer the queries already waiting together; other jobs run after, in order.
+            batch, later = [job], []
+            while len(batch) < MAX_BATCH:
+                try:
+                    nxt = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(nxt, _AnswerJob):
+                    batch.append(nxt)
+                else:
+                    later.append(nxt)
+                    if nxt is None:
+                        break
+            if len(batch) == 1:
+                self._answer(job.sender, job.qid)
+            else:
+                self._answer_batch([(j.sender, j.qid) for j in batch])
+            for other in later:
+                if other is None:
+                    return
+                other()
 
     # -- the worker's jobs ------------------------------------------------
     def _enqueue_answer(self, sender: str, qid: str) -> None:
         """Count a stored delivery and queue its answer (caller holds the intake lock)."""
         self._pending += 1
         self._queued[sender] = self._queued.get(sender, 0) + 1
-        self._jobs.put(lambda: self._answer(sender, qid))
+        self._jobs.put(_AnswerJob(self, sender, qid))
+
+    def _answer_batch(self, batch: list[tuple[str, str]]) -> None:
+        """Answer several stored deliveries; the sealed ones share one pass over the gallery."""
+        queries: list[tuple[str, str, bytes]] = []
+        for sender, qid in batch:
+            try:
+                query, announcements = unpack_delivery(self.inbox.load(sender, qid))
+            except PprmError:
+                self._answer(sender, qid)  # reports the failure as a single answer would
+                continue
+            if announcements:
+                self._answer(sender, qid)  # a blind query with keys to accept: on its own
+            else:
+                queries.append((sender, qid, query))
+        if not queries:
+            return
+        sinks = [lambda msg, s=sender, q=qid: self.inbox.write_reply(s, q, msg) for sender, qid, _ in queries]
+        try:
+            outcomes: list[Any] = self._responder.respond_many([q for _, _, q in queries], sinks=sinks,
+                                                               now=self._clock())
+        except Exception:
+            log.exception("a batch of %d queries failed", len(queries))
+            outcomes = [None] * len(queries)
+        for (sender, qid, _), res in zip(queries, outcomes, strict=True):
+            self._settle(sender, qid, res)
+
+    def _settle(self, sender: str, qid: str, res: Any) -> None:
+        """Record one query's outcome from a batch as :meth:`_answer` records its own."""
+        if isinstance(res, KeyServiceUnavailableError):
+            log.warning("query %s from %s waits for the key service: %s", qid, sender, res)
+            timer = threading.Timer(KEY_SERVICE_RETRY, lambda: self._jobs.put(_AnswerJob(self, sender, qid)))
+            timer.daemon = True
+            timer.start()
+            return
+        if isinstance(res, PprmError):
+            status, code = status_of(res)
+            message = str(res) if status != 500 else "the service could not answer this query"
+            if status == 500:
+                log.error("query %s from %s failed: %s", qid, sender, res)
+            if self.inbox.reply(sender, qid) is None:
+                self.inbox.write_failure(sender, qid, Failure((status, code, message)))
+        elif res is None:
+            if self.inbox.reply(sender, qid) is None:
+                self.inbox.write_failure(sender, qid, Failure((500, "internal",
+                                                               "the service could not answer this query")))
+        else:
+            log.info("%s query %s from %s: %s", res.profile, qid, sender,
+                     "answered" if res.refused is None else f"refused ({res.refused})")
+        self._finish(sender, qid)
 
     def _answer(self, sender: str, qid: str) -> None:
         waiting = False
@@ -283,7 +373,7 @@ class StateService:
             # delivery stays stored and counted, and is tried again.
             waiting = True
             log.warning("query %s from %s waits for the key service: %s", qid, sender, exc)
-            timer = threading.Timer(KEY_SERVICE_RETRY, lambda: self._jobs.put(lambda: self._answer(sender, qid)))
+            timer = threading.Timer(KEY_SERVICE_RETRY, lambda: self._jobs.put(_AnswerJob(self, sender, qid)))
             timer.daemon = True
             timer.start()
         except PprmError as exc:

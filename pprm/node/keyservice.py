@@ -47,7 +47,7 @@ from pprm.matching.decide import SealedDecider
 from pprm.matching.gallery import EncryptedGallery
 from pprm.matching.owner import GalleryOwner
 from pprm.matching.sealed import MaskedResult
-from pprm.matching.templates import normalise_probe
+from pprm.matching.templates import normalise_probe, reference_list
 from pprm.node.blind_store import AnsweredQuery
 from pprm.node.state import State
 from pprm.profile import Profile
@@ -198,26 +198,45 @@ class KeyService:
         not take effect (:meth:`reconcile` marks it ``aborted``), never a
         change without an entry.
 
+        Args:
+            templates: ``(N, dim)`` floats.
+            references: one reference (``str``) per row, in a list or other
+                sequence; not a generator.
+            progress: as :meth:`GalleryOwner.enroll`.
+
+        Returns:
+            The new record ids.
+
         Raises:
-            TemplateError: bad templates or references (nothing is stored).
+            TemplateError: bad templates or references: not a sequence of
+                strings, not one per row, invalid or duplicate (nothing is
+                stored, nothing is logged).
         """
+        # Before the lock and the log: a generator or a bytes reference is refused with nothing touched.
+        refs = reference_list(references)
         with self.state.lock():
             self._reconcile()
             owner = GalleryOwner(self.state.ctx, self._sk, self.state.gallery())
 
             def log(version: str, total: int) -> None:
-                self.state.audit.append("enroll", count=len(references), total=total, gallery=version)
+                self.state.audit.append("enroll", count=len(refs), total=total, gallery=version)
 
-            return owner.enroll(templates, references, progress, before_switch=log)
+            return owner.enroll(templates, refs, progress, before_switch=log)
 
     def remove(self, reference: str) -> None:
         """Remove one record from the gallery; see :meth:`GalleryOwner.remove`.
 
         Logged write-ahead, as :meth:`enroll`.
 
+        Args:
+            reference: an enrolled reference.
+
         Raises:
+            TemplateError: ``reference`` is not a string (nothing changes).
             GalleryError: unknown reference (nothing changes).
         """
+        if not isinstance(reference, str):
+            raise TemplateError(f"the reference is {type(reference).__name__}, not str; nothing was removed")
         with self.state.lock():
             self._reconcile()
             owner = GalleryOwner(self.state.ctx, self._sk, self.state.gallery())
@@ -247,8 +266,11 @@ class KeyService:
             empty list, which changes and logs nothing).
 
         Raises:
+            TemplateError: ``references`` is not a sequence of strings (the
+                message names the first item that is not, by index); nothing
+                changes.
             GalleryError: a reference is not enrolled or is listed twice (the
-                message names the first one and its 0-based row); nothing
+                message names the first one and its index, from 0); nothing
                 changes.
 
         Warning:
@@ -259,7 +281,7 @@ class KeyService:
             call is all or nothing, running it again after a crash is safe:
             either nothing was removed, or everything was and the log says so.
         """
-        refs = list(references)
+        refs = reference_list(references)
         if not refs:
             return 0
         with self.state.lock():

@@ -27,6 +27,7 @@ import numpy as np
 from pprm import errors
 from pprm.errors import KeyServiceUnavailableError, MessageError, NetworkError, NotAHitError, PprmError, StateError
 from pprm.matching.sealed import MaskedResult
+from pprm.matching.templates import reference_list
 from pprm.node import keylink
 from pprm.node.blind_store import Prepared
 from pprm.node.keyservice import KeyService, Resolution
@@ -234,17 +235,28 @@ class RemoteKeyService:
         Raises:
             TemplateError: bad templates or references (nothing is stored).
         """
+        refs = reference_list(references)  # never str(): b"x" is not the reference "b'x'"
         arr = np.ascontiguousarray(np.asarray(templates, dtype="<f4"))
         if arr.ndim != 2:
             raise errors.TemplateError("templates must be a 2-d array")
-        resp = self.call("enroll", {"references": [str(r) for r in references], "shape": list(arr.shape)},
-                         (arr.tobytes(),))
+        resp = self.call("enroll", {"references": refs, "shape": list(arr.shape)}, (arr.tobytes(),))
         if progress is not None:
-            progress(len(references), len(references))
+            progress(len(refs), len(refs))
         return [int(i) for i in resp.meta["ids"]]
 
     def remove(self, reference: str) -> None:
-        """Remove one record through the key service (it re-encrypts the block)."""
+        """Remove one record through the key service (it re-encrypts the block).
+
+        Args:
+            reference: an enrolled reference.
+
+        Raises:
+            TemplateError: ``reference`` is not a string (nothing is sent).
+            GalleryError: it is not enrolled; nothing changes.
+            As :meth:`call`.
+        """
+        if not isinstance(reference, str):
+            raise errors.TemplateError(f"the reference is {type(reference).__name__}, not str; nothing was removed")
         self.call("remove", {"reference": reference})
 
     def remove_many(self, references: Sequence[str], progress: Progress | None = None) -> int:
@@ -261,7 +273,7 @@ class RemoteKeyService:
             GalleryError: a reference is not enrolled or listed twice; nothing changes.
             As :meth:`call`.
         """
-        refs = [str(r) for r in references]
+        refs = reference_list(references)
         if not refs:
             return 0
         resp = self.call("remove_many", {"references": refs})

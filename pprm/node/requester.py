@@ -53,12 +53,11 @@ from pprm.errors import (
     ProbeNotKeptError,
     RefusedError,
     ReplayError,
-    TemplateError,
     TokenError,
 )
 from pprm.matching.blind import answer_scale
 from pprm.matching.blind_client import decrypt_signs, encrypt_probe
-from pprm.matching.templates import normalise_probe
+from pprm.matching.templates import check_rows, normalise_probe
 from pprm.node.blind_keyring import BlindKeyRecord
 from pprm.node.outbox import Outbox, SentBlindQuery, SentSealedQuery
 from pprm.node.state import State
@@ -1001,25 +1000,13 @@ class Requester:
 
 
 def _check_probes(probes: np.ndarray, dim: int) -> None:
-    """Refuse a batch of probes whose shape or any row is unusable (rows numbered from 0).
+    """Refuse a batch of probes whose shape or any row is unusable, before any query is made.
 
-    The checks :func:`~pprm.matching.templates.normalise_probe` makes of one
-    probe, made of all of them before any query is.
+    The row checks of a gallery's templates (:func:`~pprm.matching.templates.check_rows`,
+    rows numbered from 0: ``probe row 2 is a zero vector``), made of all the
+    probes at once.
     """
-    arr = np.asarray(probes)
-    if arr.ndim != 2 or arr.shape[1] != dim:
-        raise TemplateError(f"probes must have shape (N, {dim}), one probe per row; got shape {arr.shape}")
-    if arr.shape[0] == 0:
-        raise TemplateError("no probes given (the array has no rows)")
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise TemplateError(f"probes must be floating point, got {arr.dtype}")
-    arr64 = arr.astype(np.float64)
-    bad = ~np.isfinite(arr64).all(axis=1)
-    if bad.any():
-        raise TemplateError(f"probe row {int(np.argmax(bad))} has a non-finite value")
-    zero = np.linalg.norm(arr64, axis=1) < 1e-12
-    if zero.any():
-        raise TemplateError(f"probe row {int(np.argmax(zero))} is a zero vector")
+    check_rows(probes, dim, noun="probe")
 
 
 def _row_sink(sink: BatchSink, row: int) -> QuerySink:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from pprm.errors import KeyRotationError, MessageError
+from pprm.errors import KeyRotationError, MessageError, ParameterError, PprmError
 from pprm.matching.blind import AnnouncedKeys, BlindMatcher, BlindRequest
 from pprm.matching.diagonals import BlindDatabase
 from pprm.matching.gallery import EncryptedGallery
@@ -163,6 +163,81 @@ class Responder:
                 raise MessageError("key announcements come only with blind-profile queries")
             return self._answer_sealed(vq, query, sink, progress, t)
 
+    def respond_many(self, queries: Sequence[bytes], *, sinks: Sequence[Callable[[bytes], None] | None] | None = None,
+                     progress: Progress | None = None, now: float | None = None) -> list[Response | PprmError]:
+        """Answer several queries, matching the sealed ones in one pass over the gallery.
+
+        Each query is verified, decided by policy, answered or refused,
+        handed over, logged and counted on its own, exactly as
+        :meth:`respond` would; only the matching is shared: the sealed
+        queries that pass the policy are matched together
+        (:meth:`pprm.matching.sealed.SealedMatcher.match_many`: each reads
+        the same blocks once, each gets its own fresh masks). Blind queries
+        are answered one by one, as :meth:`respond` does. One query's failure
+        or refusal does not affect the others.
+
+        Args:
+            queries: the signed query bytes (no key announcements: a blind
+                query that brings some goes through :meth:`respond`).
+            sinks: per query, called with its answer or refusal before it is
+                recorded (as in :meth:`respond`); None for none.
+            progress: called with ``(blocks done, total)`` during the shared pass.
+            now: clock override for tests.
+
+        Returns:
+            Per query, in order, its :class:`Response`, or the
+            :class:`~pprm.errors.PprmError` that stopped it (nothing was
+            recorded for that query).
+
+        Raises:
+            ParameterError: ``sinks`` has a different length from ``queries``.
+        """
+        if sinks is None:
+            sinks = [None] * len(queries)
+        if len(sinks) != len(queries):
+            raise ParameterError(f"{len(queries)} queries but {len(sinks)} sinks")
+        st = self.state
+        t = time.time() if now is None else now
+        out: list[Response | PprmError | None] = [None] * len(queries)
+        with st.lock():
+            batch: list[tuple[int, VerifiedQuery]] = []
+            for i, query in enumerate(queries):
+                try:
+                    vq = self.key_service.verify_incoming(query, t)
+                    if isinstance(vq, VerifiedBlindQuery):
+                        if self.remote is not None:
+                            out[i] = self._answer_blind_split(vq, query, [], [], sinks[i], t)
+                        else:
+                            out[i] = self._answer_blind(vq, [], sinks[i], t)
+                        continue
+                    refusal = decide(st.config, self.quota, vq.envelope.header.sender, vq.body.case,
+                                     vq.body.purpose, t)
+                    if refusal is not None:
+                        out[i] = self._refuse(vq, refusal, sinks[i], t)
+                    else:
+                        batch.append((i, vq))
+                except PprmError as exc:
+                    out[i] = exc
+            if batch:
+                gallery = st.gallery()
+                matcher = self._matcher(gallery)
+                probes = [vq.body.probe for _, vq in batch]
+                many = getattr(matcher, "match_many", None)  # a sharded matcher matches probe by probe
+                results = many(probes, st.config.threshold, progress) if many is not None else \
+                    [matcher.match(p, st.config.threshold, progress) for p in probes]
+                for (i, vq), result in zip(batch, results, strict=True):
+                    try:
+                        # Earlier queries of this batch may have used up a quota since the first look.
+                        qh = vq.envelope.header
+                        refusal = decide(st.config, self.quota, qh.sender, vq.body.case, vq.body.purpose, t)
+                        if refusal is not None:
+                            out[i] = self._refuse(vq, refusal, sinks[i], t)
+                        else:
+                            out[i] = self._release_sealed(vq, queries[i], result, gallery, sinks[i], t)
+                    except PprmError as exc:
+                        out[i] = exc
+        return [r for r in out if r is not None]
+
     def _answer_sealed(self, vq: VerifiedQuery, query: bytes, sink: Callable[[bytes], None] | None,
                        progress: Progress | None, t: float) -> Response:
         """Answer a verified sealed-profile query (caller holds the state lock)."""
@@ -175,6 +250,12 @@ class Responder:
         # material, and the index the key service maps hits through.
         gallery = st.gallery()
         result = self._matcher(gallery).match(vq.body.probe, st.config.threshold, progress)
+        return self._release_sealed(vq, query, result, gallery, sink, t)
+
+    def _release_sealed(self, vq: VerifiedQuery, query: bytes, result: MaskedResult, gallery: EncryptedGallery,
+                        sink: Callable[[bytes], None] | None, t: float) -> Response:
+        """The key service's part of a sealed answer, then hand over and record (caller holds the state lock)."""
+        qh = vq.envelope.header
         if self.remote is not None:
             return self._answer_split(vq, query, result, sink, t)
         release = self.key_service.release(vq, result, t, gallery)

@@ -124,15 +124,22 @@ class State:
 
         Raises:
             StateError: the directory exists and is not empty.
-            ParameterError: invalid settings.
+            ParameterError: a setting of the wrong type or out of range, or
+                an insecure parameter set without ``allow_insecure``; the
+                message names the setting (``threshold must be a number
+                between 0.05 and 0.95``). Nothing is created.
         """
         kwargs: dict[str, object] = {} if params is None else {"params": params}
         if blind_params is not None:
             kwargs["blind_params"] = blind_params
+        # Copied here (dict, tuple) so the config owns them; a wrong type must be a
+        # ParameterError naming the setting, not the TypeError the copy would raise.
         if profiles is not None:
+            if not isinstance(profiles, Mapping):
+                raise ParameterError("profiles must map state codes to 'sealed' or 'blind'")
             kwargs["profiles"] = dict(profiles)
         if purposes is not None:
-            if isinstance(purposes, str):
+            if isinstance(purposes, (str, bytes)) or not isinstance(purposes, Sequence):
                 raise ParameterError("purposes must be a list of strings")
             kwargs["purposes"] = tuple(purposes)
         if quota_per_case is not None:
@@ -431,21 +438,25 @@ class State:
                 return card.identity
         return None
 
-    def trust(self, card_bytes: bytes) -> Card:
+    def trust(self, card_bytes: bytes | bytearray | memoryview) -> Card:
         """Add (or refresh) a peer's card in the roster.
 
         Args:
-            card_bytes: as printed by ``pprm card``.
+            card_bytes: as printed by ``pprm card`` (bytes; a ``str`` is
+                refused, as :func:`~pprm.protocol.card.parse_card` says).
 
         Returns:
             The verified card.
 
         Raises:
-            MessageError, AuthenticationError, ParameterError: invalid card.
+            MessageError, AuthenticationError, ParameterError: invalid card
+                (not bytes, not a card, a bad signature, a parameter set this
+                state does not allow). Nothing changes.
             StateError: the card is this state's own, or it would replace a
                 peer's keys with different ones.
         """
         card = parse_card(card_bytes, allow_insecure=self.config.allow_insecure)
+        card_bytes = bytes(card_bytes)  # parse_card accepted it: bytes, bytearray or memoryview
         if card.name == self.config.name:
             raise StateError("a state cannot trust its own card")
         with self.lock():

@@ -60,22 +60,28 @@ def make_card(identity: Identity, params: str, params_digest: str, dim: int, key
     return canonical.encode(body) + b"\n"
 
 
-def parse_card(blob: bytes, *, allow_insecure: bool = False) -> Card:
+def parse_card(blob: bytes | bytearray | memoryview, *, allow_insecure: bool = False) -> Card:
     """Verify a card's self-signature and that its parameters are allowed.
 
     Args:
-        blob: card bytes as printed by ``pprm card``.
+        blob: card bytes as printed by ``pprm card`` (``bytes``,
+            ``bytearray`` or ``memoryview``).
         allow_insecure: accept ``INSECURE*`` parameter sets (tests only).
 
     Returns:
         The card.
 
     Raises:
-        MessageError: malformed card.
+        MessageError: not bytes (a ``str`` too: a card is signed bytes, and
+            decoding is the caller's choice to make), or a malformed card.
         AuthenticationError: the self-signature does not verify.
         ParameterError: the parameter set is unknown, insecure or its digest
             does not match (downgrade attempt).
     """
+    if not isinstance(blob, (bytes, bytearray, memoryview)):
+        hint = "; read the card file in binary mode, or encode the text as UTF-8" if isinstance(blob, str) else ""
+        raise MessageError(f"a card must be bytes, got {type(blob).__name__}{hint}")
+    blob = bytes(blob)
     if len(blob) > _MAX_CARD:
         raise MessageError("card is oversized")
     obj = canonical.decode(blob.rstrip(b"\n"), "card")

@@ -98,6 +98,15 @@ def test_insecure_sets_need_permission_and_digests_resolve() -> None:
         blind_params.by_digest(params.get(params.DEFAULT_PARAMS).digest)
 
 
+def test_refusing_an_insecure_set_says_how_to_allow_it() -> None:
+    with pytest.raises(ParameterError) as info:
+        blind_params.get(INSECURE_BLIND)
+    assert str(info.value) == (f"blind parameter set {INSECURE_BLIND!r} is below 128-bit security and for tests"
+                               " only; pass allow_insecure=True (pprm init --allow-insecure) to use it")
+    with pytest.raises(ParameterError, match="blind parameter set is named by a string, got NoneType"):
+        blind_params.get(None)  # type: ignore[arg-type]
+
+
 def test_noise_budget_is_consistent() -> None:
     ps = blind_params.get(blind_params.DEFAULT_BLIND_PARAMS)
     # The real projection p + conj(p) doubles the probe: read one bit higher.

@@ -123,6 +123,29 @@ def test_insecure_sets_need_explicit_permission() -> None:
         assert params.get(name, allow_insecure=True).insecure
 
 
+@pytest.mark.parametrize("name", [n for n in params.names(include_insecure=True) if n.startswith("INSECURE")])
+def test_refusing_an_insecure_set_says_how_to_allow_it(name: str) -> None:
+    with pytest.raises(ParameterError) as info:
+        params.get(name)
+    assert str(info.value) == (f"parameter set {name!r} is below 128-bit security and for tests only;"
+                               " pass allow_insecure=True (pprm init --allow-insecure) to use it")
+    with pytest.raises(ParameterError, match="allow_insecure=True"):
+        params.by_digest(params.get(name, allow_insecure=True).digest)
+
+
+def test_the_cli_flag_named_in_the_refusal_exists() -> None:
+    from pprm.cli.main import build_parser
+
+    init = build_parser().parse_args(["init", "x", "--name", "DE", "--allow-insecure"])
+    assert init.allow_insecure is True
+
+
+@pytest.mark.parametrize("name", [None, 5, ["x"], b"pprm-sealed-n8192-complex-v1"])
+def test_a_name_that_is_not_a_string_is_a_parameter_error(name: object) -> None:
+    with pytest.raises(ParameterError, match=f"parameter set is named by a string, got {type(name).__name__}"):
+        params.get(name)  # type: ignore[arg-type]
+
+
 def test_unknown_name_is_refused() -> None:
     with pytest.raises(ParameterError, match="unknown"):
         params.get("pprm-sealed-n8192-v2")

@@ -19,11 +19,12 @@ import cv2
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from pprm.errors import AlignmentError
+from pprm.errors import AlignmentError, ImageError
 from pprm.face.align import (
     ARCFACE_LANDMARKS_112,
     CROP_SIZE,
     align_face,
+    aligned_crop,
     alignment_matrix,
     apply_affine,
     fit_similarity,
@@ -154,3 +155,35 @@ def test_align_face_undoes_a_known_warp():
     inner = (slice(4, -4), slice(4, -4))  # the border row mixes in black from outside the source
     diff = np.abs(crop[inner].astype(int) - face[inner].astype(int))
     assert diff.max() <= 6 and diff.mean() < 1.0, (diff.max(), diff.mean())
+
+
+# -- already aligned crops ---------------------------------------------------------------------
+
+def test_aligned_crop_takes_112_as_it_is():
+    crop = np.random.default_rng(0).integers(0, 256, (112, 112, 3), dtype=np.uint8)
+    out = aligned_crop(crop)
+    assert out.dtype == np.uint8 and out.shape == (112, 112, 3)
+    np.testing.assert_array_equal(out, crop)
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_aligned_crop_averages_a_multiple_of_112_down(factor):
+    # insightface aligns to 112k x 112k with the reference landmarks scaled by k:
+    # each k x k block of such a crop is one pixel of the 112x112 crop.
+    crop = np.random.default_rng(factor).integers(0, 256, (112, 112, 3), dtype=np.uint8)
+    big = np.repeat(np.repeat(crop, factor, axis=0), factor, axis=1)
+    np.testing.assert_array_equal(aligned_crop(big), crop)
+    noisy = big.astype(np.int16) + np.random.default_rng(9).integers(-2, 3, big.shape)
+    noisy = np.clip(noisy, 0, 255).astype(np.uint8)
+    block_means = noisy.reshape(112, factor, 112, factor, 3).mean(axis=(1, 3))
+    assert np.abs(aligned_crop(noisy).astype(float) - block_means).max() <= 0.5 + 1e-9
+
+
+@pytest.mark.parametrize(("shape", "size"), [((113, 112, 3), "112x113"), ((112, 224, 3), "224x112"),
+                                              ((128, 128, 3), "128x128"), ((480, 640, 3), "640x480"),
+                                              ((56, 56, 3), "56x56")])
+def test_aligned_crop_refuses_other_sizes(shape, size):
+    with pytest.raises(ImageError) as info:
+        aligned_crop(np.zeros(shape, np.uint8), "image crops/x.png")
+    msg = str(info.value)
+    assert msg.startswith(f"image crops/x.png is {size}, not an aligned 112x112 crop") and "\n" not in msg

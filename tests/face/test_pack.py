@@ -1,5 +1,9 @@
 """pprm.face.pack: finding the detector and recognizer in a folder, and every way that fails.
 
+Also the onnxruntime execution providers (checked against the installed
+build) and the default folder, ``~/.insightface/models/buffalo_l``, under a
+temporary ``$HOME``.
+
 Every failure is one ModelPackError line that names the files expected and
 says how to obtain them; pprm never downloads anything.
 """
@@ -42,7 +46,7 @@ def pack(folder: Path, files: dict[str, Path]) -> Path:
     return folder
 
 
-def refused(folder: Path | str, says: str) -> str:
+def refused(folder: Path | str | None, says: str) -> str:
     with pytest.raises(ModelPackError) as info:
         load_models(folder)
     msg = str(info.value)
@@ -154,3 +158,78 @@ def test_threads_must_be_positive(tmp_path, parts, threads):
     folder = pack(tmp_path / "p", {"det_500m.onnx": parts["det"], "w600k_mbf.onnx": parts["rec"]})
     with pytest.raises(ParameterError, match="threads"):
         load_models(folder, threads=threads)
+
+
+# -- execution providers -----------------------------------------------------------------------------
+
+def test_cpu_provider_by_default_and_by_name(tmp_path, parts):
+    folder = pack(tmp_path / "p", {"det_500m.onnx": parts["det"], "w600k_mbf.onnx": parts["rec"]})
+    assert load_models(folder).describe()["providers"] == ["CPUExecutionProvider"]
+    # A name given twice counts once.
+    models = load_models(folder, providers=["CPUExecutionProvider", " CPUExecutionProvider"])
+    assert models.providers == ["CPUExecutionProvider"]
+    assert models.detector.session.get_providers() == ["CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize("providers", [["NoSuchExecutionProvider"], ["CPUExecutionProvider", "BogusProvider"]])
+def test_unknown_provider_lists_the_available_ones(tmp_path, parts, providers):
+    import onnxruntime
+
+    folder = pack(tmp_path / "p", {"det_500m.onnx": parts["det"], "w600k_mbf.onnx": parts["rec"]})
+    with pytest.raises(ParameterError) as info:
+        load_models(folder, providers=providers)
+    msg = str(info.value)
+    assert "\n" not in msg and f"{providers[-1]!r} is not available" in msg
+    assert msg.endswith("available: " + ", ".join(onnxruntime.get_available_providers()))
+
+
+def test_unknown_provider_is_refused_before_the_folder_is_read(tmp_path):
+    # Even where the folder is missing: the setting is wrong whatever the folder holds.
+    with pytest.raises(ParameterError, match="not available"):
+        load_models(tmp_path / "absent", providers=["Bogus"])
+
+
+@pytest.mark.parametrize("providers", [[], [""], "CPUExecutionProvider", [1]])
+def test_malformed_providers(providers):
+    from pprm.face.session import check_providers
+
+    with pytest.raises(ParameterError, match="providers"):
+        check_providers(providers)
+
+
+def test_open_session_takes_the_providers(parts):
+    from pprm.face.session import open_session
+
+    assert open_session(str(parts["rec"]), 1, ["CPUExecutionProvider"]).get_providers() == ["CPUExecutionProvider"]
+    with pytest.raises(ParameterError, match="not available"):
+        open_session(str(parts["rec"]), 1, ["Bogus"])
+
+
+# -- the default pack folder ---------------------------------------------------------------------------
+
+def test_default_folder_is_insightface_buffalo_l_under_home(tmp_path, parts, monkeypatch):
+    from pprm.face.pack import DEFAULT_PACK, default_pack_folder
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    assert DEFAULT_PACK.split(os.sep) == ["~", ".insightface", "models", "buffalo_l"]
+    assert default_pack_folder() is None
+    msg = refused(None, "no model pack folder given, and the default ~/.insightface/models/buffalo_l does not exist")
+    assert HOW in msg
+    # A copy of a pack where insightface's tools unpack buffalo_l.
+    target = tmp_path / "home" / ".insightface" / "models" / "buffalo_l"
+    target.parent.mkdir(parents=True)
+    pack(target, {"det_10g.onnx": parts["det"], "w600k_r50.onnx": parts["rec"]})
+    assert default_pack_folder() == str(target)
+    models = load_models()
+    assert (models.folder, models.pack) == (str(target), "buffalo_l")
+    assert models.describe()["folder"] == str(target)
+
+
+def test_a_file_at_the_default_place_is_not_a_folder(tmp_path, monkeypatch):
+    from pprm.face.pack import default_pack_folder
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".insightface" / "models").mkdir(parents=True)
+    (tmp_path / ".insightface" / "models" / "buffalo_l").write_text("not a folder")
+    assert default_pack_folder() is None

@@ -2,7 +2,9 @@
 
 The synthetic detector reports the planted faces of ``_face.PLANTED`` on any
 image that is not black; the tiny recognizer's output is known in numpy. So
-every template can be predicted from the planted landmarks.
+every template can be predicted from the planted landmarks. With
+``aligned=True`` the input is the crop itself, and its template must equal
+the one the full pipeline made from the photo it was cut from.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ pytest.importorskip("onnxruntime", reason='the face extra is not installed (pip 
 import cv2
 
 from pprm.errors import ImageError, NoFaceError, ParameterError
-from pprm.face import Detection, FacePipeline, FaceResults, align_face, load_models
+from pprm.face import ARCFACE_LANDMARKS_112, Detection, FacePipeline, FaceResults, align_face, load_models
 from tests.face.support import PLANTED, link_pack, reference_templates, synthetic_detector, tiny_recognizer
 
 A, B = PLANTED[0], PLANTED[1]  # the largest face, and the smaller one that scores higher
@@ -163,3 +165,62 @@ def test_detection_size_must_tile_the_strides(tmp_path: Path):
     assert det.check_size((320, 480)) == (320, 480)
     with pytest.raises(ParameterError, match="multiples of 32"):
         det.check_size((320, 500))
+
+
+# -- already aligned crops (aligned=True) ------------------------------------------------------------
+
+def test_aligned_crop_gives_the_full_pipelines_template(pipeline):
+    img = photo(50)
+    full = pipeline.embed([img])[0]
+    crop = align_face(img, full.landmarks)
+    results = pipeline.embed([crop], aligned=True)
+    assert len(results) == 1 and results.skipped == []
+    r = results[0]
+    np.testing.assert_allclose(r.template, full.template, atol=1e-6)
+    np.testing.assert_allclose(r.template, reference_templates(crop[None])[0], atol=2e-6)
+    # No detector ran: the whole crop, no score, the landmarks the alignment put the face on.
+    assert (r.source, r.image_index, r.face_index, r.bbox) == ("<array 0>", 0, 0, (0.0, 0.0, 112.0, 112.0))
+    assert np.isnan(r.det_score)
+    np.testing.assert_allclose(r.landmarks, ARCFACE_LANDMARKS_112, atol=1e-5)
+    np.testing.assert_allclose(pipeline.embed_one(crop, aligned=True), full.template, atol=1e-6)
+
+
+def test_aligned_skips_detection(pipeline, monkeypatch):
+    def no_detection(*args, **kw):
+        raise AssertionError("the detector ran on an aligned crop")
+
+    monkeypatch.setattr(pipeline.models.detector, "detect", no_detection)
+    # A black crop shows the synthetic detector no face; aligned, it is embedded all the same.
+    assert pipeline.embed([np.zeros((112, 112, 3), np.uint8)], aligned=True).templates().shape == (1, 512)
+
+
+def test_aligned_multiples_of_112_are_downscaled(pipeline):
+    crop = align_face(photo(51), pipeline.detect(photo(51))[0].landmarks)
+    big = cv2.resize(crop, (224, 224), interpolation=cv2.INTER_NEAREST)
+    r = pipeline.embed([big], aligned=True)[0]
+    np.testing.assert_allclose(r.template, pipeline.embed([crop], aligned=True)[0].template, atol=1e-6)
+    assert r.bbox == (0.0, 0.0, 224.0, 224.0)
+    np.testing.assert_allclose(r.landmarks, ARCFACE_LANDMARKS_112 * 2, atol=1e-4)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_aligned_batches_and_skips(pipeline, tmp_path, batch_size):
+    crops = [cv2.resize(photo(60 + i), (112, 112), interpolation=cv2.INTER_AREA) for i in range(5)]
+    (tmp_path / "garbage.png").write_bytes(b"not a png")
+    sources = [crops[0], str(tmp_path / "garbage.png"), *crops[1:]]
+    results = pipeline.embed(sources, aligned=True, batch_size=batch_size)
+    assert [r.image_index for r in results] == [0, 2, 3, 4, 5]
+    assert len(results.skipped) == 1 and "not an image OpenCV can decode" in results.skipped[0].reason
+    np.testing.assert_allclose(results.templates(), reference_templates(np.stack(crops)), atol=2e-6)
+
+
+def test_aligned_refuses_a_photo_naming_it(pipeline, tmp_path):
+    crop_file, photo_file = tmp_path / "crop.png", tmp_path / "photo.png"
+    cv2.imwrite(str(crop_file), cv2.resize(photo(70), (112, 112)))
+    cv2.imwrite(str(photo_file), photo(71, (480, 640)))
+    # The whole batch stops: the claim that the inputs are aligned crops is wrong.
+    with pytest.raises(ImageError) as info:
+        pipeline.embed([crop_file, photo_file], aligned=True)
+    assert str(info.value).startswith(f"image {photo_file} is 640x480, not an aligned 112x112 crop")
+    with pytest.raises(ImageError, match=r"<array 0> is 128x128, not an aligned 112x112 crop"):
+        pipeline.embed_one(np.zeros((128, 128, 3), np.uint8), aligned=True)

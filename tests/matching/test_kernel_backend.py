@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import pprm
-from pprm.errors import BackendError
+from pprm.errors import BackendError, BackendWarning, PprmWarning
 from pprm.matching import kernel, kernel_native, kernel_numpy, kernel_selfcheck
 
 Q0 = 1152921504606830593
@@ -52,14 +52,16 @@ def _native(monkeypatch: pytest.MonkeyPatch, *, built: bool, passes: bool) -> li
 
 
 def _choose() -> tuple[str | BackendError, list[str]]:
-    """``kernel.backend()`` (or the error it raises) and the warnings it gave."""
+    """``kernel.backend()`` (or the error it raises) and the warnings it gave (each a BackendWarning)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             chosen: str | BackendError = kernel.backend()
         except BackendError as exc:
             chosen = exc
-    return chosen, [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    given = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert all(w.category is BackendWarning for w in given)
+    return chosen, [str(w.message) for w in given]
 
 
 FAILED = "pprm native kernel failed its self-check against numpy and SEAL; using numpy"
@@ -278,4 +280,35 @@ def test_a_missing_build_end_to_end(require: str) -> None:
     else:
         assert done.returncode == 0, done.stderr
         assert done.stdout == "imported\nnumpy\n"
-        assert NOT_BUILT in done.stderr
+        # One line, no source line under it (warnings quote the calling line by default).
+        assert done.stderr == f"pprm:0: BackendWarning: {NOT_BUILT}\n"
+
+
+def test_the_fallback_warning_can_be_filtered_and_made_an_error(undecided: pytest.MonkeyPatch) -> None:
+    _native(undecided, built=False, passes=False)
+    assert issubclass(BackendWarning, PprmWarning) and issubclass(BackendWarning, RuntimeWarning)
+    assert {"PprmWarning", "BackendWarning"} <= set(pprm.__all__)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PprmWarning)
+        with pytest.raises(BackendWarning, match="not built"):
+            kernel.backend()
+    undecided.setattr(kernel, "_native_ok", None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", category=BackendWarning)
+        assert kernel.backend() == "numpy"
+    assert caught == []
+
+
+def test_a_failing_self_check_end_to_end_warns_in_one_line() -> None:
+    code = (
+        "from pprm.matching import kernel_native, kernel_selfcheck\n"
+        "kernel_native.available = lambda: True\n"
+        "kernel_selfcheck.native_passes_self_check = lambda: False\n"
+        "import pprm\n"
+        "print(pprm.BACKEND)\n"
+    )
+    done = _python(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "numpy\n"
+    assert done.stderr == f"pprm:0: BackendWarning: {FAILED}\n"

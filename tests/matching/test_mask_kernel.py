@@ -169,3 +169,25 @@ def test_the_self_check_catches_a_wrong_masking(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(NativeMasker, "mask", off_by_one)
     assert not kernel_selfcheck.masking_agrees_with_seal(seed=5)
+
+
+@pytest.mark.parametrize("fill", ["top", "one", "alternating"])
+def test_extreme_words_mask_like_seal(small: tuple[CkksContext, seal.GaloisKeys, seal.SecretKey], fill: str) -> None:
+    # The lazy transforms keep words up to 8q between layers; words at q - 1
+    # everywhere (or 1, or alternating with 0) are where a range slip would
+    # show. (All zero is not a case: SEAL refuses a transparent ciphertext.)
+    ctx, gk, _ = small
+    q0 = ctx.moduli[0]
+    res = np.ones((2, 1, ctx.n), dtype=np.uint64)
+    if fill == "alternating":
+        res[:] = 0
+    if fill == "top":
+        res[:] = q0 - 1
+    elif fill == "alternating":
+        res[:, :, ::2] = q0 - 1
+    ours, seals = _both_paths(ctx, gk, res, np.ones(ctx.n, dtype=bool))
+    assert np.array_equal(ours, seals)
+    m = NativeMasker(ctx, gk)
+    top = np.full(ctx.n, q0 - 1, dtype=np.uint64)
+    assert np.array_equal(m.ntt(top), ctx.to_ntt(top[None, None])[0, 0])
+    assert np.array_equal(m.ntt(m.ntt(top), inverse=True), top)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -11,8 +13,10 @@ from hypothesis.extra.numpy import arrays
 from pprm.errors import TemplateError
 from pprm.matching.templates import (
     MAX_REFERENCE_LENGTH,
+    check_rows,
     normalise_probe,
     normalise_templates,
+    reference_list,
     validate_references,
 )
 
@@ -70,6 +74,41 @@ def test_zero_and_near_zero_rows_name_the_row() -> None:
     _raises(normalise_templates, x, DIM, match="row 1 is a zero vector")
 
 
+def _bad_arrays() -> list[np.ndarray]:
+    nan, zero = np.ones((3, DIM), np.float32), np.ones((3, DIM), np.float32)
+    nan[2, 0] = np.nan
+    zero[1] = 0.0
+    return [np.ones((3, DIM + 1), np.float32), np.ones((0, DIM), np.float32), np.ones((2, DIM), np.int64), nan, zero]
+
+
+def test_templates_and_probes_are_checked_alike_rows_from_zero() -> None:
+    # One checker (check_rows) for gallery templates and batches of probes: the messages differ by the noun only.
+    from pprm.node.requester import _check_probes
+
+    for arr in _bad_arrays():
+        with pytest.raises(TemplateError) as as_templates:
+            normalise_templates(arr, DIM)
+        with pytest.raises(TemplateError) as as_probes:
+            _check_probes(arr, DIM)
+        with pytest.raises(TemplateError) as direct:
+            check_rows(arr, DIM, noun="probe")
+        assert str(as_probes.value) == str(direct.value)
+        assert str(as_probes.value).replace("probe", "template") == str(as_templates.value)
+    msgs = []
+    for arr in _bad_arrays()[3:]:
+        with pytest.raises(TemplateError) as info:
+            _check_probes(arr, DIM)
+        msgs.append(str(info.value))
+    assert msgs == ["probe row 2 has a non-finite value", "probe row 1 is a zero vector"]
+
+
+def test_check_rows_returns_the_rows_and_their_norms() -> None:
+    x = np.arange(1, 2 * DIM + 1, dtype=np.float32).reshape(2, DIM)
+    rows, norms = check_rows(x, DIM, noun="template")
+    assert rows.dtype == np.float64 and np.array_equal(rows, x.astype(np.float64))
+    assert np.allclose(norms, np.linalg.norm(x.astype(np.float64), axis=1))
+
+
 def test_huge_finite_rows_normalise_without_overflow() -> None:
     x = np.full((1, DIM), np.finfo(np.float32).max, dtype=np.float32)
     out = normalise_templates(x, DIM)
@@ -106,22 +145,76 @@ def test_valid_references_pass_through() -> None:
 
 @pytest.mark.parametrize(("refs", "count", "match"), [
     (["a", "b"], 3, "3 templates but 2 references"),
-    (["a", ""], 2, "reference 2 is empty"),
-    (["x" * (MAX_REFERENCE_LENGTH + 1)], 1, "reference 1 .*too long"),
-    (["ok", "line\nbreak"], 2, "reference 2 .*not printable"),
-    (["tab\there"], 1, "not printable"),
+    (["a", ""], 2, r"^reference at index 1 \(''\) is empty$"),
+    (["x" * (MAX_REFERENCE_LENGTH + 1)], 1,
+     rf"^reference at index 0 \('x{{40}}'\.\.\.\) is too long \(129 characters, max {MAX_REFERENCE_LENGTH}\)$"),
+    (["ok", "line\nbreak"], 2, r"^reference at index 1 \('line\\nbreak'\) is not printable \(it holds '\\n'\)$"),
+    (["tab\there"], 1, r"index 0 .*is not printable \(it holds '\\t'\)"),
     (["nul\x00"], 1, "not printable"),
-    (["\u202eRLO"], 1, "not printable"),
-    ([" padded"], 1, "not printable"),
-    (["padded "], 1, "not printable"),
-    (["a", "b", "a"], 3, "'a' appears twice"),
+    (["\u202eRLO"], 1, r"not printable \(it holds '\\u202e'\)"),
+    ([" padded"], 1, r"^reference at index 0 \(' padded'\) has leading or trailing whitespace$"),
+    (["padded "], 1, "has leading or trailing whitespace"),
+    (["a", "b", "a"], 3, r"^reference 'a' appears twice \(at index 0 and 2\)$"),
 ])
-def test_bad_references(refs: list[str], count: int, match: str) -> None:
+def test_bad_references_say_which_index_and_what_is_wrong(refs: list[str], count: int, match: str) -> None:
     _raises(validate_references, refs, count, match=match)
 
 
 def test_duplicates_against_existing() -> None:
-    _raises(validate_references, ["new", "DE-7"], 2, ["DE-1", "DE-7"], match="'DE-7' is already enrolled")
+    _raises(validate_references, ["new", "DE-7"], 2, ["DE-1", "DE-7"],
+            match=r"^reference 'DE-7' is already enrolled \(at index 1\)$")
+
+
+def test_a_long_bad_reference_is_shown_cut() -> None:
+    ref = "A" * 100 + "\n"
+    with pytest.raises(TemplateError) as info:
+        validate_references([ref], 1)
+    msg = str(info.value)
+    assert "A" * 40 + "'..." in msg and "A" * 41 not in msg
+
+
+@pytest.mark.parametrize(("refs", "match"), [
+    ([b"x", "y"], r"^reference at index 0 is bytes, not str$"),
+    (["x", None], r"^reference at index 1 is NoneType, not str$"),
+    (["x", "y", 3], r"^reference at index 2 is int, not str$"),
+    (np.array(["x", None], dtype=object), r"^reference at index 1 is NoneType, not str$"),
+])
+def test_non_string_references_are_refused_not_converted(refs: object, match: str) -> None:
+    _raises(validate_references, refs, len(refs), match=match)  # type: ignore[arg-type]
+
+
+@given(st.lists(st.one_of(st.text(min_size=1, max_size=8), st.binary(max_size=8), st.none(), st.integers(),
+                          st.floats(allow_nan=False)), min_size=1, max_size=6)
+       .filter(lambda refs: not all(isinstance(r, str) for r in refs)))
+def test_any_non_string_reference_is_refused_by_its_index(refs: list[object]) -> None:
+    first = next(i for i, r in enumerate(refs) if not isinstance(r, str))
+    with pytest.raises(TemplateError, match=rf"^reference at index {first} is {type(refs[first]).__name__}, not str$"):
+        reference_list(refs)
+
+
+def _generator() -> Iterator[str]:
+    yield "a"
+    yield "b"
+
+
+@pytest.mark.parametrize(("refs", "match"), [
+    (_generator(), "references must be a list of strings, got generator"),
+    (iter(["a", "b"]), "references must be a list of strings, got list_iterator"),
+    ({"a", "b"}, "references must be a list of strings, got set"),
+    ({"a": 1, "b": 2}, "references must be a list of strings, got dict"),
+    ("ab", "references must be a list of strings, got one str"),
+    (b"ab", "references must be a list of strings, got one bytes"),
+    (None, "references must be a list of strings, got NoneType"),
+    (np.array([["a", "b"]]), r"references must be a list of strings, got an array of shape \(1, 2\)"),
+])
+def test_references_must_be_a_sequence(refs: object, match: str) -> None:
+    _raises(validate_references, refs, 2, match=match)
+
+
+def test_sequences_of_strings_pass_as_plain_strings() -> None:
+    for refs in (["a", "b"], ("a", "b"), np.array(["a", "b"])):
+        out = reference_list(refs)
+        assert out == ["a", "b"] and all(type(r) is str for r in out)
 
 
 def test_messages_never_echo_templates() -> None:

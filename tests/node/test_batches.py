@@ -176,6 +176,53 @@ def test_one_probe_failing_leaves_the_others(sealed: dict[str, Node]) -> None:
 
 # -- query_many, blind ----------------------------------------------------------------------
 
+def test_respond_many_matches_once_and_answers_each_query_on_its_own(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from pprm.errors import PprmError, ReplayError
+    from pprm.matching.sealed import SealedMatcher
+
+    net = build_network(str(tmp_path), ("DE", "FR"), n=600, seed=12, quota_per_case=4)
+    de, fr, gal = net["DE"].state, net["FR"].state, net["FR"].gallery
+    probes = np.stack([synthetic.mate_probe(gal, 5, seed=1), synthetic.impostor_probe(512, seed=2),
+                       synthetic.mate_probe(gal, 300, seed=3), synthetic.mate_probe(gal, 599, seed=4),
+                       synthetic.mate_probe(gal, 17, seed=5), synthetic.mate_probe(gal, 42, seed=6)])
+    truths = [_truth(net["FR"], p) for p in probes]
+    results = Requester(de).query_many("FR", probes, "C-MANY", PURPOSE)
+    ids = _ids(results)
+    qs = [r.query.query for r in results if r.query is not None]
+    passes: list[int] = []
+    real_many = SealedMatcher.match_many
+
+    def counted(self: SealedMatcher, probes: list[np.ndarray], *a: object, **kw: object) -> object:
+        passes.append(len(probes))
+        return real_many(self, probes, *a, **kw)  # type: ignore[arg-type]
+
+    def no_single(*_a: object, **_kw: object) -> object:
+        raise AssertionError("a batch must not match probe by probe")
+
+    monkeypatch.setattr(SealedMatcher, "match_many", counted)
+    monkeypatch.setattr(SealedMatcher, "match", no_single)
+    handed: dict[int, bytes] = {}
+    batch = [b"not a query", qs[0], qs[1], qs[2], qs[0], qs[3], qs[4], qs[5]]
+    sinks = [lambda m, i=i: handed.__setitem__(i, m) for i in range(len(batch))]
+    out = Responder(fr).respond_many(batch, sinks=sinks)
+    # One pass over the gallery for the seven well-formed queries.
+    assert passes == [7]
+    assert isinstance(out[0], MessageError)
+    assert isinstance(out[4], ReplayError)  # the same query twice: answered once
+    answered = [out[i] for i in (1, 2, 3, 5)]
+    refused = [out[i] for i in (6, 7)]
+    assert all(not isinstance(r, PprmError) and r.refused is None for r in answered)
+    assert all(not isinstance(r, PprmError) and r.refused == "quota-case" for r in refused)
+    assert sorted(handed) == [1, 2, 3, 5, 6, 7]  # nothing handed over for the failures
+    assert [e["query_id"] for e in _entries(fr, "answer")] == ids[:4]
+    assert [e["query_id"] for e in _entries(fr, "refuse")] == ids[4:]
+    for row, i in enumerate((1, 2, 3, 5)):
+        opened = Requester(de).open(handed[i])
+        assert opened.query_id == ids[row] and opened.hit == bool(truths[row])
+        assert set(resolve_all(de, KeyService(fr), handed[i], opened.candidates)) == truths[row]
+
+
 def _reference_of(b: State, query_id: str, handle: str) -> str:
     """The reference behind a blind handle, read from the responder's secrets (tests only)."""
     rec = b.blind_store.answered(query_id)
@@ -286,15 +333,22 @@ def test_remove_many_re_encrypts_each_changed_block_once(enrolled: str, tmp_path
     assert not set(refs) & set(got.references.values())
 
 
-@pytest.mark.parametrize("refs, says", [
-    (["R-0001", "R-0002", "NOPE", "ALSO-NOPE"], "'NOPE' (row 2) is not enrolled"),
-    (["R-0001", "R-0700", "R-0001"], "listed twice (rows 0 and 2)"),
+@pytest.mark.parametrize("refs, error, says", [
+    (["R-0001", "R-0002", "NOPE", "ALSO-NOPE"], GalleryError,
+     "reference 'NOPE' is not enrolled (at index 2); nothing was removed"),
+    (["R-0001", "R-0700", "R-0001"], GalleryError,
+     "reference 'R-0001' is listed twice (at index 0 and 2); nothing was removed"),
+    (["R-0001", b"R-0002"], TemplateError, "reference at index 1 is bytes, not str"),
+    (["R-0001", None], TemplateError, "reference at index 1 is NoneType, not str"),
+    (iter(["R-0001"]), TemplateError, "references must be a list of strings, got list_iterator"),
 ])
-def test_remove_many_refuses_the_whole_call(enrolled: str, tmp_path: Path, refs: list[str], says: str) -> None:
+def test_remove_many_refuses_the_whole_call(enrolled: str, tmp_path: Path, refs: list[str],
+                                            error: type[Exception], says: str) -> None:
     st = _copy(enrolled, tmp_path / "s")
     before = snapshot(st.dir)
-    with pytest.raises(GalleryError, match=says.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(error) as info:
         KeyService(st).remove_many(refs)
+    assert str(info.value) == says
     assert snapshot(st.dir) == before
     assert KeyService(st).remove_many([]) == 0
     assert snapshot(st.dir) == before
@@ -414,8 +468,14 @@ def test_split_state_removes_many_through_its_key_service(split_world: SplitWorl
     assert entry["gallery"] == fr.gallery().version
     # Unknown reference: the key service's typed error, and nothing changes on either side.
     before = snapshot(fr.dir), snapshot(split_world.keydir)
-    with pytest.raises(GalleryError, match=r"'NOPE' \(row 1\) is not enrolled"):
+    with pytest.raises(GalleryError, match=r"reference 'NOPE' is not enrolled \(at index 1\)"):
         keys.remove_many([gal.references[3], "NOPE"])
+    with pytest.raises(TemplateError, match="reference at index 1 is bytes, not str"):
+        keys.remove_many([gal.references[3], b"NOPE"])  # type: ignore[list-item]
+    with pytest.raises(TemplateError, match="the reference is NoneType, not str"):
+        keys.remove(None)  # type: ignore[arg-type]
+    with pytest.raises(TemplateError, match="reference at index 0 is bytes, not str"):
+        keys.enroll(gal.templates[:2], [b"x", None])  # type: ignore[list-item]
     assert (snapshot(fr.dir), snapshot(split_world.keydir)) == before
     assert keys.remove_many([]) == 0
     # The front's matcher no longer finds a removed record; a kept one it still does.

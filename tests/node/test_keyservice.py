@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +168,46 @@ def test_resolve_is_logged(net: dict[str, Node]) -> None:
     assert entry["data"] == {"peer": "DE", "query_id": opened.query_id, "followup_id": res.followup_id,
                              "reference": "FR-0000007"}
     assert res.query_id == opened.query_id
+
+
+def _refs(n: int) -> Iterator[str]:
+    for i in range(n):
+        yield f"G-{i}"
+
+
+def test_refused_enrolments_and_removals_are_pprm_errors_and_change_nothing(tmp_path: Path) -> None:
+    nodes = build_network(str(tmp_path), ["FR"], n=0, trust=False)
+    fr = nodes["FR"].state
+    ks = KeyService(fr)
+    gal = synthetic.make_gallery(4, seed=2, prefix="Y")
+    ks.enroll(gal.templates[:2], gal.references[:2])
+    t = gal.templates[2:]
+    before = snapshot(fr.dir)
+    cases: list[tuple[object, str]] = [
+        ([b"x", None], "reference at index 0 is bytes, not str"),
+        (["Y-new", None], "reference at index 1 is NoneType, not str"),
+        (["Y-new", 7], "reference at index 1 is int, not str"),
+        (_refs(2), "references must be a list of strings, got generator"),
+        ((r for r in ["a", "b"]), "references must be a list of strings, got generator"),
+        ({"a", "b"}, "references must be a list of strings, got set"),
+        ("ab", "references must be a list of strings, got one str"),
+        (None, "references must be a list of strings, got NoneType"),
+        (["only-one"], "2 templates but 1 references"),
+        (["a", "b", "c"], "2 templates but 3 references"),
+        (["a", " b"], "reference at index 1 (' b') has leading or trailing whitespace"),
+        (["a", gal.references[0]], f"reference {gal.references[0]!r} is already enrolled (at index 1)"),
+    ]
+    for refs, says in cases:
+        with pytest.raises(TemplateError) as info:
+            ks.enroll(t, refs)  # type: ignore[arg-type]
+        assert str(info.value) == says
+    for bad in (None, b"Y-0000000", 3):
+        with pytest.raises(TemplateError, match=rf"^the reference is {type(bad).__name__}, not str; nothing"):
+            ks.remove(bad)  # type: ignore[arg-type]
+    with pytest.raises(TemplateError, match="reference at index 0 is bytes, not str"):
+        ks.remove_many([gal.references[0].encode()])  # type: ignore[list-item]
+    assert snapshot(fr.dir) == before
+    assert sorted(fr.gallery().index.references.values()) == sorted(gal.references[:2])
 
 
 def test_enroll_and_remove(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -175,8 +176,37 @@ def test_invalid_settings_create_nothing(tmp_path: Path, kwargs: dict[str, Any])
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize(("name", "kwargs", "field"), [
+    ("DE", {"threshold": "high"}, "threshold"),
+    ("DE", {"threshold": None}, "threshold"),
+    ("DE", {"k": "10"}, "k"),
+    ("DE", {"k": 10.0}, "k"),
+    ("DE", {"dim": "512"}, "dim"),
+    ("DE", {"params": 5}, "params"),
+    ("DE", {"params": ["x"]}, "params"),
+    ("DE", {"blind_params": 5}, "blind_params"),
+    ("DE", {"allow_insecure": "yes"}, "allow_insecure"),
+    ("DE", {"profiles": [1]}, "profiles"),
+    ("DE", {"profiles": "blind"}, "profiles"),
+    ("DE", {"purposes": 5}, "purposes"),
+    ("DE", {"purposes": "serious-crime"}, "purposes"),
+    ("DE", {"quota_per_case": "100"}, "quota_per_case"),
+    ("DE", {"quota_per_peer": 1.5}, "quota_per_peer"),
+    (5, {}, "name"),
+    (None, {}, "name"),
+])
+def test_a_setting_of_the_wrong_type_is_a_parameter_error_naming_it(
+    tmp_path: Path, name: object, kwargs: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ParameterError) as info:
+        new_state(tmp_path / "de", name, **kwargs)  # type: ignore[arg-type]
+    msg = str(info.value)
+    assert re.search(rf"\b{field}\b", msg) and "\n" not in msg, msg
+    assert os.listdir(tmp_path) == []
+
+
 def test_insecure_params_need_permission(tmp_path: Path) -> None:
-    with pytest.raises(ParameterError):
+    with pytest.raises(ParameterError, match=r"pass allow_insecure=True \(pprm init --allow-insecure\)"):
         State.init(str(tmp_path / "de"), "DE", params=INSECURE_SEALED)
     assert os.listdir(tmp_path) == []
 
@@ -246,6 +276,24 @@ def test_invalid_cards_change_nothing(tmp_path: Path) -> None:
         with pytest.raises(MessageError):
             de.trust(bad)
     assert snapshot(de.dir) == before
+
+
+def test_a_card_that_is_not_bytes_is_refused_in_one_line(tmp_path: Path) -> None:
+    de = new_state(str(tmp_path / "de"), "DE")
+    fr = new_state(str(tmp_path / "fr"), "FR")
+    before = snapshot(de.dir)
+    for bad in ("{}", fr.card_bytes.decode(), None, 5):
+        with pytest.raises(MessageError, match=r"^a card must be bytes, got \w+") as info:
+            de.trust(bad)  # type: ignore[arg-type]
+        assert "\n" not in str(info.value)
+    for bad_bytes in (b"{}", b"not json", b"\xff\xfe", bytearray(b"[]")):
+        with pytest.raises(MessageError):
+            de.trust(bad_bytes)
+    assert snapshot(de.dir) == before
+    # A bytes-like card is trusted, and stored as the bytes it was.
+    assert de.trust(bytearray(fr.card_bytes)).name == "FR"
+    with open(de.path("roster", "FR.card"), "rb") as fh:
+        assert fh.read() == fr.card_bytes
 
 
 def test_production_state_refuses_an_insecure_peer(tmp_path: Path) -> None:

@@ -132,6 +132,27 @@ def test_missing_field_is_refused(field: str) -> None:
         parse_card(encode(obj))
 
 
+@pytest.mark.parametrize(("blob", "message"), [
+    ("{}", "a card must be bytes, got str; read the card file in binary mode, or encode the text as UTF-8"),
+    (_card().decode(), "a card must be bytes, got str; read the card file in binary mode, or encode the text as UTF-8"),
+    (None, "a card must be bytes, got NoneType"),
+    (5, "a card must be bytes, got int"),
+    (["{}"], "a card must be bytes, got list"),
+])
+def test_a_card_that_is_not_bytes_is_a_message_error(blob: object, message: str) -> None:
+    with pytest.raises(MessageError) as info:
+        parse_card(blob)  # type: ignore[arg-type]
+    assert str(info.value) == message
+
+
+def test_bytes_like_cards_parse() -> None:
+    card = parse_card(_card())
+    assert parse_card(bytearray(_card())) == card == parse_card(memoryview(_card()))
+    for blob in (bytearray(b"{}"), memoryview(b"not json")):
+        with pytest.raises(MessageError):
+            parse_card(blob)
+
+
 def test_non_canonical_and_oversized_cards_are_refused() -> None:
     obj = json.loads(_card())
     with pytest.raises(MessageError):

@@ -1,0 +1,106 @@
+"""Several probes against one block in one pass: the batched multiply-accumulate.
+
+A batch of B sealed queries needs ``S_b = sum_k W[b, k] * C_k (mod q)`` for
+every probe b: the same 512 ciphertexts read once, B weight rows. That is a
+GEMM, and a float64 GEMM is exact here:
+
+* each residue (< 2**60) is split into two 30-bit limbs, ``x = hi * 2**30 + lo``;
+* the weights of a unit-norm probe are ``w_k = round(q_k * 2**15)``, so
+  ``sum_k |w_k| <= 2**15 * sum_k |q_k| + d/2 <= 2**15 * sqrt(d) + d/2``
+  (Cauchy-Schwarz with ``||q|| = 1``): 741,711 for d = 512, below 2**20;
+* every partial sum of ``w_k * limb_k``, in whatever order BLAS adds, is
+  then below ``2**20 * 2**30 = 2**50 < 2**53`` in magnitude: an integer that
+  float64 holds exactly. :data:`MAX_ROW_L1` (2**23) is the bound actually
+  enforced, with the same margin argument (``2**23 * 2**30 = 2**53``).
+
+So the limb sums come out of BLAS as exact integers, and reducing
+``hi_sum * 2**30 + lo_sum`` mod q gives, bit for bit, the words of SEAL's
+``multiply_plain`` + ``add`` chain (and of the single-probe kernels, which
+tests/matching/test_kernel_batch.py compares it with). A weight row outside
+the bound (not a unit-norm probe) is refused, not rounded.
+
+The limbs are made per column tile (:data:`TILE` words of all d rows), so
+the gallery is never stored split, and the tile stays in cache while BLAS
+multiplies it by the B rows. Both backends run this module: BLAS is already
+native code, and the single-probe kernels are not GEMM-shaped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pprm.errors import BackendError
+from pprm.matching.kernel_numpy import LIMB_BITS, mulmod_pow2
+
+__all__ = ["MAX_ROW_L1", "TILE", "multiply_accumulate_many"]
+
+# sum_k |w_k| per row: MAX_ROW_L1 * (2**30 - 1) < 2**53, so every partial sum is exact.
+MAX_ROW_L1 = 1 << 23
+# Columns per tile: 512 rows x 2048 words x 8 B = 8 MB per limb array, which
+# stays in a server's last-level cache next to the B x 1024 results.
+TILE = 2048
+_MASK = np.uint64((1 << LIMB_BITS) - 1)
+
+
+def _check(block: np.ndarray, weights: np.ndarray, moduli: tuple[int, ...]) -> np.ndarray:
+    if block.dtype != np.uint64 or block.ndim != 4:
+        raise BackendError("block must be uint64[d, size, L, N]")
+    if block.shape[2] != len(moduli) or any(not 2 <= int(q) < 2**60 for q in moduli):
+        raise BackendError("one modulus per prime row, each in [2, 2**60)")
+    w = np.asarray(weights)
+    if w.ndim != 2 or w.shape[1] != block.shape[0] or not np.issubdtype(w.dtype, np.integer):
+        raise BackendError(f"weights must be an integer [B, {block.shape[0]}] array")
+    w = w.astype(np.int64)
+    if w.size and int(np.abs(w).sum(axis=1).max()) > MAX_ROW_L1:
+        raise BackendError("a weight row sums to more than 2**23 in absolute value: not a unit-norm probe")
+    return w
+
+
+def multiply_accumulate_many(block: np.ndarray, weights: np.ndarray, moduli: tuple[int, ...]) -> np.ndarray:
+    """``out[b] = sum_k weights[b, k] * block[k] mod q_j``, exactly, for every row b at once.
+
+    Args:
+        block: ``uint64[d, size, L, N]`` residues of ``d`` ciphertexts, each
+            below its prime (may be a read-only memory map).
+        weights: ``int64[B, d]``, every row with ``sum_k |w| <= 2**23``
+            (the weights of any unit-norm probe at 2**15 qualify).
+        moduli: the L primes, each below 2**60.
+
+    Returns:
+        ``uint64[B, size, L, N]``, each residue in ``[0, q_j)``: row b equals
+        the single-probe kernel's result for ``weights[b]``.
+
+    Raises:
+        BackendError: a dtype, shape or modulus outside the contract, or a
+            weight row above the exactness bound.
+    """
+    w = _check(block, weights, moduli)
+    d = block.shape[0]
+    nb = w.shape[0]
+    out_shape = (nb, *block.shape[1:])
+    if nb == 0:
+        return np.zeros(out_shape, dtype=np.uint64)
+    if d == 0:
+        return np.zeros(out_shape, dtype=np.uint64)
+    flat = block.reshape(d, -1)
+    m = flat.shape[1]
+    wf = w.astype(np.float64)
+    lo_i = np.empty((nb, m), dtype=np.int64)
+    hi_i = np.empty((nb, m), dtype=np.int64)
+    for start in range(0, m, TILE):
+        cols = flat[:, start:start + TILE]
+        # Contiguous operands and results: numpy hands those to BLAS; a
+        # strided output would send it to a generic loop 30x slower.
+        lo = np.bitwise_and(cols, _MASK).astype(np.float64)
+        hi = np.right_shift(cols, np.uint64(LIMB_BITS)).astype(np.float64)
+        lo_i[:, start:start + cols.shape[1]] = wf @ lo
+        hi_i[:, start:start + cols.shape[1]] = wf @ hi
+    lo_i = lo_i.reshape(out_shape)
+    hi_i = hi_i.reshape(out_shape)
+    res = np.empty(out_shape, dtype=np.uint64)
+    for j, q in enumerate(moduli):
+        qi = np.int64(q)
+        h = mulmod_pow2((hi_i[:, :, j, :] % qi).view(np.uint64), LIMB_BITS, int(q)).view(np.int64)
+        s = h + lo_i[:, :, j, :] % qi
+        res[:, :, j, :] = np.where(s >= qi, s - qi, s).view(np.uint64)
+    return res
