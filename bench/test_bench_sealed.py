@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 
 import numpy as np
 
 from pprm.bench.report import load_average, numpy_baseline_ms
 from pprm.bench.sealed import build_decide_setup
 from pprm.bench.setup import DIM, RESPONDER, BenchSetup
+from pprm.crypto import keys
 from pprm.matching import kernel
+from pprm.matching.decide import SealedDecider
 from pprm.matching.sealed import quantise_probe
 from pprm.matching.templates import normalise_probe
 from pprm.node.requester import Requester
@@ -82,6 +85,36 @@ def test_sealed_matcher_only(benchmark, sealed, bench_params, bench_rounds):
     # What the matcher hands the key service (the same size every query).
     handed = matcher.match(probe, tau).nbytes
     benchmark.extra_info.update(key_service_bytes=handed, key_service_bytes_per_template=handed / len(sealed))
+
+
+BATCH = int(os.environ.get("PPRM_BENCH_BATCH", "16"))
+
+
+def test_sealed_batch_matcher(benchmark, sealed, bench_params, bench_rounds):
+    """BATCH probes in one pass over the gallery (match_many), against the single-probe matcher in the same run.
+
+    Each probe still gets its own masks; the decisions are checked against
+    the single-probe path's (same hits for every probe).
+    """
+    matcher = sealed.responder.matcher()
+    tau = sealed.responder.config.threshold
+    probes = [sealed.probe(i, seed=21)[1] for i in range(BATCH)]
+    singles = []
+    for p in probes[:3]:
+        t = time.perf_counter()
+        matcher.match(p, tau)
+        singles.append(time.perf_counter() - t)
+    results = benchmark.pedantic(matcher.match_many, args=(probes, tau), rounds=max(1, bench_rounds // 2),
+                                 warmup_rounds=0, iterations=1)
+    st = sealed.responder
+    decider = SealedDecider(st.ctx, keys.load_secret_key(st.ctx, st.secret_key_path()), matcher.gallery)
+    for p, r in zip(probes[:3], results, strict=False):
+        assert set(decider.hits(r)) == set(decider.hits(matcher.match(p, tau)))
+    single_ms = float(np.median(singles)) * 1e3
+    per_probe_ms = benchmark.stats.stats.median * 1e3 / BATCH
+    benchmark.extra_info.update(_figures(sealed, bench_params, benchmark.stats.stats.median / BATCH))
+    benchmark.extra_info.update(batch=BATCH, per_probe_ms=per_probe_ms, single_matcher_ms=single_ms,
+                                per_probe_over_single=per_probe_ms / single_ms)
 
 
 def test_sealed_decide_at_scale(benchmark, bench_params, bench_rounds, tmp_path):

@@ -2,7 +2,8 @@
 
 Every write goes to a temporary file in the same directory, is flushed and
 fsynced, and is then renamed over the target, so a reader (or a crash) sees
-either the old file or the new one, never a mix.
+either the old file or the new one, never a mix. An error names the target,
+never the temporary file.
 """
 
 from __future__ import annotations
@@ -28,15 +29,29 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _naming(exc: OSError, path: str) -> OSError:
+    """``exc`` naming ``path``, not the temporary file (a name nobody chose, gone once the write failed)."""
+    if exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), path)
+
+
 @contextlib.contextmanager
 def _temp_beside(path: str, mode: int) -> Iterator[tuple[int, str]]:
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    except OSError as exc:
+        raise _naming(exc, path) from None
     try:
         os.fchmod(fd, mode)
         yield fd, tmp
         os.replace(tmp, path)
         _fsync_dir(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise _naming(exc, path) from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -4,6 +4,8 @@
   console-script entry point;
 * :mod:`pprm.cli.common`: the exit codes, the argument types and the input
   and output helpers every verb module shares;
+* :mod:`pprm.cli.report`: the JSON vocabulary of ``--json`` (format tags,
+  the envelope, the error codes; docs/JSON.md);
 * the verbs, by theme: :mod:`pprm.cli.state_cmds` (init, card, trust,
   enroll, remove, info, audit), :mod:`pprm.cli.flow_cmds` (query, answer,
   open, follow-up, resolve), :mod:`pprm.cli.face_cmds` (embed, and photos as

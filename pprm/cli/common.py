@@ -6,10 +6,12 @@
 * the argument types argparse calls (:func:`int_at_least`, :func:`sizes`,
   :func:`seconds_up_to`, :func:`state_codes`): a bad value is a usage error;
 * reading inputs and writing outputs: :func:`read_bytes`, :func:`load_npy`,
-  :func:`read_refs`, :class:`AtomicOutput` and :func:`emit`.
+  :func:`read_refs`, :class:`AtomicOutput`, :func:`refuse_overwriting_inputs`
+  and :func:`emit` (which prints the JSON vocabulary of :mod:`pprm.cli.report`).
 
-Only the standard library, numpy and :mod:`pprm.errors` are imported here,
-so every verb module may import this one and it imports none of them.
+Only the standard library, numpy, :mod:`pprm.errors` and
+:mod:`pprm.cli.report` are imported here, so every verb module may import
+this one and it imports none of them.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import IO, Any, NamedTuple, TypeVar
 
 import numpy as np
 
+from pprm.cli import report
 from pprm.errors import TemplateError
 
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
     "Verbs",
     "AddVerb",
     "int_at_least",
+    "int_between",
     "sizes",
     "seconds_up_to",
     "state_codes",
@@ -52,6 +56,8 @@ __all__ = [
     "load_npy",
     "read_refs",
     "AtomicOutput",
+    "same_file",
+    "refuse_overwriting_inputs",
     "stderr_is_tty",
     "emit",
 ]
@@ -87,11 +93,13 @@ EXIT_INTERRUPTED = 130
 EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(EXIT_OK, "ok", "success; for answer, also a refusal by policy (signed, logged and written like an "
                             "answer); for resolve, also a blind follow-up refused as not a hit (signed, logged "
-                            "and written)"),
-    ExitCode(EXIT_ERROR, "error", "an expected error: one 'pprm: error:' line on stderr, no state change; for "
-                                  "open, also a peer's signed refusal, which is recorded"),
+                            "and written); also when stdout is closed before the report is printed whole "
+                            "(pprm ... | head): the rest is dropped silently, the work was done"),
+    ExitCode(EXIT_ERROR, "error", "an expected error: one 'pprm: error:' line on stderr (with --json, also "
+                                  "{\"ok\": false, \"error\": {\"code\", \"message\"}} on stdout), no state "
+                                  "change; for open, also a peer's signed refusal, which is recorded"),
     ExitCode(EXIT_USAGE, "usage", "a usage error: unknown verb, missing or malformed arguments, options that do "
-                                  "not go together"),
+                                  "not go together, an output file that is one of the inputs"),
     ExitCode(EXIT_MISMATCH, "mismatch", "pprm demo found a disagreement with the plaintext truth"),
     ExitCode(EXIT_PARTIAL, "partial", "pprm ask: at least one peer could not be asked to the end (unreachable, "
                                       "timed out, or a reply outside the protocol); distinct from 1 (nothing "
@@ -116,8 +124,8 @@ def exit_codes_epilog() -> str:
         first = f"  {e.code:<3}  {e.name:<{name_width}}  "
         lines.extend(textwrap.wrap(e.meaning, _EPILOG_WIDTH, initial_indent=first, subsequent_indent=lead))
     lines.append("")
-    lines.append("Reporting verbs take --json for one JSON value on stdout. Nothing ever prints a secret key, "
-                 "a template or a score.")
+    lines.append("Reporting verbs take --json for one JSON object on stdout, tagged \"format\": \"pprm.VERB/1\" "
+                 "(docs/JSON.md). Nothing ever prints a secret key, a template or a score.")
     return "\n".join(lines[:-1] + textwrap.wrap(lines[-1], _EPILOG_WIDTH))
 
 
@@ -134,12 +142,15 @@ class Verbs:
         sub: the subparsers action the verbs are added to.
         json_parent: a parser holding only ``--json``, added to the verbs
             that report.
+        path: the verbs above these (``("audit",)`` for ``audit verify``),
+            for the format tag of their JSON output.
     """
 
     def __init__(self, sub: argparse._SubParsersAction[argparse.ArgumentParser],
-                 json_parent: argparse.ArgumentParser) -> None:
+                 json_parent: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> None:
         self._sub = sub
         self._json = json_parent
+        self._path = path
 
     def __repr__(self) -> str:
         return f"Verbs({sorted(self._sub.choices)!r})"
@@ -154,10 +165,14 @@ class Verbs:
             json_out: whether the verb takes ``--json``.
 
         Returns:
-            The verb's parser, for its arguments.
+            The verb's parser, for its arguments; with ``json_out`` its
+            namespace carries the format tag of its output as ``json_format``
+            (:func:`pprm.cli.report.format_tag`).
         """
         p = self._sub.add_parser(name, help=help_, description=help_, parents=[self._json] if json_out else [])
         p.set_defaults(func=func)
+        if json_out:
+            p.set_defaults(json_format=report.format_tag(*self._path, name))
         return p
 
     def group(self, name: str, help_: str, *, dest: str, metavar: str) -> Verbs:
@@ -173,7 +188,7 @@ class Verbs:
             A :class:`Verbs` that adds the sub-verbs.
         """
         p = self._sub.add_parser(name, help=help_, description=help_)
-        return Verbs(p.add_subparsers(dest=dest, required=True, metavar=metavar), self._json)
+        return Verbs(p.add_subparsers(dest=dest, required=True, metavar=metavar), self._json, (*self._path, name))
 
 
 # What each verb module lists in its VERBS: one function per verb, adding it and its arguments.
@@ -206,6 +221,20 @@ def int_at_least(low: int) -> Callable[[str], int]:
         The parsing function.
     """
     return _number(int, lambda text: f"{text!r} is not an integer", lambda v: v >= low, f"must be at least {low}")
+
+
+def int_between(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer from ``low`` to ``high``.
+
+    Args:
+        low: the smallest value accepted.
+        high: the largest value accepted.
+
+    Returns:
+        The parsing function.
+    """
+    return _number(int, lambda text: f"{text!r} is not an integer", lambda v: low <= v <= high,
+                   f"must be from {low} to {high}")
 
 
 def sizes(text: str) -> list[int]:
@@ -357,12 +386,20 @@ def read_refs(path: str) -> list[str]:
 
 # -- outputs ------------------------------------------------------------------------------------
 
+def _as_final(exc: OSError, path: str) -> OSError:
+    """``exc`` naming ``path`` instead of the temporary file beside it (a name the user never chose)."""
+    if exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), path)
+
+
 class AtomicOutput:
     """An output file that appears whole or not at all.
 
     The temporary file is created beside the target when the object is made,
     so an unwritable destination fails before any state changes; it is
     renamed over the target only by :meth:`commit` and removed otherwise.
+    Every OSError names the target as given, never the temporary file.
 
     Args:
         path: the file to write.
@@ -373,11 +410,15 @@ class AtomicOutput:
     """
 
     def __init__(self, path: str) -> None:
+        self.name = path
         self.path = os.path.abspath(path)
         if os.path.isdir(self.path):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.", suffix=".part",
-                                        dir=os.path.dirname(self.path))
+        try:
+            fd, self.tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.", suffix=".part",
+                                            dir=os.path.dirname(self.path))
+        except OSError as exc:
+            raise _as_final(exc, path) from None
         os.fchmod(fd, 0o644)
         self._fh: IO[bytes] = os.fdopen(fd, "wb")
         self._written = False
@@ -393,13 +434,16 @@ class AtomicOutput:
             data: the whole content.
 
         Raises:
-            OSError: the write or the flush fails (disk full, ...).
+            OSError: the write or the flush fails (disk full, ...), naming the target.
         """
-        self._fh.seek(0)
-        self._fh.truncate()
-        self._fh.write(data)
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        try:
+            self._fh.seek(0)
+            self._fh.truncate()
+            self._fh.write(data)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as exc:
+            raise _as_final(exc, self.name) from None
         self._written = True
 
     def commit(self) -> None:
@@ -407,12 +451,15 @@ class AtomicOutput:
 
         Raises:
             RuntimeError: nothing was written.
-            OSError: the rename fails.
+            OSError: the rename fails, naming the target.
         """
         if not self._written:
             raise RuntimeError("nothing was written to the output")
-        self._fh.close()
-        os.replace(self.tmp, self.path)
+        try:
+            self._fh.close()
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            raise _as_final(exc, self.name) from None
         self._committed = True
         with contextlib.suppress(OSError):
             fd = os.open(os.path.dirname(self.path), os.O_RDONLY)
@@ -427,9 +474,49 @@ class AtomicOutput:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if not self._committed:
-            self._fh.close()
+            with contextlib.suppress(OSError):
+                self._fh.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.tmp)
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file: the same inode when both exist, else the same resolved path.
+
+    Args:
+        a: a path (``-``, stdin or stdout, is never the same as a file).
+        b: another.
+
+    Returns:
+        True when writing ``b`` would overwrite ``a``.
+    """
+    if a == "-" or b == "-":
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): compare where they lead
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def refuse_overwriting_inputs(p: argparse.ArgumentParser, outputs: dict[str, str | None],
+                              inputs: dict[str, str | list[str] | None]) -> None:
+    """A verb's ``check``: refuse, as a usage error, an output file that is one of its inputs.
+
+    Args:
+        p: the verb's parser.
+        outputs: option (``--out``) -> the file it names, or None when not given.
+        inputs: argument (``QUERY_FILE``, ``--keys``) -> the file(s) it names, or None.
+
+    Raises:
+        SystemExit: through ``p.error`` (exit 2, nothing read or written).
+    """
+    for out_name, out in outputs.items():
+        if out is None:
+            continue
+        for in_name, given in inputs.items():
+            for path in [given] if isinstance(given, str) else given or []:
+                if same_file(path, out):
+                    p.error(f"{out_name} {out} is the input {in_name} {path}: write the output to another file")
 
 
 def stderr_is_tty() -> bool:
@@ -444,15 +531,22 @@ def stderr_is_tty() -> bool:
         return False
 
 
-def emit(args: argparse.Namespace, obj: Any, text: str) -> None:
-    """Print a verb's report.
+def emit(args: argparse.Namespace, body: dict[str, Any], text: str, *, fmt: str | None = None, ok: bool = True,
+         error: BaseException | tuple[str, str] | None = None) -> None:
+    """Print a verb's report: ``text`` for a reader, or with ``--json`` one object of :mod:`pprm.cli.report`.
 
     Args:
-        args: the verb's arguments; ``args.json`` chooses the form.
-        obj: the report as a JSON value, printed with ``--json``.
-        text: the report for a reader, printed otherwise.
+        args: the verb's arguments; ``args.json`` chooses the form, and
+            ``args.json_format`` (set by :meth:`Verbs.add`) is the format tag.
+        body: the report's fields, printed after ``format``, ``ok`` and ``error``.
+        text: the report for a reader; empty prints nothing.
+        fmt: a format tag other than the verb's (``pprm.query.batch/1``).
+        ok: whether the command exits 0.
+        error: why it does not (required exactly when ``ok`` is false); the
+            caller prints the ``pprm: error:`` line.
     """
     if getattr(args, "json", False):
-        print(json.dumps(obj, indent=1, ensure_ascii=False))
-    else:
+        tag = fmt if fmt is not None else args.json_format
+        print(json.dumps(report.envelope(tag, body, ok=ok, error=error), indent=1, ensure_ascii=False))
+    elif text:
         print(text)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from pprm.cli.common import EXIT_MISMATCH, EXIT_OK, AddVerb, Verbs, int_at_least
+from pprm.cli import report
+from pprm.cli.common import EXIT_MISMATCH, EXIT_OK, AddVerb, Verbs, emit, int_at_least, int_between
 from pprm.cli.demo import DEMO_STATES, MIN_GALLERY, format_report, run_demo
 from pprm.cli.progress import StagedProgress
 from pprm.crypto import params as param_sets
@@ -17,13 +17,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     with StagedProgress() as staged:
         result = run_demo(args.dir, states=args.states, gallery=args.gallery, seed=args.seed,
                           params=args.params, progress=staged if staged.enabled else None)
-    print(json.dumps(result, indent=1) if args.json else format_report(result))
-    return EXIT_OK if result["ok"] else EXIT_MISMATCH
+    body = {k: v for k, v in result.items() if k != "ok"}
+    if result["ok"]:
+        emit(args, body, format_report(result))
+        return EXIT_OK
+    wrong = sum(not q["ok"] for q in result["queries"])
+    emit(args, body, format_report(result), ok=False,
+         error=(report.MISMATCH, f"{wrong} of {len(result['queries'])} answer(s) disagree with the plaintext truth"))
+    return EXIT_MISMATCH
 
 
 def _add_demo(verbs: Verbs) -> None:
     p = verbs.add("demo", _cmd_demo, "run several states end to end on synthetic data and check every answer")
-    p.add_argument("--states", type=int_at_least(2), default=3,
+    p.add_argument("--states", type=int_between(2, len(DEMO_STATES)), default=3,
                    help=f"number of states, 2..{len(DEMO_STATES)} (default 3)")
     p.add_argument("--gallery", type=int_at_least(MIN_GALLERY), default=5000,
                    help="synthetic templates per state (default 5000)")

@@ -22,20 +22,34 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from pprm.cli import face_cmds
-from pprm.cli.common import EXIT_OK, AddVerb, AtomicOutput, Verbs, emit, load_npy, read_bytes
+from pprm.cli import face_cmds, report
+from pprm.cli.common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    AddVerb,
+    AtomicOutput,
+    Verbs,
+    emit,
+    int_at_least,
+    load_npy,
+    read_bytes,
+    refuse_overwriting_inputs,
+    same_file,
+)
 from pprm.cli.keyservice_cmds import add_key_service_arg
 from pprm.cli.net_cmds import send_follow_up_cmd
 from pprm.cli.progress import ProgressBar
-from pprm.errors import NotAHitError, ParameterError, PprmError
+from pprm.cli.report import QUERY_BATCH
+from pprm.errors import NotAHitError, ParameterError, PprmError, TokenError
 from pprm.node.remote_keys import key_service_for, remote_key_service
 from pprm.node.requester import Requester
 from pprm.node.responder import Responder
 from pprm.node.state import State
 from pprm.profile import PROFILES
 from pprm.protocol.delivery import pack_delivery, split_query_file
+from pprm.protocol.envelope import Header, open_envelope
 
-__all__ = ["VERBS"]
+__all__ = ["VERBS", "query_file_name", "pick_candidate"]
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
@@ -63,22 +77,22 @@ def _cmd_query(args: argparse.Namespace) -> int:
             out.commit()
 
         sent = req.prepare(args.to, probe, args.case, args.purpose, profile=args.profile, sink=sink)
-    if sent.profile == "sealed":
-        emit(args, {"to": args.to, "query_id": sent.query_id, "out": out.path},
-             f"query {sent.query_id} to {args.to} written to {args.out}")
-        return EXIT_OK
     announced = sent.announcement is not None
     separate = announced and keys_out is not None
-    report: dict[str, Any] = {"to": args.to, "query_id": sent.query_id, "out": out.path, "profile": "blind",
-                              "key_id": sent.key_id, "announced": announced,
-                              "keys": keys_out.path if separate and keys_out is not None else None}
+    body: dict[str, Any] = {"state": st.config.name, "peer": args.to, "profile": sent.profile,
+                            "query_id": sent.query_id, "out": out.path, "key_id": sent.key_id,
+                            "announced": announced, "keys": keys_out.path if separate and keys_out is not None
+                            else None}
+    if sent.profile == "sealed":
+        emit(args, body, f"query {sent.query_id} to {args.to} written to {args.out}")
+        return EXIT_OK
     text = f"blind query {sent.query_id} to {args.to} written to {args.out}"
     if separate:
         text += (f"; new key announcement written to {args.keys_out}: deliver both (pprm answer ... "
                  f"--keys {args.keys_out})")
     elif announced:
         text += " with the announcement of its new key (one file to deliver)"
-    emit(args, report, text)
+    emit(args, body, text)
     return EXIT_OK
 
 
@@ -137,35 +151,43 @@ def _cmd_query_many(args: argparse.Namespace) -> int:
     lines = []
     for r in results:
         if r.query is None:
-            items.append({"probe": r.row, "error": str(r.error)})
+            items.append({"probe": r.row, "query_id": None, "out": None, "key_id": None, "announced": False,
+                          "error": report.error_object(r.error) if r.error is not None else None})
             lines.append(f"probe {r.row}: no query: {r.error}")
             continue
-        item: dict[str, Any] = {"probe": r.row, "query_id": r.query.query_id, "out": written[r.row]}
-        if blind:
-            item.update(key_id=r.query.key_id, announced=r.query.announcement is not None)
-        items.append(item)
+        items.append({"probe": r.row, "query_id": r.query.query_id, "out": written[r.row], "key_id": r.query.key_id,
+                      "announced": r.query.announcement is not None, "error": None})
         text = f"probe {r.row}: query {r.query.query_id} written to {written[r.row]}"
         if r.query.announcement is not None:
             text += (f" (its key's announcement in {keys_written[0]}: deliver it with this file)" if keys_written
                      else " with its key's announcement: deliver and answer this file first")
         lines.append(text)
     made = sum(r.ok for r in results)
-    report: dict[str, Any] = {"to": args.to, "profile": "blind" if blind else "sealed", "out_dir": out_dir,
-                              "queries": items}
-    if blind:
-        report["keys"] = keys_written[0] if keys_written else None
+    body: dict[str, Any] = {"state": st.config.name, "peer": args.to, "profile": "blind" if blind else "sealed",
+                            "out_dir": out_dir, "keys": keys_written[0] if keys_written else None, "queries": items}
     lines.append(f"{made} of {len(results)} {'blind ' if blind else ''}quer{'y' if made == 1 else 'ies'} to "
                  f"{args.to} written to {args.out_dir}")
-    emit(args, report, "\n".join(lines))
     failed = [r for r in results if r.error is not None]
-    if failed:
-        more = f" (and {len(failed) - 1} more probe(s) without a query)" if len(failed) > 1 else ""
-        raise PprmError(f"probe {failed[0].row}: no query was made: {failed[0].error}{more}")
-    return EXIT_OK
+    if not failed:
+        emit(args, body, "\n".join(lines), fmt=QUERY_BATCH)
+        return EXIT_OK
+    more = f" (and {len(failed) - 1} more probe(s) without a query)" if len(failed) > 1 else ""
+    first = failed[0].error
+    assert first is not None  # failed lists the results with an error
+    error = (report.error_code(first), f"probe {failed[0].row}: no query was made: {first}{more}")
+    # One report either way: the queries made are written and recorded, the error says which were not.
+    emit(args, body, "\n".join(lines), fmt=QUERY_BATCH, ok=False, error=error)
+    report.error_line(error[1])
+    return EXIT_ERROR
 
 
 def _check_query(face_check: Callable[[argparse.Namespace], None] | None, p: argparse.ArgumentParser,
                  args: argparse.Namespace) -> None:
+    refuse_overwriting_inputs(p, {"--out": args.out, "--keys-out": args.keys_out},
+                              {"--probe": args.probe, "--probes": args.probes,
+                               "--image": getattr(args, "image", None)})
+    if args.out is not None and args.keys_out is not None and same_file(args.out, args.keys_out):
+        p.error(f"--out and --keys-out name the same file {args.out}")
     if args.probes is None:
         if args.out_dir is not None:
             p.error("--out-dir goes with --probes (one file per probe); one probe is written to --out")
@@ -205,33 +227,91 @@ def _cmd_answer(args: argparse.Namespace) -> int:
             f"refusal ({res.refused}) of query {res.query_id} from {res.peer} written to {args.out}: {res.reason}")
     if announcements:
         text += f" ({len(announcements)} key announcement(s) accepted)"
-    emit(args, {"to": res.peer, "query_id": res.query_id, "out": out.path, "refused": res.refused,
+    emit(args, {"state": st.config.name, "peer": res.peer, "profile": res.profile, "query_id": res.query_id,
+                "out": out.path, "refused": res.refused, "reason": res.reason,
                 "announcements": len(announcements)}, text)
     return EXIT_OK
 
 
+def _header(st: State, blob: bytes) -> Header | None:
+    """The header of a message from a peer to ``st`` that a step just accepted (for its profile).
+
+    The signature is checked again, as the step did: a header is only ever
+    read from a message that verifies.
+    """
+    roster = st.roster()
+    try:
+        return open_envelope(blob, lookup=st.lookup, me=st.config.name,
+                             params_digest=lambda sender: roster[sender].params_digest,
+                             blind_digest=st.config.blind_parameter_set.digest).header
+    except (PprmError, KeyError):
+        return None
+
+
+def _candidate_lines(candidates: tuple[str, ...] | list[str], indent: str = "  ") -> list[str]:
+    """One line per candidate, with the number ``follow-up --candidate`` takes (from 1)."""
+    return [f"{indent}[{n}] {tok}" for n, tok in enumerate(candidates, start=1)]
+
+
 def _cmd_open(args: argparse.Namespace) -> int:
     st = State.open(args.dir)
-    opened = Requester(st).open(read_bytes(args.answer))
+    blob = read_bytes(args.answer)
+    opened = Requester(st).open(blob)
+    header = _header(st, blob)
     lines = [f"answer from {opened.sender} to query {opened.query_id}: "
              f"{'HIT' if opened.hit else 'no hit'}, {len(opened.candidates)} candidate(s)"]
-    lines += [f"  {tok}" for tok in opened.candidates]
-    emit(args, opened.to_json(), "\n".join(lines))
+    lines += _candidate_lines(opened.candidates)
+    if opened.candidates:
+        lines.append(f"follow one up: pprm follow-up {args.dir} {args.answer} --candidate N --out FILE")
+    emit(args, {"state": st.config.name, "peer": opened.sender, "profile": header.profile if header else None,
+                "query_id": opened.query_id, "hit": opened.hit, "candidates": list(opened.candidates)},
+         "\n".join(lines))
     return EXIT_OK
+
+
+def pick_candidate(st: State, answer: bytes, token: str | None, index: int | None) -> tuple[str, int | None]:
+    """The candidate a follow-up asks for: the token given, or the ``index``-th of the answer's candidates.
+
+    Args:
+        st: the requesting state.
+        answer: the answer the candidate came in.
+        token: the token or handle given on the command line, or None.
+        index: ``--candidate N``, from 1, as ``pprm open`` numbers them, or None.
+
+    Returns:
+        The token, and its number in the answer (None when given as a token
+        that is not among the candidates; the follow-up then refuses it).
+
+    Raises:
+        TokenError: the answer has no candidate with that number.
+        RefusedError, MessageError and subclasses: as ``pprm open`` (which
+            this is, recording the answer when it was not opened yet).
+    """
+    if index is None:
+        assert token is not None  # the parser requires one of them
+        return token, None
+    candidates = Requester(st).open(answer).candidates
+    if not 1 <= index <= len(candidates):
+        raise TokenError(f"--candidate {index}: the answer has {len(candidates)} candidate(s), numbered from 1")
+    return candidates[index - 1], index
 
 
 def _cmd_follow_up(args: argparse.Namespace) -> int:
     st = State.open(args.dir)
     blob = read_bytes(args.answer)
+    if args.out is None and args.peers is None and args.router is None:
+        raise ParameterError("give --out FILE, or --peers FILE / --router URL to send the follow-up")
+    token, index = pick_candidate(st, blob, args.token, args.candidate)
     if args.out is None:
-        if args.peers is None and args.router is None:
-            raise ParameterError("give --out FILE, or --peers FILE / --router URL to send the follow-up")
-        return send_follow_up_cmd(args, st, blob)
+        return send_follow_up_cmd(args, st, blob, token, index)
     with AtomicOutput(args.out) as out:
-        fu = Requester(st).prepare_follow_up(blob, args.token)
+        fu = Requester(st).prepare_follow_up(blob, token)
         out.write(fu.message)
         out.commit()
-    emit(args, {"to": fu.peer, "query_id": fu.query_id, "out": out.path},
+    header = _header(st, blob)
+    emit(args, {"state": st.config.name, "peer": fu.peer, "profile": header.profile if header else None,
+                "query_id": fu.query_id, "followup_id": fu.followup_id, "candidate": token, "index": index,
+                "out": out.path, "sent": False, "status": "written"},
          f"follow-up to {fu.peer} for query {fu.query_id} written to {args.out}")
     return EXIT_OK
 
@@ -256,13 +336,34 @@ def _cmd_resolve(args: argparse.Namespace) -> int:
             # A refusal is a valid protocol outcome (signed, logged, counted): exit 0, as answer does.
             (out,) = refusals
             out.commit()
-            emit(args, {"reference": None, "refused": "not-a-hit", "out": out.path},
+            emit(args, {"state": st.config.name, "peer": exc.peer, "profile": "blind", "query_id": exc.query_id,
+                        "followup_id": exc.followup_id, "reference": None, "refused": "not-a-hit",
+                        "out": out.path},
                  f"follow-up {exc.followup_id} from {exc.peer} on query {exc.query_id} refused (not-a-hit: its "
                  f"probe does not match the record); signed refusal written to {out.path}")
             return EXIT_OK
-    emit(args, {"reference": res.reference},
+    header = _header(st, blob)
+    emit(args, {"state": st.config.name, "peer": res.requester, "profile": header.profile if header else None,
+                "query_id": res.query_id, "followup_id": res.followup_id, "reference": res.reference,
+                "refused": None, "out": None},
          f"{res.reference}  (released to {res.requester} for query {res.query_id})")
     return EXIT_OK
+
+
+def _check_answer(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    refuse_overwriting_inputs(p, {"--out": args.out}, {"QUERY_FILE": args.query, "--keys": args.keys})
+
+
+def _check_follow_up(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if (args.token is None) == (args.candidate is None):
+        p.error("give the candidate as TOKEN or as --candidate N (its number in 'pprm open', from 1), not both"
+                if args.token is not None else
+                "give the candidate: TOKEN, or --candidate N (its number in 'pprm open', from 1)")
+    refuse_overwriting_inputs(p, {"--out": args.out}, {"ANSWER_FILE": args.answer})
+
+
+def _check_resolve(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    refuse_overwriting_inputs(p, {"--refusal-out": args.refusal_out}, {"FOLLOWUP_FILE": args.followup})
 
 
 # -- parser -------------------------------------------------------------------------------------
@@ -311,23 +412,31 @@ def _add_answer(verbs: Verbs) -> None:
                    help="blind: a separate key announcement to accept with the query (repeatable; from pprm "
                         "query --keys-out, or an older pprm's OUT.keys)")
     add_key_service_arg(p)
+    p.set_defaults(check=functools.partial(_check_answer, p))
 
 
 def _add_open(verbs: Verbs) -> None:
-    p = verbs.add("open", _cmd_open, "open an answer to one of this state's queries (a signed refusal of a "
-                                     "query or follow-up is recorded and reported as an error)")
+    p = verbs.add("open", _cmd_open, "open an answer to one of this state's queries and list its candidates, "
+                                     "numbered from 1 for follow-up --candidate (a signed refusal of a query or "
+                                     "follow-up is recorded and reported as an error)")
     p.add_argument("dir")
     p.add_argument("answer", metavar="ANSWER_FILE")
 
 
 def _add_follow_up(verbs: Verbs) -> None:
-    p = verbs.add("follow-up", _cmd_follow_up, "ask for the record behind one candidate token")
+    p = verbs.add("follow-up", _cmd_follow_up, "ask for the record behind one candidate, given as its token or "
+                                               "handle, or as its number (--candidate N)")
     p.add_argument("dir")
     p.add_argument("answer", metavar="ANSWER_FILE")
-    p.add_argument("token")
+    p.add_argument("token", nargs="?", default=None, metavar="TOKEN",
+                   help="the candidate's token (sealed) or handle (blind), as pprm open lists it")
+    p.add_argument("--candidate", type=int_at_least(1), default=None, metavar="N",
+                   help="the N-th candidate of the answer, numbered from 1 as pprm open and pprm ask list them "
+                        "(opens the answer as pprm open does)")
     p.add_argument("--out", default=None, help="follow-up message file to write")
     p.add_argument("--peers", default=None, help="send it over HTTP instead: JSON file, state code -> service URL")
     p.add_argument("--router", default=None, help="send it over HTTP through this router")
+    p.set_defaults(check=functools.partial(_check_follow_up, p))
 
 
 def _add_resolve(verbs: Verbs) -> None:
@@ -339,6 +448,7 @@ def _add_resolve(verbs: Verbs) -> None:
                    help="blind: where to write the signed refusal when the follow-up's probe does not match the "
                         "record behind its handle (default: FOLLOWUP_FILE.refusal)")
     add_key_service_arg(p)
+    p.set_defaults(check=functools.partial(_check_resolve, p))
 
 
 # Verb name -> the function adding it; pprm.cli.main chooses the order.

@@ -14,7 +14,8 @@ come, are refused by ``pprm open``); query again. See
 :meth:`pprm.node.requester.Requester.abandon_keys`, which also says why the
 recovery is a fresh key and never the same announcement sent again.
 
-With ``--json`` both print one object tagged ``"format": "pprm-blind-keys/1"``.
+With ``--json`` they print one object tagged ``"format": "pprm.keys.list/1"``
+and ``"pprm.keys.abandon/1"`` (docs/JSON.md).
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pprm.cli.common import EXIT_OK, AddVerb, Verbs, emit
+from pprm.cli.report import format_tag
 from pprm.node.requester import ABANDONED, BlindKeyStatus, Requester
 from pprm.node.state import State
 
-__all__ = ["VERBS", "FORMAT"]
+__all__ = ["VERBS", "FORMAT", "ABANDON_FORMAT"]
 
-FORMAT = "pprm-blind-keys/1"
+FORMAT = format_tag("keys", "list")
+ABANDON_FORMAT = format_tag("keys", "abandon")
 
 
 def _when(t: int) -> str:
@@ -74,7 +77,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     else:
         which = f" matching {_filters(args)}" if _filters(args) else ""
         text = f"no blind key pairs{which} (a blind query makes one per peer and case)"
-    emit(args, {"format": FORMAT, "state": st.config.name, "keys": [k.to_json(now) for k in keys]}, text)
+    emit(args, {"state": st.config.name, "keys": [k.to_json(now) for k in keys]}, text)
     return EXIT_OK
 
 
@@ -82,8 +85,7 @@ def _cmd_abandon(args: argparse.Namespace) -> int:
     st = State.open(args.dir)
     now = time.time()
     gone = Requester(st).abandon_keys(args.key_id, peer=args.peer, case=args.case, reason=ABANDONED, now=now)
-    report: dict[str, Any] = {"format": FORMAT, "state": st.config.name,
-                              "abandoned": [k.to_json(now) for k in gone]}
+    report: dict[str, Any] = {"state": st.config.name, "abandoned": [k.to_json(now) for k in gone]}
     if not gone:
         what = f"blind key {args.key_id} was" if args.key_id else f"every blind key matching {_filters(args)} was"
         text = (f"nothing to abandon: {what} already retired, or there is none (the next blind query to that "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -26,7 +27,7 @@ def _cmd_split(args: argparse.Namespace) -> int:
     from pprm.node.split import split
 
     pin = split(args.dir, args.keydir, address=args.listen)
-    emit(args, {"dir": args.dir, "keydir": args.keydir, "address": pin.address,
+    emit(args, {"dir": os.path.abspath(args.dir), "keydir": os.path.abspath(args.keydir), "address": pin.address,
                 "keyservice": pin.keyservice.fingerprint.hex()},
          f"secret keys of {args.dir} moved to {args.keydir}; start the key service with "
          f"'pprm keyservice serve {args.keydir}' (it listens on {pin.address})")
@@ -37,7 +38,7 @@ def _cmd_join(args: argparse.Namespace) -> int:
     from pprm.node.split import join
 
     join(args.dir, args.keydir)
-    emit(args, {"dir": args.dir, "joined": True},
+    emit(args, {"dir": os.path.abspath(args.dir), "keydir": os.path.abspath(args.keydir), "joined": True},
          f"secret keys are back in {args.dir}; {args.keydir} is gone (its audit log is kept in DIR)")
     return EXIT_OK
 

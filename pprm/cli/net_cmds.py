@@ -7,10 +7,10 @@ when one of these runs, so the other verbs do not pay for it at start-up.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
+from pprm.cli import report
 from pprm.cli.common import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -98,31 +98,43 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         probe = load_npy(args.probe, "probe")
         outcomes = ask(st, probe, args.to, case=args.case, purpose=args.purpose, directory=directory,
                        timeout=args.timeout, answers_dir=args.answers)
-    if args.json:
-        print(json.dumps([o.to_json() for o in outcomes], indent=1))
-    else:
-        width = max(len(o.peer) for o in outcomes)
-        rows = max(len(str(o.probe)) for o in outcomes)
-        for o in outcomes:
-            line = f"{o.peer:<{width}}  {o.status:<11} {o.seconds:6.2f} s"
-            if o.probe is not None:  # a batch: one line per (probe, peer), rows from 0
-                line = f"probe {o.probe:<{rows}}  {line}"
-            if o.candidates:
-                line += "  " + " ".join(o.candidates)
-            if o.detail:
-                line += f"  ({o.detail})"
-            print(line)
-    answered = all(o.status in ("hit", "no hit", "refused") for o in outcomes)
-    return EXIT_OK if answered else EXIT_PARTIAL
+    lines = []
+    width = max(len(o.peer) for o in outcomes)
+    rows = max(len(str(o.probe)) for o in outcomes)
+    for o in outcomes:
+        line = f"{o.peer:<{width}}  {o.status:<11} {o.seconds:6.2f} s"
+        if o.probe is not None:  # a batch: one line per (probe, peer), rows from 0
+            line = f"probe {o.probe:<{rows}}  {line}"
+        if o.answer_path is not None:  # what pprm follow-up takes
+            line += f"  answer {o.answer_path}"
+        if o.detail:
+            line += f"  ({o.detail})"
+        lines.append(line)
+        lines += [f"    [{n}] {tok}" for n, tok in enumerate(o.candidates, start=1)]
+    outcomes_json = [o.to_json() for o in outcomes]
+    body = {"state": st.config.name, "outcomes": outcomes_json}
+    unanswered = [o for o in outcomes if o.status not in ("hit", "no hit", "refused")]
+    if not unanswered:
+        emit(args, body, "\n".join(lines))
+        return EXIT_OK
+    # Exit 4 is no error line: the report says, per peer, what happened.
+    first = unanswered[0]
+    error = (report.PARTIAL, f"{len(unanswered)} of {len(outcomes)} asks not answered to the end (first: "
+                             f"{first.peer}{'' if first.probe is None else f' probe {first.probe}'}: {first.status})")
+    emit(args, body, "\n".join(lines), ok=False, error=error)
+    return EXIT_PARTIAL
 
 
-def send_follow_up_cmd(args: argparse.Namespace, st: Any, answer: bytes) -> int:
+def send_follow_up_cmd(args: argparse.Namespace, st: Any, answer: bytes, token: str, index: int | None) -> int:
     """``pprm follow-up ... --peers/--router``: build the follow-up and post it to the peer.
 
     Args:
         args: the parsed ``follow-up`` arguments.
         st: the requesting state (:class:`pprm.node.state.State`).
         answer: the answer message the token is taken from.
+        token: the candidate's token or handle.
+        index: its number among the answer's candidates (from 1), when
+            given as ``--candidate N``.
 
     Returns:
         :data:`~pprm.cli.common.EXIT_OK` once the peer accepted the follow-up.
@@ -132,10 +144,19 @@ def send_follow_up_cmd(args: argparse.Namespace, st: Any, answer: bytes) -> int:
             or could not be reached.
     """
     from pprm.net.ask import send_follow_up
+    from pprm.protocol.envelope import open_envelope
 
-    ack = send_follow_up(st, answer, args.token, _directory(args))
-    emit(args, ack, f"follow-up {ack.get('followup_id')} for query {ack.get('query_id')} accepted: the peer "
-                    "resolved and logged it; the record follows through its step two")
+    ack = send_follow_up(st, answer, token, _directory(args))
+    roster = st.roster()
+    # The answer verified a moment ago; its signed header names the peer and the profile.
+    header = open_envelope(answer, lookup=st.lookup, me=st.config.name,
+                           params_digest=lambda sender: roster[sender].params_digest,
+                           blind_digest=st.config.blind_parameter_set.digest).header
+    emit(args, {"state": st.config.name, "peer": header.sender, "profile": header.profile,
+                "query_id": ack.get("query_id"), "followup_id": ack.get("followup_id"), "candidate": token,
+                "index": index, "out": None, "sent": True, "status": ack.get("status")},
+         f"follow-up {ack.get('followup_id')} for query {ack.get('query_id')} accepted: the peer "
+         "resolved and logged it; the record follows through its step two")
     return EXIT_OK
 
 

@@ -8,7 +8,8 @@ whether they are the policy the audit log records under its signed head.
 (old and new values, new digest), then written. A bad value is one
 ``pprm: error:`` line and changes nothing.
 
-With ``--json`` both print one object tagged ``"format": "pprm-policy/1"``.
+With ``--json`` they print one object tagged ``"format": "pprm.policy.show/1"``
+and ``"pprm.policy.set/1"`` (docs/JSON.md).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import argparse
 from typing import Any
 
 from pprm.cli.common import EXIT_OK, AddVerb, Verbs, emit
-from pprm.node.config import POLICY_FORMAT, QUOTA_WINDOW
+from pprm.node.config import QUOTA_WINDOW
 from pprm.node.policy import PolicyChange, PolicyReport, set_policy, show_policy
 from pprm.node.state import State
 
@@ -76,7 +77,7 @@ def _settings_lines(policy: dict[str, Any]) -> list[str]:
 
 
 def _report_json(rep: PolicyReport) -> dict[str, Any]:
-    return {"format": POLICY_FORMAT, "state": rep.state, "policy": rep.policy, "digest": rep.digest,
+    return {"state": rep.state, "policy": rep.policy, "digest": rep.digest,
             "audited_digest": rep.audited, "status": rep.status, "differs": list(rep.differs)}
 
 
@@ -102,7 +103,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _change_json(change: PolicyChange) -> dict[str, Any]:
-    return {"format": POLICY_FORMAT, "state": change.state, "policy": change.policy, "digest": change.digest,
+    return {"state": change.state, "policy": change.policy, "digest": change.digest,
             "previous_digest": change.previous, "recorded": change.recorded,
             "changed": {name: {"old": old, "new": new} for name, (old, new) in change.changed.items()},
             "restored": list(change.restored)}

@@ -13,16 +13,18 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
-from pprm.cli import face_cmds
-from pprm.cli.common import EXIT_OK, AddVerb, Verbs, emit, load_npy, read_bytes, read_refs
+from pprm.cli import face_cmds, report
+from pprm.cli.common import EXIT_ERROR, EXIT_OK, AddVerb, Verbs, emit, load_npy, read_bytes, read_refs
 from pprm.cli.keyservice_cmds import add_key_service_arg
 from pprm.cli.progress import ProgressBar
 from pprm.crypto import blind_params as blind_param_sets
 from pprm.crypto import params as param_sets
 from pprm.errors import StateError
 from pprm.matching import kernel
+from pprm.node.audit import AuditLog, AuditReport
 from pprm.node.remote_keys import key_service_for
 from pprm.node.split import keyservice_logs
 from pprm.node.state import State
@@ -38,13 +40,13 @@ def _cmd_init(args: argparse.Namespace) -> int:
     ps = st.config.parameter_set
     if ps.insecure:
         print(f"pprm: warning: {ps.name} is insecure; use it for tests only", file=sys.stderr)
-    info = {"name": st.config.name, "dir": st.dir, "params": ps.name, "params_digest": ps.digest,
+    info = {"state": st.config.name, "dir": st.dir, "params": ps.name, "params_digest": ps.digest,
             "blind_params": st.config.blind_params, "profiles": st.config.profiles,
             "threshold": st.config.threshold, "k": st.config.k, "dim": st.config.dim,
             "purposes": list(st.config.purposes),
             "fingerprint": st.card.identity.fingerprint.hex(), "key_id": st.key_id}
     emit(args, info, "\n".join([
-        f"initialised state {info['name']} in {info['dir']}",
+        f"initialised state {info['state']} in {info['dir']}",
         f"  params       {ps.name} (sealed), {st.config.blind_params} (blind)",
         f"  purposes     {', '.join(st.config.purposes)}",
         f"  fingerprint  {info['fingerprint']}",
@@ -69,8 +71,8 @@ def _cmd_card(args: argparse.Namespace) -> int:
 def _cmd_trust(args: argparse.Namespace) -> int:
     st = State.open(args.dir)
     card = st.trust(read_bytes(args.card))
-    info = {"name": card.name, "fingerprint": card.identity.fingerprint.hex(), "params": card.params,
-            "dim": card.dim, "key_id": card.key_id}
+    info = {"state": st.config.name, "peer": card.name, "fingerprint": card.identity.fingerprint.hex(),
+            "params": card.params, "dim": card.dim, "key_id": card.key_id}
     emit(args, info, f"trusted {card.name} (fingerprint {info['fingerprint']}, params {card.params})")
     return EXIT_OK
 
@@ -87,7 +89,7 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
     with ProgressBar("enrolling") as bar:
         ids = ks.enroll(templates, refs, progress=bar.callback)
     total = len(st.gallery())
-    report: dict[str, Any] = {"enrolled": len(ids), "total": total}
+    report: dict[str, Any] = {"state": st.config.name, "enrolled": len(ids), "total": total}
     text = f"enrolled {len(ids)} template(s) into {st.config.name}; the gallery holds {total}"
     if skipped is not None:
         report["skipped"] = skipped
@@ -104,13 +106,13 @@ def _cmd_remove(args: argparse.Namespace) -> int:
     if refs is None:
         ks.remove(args.ref)
         total = len(st.gallery())
-        emit(args, {"removed": args.ref, "total": total},
+        emit(args, {"state": st.config.name, "removed": 1, "references": [args.ref], "total": total},
              f"removed {args.ref} from {st.config.name}; the gallery holds {total}")
         return EXIT_OK
     with ProgressBar("removing") as bar:
         removed = ks.remove_many(refs, progress=bar.callback)
     total = len(st.gallery())
-    emit(args, {"removed": removed, "total": total},
+    emit(args, {"state": st.config.name, "removed": removed, "references": refs, "total": total},
          f"removed {removed} reference(s) from {st.config.name}; the gallery holds {total}")
     return EXIT_OK
 
@@ -126,7 +128,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     c = st.config
     roster = sorted(st.roster())
     backend = kernel.backend()
-    info = {"name": c.name, "params": c.params, "params_digest": c.parameter_set.digest,
+    info = {"state": c.name, "dir": st.dir, "params": c.params, "params_digest": c.parameter_set.digest,
             "blind_params": c.blind_params, "blind_params_digest": c.blind_parameter_set.digest,
             "profiles": c.profiles,
             "threshold": c.threshold, "k": c.k, "dim": c.dim, "gallery": len(st.gallery()),
@@ -150,31 +152,59 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _log_json(label: str, rep: AuditReport) -> dict[str, Any]:
+    return {"log": label, "ok": True, "entries": rep.entries, "checkpoints": rep.checkpoints, "head": rep.head,
+            "unsigned": rep.unsigned}
+
+
 def _cmd_audit_verify(args: argparse.Namespace) -> int:
     st = State.open(args.dir)
-    rep = st.audit.check()
-    signed = (f", {rep.checkpoints} signed checkpoint(s), signed head at line {rep.head + 1}"
+    name = st.config.name
+    checked: list[dict[str, Any]] = []
+    # A split state's key service keeps its own log of every decryption: checked with this one.
+    logs: list[tuple[str, AuditLog]] = [(name, st.audit), *keyservice_logs(st.dir, args.keydir)]
+    try:
+        reports = []
+        for i, (label, log) in enumerate(logs):
+            try:
+                r = log.check()
+            except StateError as exc:
+                checked.append({"log": label, "ok": False, "error": report.error_object(exc)})
+                if i == 0:
+                    raise
+                raise StateError(f"{label}: {exc}") from None
+            reports.append((label, r))
+            checked.append(_log_json(label, r))
+    except StateError as exc:
+        if not args.json:
+            raise
+        # The log that fails is named in "logs" (ok false); the ones before it verified.
+        emit(args, {"state": name, "logs": checked}, "", ok=False, error=exc)
+        report.error_line(exc)
+        return EXIT_ERROR
+    (_, rep), others = reports[0], reports[1:]
+    signed = (f", {rep.checkpoints} signed checkpoint(s), signed head at seq {rep.head}"
               if rep.head is not None else ", not signed yet (no checkpoint, no head)")
     if rep.unsigned:
-        signed += (f"; {rep.unsigned} line(s) after the head are not signed yet (an interrupted append leaves"
-                   " this; the next entry records it)")
-    info: dict[str, Any] = {"entries": rep.entries, "ok": True, "checkpoints": rep.checkpoints, "head": rep.head,
-                            "unsigned": rep.unsigned}
-    lines = [f"audit log of {st.config.name} verifies: {rep.entries} entries{signed}"]
-    # A split state's key service keeps its own log of every decryption: checked with this one.
-    others = []
-    for label, log in keyservice_logs(st.dir, args.keydir):
-        try:
-            r = log.check()
-        except StateError as exc:
-            raise StateError(f"{label}: {exc}") from None
-        others.append({"log": label, "entries": r.entries, "ok": True, "checkpoints": r.checkpoints,
-                       "head": r.head, "unsigned": r.unsigned})
-        lines.append(f"audit log of {label} verifies: {r.entries} entries")
-    if others:
-        info["keyservice"] = others
+        signed += (f"; {rep.unsigned} entr{'y' if rep.unsigned == 1 else 'ies'} after the head (seq "
+                   f"{rep.head}) are not signed yet (an interrupted append leaves this; the next entry records it)")
+    lines = [f"audit log of {name} verifies: {rep.entries} entries (seq 0-{rep.entries - 1}){signed}"
+             if rep.entries else f"audit log of {name} verifies: 0 entries{signed}"]
+    lines += [f"audit log of {label} verifies: {r.entries} entries" for label, r in others]
+    info: dict[str, Any] = {"state": name, "entries": rep.entries, "checkpoints": rep.checkpoints,
+                            "head": rep.head, "unsigned": rep.unsigned, "logs": checked}
     emit(args, info, "\n".join(lines))
     return EXIT_OK
+
+
+def _utc(epoch: object) -> str | None:
+    """An entry's time as ISO 8601 UTC (``2026-12-05T08:52:30Z``); None if it is not a number of seconds."""
+    if type(epoch) is not int:
+        return None
+    try:
+        return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def _cmd_audit_show(args: argparse.Namespace) -> int:
@@ -184,10 +214,15 @@ def _cmd_audit_show(args: argparse.Namespace) -> int:
     except ValueError:
         raise StateError("audit log has a damaged line; run 'pprm audit verify'") from None
     lines = []
+    shown = []
     for e in entries:
+        when = _utc(e.get("time"))
         fields = " ".join(f"{k}={v}" for k, v in sorted(e.get("data", {}).items()))
-        lines.append(f"{e.get('seq'):>6}  {e.get('time')}  {e.get('event', ''):<16} {fields}")
-    emit(args, entries, "\n".join(lines) if lines else "(audit log is empty)")
+        lines.append(f"{e.get('seq'):>6}  {when or e.get('time')}  {e.get('event', ''):<16} {fields}")
+        # "time" is the ISO form; "epoch" is the value the log holds (and hashes) under "time".
+        shown.append({"seq": e.get("seq"), "time": when, "epoch": e.get("time"),
+                      **{k: v for k, v in e.items() if k not in ("seq", "time")}})
+    emit(args, {"state": st.config.name, "entries": shown}, "\n".join(lines) if lines else "(audit log is empty)")
     return EXIT_OK
 
 

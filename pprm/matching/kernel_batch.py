@@ -36,9 +36,9 @@ __all__ = ["MAX_ROW_L1", "TILE", "multiply_accumulate_many"]
 
 # sum_k |w_k| per row: MAX_ROW_L1 * (2**30 - 1) < 2**53, so every partial sum is exact.
 MAX_ROW_L1 = 1 << 23
-# Columns per tile: 512 rows x 2048 words x 8 B = 8 MB per limb array, which
+# Columns per tile: 512 rows x 1024 words x 8 B = 4 MB per limb array, which
 # stays in a server's last-level cache next to the B x 1024 results.
-TILE = 2048
+TILE = 1024
 _MASK = np.uint64((1 << LIMB_BITS) - 1)
 
 
@@ -87,14 +87,29 @@ def multiply_accumulate_many(block: np.ndarray, weights: np.ndarray, moduli: tup
     wf = w.astype(np.float64)
     lo_i = np.empty((nb, m), dtype=np.int64)
     hi_i = np.empty((nb, m), dtype=np.int64)
-    for start in range(0, m, TILE):
-        cols = flat[:, start:start + TILE]
-        # Contiguous operands and results: numpy hands those to BLAS; a
-        # strided output would send it to a generic loop 30x slower.
-        lo = np.bitwise_and(cols, _MASK).astype(np.float64)
-        hi = np.right_shift(cols, np.uint64(LIMB_BITS)).astype(np.float64)
-        lo_i[:, start:start + cols.shape[1]] = wf @ lo
-        hi_i[:, start:start + cols.shape[1]] = wf @ hi
+    # One set of tile buffers for the whole block: fresh multi-megabyte
+    # temporaries per tile cost a page fault per 4 KB, as much as the GEMM.
+    # Operands and results stay contiguous, which numpy hands to BLAS; a
+    # strided output would send it to a generic loop 30x slower.
+    width = min(TILE, m)
+    words = np.empty((d, width), dtype=np.uint64)
+    lo = np.empty((d, width), dtype=np.float64)
+    hi = np.empty((d, width), dtype=np.float64)
+    acc = np.empty((nb, width), dtype=np.float64)
+    for start in range(0, m, width):
+        c = min(width, m - start)
+        cols = flat[:, start:start + c]
+        if c < width:  # the last, narrower tile: its own (small) buffers
+            words, lo, hi, acc = (np.empty((d, c), np.uint64), np.empty((d, c)), np.empty((d, c)),
+                                  np.empty((nb, c)))
+        np.bitwise_and(cols, _MASK, out=words)
+        np.copyto(lo, words, casting="unsafe")
+        np.right_shift(cols, np.uint64(LIMB_BITS), out=words)
+        np.copyto(hi, words, casting="unsafe")
+        np.matmul(wf, lo, out=acc)
+        np.copyto(lo_i[:, start:start + c], acc, casting="unsafe")
+        np.matmul(wf, hi, out=acc)
+        np.copyto(hi_i[:, start:start + c], acc, casting="unsafe")
     lo_i = lo_i.reshape(out_shape)
     hi_i = hi_i.reshape(out_shape)
     res = np.empty(out_shape, dtype=np.uint64)

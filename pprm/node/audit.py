@@ -100,6 +100,11 @@ _HEX128 = re.compile(r"[0-9a-f]{128}")
 Signer = Callable[[bytes], bytes]
 
 
+def _at(line: int) -> str:
+    """Where a line of the log is, as ``pprm audit show`` numbers it (seq, from 0) and as an editor does."""
+    return f"seq {line - 1} (line {line})"
+
+
 def _hash(entry: dict[str, Any]) -> str:
     return hashlib.sha256(b"pprm/audit/v1\x00" + canonical.encode(entry)).hexdigest()
 
@@ -233,9 +238,9 @@ class AuditLog:
                 try:
                     entry = json.loads(line)
                 except ValueError:
-                    raise StateError(f"audit log line {n} is damaged") from None
+                    raise StateError(f"audit log entry {_at(n)} is damaged") from None
                 if not isinstance(entry, dict):
-                    raise StateError(f"audit log line {n} is damaged")
+                    raise StateError(f"audit log entry {_at(n)} is damaged")
                 if checkpoints or entry.get("event") != CHECKPOINT:
                     out.append(entry)
         return out
@@ -279,17 +284,17 @@ class AuditLog:
         if (not isinstance(data, dict) or set(data) != {"state", "covers", "sig"} or line < 2
                 or data["covers"] != line - 2 or not isinstance(data["state"], str)
                 or not isinstance(data["sig"], str) or not _HEX128.fullmatch(data["sig"])):
-            raise StateError(f"audit log checkpoint at line {line} is malformed")
+            raise StateError(f"audit log checkpoint at {_at(line)} is malformed")
         if self._public is None:
-            raise StateError(f"audit log checkpoint at line {line} cannot be checked without the state's key"
+            raise StateError(f"audit log checkpoint at {_at(line)} cannot be checked without the state's key"
                              " (use 'pprm audit verify DIR')")
         if data["state"] != self._public.name:
-            raise StateError(f"audit log checkpoint at line {line} is for state {data['state']!r}")
+            raise StateError(f"audit log checkpoint at {_at(line)} is for state {data['state']!r}")
         msg = _signed_message(_CHECKPOINT_TAG, data["state"], line - 2, str(entry["prev"]))
         try:
             self._public.verify(msg, bytes.fromhex(data["sig"]))
         except AuthenticationError:
-            raise StateError(f"audit log checkpoint at line {line} has a bad signature") from None
+            raise StateError(f"audit log checkpoint at {_at(line)} has a bad signature") from None
 
     # -- writing ---------------------------------------------------------
     @staticmethod
@@ -415,7 +420,7 @@ class AuditLog:
         Raises:
             PolicyTamperedError: ``state.json`` holds another policy than the
                 audited one (the message names the settings that differ).
-            StateError: one line naming the first line (or the head) that
+            StateError: one line naming the first entry (by seq and line) or the head that
                 fails, or an unreadable ``state.json``.
         """
         rep = self._check_log()
@@ -438,9 +443,9 @@ class AuditLog:
                         entry = canonical.decode(line.rstrip(b"\n"), "audit line")
                         claimed = entry.pop("hash")
                     except (ValueError, KeyError):
-                        raise StateError(f"audit log line {n} is damaged") from None
+                        raise StateError(f"audit log entry {_at(n)} is damaged") from None
                     if entry.get("seq") != n - 1 or entry.get("prev") != prev or _hash(entry) != claimed:
-                        raise StateError(f"audit log chain breaks at line {n}")
+                        raise StateError(f"audit log chain breaks at {_at(n)}")
                     if entry.get("event") == CHECKPOINT:
                         self._check_checkpoint(entry, n)
                         checkpoints += 1
@@ -453,24 +458,24 @@ class AuditLog:
         if head is None:
             if checkpoints:
                 raise StateError(f"audit log has signed checkpoints but its signed head {self._head_name} is"
-                                 f" missing: lines after line {last_checkpoint} may have been deleted")
+                                 f" missing: entries after {_at(last_checkpoint)} may have been deleted")
             return AuditReport(n, 0, None, 0, policy)
         head_line = head.seq + 1
         if n < head_line:
-            where = f"ends at line {n}" if n else "is empty"
-            raise StateError(f"audit log {where} but the signed head is at line {head_line}: lines deleted")
+            where = f"ends at {_at(n)}" if n else "is empty"
+            raise StateError(f"audit log {where} but the signed head is at {_at(head_line)}: entries deleted")
         if at_head != head.hash:
-            since = f" after line {last_checkpoint}" if last_checkpoint else ""
-            raise StateError(f"audit log line {head_line} does not match the signed head:"
+            since = f" after {_at(last_checkpoint)}" if last_checkpoint else ""
+            raise StateError(f"audit log entry {_at(head_line)} does not match the signed head:"
                              f" the log was rewritten{since}")
         if n > head_line + CRASH_WINDOW:
-            tail = f"lines {head_line + 1}-{n} are"
-            raise StateError(f"audit log continues past the signed head at line {head_line}: {tail} unsigned")
+            tail = f"seq {head_line}-{n - 1} (lines {head_line + 1}-{n}) are"
+            raise StateError(f"audit log continues past the signed head at {_at(head_line)}: {tail} unsigned")
         if head.covers_policy and head.policy != policy_at_head:
             # Cannot happen without the signing key: appends sign the digest
             # the log records.
             raise StateError(f"audit log's signed head {self._head_name} names another policy than the log"
-                             f" records up to line {head_line}")
+                             f" records up to {_at(head_line)}")
         # Up to CRASH_WINDOW chain-valid lines past the head: what an
         # interrupted append leaves. Reported, and flagged in the log by a
         # "resumed" entry at the next append. A policy recorded there is not
@@ -529,7 +534,7 @@ class AuditLog:
         if last is None:
             return None
         if policy_text_digest(last[1]) != last[0]:
-            raise StateError(f"audit log's policy entry at line {last[2] + 1} does not match its digest;"
+            raise StateError(f"audit log's policy entry at {_at(last[2] + 1)} does not match its digest;"
                              " run 'pprm audit verify'")
         return RecordedPolicy(*last)
 
@@ -584,6 +589,6 @@ class AuditLog:
             The number of lines (entries and checkpoints).
 
         Raises:
-            StateError: naming the first line where the log fails.
+            StateError: naming the first entry (by seq and line) where the log fails.
         """
         return self.check().entries

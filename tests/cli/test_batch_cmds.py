@@ -67,7 +67,7 @@ def test_query_probes_writes_one_query_per_probe(world: World, tmp_path: Path) -
     out = tmp_path / "queries"
     report = ok_json("query", world.dirs["DE"], "--probes", tmp_path / "probes.npy", "--to", "FR", "--case",
                      "C-BATCH", "--purpose", PURPOSE, "--out-dir", out)
-    assert report["to"] == "FR" and report["profile"] == "sealed" and Path(report["out_dir"]) == out
+    assert report["peer"] == "FR" and report["profile"] == "sealed" and Path(report["out_dir"]) == out
     items = report["queries"]
     assert [i["probe"] for i in items] == [0, 1, 2]
     assert [Path(i["out"]).name for i in items] == ["q-0000.msg", "q-0001.msg", "q-0002.msg"]
@@ -140,15 +140,17 @@ def test_remove_refs_removes_the_file_all_or_nothing(world: World, tmp_path: Pat
     nl = world.dirs["NL"]
     refs = tmp_path / "gone.txt"
     refs.write_text("NL-0000001\r\nNL-0000299\nNL-0000150\n", encoding="utf-8")
-    assert ok_json("remove", nl, "--refs", refs) == {"removed": 3, "total": GALLERY - 3}
+    assert ok_json("remove", nl, "--refs", refs) == {"format": "pprm.remove/1", "ok": True, "state": "NL", "removed": 3,
+                                                     "references": ["NL-0000001", "NL-0000299", "NL-0000150"],
+                                                     "total": GALLERY - 3}
     (entry,) = [e["data"] for e in State.open(str(nl)).audit.entries() if e["event"] == "remove"]
     assert entry["count"] == 3 and json.loads(entry["references"]) == ["NL-0000001", "NL-0000299", "NL-0000150"]
     assert "removed 1 reference(s) from NL" in ok("remove", nl, "--refs", _lines(tmp_path, "NL-0000002")).out
-    # Each refusal names the line's row from 0 and changes nothing.
+    # Each refusal names the line's index from 0 and changes nothing.
     refused(world, tmp_path, "remove", nl, "--refs", _lines(tmp_path, "NL-0000003", "NL-0000001"),
-            says="'NL-0000001' (row 1) is not enrolled")
+            says="'NL-0000001' is not enrolled (at index 1)")
     refused(world, tmp_path, "remove", nl, "--refs", _lines(tmp_path, "NL-0000004", "NL-0000005", "NL-0000004"),
-            says="listed twice (rows 0 and 2)")
+            says="listed twice (at index 0 and 2)")
     (tmp_path / "empty.txt").write_bytes(b"")
     refused(world, tmp_path, "remove", nl, "--refs", tmp_path / "empty.txt", says="is empty")
     refused(world, tmp_path, "remove", nl, "--refs", tmp_path / "absent.txt", says="absent.txt")
@@ -186,7 +188,7 @@ def test_ask_probes_reports_each_probe_and_peer(world: World, served: Path, tmp_
     np.save(tmp_path / "probes.npy", probes)
     r = ok("ask", world.dirs["DE"], "--probes", tmp_path / "probes.npy", "--to", "FR,NL", "--case", "C-ASK",
            "--purpose", PURPOSE, "--peers", served, "--json")
-    out = json.loads(r.out)
+    out = json.loads(r.out)["outcomes"]
     assert [(o["probe"], o["peer"]) for o in out] == [(0, "FR"), (0, "NL"), (1, "FR"), (1, "NL")]
     assert len({o["query_id"] for o in out}) == 4
     assert [o["status"] for o in out] == ["hit", "no hit", "no hit", "hit"]
@@ -196,7 +198,11 @@ def test_ask_probes_reports_each_probe_and_peer(world: World, served: Path, tmp_
     # The text form: one line per (probe, peer), rows from 0.
     lines = ok("ask", world.dirs["DE"], "--probes", tmp_path / "probes.npy", "--to", "NL", "--case", "C-ASK",
                "--purpose", PURPOSE, "--peers", served).out.splitlines()
-    assert [line.split()[:4] for line in lines] == [["probe", "0", "NL", "no"], ["probe", "1", "NL", "hit"]]
+    assert [line.split()[:4] for line in lines if line.startswith("probe")] == [["probe", "0", "NL", "no"],
+                                                                             ["probe", "1", "NL", "hit"]]
+    # Each outcome names its answer file; a hit's candidates follow it, numbered for follow-up --candidate.
+    assert all(" answer " in line for line in lines if line.startswith("probe"))
+    assert len(lines) == 3 and lines[2].startswith("    [1] ")
 
 
 def test_ask_probe_options_and_bad_files(world: World, tmp_path: Path) -> None:
@@ -231,7 +237,7 @@ def test_ask_probes_blind_shares_one_key(blind_net: tuple[dict[str, Node], Path]
     np.save(tmp_path / "probes.npy", probes)
     r = ok("ask", nodes["DE"].state.dir, "--probes", tmp_path / "probes.npy", "--to", "HU", "--case", "C-B",
            "--purpose", PURPOSE, "--peers", peers, "--json")
-    out = json.loads(r.out)
+    out = json.loads(r.out)["outcomes"]
     assert [(o["probe"], o["status"], o["profile"]) for o in out] == [(0, "hit", "blind"), (1, "no hit", "blind"),
                                                                       (2, "hit", "blind")]
     assert [len(o["candidates"]) for o in out] == [1, 0, 1]
@@ -256,7 +262,9 @@ def test_ask_probes_blind_asks_no_further_probe_when_the_first_fails(blind_net: 
     r = cli("ask", de.dir, "--probes", tmp_path / "probes.npy", "--to", "HU", "--case", "C-D", "--purpose",
             PURPOSE, "--peers", peers, "--json", "--timeout", "20")
     assert r.code == EXIT_PARTIAL
-    out = json.loads(r.out)
+    report = json.loads(r.out)
+    assert report["ok"] is False and report["error"]["code"] == "partial"
+    out = report["outcomes"]
     assert [(o["probe"], o["status"]) for o in out] == [(0, "unreachable"), (1, "unreachable"), (2, "unreachable")]
     assert out[0]["query_id"] is not None and [o["query_id"] for o in out[1:]] == [None, None]
     assert all("not asked" in o["detail"] for o in out[1:])

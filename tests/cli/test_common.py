@@ -99,6 +99,6 @@ def test_atomic_output_appears_whole_or_not_at_all(tmp_path: Path) -> None:
 
 
 def test_emit_prints_json_or_text(capsys: pytest.CaptureFixture[str]) -> None:
-    common.emit(argparse.Namespace(json=True), {"ref": "Ä"}, "text")
+    common.emit(argparse.Namespace(json=True, json_format="pprm.info/1"), {"ref": "Ä"}, "text")
     common.emit(argparse.Namespace(), {"ref": "Ä"}, "text")
-    assert capsys.readouterr().out == '{\n "ref": "Ä"\n}\ntext\n'
+    assert capsys.readouterr().out == '{\n "format": "pprm.info/1",\n "ok": true,\n "ref": "Ä"\n}\ntext\n'

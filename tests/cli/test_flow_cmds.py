@@ -36,6 +36,8 @@ from tests.cli.worlds import (
 )
 from tests.helpers import INSECURE_SEALED, ok, ok_json
 
+RESOLVE_KEYS = {"format", "ok", "state", "peer", "profile", "query_id", "followup_id", "reference", "refused", "out"}
+
 
 def test_end_to_end_query_answer_follow_up_resolve_remove(world: World, tmp_path: Path) -> None:
     de, fr = world.dirs["DE"], world.dirs["FR"]
@@ -47,18 +49,19 @@ def test_end_to_end_query_answer_follow_up_resolve_remove(world: World, tmp_path
 
     q = ok_json("query", de, "--probe", tmp_path / "p.npy", "--to", "FR", "--case", "CASE-1",
                 "--purpose", "serious-crime", "--out", tmp_path / "q.msg")
-    assert q["to"] == "FR" and Path(q["out"]) == tmp_path / "q.msg"
+    assert q["peer"] == "FR" and q["profile"] == "sealed" and Path(q["out"]) == tmp_path / "q.msg"
     # The responder step runs as a real process of the installed script.
     proc = subprocess.run([pprm_script(), "answer", str(fr), str(tmp_path / "q.msg"), "--out",
                            str(tmp_path / "a.msg"), "--json"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""  # not a terminal: no progress bar
-    assert json.loads(proc.stdout)["query_id"] == q["query_id"]
+    answered = json.loads(proc.stdout)
+    assert (answered["query_id"], answered["peer"], answered["profile"]) == (q["query_id"], "DE", "sealed")
     assert sorted(os.listdir(tmp_path)) == ["a.msg", "p.npy", "q.msg"]  # no temp file left
 
     opened = ok_json("open", de, tmp_path / "a.msg")
     assert set(opened) == OPEN_KEYS  # exactly these: nothing about scores
-    assert opened["from"] == "FR" and opened["query_id"] == q["query_id"]
+    assert opened["peer"] == "FR" and opened["query_id"] == q["query_id"] and opened["profile"] == "sealed"
     assert opened["hit"] is True and len(opened["candidates"]) == len(expected)
     assert "score" not in ok("open", de, tmp_path / "a.msg").out.lower()
 
@@ -67,11 +70,12 @@ def test_end_to_end_query_answer_follow_up_resolve_remove(world: World, tmp_path
         f = tmp_path / f"f{i}.msg"
         ok("follow-up", de, tmp_path / "a.msg", tok, "--out", f)
         res = ok_json("resolve", fr, f)
-        assert set(res) == {"reference"}
+        assert set(res) == RESOLVE_KEYS and (res["peer"], res["profile"], res["refused"]) == ("DE", "sealed", None)
         learned.append(res["reference"])
     assert sorted(learned) == expected
 
-    assert ok_json("remove", fr, "FR-0000007") == {"removed": "FR-0000007", "total": GALLERY - 1}
+    assert ok_json("remove", fr, "FR-0000007") == {"format": "pprm.remove/1", "ok": True, "state": "FR",
+                                                   "removed": 1, "references": ["FR-0000007"], "total": GALLERY - 1}
     assert truth(g, probe, removed=frozenset({"FR-0000007"})) == []
     ok("query", de, "--probe", tmp_path / "p.npy", "--to", "FR", "--case", "CASE-1",
        "--purpose", "serious-crime", "--out", tmp_path / "q2.msg")
@@ -80,14 +84,15 @@ def test_end_to_end_query_answer_follow_up_resolve_remove(world: World, tmp_path
     assert again["hit"] is False and again["candidates"] == []
 
     # The responder's log holds the release and the resolution, and verifies.
-    entries = ok_json("audit", "show", fr)
+    entries = ok_json("audit", "show", fr)["entries"]
     events = [e["event"] for e in entries]
     assert events.count("answer") >= 2 and "resolve" in events and "remove" in events
     assert all(not {"score", "scores", "probe", "template"} & set(e["data"]) for e in entries)
     checkpoints = sum(e["event"] == "checkpoint" for e in entries)
     assert checkpoints >= 1
-    assert ok_json("audit", "verify", fr) == {"entries": len(entries), "ok": True, "checkpoints": checkpoints,
-                                              "head": len(entries) - 1, "unsigned": 0}
+    counts = {"entries": len(entries), "checkpoints": checkpoints, "head": len(entries) - 1, "unsigned": 0}
+    assert ok_json("audit", "verify", fr) == {"format": "pprm.audit.verify/1", "ok": True, "state": "FR", **counts,
+                                              "logs": [{"log": "FR", "ok": True, **counts}]}
 
 
 @pytest.mark.parametrize("kind", ["mate", "impostor"])
@@ -230,5 +235,5 @@ def test_resolve_refuses_replayed_follow_up(world: World, tmp_path: Path) -> Non
     ok("answer", world.dirs["NL"], tmp_path / "q.msg", "--out", tmp_path / "a.msg")
     tok = ok_json("open", world.dirs["DE"], tmp_path / "a.msg")["candidates"][0]
     ok("follow-up", world.dirs["DE"], tmp_path / "a.msg", tok, "--out", tmp_path / "f.msg")
-    assert ok_json("resolve", world.dirs["NL"], tmp_path / "f.msg") == {"reference": "NL-0000020"}
+    assert ok_json("resolve", world.dirs["NL"], tmp_path / "f.msg")["reference"] == "NL-0000020"
     refused(world, tmp_path, "resolve", world.dirs["NL"], tmp_path / "f.msg", says="already processed")

@@ -33,7 +33,7 @@ from pprm.node.requester import Requester
 from pprm.node.state import State
 from pprm.protocol.blind_messages import make_handle, parse_handle
 from pprm.protocol.delivery import unpack_delivery
-from tests.cli.worlds import refused
+from tests.cli.worlds import OPEN_KEYS, refused
 from tests.helpers import INSECURE_BLIND, INSECURE_SEALED, cli, ok, ok_json
 
 DIM = 512
@@ -63,12 +63,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
         for b in NAMES:
             if a != b:
                 (root / f"{b}.card").write_text(ok("card", dirs[b]).out)
-                assert ok_json("trust", dirs[a], root / f"{b}.card")["name"] == b
+                assert ok_json("trust", dirs[a], root / f"{b}.card")["peer"] == b
     gallery = synthetic.make_gallery(GALLERY, dim=DIM, seed=31, prefix="BB")
     np.save(root / "templates.npy", gallery.templates)
     (root / "refs.txt").write_text("\n".join(gallery.references) + "\n", encoding="utf-8")
     assert ok_json("enroll", dirs["BB"], "--templates", root / "templates.npy", "--refs", root / "refs.txt") == {
-        "enrolled": GALLERY, "total": GALLERY}
+        "format": "pprm.enroll/1", "ok": True, "state": "BB", "enrolled": GALLERY, "total": GALLERY}
     return World(root, dirs, gallery)
 
 
@@ -101,19 +101,21 @@ def answer(world: World, where: Path, query: str, *extra: object) -> tuple[Path]
 def test_blind_query_answer_open_follow_up_resolve(world: World, tmp_path: Path) -> None:
     probe = save_probe(world, tmp_path, 7)
     q = blind_query(world, tmp_path, probe, "CASE-B1", "q.msg")
-    assert q["to"] == "BB" and q["profile"] == "blind" and q["announced"] is True and q["keys"] is None
+    assert q["peer"] == "BB" and q["profile"] == "blind" and q["announced"] is True and q["keys"] is None
     assert Path(q["out"]) == tmp_path / "q.msg"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.npy", "q.msg"]  # one file to deliver
     query, (announcement,) = unpack_delivery((tmp_path / "q.msg").read_bytes())
     assert query.startswith(b"PPRM") and announcement.startswith(b"PPRM")
 
     a = ok_json("answer", world.dirs["BB"], tmp_path / "q.msg", "--out", tmp_path / "a.msg")
-    assert a["to"] == "AA" and a["query_id"] == q["query_id"] and (tmp_path / "a.msg").exists()
+    assert a["peer"] == "AA" and a["profile"] == "blind" and a["query_id"] == q["query_id"]
+    assert (tmp_path / "a.msg").exists()
     assert a["announcements"] == 1
 
     opened = ok_json("open", world.dirs["AA"], tmp_path / "a.msg")
-    assert set(opened) == {"from", "query_id", "hit", "candidates"}  # nothing about values or scores
-    assert opened["from"] == "BB" and opened["query_id"] == q["query_id"] and opened["hit"] is True
+    assert set(opened) == OPEN_KEYS  # nothing about values or scores
+    assert opened["peer"] == "BB" and opened["profile"] == "blind" and opened["query_id"] == q["query_id"]
+    assert opened["hit"] is True
     (handle,) = opened["candidates"]  # the plaintext truth is one mate (save_probe checks it)
     parse_handle(handle)
 
@@ -145,7 +147,8 @@ def test_a_sealed_query_file_stays_the_bare_message(world: World, tmp_path: Path
     probe = save_probe(world, tmp_path, 15)
     q = ok_json("query", world.dirs["AA"], "--probe", probe, "--to", "BB", "--case", "CASE-S1", "--purpose",
                 "serious-crime", "--out", tmp_path / "q.msg", "--keys-out", tmp_path / "q.keys")
-    assert set(q) == {"to", "query_id", "out"}
+    assert set(q) == {"format", "ok", "state", "peer", "profile", "query_id", "out", "key_id", "announced", "keys"}
+    assert (q["profile"], q["key_id"], q["announced"], q["keys"]) == ("sealed", None, False, None)
     assert (tmp_path / "q.msg").read_bytes().startswith(b"PPRM") and not (tmp_path / "q.keys").exists()
     assert ok_json("open", world.dirs["AA"], *answer(world, tmp_path, "q.msg"))["hit"] is True
 
@@ -292,7 +295,9 @@ def test_resolve_refuses_a_follow_up_whose_probe_misses_its_record(
             tmp_path / "missing" / "r.msg", says="no such file")
     # BB refuses (signed, logged, counted) and exits 0, as answer does with a refusal by policy.
     res = ok_json("resolve", world.dirs["BB"], tmp_path / "f.msg")
-    assert res == {"reference": None, "refused": "not-a-hit", "out": str(tmp_path / "f.msg.refusal")}
+    assert res == {"format": "pprm.resolve/1", "ok": True, "state": "BB", "peer": "AA", "profile": "blind",
+                   "query_id": q["query_id"], "followup_id": res["followup_id"], "reference": None,
+                   "refused": "not-a-hit", "out": str(tmp_path / "f.msg.refusal")}
     assert ok_json("audit", "verify", world.dirs["BB"])["ok"] is True
     # AA opens the refusal: recorded, and reported as an error (exit 1, one line), as a refused query.
     r = cli("open", world.dirs["AA"], tmp_path / "f.msg.refusal")

@@ -72,7 +72,7 @@ def query(world: World, probe: Path, case: str, out: Path, *extra: object) -> di
 
 def keys_of(world: World, *filters: object) -> list[dict[str, Any]]:
     listed = ok_json("keys", "list", world.dirs["AA"], *filters)
-    assert listed["format"] == "pprm-blind-keys/1" and listed["state"] == "AA"
+    assert listed["format"] == "pprm.keys.list/1" and listed["ok"] is True and listed["state"] == "AA"
     for k in listed["keys"]:
         assert set(k) == KEY_FIELDS
     return list(listed["keys"])
@@ -157,7 +157,7 @@ def test_abandon_by_key_id_retires_it_and_its_pending_queries_cannot_be_opened(w
     again = query(world, probe, "K-ID", tmp_path / "r.msg")
     assert again["announced"] is True and again["key_id"] != q["key_id"]
     answered_and_opened(world, tmp_path, tmp_path / "r.msg", truth)
-    entries = ok_json("audit", "show", world.dirs["AA"])
+    entries = ok_json("audit", "show", world.dirs["AA"])["entries"]
     retired = [e for e in entries if e.get("event") == "keys_retired" and e["data"]["key_id"] == q["key_id"]]
     assert [(e["data"]["reason"], e["data"]["pending"]) for e in retired] == [("abandoned by the operator", 1)]
 

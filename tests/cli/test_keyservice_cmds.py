@@ -79,7 +79,7 @@ def test_split_file_flow_then_join(split_cli: tuple[Path, Path, Path, synthetic.
         assert ok_json("audit", "verify", keydir)["ok"] is True
         # The front's verify checks the key service's log too (found from the recorded socket path).
         both = ok_json("audit", "verify", fr)
-        (ks_log,) = both["keyservice"]
+        (_front, ks_log) = both["logs"]
         assert ks_log["ok"] is True and ks_log["entries"] >= 5  # split, policy, release, commit, resolve, ...
     finally:
         code, err = ks.stop()
@@ -93,7 +93,7 @@ def test_split_file_flow_then_join(split_cli: tuple[Path, Path, Path, synthetic.
     assert ok_json("open", de, tmp_path / "a2.msg")["hit"] is False  # FR-0000007 was removed
     r = cli("answer", fr, tmp_path / "q2.msg", "--out", tmp_path / "a3.msg", "--key-service", "/tmp/x.sock")
     assert r.code == 1 and "not split" in r.err
-    (kept,) = ok_json("audit", "verify", fr)["keyservice"]
+    (_front, kept) = ok_json("audit", "verify", fr)["logs"]
     assert "kept at join" in kept["log"] and kept["entries"] == ks_log["entries"]
     assert os.listdir(fr / "keyservice-audit")
     # A line of the kept key-service log altered: verify names that log and fails.
@@ -102,4 +102,4 @@ def test_split_file_flow_then_join(split_cli: tuple[Path, Path, Path, synthetic.
     lines[2] = lines[2].replace(b'"time":', b'"time":1', 1)
     log_path.write_bytes(b"".join(lines))
     r = cli("audit", "verify", fr)
-    assert r.code == 1 and "key service" in r.err and "line 3" in r.err, r
+    assert r.code == 1 and "key service" in r.err and "seq 2 (line 3)" in r.err, r

@@ -38,14 +38,15 @@ def test_ask_json_then_follow_up_over_http(net, capsys):
     code = main(["ask", de, "--probe", str(probe), "--to", "FR,HU", "--case", "C-CLI", "--purpose", PURPOSE,
                  "--peers", str(peers), "--json"])
     out = json.loads(capsys.readouterr().out)
-    assert code == 0
-    by = {o["peer"]: o for o in out}
+    assert code == 0 and out["format"] == "pprm.ask/1" and out["ok"] is True
+    by = {o["peer"]: o for o in out["outcomes"]}
     assert by["FR"]["status"] == "hit" and len(by["FR"]["candidates"]) == 1
     assert by["HU"]["status"] == "no hit" and by["HU"]["candidates"] == []
     assert Path(by["FR"]["answer"]).is_file()
     code = main(["follow-up", de, by["FR"]["answer"], by["FR"]["candidates"][0], "--peers", str(peers), "--json"])
     ack = json.loads(capsys.readouterr().out)
     assert code == 0 and ack["status"] == "resolved" and ack["query_id"] == by["FR"]["query_id"]
+    assert (ack["format"], ack["peer"], ack["profile"], ack["sent"]) == ("pprm.follow-up/1", "FR", "sealed", True)
 
 
 def test_ask_reports_an_unreachable_peer_and_exits_partial(net, capsys):
@@ -69,7 +70,7 @@ def test_ask_through_the_router_command(net, capsys):
         np.save(probe, synthetic.mate_probe(nodes["HU"].gallery, 3, seed=8))
         code = main(["ask", nodes["DE"].state.dir, "--probe", str(probe), "--to", "FR,HU", "--case", "C-CLI3",
                      "--purpose", PURPOSE, "--router", router.url, "--json"])
-        out = {o["peer"]: o["status"] for o in json.loads(capsys.readouterr().out)}
+        out = {o["peer"]: o["status"] for o in json.loads(capsys.readouterr().out)["outcomes"]}
     finally:
         router.stop()
     assert code == 0 and out == {"FR": "no hit", "HU": "hit"}

@@ -1,9 +1,10 @@
 """``pprm policy show`` and ``pprm policy set`` (pprm.cli.policy_cmds), through the CLI.
 
-Text and ``--json`` output (tagged ``pprm-policy/1``), every setting through its option, errors as
-one line with the exit codes other verbs use (1 for a refused value, 2 for a malformed option),
-nothing changed on an error; a hand edit of ``state.json`` reported by ``policy show``, failed by
-``audit verify`` and refused by ``answer``; a bad value in ``state.json`` one line, no traceback.
+Text and ``--json`` output (tagged ``pprm.policy.show/1`` and ``pprm.policy.set/1``), every setting
+through its option, errors as one line with the exit codes other verbs use (1 for a refused value, 2
+for a malformed option), nothing changed on an error; a hand edit of ``state.json`` reported by
+``policy show``, failed by ``audit verify`` and refused by ``answer``; a bad value in ``state.json``
+one line, no traceback.
 """
 
 from __future__ import annotations
@@ -43,7 +44,12 @@ def _refused(root: Path, *argv: object, code: int = 1, says: str = "") -> str:
     before = snapshot(str(root))
     r = cli(*argv)
     assert r.code == code, r
-    assert r.out == ""
+    if "--json" in argv:  # the error object on stdout, the same line on stderr
+        failed = json.loads(r.out)
+        assert failed["format"] == "pprm.error/1" and failed["ok"] is False
+        assert code != 1 or r.err == f"pprm: error: {failed['error']['message']}\n"
+    else:
+        assert r.out == ""
     assert snapshot(str(root)) == before
     if code == 1:
         assert r.err.startswith("pprm: error: ") and r.err.count("\n") == 1, r.err
@@ -61,7 +67,7 @@ def _hand_edit(state_dir: Path, **settings: Any) -> None:
 def test_show_text_and_json(state_dir: Path) -> None:
     shown = ok_json("policy", "show", state_dir)
     digest = policy_digest(State.open(str(state_dir)).config)
-    assert shown == {"format": "pprm-policy/1", "state": "DE", "policy": DEFAULTS, "digest": digest,
+    assert shown == {"format": "pprm.policy.show/1", "ok": True, "state": "DE", "policy": DEFAULTS, "digest": digest,
                      "audited_digest": digest, "status": "audited", "differs": []}
     text = ok("policy", "show", state_dir).out
     assert text.startswith("policy of DE\n")
@@ -76,14 +82,14 @@ def test_set_every_setting_then_show(state_dir: Path) -> None:
     want = {"threshold": 0.5, "k": 20, "purposes": ["serious-crime", "a-b"], "quota_per_case": 5,
             "quota_per_peer": 50, "profiles": {"FR": "blind", "NL": "sealed"}, "query_ttl": 120, "token_ttl": 7200,
             "blind_key_ttl": 600}
-    assert done["format"] == "pprm-policy/1" and done["state"] == "DE" and done["recorded"] is True
+    assert done["format"] == "pprm.policy.set/1" and done["state"] == "DE" and done["recorded"] is True
     assert done["policy"] == want and done["restored"] == []
     assert done["changed"] == {name: {"old": DEFAULTS[name], "new": want[name]} for name in want}
     config = State.open(str(state_dir)).config
     assert done["digest"] == policy_digest(config) and done["previous_digest"] != done["digest"]
     assert (config.k, config.purposes, config.profiles) == (20, ("serious-crime", "a-b"), want["profiles"])
     assert ok_json("policy", "show", state_dir)["status"] == "audited"
-    entries = ok_json("audit", "show", state_dir)
+    entries = ok_json("audit", "show", state_dir)["entries"]
     assert entries[-1]["event"] == "policy" and entries[-1]["data"]["policy_digest"] == done["digest"]
     assert ok_json("audit", "verify", state_dir)["ok"] is True
     # One peer at a time; "default" drops the entry.
@@ -117,7 +123,7 @@ def test_set_text(state_dir: Path) -> None:
 def test_a_refused_value_is_one_line_and_changes_nothing(state_dir: Path, argv: list[str], says: str) -> None:
     err = _refused(state_dir, "policy", "set", state_dir, *argv, says=says)
     assert err.startswith(f"pprm: error: {says}")
-    # --json does not change how an error is reported.
+    # --json adds the error object on stdout; stderr and the exit code stay.
     _refused(state_dir, "policy", "set", state_dir, *argv, "--json", says=says)
 
 

@@ -26,7 +26,7 @@ from tests.helpers import INSECURE_BLIND, INSECURE_SEALED, cli, ok, ok_json, pla
 
 DIM = 512
 GALLERY = 100
-KEYS = {"state", "version", "templates", "blocks", "built", "seconds", "key_service"}
+KEYS = {"format", "ok", "state", "version", "templates", "blocks", "built", "seconds", "key_service"}
 
 
 def _init(root: Path, names: tuple[str, ...]) -> dict[str, Path]:

@@ -29,8 +29,8 @@ from tests.helpers import INSECURE_SEALED, ok, ok_json
 
 def test_init_prints_public_identity_only(world: World) -> None:
     de = world.init["DE"]
-    assert set(de) == {"name", "dir", "params", "params_digest", "blind_params", "profiles", "threshold", "k", "dim",
-                       "purposes", "fingerprint", "key_id"}
+    assert set(de) == {"format", "ok", "state", "dir", "params", "params_digest", "blind_params", "profiles",
+                       "threshold", "k", "dim", "purposes", "fingerprint", "key_id"}
     assert de["purposes"] == ["serious-crime", "missing-person", "unidentified-remains"]
     st = State.open(str(world.dirs["DE"]))
     assert de["fingerprint"] == st.card.identity.fingerprint.hex()
@@ -44,7 +44,7 @@ def test_init_prints_public_identity_only(world: World) -> None:
 
 def test_info_reports_settings_gallery_and_roster(world: World) -> None:
     info = ok_json("info", world.dirs["NL"])
-    assert info["name"] == "NL" and info["params"] == INSECURE_SEALED
+    assert info["state"] == "NL" and info["params"] == INSECURE_SEALED
     assert info["threshold"] == TAU and info["k"] == 10 and info["dim"] == DIM
     assert info["gallery"] >= 1 and info["roster"] == ["DE", "FR"]
     assert info["backend"] in ("numpy", "native")
@@ -118,7 +118,7 @@ def test_audit_verify_reports_a_broken_chain(world: World, tmp_path: Path) -> No
     lines = (copy / "audit.log").read_bytes().splitlines(keepends=True)
     assert len(lines) >= 3
     (copy / "audit.log").write_bytes(b"".join(lines[:1] + lines[2:]))  # delete an entry
-    refused(world, tmp_path, "audit", "verify", copy, says="chain breaks at line 2")
+    refused(world, tmp_path, "audit", "verify", copy, says="chain breaks at seq 1 (line 2)")
 
 
 def test_unknown_state_directory_is_one_line(world: World, tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ TAU = 0.4
 MARGIN = 1e-3
 NAMES = ("DE", "FR", "NL")
 GALLERY = 300
-OPEN_KEYS = {"from", "query_id", "hit", "candidates"}
+OPEN_KEYS = {"format", "ok", "state", "peer", "profile", "query_id", "hit", "candidates"}
 
 
 class HasRoot(Protocol):
@@ -127,12 +127,12 @@ def build_world(root: Path) -> World:
         for b in NAMES:
             if a != b:
                 info = ok_json("trust", dirs[a], cards[b])
-                assert info["name"] == b and info["fingerprint"] == infos[b]["fingerprint"]
+                assert info["peer"] == b and info["fingerprint"] == infos[b]["fingerprint"]
     galleries = {"FR": synthetic.make_gallery(GALLERY, dim=DIM, seed=21, prefix="FR"),
                  "NL": synthetic.make_gallery(GALLERY, dim=DIM, seed=22, prefix="NL")}
     for n, g in galleries.items():
         # NL's list uses CRLF line ends, as written on Windows desks.
         tpl, refs = write_gallery(root, g, "\r\n" if n == "NL" else "\n")
-        assert ok_json("enroll", dirs[n], "--templates", tpl, "--refs", refs) == {"enrolled": GALLERY,
-                                                                                  "total": GALLERY}
+        assert ok_json("enroll", dirs[n], "--templates", tpl, "--refs", refs) == {
+            "format": "pprm.enroll/1", "ok": True, "state": n, "enrolled": GALLERY, "total": GALLERY}
     return World(root, dirs, cards, infos, galleries)

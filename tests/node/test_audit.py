@@ -83,6 +83,11 @@ def _write(a: AuditLog, lines: list[bytes]) -> None:
         fh.write(b"".join(lines))
 
 
+def _at(line: int) -> str:
+    """How verify names a line of the log: its seq (as pprm audit show prints it) and its line, as a regex."""
+    return rf"seq {line - 1} \(line {line}\)"
+
+
 def _breaks_at(a: AuditLog, line: int) -> None:
     with pytest.raises(StateError, match=rf"line {line}\b"):
         a.verify()
@@ -168,7 +173,7 @@ def test_truncating_mid_line_is_detected(log: AuditLog) -> None:
         line = next(i + 1 for i, (s, e) in enumerate(zip(starts, ends, strict=True)) if s < cut < e)
         with open(log.path, "wb") as fh:
             fh.write(blob[:cut])
-        with pytest.raises(StateError, match=rf"line {line} is damaged"):
+        with pytest.raises(StateError, match=rf"seq {line - 1} \(line {line}\) is damaged"):
             log.verify()
 
 
@@ -346,13 +351,13 @@ def _forged_entry(after: bytes) -> bytes:
 
 def _edit_a_line(lines: Lines, head: dict[str, object]) -> tuple[Lines, Head, str]:
     lines[4] = _edit(lines[4])
-    return lines, head, r"chain breaks at line 5$"
+    return lines, head, r"chain breaks at seq 4 \(line 5\)$"
 
 
 def _edit_and_rechain(lines: Lines, head: dict[str, object]) -> tuple[Lines, Head, str]:
     lines[4] = _edit(lines[4])
     first = next(c for c in _checkpoint_lines(lines) if c > 5)
-    return _rechain(lines, 5), head, rf"checkpoint at line {first} has a bad signature$"
+    return _rechain(lines, 5), head, rf"checkpoint at {_at(first)} has a bad signature$"
 
 
 def _edit_the_tail_and_rechain(lines: Lines, head: dict[str, object]) -> tuple[Lines, Head, str]:
@@ -360,53 +365,53 @@ def _edit_the_tail_and_rechain(lines: Lines, head: dict[str, object]) -> tuple[L
     last = _checkpoint_lines(lines)[-1]
     lines[n - 2] = _edit(lines[n - 2])
     return (_rechain(lines, n - 1), head,
-            rf"line {n} does not match the signed head: the log was rewritten after line {last}$")
+            rf"entry {_at(n)} does not match the signed head: the log was rewritten after {_at(last)}$")
 
 
 def _delete_a_middle_line(lines: Lines, head: dict[str, object]) -> tuple[Lines, Head, str]:
     del lines[9]
-    return lines, head, r"chain breaks at line 10$"
+    return lines, head, r"chain breaks at seq 9 \(line 10\)$"
 
 
 def _delete_the_last_line(lines: Lines, head: dict[str, object]) -> tuple[Lines, Head, str]:
     n = len(lines)
-    return lines[:-1], head, rf"log ends at line {n - 1} but the signed head is at line {n}: lines deleted$"
+    return lines[:-1], head, rf"log ends at {_at(n - 1)} but the signed head is at {_at(n)}: entries deleted$"
 
 
 def _delete_the_tail(lines: Lines, head: dict[str, object]) -> tuple[Lines, Head, str]:
     n = len(lines)
-    return lines[:20], head, rf"log ends at line 20 but the signed head is at line {n}: lines deleted$"
+    return lines[:20], head, rf"log ends at {_at(20)} but the signed head is at {_at(n)}: entries deleted$"
 
 
 def _delete_back_to_a_checkpoint(lines: Lines, head: dict[str, object]) -> tuple[Lines, Head, str]:
     n, last = len(lines), _checkpoint_lines(lines)[-1]
-    return lines[:last], head, rf"log ends at line {last} but the signed head is at line {n}: lines deleted$"
+    return lines[:last], head, rf"log ends at {_at(last)} but the signed head is at {_at(n)}: entries deleted$"
 
 
 def _delete_everything(lines: Lines, head: dict[str, object]) -> tuple[Lines, Head, str]:
-    return [], head, rf"log is empty but the signed head is at line {len(lines)}: lines deleted$"
+    return [], head, rf"log is empty but the signed head is at {_at(len(lines))}: entries deleted$"
 
 
 def _reorder(lines: Lines, head: dict[str, object]) -> tuple[Lines, Head, str]:
     lines[6], lines[7] = lines[7], lines[6]
-    return lines, head, r"chain breaks at line 7$"
+    return lines, head, r"chain breaks at seq 6 \(line 7\)$"
 
 
 def _reorder_and_rechain(lines: Lines, head: dict[str, object]) -> tuple[Lines, Head, str]:
     lines[6], lines[7] = lines[7], lines[6]
     first = next(c for c in _checkpoint_lines(lines) if c > 7)
-    return _rechain(lines, 7), head, rf"checkpoint at line {first} has a bad signature$"
+    return _rechain(lines, 7), head, rf"checkpoint at {_at(first)} has a bad signature$"
 
 
 def _insert_a_line(lines: Lines, head: dict[str, object]) -> tuple[Lines, Head, str]:
     lines.insert(8, _forged_entry(lines[7]))  # chains to line 8; line 10 then does not
-    return lines, head, r"chain breaks at line 10$"
+    return lines, head, r"chain breaks at seq 9 \(line 10\)$"
 
 
 def _insert_and_rechain(lines: Lines, head: dict[str, object]) -> tuple[Lines, Head, str]:
     lines.insert(8, _forged_entry(lines[7]))
     first = next(c for c in _checkpoint_lines(lines) if c > 9)
-    return _rechain(lines, 10), head, rf"checkpoint at line {first} has a bad signature$"
+    return _rechain(lines, 10), head, rf"checkpoint at {_at(first)} has a bad signature$"
 
 
 def _append_a_line(lines: Lines, head: dict[str, object]) -> tuple[Lines, Head, str]:
@@ -415,14 +420,15 @@ def _append_a_line(lines: Lines, head: dict[str, object]) -> tuple[Lines, Head, 
     for _ in range(CRASH_WINDOW + 1):
         lines = [*lines, _forged_entry(lines[-1])]
     return (lines, head,
-            rf"continues past the signed head at line {n}: lines {n + 1}-{n + CRASH_WINDOW + 1} are unsigned$")
+            rf"continues past the signed head at {_at(n)}: seq {n}-{n + CRASH_WINDOW} "
+            rf"\(lines {n + 1}-{n + CRASH_WINDOW + 1}\) are unsigned$")
 
 
 def _forge_a_checkpoint(lines: Lines, head: dict[str, object]) -> tuple[Lines, Head, str]:
     # Edit, re-chain, and sign the checkpoints again with another key.
     lines[4] = _edit(lines[4])
     first = next(c for c in _checkpoint_lines(lines) if c > 5)
-    return _rechain(lines, 5, FORGER.sign), head, rf"checkpoint at line {first} has a bad signature$"
+    return _rechain(lines, 5, FORGER.sign), head, rf"checkpoint at {_at(first)} has a bad signature$"
 
 
 def _forge_the_head(lines: Lines, head: dict[str, object]) -> tuple[Lines, Head, str]:
@@ -442,13 +448,13 @@ def _checkpoint_as_head(lines: Lines, head: dict[str, object]) -> tuple[Lines, H
 
 def _delete_the_head(lines: Lines, head: dict[str, object]) -> tuple[Lines, Head, str]:
     last = _checkpoint_lines(lines)[-1]
-    return lines, None, rf"signed head audit.head is missing: lines after line {last} may have been deleted$"
+    return lines, None, rf"signed head audit.head is missing: entries after {_at(last)} may have been deleted$"
 
 
 def _delete_the_head_and_the_tail(lines: Lines, head: dict[str, object]) -> tuple[Lines, Head, str]:
     last = _checkpoint_lines(lines)[-1]
     return (lines[:last + 2], None,
-            rf"signed head audit.head is missing: lines after line {last} may have been deleted$")
+            rf"signed head audit.head is missing: entries after {_at(last)} may have been deleted$")
 
 
 CASES: dict[str, Case] = {
@@ -587,7 +593,7 @@ def test_a_signed_log_needs_the_key(signed: AuditLog, tmp_path: Path) -> None:
     with pytest.raises(StateError, match="needs the state's key"):
         bare.verify()
     os.unlink(signed.head_path)
-    with pytest.raises(StateError, match="checkpoint at line 2 cannot be checked without the state's key"):
+    with pytest.raises(StateError, match=r"checkpoint at seq 1 \(line 2\) cannot be checked without the state's key"):
         bare.verify()
     assert snapshot(str(tmp_path)) == {k: v for k, v in before.items() if k != "audit.head"}
 
@@ -615,7 +621,7 @@ def test_unsigned_log_verifies_and_the_first_signed_append_starts_signing(log: A
     # From now on, a cut at the end is detected.
     lines = _lines(s)
     _write(s, lines[:-1])
-    with pytest.raises(StateError, match=rf"ends at line {len(lines) - 1} but the signed head is at line"):
+    with pytest.raises(StateError, match=rf"ends at {_at(len(lines) - 1)} but the signed head is at seq"):
         s.verify()
 
 
@@ -624,7 +630,7 @@ def test_checkpoints_still_catch_a_rewrite_without_the_head(signed: AuditLog) ->
     os.unlink(signed.head_path)
     lines = _lines(signed)
     _write(signed, _rechain([*lines[:10], _edit(lines[10]), *lines[11:]], 11))
-    with pytest.raises(StateError, match="checkpoint at line 16 has a bad signature"):
+    with pytest.raises(StateError, match=r"checkpoint at seq 15 \(line 16\) has a bad signature"):
         signed.verify()
 
 
@@ -656,15 +662,27 @@ def cli_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "DE"
 
 
+def _verified(entries: int, checkpoints: int, head: int | None) -> dict[str, object]:
+    """What ``pprm audit verify --json`` prints for DE's log alone when it verifies."""
+    counts = {"entries": entries, "checkpoints": checkpoints, "head": head, "unsigned": 0}
+    return {"format": "pprm.audit.verify/1", "ok": True, "state": "DE", **counts,
+            "logs": [{"log": "DE", "ok": True, **counts}]}
+
+
 def test_cli_verify_and_show(cli_state: Path) -> None:
     n = 1 + N_SIGNED + 3
-    assert ok_json("audit", "verify", cli_state) == {"entries": n, "ok": True, "checkpoints": 3, "head": n - 1,
-                                                     "unsigned": 0}
+    assert ok_json("audit", "verify", cli_state) == _verified(n, 3, n - 1)
     text = cli("audit", "verify", cli_state)
     assert text.code == 0
-    assert text.out == f"audit log of DE verifies: {n} entries, 3 signed checkpoint(s), signed head at line {n}\n"
+    assert text.out == (f"audit log of DE verifies: {n} entries (seq 0-{n - 1}), 3 signed checkpoint(s), signed head "
+                        f"at seq {n - 1}\n")
     shown = ok_json("audit", "show", cli_state)
-    assert shown == [json.loads(line) for line in (cli_state / "audit.log").read_bytes().splitlines()]
+    assert shown["format"] == "pprm.audit.show/1" and shown["ok"] is True and shown["state"] == "DE"
+    logged = [json.loads(line) for line in (cli_state / "audit.log").read_bytes().splitlines()]
+    # The log's own "time" (epoch seconds) is "epoch"; "time" is its ISO 8601 UTC form.
+    assert [{**e, "time": e["epoch"]} for e in shown["entries"]] == [{**e, "epoch": e["time"]} for e in logged]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", e["time"]) for e in shown["entries"])
+    shown = shown["entries"]
     assert [e["seq"] for e in shown] == list(range(n))
     assert [n for n, e in enumerate(shown, start=1) if e["event"] == CHECKPOINT] == [2, 16, 32]
     assert shown[0]["event"] == "init" and [e["data"]["i"] for e in shown if e["event"] == "note"] == list(
@@ -679,18 +697,15 @@ def test_cli_verify_of_a_state_before_signing(tmp_path: Path) -> None:
     os.unlink(st.audit.head_path)
     os.unlink(st.audit.path)
     AuditLog(st.audit.path).append("init", state="DE", params="x", threshold_milli=400, k=10, dim=512)
-    assert ok_json("audit", "verify", st.dir) == {"entries": 1, "ok": True, "checkpoints": 0, "head": None,
-                                                  "unsigned": 0}
+    assert ok_json("audit", "verify", st.dir) == _verified(1, 0, None)
     assert "not signed yet" in cli("audit", "verify", st.dir).out
     old = AuditLog(st.audit.path)
     for i in range(20):
         old.append("note", i=i)
-    assert ok_json("audit", "verify", st.dir) == {"entries": 21, "ok": True, "checkpoints": 0, "head": None,
-                                                  "unsigned": 0}
+    assert ok_json("audit", "verify", st.dir) == _verified(21, 0, None)
     with st.lock():
         st.audit.append("trust", peer="FR")
-    assert ok_json("audit", "verify", st.dir) == {"entries": 23, "ok": True, "checkpoints": 1, "head": 22,
-                                                  "unsigned": 0}
+    assert ok_json("audit", "verify", st.dir) == _verified(23, 1, 22)
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -253,7 +253,7 @@ def test_forging_the_policy_entry_too_is_still_refused(st: State) -> None:
         fh.write(b"".join(lines))
     with pytest.raises(PolicyTamperedError):
         Responder(forged)
-    with pytest.raises(StateError, match="chain breaks at line 1"):
+    with pytest.raises(StateError, match=r"chain breaks at seq 0 \(line 1\)"):
         forged.audit.check()
 
 
