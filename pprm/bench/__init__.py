@@ -14,7 +14,11 @@ the layers below it, it uses :mod:`pprm.synthetic` for its galleries.
 * :mod:`pprm.bench.soak`: many concurrent queries, then an account of every
   one;
 * :mod:`pprm.bench.report`: the machine description, the plaintext baseline
-  and the table helpers both profiles print with.
+  and the table helpers both profiles print with;
+* :mod:`pprm.bench.document`: ``pprm bench --out``, both profiles' results
+  as one ``pprm.bench/1`` JSON document;
+* :mod:`pprm.bench.plot`: ``pprm bench --plot``, the log-log figure of time
+  per template against gallery size (matplotlib, the ``plot`` extra).
 
 Nothing is imported here, so that importing one submodule stays cheap.
 """

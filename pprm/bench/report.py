@@ -26,10 +26,12 @@ __all__ = [
     "Progress",
     "Column",
     "machine_info",
+    "ram_bytes",
     "load_average",
     "utc_timestamp",
     "median_ms",
     "numpy_baseline_ms",
+    "numpy_baseline_runs_ms",
     "fmt_cell",
     "row_cells",
     "header_lines",
@@ -48,8 +50,9 @@ def machine_info() -> dict[str, Any]:
 
     Returns:
         platform, python, cpu model (from ``/proc/cpuinfo`` when present, else
-        None), cores (``os.cpu_count()``), numpy, tenseal and pprm versions,
-        and the active kernel backend.
+        None), cores (``os.cpu_count()``), ``ram_bytes`` (physical memory,
+        None where the platform does not say), numpy, tenseal and pprm
+        versions, and the active kernel backend.
     """
     cpu: str | None = None
     try:
@@ -65,11 +68,26 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "cpu": cpu or platform.processor() or None,
         "cores": os.cpu_count(),
+        "ram_bytes": ram_bytes(),
         "numpy": np.__version__,
         "tenseal": tenseal.__version__,
         "pprm": __version__,
         "backend": kernel.backend(),
     }
+
+
+def ram_bytes() -> int | None:
+    """The machine's physical memory.
+
+    Returns:
+        Page size times physical pages (``os.sysconf``), or None where the
+        platform has neither.
+    """
+    try:
+        pages, page = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return pages * page if pages > 0 and page > 0 else None
 
 
 def load_average() -> float | None:
@@ -108,6 +126,32 @@ def median_ms(seconds: Iterable[float]) -> float:
     return statistics.median(seconds) * 1e3
 
 
+def numpy_baseline_runs_ms(templates: np.ndarray, probe: np.ndarray, *, min_runs: int = 20,
+                           max_runs: int = 500, budget_s: float = 1.0) -> list[float]:
+    """Every timed run of plaintext float32 ``G @ q``, in milliseconds, after one untimed warm-up.
+
+    Args:
+        templates: ``(n, d)`` gallery.
+        probe: ``(d,)`` probe.
+        min_runs: always time at least this many runs.
+        max_runs: never more than this many.
+        budget_s: stop after this much time once ``min_runs`` are done.
+
+    Returns:
+        The durations, in the order they were timed.
+    """
+    g = np.ascontiguousarray(templates, dtype=np.float32)
+    q = np.ascontiguousarray(probe, dtype=np.float32)
+    g @ q  # warm caches and BLAS threads
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        g @ q
+        times.append(time.perf_counter() - t0)
+    return [t * 1e3 for t in times]
+
+
 def numpy_baseline_ms(templates: np.ndarray, probe: np.ndarray, *, min_runs: int = 20,
                       max_runs: int = 500, budget_s: float = 1.0) -> float:
     """Median milliseconds of plaintext float32 ``G @ q`` (the reference of docs/DESIGN.md section 8).
@@ -120,18 +164,10 @@ def numpy_baseline_ms(templates: np.ndarray, probe: np.ndarray, *, min_runs: int
         budget_s: stop after this much time once ``min_runs`` are done.
 
     Returns:
-        The median over the runs, in milliseconds.
+        The median over the runs of :func:`numpy_baseline_runs_ms`, in milliseconds.
     """
-    g = np.ascontiguousarray(templates, dtype=np.float32)
-    q = np.ascontiguousarray(probe, dtype=np.float32)
-    g @ q  # warm caches and BLAS threads
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < budget_s):
-        t0 = time.perf_counter()
-        g @ q
-        times.append(time.perf_counter() - t0)
-    return median_ms(times)
+    return statistics.median(numpy_baseline_runs_ms(templates, probe, min_runs=min_runs, max_runs=max_runs,
+                                                    budget_s=budget_s))
 
 
 def fmt_cell(value: Any, spec: str) -> str:

@@ -11,7 +11,9 @@ measures:
   after one untimed warm-up, plus matcher-only and decide-only medians;
 * the plaintext reference: numpy float32 ``G @ q`` over the same templates,
   median of many runs, and the ratio of the sealed query to it
-  (docs/DESIGN.md section 8 asks for this ratio in every benchmark);
+  (docs/DESIGN.md section 8 asks for this ratio in every benchmark); also
+  the fastest of those runs (``numpy_min_ms``), which a busy second core
+  does not inflate;
 * message sizes, stored bytes per template (gallery directory / n) and RAM
   bytes per template (residue arrays / n);
 * decision agreement with the plaintext truth on the benchmark's own probes:
@@ -217,7 +219,8 @@ def _bench_size(setup: BenchSetup, repeats: int, agreement_probes: int, say: Pro
         agreement.add(setup.scores(probe), setup.hit_mask(hits), tau, margin)
 
     say(f"{n:,} templates: numpy float32 G @ q baseline")
-    numpy_ms = report.numpy_baseline_ms(setup.templates, setup.probe(0, seed=2)[1])
+    numpy_runs = report.numpy_baseline_runs_ms(setup.templates, setup.probe(0, seed=2)[1])
+    numpy_ms = statistics.median(numpy_runs)
     query_ms = median_ms(query_times)
     say(f"{n:,} templates: query {query_ms:.0f} ms, {agreement.disagreements} disagreements")
     ram = setup.ram_bytes()
@@ -235,6 +238,9 @@ def _bench_size(setup: BenchSetup, repeats: int, agreement_probes: int, say: Pro
         "decide_threads": decide_threads(),
         "us_per_template": query_ms * 1e3 / n,
         "numpy_ms": numpy_ms,
+        # numpy's G @ q runs on both cores: with another job on the machine most
+        # runs wait for the second one, and the fastest run is what numpy costs.
+        "numpy_min_ms": min(numpy_runs),
         "ratio_to_numpy": query_ms / numpy_ms if numpy_ms > 0 else None,
         "decide_ratio_to_numpy": decide_ms / numpy_ms if numpy_ms > 0 else None,
         # The masked answer the matcher hands the key service (the same size every query).

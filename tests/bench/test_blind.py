@@ -30,7 +30,7 @@ SIZE_KEYS = {
     "query_ciphertext_bytes", "query_ciphertexts", "announcement_bytes", "announcement_public_bytes",
     "announcement_galois_bytes", "announcement_mb", "answer_bytes", "answer_block_bytes",
     "answer_bytes_per_template", "answer_bytes_per_slot", "load_average", "correct", "announcement_relin_bytes",
-    "matcher_checks_ms", "matcher_no_checks_ms", "checks_overhead", "checks_pct",
+    "matcher_checks_ms", "matcher_no_checks_ms", "checks_overhead", "checks_pct", "numpy_min_ms",
 }
 
 
@@ -60,6 +60,7 @@ def test_result_has_the_documented_keys_and_passes_its_checks(result: dict[str, 
                 "open_ms", "total_ms", "numpy_ms"):
         assert row[key] > 0, key
     assert row["total_ms"] >= row["responder_ms"]
+    assert 0 < row["numpy_min_ms"] <= row["numpy_ms"]
     assert len(row["responder_ms_runs"]) == 1
     assert row["matcher_checks_ms"] > 0 and row["matcher_no_checks_ms"] > 0
     assert row["checks_overhead"] == pytest.approx(row["matcher_checks_ms"] / row["matcher_no_checks_ms"] - 1)

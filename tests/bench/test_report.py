@@ -44,3 +44,5 @@ def test_times_and_stamps() -> None:
     assert load is None or load >= 0
     g = np.ones((64, 8), dtype=np.float32)
     assert report.numpy_baseline_ms(g, np.ones(8, dtype=np.float32), min_runs=3, max_runs=3) > 0
+    runs = report.numpy_baseline_runs_ms(g, np.ones(8, dtype=np.float32), min_runs=5, max_runs=5)
+    assert len(runs) == 5 and all(t > 0 for t in runs)

@@ -101,6 +101,7 @@ def test_timings_are_recorded_and_consistent(bench):
         assert row[key] > 0, key
     assert row["us_per_template"] == pytest.approx(row["query_ms"] * 1e3 / N)
     assert row["ratio_to_numpy"] == pytest.approx(row["query_ms"] / row["numpy_ms"])
+    assert 0 < row["numpy_min_ms"] <= row["numpy_ms"]
 
 
 def test_progress_is_reported_and_scratch_states_are_removed(bench):
