@@ -162,7 +162,42 @@ def _answer_check(scores: np.ndarray, hit: bool, tau: float, margin: float) -> b
     return hit == bool((scores >= tau).any())
 
 
-def _bench_size(setup: BenchSetup, repeats: int, agreement_probes: int, say: Progress) -> dict[str, Any]:
+def _bench_batch(setup: BenchSetup, batch: int, single_ms: float, agreement: Agreement,
+                 say: Progress) -> dict[str, Any]:
+    """``batch`` probes in one pass (``match_many``) plus their decides, against one probe's, in the same run."""
+    n = len(setup)
+    st = setup.responder
+    tau = st.config.threshold
+    margin = st.config.parameter_set.decision_margin
+    say(f"{n:,} templates: {batch} probes in one pass")
+    matcher = st.matcher()
+    decider = SealedDecider(st.ctx, keys.load_secret_key(st.ctx, st.secret_key_path()), matcher.gallery)
+    probes = [setup.probe(i, seed=3)[1] for i in range(batch)]
+    t0 = time.perf_counter()
+    results = matcher.match_many(probes, tau)
+    t1 = time.perf_counter()
+    hits = [decider.hits(r) for r in results]
+    t2 = time.perf_counter()
+    for probe, h in zip(probes, hits, strict=True):
+        agreement.add(setup.scores(probe), setup.hit_mask(h), tau, margin)
+    per_probe_ms = (t2 - t0) * 1e3 / batch
+    numpy_runs = report.numpy_baseline_runs_ms(setup.templates, np.stack(probes, axis=1), min_runs=5)
+    numpy_per_probe = statistics.median(numpy_runs) / batch
+    return {
+        "probes": batch,
+        "match_ms": (t1 - t0) * 1e3,
+        "decide_ms": (t2 - t1) * 1e3,
+        "per_probe_ms": per_probe_ms,
+        # Against one probe's matcher + decide, measured in the same run.
+        "single_ms": single_ms,
+        "per_probe_over_single": per_probe_ms / single_ms if single_ms > 0 else None,
+        "numpy_batched_per_probe_ms": numpy_per_probe,
+        "per_probe_over_numpy_batched": per_probe_ms / numpy_per_probe if numpy_per_probe > 0 else None,
+    }
+
+
+def _bench_size(setup: BenchSetup, repeats: int, agreement_probes: int, say: Progress,
+                batch: int = 0) -> dict[str, Any]:
     n = len(setup)
     st = setup.responder
     ps = st.config.parameter_set
@@ -218,6 +253,9 @@ def _bench_size(setup: BenchSetup, repeats: int, agreement_probes: int, say: Pro
         key_service_bytes.append(result.nbytes)
         agreement.add(setup.scores(probe), setup.hit_mask(hits), tau, margin)
 
+    batch_figures = _bench_batch(setup, batch, median_ms(match_times) + median_ms(decide_times), agreement, say) \
+        if batch > 1 else None
+
     say(f"{n:,} templates: numpy float32 G @ q baseline")
     numpy_runs = report.numpy_baseline_runs_ms(setup.templates, setup.probe(0, seed=2)[1])
     numpy_ms = statistics.median(numpy_runs)
@@ -257,6 +295,7 @@ def _bench_size(setup: BenchSetup, repeats: int, agreement_probes: int, say: Pro
         # What a full block costs per template position: the figure large galleries converge to.
         "ram_bytes_per_slot": DIM * 2 * ps.data_primes * ps.poly_modulus_degree * 8 / ps.templates_per_block,
         "load_average": load,
+        "batch": batch_figures,
         "agreement": agreement.to_json(),
         # Hit flags of the answers the requester opened, where the truth is decisive.
         "answers": {"checked": sum(c is not None for c in checks),
@@ -266,7 +305,7 @@ def _bench_size(setup: BenchSetup, repeats: int, agreement_probes: int, say: Pro
 
 def run_bench(sizes: Sequence[int], params: str = param_sets.DEFAULT_PARAMS, repeats: int = 3,
               progress: Progress | None = None, allow_insecure: bool = False,
-              workdir: str | None = None, agreement_probes: int = 10) -> dict[str, Any]:
+              workdir: str | None = None, agreement_probes: int = 10, batch: int = 16) -> dict[str, Any]:
     """Benchmark the sealed query at each gallery size.
 
     Args:
@@ -280,6 +319,10 @@ def run_bench(sizes: Sequence[int], params: str = param_sets.DEFAULT_PARAMS, rep
         agreement_probes: probes checked against plaintext truth per size
             (matcher + decider, no envelope); 10 probes over 100k templates
             give the 10^6 pairs of docs/DESIGN.md section 8.
+        batch: probes matched together in one pass per size
+            (:meth:`~pprm.matching.sealed.SealedMatcher.match_many`), timed
+            against one probe in the same run and checked against plaintext
+            truth like the others; 0 or 1 skips it.
 
     Returns:
         A JSON-ready dict: ``format``, ``created``, ``params``, ``threshold``,
@@ -297,8 +340,10 @@ def run_bench(sizes: Sequence[int], params: str = param_sets.DEFAULT_PARAMS, rep
     check_sizes(sizes)
     if repeats < 1 or agreement_probes < 1:
         raise ParameterError("repeats and agreement_probes must be at least 1")
+    if batch < 0:
+        raise ParameterError("batch must be 0 (none) or a number of probes")
     say: Progress = progress or (lambda _msg: None)
-    rows = measure_sizes(sizes, params, lambda setup: _bench_size(setup, repeats, agreement_probes, say),
+    rows = measure_sizes(sizes, params, lambda setup: _bench_size(setup, repeats, agreement_probes, say, batch),
                          allow_insecure=allow_insecure, workdir=workdir, progress=say)
     total = Agreement()
     for row in rows:
@@ -312,6 +357,7 @@ def run_bench(sizes: Sequence[int], params: str = param_sets.DEFAULT_PARAMS, rep
         "decision_margin": ps.decision_margin,
         "repeats": repeats,
         "agreement_probes": agreement_probes,
+        "batch": batch,
         "machine": report.machine_info(),
         "targets": dict(TARGETS),
         "sizes": rows,
@@ -385,6 +431,12 @@ def format_table(result: dict[str, Any]) -> str:
                       format(a["near_threshold"], ","), format(a["disagreements"], ","),
                       report.fmt_cell(row.get("load_average"), ".1f")])
     lines.extend(report.table_lines(headers, table))
+    batches = [(row["n"], row["batch"]) for row in result["sizes"] if row.get("batch")]
+    for n, b in batches:
+        lines.append(f"{n:,} templates, {b['probes']} probes in one pass: {b['per_probe_ms']:.1f} ms per probe "
+                     f"(match + decide), {b['per_probe_over_single']:.2f}x one probe's "
+                     f"{b['single_ms']:.1f} ms; {b['per_probe_over_numpy_batched']:.0f}x numpy's batched "
+                     f"G @ Q per probe ({b['numpy_batched_per_probe_ms']:.2f} ms)")
     lines.append("")
     lines.append("query = verify + match + decrypt + sign, per query; pairs = (probe, template) pairs with "
                  f"|s - tau| >= {result['decision_margin']:g}; near tau = those within {NEAR_BAND} of tau; "

@@ -58,8 +58,9 @@ def test_decisions_agree_with_plaintext_truth(bench):
     result, _messages, _workdir = bench
     (row,) = result["sizes"]
     a = row["agreement"]
-    assert a["probes"] == 10
-    assert a["pairs"] == 10 * N
+    # The ten agreement probes and the sixteen of the batch (matched in one pass).
+    assert a["probes"] == 10 + 16
+    assert a["pairs"] == (10 + 16) * N
     assert a["decisive"] + a["within_margin"] == a["pairs"]
     assert a["disagreements"] == 0
     # The blended probes put pairs near tau, so the check is not won on easy pairs.
@@ -69,6 +70,16 @@ def test_decisions_agree_with_plaintext_truth(bench):
     assert row["answers"]["checked"] >= 1
     assert row["answers"]["disagreements"] == 0
     assert result["agreement_total"] == a
+
+
+def test_the_batch_is_timed_against_one_probe(bench):
+    result, _messages, _workdir = bench
+    (row,) = result["sizes"]
+    b = row["batch"]
+    assert result["batch"] == b["probes"] == 16
+    assert b["per_probe_ms"] == pytest.approx((b["match_ms"] + b["decide_ms"]) / 16)
+    assert b["per_probe_over_single"] == pytest.approx(b["per_probe_ms"] / b["single_ms"])
+    assert b["single_ms"] > 0 and b["numpy_batched_per_probe_ms"] > 0
 
 
 def test_byte_figures_follow_from_the_parameters(bench):
