@@ -22,6 +22,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from pprm._fs import atomic_write_bytes
 from pprm.cli import face_cmds, report
 from pprm.cli.common import (
     EXIT_ERROR,
@@ -39,7 +40,7 @@ from pprm.cli.common import (
 from pprm.cli.keyservice_cmds import add_key_service_arg
 from pprm.cli.net_cmds import send_follow_up_cmd
 from pprm.cli.progress import ProgressBar
-from pprm.cli.report import QUERY_BATCH
+from pprm.cli.report import ANSWER_BATCH, QUERY_BATCH
 from pprm.errors import NotAHitError, ParameterError, PprmError, TokenError
 from pprm.node.remote_keys import key_service_for, remote_key_service
 from pprm.node.requester import Requester
@@ -207,6 +208,8 @@ def _check_query(face_check: Callable[[argparse.Namespace], None] | None, p: arg
 
 
 def _cmd_answer(args: argparse.Namespace) -> int:
+    if args.queries is not None:
+        return _cmd_answer_many(args)
     st = State.open(args.dir)
     # Made first: a state whose policy the audit log does not cover refuses before reading any input.
     responder = Responder(st, key_service=remote_key_service(st, args.key_service))
@@ -351,7 +354,102 @@ def _cmd_resolve(args: argparse.Namespace) -> int:
 
 
 def _check_answer(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.queries is not None:
+        if args.query is not None or args.out is not None or args.keys:
+            p.error("--queries answers a directory into --out-dir; QUERY_FILE, --out and --keys answer one file")
+        if args.out_dir is None:
+            p.error("--queries needs --out-dir (one answer file per query: a-0000.msg, ...)")
+        return
+    if args.query is None or args.out is None:
+        p.error("give QUERY_FILE and --out, or --queries QUERY_DIR and --out-dir ANSWER_DIR")
+    if args.out_dir is not None:
+        p.error("--out-dir goes with --queries; one query is answered into --out")
     refuse_overwriting_inputs(p, {"--out": args.out}, {"QUERY_FILE": args.query, "--keys": args.keys})
+
+
+def answer_file_name(query_file: str) -> str:
+    """The answer file for a query file of a batch: ``q-0007.msg`` -> ``a-0007.msg``, else ``a-NAME``.
+
+    Args:
+        query_file: the query file's name (no directory).
+
+    Returns:
+        The answer file's name.
+    """
+    return "a-" + (query_file[2:] if query_file.startswith("q-") else query_file)
+
+
+def _write_answer(path: str, message: bytes) -> None:
+    # Answers are public (boxed to their requester), readable as pprm answer --out writes them.
+    atomic_write_bytes(path, message, mode=0o644)
+
+
+def _cmd_answer_many(args: argparse.Namespace) -> int:
+    st = State.open(args.dir)
+    responder = Responder(st, key_service=remote_key_service(st, args.key_service))
+    try:
+        names = sorted(n for n in os.listdir(args.queries) if n.endswith(".msg"))
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, args.queries) from None
+    if not names:
+        raise ParameterError(f"{args.queries} holds no .msg query files")
+    os.makedirs(args.out_dir, exist_ok=True)
+    inputs = {os.path.realpath(os.path.join(args.queries, n)) for n in names}
+    outs = [os.path.join(args.out_dir, answer_file_name(n)) for n in names]
+    for out in outs:
+        if os.path.realpath(out) in inputs:
+            raise ParameterError(f"{out} is one of the query files: choose another --out-dir")
+    items: list[dict[str, Any]] = [{} for _ in names]
+    sealed: list[int] = []
+    queries: list[bytes] = []
+    for i, name in enumerate(names):
+        items[i] = {"query_file": name, "out": None, "peer": None, "profile": None, "query_id": None,
+                    "refused": None, "error": None}
+        try:
+            query, announcements = split_query_file(read_bytes(os.path.join(args.queries, name)))
+        except (PprmError, OSError) as exc:
+            items[i]["error"] = report.error_object(exc)
+            continue
+        if announcements:  # a blind query bringing its keys: answered on its own
+            try:
+                one = responder.respond(query, sink=functools.partial(_write_answer, outs[i]),
+                                        announcements=announcements)
+                items[i].update(out=outs[i], peer=one.peer, profile=one.profile, query_id=one.query_id,
+                                refused=one.refused)
+            except PprmError as exc:
+                items[i]["error"] = report.error_object(exc)
+            continue
+        sealed.append(i)
+        queries.append(query)
+    with ProgressBar("matching") as bar:
+        outcomes = responder.respond_many(queries, sinks=[functools.partial(_write_answer, outs[i])
+                                                          for i in sealed], progress=bar.callback)
+    for i, res in zip(sealed, outcomes, strict=True):
+        if isinstance(res, PprmError):
+            items[i]["error"] = report.error_object(res)
+        else:
+            items[i].update(out=outs[i], peer=res.peer, profile=res.profile, query_id=res.query_id,
+                            refused=res.refused)
+    lines = []
+    for item in items:
+        if item["error"] is not None:
+            lines.append(f"{item['query_file']}: not answered: {item['error']['message']}")
+        else:
+            what = "answer" if item["refused"] is None else f"refusal ({item['refused']})"
+            lines.append(f"{item['query_file']}: {what} to query {item['query_id']} from {item['peer']} "
+                         f"written to {item['out']}")
+    failed = [it for it in items if it["error"] is not None]
+    lines.append(f"{len(items) - len(failed)} of {len(items)} queries answered or refused, "
+                 f"{len(queries)} matched in one pass")
+    body = {"state": st.config.name, "out_dir": args.out_dir, "answers": items}
+    if not failed:
+        emit(args, body, "\n".join(lines), fmt=ANSWER_BATCH)
+        return EXIT_OK
+    error = (failed[0]["error"]["code"], f"{failed[0]['query_file']}: not answered: {failed[0]['error']['message']}"
+             + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""))
+    emit(args, body, "\n".join(lines), fmt=ANSWER_BATCH, ok=False, error=error)
+    report.error_line(error[1])
+    return EXIT_ERROR
 
 
 def _check_follow_up(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -404,10 +502,15 @@ def _add_query(verbs: Verbs) -> None:
 def _add_answer(verbs: Verbs) -> None:
     p = verbs.add("answer", _cmd_answer, "answer a query addressed to this state (or refuse it by policy)")
     p.add_argument("dir")
-    p.add_argument("query", metavar="QUERY_FILE",
+    p.add_argument("query", metavar="QUERY_FILE", nargs="?", default=None,
                    help="as pprm query wrote it: the bare signed query, or a delivery (the query and the key "
                         "announcements that travel with it, the body pprm ask posts)")
-    p.add_argument("--out", required=True, help="answer message file to write")
+    p.add_argument("--out", default=None, help="answer message file to write (with QUERY_FILE)")
+    p.add_argument("--queries", default=None, metavar="QUERY_DIR",
+                   help="answer every *.msg file in QUERY_DIR (as pprm query --probes writes them), the sealed "
+                        "queries in one pass over the gallery; each gets its own answer or refusal")
+    p.add_argument("--out-dir", default=None, metavar="ANSWER_DIR",
+                   help="with --queries: where the answers go, q-0000.msg answered in a-0000.msg (made if missing)")
     p.add_argument("--keys", action="append", metavar="KEYS_FILE",
                    help="blind: a separate key announcement to accept with the query (repeatable; from pprm "
                         "query --keys-out, or an older pprm's OUT.keys)")

@@ -68,6 +68,7 @@ __all__ = [
     "format_tag",
     "ERROR",
     "QUERY_BATCH",
+    "ANSWER_BATCH",
     "FORMATS",
     "ERROR_CODES",
     "FALLBACK_CODE",
@@ -105,10 +106,12 @@ def format_tag(*path: str) -> str:
 
 ERROR = format_tag("error")
 QUERY_BATCH = format_tag("query", "batch")
+ANSWER_BATCH = format_tag("answer", "batch")
 
 # Every tag a pprm verb prints (docs/JSON.md documents each one; a test checks both ways).
 FORMATS: tuple[str, ...] = tuple(format_tag(*p.split(".")) for p in (
-    "init", "trust", "enroll", "embed", "remove", "prepare", "query", "query.batch", "answer", "open",
+    "init", "trust", "enroll", "embed", "remove", "prepare", "query", "query.batch", "answer", "answer.batch",
+    "open",
     "follow-up", "resolve", "keys.list", "keys.abandon", "info", "policy.show", "policy.set", "audit.verify",
     "audit.show", "bench", "demo", "ask", "keyservice.split", "keyservice.join", "error"))
 

@@ -86,6 +86,45 @@ def test_query_probes_writes_one_query_per_probe(world: World, tmp_path: Path) -
     assert text[3].startswith("3 of 3 queries to NL written to")
 
 
+def test_answer_queries_answers_a_directory_in_one_pass(world: World, tmp_path: Path) -> None:
+    g = world.galleries["FR"]
+    probes = np.stack([synthetic.mate_probe(g, 7, seed=11), synthetic.impostor_probe(512, seed=12),
+                       synthetic.mate_probe(g, 120, seed=13), synthetic.mate_probe(g, 201, seed=14)])
+    np.save(tmp_path / "probes.npy", probes)
+    qdir, adir = tmp_path / "queries", tmp_path / "answers"
+    made = ok_json("query", world.dirs["DE"], "--probes", tmp_path / "probes.npy", "--to", "FR", "--case",
+                   "C-ANSWER-DIR", "--purpose", PURPOSE, "--out-dir", qdir)
+    (qdir / "q-9999.msg").write_bytes(b"not a query")  # one broken file: only it fails
+    r = cli("answer", world.dirs["FR"], "--queries", qdir, "--out-dir", adir, "--json")
+    assert r.code == 1 and r.err.count("\n") == 1 and "q-9999.msg: not answered" in r.err
+    body = json.loads(r.out)
+    assert body["format"] == "pprm.answer.batch/1" and body["ok"] is False and body["error"]["code"] == "message"
+    answers = body["answers"]
+    assert [a["query_file"] for a in answers] == ["q-0000.msg", "q-0001.msg", "q-0002.msg", "q-0003.msg",
+                                                  "q-9999.msg"]
+    assert answers[-1]["out"] is None and answers[-1]["error"]["code"] == "message"
+    assert sorted(os.listdir(adir)) == ["a-0000.msg", "a-0001.msg", "a-0002.msg", "a-0003.msg"]
+    for row, (item, query) in enumerate(zip(answers[:4], made["queries"], strict=True)):
+        assert item["query_id"] == query["query_id"] and item["peer"] == "DE" and item["refused"] is None
+        opened = ok_json("open", world.dirs["DE"], item["out"])
+        assert _resolve_all(world, tmp_path, Path(item["out"]), opened["candidates"]) == truth(g, probes[row])
+    # Answered once: the same directory again is four replays and the broken file.
+    again = cli("answer", world.dirs["FR"], "--queries", qdir, "--out-dir", tmp_path / "again", "--json")
+    assert again.code == 1
+    assert [a["error"]["code"] for a in json.loads(again.out)["answers"]] == ["replay"] * 4 + ["message"]
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--queries", "d"], "--queries needs --out-dir"),
+    (["q.msg", "--queries", "d", "--out-dir", "o"], "--queries answers a directory"),
+    (["q.msg", "--out", "a.msg", "--out-dir", "o"], "--out-dir goes with --queries"),
+    (["q.msg"], "give QUERY_FILE and --out"),
+])
+def test_answer_options_that_do_not_go_together(world: World, argv: list[str], says: str) -> None:
+    r = cli("answer", world.dirs["FR"], *argv)
+    assert r.code == 2 and says in r.err
+
+
 def test_query_file_names_sort_as_rows_do() -> None:
     assert [query_file_name(r, 3) for r in (0, 2)] == ["q-0000.msg", "q-0002.msg"]
     assert [query_file_name(r, 10_001) for r in (0, 10_000)] == ["q-00000.msg", "q-10000.msg"]

@@ -68,7 +68,7 @@ def test_every_json_verb_has_a_format_tag_and_docs_json_documents_each_one() -> 
             tag = sub.get_default("json_format")
             assert tag == report.format_tag(*path) and tag in report.FORMATS, path
             tags.add(tag)
-    assert tags | {report.ERROR, report.QUERY_BATCH} == set(report.FORMATS)
+    assert tags | {report.ERROR, report.QUERY_BATCH, report.ANSWER_BATCH} == set(report.FORMATS)
     text = JSON_MD.read_text(encoding="utf-8")
     documented = set(re.findall(r"\bpprm\.[a-z.-]+/\d+", text))
     assert documented == set(report.FORMATS)
