@@ -223,9 +223,14 @@ class Responder:
                 matcher = self._matcher(gallery)
                 probes = [vq.body.probe for _, vq in batch]
                 many = getattr(matcher, "match_many", None)  # a sharded matcher matches probe by probe
-                results = many(probes, st.config.threshold, progress) if many is not None else \
-                    [matcher.match(p, st.config.threshold, progress) for p in probes]
-                for (i, vq), result in zip(batch, results, strict=True):
+                try:
+                    results = many(probes, st.config.threshold, progress) if many is not None else \
+                        [matcher.match(p, st.config.threshold, progress) for p in probes]
+                except PprmError as exc:  # nothing was decided or recorded for any of them
+                    for i, _vq in batch:
+                        out[i] = exc
+                    results = []
+                for (i, vq), result in zip(batch, results, strict=False):
                     try:
                         # Earlier queries of this batch may have used up a quota since the first look.
                         qh = vq.envelope.header

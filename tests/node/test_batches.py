@@ -223,6 +223,29 @@ def test_respond_many_matches_once_and_answers_each_query_on_its_own(tmp_path: P
         assert set(resolve_all(de, KeyService(fr), handed[i], opened.candidates)) == truths[row]
 
 
+def test_respond_many_when_the_pass_fails_records_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pprm.errors import ClusterError
+    from pprm.matching.sealed import SealedMatcher
+
+    net = build_network(str(tmp_path), ("DE", "FR"), n=300, seed=13)
+    de, fr = net["DE"].state, net["FR"].state
+    probes = np.stack([synthetic.impostor_probe(512, seed=s) for s in (1, 2, 3)])
+    qs = [r.query.query for r in Requester(de).query_many("FR", probes, "C-FAIL", PURPOSE) if r.query is not None]
+    before = snapshot(fr.dir)
+
+    def lost(*_a: object, **_kw: object) -> object:
+        raise ClusterError("a shard lost its blocks")
+
+    monkeypatch.setattr(SealedMatcher, "match_many", lost)
+    handed: list[bytes] = []
+    out = Responder(fr).respond_many(qs, sinks=[handed.append] * len(qs))
+    assert all(isinstance(r, ClusterError) for r in out) and handed == []
+    assert snapshot(fr.dir) == before  # nothing recorded: each query can be answered later
+    monkeypatch.undo()
+    later = Responder(fr).respond_many(qs)
+    assert [getattr(r, "refused", "failed") for r in later] == [None, None, None]
+
+
 def _reference_of(b: State, query_id: str, handle: str) -> str:
     """The reference behind a blind handle, read from the responder's secrets (tests only)."""
     rec = b.blind_store.answered(query_id)
