@@ -22,6 +22,9 @@ ffibuilder.cdef(
                         uint64_t *out, size_t d, size_t rows, size_t n, int threads);
     int pprm_mac_plain(const uint64_t *pts, const uint64_t *cts, const uint64_t *moduli, uint64_t *out,
                        size_t g, size_t b, size_t s, size_t l, size_t n, int threads);
+    #define PPRM_MANY_MAX_ROW_L1 ...
+    int pprm_mac_many(const uint64_t *block, const int64_t *weights, const uint64_t *moduli, uint64_t *out,
+                      size_t d, size_t nb, size_t rows, size_t n, int threads);
     #define PPRM_MASK_OK ...
     #define PPRM_MASK_EINVAL ...
     #define PPRM_MASK_ENOMEM ...
@@ -46,13 +49,28 @@ ffibuilder.cdef(
     int pprm_shoup(const uint64_t *w, uint64_t *out, size_t n, uint64_t q);
     int pprm_mask_complex(const uint64_t *ct, const uint64_t *tau, const int64_t *mask_a, const int64_t *mask_b,
                           const uint64_t *noise, const pprm_mask_ctx *c, uint64_t *out);
+    #define PPRM_ENC_OK ...
+    #define PPRM_ENC_EINVAL ...
+    #define PPRM_ENC_ENOMEM ...
+    #define PPRM_ENC_EAGAIN ...
+    #define PPRM_ENC_NOISE_BYTES ...
+    int pprm_encrypt_block(const int64_t *m, const uint64_t *pool, size_t pool_words, const uint8_t *noise,
+                           const uint64_t *s, const pprm_ntt_table *t, uint64_t *out, size_t rows, int threads);
     """
 )
 ffibuilder.set_source(
     "pprm._native_kernel",
-    '#include "pprm_kernel.h"\n#include "pprm_mask.h"',
-    sources=["native/pprm_kernel.c", "native/pprm_mask.c"],
-    depends=["native/pprm_kernel.h", "native/pprm_mask.h"],
+    '#include "pprm_kernel.h"\n#include "pprm_batch.h"\n#include "pprm_mask.h"\n#include "pprm_encrypt.h"',
+    sources=["native/pprm_kernel.c", "native/pprm_batch.c", "native/pprm_mask.c", "native/pprm_encrypt.c"],
+    depends=[
+        "native/pprm_kernel.h",
+        "native/pprm_batch.h",
+        "native/pprm_batch_isa.h",
+        "native/pprm_barrett.h",
+        "native/pprm_jobs.h",
+        "native/pprm_mask.h",
+        "native/pprm_encrypt.h",
+    ],
     include_dirs=["native"],
     # No -march=native: the C source picks AVX-512/AVX2 at load time (target_clones),
     # so the built module stays valid on any x86-64 it is copied to.

@@ -43,6 +43,9 @@
  */
 #include "pprm_kernel.h"
 
+#include "pprm_barrett.h"
+#include "pprm_jobs.h"
+
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -169,42 +172,6 @@ static void run_job(const job_t *job) {
     }
 }
 
-static long online_cores = 1;
-static pthread_once_t cores_once = PTHREAD_ONCE_INIT;
-
-static void count_cores(void) {
-    /* sysconf reads /sys on every call (microseconds); the answer does not change. */
-    const long c = sysconf(_SC_NPROCESSORS_ONLN);
-    online_cores = c > 0 ? c : 1;
-}
-
-/* Run jobs[0 .. count) (each `size` bytes) with `body`: one pthread per job
-   but the first, which the calling thread does itself. A job whose thread
-   could not be created is done here instead, so the work always completes.
-   Returns PPRM_ENOMEM if the thread table cannot be allocated. */
-static int run_jobs(void *(*body)(void *), void *jobs, size_t size, size_t count) {
-    pthread_t *tids = calloc(count, sizeof *tids);
-    int *started = calloc(count, sizeof *started);
-    if (!tids || !started) {
-        free(tids);
-        free(started);
-        return PPRM_ENOMEM;
-    }
-    char *base = jobs;
-    for (size_t i = 1; i < count; ++i)
-        started[i] = pthread_create(&tids[i], NULL, body, base + i * size) == 0;
-    body(base);
-    for (size_t i = 1; i < count; ++i) {
-        if (started[i])
-            pthread_join(tids[i], NULL);
-        else
-            body(base + i * size);
-    }
-    free(tids);
-    free(started);
-    return PPRM_OK;
-}
-
 static void *thread_main(void *arg) {
     run_job((const job_t *)arg);
     return NULL;
@@ -231,10 +198,8 @@ int pprm_mac_sealed(const uint64_t *block, const int64_t *weights, const uint64_
 
     const size_t tiles = (rn + TILE - 1) / TILE;
     long want = threads;
-    if (want <= 0) {
-        pthread_once(&cores_once, count_cores);
-        want = online_cores;
-    }
+    if (want <= 0)
+        want = online_cores();
     if (want > MAX_THREADS)
         want = MAX_THREADS;
     size_t nthreads = (size_t)want < tiles ? (size_t)want : tiles;
@@ -248,7 +213,7 @@ int pprm_mac_sealed(const uint64_t *block, const int64_t *weights, const uint64_
     for (size_t i = 0; i < nthreads; ++i) {
         jobs[i] = (job_t){block, weights, moduli, out, d, n, rn, i * tiles / nthreads, (i + 1) * tiles / nthreads};
     }
-    const int rc = run_jobs(thread_main, jobs, sizeof *jobs, nthreads);
+    const int rc = run_jobs(thread_main, jobs, sizeof *jobs, nthreads) ? PPRM_ENOMEM : PPRM_OK;
     free(jobs);
     return rc;
 }
@@ -263,7 +228,7 @@ int pprm_mac_sealed(const uint64_t *block, const int64_t *weights, const uint64_
  * Exactness. Two words below q < 2**60 multiply to less than 2**120, so
  * b <= 256 products sum to less than 2**128: they are accumulated lazily in
  * unsigned __int128, and each output coefficient is reduced ONCE, by a
- * 128-by-64 Barrett reduction (barrett_reduce). The bound needs the words
+ * 128-by-64 Barrett reduction (barrett_reduce, pprm_barrett.h). The bound needs the words
  * below their modulus. Rather than spend a pass over the inputs, the kernel
  * keeps a running maximum of the words it loads anyway and returns
  * PPRM_EINVAL if one reached its modulus (out is then unspecified).
@@ -304,38 +269,6 @@ int pprm_mac_sealed(const uint64_t *block, const int64_t *weights, const uint64_
 #define COPY_AHEAD 4  /* cts rows between a copy and its prefetch */
 #define MAX_PLAIN_B 256
 #define MIN_PLAIN_MODULUS 2
-
-typedef unsigned __int128 u128;
-
-/* A modulus q with floor(2**128 / q) as two words, for barrett_reduce. */
-typedef struct {
-    uint64_t q, r0, r1;
-} barrett_t;
-
-static barrett_t barrett_make(uint64_t q) {
-    const u128 all = ~(u128)0;
-    u128 m = all / q;
-    /* all / q is floor((2**128 - 1) / q): one less than floor(2**128 / q) when q divides 2**128. */
-    if (all % q == q - 1)
-        m += 1;
-    return (barrett_t){q, (uint64_t)m, (uint64_t)(m >> 64)};
-}
-
-/* x mod q for any 128-bit x and q in [2, 2**63). With m = floor(2**128 / q),
-   the estimate floor(x * m / 2**128) is floor(x / q) or one less, so
-   x - estimate * q lies in [0, 2q) and fits a word: computing it modulo 2**64
-   needs only the low word of the estimate, and one subtraction finishes.
-   The estimate is computed exactly: the one product word it drops, the low
-   word of x0 * r0, has nothing added to it and so cannot carry. */
-static inline uint64_t barrett_reduce(u128 x, const barrett_t *br) {
-    const uint64_t x0 = (uint64_t)x, x1 = (uint64_t)(x >> 64);
-    /* Neither sum overflows: (2**64 - 1)**2 + 2**64 - 1 < 2**128. */
-    const u128 a = (u128)x0 * br->r1 + (uint64_t)(((u128)x0 * br->r0) >> 64);
-    const u128 b = (u128)x1 * br->r0 + (uint64_t)a;
-    const uint64_t est = x1 * br->r1 + (uint64_t)(a >> 64) + (uint64_t)(b >> 64);
-    const uint64_t r = x0 - est * br->q;
-    return r >= br->q ? r - br->q : r;
-}
 
 static inline uint64_t max64(uint64_t a, uint64_t b) {
     return a > b ? a : b;
@@ -511,7 +444,7 @@ int pprm_mac_plain(const uint64_t *pts, const uint64_t *cts, const uint64_t *mod
         jobs[i] = (plain_job_t){pts, cts, moduli, out, acc + i * s * PLAIN_TILE, ctile + i * b * s * PLAIN_TILE,
                                 g, b, s, l, n, tiles_per_row, i * items / nthreads, (i + 1) * items / nthreads, 0};
     }
-    int rc = run_jobs(plain_thread_main, jobs, sizeof *jobs, nthreads);
+    int rc = run_jobs(plain_thread_main, jobs, sizeof *jobs, nthreads) ? PPRM_ENOMEM : PPRM_OK;
     for (size_t i = 0; i < nthreads && rc == PPRM_OK; ++i)
         if (jobs[i].bad)
             rc = PPRM_EINVAL;

@@ -21,8 +21,17 @@ the bound (not a unit-norm probe) is refused, not rounded.
 
 The limbs are made per column tile (:data:`TILE` words of all d rows), so
 the gallery is never stored split, and the tile stays in cache while BLAS
-multiplies it by the B rows. Both backends run this module: BLAS is already
-native code, and the single-probe kernels are not GEMM-shaped.
+multiplies it by the B rows.
+
+With the native backend (:func:`pprm.matching.kernel.backend`), the same sums
+are computed in C instead
+(:func:`pprm.matching.kernel_native.multiply_accumulate_many`, native/pprm_batch.c):
+the same limbs and the same bound, float64 fused multiply-adds in registers,
+the block read from memory once for all B probes, on the kernel's own
+pthreads. That avoids the BLAS path's passes over tile temporaries and
+OpenBLAS's spin-waiting threads, which collapse when another process holds a
+core. The BLAS path stays the numpy backend's, and the two agree bit for bit
+(tests/matching/test_kernel_batch.py, and the native self-check).
 """
 
 from __future__ import annotations
@@ -30,30 +39,21 @@ from __future__ import annotations
 import numpy as np
 
 from pprm.errors import BackendError
+from pprm.matching import kernel, kernel_native
+from pprm.matching.kernel_native import MAX_ROW_L1, WORD_RANGE_ERROR
+from pprm.matching.kernel_native import check_many_args as _check
 from pprm.matching.kernel_numpy import LIMB_BITS, mulmod_pow2
 
 __all__ = ["MAX_ROW_L1", "TILE", "multiply_accumulate_many"]
 
-# sum_k |w_k| per row: MAX_ROW_L1 * (2**30 - 1) < 2**53, so every partial sum is exact.
-MAX_ROW_L1 = 1 << 23
+# MAX_ROW_L1 (2**23), sum_k |w_k| per row: MAX_ROW_L1 * (2**30 - 1) < 2**53, so
+# every partial sum is exact. Defined, with the argument checks (_check), in
+# kernel_native, which this module dispatches to and so cannot be imported by.
+
 # Columns per tile: 512 rows x 1024 words x 8 B = 4 MB per limb array, which
 # stays in a server's last-level cache next to the B x 1024 results.
 TILE = 1024
 _MASK = np.uint64((1 << LIMB_BITS) - 1)
-
-
-def _check(block: np.ndarray, weights: np.ndarray, moduli: tuple[int, ...]) -> np.ndarray:
-    if block.dtype != np.uint64 or block.ndim != 4:
-        raise BackendError("block must be uint64[d, size, L, N]")
-    if block.shape[2] != len(moduli) or any(not 2 <= int(q) < 2**60 for q in moduli):
-        raise BackendError("one modulus per prime row, each in [2, 2**60)")
-    w = np.asarray(weights)
-    if w.ndim != 2 or w.shape[1] != block.shape[0] or not np.issubdtype(w.dtype, np.integer):
-        raise BackendError(f"weights must be an integer [B, {block.shape[0]}] array")
-    w = w.astype(np.int64)
-    if w.size and int(np.abs(w).sum(axis=1).max()) > MAX_ROW_L1:
-        raise BackendError("a weight row sums to more than 2**23 in absolute value: not a unit-norm probe")
-    return w
 
 
 def multiply_accumulate_many(block: np.ndarray, weights: np.ndarray, moduli: tuple[int, ...]) -> np.ndarray:
@@ -71,10 +71,32 @@ def multiply_accumulate_many(block: np.ndarray, weights: np.ndarray, moduli: tup
         the single-probe kernel's result for ``weights[b]``.
 
     Raises:
-        BackendError: a dtype, shape or modulus outside the contract, or a
-            weight row above the exactness bound.
+        BackendError: a dtype, shape or modulus outside the contract, a
+            weight row above the exactness bound, or a block word of 2**60
+            or more; also what :func:`pprm.matching.kernel.backend` raises
+            when it chooses the backend (e.g. an unavailable ``PPRM_BACKEND``).
     """
     w = _check(block, weights, moduli)
+    if kernel.backend() == "native":
+        return kernel_native.multiply_accumulate_many(block, w, moduli)
+    return _blas_many(block, w, moduli)
+
+
+def _blas_many(block: np.ndarray, w: np.ndarray, moduli: tuple[int, ...]) -> np.ndarray:
+    """The numpy backend's :func:`multiply_accumulate_many`: two float64 GEMMs per column tile.
+
+    Args:
+        block: ``uint64[d, size, L, N]``, checked by :func:`_check`.
+        w: ``int64[B, d]`` as :func:`_check` returns it.
+        moduli: the L primes.
+
+    Returns:
+        ``uint64[B, size, L, N]``, each residue in ``[0, q_j)``.
+
+    Raises:
+        BackendError: a block word of 2**60 or more (its high limb would not
+            fit 30 bits, and the sums would no longer be exact).
+    """
     d = block.shape[0]
     nb = w.shape[0]
     out_shape = (nb, *block.shape[1:])
@@ -105,6 +127,8 @@ def multiply_accumulate_many(block: np.ndarray, weights: np.ndarray, moduli: tup
         np.bitwise_and(cols, _MASK, out=words)
         np.copyto(lo, words, casting="unsafe")
         np.right_shift(cols, np.uint64(LIMB_BITS), out=words)
+        if int(words.max()) >> LIMB_BITS:
+            raise BackendError(WORD_RANGE_ERROR)
         np.copyto(hi, words, casting="unsafe")
         np.matmul(wf, lo, out=acc)
         np.copyto(lo_i[:, start:start + c], acc, casting="unsafe")

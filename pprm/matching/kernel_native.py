@@ -25,7 +25,17 @@ import numpy as np
 from pprm.errors import BackendError
 from pprm.matching.mac_args import PLAIN_RANGE_ERROR, check_mac_args, check_plain_mac_args
 
-__all__ = ["available", "handles", "multiply_accumulate", "plain_mac", "default_threads"]
+__all__ = [
+    "available",
+    "handles",
+    "multiply_accumulate",
+    "plain_mac",
+    "default_threads",
+    "MAX_ROW_L1",
+    "WORD_RANGE_ERROR",
+    "check_many_args",
+    "multiply_accumulate_many",
+]
 
 _MODULE = "pprm._native_kernel"
 
@@ -211,4 +221,112 @@ def plain_mac(pts: np.ndarray, cts: np.ndarray, moduli: tuple[int, ...], threads
     if rc != lib.PPRM_OK:
         # Every other reason for PPRM_EINVAL was ruled out by check_plain_mac_args.
         raise BackendError(PLAIN_RANGE_ERROR)
+    return out
+
+
+# The batched kernel's contract (pprm.matching.kernel_batch), here rather than
+# there because kernel_batch dispatches to this module: sum_k |w_k| per row
+# times a 30-bit limb stays below 2**53 (MAX_ROW_L1 * (2**30 - 1) < 2**53).
+MAX_ROW_L1 = 1 << 23
+WORD_RANGE_ERROR = "a block word is 2**60 or more: not a residue below its prime"
+
+
+def check_many_args(block: np.ndarray, weights: np.ndarray, moduli: tuple[int, ...]) -> np.ndarray:
+    """Check the arguments of a batched multiply-accumulate (both backends).
+
+    Args:
+        block: should be ``uint64[d, size, L, N]``.
+        weights: should be an integer ``[B, d]`` array whose every row has
+            ``sum_k |w| <= MAX_ROW_L1``.
+        moduli: should be L integers, each in ``[2, 2**60)``.
+
+    Returns:
+        The weights as a C-contiguous ``int64[B, d]`` array.
+
+    Raises:
+        BackendError: a dtype, shape or modulus outside the contract, or a
+            weight row above the exactness bound. (A block word of 2**60 or
+            more is found, and refused, by the kernels as they read it.)
+    """
+    if block.dtype != np.uint64 or block.ndim != 4:
+        raise BackendError("block must be uint64[d, size, L, N]")
+    if block.shape[2] != len(moduli) or any(not 2 <= int(q) < 2**60 for q in moduli):
+        raise BackendError("one modulus per prime row, each in [2, 2**60)")
+    w = np.asarray(weights)
+    if w.ndim != 2 or w.shape[1] != block.shape[0] or not np.issubdtype(w.dtype, np.integer):
+        raise BackendError(f"weights must be an integer [B, {block.shape[0]}] array")
+    too_big = "a weight row sums to more than 2**23 in absolute value: not a unit-norm probe"
+    if w.dtype == np.uint64 and w.size and int(w.max()) > MAX_ROW_L1:
+        raise BackendError(too_big)  # would wrap to a negative int64 below
+    w = np.ascontiguousarray(w, dtype=np.int64)
+    # Each weight first, by its sign: np.abs(-2**63) wraps, and so could the
+    # row sums of huge weights; with every |w| <= 2**23 they cannot.
+    if w.size and (int(w.min()) < -MAX_ROW_L1 or int(w.max()) > MAX_ROW_L1):
+        raise BackendError(too_big)
+    if w.size and int(np.abs(w).sum(axis=1).max()) > MAX_ROW_L1:
+        raise BackendError(too_big)
+    return w
+
+
+def multiply_accumulate_many(
+    block: np.ndarray, weights: np.ndarray, moduli: tuple[int, ...], threads: int | None = None
+) -> np.ndarray:
+    """``out[b] = sum_k weights[b, k] * block[k] mod q_j``, exactly, for every row b, in C.
+
+    Same contract as :func:`pprm.matching.kernel_batch.multiply_accumulate_many`
+    (and bit for bit the same words): the block is read from memory once for
+    all B probes, on ``threads`` pthreads, with the GIL released.
+
+    Args:
+        block: ``uint64[d, size, L, N]`` residues of ``d`` ciphertexts, each
+            below its prime (may be a read-only memory map; a non-contiguous
+            array is copied first).
+        weights: ``int64[B, d]`` (any integer dtype), every row with
+            ``sum_k |w| <= 2**23``.
+        moduli: the L primes, each below 2**60.
+        threads: worker threads; 0 means every core this process may use,
+            None means ``PPRM_THREADS`` or else every such core.
+
+    Returns:
+        ``uint64[B, size, L, N]``, each residue in ``[0, q_j)``.
+
+    Raises:
+        BackendError: the extension is not built, an argument fails
+            :func:`check_many_args`, a block word is 2**60 or more, a negative
+            thread count, or the kernel runs out of memory.
+    """
+    if not available():
+        raise BackendError(f"the native kernel is not built ({_load_error})")
+    w = check_many_args(block, weights, moduli)
+    if threads is None:
+        threads = default_threads()
+    if threads < 0:
+        raise BackendError("threads must be >= 0 (0 = all cores)")
+    nthreads = threads or _usable_cores()
+
+    d, size, nprimes, n = block.shape
+    nb = w.shape[0]
+    out = np.empty((nb, size, nprimes, n), dtype=np.uint64)
+    if out.size == 0:
+        return out
+    # Row (s, j) of the flattened [size * L] axis is reduced by prime j.
+    row_moduli = np.ascontiguousarray(np.tile(np.asarray([int(q) for q in moduli], dtype=np.uint64), size))
+    src = np.ascontiguousarray(block)
+    ffi, lib = _ffi, _lib
+    rc = lib.pprm_mac_many(
+        ffi.from_buffer("uint64_t[]", src, require_writable=False),
+        ffi.from_buffer("int64_t[]", w, require_writable=False),
+        ffi.from_buffer("uint64_t[]", row_moduli, require_writable=False),
+        ffi.from_buffer("uint64_t[]", out, require_writable=True),
+        d,
+        nb,
+        size * nprimes,
+        n,
+        min(int(nthreads), 1 << 30),
+    )
+    if rc == lib.PPRM_ENOMEM:
+        raise BackendError("native kernel failed: out of memory")
+    if rc != lib.PPRM_OK:
+        # Every other reason for PPRM_EINVAL was ruled out by check_many_args.
+        raise BackendError(WORD_RANGE_ERROR)
     return out

@@ -34,6 +34,7 @@ __all__ = [
     "plain_mac_agrees_with_seal",
     "plaintext_residues",
     "masking_agrees_with_seal",
+    "native_many_matches_numpy",
 ]
 
 MacFn = Callable[[np.ndarray, np.ndarray, tuple[int, ...]], np.ndarray]
@@ -51,8 +52,9 @@ def native_passes_self_check() -> bool:
     encryptions, and the native and numpy kernels on small random cases.
 
     Returns:
-        True if :func:`native_matches_numpy`, :func:`mac_agrees_with_seal` and
-        :func:`plain_mac_agrees_with_seal` all hold for the native kernels;
+        True if :func:`native_matches_numpy`, :func:`native_many_matches_numpy`,
+        :func:`mac_agrees_with_seal`, :func:`plain_mac_agrees_with_seal` and
+        :func:`masking_agrees_with_seal` all hold for the native kernels;
         False if any fails or the extension is not available.
 
     Raises:
@@ -63,6 +65,7 @@ def native_passes_self_check() -> bool:
     return (
         kernel_native.available()
         and native_matches_numpy()
+        and native_many_matches_numpy()
         and mac_agrees_with_seal(kernel_native.multiply_accumulate)
         and plain_mac_agrees_with_seal(kernel_native.plain_mac)
         and masking_agrees_with_seal()
@@ -304,3 +307,46 @@ def masking_agrees_with_seal(seed: int = 0) -> bool:
     except BackendError:
         return False
     return bool(np.array_equal(got, want))
+
+
+def native_many_matches_numpy(seed: int = 0) -> bool:
+    """Compare the native batched kernel with the numpy single-probe kernel, bit for bit.
+
+    ``kernel_native.multiply_accumulate_many`` must give, for every row of
+    its weights, the words of ``kernel_numpy.multiply_accumulate`` (which is
+    itself checked against SEAL by :func:`mac_agrees_with_seal`). One small
+    case, a few ms: d = 129 rows (two of the native kernel's 64-row panels
+    and one row more), 7 probes (not a multiple of its 6-probe micro-kernel),
+    two ciphertext components and two primes, and 300 coefficients per row
+    (1200 columns: not a multiple of its 128-column strips). The first
+    row of weights is all ``+2**16``, the second alternates ``+-2**16``: with
+    129 of them their absolute sums exceed the batched bound, so the first 128
+    carry them and the last is 0, giving exactly ``2**23``, the largest sum the
+    contract allows, against the ``q - 1`` residues of rows 0 to 3. One thread,
+    as in :func:`native_matches_numpy`.
+
+    Args:
+        seed: seed of the random case.
+
+    Returns:
+        True if the extension is available and every row agrees exactly; False otherwise.
+    """
+    if not kernel_native.available():
+        return False
+    rng = np.random.default_rng(seed)
+    moduli = (1152921504606830593, 1152921504606748673)
+    d, size, n, nb = 129, 2, 300, 7
+    q = np.asarray(moduli, dtype=np.uint64).reshape(1, 1, 2, 1)
+    block = rng.integers(0, 1 << 62, size=(d, size, len(moduli), n), dtype=np.uint64) % q
+    block[:4] = q - np.uint64(1)
+    weights = rng.integers(-MAX_WEIGHT, MAX_WEIGHT + 1, size=(nb, d), dtype=np.int64) // 64
+    weights[:2, -1] = 0
+    weights[0, :-1] = MAX_WEIGHT
+    weights[1, :-1] = np.where(np.arange(d - 1) % 2 == 0, MAX_WEIGHT, -MAX_WEIGHT)
+    try:
+        got = kernel_native.multiply_accumulate_many(block, weights, moduli, threads=1)
+    except BackendError:
+        return False
+    return all(
+        np.array_equal(got[b], kernel_numpy.multiply_accumulate(block, weights[b], moduli)) for b in range(nb)
+    )

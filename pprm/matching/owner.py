@@ -22,12 +22,14 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tenseal.sealapi as seal
 
 from pprm.crypto.context import CkksContext
 from pprm.errors import GalleryError, TemplateError
+from pprm.matching import kernel
 from pprm.matching.gallery import (
     MAX_ENCRYPTIONS_PER_BLOCK,
     Block,
@@ -36,6 +38,9 @@ from pprm.matching.gallery import (
     unpack_slots,
 )
 from pprm.matching.templates import normalise_templates, reference_list, shown_reference, validate_references
+
+if TYPE_CHECKING:
+    from pprm.matching.encrypt_native import NativeEncryptor
 
 __all__ = ["GalleryOwner"]
 
@@ -56,14 +61,37 @@ class GalleryOwner:
         self.gallery = gallery
         self._encryptor = seal.Encryptor(ctx.seal, secret_key)
         self._decryptor = seal.Decryptor(ctx.seal, secret_key)
+        # Kept for the native encryptor, made on the first encryption that uses it.
+        self._secret_key = secret_key
+        self._native: NativeEncryptor | None = None
 
     def __repr__(self) -> str:
         return f"GalleryOwner({self.ctx.params.name}, records={len(self.gallery)})"
 
     def _encrypt_columns(self, columns: np.ndarray, progress: Progress | None = None,
                          done: int = 0, total: int = 0) -> np.ndarray:
-        """Encrypt ``columns[k]`` (component k by position) into block residues."""
+        """Encrypt ``columns[k]`` (component k by position) into block residues.
+
+        With the native backend and one data prime, the block is encrypted in
+        C (:class:`~pprm.matching.encrypt_native.NativeEncryptor`, the same
+        distribution as SEAL's ``encrypt_symmetric``); otherwise, one
+        ciphertext at a time through SEAL. Either way ``progress`` is called
+        every 32 ciphertexts and after the last one.
+        """
         p = self.ctx.params
+        # kernel.backend() last: its first call runs the native self-check.
+        if len(self.ctx.moduli) == 1 and p.packing in ("real", "complex") and kernel.backend() == "native":
+            if self._native is None:
+                # Imported here: enrolment is the only user, and `import pprm` stays lean.
+                from pprm.matching.encrypt_native import NativeEncryptor
+
+                self._native = NativeEncryptor(self.ctx, self._secret_key)
+
+            def rows_done(k: int) -> None:
+                if progress:
+                    progress(done + k, total)
+
+            return self._native.encrypt_columns(columns, rows_done)
         out = np.empty(self.gallery.block_shape, dtype=np.uint64)
         ct = seal.Ciphertext(self.ctx.seal)
         slot_values = pack_columns(columns, p)
