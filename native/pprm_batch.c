@@ -41,7 +41,22 @@
  * slices (ahead_t), so memory streams during the arithmetic, not in turns
  * with it (measured: 1.7x at one probe, 1.4x at 16, on one core).
  *
- * Instruction sets. The two hot loops (pprm_batch_isa.h) are compiled for
+ * Few probes. From 1 to STREAM_MAX_NB probes there is too little arithmetic
+ * to hide the packing round trip through L2, so the block is streamed
+ * instead (stream_thread_main, FN(stream) in pprm_batch_isa.h): the columns
+ * are cut into tiles of STREAM_TW, and for a tile every block row is read as
+ * one contiguous run (which the hardware prefetcher follows), STREAM_KU rows
+ * at a time; each word is split into its two limbs in registers and
+ * w[b][k] * limb is added into per-column accumulators (nb x 2 STREAM_TW
+ * doubles, in L1/L2), which are reduced per output word as above. Exactness
+ * is the same argument: each accumulator is a sum, in some order, of
+ * products w * limb with sum_k |w| <= 2**23 and limb < 2**30, so every
+ * partial sum is an integer of magnitude below 2**53 and every float64
+ * operation on it is exact; the results are the same words bit for bit.
+ * Measured per 64 MiB block on the 2-core AVX-512 VM: 1.4 ms at one probe,
+ * against 3.6 ms for the panel path (memory streams at about 29 GB/s).
+ *
+ * Instruction sets. The three hot loops (pprm_batch_isa.h) are compiled for
  * AVX-512 (zmm, 6 probes x 32 columns), AVX2+FMA (ymm, 6 x 8) and the
  * baseline SSE2 (xmm, 4 x 4) and picked at run time with
  * __builtin_cpu_supports; no -march=native, so the build runs on any x86-64.
@@ -49,7 +64,7 @@
  *
  * Threads. `threads` pthreads (0 = all online cores; never more threads
  * than strips, nor than one per 4 MiB of block; the calling thread is one of
- * them) take whole strips, one at a time, from a shared counter, so a core
+ * them) take whole strips (few probes: tiles), one at a time, from a shared counter, so a core
  * that another process also wants simply does fewer strips. The caller
  * (cffi, API mode) has released the GIL and nothing here touches global
  * state, so concurrent calls are safe.
@@ -76,6 +91,15 @@
 #define MAX_WORD_BITS 60   /* words must be below 2**60: two limbs of 30 bits */
 #define MAX_THREADS 256
 #define MIN_WORDS_PER_THREAD ((size_t)1 << 19) /* as pprm_mac_sealed: 4 MiB of block per thread */
+/* The few-probes path (see "Few probes" above). Measured on the 2-core
+   AVX-512 VM, full block: it beats the panel path at 1 to 5 probes with
+   every instruction set; at 6 it loses with AVX-512 (register spills), at 8
+   with all three. Tiles of 4096 and 2048 columns tied and beat 8192 and
+   16384 (the accumulators fall out of L1/L2 reach, and fewer tiles balance
+   worse); 4 rows per pass beat 2 and tied 8. */
+#define STREAM_MAX_NB 5  /* most probes it takes */
+#define STREAM_KU 4      /* block rows per pass over the accumulators */
+#define STREAM_TW 4096   /* columns per tile: nb * 2 * STREAM_TW doubles (64 KiB a probe) of accumulators */
 
 typedef struct {
     /* Split rows into the panel; returns the OR of the words read. */
@@ -84,6 +108,11 @@ typedef struct {
     /* Accumulate mr (<= mr_max) probes times one sliver into c. */
     void (*micro)(const double *restrict sliver, const double *restrict wt, size_t ldw, size_t kc,
                   double *restrict c, size_t mr);
+    /* The few-probes path: kc rows of len columns straight from the block
+       into nb (<= STREAM_MAX_NB) probes' accumulators; returns the OR of the
+       words read. */
+    uint64_t (*stream)(const uint64_t *src, size_t rn, size_t kc, size_t len, const double *restrict wt, size_t nb,
+                       double *restrict acc);
     size_t mr, nr;
 } isa_t;
 
@@ -175,6 +204,23 @@ typedef struct {
     uint64_t seen;           /* OR of every block word read */
 } many_job_t;
 
+/* o[c] = (hi[c] * 2**30 + lo[c]) mod q for the columns j0 + c, c < len, each
+   reduced by its row's modulus. The limb sums are exact integers below 2**53
+   in magnitude, so the double -> int64 conversions are exact. */
+static void reduce_run(const double *lo, const double *hi, const row_mod_t *mods, size_t n, size_t j0, size_t len,
+                       uint64_t *o) {
+    for (size_t c = 0; c < len;) {
+        const size_t r = (j0 + c) / n, row_end = (r + 1) * n - j0;
+        const size_t end = row_end < len ? row_end : len;
+        const row_mod_t *rm = &mods[r];
+        for (; c < end; ++c) {
+            /* Multiply rather than shift: left-shifting a negative value is undefined. */
+            const __int128 s = (__int128)(int64_t)hi[c] * ((__int128)1 << LIMB_BITS) + (int64_t)lo[c];
+            o[c] = reduce_signed(s, rm);
+        }
+    }
+}
+
 /* Software prefetch, to L2, of the block rows the next pack() will read,
    spread in equal slices over the micro-kernel calls before it: the memory
    then streams while the FMAs run, instead of in turns. */
@@ -230,20 +276,31 @@ static void many_strip(many_job_t *job, size_t j0, size_t len, size_t next_j0) {
             }
         }
     }
-    /* One reduction per output word. The limb sums are exact integers below
-       2**53 in magnitude, so the double -> int64 conversions are exact. */
-    const row_mod_t *col_mod[SW];
-    for (size_t c = 0; c < len; ++c)
-        col_mod[c] = &job->mods[(j0 + c) / job->n];
-    for (size_t p = 0; p < nb; ++p) {
-        const double *a = acc + p * VC;
-        uint64_t *o = job->out + p * rn + j0;
-        for (size_t c = 0; c < len; ++c) {
-            /* Multiply rather than shift: left-shifting a negative value is undefined. */
-            const __int128 s = (__int128)(int64_t)a[SW + c] * ((__int128)1 << LIMB_BITS) + (int64_t)a[c];
-            o[c] = reduce_signed(s, col_mod[c]);
+    /* One reduction per output word. */
+    for (size_t p = 0; p < nb; ++p)
+        reduce_run(acc + p * VC, acc + p * VC + SW, job->mods, job->n, j0, len, job->out + p * rn + j0);
+}
+
+/* The few-probes path: tiles of STREAM_TW columns, taken one at a time from
+   the shared counter (as the strips of many_thread_main), all d rows of a
+   tile streamed into the accumulators (nb * 2 * STREAM_TW doubles: for probe
+   p the low limb sums, then the high), then reduced. */
+static void *stream_thread_main(void *arg) {
+    many_job_t *job = arg;
+    const size_t nb = job->nb, rn = job->rn;
+    for (;;) {
+        const size_t t = __atomic_fetch_add(job->next_strip, 1, __ATOMIC_RELAXED);
+        if (t >= job->strips)
+            break;
+        const size_t j0 = t * STREAM_TW, len = rn - j0 < STREAM_TW ? rn - j0 : STREAM_TW;
+        memset(job->acc, 0, nb * 2 * len * sizeof job->acc[0]);
+        job->seen |= job->isa->stream(job->block + j0, rn, job->d, len, job->wt, nb, job->acc);
+        for (size_t p = 0; p < nb; ++p) {
+            const double *a = job->acc + p * 2 * len;
+            reduce_run(a, a + len, job->mods, job->n, j0, len, job->out + p * rn + j0);
         }
     }
+    return NULL;
 }
 
 static void *many_thread_main(void *arg) {
@@ -289,7 +346,10 @@ int pprm_mac_many(const uint64_t *block, const int64_t *weights, const uint64_t 
         return PPRM_OK;
     }
 
-    const size_t strips = (rn + SW - 1) / SW;
+    /* Few probes: stream the block rows (stream_thread_main); the work units
+       are then tiles of STREAM_TW columns rather than strips of SW. */
+    const int stream = nb <= STREAM_MAX_NB;
+    const size_t strips = stream ? (rn + STREAM_TW - 1) / STREAM_TW : (rn + SW - 1) / SW;
     long want = threads > 0 ? threads : online_cores();
     if (want > MAX_THREADS)
         want = MAX_THREADS;
@@ -304,8 +364,9 @@ int pprm_mac_many(const uint64_t *block, const int64_t *weights, const uint64_t 
     many_job_t *jobs = calloc(nthreads, sizeof *jobs);
     row_mod_t *mods = malloc(rows * sizeof *mods);
     double *wt = malloc(d * nb * sizeof *wt);
-    /* Per job: a panel and the accumulators, both multiples of 64 bytes (VC * 8 = 1 KiB). */
-    const size_t per_job = KC * VC + nb * VC;
+    /* Per job: a panel and the accumulators, both multiples of 64 bytes (VC * 8 = 1 KiB);
+       or, streaming, the accumulators only (2 * STREAM_TW * 8 bytes a probe). */
+    const size_t per_job = stream ? nb * 2 * STREAM_TW : KC * VC + nb * VC;
     double *scratch = aligned_alloc(64, nthreads * per_job * sizeof(double));
     if (!jobs || !mods || !wt || !scratch) {
         free(jobs);
@@ -326,8 +387,13 @@ int pprm_mac_many(const uint64_t *block, const int64_t *weights, const uint64_t 
     for (size_t i = 0; i < nthreads; ++i) {
         double *mine = scratch + i * per_job;
         jobs[i] = (many_job_t){isa, block, wt, mods, out, mine, mine + KC * VC, d, nb, n, rn, strips, &next_strip, 0};
+        if (stream) {
+            jobs[i].panel = NULL;
+            jobs[i].acc = mine;
+        }
     }
-    int rc = run_jobs(many_thread_main, jobs, sizeof *jobs, nthreads) ? PPRM_ENOMEM : PPRM_OK;
+    int rc = run_jobs(stream ? stream_thread_main : many_thread_main, jobs, sizeof *jobs, nthreads) ? PPRM_ENOMEM
+                                                                                                 : PPRM_OK;
     for (size_t i = 0; i < nthreads && rc == PPRM_OK; ++i)
         if (jobs[i].seen >> MAX_WORD_BITS)
             rc = PPRM_EINVAL;

@@ -1,12 +1,12 @@
 /*
- * The two hot loops of pprm_batch.c, written once and included once per
+ * The hot loops of pprm_batch.c, written once and included once per
  * instruction set. The includer defines ISA (a name suffix), VL (doubles per
  * vector register), NV (vectors per micro-kernel row, so NR = NV * VL
  * columns) and MR (probes per micro-kernel call), and sets the target
- * (#pragma GCC target) around the include; SW, VC, KC, PACK_AHEAD, LIMB_BITS
- * and LIMB_MASK come from pprm_batch.c. The GCC vector types below take the
- * width of whatever the target allows, so the same source gives zmm, ymm or
- * xmm code.
+ * (#pragma GCC target) around the include; SW, VC, KC, PACK_AHEAD, LIMB_BITS,
+ * LIMB_MASK, STREAM_MAX_NB and STREAM_KU come from pprm_batch.c. The GCC
+ * vector types below take the width of whatever the target allows, so the
+ * same source gives zmm, ymm or xmm code.
  *
  * Register budget (16 vector registers for AVX2 and SSE2, 32 for AVX-512):
  * MR * NV accumulators + NV panel vectors + one broadcast weight.
@@ -144,7 +144,122 @@ static void FN(micro)(const double *restrict sliver, const double *restrict wt, 
     }
 }
 
-static const isa_t FN(isa) = {FN(pack), FN(micro), MR, NR};
+/* The streaming path for a few probes (pprm_batch.c, "Few probes"):
+
+     acc[b * 2 * len + c]       += sum_{k < kc} wt[k * nb + b] * lo(src[k * rn + c])
+     acc[b * 2 * len + len + c] += sum_{k < kc} wt[k * nb + b] * hi(src[k * rn + c])
+
+   for b < nb = NB, c < len, lo and hi the 30-bit limbs, made doubles as in
+   FN(pack). The rows are read front to back, STREAM_KU of them at a time (so
+   the accumulators are loaded and stored once per STREAM_KU rows), each as
+   one contiguous run of len words that the hardware prefetcher follows. NB is
+   a constant at every call site (FN(stream)'s switch), so the 2 * NB
+   accumulator vectors stay in registers across the rows of a group. Returns
+   the OR of every word read, as FN(pack). */
+static inline __attribute__((always_inline)) uint64_t FN(stream_body)(const uint64_t *src, size_t rn, size_t kc,
+                                                                     size_t len, const double *restrict wt,
+                                                                     double *restrict acc, const int NB) {
+    const FN(vu) mask = (FN(vu)){0} + LIMB_MASK;
+    const FN(vu) magic = (FN(vu)){0} + 0x4330000000000000ULL;
+    const FN(vd) two52 = (FN(vd)){0} + 0x1p52;
+    FN(vu) seen = (FN(vu)){0};
+    uint64_t seen1 = 0;
+    /* Vectors over columns [c0, c1): c0 puts src (and, when rn * 8 is a
+       multiple of 64, every row) on a 64-byte line boundary, so no vector
+       load straddles two lines; the columns outside go one word at a time. */
+    size_t c0 = (64 - ((uintptr_t)src & 63)) % 64 / 8;
+    if (c0 > len)
+        c0 = len;
+    const size_t c1 = c0 + (len - c0) / VL * VL;
+    size_t k = 0;
+    for (; k + STREAM_KU <= kc; k += STREAM_KU) {
+        const uint64_t *row = src + k * rn;
+        const double *w = wt + k * NB;
+        for (size_t c = c0; c < c1; c += VL) {
+            FN(vd) alo[STREAM_MAX_NB], ahi[STREAM_MAX_NB];
+#pragma GCC unroll 8
+            for (int b = 0; b < NB; ++b) {
+                alo[b] = *(const FN(vdu) *)(acc + b * 2 * len + c);
+                ahi[b] = *(const FN(vdu) *)(acc + b * 2 * len + len + c);
+            }
+#pragma GCC unroll 8
+            for (int r = 0; r < STREAM_KU; ++r) {
+                const FN(vu) x = *(const FN(vuu) *)(row + r * rn + c);
+                seen |= x;
+                const FN(vd) lo = (FN(vd))((x & mask) | magic) - two52;
+                const FN(vd) hi = (FN(vd))((x >> LIMB_BITS) | magic) - two52;
+#pragma GCC unroll 8
+                for (int b = 0; b < NB; ++b) {
+                    const FN(vd) wb = w[r * NB + b] - (FN(vd)){0};
+                    alo[b] += wb * lo;
+                    ahi[b] += wb * hi;
+                }
+            }
+#pragma GCC unroll 8
+            for (int b = 0; b < NB; ++b) {
+                *(FN(vdu) *)(acc + b * 2 * len + c) = alo[b];
+                *(FN(vdu) *)(acc + b * 2 * len + len + c) = ahi[b];
+            }
+        }
+    }
+    for (; k < kc; ++k) {
+        const uint64_t *row = src + k * rn;
+        const double *w = wt + k * NB;
+        for (size_t c = c0; c < c1; c += VL) {
+            const FN(vu) x = *(const FN(vuu) *)(row + c);
+            seen |= x;
+            const FN(vd) lo = (FN(vd))((x & mask) | magic) - two52;
+            const FN(vd) hi = (FN(vd))((x >> LIMB_BITS) | magic) - two52;
+#pragma GCC unroll 8
+            for (int b = 0; b < NB; ++b) {
+                const FN(vd) wb = w[b] - (FN(vd)){0};
+                *(FN(vdu) *)(acc + b * 2 * len + c) += wb * lo;
+                *(FN(vdu) *)(acc + b * 2 * len + len + c) += wb * hi;
+            }
+        }
+    }
+    /* The columns before c0 and from c1 on, one word at a time. */
+    for (k = 0; k < kc && (c0 > 0 || c1 < len); ++k) {
+        const uint64_t *row = src + k * rn;
+        for (size_t c = c0 > 0 ? 0 : c1; c < len; c = c + 1 == c0 ? c1 : c + 1) {
+            const uint64_t x = row[c];
+            seen1 |= x;
+            const double lo = (double)(x & LIMB_MASK), hi = (double)(x >> LIMB_BITS);
+            for (int b = 0; b < NB; ++b) {
+                acc[b * 2 * len + c] += wt[k * NB + b] * lo;
+                acc[b * 2 * len + len + c] += wt[k * NB + b] * hi;
+            }
+        }
+    }
+    for (size_t i = 0; i < VL; ++i)
+        seen1 |= seen[i];
+    return seen1;
+}
+
+#if STREAM_MAX_NB < 2 || STREAM_MAX_NB > 5
+#error "FN(stream) handles 2 <= STREAM_MAX_NB <= 5"
+#endif
+
+/* FN(stream_body) for 1 <= nb <= STREAM_MAX_NB probes; wt is wt[k * nb + b]. */
+static uint64_t FN(stream)(const uint64_t *src, size_t rn, size_t kc, size_t len, const double *restrict wt,
+                           size_t nb, double *restrict acc) {
+    switch (nb) {
+    case 1: return FN(stream_body)(src, rn, kc, len, wt, acc, 1);
+    case 2: return FN(stream_body)(src, rn, kc, len, wt, acc, 2);
+#if STREAM_MAX_NB >= 3
+    case 3: return FN(stream_body)(src, rn, kc, len, wt, acc, 3);
+#endif
+#if STREAM_MAX_NB >= 4
+    case 4: return FN(stream_body)(src, rn, kc, len, wt, acc, 4);
+#endif
+#if STREAM_MAX_NB >= 5
+    case 5: return FN(stream_body)(src, rn, kc, len, wt, acc, 5);
+#endif
+    default: return 0;
+    }
+}
+
+static const isa_t FN(isa) = {FN(pack), FN(micro), FN(stream), MR, NR};
 
 #undef NR
 #undef FN
