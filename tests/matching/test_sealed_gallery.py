@@ -286,6 +286,31 @@ def test_blocks_load_memory_mapped_read_only(env: Env, sealed_ctx: CkksContext, 
     assert fresh.stored_bytes() >= arr.nbytes
 
 
+def test_views_share_their_maps_until_a_block_changes(env: Env, sealed_ctx: CkksContext,
+                                                      sealed_key_id: str) -> None:
+    from pprm.matching import gallery as gallery_module
+
+    gallery, owner = env
+    owner.enroll(_templates(3, 13), _refs("A", 3))
+
+    def view() -> EncryptedGallery:
+        return EncryptedGallery(gallery.directory, sealed_ctx.params, sealed_key_id, DIM)
+
+    first = view().block(0)
+    assert view().block(0) is first  # one mapping per block file for every view of the process
+    old = os.path.abspath(_block_path(gallery, 0))
+    assert old in gallery_module._shared_maps
+    owner.remove("A-00001")  # re-encrypts block 0 into a new file
+    later = view()
+    assert old not in gallery_module._shared_maps  # the replaced file's map left the cache
+    assert later.block(0) is not first
+    assert np.array_equal(later.block(0), np.load(_block_path(later, 0)))
+    # A file changed in place is mapped afresh and checked, never served from the cache.
+    np.save(_block_path(later, 0), np.zeros((DIM, 2, 1, 8), dtype=np.uint64))
+    with pytest.raises(GalleryError, match="shape"):
+        view().block(0)
+
+
 def test_references_live_in_one_switched_file_off_the_matcher_path(
         env: Env, sealed_ctx: CkksContext, sealed_key_id: str) -> None:
     gallery, owner = env
