@@ -134,15 +134,10 @@ class BlockScorer:
             Per block, its packed masked ciphertexts (one,
             :data:`pprm.crypto.masked_codec.CIPHERTEXTS_PER_BLOCK`).
         """
-        p = self.ctx.params
-        # Complex packing subtracts tau from both parts of every slot at once.
-        tau_value: float | complex = complex(threshold, threshold) if p.packing == "complex" else threshold
-        tau = self.ctx.encode_constant(tau_value, p.gallery_scale_bits + p.probe_scale_bits)
         out: list[list[bytes]] = []
         if count == 0:
             return out
-        tau_ntt = self._plaintext_residues(tau) if self._native is not None else None
-
+        tau, tau_ntt = self._tau(threshold)
         # The native batched kernel at one probe streams a block faster than
         # the single-probe one (float64 fused multiply-adds on 30-bit limbs
         # against 64x64-bit products); the numpy backend keeps its GEMV.
@@ -154,27 +149,14 @@ class BlockScorer:
                 return kernel_batch.multiply_accumulate_many(residues(b), row, self.ctx.moduli)[0]
             return kernel.multiply_accumulate(residues(b), w, self.ctx.moduli)
 
-        if self._native is not None:
-            # Masking in C takes about 1 ms a block: run each block's steps in
-            # turn, the kernel on every core. Overlapping them made the
-            # kernel's threads wait for the masking one (measured at 1M: 512
-            # against 610-650 ms per match).
-            for b in range(count):
-                out.append(self._mask(mac(b), tau, occupancy(b), tau_ntt))
-                if progress:
-                    progress(b + 1, count)
-            return out
-        # The kernel releases the GIL; masking holds it in SEAL. Computing block
-        # b+1 in a worker while block b is masked overlaps the two.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pprm-mac") as pool:
-            pending = pool.submit(mac, 0)
-            for b in range(count):
-                res = pending.result()
-                if b + 1 < count:
-                    pending = pool.submit(mac, b + 1)
-                out.append(self._mask(res, tau, occupancy(b), tau_ntt))
-                if progress:
-                    progress(b + 1, count)
+        def finish(b: int, res: np.ndarray) -> None:
+            out.append(self._mask(res, tau, occupancy(b), tau_ntt))
+
+        # Masking in C takes about 1 ms a block: each block's steps run in
+        # turn, the kernel on every core (overlapping them made the kernel's
+        # threads wait for the masking one: 512 against 610-650 ms per match
+        # at 1M). Through SEAL, masking costs as much as the kernel: overlap.
+        self._blocks(count, mac, finish, progress, overlap=self._native is None)
         return out
 
     def run_many(self, count: int, residues: Callable[[int], np.ndarray], occupancy: Callable[[int], np.ndarray],
@@ -192,28 +174,51 @@ class BlockScorer:
         Returns:
             Per probe, per block, its packed masked ciphertexts.
         """
-        p = self.ctx.params
-        tau_value: float | complex = complex(threshold, threshold) if p.packing == "complex" else threshold
-        tau = self.ctx.encode_constant(tau_value, p.gallery_scale_bits + p.probe_scale_bits)
         out: list[list[list[bytes]]] = [[] for _ in range(ws.shape[0])]
         if count == 0 or ws.shape[0] == 0:
             return out
-        tau_ntt = self._plaintext_residues(tau) if self._native is not None else None
+        tau, tau_ntt = self._tau(threshold)
 
         def mac(b: int) -> np.ndarray:
             return kernel_batch.multiply_accumulate_many(residues(b), ws, self.ctx.moduli)
 
+        def finish(b: int, res: np.ndarray) -> None:
+            for i, blobs in enumerate(self._mask_many(res, tau, occupancy(b), tau_ntt)):
+                out[i].append(blobs)
+
+        # A batch's masking costs more than its kernel even in C: overlap them.
+        self._blocks(count, mac, finish, progress, overlap=True)
+        return out
+
+    def _tau(self, threshold: float) -> tuple[seal.Plaintext, np.ndarray | None]:
+        """Tau's plaintext, and its NTT residues when the masking runs in C."""
+        p = self.ctx.params
+        # Complex packing subtracts tau from both parts of every slot at once.
+        tau_value: float | complex = complex(threshold, threshold) if p.packing == "complex" else threshold
+        tau = self.ctx.encode_constant(tau_value, p.gallery_scale_bits + p.probe_scale_bits)
+        return tau, self._plaintext_residues(tau) if self._native is not None else None
+
+    @staticmethod
+    def _blocks(count: int, mac: Callable[[int], np.ndarray], finish: Callable[[int, np.ndarray], None],
+                progress: Progress | None, *, overlap: bool) -> None:
+        """``finish(b, mac(b))`` for every block, in order; with ``overlap``, ``mac(b + 1)`` runs meanwhile."""
+        if not overlap:
+            for b in range(count):
+                finish(b, mac(b))
+                if progress:
+                    progress(b + 1, count)
+            return
+        # The kernel releases the GIL: computing block b + 1 in a worker while
+        # block b is masked overlaps the two.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pprm-mac") as pool:
             pending = pool.submit(mac, 0)
             for b in range(count):
                 res = pending.result()
                 if b + 1 < count:
                     pending = pool.submit(mac, b + 1)
-                for i, blobs in enumerate(self._mask_many(res, tau, occupancy(b), tau_ntt)):
-                    out[i].append(blobs)
+                finish(b, res)
                 if progress:
                     progress(b + 1, count)
-        return out
 
     def _plaintext_residues(self, pt: seal.Plaintext) -> np.ndarray:
         # SEAL's own NTT form of a plaintext, read as the difference it makes
