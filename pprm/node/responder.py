@@ -28,6 +28,7 @@ from pprm.matching.diagonals import BlindDatabase
 from pprm.matching.gallery import EncryptedGallery
 from pprm.matching.protocols import BlindMatching, SealedMatching
 from pprm.matching.sealed import MaskedResult
+from pprm.matching.templates import normalise_probe
 from pprm.node.blind_store import AnsweredQuery
 from pprm.node.keyservice import KeyService, VerifiedAnnouncement, VerifiedBlindQuery, VerifiedQuery
 from pprm.node.policy import QuotaLedger, Refusal, decide
@@ -215,6 +216,8 @@ class Responder:
                     if refusal is not None:
                         out[i] = self._refuse(vq, refusal, sinks[i], t)
                     else:
+                        # A malformed probe fails its own query here, not the shared pass.
+                        normalise_probe(vq.body.probe, st.config.dim)
                         batch.append((i, vq))
                 except PprmError as exc:
                     out[i] = exc

@@ -246,6 +246,30 @@ def test_respond_many_when_the_pass_fails_records_nothing(tmp_path: Path, monkey
     assert [getattr(r, "refused", "failed") for r in later] == [None, None, None]
 
 
+def test_respond_many_a_malformed_probe_fails_only_its_query(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pprm.matching.templates import normalise_probe
+    from pprm.node import responder as responder_module
+
+    net = build_network(str(tmp_path), ("DE", "FR"), n=300, seed=14)
+    de, fr = net["DE"].state, net["FR"].state
+    probes = np.stack([synthetic.impostor_probe(512, seed=s) for s in (4, 5, 6)])
+    qs = [r.query.query for r in Requester(de).query_many("FR", probes, "C-ODD", PURPOSE) if r.query is not None]
+    real = normalise_probe
+    bad = probes[1].astype(np.float32)
+
+    def picky(probe: np.ndarray, dim: int) -> np.ndarray:
+        # Stands for a probe the requester's own checks would never have let through.
+        if np.allclose(np.asarray(probe, dtype=np.float32), bad / np.linalg.norm(bad), atol=1e-6):
+            raise TemplateError("probe row 0 is a zero vector")
+        return real(probe, dim)
+
+    monkeypatch.setattr(responder_module, "normalise_probe", picky)
+    out = Responder(fr).respond_many(qs)
+    assert isinstance(out[1], TemplateError)
+    assert [getattr(out[i], "refused", "failed") for i in (0, 2)] == [None, None]
+    assert len(_entries(fr, "answer")) == 2
+
+
 def _reference_of(b: State, query_id: str, handle: str) -> str:
     """The reference behind a blind handle, read from the responder's secrets (tests only)."""
     rec = b.blind_store.answered(query_id)
