@@ -199,8 +199,8 @@ def _check_query(face_check: Callable[[argparse.Namespace], None] | None, p: arg
         return
     if args.probe is not None:
         p.error("--probe and --probes are mutually exclusive")
-    if args.image is not None or args.models is not None:
-        p.error("--probes and --image/--models are mutually exclusive")
+    if args.image is not None or args.models is not None or getattr(args, "aligned", False):
+        p.error("--probes and --image/--models/--aligned are mutually exclusive")
     if args.out is not None:
         p.error("--probes writes one file per probe into --out-dir, not --out")
     if args.out_dir is None:

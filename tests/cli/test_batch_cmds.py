@@ -163,6 +163,7 @@ def test_query_probes_refuses_an_out_dir_holding_queries(world: World, tmp_path:
     (["--probes", "ps.npy", "--out", "q.msg"], "not --out"),
     (["--probes", "ps.npy"], "--probes needs --out-dir"),
     (["--probes", "ps.npy", "--image", "a.png", "--models", "m", "--out-dir", "d"], "mutually exclusive"),
+    (["--probes", "ps.npy", "--aligned", "--out-dir", "d"], "--probes and --image/--models/--aligned"),
     (["--probe", "p.npy", "--out-dir", "d"], "--out-dir goes with --probes"),
     (["--probe", "p.npy"], "required: --out"),
 ])
