@@ -9,8 +9,6 @@ every requester opens its own answer with the right result.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +17,13 @@ import pytest
 from pprm import synthetic
 from pprm.errors import PprmError
 from pprm.net.inbox import Inbox
-from pprm.net.service import StateService
 from pprm.net.wire import pack_delivery
 from pprm.node.keyservice import KeyService
 from pprm.node.requester import Requester
 from pprm.node.responder import Responder, Response
 from pprm.node.state import State
 from tests.helpers import build_network, plaintext_hits
+from tests.net.test_service_restart import answer_backlog
 
 
 def test_a_backlog_is_matched_in_one_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -50,16 +48,7 @@ def test_a_backlog_is_matched_in_one_pass(tmp_path: Path, monkeypatch: pytest.Mo
         return real(self, queries, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Responder, "respond_many", counted)
-    loop = asyncio.new_event_loop()
-    svc = StateService(fr.dir)
-    try:
-        svc.start(loop)
-        deadline = time.monotonic() + 60
-        while inbox.pending() and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        svc.stop()
-        loop.close()
+    answer_backlog(fr.dir, inbox)
     assert inbox.pending() == []
     assert sizes == [5]  # the five queries in one pass; the broken delivery on its own
     assert inbox.reply("DE", "f" * 32) is None and inbox.failure("DE", "f" * 32) is not None

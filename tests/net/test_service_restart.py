@@ -26,6 +26,20 @@ from pprm.protocol.replay import ReplayCache
 from tests.helpers import build_network
 
 
+def answer_backlog(directory: str, inbox: Inbox, *, timeout: float = 60) -> None:
+    """Start the state's service, let its worker answer the stored deliveries, stop it."""
+    loop = asyncio.new_event_loop()
+    svc = StateService(directory)
+    try:
+        svc.start(loop)
+        deadline = time.monotonic() + timeout
+        while inbox.pending() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        svc.stop()
+        loop.close()
+
+
 class Killed(Exception):
     """Stands for SIGKILL at one precise point."""
 
@@ -53,16 +67,7 @@ def test_an_answer_logged_but_not_marked_used_is_not_answered_again(tmp_path: Pa
     events = [e["event"] for e in State.open(fr.dir).audit.entries()]
     assert events.count("answer") == 1
 
-    loop = asyncio.new_event_loop()
-    svc = StateService(fr.dir)
-    try:
-        svc.start(loop)
-        deadline = time.monotonic() + 30
-        while inbox.pending() and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        svc.stop()
-        loop.close()
+    answer_backlog(fr.dir, inbox, timeout=30)
     assert inbox.pending() == []
     # Not answered again: one logged answer, the reply handed over before the kill, and now a replay.
     events = [e["event"] for e in State.open(fr.dir).audit.entries()]

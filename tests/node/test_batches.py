@@ -270,6 +270,31 @@ def test_respond_many_a_malformed_probe_fails_only_its_query(tmp_path: Path, mon
     assert len(_entries(fr, "answer")) == 2
 
 
+def test_respond_many_refuses_mallorys_bytes_and_answers_the_rest(tmp_path: Path) -> None:
+    from pprm.errors import AuthenticationError, PprmError
+
+    net = build_network(str(tmp_path / "net"), ("DE", "FR"), n=300, seed=15)
+    de, fr = net["DE"].state, net["FR"].state
+    # Mallory: a state of her own, with her own keys, that FR never trusted; she trusts FR's card.
+    mallory = new_state(tmp_path / "MX", "MX")
+    mallory.trust(fr.card_bytes)
+    probe = synthetic.impostor_probe(512, seed=7)
+    hers = Requester(mallory).query("FR", probe, "C-M", PURPOSE)
+    good, victim = (r.query.query for r in Requester(de).query_many("FR", np.stack([probe, probe]), "C-V", PURPOSE)
+                    if r.query is not None)
+    flipped = bytearray(victim)
+    flipped[len(flipped) // 2] ^= 0x01  # DE's query, one bit changed in transit
+    before = _entries(fr, "answer")
+    out = Responder(fr).respond_many([hers, bytes(flipped), good])
+    assert isinstance(out[0], UnknownPeerError)
+    assert isinstance(out[1], AuthenticationError)
+    assert not isinstance(out[2], PprmError) and out[2].refused is None
+    assert len(_entries(fr, "answer")) == len(before) + 1
+    # The untouched original of the flipped query is still answerable: the forgery marked nothing used.
+    (later,) = Responder(fr).respond_many([victim])
+    assert not isinstance(later, PprmError) and later.refused is None
+
+
 def _reference_of(b: State, query_id: str, handle: str) -> str:
     """The reference behind a blind handle, read from the responder's secrets (tests only)."""
     rec = b.blind_store.answered(query_id)
