@@ -223,7 +223,7 @@ def _check_dim(models: FaceModels, st: State) -> None:
 
 def _embed(pipeline: FacePipeline, paths: Sequence[str], *, all_faces: bool = False,
            aligned: bool = False) -> FaceResults:
-    with ProgressBar("embedding") as bar:
+    with ProgressBar("embedding", unit="images") as bar:
         return pipeline.embed(paths, all_faces=all_faces, aligned=aligned, progress=bar.callback)
 
 

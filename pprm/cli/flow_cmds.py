@@ -145,7 +145,7 @@ def _cmd_query_many(args: argparse.Namespace) -> int:
             out.commit()
         written[row] = path
 
-    with ProgressBar("querying") as bar:
+    with ProgressBar("querying", unit="probes") as bar:
         results = req.query_many(args.to, probes, args.case, args.purpose, profile=args.profile, sink=sink,
                                  progress=bar.callback)
     items: list[dict[str, Any]] = []
@@ -219,7 +219,7 @@ def _cmd_answer(args: argparse.Namespace) -> int:
         # The same announcement in the query file and in --keys (an old habit) counts once.
         if extra not in announcements:
             announcements.append(extra)
-    with AtomicOutput(args.out) as out, ProgressBar("matching") as bar:
+    with AtomicOutput(args.out) as out, ProgressBar("matching", unit="blocks") as bar:
         # The responder verifies the query once, before any state change; sink
         # runs before the query is marked used: if the write fails, the query
         # stays unanswered and can be answered again.
@@ -421,7 +421,7 @@ def _cmd_answer_many(args: argparse.Namespace) -> int:
             continue
         sealed.append(i)
         queries.append(query)
-    with ProgressBar("matching") as bar:
+    with ProgressBar("matching", unit="blocks") as bar:
         outcomes = responder.respond_many(queries, sinks=[functools.partial(_write_answer, outs[i])
                                                           for i in sealed], progress=bar.callback)
     for i, res in zip(sealed, outcomes, strict=True):

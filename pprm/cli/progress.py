@@ -1,25 +1,24 @@
-"""A dependency-free progress bar for long CLI steps, drawn on stderr.
+"""Progress bars for long CLI steps: tqdm on stderr, on a terminal only.
 
-The bar draws only when its stream is a terminal: piped or captured stderr
-(scripts, CI, tests) gets no carriage returns or partial lines. Progress
-callbacks in pprm take ``(done, total)``; :class:`ProgressBar` is one. It
-shows the rate and the time left, measured from its first report::
+Progress callbacks in pprm take ``(done, total)``; the library stays free of
+any bar and of tqdm. :class:`ProgressBar` adapts that callback to tqdm, so a
+step shows what it counts, the rate and the time left::
 
-    building the blind database [#########.....]  64%  1280/2000 templates  160/s  ETA 0:04
+    building the blind database  64%|#########     | 1280/2000 templates [00:08<00:04, 160templates/s]
 
-It is written here rather than taken from tqdm: the few lines it needs do
-not justify another runtime dependency of every install, and this one keeps
-the two rules the CLI tests hold it to (nothing at all off a terminal; the
-line erased on close, so the result line starts clean).
+Two rules the CLI tests hold it to: nothing at all is written when stderr
+is not a terminal (scripts, CI and tests get no carriage returns or partial
+lines), and the bar is erased on close, so the result line starts clean.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import TextIO
+from typing import NoReturn, TextIO
+
+from tqdm import tqdm
 
 __all__ = ["ProgressBar", "StagedProgress"]
 
@@ -33,49 +32,30 @@ def _is_tty(stream: TextIO) -> bool:
         return False
 
 
-def _clock(seconds: float) -> str:
-    """``m:ss``, or ``h:mm:ss`` from an hour on."""
-    s = max(0, round(seconds))
-    h, rest = divmod(s, 3600)
-    m, sec = divmod(rest, 60)
-    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
-
-
-def _rate(per_second: float) -> str:
-    return f"{per_second:,.0f}/s" if per_second >= 10 else f"{per_second:.1f}/s"
-
-
 class ProgressBar:
-    """``label [#####.....]  45%  450/1000 templates  150/s  ETA 0:04`` redrawn in place.
+    """A tqdm bar fed by ``(done, total)`` reports, redrawn in place.
 
-    The rate is the units done since the first report over the time since
-    then (a steady average, not the last step's); the ETA is the units left
-    at that rate. Both appear once there is something to measure; the final
-    line shows the elapsed time instead of the ETA.
+    The rate is the steady average since the first report (tqdm with
+    ``smoothing=0``), and the time left is the units left at that rate. A
+    report with a new total, or fewer units done than the last one, starts
+    a fresh run of the bar.
 
     Args:
         label: what is being done, e.g. ``enrolling``.
         stream: where to draw; ``sys.stderr`` when None.
-        width: characters inside the brackets.
         min_interval: seconds between redraws (the final one is always drawn).
         force: draw even when the stream is not a terminal (for tests).
-        unit: what is counted, e.g. ``templates`` (shown after the counts).
-        clock: monotonic seconds (for tests).
+        unit: what is counted, e.g. ``templates``; ``it`` when empty.
     """
 
-    def __init__(self, label: str, stream: TextIO | None = None, *, width: int = 30,
-                 min_interval: float = 0.1, force: bool = False, unit: str = "",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, label: str, stream: TextIO | None = None, *, min_interval: float = 0.1,
+                 force: bool = False, unit: str = "") -> None:
         self.label = label
         self.stream = sys.stderr if stream is None else stream
-        self.width = width
         self.min_interval = min_interval
         self.unit = unit
         self.enabled = force or _is_tty(self.stream)
-        self._clock = clock
-        self._last_draw = 0.0
-        self._drawn = 0  # length of the line on screen, 0 if none
-        self._start: tuple[float, int] | None = None  # (time, done) of the first report
+        self._bar: tqdm[NoReturn] | None = None  # a bar over no iterable
 
     def __repr__(self) -> str:
         return f"ProgressBar({self.label!r}, enabled={self.enabled})"
@@ -90,39 +70,29 @@ class ProgressBar:
 
         Args:
             done: units finished so far.
-            total: all units; a non-positive total draws an empty bar.
+            total: all units; a non-positive total draws a bar with no end.
         """
         if not self.enabled:
             return
-        now = self._clock()
-        if self._start is None or done < self._start[1]:  # first report, or a new run of the same bar
-            self._start = (now, done)
-        finished = total > 0 and done >= total
-        if not finished and self._drawn and now - self._last_draw < self.min_interval:
+        bar = self._bar
+        if bar is None or done < bar.n or (total if total > 0 else None) != bar.total:
+            self.close()
+            bar = self._bar = tqdm(
+                total=total if total > 0 else None, initial=done, desc=self.label,
+                unit=f" {self.unit}" if self.unit else "it", file=self.stream, leave=False,
+                ascii=True, smoothing=0, mininterval=self.min_interval, dynamic_ncols=False,
+                ncols=100,
+            )
             return
-        self._last_draw = now
-        frac = min(max(done / total, 0.0), 1.0) if total > 0 else 0.0
-        filled = round(frac * self.width)
-        counts = f"{done}/{total} {self.unit}".rstrip()
-        line = f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {frac * 100:3.0f}%  {counts}"
-        elapsed = now - self._start[0]
-        gained = done - self._start[1]
-        if elapsed > 0 and gained > 0:
-            per_second = gained / elapsed
-            line += f"  {_rate(per_second)}"
-            line += f"  in {_clock(elapsed)}" if finished else f"  ETA {_clock(max(total - done, 0) / per_second)}"
-        # Pad over a longer previous line instead of relying on ANSI codes.
-        pad = " " * max(0, self._drawn - len(line))
-        self.stream.write("\r" + line + pad)
-        self.stream.flush()
-        self._drawn = len(line)
+        bar.update(done - bar.n)
+        if total > 0 and done >= total and bar.last_print_n != bar.n:
+            bar.refresh()  # the final count is always drawn, whatever min_interval says
 
     def close(self) -> None:
         """Erase the bar so later output starts on a clean line."""
-        if self.enabled and self._drawn:
-            self.stream.write("\r" + " " * self._drawn + "\r")
-            self.stream.flush()
-            self._drawn = 0
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def __enter__(self) -> ProgressBar:
         return self
@@ -182,4 +152,3 @@ class StagedProgress:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
-

@@ -86,7 +86,7 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
         templates = load_npy(args.templates, "templates")
         refs = read_refs(args.refs)
     ks = key_service_for(st, args.key_service)
-    with ProgressBar("enrolling") as bar:
+    with ProgressBar("enrolling", unit="templates") as bar:
         ids = ks.enroll(templates, refs, progress=bar.callback)
     total = len(st.gallery())
     report: dict[str, Any] = {"state": st.config.name, "enrolled": len(ids), "total": total}
@@ -109,7 +109,7 @@ def _cmd_remove(args: argparse.Namespace) -> int:
         emit(args, {"state": st.config.name, "removed": 1, "references": [args.ref], "total": total},
              f"removed {args.ref} from {st.config.name}; the gallery holds {total}")
         return EXIT_OK
-    with ProgressBar("removing") as bar:
+    with ProgressBar("removing", unit="blocks") as bar:
         removed = ks.remove_many(refs, progress=bar.callback)
     total = len(st.gallery())
     emit(args, {"state": st.config.name, "removed": removed, "references": refs, "total": total},
