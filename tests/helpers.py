@@ -552,17 +552,34 @@ def masked_noise_bits(ctx: BlindContext, secret_key: seal.SecretKey, matcher: ob
     prepared = matcher.prepare(probe_ct, keys)
     inner = kernel.plain_mac(matcher.db.diagonals[0], prepared.baby, ctx.moduli)
     score = matcher._giant_steps(inner, keys.galois)
-    masked = matcher.mask(score, signs, tau, SlotMasks(r, np.zeros_like(r)))
+    masked = matcher.mask(score, signs, tau, SlotMasks(r, np.zeros_like(r)), keys.galois)
     ct = ctx.from_residues(masked, float(2**p.top_scale_bits))
     pt = seal.Plaintext()
     seal.Decryptor(ctx.seal, secret_key).decrypt(ct, pt)
     dec = plaintext_residues(ctx, pt, p.data_primes)
     shifted = (signs * (scores - np.longdouble(tau))).astype(np.longdouble)
-    st = ctx.to_ntt(coefficients_to_residues(encode_coefficients(shifted[None], p.score_scale_bits, ctx.n),
-                                             ctx.moduli))[0]
-    rr = ctx.to_ntt(coefficients_to_residues(encode_coefficients((signs * r)[None], p.mask_scale_bits, ctx.n),
-                                             ctx.moduli))[0]
-    ideal = kernel.plain_mac(rr[None, None], np.stack([st, st])[None], ctx.moduli)[0, 0]
+
+    def ntt(coeffs: np.ndarray) -> np.ndarray:
+        return ctx.to_ntt(coefficients_to_residues(coeffs[None], ctx.moduli))[0]
+
+    if p.complex_packing:
+        # a*z + b*conj(z) with the exact z and the integer mask polynomials the
+        # matcher used; conj(m)(X) = m(X**-1) = m_0 - sum_k m_k X**(N-k).
+        from pprm.matching.blind import _real_coefficients
+        h = p.slots
+        zc = encode_coefficients((shifted[:h] + 1j * shifted[h:])[None], p.score_scale_bits, ctx.n)[0]
+        zconj = zc.copy()
+        zconj[1:] = -zc[1:][::-1]
+        ua, ub, ra, rb = signs[:h], signs[h:], r[:h], r[h:]
+        ab = _real_coefficients(np.stack([(ua * ra + ub * rb) / 2.0, (ua * ra - ub * rb) / 2.0]),
+                                p.mask_scale_bits, ctx.n)
+        zn, zcn = ntt(zc), ntt(zconj)
+        ideal = kernel.plain_mac(np.stack([ntt(ab[0]), ntt(ab[1])])[None], np.stack([np.stack([zn, zn]),
+                                 np.stack([zcn, zcn])]), ctx.moduli)[0, 0]
+    else:
+        st = ntt(encode_coefficients(shifted[None], p.score_scale_bits, ctx.n)[0])
+        rr = ntt(encode_coefficients((signs * r)[None], p.mask_scale_bits, ctx.n)[0])
+        ideal = kernel.plain_mac(rr[None, None], np.stack([st, st])[None], ctx.moduli)[0, 0]
     diff = np.empty_like(dec)
     for j, q in enumerate(ctx.moduli):
         diff[j] = np.where(dec[j] >= ideal[j], dec[j] - ideal[j], dec[j] + (np.uint64(q) - ideal[j]))

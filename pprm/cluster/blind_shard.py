@@ -78,7 +78,7 @@ class BlindShard:
         if diagonals.shape != self._shape or diagonals.dtype != np.uint64:
             raise ClusterError(f"blind block {block} has shape {diagonals.shape}, expected {self._shape}")
         signs = np.asarray(signs, dtype=np.float64)
-        if signs.shape != (self._ctx.params.slots,) or not np.all(np.abs(signs) == 1.0):
+        if signs.shape != (self._ctx.params.templates_per_block,) or not np.all(np.abs(signs) == 1.0):
             raise ClusterError(f"blind block {block} has malformed slot signs")
         self.drop([block])
         path = self._path(block)

@@ -71,6 +71,10 @@ class BlindParameterSet:
             measured, and checked by a test.
         decision_margin: |s - tau| at and above which decisions must be exact.
         insecure: True for test-only sets below 128-bit security.
+        packing: ``"real"``: one template per slot, N/2 per block;
+            ``"complex"``: two, one in the real and one in the imaginary part
+            of each slot, N per block, separated with the conjugation key
+            before they are masked (:mod:`pprm.matching.blind`).
     """
 
     name: str
@@ -89,6 +93,7 @@ class BlindParameterSet:
     noise_bits_below_scale: int
     decision_margin: float
     insecure: bool
+    packing: str = "real"
 
     @property
     def slots(self) -> int:
@@ -96,9 +101,14 @@ class BlindParameterSet:
         return self.poly_modulus_degree // 2
 
     @property
+    def complex_packing(self) -> bool:
+        """Two templates per slot."""
+        return self.packing == "complex"
+
+    @property
     def templates_per_block(self) -> int:
-        """Templates one block (one answer ciphertext) covers: N/2."""
-        return self.slots
+        """Templates one block (one answer ciphertext) covers: N/2, or N with complex packing."""
+        return self.slots * (2 if self.complex_packing else 1)
 
     @property
     def giant_steps(self) -> int:
@@ -156,8 +166,15 @@ class BlindParameterSet:
         return sum(self.coeff_modulus_bits)
 
     def canonical(self) -> dict[str, Any]:
-        """The fields that define the set, as a JSON-ready dict."""
-        return canonical_fields(self)
+        """The fields that define the set, as a JSON-ready dict.
+
+        ``packing`` appears only for complex sets, so the real sets keep the
+        digests they were announced under before the field existed.
+        """
+        fields = canonical_fields(self)
+        if not self.complex_packing:
+            del fields["packing"]
+        return fields
 
     @property
     def digest(self) -> str:
@@ -185,6 +202,7 @@ def _validate(lit: dict[str, Any]) -> BlindParameterSet:
             noise_bits_below_scale=int(lit["noise_bits_below_scale"]),
             decision_margin=float(lit["decision_margin"]),
             insecure=bool(lit["insecure"]),
+            packing=str(lit.get("packing", "real")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ParameterError(f"parameter literal is malformed: {exc}") from None
@@ -194,8 +212,13 @@ def _validate(lit: dict[str, Any]) -> BlindParameterSet:
         raise ParameterError(f"{ps.name}: need [q0, rescale primes..., P], each 20..60 bits")
     if ps.dim & (ps.dim - 1) or ps.slots % ps.dim or ps.dim % ps.baby_steps or ps.baby_steps < 2:
         raise ParameterError(f"{ps.name}: dim must be a power of two dividing N/2, and a multiple of b1")
+    if ps.packing not in ("real", "complex"):
+        raise ParameterError(f"{ps.name}: packing must be 'real' or 'complex'")
     # The masked value r*(s - tau) with s >= -1, tau < 1 and r <= 2**mask_log2_max
-    # must stay below half the modulus both before rescaling and at q0.
+    # must stay below half the modulus both before rescaling and at q0. A
+    # coefficient is at most the mean slot magnitude times the scale; with
+    # complex packing a slot holds two such values, sqrt(2) times larger, and
+    # the real set's one bit of slack (it allows a carry) absorbs that half bit.
     worst = ps.mask_log2_max + 1
     if ps.top_scale_bits + worst + 1 > sum(bits[:-1]) - 1:
         raise ParameterError(f"{ps.name}: the masked value overflows the top modulus")
@@ -309,6 +332,20 @@ _LITERALS: tuple[dict[str, Any], ...] = (
     # N=1024), it keeps tests fast.
     {"name": "INSECURE-blind-n1024-v2", "poly_modulus_degree": 1024,
      "coeff_modulus_bits": [60, 60, 60, 60], "insecure": True,
+     "noise_bits_below_scale": 50, **_BLIND_COMMON},
+    # Complex packing: the same ring, primes and scales, two templates per
+    # slot (16384 per block): half the diagonals' RAM per template, half the
+    # answer (12 bytes per template), about half the multiply-accumulate, for
+    # one conjugation more per block. A slot's product is complex, so the
+    # computation noise a decision sees is the real or imaginary part of a sum
+    # over twice the terms: measured in tests/matching/test_blind_noise.py,
+    # and the flood sized from that measurement.
+    {"name": "pprm-blind-n16384-complex-v3", "poly_modulus_degree": 16384,
+     "coeff_modulus_bits": [60, 60, 60, 60], "insecure": False, "packing": "complex",
+     "noise_bits_below_scale": 50, **_BLIND_COMMON},
+    # Test-only, as INSECURE-blind-n1024-v2 (1024 templates per block).
+    {"name": "INSECURE-blind-n1024-complex-v3", "poly_modulus_degree": 1024,
+     "coeff_modulus_bits": [60, 60, 60, 60], "insecure": True, "packing": "complex",
      "noise_bits_below_scale": 50, **_BLIND_COMMON},
 )
 

@@ -340,7 +340,23 @@ class BlindEvaluator:
             row = gap[0, j]
             gap[0, j] = np.where(row >= one, row - one, row + (np.uint64(q) - one))
         check = self._key_check(keys, squares, ctx.to_residues(sq, lvl), low.scale)
+        if p.complex_packing:
+            # Two templates share a slot and the fold multiplies W - 1 and the
+            # check by r_A + i*r_B, which would carry their imaginary noise
+            # (about 2**-25 of W for an honest probe) into A's real part times
+            # r_B / r_A, up to 2**13. Projected onto the real part here, once per
+            # query, only the conjugation's key-switching noise is left there
+            # (about 2**-61; a dishonest key's is outweighed by the key check).
+            # The values are doubled: fold_norms halves the factors.
+            gap = _add(gap, self._conjugate_residues(gap, scale, keys), ctx.moduli[:lvl])
+            check = _add(check, self._conjugate_residues(check, 1.0, keys), ctx.moduli[:lvl])
         return PreparedProbe(baby, gap, scale, check)
+
+    def _conjugate_residues(self, residues: np.ndarray, scale: float, keys: EvaluationKeys) -> np.ndarray:
+        """The residues of ``conj`` of a ciphertext given by its residues (at its own level)."""
+        ctx = self.ctx
+        conj = ctx.conjugate(ctx.from_residues(residues, scale), keys.galois)
+        return ctx.to_residues(conj, residues.shape[1])
 
     def _key_check(self, keys: EvaluationKeys, squares: np.ndarray, relinearised: np.ndarray,
                    low_scale: float) -> np.ndarray:
@@ -416,32 +432,51 @@ class BlindEvaluator:
             return self.ctx.to_residues(acc)
 
     def draw_masks(self) -> SlotMasks:
-        """Fresh ``r`` (log-uniform in [1, 2**mask_log2_max]) and ``e`` for one block.
+        """Fresh ``r`` (log-uniform in [1, 2**mask_log2_max]) and ``e`` for one block, one per position.
 
         ``|e| <= r*margin/8`` leaves ``7/8 * margin`` for the flood at r = 1
         (see :mod:`pprm.crypto.blind_params`). Empty slots get masks like any
         other, so the requester cannot tell them from templates scoring 0.
         """
         p = self.ctx.params
-        r = np.exp2(csprng_uniform(p.slots) * p.mask_log2_max)
-        e = (2.0 * csprng_uniform(p.slots) - 1.0) * r * (p.decision_margin / 8.0)
+        n = p.templates_per_block
+        r = np.exp2(csprng_uniform(n) * p.mask_log2_max)
+        e = (2.0 * csprng_uniform(n) - 1.0) * r * (p.decision_margin / 8.0)
         return SlotMasks(r, e)
 
-    def mask(self, score: np.ndarray, signs: np.ndarray, tau: float, masks: SlotMasks) -> np.ndarray:
+    def mask(self, score: np.ndarray, signs: np.ndarray, tau: float, masks: SlotMasks,
+             galois: seal.GaloisKeys | None = None) -> np.ndarray:
         """``u*r * (score - u*tau) + e`` on residues at the top level, scale ``2**top_scale_bits``.
+
+        With complex packing, slot ``j`` of the product holds ``u_A*s_A +
+        i*u_B*s_B`` for its two positions ``A = j`` and ``B = N/2 + j``; with
+        ``z = score - tau*(u_A + i*u_B)`` the result is ``a*z + b*conj(z) +
+        e_A + i*e_B`` for ``a = (u_A*r_A + u_B*r_B) / 2`` and ``b = (u_A*r_A -
+        u_B*r_B) / 2``, which is ``r_A*(s_A - tau) + i*r_B*(s_B - tau)`` plus
+        the noise: each position under its own mask.
 
         Args:
             score: the block's product, holding ``u_j * s_j``.
-            signs: the block's secret slot signs ``u``.
+            signs: the block's secret signs ``u``, one per position.
             tau: the threshold.
             masks: from :meth:`draw_masks`.
+            galois: the requester's Galois keys (the conjugation; complex
+                packing only).
 
         Returns:
             ``uint64[2, L, N]`` residues of ``r * (s - tau) + e``.
+
+        Raises:
+            ParameterError: complex packing without the Galois keys.
+            CiphertextError: SEAL refuses the conjugation.
         """
         p = self.ctx.params
         ctx = self.ctx
         moduli = ctx.moduli
+        if p.complex_packing:
+            if galois is None:
+                raise ParameterError("complex packing separates the two templates of a slot with the conjugation key")
+            return self._mask_complex(score, signs, tau, masks, galois)
         coeffs = np.stack([encode_coefficients(signs * masks.r, p.mask_scale_bits, ctx.n),
                            encode_coefficients(masks.e, p.top_scale_bits, ctx.n),
                            encode_coefficients(signs * tau, p.score_scale_bits, ctx.n)])
@@ -450,6 +485,40 @@ class BlindEvaluator:
         c[0] = _sub(c[0], ntt[2], moduli)
         c = _mulmod(ntt[0], c, moduli)
         c[0] = _add(c[0], ntt[1], moduli)
+        return c
+
+    def _mask_complex(self, score: np.ndarray, signs: np.ndarray, tau: float, masks: SlotMasks,
+                      galois: seal.GaloisKeys) -> np.ndarray:
+        """The complex-packing case of :meth:`mask`.
+
+        ``a`` and ``b`` must be real in every slot *exactly*: an imaginary
+        encoding error ``eps`` in them would carry ``eps * (s_B - tau)`` into
+        A's real part, about 0.02 against a decision value of 1e-3 at
+        ``r_A = 1``. So they are encoded as integer polynomials with
+        ``m_{N-k} = -m_k`` (:func:`_real_coefficients`), whose slot values
+        are real by construction; their real encoding error (about 0.02 of
+        ``r``) only scales ``s - tau``. ``tau`` is subtracted before the masks
+        for the same reason.
+        """
+        p = self.ctx.params
+        ctx = self.ctx
+        moduli = ctx.moduli
+        h = p.slots
+        ua, ub = signs[:h], signs[h:]
+        ra, rb = masks.r[:h], masks.r[h:]
+        exact = _real_coefficients(np.stack([(ua * ra + ub * rb) / 2.0, (ua * ra - ub * rb) / 2.0]),
+                                   p.mask_scale_bits, ctx.n)
+        coeffs = np.concatenate([exact,
+                                 encode_coefficients(np.stack([masks.e[:h] + 1j * masks.e[h:]]), p.top_scale_bits,
+                                                     ctx.n),
+                                 encode_coefficients(np.stack([tau * (ua + 1j * ub)]), p.score_scale_bits, ctx.n)])
+        ntt = ctx.to_ntt(coefficients_to_residues(coeffs, moduli))
+        z = score.copy()
+        z[0] = _sub(z[0], ntt[3], moduli)
+        with _seal_errors():
+            zc = ctx.to_residues(ctx.conjugate(ctx.from_residues(z, float(2**p.score_scale_bits)), galois))
+        c = _add(_mulmod(ntt[0], z, moduli), _mulmod(ntt[1], zc, moduli), moduli)
+        c[0] = _add(c[0], ntt[2], moduli)
         return c
 
     def fold_norms(self, masked: np.ndarray, tau: float, masks: SlotMasks,
@@ -480,8 +549,13 @@ class BlindEvaluator:
         # encoded at 2**norm_factor_bits with the leftover ratio folded into
         # the values (a float64 factor within 2**-52 of 1 of its ideal).
         ratio = scale / prepared.norm_scale / 2.0**p.norm_factor_bits
-        factors = np.stack([encode_coefficients(-masks.r * (tau / 2.0) * ratio, p.norm_factor_bits, ctx.n),
-                            encode_coefficients(-masks.r, p.key_check_factor_bits, ctx.n)])
+        r: np.ndarray = masks.r
+        if p.complex_packing:
+            # A's real part and B's imaginary part, each with its own r; the
+            # projected norms and check are doubled (see prepare), so halve.
+            r = (masks.r[:p.slots] + 1j * masks.r[p.slots:]) / 2.0
+        factors = np.stack([encode_coefficients(-r * (tau / 2.0) * ratio, p.norm_factor_bits, ctx.n),
+                            encode_coefficients(-r, p.key_check_factor_bits, ctx.n)])
         f = ctx.to_ntt(coefficients_to_residues(factors, moduli))
         c = _add(c, _mulmod(f[0], prepared.norm_gap, moduli), moduli)
         return _add(c, _mulmod(f[1], prepared.key_check, moduli), moduli), scale
@@ -564,7 +638,8 @@ class BlindEvaluator:
                     pending = pool.submit(mac, k + 1)
                 score = self._giant_steps(inner, keys.galois)
                 masks = self.draw_masks()
-                combined, scale = self.fold_norms(self.mask(score, blocks[k][1], tau, masks), tau, masks, prepared)
+                masked = self.mask(score, blocks[k][1], tau, masks, keys.galois)
+                combined, scale = self.fold_norms(masked, tau, masks, prepared)
                 out.append(self.hide(combined, scale, keys.public))
                 if progress is not None:
                     progress(k + 1, len(blocks))
@@ -634,6 +709,30 @@ class BlindMatcher(BlindEvaluator):
         order = [int(i) for i in secret_permutation(self.db.blocks)]
         out = self.evaluate(probe, keys, tau, [(self.db.diagonals[b], self.db.signs[b]) for b in order], progress)
         return BlindAnswer(out, order)
+
+
+def _real_coefficients(values: np.ndarray, scale_bits: int, n: int) -> np.ndarray:
+    """Integer polynomials whose slot values are exactly real, near ``2**scale_bits * values``.
+
+    A polynomial has real values at every slot exactly when ``m(X) =
+    m(X**-1)`` in ``Z[X]/(X**N + 1)``, that is ``m_{N-k} = -m_k`` for ``0 < k <
+    N`` (so ``m_{N/2} = 0``). The exact encoding of real values satisfies it
+    up to the last bits of the long-double transform; rounding could break it,
+    so the upper half is set from the lower one.
+
+    Args:
+        values: ``float[..., N/2]`` real slot values.
+        scale_bits: log2 of the scale.
+        n: the ring dimension N.
+
+    Returns:
+        ``longdouble[..., N]`` integer-valued coefficients.
+    """
+    coeffs = encode_coefficients(values, scale_bits, n)
+    half = n // 2
+    coeffs[..., half] = 0
+    coeffs[..., half + 1:] = -coeffs[..., 1:half][..., ::-1]
+    return coeffs
 
 
 def _tensor(a: np.ndarray, b: np.ndarray, moduli: tuple[int, ...]) -> np.ndarray:

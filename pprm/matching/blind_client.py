@@ -73,7 +73,10 @@ def encrypt_probe(ctx: BlindContext, secret_key: seal.SecretKey, probe: np.ndarr
 
 
 def decrypt_values(ctx: BlindContext, secret_key: seal.SecretKey, answer: seal.Ciphertext) -> np.ndarray:
-    """Decrypt one answer block to its slot values (for tests and measurements only).
+    """Decrypt one answer block to its values by position (for tests and measurements only).
+
+    Returns ``float64[templates_per_block]``: the slots' real parts, then
+    with complex packing their imaginary parts.
 
     Warning:
         Decrypted values must never go into a message or a log; the protocol
@@ -81,6 +84,10 @@ def decrypt_values(ctx: BlindContext, secret_key: seal.SecretKey, answer: seal.C
     """
     pt = seal.Plaintext()
     seal.Decryptor(ctx.seal, secret_key).decrypt(answer, pt)
+    if ctx.params.complex_packing:
+        # Position j is the real part of slot j, position N/2 + j its imaginary part.
+        z = np.asarray(ctx.encoder.decode_complex(pt), dtype=np.complex128)
+        return np.concatenate([z.real, z.imag])
     return np.asarray(ctx.encoder.decode_double(pt), dtype=np.float64)
 
 
@@ -93,6 +100,6 @@ def decrypt_signs(ctx: BlindContext, secret_key: seal.SecretKey, answer: seal.Ci
         answer: one answer ciphertext, strictly parsed at q0.
 
     Returns:
-        ``bool[N/2]``: True where ``r*(s - tau) + e > 0``.
+        ``bool[templates_per_block]`` by position: True where ``r*(s - tau) + e > 0``.
     """
     return decrypt_values(ctx, secret_key, answer) > 0.0

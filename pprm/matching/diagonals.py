@@ -67,9 +67,13 @@ class BlindDatabase:
 
     Attributes:
         diagonals: ``uint64[blocks, g2, b1, L, N]`` NTT residues of ``D'_{g,b}``.
-        slot_record: ``int64[blocks, N/2]``: the row of the source gallery in
-            each slot, or -1 for an empty slot (its diagonal entries are 0).
-        signs: ``float64[blocks, N/2]`` of +1/-1: the secret slot signs.
+        slot_record: ``int64[blocks, templates_per_block]``: the row of the
+            source gallery at each position, or -1 for an empty one (its
+            diagonal entries are 0). Position ``j < N/2`` is the real part of
+            slot ``j``; with complex packing position ``N/2 + j`` is its
+            imaginary part.
+        signs: ``float64[blocks, templates_per_block]`` of +1/-1: the secret
+            signs, one per position.
         params_name: the blind parameter set the diagonals belong to.
     """
 
@@ -175,13 +179,14 @@ def build_database(templates: np.ndarray, ctx: BlindContext, *, record_ids: np.n
     if ids.shape != (g.shape[0],):
         raise TemplateError("record_ids must give one id per template")
     slots = p.slots
-    blocks = max(1, -(-g.shape[0] // slots))
-    positions = secret_permutation(blocks * slots)
-    slot_row = np.full(blocks * slots, -1, dtype=np.int64)
+    per_block = p.templates_per_block
+    blocks = max(1, -(-g.shape[0] // per_block))
+    positions = secret_permutation(blocks * per_block)
+    slot_row = np.full(blocks * per_block, -1, dtype=np.int64)
     slot_row[positions[: g.shape[0]]] = np.arange(g.shape[0])
-    slot_row = slot_row.reshape(blocks, slots)
-    bits = np.unpackbits(np.frombuffer(secrets.token_bytes(blocks * slots // 8 + 1), dtype=np.uint8))
-    signs = (1.0 - 2.0 * bits[: blocks * slots].astype(np.float64)).reshape(blocks, slots)
+    slot_row = slot_row.reshape(blocks, per_block)
+    bits = np.unpackbits(np.frombuffer(secrets.token_bytes(blocks * per_block // 8 + 1), dtype=np.uint8))
+    signs = (1.0 - 2.0 * bits[: blocks * per_block].astype(np.float64)).reshape(blocks, per_block)
     lvl = p.data_primes
     diag = np.empty((blocks, p.giant_steps, p.baby_steps, lvl, ctx.n), dtype=np.uint64)
     n = g.shape[0]
@@ -190,13 +195,16 @@ def build_database(templates: np.ndarray, ctx: BlindContext, *, record_ids: np.n
     done = 0
     with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="pprm-encode") as pool:
         for blk in range(blocks):
-            rows = np.zeros((slots, p.dim), dtype=np.float64)
+            rows = np.zeros((per_block, p.dim), dtype=np.float64)
             used = slot_row[blk] >= 0
             rows[used] = g[slot_row[blk][used]] * signs[blk][used, None]
             count = int(used.sum())
             step = None if progress is None else _block_steps(progress, done, count, p.dim, n)
-            _encode_block(ctx, block_diagonals(rows, p.baby_steps).reshape(p.dim, slots),
-                          diag[blk].reshape(p.dim, lvl, ctx.n), pool, step)
+            values: np.ndarray = block_diagonals(rows[:slots], p.baby_steps)
+            if p.complex_packing:
+                # Position slots + j sits in the imaginary part of slot j.
+                values = values + 1j * block_diagonals(rows[slots:], p.baby_steps)
+            _encode_block(ctx, values.reshape(p.dim, slots), diag[blk].reshape(p.dim, lvl, ctx.n), pool, step)
             done += count
     slot_record = np.where(slot_row >= 0, ids[np.maximum(slot_row, 0)] if ids.size else -1, -1)
     return BlindDatabase(diag, slot_record, signs, p.name)

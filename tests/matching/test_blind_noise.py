@@ -54,15 +54,15 @@ def test_masked_noise_stays_under_the_bound(world, kind: str) -> None:
     # to the last bit, so the raw probe is what goes to encrypt_probe).
     raw = rng.normal(size=p.dim)
     q = unit_probe(raw, p.dim)
-    g = _gallery(kind, q, p.slots, rng)
+    g = _gallery(kind, q, p.templates_per_block, rng)
     db = build_database(g, ctx)
     matcher = BlindMatcher(ctx, db)
     probe_ct = ctx.load_seeded_ciphertext(encrypt_probe(ctx, pair.secret_key, raw),
                                           scale=float(2**p.probe_scale_bits))
     rows = db.slot_record[0]
-    scores = np.zeros(p.slots, dtype=np.longdouble)
+    scores = np.zeros(p.templates_per_block, dtype=np.longdouble)
     scores[rows >= 0] = np.einsum("ij,j->i", g[rows[rows >= 0]].astype(np.longdouble), q)
-    r_max = np.full(p.slots, float(2**p.mask_log2_max))
+    r_max = np.full(p.templates_per_block, float(2**p.mask_log2_max))
     bits = masked_noise_bits(ctx, pair.secret_key, matcher, probe_ct, keys, scores, db.signs[0], TAU, r_max)
     bound = p.top_scale_bits - p.noise_bits_below_scale
     # The noise depends on the requester's fresh key pair and encryption. Over
