@@ -34,6 +34,8 @@ not stricter.
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -118,6 +120,14 @@ def blind_announced(blind_ctx: BlindContext,
                     blind_keypair: blind_keys.BlindKeyPair) -> blind_keys.EvaluationKeys:
     """The evaluation keys as a responder loads them from :func:`blind_keypair`'s announcement."""
     return _announced(blind_ctx, blind_keypair)
+
+
+@functools.cache
+def blind_setup(name: str) -> tuple[BlindContext, blind_keys.BlindKeyPair, blind_keys.EvaluationKeys]:
+    """A context, a requester's key pair and its announced keys for the blind set ``name``, once per session."""
+    ctx = BlindContext(blind_param_sets.get(name, allow_insecure=True))
+    pair = blind_keys.generate(ctx)
+    return ctx, pair, _announced(ctx, pair)
 
 
 @pytest.fixture(scope="session")

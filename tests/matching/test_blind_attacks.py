@@ -96,7 +96,17 @@ from pprm.crypto.encoding import coefficients_to_residues, encode_coefficients
 from pprm.errors import CiphertextError, PprmError
 from pprm.matching.blind import BlindMatcher, answer_scale
 from pprm.matching.diagonals import BlindDatabase, build_database
-from tests.helpers import load_switching_keys, noise_bits, plaintext_residues, spearman
+from tests.conftest import blind_setup
+from tests.helpers import (
+    INSECURE_BLIND,
+    INSECURE_BLIND_COMPLEX,
+    PROD_BLIND,
+    PROD_BLIND_COMPLEX,
+    load_switching_keys,
+    noise_bits,
+    plaintext_residues,
+    spearman,
+)
 
 Keys = blind_keys.EvaluationKeys
 
@@ -104,7 +114,7 @@ TAU = 0.4
 MARGIN = 1e-3
 K = 5  # the template component the imaginary and complex channels read
 PROD_TEMPLATES = 4000
-SMALL_TEMPLATES = 2000  # four blocks of the test set
+SMALL_TEMPLATES = 2000  # four blocks of the real test set, two of the complex one
 SCALES = (2.0, 10.0, 1000.0, -2.0, -10.0, -1000.0)
 PLANTED = 50
 FISHER_ALPHA = 1e-8
@@ -230,8 +240,8 @@ class World:
     keys: Keys
     db: BlindDatabase
     q: np.ndarray          # longdouble [d]: the attacker's unit probe
-    slot_g: np.ndarray     # float64 [blocks, slots, d]: the template in each slot, zero when empty
-    group: np.ndarray      # int64 [blocks, slots]: planted group of the slot's template, -1 empty, 0 random
+    slot_g: np.ndarray     # float64 [blocks, positions, d]: the template at each position, zero when empty
+    group: np.ndarray      # int64 [blocks, positions]: planted group of the position's template, -1 empty, 0 random
 
     @property
     def sk(self) -> seal.SecretKey:
@@ -249,6 +259,16 @@ class World:
             out[blk] = decrypt_complex(self.ctx, self.sk,
                                        decode_answer(self.ctx, answer.ciphertexts[pos], answer_scale(self.ctx)))
         return out
+
+    def pos(self, z: np.ndarray) -> np.ndarray:
+        """The decrypted values by position: the slots' real parts, then with
+        complex packing their imaginary parts (what the requester decides on)."""
+        return np.concatenate([z.real, z.imag], axis=-1) if self.ctx.params.complex_packing else z.real
+
+    def seen(self, values: np.ndarray) -> np.ndarray:
+        """:func:`windows` by position: both positions of a slot see its window."""
+        w = windows(self.ctx, values)
+        return np.concatenate([w, w]) if self.ctx.params.complex_packing else w
 
     def send(self, values: np.ndarray, keys: Keys | None = None) -> np.ndarray:
         return self.query(encrypt_slots(self.ctx, self.sk, values), keys)
@@ -287,10 +307,10 @@ def _random_units(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
 HIT, NEAR, COMP = 1, 2, 3
 
 
-@pytest.fixture(scope="module")
-def prod(blind_prod_ctx: BlindContext, blind_prod_keypair: blind_keys.BlindKeyPair,
-         blind_prod_announced: Keys) -> World:
-    """One block of 4,000 templates on the production set."""
+@pytest.fixture(scope="module", params=[PROD_BLIND, PROD_BLIND_COMPLEX])
+def prod(request: pytest.FixtureRequest) -> World:
+    """One block of 4,000 templates on a production set (one template per slot, and two)."""
+    blind_prod_ctx, blind_prod_keypair, blind_prod_announced = blind_setup(request.param)
     d = blind_prod_ctx.params.dim
     rng = np.random.default_rng(20260317)
     q = unit(rng.normal(size=d))
@@ -310,9 +330,10 @@ def prod(blind_prod_ctx: BlindContext, blind_prod_keypair: blind_keys.BlindKeyPa
 NEG_HIT = 1 + len(SCALES)
 
 
-@pytest.fixture(scope="module")
-def small(blind_ctx: BlindContext, blind_keypair: blind_keys.BlindKeyPair, blind_announced: Keys) -> World:
-    """2,000 templates in four blocks of the test set."""
+@pytest.fixture(scope="module", params=[INSECURE_BLIND, INSECURE_BLIND_COMPLEX])
+def small(request: pytest.FixtureRequest) -> World:
+    """2,000 templates in several blocks of a test set (one template per slot, and two)."""
+    blind_ctx, blind_keypair, blind_announced = blind_setup(request.param)
     d = blind_ctx.params.dim
     rng = np.random.default_rng(20260318)
     q = unit(rng.normal(size=d))
@@ -327,7 +348,7 @@ def small(blind_ctx: BlindContext, blind_keypair: blind_keys.BlindKeyPair, blind
     g[sl] = _with_score(g[sl], q64, -0.5)
     group[sl] = NEG_HIT
     world = _world(blind_ctx, blind_keypair, blind_announced, g, group, q)
-    assert world.db.blocks == 4
+    assert world.db.blocks == -(-SMALL_TEMPLATES // blind_ctx.params.templates_per_block) >= 2
     return world
 
 
@@ -351,17 +372,19 @@ def test_imaginary_probe_reads_no_template_component(prod: World, c: float) -> N
     window = np.zeros(d, dtype=np.complex128)
     window[K] = 1j * c
     z = prod.send(prod.replicate(window))[0]
+    h = prod.ctx.params.slots
     occ = prod.occupied[0]
-    g_k = prod.slot_g[0, :, K]
+    g_k = prod.slot_g[0, :h, K]  # the template in each slot's real part
     # The attacker's estimate of component K in every slot (exact on an
-    # unprotected responder: Im/Re = -C*g/tau, whatever the mask).
+    # unprotected responder with one template per slot: Im/Re = -C*g/tau,
+    # whatever the mask).
     with np.errstate(divide="ignore", invalid="ignore"):
         estimate = -TAU * z.imag / (c * z.real)
-    assert np.isfinite(estimate[occ]).all()
+    assert np.isfinite(estimate[occ[:h]]).all()
     # The probe's real part is zero: no slot has a genuine match, and the
     # templates an honest e_K would hit (COMP, g[K] = 0.9) must not stand out.
-    assert_all(uncorrelated(estimate[occ], g_k[occ], f"C={c:g}: estimate of g[:, {K}] vs the truth"),
-               independent((z.real > 0)[occ], (prod.group[0] == COMP)[occ], f"C={c:g}: e_K's hits"))
+    assert_all(uncorrelated(estimate[occ[:h]], g_k[occ[:h]], f"C={c:g}: estimate of g[:, {K}] vs the truth"),
+               independent((prod.pos(z) > 0)[occ], (prod.group[0] == COMP)[occ], f"C={c:g}: e_K's hits"))
 
 
 # -- 2. scaled probes ---------------------------------------------------------------------------
@@ -379,7 +402,7 @@ def test_scaled_probe_cannot_choose_its_own_threshold(small: World, c: float) ->
     # many random templates.
     quiet = _no_genuine_match(np.sign(c) * s)
     target = c * s > TAU
-    pos = small.send(small.replicate(c * small.q)).real > 0
+    pos = small.pos(small.send(small.replicate(c * small.q))) > 0
     assert_all(independent(pos[quiet], target[quiet], f"c={c:g}: sign(c*s - tau) among non-matches"))
 
 
@@ -388,7 +411,7 @@ def test_negated_unit_probe_decides_like_an_honest_probe(small: World) -> None:
     # keep every decision with |s - tau| >= margin exact (50 genuine matches).
     s = -small.scores(small.q)
     assert (s > TAU + MARGIN).sum() >= PLANTED
-    assert_all(exact(small.send(small.replicate(-small.q)).real > 0, s, "the probe -q"))
+    assert_all(exact(small.pos(small.send(small.replicate(-small.q))) > 0, s, "the probe -q"))
 
 
 def _norm_wrap_scale(ctx: BlindContext, k: int) -> np.longdouble:
@@ -415,7 +438,7 @@ def test_scaled_probe_cannot_wrap_the_norm_check_around_the_modulus(small: World
     s = small.scores(small.q)
     quiet = _no_genuine_match(s)
     target = float(c) * s > TAU
-    pos = small.send(small.replicate(c * small.q)).real > 0
+    pos = small.pos(small.send(small.replicate(c * small.q))) > 0
     assert_all(independent(pos[quiet], target[quiet], f"k={k}, c={float(c):.6g}: sign(c*s - tau) among non-matches"))
 
 
@@ -428,10 +451,10 @@ def test_unequal_replicas_get_nothing_from_their_scaled_windows(prod: World) -> 
     factors = np.array([1.0 if m < replicas // 2 else 1.0 + (m - replicas // 2 + 1) / 4.0 for m in range(replicas)],
                        dtype=np.longdouble)
     values = (np.tile(prod.q, (replicas, 1)) * factors[:, None]).reshape(p.slots)
-    seen = windows(prod.ctx, values)
+    seen = prod.seen(values)
     gap = np.abs(np.sum(seen * seen, axis=1) - 1).astype(np.float64)
     unit_windows = gap < 2.0**-50   # the whole window lies in the unscaled replicas
-    assert unit_windows.sum() == p.slots // 2 - p.dim + 1
+    assert unit_windows.sum() == (p.slots // 2 - p.dim + 1) * p.templates_per_block // p.slots
     honest = prod.scores(prod.q)[0]
     # 100 genuine matches sit in random slots; P(fewer than 10 of them in the
     # 3,585 unit windows) is a hypergeometric tail below 1e-12.
@@ -441,7 +464,7 @@ def test_unequal_replicas_get_nothing_from_their_scaled_windows(prod: World) -> 
     # normalised window is not a genuine match.
     target = np.einsum("sd,sd->s", prod.slot_g[0], seen.astype(np.float64)) > TAU
     quiet = _no_genuine_match(unit_window_scores(prod.slot_g[0], seen))
-    pos = prod.send(values)[0].real > 0
+    pos = prod.pos(prod.send(values)[0]) > 0
     assert_all(independent(pos[quiet], target[quiet], "each window's own sign(<G_j, v_j> - tau) among non-matches"),
                exact(pos[unit_windows], honest[unit_windows], "slots whose window is the unit probe"))
 
@@ -457,18 +480,20 @@ def test_complex_probe_with_unit_bilinear_norm_reads_nothing(small: World) -> No
     # sum(p**2) = a**2 - b**2 = 1, while sum(|p|**2) = 2*b**2 + 1.
     assert abs(np.sum(window * window) - 1) < 1e-9 and np.sum(np.abs(window) ** 2) > 2e4
     z = small.send(small.replicate(window))
-    occ = small.occupied
-    g0, gk = small.slot_g[..., 0], small.slot_g[..., K]
-    # Unprotected, slot j holds r*(a*g0 - tau + i*b*gK): an attacker who knows
-    # g[:, 0] (the test gives it the truth) reads gK exactly.
+    h = small.ctx.params.slots
+    occ = small.occupied[..., :h]
+    g0, gk = small.slot_g[..., :h, 0], small.slot_g[..., :h, K]  # each slot's real-part template
+    # Unprotected, with one template per slot, slot j holds r*(a*g0 - tau +
+    # i*b*gK): an attacker who knows g[:, 0] (the test gives it the truth)
+    # reads gK exactly.
     with np.errstate(divide="ignore", invalid="ignore"):
         estimate = z.imag / z.real * (a * g0 - TAU) / b
     assert np.isfinite(estimate[occ]).all()
     # The real projection is a*e_0, whose unit probe e_0 has no genuine match
     # here (random templates: |g0| < 0.3).
-    assert (g0 < TAU - MARGIN).all()
+    assert (small.slot_g[..., 0] < TAU - MARGIN).all()
     assert_all(uncorrelated(estimate[occ], gk[occ], f"estimate of g[:, {K}] vs the truth"),
-               independent(z.real > 0, a * g0 > TAU, "sign(a*g0 - tau)"))
+               independent(small.pos(z) > 0, a * small.slot_g[..., 0] > TAU, "sign(a*g0 - tau)"))
 
 
 # -- 6. linking answers by their sign fingerprints -------------------------------------------------
@@ -485,8 +510,8 @@ def test_crafted_fingerprints_do_not_link_blocks_across_queries(small: World, ki
     # terms too: that is inherent in answering at all, and not asserted
     # against here.)
     assert (small.scores(small.q) < TAU - MARGIN).all()
-    first = small.send(small.replicate(window)).real > 0
-    second = small.send(small.replicate(window)).real > 0
+    first = small.pos(small.send(small.replicate(window))) > 0
+    second = small.pos(small.send(small.replicate(window))) > 0
     # hamming[a, b]: distance between database block a in query 1 and block b
     # in query 2. Each answer's block order is fresh; an attacker that could
     # match a block to itself across queries (distance ~0 against ~n/2 or
@@ -497,7 +522,7 @@ def test_crafted_fingerprints_do_not_link_blocks_across_queries(small: World, ki
     # independent terms in [-1, 1] with mean 0, and Hoeffding gives
     # P(hamming[a, a] < hamming[a, b] - 6*sqrt(n)) <= exp(-18) = 1.5e-8 per
     # pair: the same block is no closer than another.
-    n = small.ctx.params.slots
+    n = small.ctx.params.templates_per_block
     hamming = (first[:, None, :] != second[None, :, :]).sum(axis=-1)
     bound = 6.0 * math.sqrt(n)
     print(f"\n  {kind}: Hamming distances (rows: query 1 blocks, columns: query 2 blocks; bound {bound:.0f}):\n"
@@ -530,15 +555,15 @@ def test_oversized_encryption_noise_does_not_pierce_the_flood(prod: World) -> No
     assert 75.0 <= bits <= 76.5, f"the crafted probe's noise is 2**{bits:.2f}"
     # The attacker knows its noise, so it knows the probe each slot really
     # carries: its effective scores s_eff and its targets sign(s_eff - tau).
-    seen = windows(ctx, decrypt_complex(ctx, prod.sk, probe))
+    seen = prod.seen(decrypt_complex(ctx, prod.sk, probe))
     s_eff = np.einsum("sd,sd->s", prod.slot_g[0], seen.real)
     honest = prod.scores(prod.q)[0]
     quiet = _no_genuine_match(unit_window_scores(prod.slot_g[0], seen))
-    z = prod.query(probe)[0]
+    z = prod.pos(prod.query(probe)[0])
     occ = prod.occupied[0]
-    assert_all(uncorrelated(z.real[occ], honest[occ], "values vs the true scores"),
-               uncorrelated(z.real[occ], s_eff[occ], "values vs the attacker's effective scores"),
-               independent((z.real > 0)[quiet], (s_eff > TAU)[quiet], "sign(s_eff - tau) among non-matches"))
+    assert_all(uncorrelated(z[occ], honest[occ], "values vs the true scores"),
+               uncorrelated(z[occ], s_eff[occ], "values vs the attacker's effective scores"),
+               independent((z > 0)[quiet], (s_eff > TAU)[quiet], "sign(s_eff - tau) among non-matches"))
 
 
 # -- 5. degenerate and malformed keys ------------------------------------------------------------
@@ -689,16 +714,16 @@ def test_degenerate_relinearisation_key_is_refused(blind_ctx: BlindContext, blin
 
 # -- rigged keys: well-formed, of another secret key ---------------------------------------------
 
-def test_rigged_evaluation_keys_let_a_scaled_probe_read_nothing(small: World, blind_ctx: BlindContext) -> None:
+def test_rigged_evaluation_keys_let_a_scaled_probe_read_nothing(small: World) -> None:
     # The public key is the attacker's own (its answers decrypt); the Galois
     # and relinearisation keys belong to another secret key. They load (no
     # format check can tell), and the responder's own encryption of zero
     # turns whatever they switch into noise the attacker cannot predict. The
     # probe 10*q, with the attacker's threshold tau/10, must read nothing
     # among the non-matches of q.
-    other = blind_keys.generate(blind_ctx)
-    rigged = blind_keys.load_announced(blind_ctx, small.pair.public_blob, other.galois_blob, other.relin_blob)
+    other = blind_keys.generate(small.ctx)
+    rigged = blind_keys.load_announced(small.ctx, small.pair.public_blob, other.galois_blob, other.relin_blob)
     s = small.scores(small.q)
     quiet = _no_genuine_match(s)
-    pos = small.send(small.replicate(10.0 * small.q), rigged).real > 0
+    pos = small.pos(small.send(small.replicate(10.0 * small.q), rigged)) > 0
     assert_all(independent(pos[quiet], (10.0 * s > TAU)[quiet], "rigged keys: sign(10*s - tau) among non-matches"))

@@ -1,8 +1,9 @@
 """Blind profile, production parameters: decisions are exact, and values leak little beyond signs.
 
-One block of 8192 templates is queried with 20 probes (163,840 pairs):
+One block is queried with 20 probes, on both production sets: 8192 templates
+(163,840 pairs) with one template per slot, 16,384 (327,680) with two:
 
-* 6,144 templates are random unit vectors: impostor scores with the spread
+* all but 2,048 templates are random unit vectors: impostor scores with the spread
   of real 512-d embeddings of different people (sd 1/sqrt(512) = 0.044);
 * 2,048 are planted near the threshold, about 100 per probe, with scores
   uniform in tau +- 0.03, so that many decisions are close calls.
@@ -30,18 +31,44 @@ from pprm.matching.blind import BlindMatcher, answer_scale
 from pprm.matching.blind_client import decrypt_values, encrypt_probe
 from pprm.matching.diagonals import build_database
 from pprm.matching.templates import normalise_probe
-from tests.helpers import spearman
+from tests.conftest import blind_setup
+from tests.helpers import PROD_BLIND, PROD_BLIND_COMPLEX, spearman
 
 TAU = 0.4
 PROBES = 20
 PLANTED = 2048
 
 
+# Every test here runs on both packings: the fixtures of tests/conftest.py are
+# overridden with one set per packing.
+@pytest.fixture(scope="module", params=[PROD_BLIND, PROD_BLIND_COMPLEX], ids=["real", "complex"])
+def _blind_set(request: pytest.FixtureRequest) -> tuple[BlindContext, blind_keys.BlindKeyPair,
+                                                        blind_keys.EvaluationKeys]:
+    return blind_setup(request.param)
+
+
+@pytest.fixture(scope="module")
+def blind_prod_ctx(_blind_set: tuple[BlindContext, blind_keys.BlindKeyPair, blind_keys.EvaluationKeys]) -> BlindContext:
+    return _blind_set[0]
+
+
+@pytest.fixture(scope="module")
+def blind_prod_keypair(_blind_set: tuple[BlindContext, blind_keys.BlindKeyPair, blind_keys.EvaluationKeys],
+                    ) -> blind_keys.BlindKeyPair:
+    return _blind_set[1]
+
+
+@pytest.fixture(scope="module")
+def blind_prod_announced(_blind_set: tuple[BlindContext, blind_keys.BlindKeyPair, blind_keys.EvaluationKeys],
+                      ) -> blind_keys.EvaluationKeys:
+    return _blind_set[2]
+
+
 @dataclass(frozen=True)
 class Run:
-    values: np.ndarray  # [probes, slots] decrypted masked values
-    scores: np.ndarray  # [probes, slots] exact plaintext scores
-    natural: np.ndarray  # [slots] True where the slot holds a random template
+    values: np.ndarray  # [probes, positions] decrypted masked values
+    scores: np.ndarray  # [probes, positions] exact plaintext scores
+    natural: np.ndarray  # [positions] True where the position holds a random template
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +78,7 @@ def run(blind_prod_ctx: BlindContext, blind_prod_keypair: blind_keys.BlindKeyPai
     p = ctx.params
     rng = np.random.default_rng(20261124)
     probes = np.stack([normalise_probe(rng.normal(size=p.dim), p.dim).astype(np.float64) for _ in range(PROBES)])
-    g = rng.normal(size=(p.slots, p.dim))
+    g = rng.normal(size=(p.templates_per_block, p.dim))
     g /= np.linalg.norm(g, axis=1, keepdims=True)
     for j in range(PLANTED):
         q = probes[j % PROBES]
@@ -63,7 +90,7 @@ def run(blind_prod_ctx: BlindContext, blind_prod_keypair: blind_keys.BlindKeyPai
     assert (rows >= 0).all()
     keys = blind_prod_announced
     matcher = BlindMatcher(ctx, db)
-    values = np.empty((PROBES, p.slots))
+    values = np.empty((PROBES, p.templates_per_block))
     for i, q in enumerate(probes):
         ct = ctx.load_seeded_ciphertext(encrypt_probe(ctx, pair.secret_key, q), scale=float(2**p.probe_scale_bits))
         answer = matcher.answer(ct, keys, TAU)

@@ -22,9 +22,60 @@ from pprm.matching.blind import BlindMatcher, answer_scale
 from pprm.matching.blind_client import decrypt_values, encrypt_probe
 from pprm.matching.diagonals import BlindDatabase, build_database
 from pprm.matching.templates import normalise_probe
-from tests.helpers import ks_2samp
+from tests.conftest import blind_setup
+from tests.helpers import INSECURE_BLIND, INSECURE_BLIND_COMPLEX, PROD_BLIND, PROD_BLIND_COMPLEX, ks_2samp
 
 TAU = 0.4
+
+
+# Every test here runs on both packings: the fixtures of tests/conftest.py are
+# overridden with one pair of sets (production, test) per packing.
+@pytest.fixture(scope="module", params=[(PROD_BLIND, INSECURE_BLIND), (PROD_BLIND_COMPLEX, INSECURE_BLIND_COMPLEX)],
+                ids=["real", "complex"])
+def _sets(request: pytest.FixtureRequest) -> tuple[str, str]:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def _prod_set(_sets: tuple[str, str]) -> tuple[BlindContext, blind_keys.BlindKeyPair, blind_keys.EvaluationKeys]:
+    return blind_setup(_sets[0])
+
+
+@pytest.fixture(scope="module")
+def _blind_set(_sets: tuple[str, str]) -> tuple[BlindContext, blind_keys.BlindKeyPair, blind_keys.EvaluationKeys]:
+    return blind_setup(_sets[1])
+
+@pytest.fixture(scope="module")
+def blind_ctx(_blind_set: tuple[BlindContext, blind_keys.BlindKeyPair, blind_keys.EvaluationKeys]) -> BlindContext:
+    return _blind_set[0]
+
+
+@pytest.fixture(scope="module")
+def blind_keypair(_blind_set: tuple[BlindContext, blind_keys.BlindKeyPair, blind_keys.EvaluationKeys],
+                    ) -> blind_keys.BlindKeyPair:
+    return _blind_set[1]
+
+
+@pytest.fixture(scope="module")
+def blind_announced(_blind_set: tuple[BlindContext, blind_keys.BlindKeyPair, blind_keys.EvaluationKeys],
+                      ) -> blind_keys.EvaluationKeys:
+    return _blind_set[2]
+
+@pytest.fixture(scope="module")
+def blind_prod_ctx(_prod_set: tuple[BlindContext, blind_keys.BlindKeyPair, blind_keys.EvaluationKeys]) -> BlindContext:
+    return _prod_set[0]
+
+
+@pytest.fixture(scope="module")
+def blind_prod_keypair(_prod_set: tuple[BlindContext, blind_keys.BlindKeyPair, blind_keys.EvaluationKeys],
+                    ) -> blind_keys.BlindKeyPair:
+    return _prod_set[1]
+
+
+@pytest.fixture(scope="module")
+def blind_prod_announced(_prod_set: tuple[BlindContext, blind_keys.BlindKeyPair, blind_keys.EvaluationKeys],
+                      ) -> blind_keys.EvaluationKeys:
+    return _prod_set[2]
 
 
 def _values_by_record(ctx: BlindContext, db: BlindDatabase, pair: blind_keys.BlindKeyPair,
@@ -46,7 +97,7 @@ def test_same_decisions_give_indistinguishable_answers(
     p = blind_prod_ctx.params
     rng = np.random.default_rng(77)
     q = normalise_probe(rng.normal(size=p.dim), p.dim).astype(np.float64)
-    a = rng.normal(size=(p.slots, p.dim))
+    a = rng.normal(size=(p.templates_per_block, p.dim))
     a /= np.linalg.norm(a, axis=1, keepdims=True)
     a[:40] = 0.7 * q + 0.714 * a[:40]  # a few genuine hits
     a /= np.linalg.norm(a, axis=1, keepdims=True)
@@ -78,7 +129,7 @@ def test_rerandomised_answer_differs_from_the_bare_computation(
         blind_announced: blind_keys.EvaluationKeys) -> None:
     p = blind_ctx.params
     rng = np.random.default_rng(5)
-    g = rng.normal(size=(p.slots, p.dim))
+    g = rng.normal(size=(p.templates_per_block, p.dim))
     g /= np.linalg.norm(g, axis=1, keepdims=True)
     db = build_database(g, blind_ctx)
     keys = blind_announced
@@ -89,7 +140,8 @@ def test_rerandomised_answer_differs_from_the_bare_computation(
     prepared = matcher.prepare(ct, keys)
     score = matcher._giant_steps(kernel.plain_mac(db.diagonals[0], prepared.baby, blind_ctx.moduli), keys.galois)
     masks = matcher.draw_masks()
-    combined, scale = matcher.fold_norms(matcher.mask(score, db.signs[0], TAU, masks), TAU, masks, prepared)
+    combined, scale = matcher.fold_norms(matcher.mask(score, db.signs[0], TAU, masks, keys.galois), TAU, masks,
+                                         prepared)
     hidden = matcher.hide(combined, scale, keys.public)
     bare_ct = blind_ctx.from_residues(combined, scale)
     for _ in range(p.data_primes - 2):
@@ -113,7 +165,7 @@ def test_block_order_is_fresh_per_query_and_layout_per_rebuild(
         blind_announced: blind_keys.EvaluationKeys) -> None:
     p = blind_ctx.params
     rng = np.random.default_rng(9)
-    g = rng.normal(size=(6 * p.slots - 17, p.dim))
+    g = rng.normal(size=(6 * p.templates_per_block - 17, p.dim))
     g /= np.linalg.norm(g, axis=1, keepdims=True)
     db1, db2 = build_database(g, blind_ctx), build_database(g, blind_ctx)
     assert db1.blocks == 6 and db1.size == g.shape[0]
