@@ -86,10 +86,10 @@ def test_blind_answer(benchmark, blind, blind_bench_params, timed_answers):
     assert ks.resolve(followup).reference == blind.gallery.references[index]
 
     info = _figures(blind, blind_bench_params, benchmark.stats.stats.median)
-    slots = info["blocks"] * blind.responder.blind_ctx.params.slots
+    slots = info["blocks"] * blind.responder.blind_ctx.params.templates_per_block
     info.update(key_parts, query_bytes=len(sent[0][1]), announcement_bytes=len(announcements[0]),
                 announcement_mb=len(announcements[0]) / 1e6, answer_bytes=len(answers[0]),
-                answer_bytes_per_template=len(answers[0]) / n, answer_bytes_per_slot=len(answers[0]) / slots,
+                answer_bytes_per_template=len(answers[0]) / n, answer_bytes_per_position=len(answers[0]) / slots,
                 candidates=[len(o.candidates) for o in opened])
     benchmark.extra_info.update(info)
 

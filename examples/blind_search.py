@@ -46,7 +46,7 @@ def main() -> int:
     ap.add_argument("--params", default=DEFAULT_PARAMS, help="sealed parameter set of both states")
     args = ap.parse_args()
     insecure = args.params.startswith("INSECURE")
-    blind = "INSECURE-blind-n1024-v2" if insecure else DEFAULT_BLIND_PARAMS
+    blind = "INSECURE-blind-n1024-complex-v3" if insecure else DEFAULT_BLIND_PARAMS
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pprm-blind-example-") as root:
         kw = {"params": args.params, "blind_params": blind, "allow_insecure": insecure}

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=2025, help="seed of the synthetic data")
     args = parser.parse_args(argv)
     insecure = args.params.startswith("INSECURE")
-    blind_params = "INSECURE-blind-n1024-v2" if insecure else DEFAULT_BLIND_PARAMS
+    blind_params = "INSECURE-blind-n1024-complex-v3" if insecure else DEFAULT_BLIND_PARAMS
     if insecure:
         print(f"warning: {args.params} offers no security; use it for tests only")
     rng = np.random.default_rng(args.seed)

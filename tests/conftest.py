@@ -11,14 +11,14 @@ Sealed profile, on the test-only set ``INSECURE-sealed-n1024``
 
 * ``sealed_params`` / ``sealed_ctx`` / ``sealed_keypair`` / ``sealed_key_id``.
 
-Blind profile, on the test-only set ``INSECURE-blind-n1024-v2``
+Blind profile, on the test-only set ``INSECURE-blind-n1024-complex-v3``
 (:data:`tests.helpers.INSECURE_BLIND`):
 
 * ``blind_params`` / ``blind_ctx`` / ``blind_keypair`` (the requester's side)
   / ``blind_announced`` (the responder's side: the public and Galois keys
   loaded from the pair's announcement);
 * ``blind_prod_ctx`` / ``blind_prod_keypair`` / ``blind_prod_announced``: the
-  same on the production set ``pprm-blind-n16384-v2``
+  same on the production set ``pprm-blind-n16384-complex-v3``
   (:data:`tests.helpers.PROD_BLIND`), for the noise, fidelity and privacy
   measurements that only mean something there.
 
@@ -35,7 +35,6 @@ not stricter.
 from __future__ import annotations
 
 import functools
-
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -99,7 +98,7 @@ def _announced(ctx: BlindContext, pair: blind_keys.BlindKeyPair) -> blind_keys.E
 
 @pytest.fixture(scope="session")
 def blind_params() -> blind_param_sets.BlindParameterSet:
-    """The test-only blind set ``INSECURE-blind-n1024-v2`` (512 templates per block)."""
+    """The test-only blind set ``INSECURE-blind-n1024-complex-v3`` (1024 templates per block)."""
     return blind_param_sets.get(INSECURE_BLIND, allow_insecure=True)
 
 
@@ -132,7 +131,7 @@ def blind_setup(name: str) -> tuple[BlindContext, blind_keys.BlindKeyPair, blind
 
 @pytest.fixture(scope="session")
 def blind_prod_ctx() -> BlindContext:
-    """A blind-profile context on the production set ``pprm-blind-n16384-v2``."""
+    """A blind-profile context on the production set ``pprm-blind-n16384-complex-v3``."""
     return BlindContext(blind_param_sets.get(PROD_BLIND))
 
 

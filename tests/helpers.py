@@ -111,13 +111,15 @@ __all__ = [
 # accepted without allow_insecure=True).
 INSECURE_SEALED = "INSECURE-sealed-n1024"  # 512 templates per block
 INSECURE_SEALED_COMPLEX = "INSECURE-sealed-n1024-complex"  # 1024 templates per block
-INSECURE_BLIND = "INSECURE-blind-n1024-v2"  # 512 templates per block
-INSECURE_BLIND_COMPLEX = "INSECURE-blind-n1024-complex-v3"  # 1024 templates per block
+# The default's twin (two templates per slot, 1024 per block), which every
+# blind test uses; the matching tests run on the real-packing set as well.
+INSECURE_BLIND = "INSECURE-blind-n1024-complex-v3"
+INSECURE_BLIND_REAL = "INSECURE-blind-n1024-v2"  # 512 templates per block
 # The blind production set, for the tests that measure noise and fidelity
 # where it matters (pinned by name, not DEFAULT_BLIND_PARAMS: the figures in
 # those tests belong to this set).
-PROD_BLIND = "pprm-blind-n16384-v2"
-PROD_BLIND_COMPLEX = "pprm-blind-n16384-complex-v3"
+PROD_BLIND = "pprm-blind-n16384-complex-v3"
+PROD_BLIND_REAL = "pprm-blind-n16384-v2"
 # Scores closer than this to the threshold are not guaranteed to decide
 # exactly (docs/DESIGN.md section 4: delta = 1e-3); test data must avoid them.
 MARGIN = 1e-3

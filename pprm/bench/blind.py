@@ -78,8 +78,14 @@ BLIND_TARGETS: dict[str, Any] = {
     "checks_note": "the malicious-requester checks add <= 30% to the matcher's time at 100k (native kernel)",
     "key_bytes": 7 * MB,
     "upload_note": "upload: one ciphertext per query plus <= 7 MB (10^6 bytes) of keys per key lifetime",
-    "answer_bytes_per_slot": 24.0,
-    "answer_note": "answer <= 24 bytes per slot (a template per slot; the last block may be part empty)",
+    "answer_bytes_per_position": 13.0,
+    "answer_note": "answer <= 13 bytes per template position (two per slot; the last block may be part empty)",
+    "db_ram_bytes_per_template": 14_000.0,
+    "db_ram_note": "diagonals in RAM <= 14 KB per template",
+    "numpy_ratio": 120.0,
+    "numpy_ratio_note": "responder at 100k <= 120x numpy float32 G @ q in the same run, probe checks included",
+    "build_ratio": 2.5,
+    "build_note": "database build <= 2.5x the enrolment time of the same gallery",
 }
 
 
@@ -203,7 +209,7 @@ def _bench_size(setup: BenchSetup, repeats: int, say: Progress) -> dict[str, Any
     total_ms = median_ms(total_t)
     say(f"{n:,} templates: responder {responder_ms:.0f} ms, total {total_ms:.0f} ms")
     answer_msg = statistics.median(answer_sizes)
-    slots = blocks * ps.slots
+    slots = blocks * ps.templates_per_block  # template positions
     announcement_bytes = len(announcement)
     return {
         "n": n,
@@ -215,6 +221,7 @@ def _bench_size(setup: BenchSetup, repeats: int, say: Progress) -> dict[str, Any
         "db_load_s": load_s,
         "db_ram_bytes": int(db.diagonals.nbytes),
         "db_ram_bytes_per_template": db.diagonals.nbytes / n,
+        "db_build_to_enroll": build_s / setup.enroll_seconds if setup.enroll_seconds > 0 else None,
         "keygen_ms": median_ms(keygen_times),
         "first_query_ms": first_query_s * 1e3,
         "accept_keys_ms": accept_s * 1e3,
@@ -248,7 +255,7 @@ def _bench_size(setup: BenchSetup, repeats: int, say: Progress) -> dict[str, Any
         "answer_bytes": answer_msg,
         "answer_block_bytes": answer_block_bytes(ctx),
         "answer_bytes_per_template": answer_msg / n,
-        "answer_bytes_per_slot": answer_msg / slots,
+        "answer_bytes_per_position": answer_msg / slots,
         "load_average": load,
         "correct": {
             "mate_hit": all(mate_hits),
@@ -275,9 +282,9 @@ def _targets(rows: list[dict[str, Any]], backend: str) -> dict[str, Any]:
               "ciphertexts_per_query": 1, "query_bytes": max((r["query_bytes"] for r in rows), default=None),
               "meets": None if key_bytes is None else key_bytes <= t["key_bytes"]}
     per_size = [{"n": r["n"], "bytes_per_template": r["answer_bytes_per_template"],
-                 "bytes_per_slot": r["answer_bytes_per_slot"],
-                 "meets": r["answer_bytes_per_slot"] <= t["answer_bytes_per_slot"]} for r in rows]
-    answer = {"limit_bytes_per_slot": t["answer_bytes_per_slot"], "note": t["answer_note"],
+                 "bytes_per_position": r["answer_bytes_per_position"],
+                 "meets": r["answer_bytes_per_position"] <= t["answer_bytes_per_position"]} for r in rows]
+    answer = {"limit_bytes_per_position": t["answer_bytes_per_position"], "note": t["answer_note"],
               "sizes": per_size, "meets": all(s["meets"] for s in per_size) if per_size else None}
     at_checks = [r for r in rows if r["n"] == t["query_ms_at_n"]]
     checks: dict[str, Any] = {"limit": t["checks_overhead"], "at_n": t["query_ms_at_n"], "note": t["checks_note"],
@@ -285,7 +292,14 @@ def _targets(rows: list[dict[str, Any]], backend: str) -> dict[str, Any]:
     if at_checks:
         checks.update(overhead=at_checks[0]["checks_overhead"],
                       meets=at_checks[0]["checks_overhead"] <= t["checks_overhead"])
-    return {"query": query, "upload": upload, "answer": answer, "checks": checks}
+    size: dict[str, Any] = {"ram_limit": t["db_ram_bytes_per_template"], "ram_note": t["db_ram_note"],
+                            "numpy_limit": t["numpy_ratio"], "numpy_note": t["numpy_ratio_note"],
+                            "build_limit": t["build_ratio"], "build_note": t["build_note"], "at_n": t["query_ms_at_n"],
+                            "ram": None, "numpy": None, "build": None}
+    if at:
+        size.update(ram=at[0]["db_ram_bytes_per_template"], numpy=at[0]["ratio_to_numpy"],
+                    build=at[0].get("db_build_to_enroll"))
+    return {"query": query, "upload": upload, "answer": answer, "checks": checks, "size": size}
 
 
 def run_blind_bench(sizes: Sequence[int], params: str = blind_param_sets.DEFAULT_BLIND_PARAMS, repeats: int = 3,
@@ -367,7 +381,9 @@ _COLUMNS: tuple[Column, ...] = (
     ("checks +%", "checks_pct", ".0f"),
     ("query B", "query_bytes", ","),
     ("ans B/tpl", "answer_bytes_per_template", ".1f"),
-    ("ans B/slot", "answer_bytes_per_slot", ".1f"),
+    ("ans B/pos", "answer_bytes_per_position", ".1f"),
+    ("RAM B/tpl", "db_ram_bytes_per_template", ",.0f"),
+    ("build/enrol", "db_build_to_enroll", ".2f"),
 )
 
 
@@ -385,9 +401,21 @@ def _target_lines(result: dict[str, Any]) -> list[str]:
     lines.append(f"target: {u['note']}: {u['ciphertexts_per_query']} ciphertext ({u['query_bytes']:,} B message) "
                  f"per query, keys {u['key_bytes'] / MB:.2f} MB ({verdict(u['meets'])})")
     a = t["answer"]
-    per = ", ".join(f"{s['bytes_per_slot']:.1f} B per slot at {s['n']:,} ({verdict(s['meets'])}; "
+    per = ", ".join(f"{s['bytes_per_position']:.1f} B per position at {s['n']:,} ({verdict(s['meets'])}; "
                     f"{s['bytes_per_template']:.1f} B per template)" for s in a["sizes"])
     lines.append(f"target: {a['note']}: {per}")
+    z = t.get("size")
+    if z is not None:
+        if z["ram"] is None:
+            lines.append(f"target: {z['ram_note']}, {z['numpy_note']}, {z['build_note']}: not measured "
+                         f"(run with size {z['at_n']:,})")
+        else:
+            lines.append(f"target: {z['ram_note']}: {z['ram']:,.0f} B at {z['at_n']:,} "
+                         f"({verdict(z['ram'] <= z['ram_limit'])})")
+            lines.append(f"target: {z['numpy_note']}: {z['numpy']:.0f}x ({verdict(z['numpy'] <= z['numpy_limit'])})")
+            if z["build"] is not None:
+                lines.append(f"target: {z['build_note']}: {z['build']:.2f}x "
+                             f"({verdict(z['build'] <= z['build_limit'])})")
     c = t.get("checks")
     if c is not None:
         if c["overhead"] is None:

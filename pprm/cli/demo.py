@@ -183,8 +183,8 @@ def run_demo(directory: str | None = None, *, states: int = 3, gallery: int = 50
         raise ParameterError("seed must not be negative")
     pset = param_sets.get(params, allow_insecure=True)
     # Throwaway states on a test-only sealed set get the test-only blind set too.
-    bset = blind_param_sets.get("INSECURE-blind-n1024-v2" if pset.insecure else blind_param_sets.DEFAULT_BLIND_PARAMS,
-                                allow_insecure=True)
+    bset = blind_param_sets.get("INSECURE-blind-n1024-complex-v3" if pset.insecure
+                                else blind_param_sets.DEFAULT_BLIND_PARAMS, allow_insecure=True)
     started = time.monotonic()
     codes = DEMO_STATES[:states]
     base, plans = _plan(codes, gallery, seed, DEMO_DIM, DEMO_K)

@@ -26,7 +26,7 @@ from pprm.errors import ParameterError
 
 __all__ = ["BlindParameterSet", "DEFAULT_BLIND_PARAMS", "get", "names", "by_digest", "FLOOD_FACTOR_BITS"]
 
-DEFAULT_BLIND_PARAMS = "pprm-blind-n16384-v2"
+DEFAULT_BLIND_PARAMS = "pprm-blind-n16384-complex-v3"
 
 # The flood's standard deviation is 2**30 times the worst-case computation
 # noise (docs/DESIGN.md section 4; OpenFHE's NOISE_FLOODING uses the same s = 30).

@@ -29,7 +29,7 @@ SIZE_KEYS = {
     "us_per_template", "numpy_ms", "ratio_to_numpy", "total_ratio_to_numpy", "query_bytes",
     "query_ciphertext_bytes", "query_ciphertexts", "announcement_bytes", "announcement_public_bytes",
     "announcement_galois_bytes", "announcement_mb", "answer_bytes", "answer_block_bytes",
-    "answer_bytes_per_template", "answer_bytes_per_slot", "load_average", "correct", "announcement_relin_bytes",
+    "answer_bytes_per_template", "answer_bytes_per_position", "load_average", "correct", "announcement_relin_bytes",
     "matcher_checks_ms", "matcher_no_checks_ms", "checks_overhead", "checks_pct", "numpy_min_ms",
 }
 
@@ -68,13 +68,15 @@ def test_result_has_the_documented_keys_and_passes_its_checks(result: dict[str, 
 
 def test_byte_figures_follow_from_the_parameters(result: dict[str, Any], blind_ctx: BlindContext) -> None:
     (row,) = result["sizes"]
-    blocks = -(-N // blind_ctx.params.slots)
+    blocks = -(-N // blind_ctx.params.templates_per_block)
     assert row["blocks"] == blocks
     assert row["answer_block_bytes"] == answer_bytes(blind_ctx)
     # The answer message is its blocks plus a small envelope.
     assert blocks * answer_bytes(blind_ctx) < row["answer_bytes"] < blocks * answer_bytes(blind_ctx) + 2048
     assert row["answer_bytes_per_template"] == pytest.approx(row["answer_bytes"] / N)
-    assert row["answer_bytes_per_slot"] == pytest.approx(row["answer_bytes"] / (blocks * blind_ctx.params.slots))
+    positions = blocks * blind_ctx.params.templates_per_block
+    assert row["answer_bytes_per_position"] == pytest.approx(row["answer_bytes"] / positions)
+    assert row["db_ram_bytes_per_template"] == pytest.approx(row["db_ram_bytes"] / N)
     # One ciphertext per query, plus a small envelope.
     assert row["query_ciphertexts"] == 1
     assert row["query_ciphertext_bytes"] < row["query_bytes"] < row["query_ciphertext_bytes"] + 2048
@@ -85,12 +87,13 @@ def test_byte_figures_follow_from_the_parameters(result: dict[str, Any], blind_c
 
 def test_targets_block(result: dict[str, Any]) -> None:
     t = result["targets"]
-    assert set(t) == {"query", "upload", "answer", "checks"}
+    assert set(t) == {"query", "upload", "answer", "checks", "size"}
+    assert t["size"]["ram"] is None and t["size"]["at_n"] == 100_000  # RAM, x numpy and build ratio at 100k only
     assert t["query"]["meets"] is None and t["query"]["at_n"] == BLIND_TARGETS["query_ms_at_n"]
     assert t["checks"]["meets"] is None and t["checks"]["overhead"] is None  # measured at 100k only
     assert t["upload"]["meets"] is True  # the N=1024 keys are far below 7 MB
     (size,) = t["answer"]["sizes"]
-    assert size["meets"] is (size["bytes_per_slot"] <= 24.0)
+    assert size["meets"] is (size["bytes_per_position"] <= 13.0)
     assert t["answer"]["meets"] is size["meets"]
 
 
@@ -98,8 +101,9 @@ def test_format_blind_table_renders(result: dict[str, Any]) -> None:
     text = format_blind_table(result)
     assert INSECURE_BLIND in text and "600" in text
     assert "target: blind 100k x 512 query" in text and "not measured" in text
-    assert "target: answer <= 24 bytes per slot" in text
+    assert "target: answer <= 13 bytes per template position" in text
     assert "target: the malicious-requester checks add <= 30%" in text
+    assert "target: diagonals in RAM <= 14 KB per template" in text
     assert "correctness: ok" in text and "WRONG" not in text
 
 

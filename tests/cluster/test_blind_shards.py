@@ -22,7 +22,7 @@ from tests.helpers import INSECURE_BLIND, new_state, plaintext_hits, wait_for
 
 pytest.importorskip("distributed")
 
-N = 1400  # three blocks of 512 slots
+N = 2500  # three blocks of 1024 templates
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,8 @@ def test_every_literal_validates_and_builds_a_context(lit: dict[str, Any]) -> No
     assert ps == blind_params.get(lit["name"], allow_insecure=True)
     ctx = BlindContext(ps)
     assert [m.bit_length() for m in ctx.moduli] == list(ps.coeff_modulus_bits[:-1])
-    assert ctx.slots == ps.templates_per_block == ps.poly_modulus_degree // 2
+    assert ctx.slots == ps.poly_modulus_degree // 2
+    assert ps.templates_per_block == ctx.slots * (2 if ps.complex_packing else 1)
     if not ps.insecure:
         assert ps.log_q <= params.HE_MAX_LOG_Q[ps.poly_modulus_degree]
 

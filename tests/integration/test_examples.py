@@ -27,7 +27,7 @@ FAST_ARGS = ["--gallery", "300", "--params", INSECURE_SEALED]
 EXPECTED: dict[str, tuple[list[str], int]] = {
     "blind_search.py": (
         [
-            r"^DE and FR, 300 synthetic templates at FR, blind set INSECURE-blind-n1024-v2$",
+            r"^DE and FR, 300 synthetic templates at FR, blind set INSECURE-blind-n1024-complex-v3$",
             r"^DE searches FR blind for a person enrolled at FR: query [\d,]+ B, new key announced",
             r"^  answer [\d,]+ B; learned FR-0000017  truth: FR-0000017  ok$",
             r"^  answer [\d,]+ B; learned no hit  truth: no hit  ok$",

@@ -99,9 +99,9 @@ from pprm.matching.diagonals import BlindDatabase, build_database
 from tests.conftest import blind_setup
 from tests.helpers import (
     INSECURE_BLIND,
-    INSECURE_BLIND_COMPLEX,
+    INSECURE_BLIND_REAL,
     PROD_BLIND,
-    PROD_BLIND_COMPLEX,
+    PROD_BLIND_REAL,
     load_switching_keys,
     noise_bits,
     plaintext_residues,
@@ -307,7 +307,7 @@ def _random_units(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
 HIT, NEAR, COMP = 1, 2, 3
 
 
-@pytest.fixture(scope="module", params=[PROD_BLIND, PROD_BLIND_COMPLEX])
+@pytest.fixture(scope="module", params=[PROD_BLIND_REAL, PROD_BLIND])
 def prod(request: pytest.FixtureRequest) -> World:
     """One block of 4,000 templates on a production set (one template per slot, and two)."""
     blind_prod_ctx, blind_prod_keypair, blind_prod_announced = blind_setup(request.param)
@@ -330,7 +330,7 @@ def prod(request: pytest.FixtureRequest) -> World:
 NEG_HIT = 1 + len(SCALES)
 
 
-@pytest.fixture(scope="module", params=[INSECURE_BLIND, INSECURE_BLIND_COMPLEX])
+@pytest.fixture(scope="module", params=[INSECURE_BLIND_REAL, INSECURE_BLIND])
 def small(request: pytest.FixtureRequest) -> World:
     """2,000 templates in several blocks of a test set (one template per slot, and two)."""
     blind_ctx, blind_keypair, blind_announced = blind_setup(request.param)

@@ -32,7 +32,7 @@ from pprm.matching.blind_client import decrypt_values, encrypt_probe
 from pprm.matching.diagonals import build_database
 from pprm.matching.templates import normalise_probe
 from tests.conftest import blind_setup
-from tests.helpers import PROD_BLIND, PROD_BLIND_COMPLEX, spearman
+from tests.helpers import PROD_BLIND, PROD_BLIND_REAL, spearman
 
 TAU = 0.4
 PROBES = 20
@@ -41,7 +41,7 @@ PLANTED = 2048
 
 # Every test here runs on both packings: the fixtures of tests/conftest.py are
 # overridden with one set per packing.
-@pytest.fixture(scope="module", params=[PROD_BLIND, PROD_BLIND_COMPLEX], ids=["real", "complex"])
+@pytest.fixture(scope="module", params=[PROD_BLIND_REAL, PROD_BLIND], ids=["real", "complex"])
 def _blind_set(request: pytest.FixtureRequest) -> tuple[BlindContext, blind_keys.BlindKeyPair,
                                                         blind_keys.EvaluationKeys]:
     return blind_setup(request.param)

@@ -20,14 +20,14 @@ from pprm.matching.blind import BlindMatcher
 from pprm.matching.blind_client import encrypt_probe, unit_probe
 from pprm.matching.diagonals import build_database
 from tests.conftest import blind_setup
-from tests.helpers import PROD_BLIND, PROD_BLIND_COMPLEX, masked_noise_bits, noise_bits
+from tests.helpers import PROD_BLIND, PROD_BLIND_REAL, masked_noise_bits, noise_bits
 
 TAU = 0.4
 # How far one key pair's noise may pass the sizing bound (see the test).
 NOISE_TAIL_BITS = 0.5
 
 
-@pytest.fixture(scope="module", params=[PROD_BLIND, PROD_BLIND_COMPLEX])
+@pytest.fixture(scope="module", params=[PROD_BLIND_REAL, PROD_BLIND])
 def world(request: pytest.FixtureRequest) -> tuple[BlindContext, blind_keys.BlindKeyPair, blind_keys.EvaluationKeys]:
     """A production set with one template per slot, and with two."""
     return blind_setup(request.param)
@@ -87,8 +87,9 @@ def test_fresh_probe_noise_is_small(world) -> None:
     assert noise_bits(ctx, pair.secret_key, ct, replicated, p.probe_scale_bits) < 6
 
 
-def test_flood_width_follows_the_bound() -> None:
-    p = blind_params.get(PROD_BLIND)
+@pytest.mark.parametrize("name", [PROD_BLIND_REAL, PROD_BLIND])
+def test_flood_width_follows_the_bound(name: str) -> None:
+    p = blind_params.get(name)
     # uniform on [-2**k, 2**k): std 2**k / sqrt(3) >= 2**30 * 2**(top - noise bits)
     assert 2.0 ** p.flood_bits / 3**0.5 >= 2.0 ** (30 + p.top_scale_bits - p.noise_bits_below_scale)
     # and in the slots (std sqrt(N/2) per coefficient std, relative to the scale)

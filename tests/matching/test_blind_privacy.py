@@ -23,14 +23,14 @@ from pprm.matching.blind_client import decrypt_values, encrypt_probe
 from pprm.matching.diagonals import BlindDatabase, build_database
 from pprm.matching.templates import normalise_probe
 from tests.conftest import blind_setup
-from tests.helpers import INSECURE_BLIND, INSECURE_BLIND_COMPLEX, PROD_BLIND, PROD_BLIND_COMPLEX, ks_2samp
+from tests.helpers import INSECURE_BLIND, INSECURE_BLIND_REAL, PROD_BLIND, PROD_BLIND_REAL, ks_2samp
 
 TAU = 0.4
 
 
 # Every test here runs on both packings: the fixtures of tests/conftest.py are
 # overridden with one pair of sets (production, test) per packing.
-@pytest.fixture(scope="module", params=[(PROD_BLIND, INSECURE_BLIND), (PROD_BLIND_COMPLEX, INSECURE_BLIND_COMPLEX)],
+@pytest.fixture(scope="module", params=[(PROD_BLIND_REAL, INSECURE_BLIND_REAL), (PROD_BLIND, INSECURE_BLIND)],
                 ids=["real", "complex"])
 def _sets(request: pytest.FixtureRequest) -> tuple[str, str]:
     return request.param  # type: ignore[no-any-return]

@@ -555,7 +555,8 @@ def test_follow_ups_per_answer_are_capped_and_checked(net: Net) -> None:
     refused = [
         (followup(net.a, "BB", qid, empty[0], probe), GalleryError, "no record"),       # an empty slot
         (followup(net.a, "BB", qid, make_handle(1, 0), probe), TokenError, "outside"),  # one block only
-        (followup(net.a, "BB", qid, make_handle(0, 512), probe), TokenError, "outside"),
+        (followup(net.a, "BB", qid, make_handle(0, net.b.blind_ctx.params.templates_per_block), probe), TokenError,
+         "outside"),
         (followup(net.a, "BB", "ab" * 16, hit, probe), GalleryError, "no blind answer"),
         (followup(net.c, "BB", qid, hit, probe), TokenError, "another state"),          # CC asks about AA's answer
         (followup(net.a, "BB", qid, "A" * 16, probe), MessageError, "handle"),           # not a blind handle

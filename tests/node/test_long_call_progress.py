@@ -5,8 +5,8 @@ from the sealed store), ``BlindStore.prepare`` (here and through a split
 state's key service) and a blind answer, which counts the database it
 loads or builds first on the same bar. The blind answers are checked
 against the plaintext truth too, so a progress callback cannot have changed
-what is computed. The sets are the test-only ones: 512 templates per block
-in both profiles, so 700 templates make two blocks of each.
+what is computed. The sets are the test-only ones: 512 templates per sealed
+block and 1024 per blind block, so 1,400 templates make two blind blocks.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pprm.node.split import split
 from pprm.node.state import State
 from tests.helpers import INSECURE_BLIND, Node, build_network, new_state, plaintext_hits, snapshot
 
-N = 700  # two blocks of 512 in both profiles
+N = 1400  # two blind blocks of 1024
 PURPOSE = "serious-crime"
 
 
