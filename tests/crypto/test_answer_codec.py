@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from pprm.crypto import blind_keys
 from pprm.crypto.answer_codec import answer_bytes, decode_answer, encode_answer
 from pprm.crypto.context import BlindContext
+from pprm.crypto.encoding import coefficients_to_residues, encode_coefficients
 from pprm.errors import CiphertextError
 from pprm.matching.blind import BlindMatcher, answer_scale
 from pprm.matching.blind_client import decrypt_signs, decrypt_values, encrypt_probe
@@ -42,8 +43,12 @@ def rounding_bound(ctx: BlindContext) -> float:
 def at_q0(ctx: BlindContext, pair: blind_keys.BlindKeyPair, values: np.ndarray) -> seal.Ciphertext:
     """Encrypt ``values`` at the top level and scale, then rescale to q0 as BlindMatcher.hide does."""
     p = ctx.params
+    slots = values[:p.slots] + 1j * values[p.slots:] if p.complex_packing else values  # positions -> slots
+    coeffs = encode_coefficients(np.asarray(slots)[None], p.top_scale_bits, ctx.n)
+    pt = ctx.plaintext_from_residues(ctx.to_ntt(coefficients_to_residues(coeffs, ctx.moduli))[0],
+                                     float(2**p.top_scale_bits))
     ct = seal.Ciphertext(ctx.seal)
-    seal.Encryptor(ctx.seal, pair.secret_key).encrypt_symmetric(ctx.encode(values, p.top_scale_bits), ct)
+    seal.Encryptor(ctx.seal, pair.secret_key).encrypt_symmetric(pt, ct)
     for _ in range(p.data_primes - 1):
         ctx.evaluator.rescale_to_next_inplace(ct)
     return ct
@@ -52,7 +57,7 @@ def at_q0(ctx: BlindContext, pair: blind_keys.BlindKeyPair, values: np.ndarray) 
 @pytest.fixture(scope="module")
 def sample(blind_ctx: BlindContext, blind_keypair: blind_keys.BlindKeyPair) -> tuple[np.ndarray, seal.Ciphertext]:
     # The masked values r*(s - tau) + e of an answer lie within +-2**14.
-    values = np.random.default_rng(1).uniform(-2.0**13, 2.0**13, blind_ctx.slots)
+    values = np.random.default_rng(1).uniform(-2.0**13, 2.0**13, blind_ctx.params.templates_per_block)
     return values, at_q0(blind_ctx, blind_keypair, values)
 
 

@@ -33,7 +33,8 @@ TAU = 0.4
 @pytest.fixture(scope="module", params=[(PROD_BLIND_REAL, INSECURE_BLIND_REAL), (PROD_BLIND, INSECURE_BLIND)],
                 ids=["real", "complex"])
 def _sets(request: pytest.FixtureRequest) -> tuple[str, str]:
-    return request.param  # type: ignore[no-any-return]
+    names: tuple[str, str] = request.param
+    return names
 
 
 @pytest.fixture(scope="module")
