@@ -44,7 +44,7 @@ def _figures(blind: BenchSetup, params: str, median_s: float) -> dict[str, Any]:
         "n": n,
         "blocks": db.blocks,
         "db_build_s": blind.database_seconds,
-        "db_ram_bytes_per_template": db.diagonals.nbytes / n,
+        "db_ram_bytes_per_template": db.nbytes / n,
         "us_per_template": median_s * 1e6 / n,
         "numpy_ms": numpy_ms,
         "ratio_to_numpy": median_s * 1e3 / numpy_ms,

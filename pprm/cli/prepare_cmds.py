@@ -34,11 +34,12 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
             ks = KeyService(st)
             done = st.blind_store.prepare(st.lock, lambda: st.gallery().version, ks.export_templates,
                                           progress=bar.callback)
-    where = f"in its key service ({remote.address})" if remote is not None else f"sealed in {st.path('blind', 'db')}"
+    where = f"in its key service ({remote.address})" if remote is not None else f"in {st.path('private', 'blind-db')}"
     size = f"{done.templates} template(s), {done.blocks} block(s)"
     if done.built:
-        text = (f"blind database of {st.config.name} built for gallery version {done.version[:12]} ({size}) in "
-                f"{done.seconds:.1f} s, {where}")
+        reused = f", {done.reused} of them unchanged and kept" if done.reused else ""
+        text = (f"blind database of {st.config.name} built for gallery version {done.version[:12]} ({size}{reused}) "
+                f"in {done.seconds:.1f} s, {where}")
     else:
         text = (f"blind database of {st.config.name} is current for gallery version {done.version[:12]} ({size}), "
                 f"{where}; nothing to do")

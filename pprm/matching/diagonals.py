@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -44,7 +44,7 @@ from pprm.crypto.context import BlindContext
 from pprm.crypto.encoding import coefficients_to_residues, encode_coefficients
 from pprm.errors import TemplateError
 
-__all__ = ["BlindDatabase", "build_database", "secret_permutation"]
+__all__ = ["BlindDatabase", "build_block", "build_database", "secret_permutation"]
 
 Progress = Callable[[int, int], None]
 
@@ -66,7 +66,9 @@ class BlindDatabase:
     """A gallery laid out for the blind product.
 
     Attributes:
-        diagonals: ``uint64[blocks, g2, b1, L, N]`` NTT residues of ``D'_{g,b}``.
+        diagonals: per block, ``uint64[g2, b1, L, N]`` NTT residues of
+            ``D'_{g,b}``: one array ``[blocks, ...]``, or a sequence of
+            per-block arrays (memory-mapped from the store's files).
         slot_record: ``int64[blocks, templates_per_block]``: the row of the
             source gallery at each position, or -1 for an empty one (its
             diagonal entries are 0). Position ``j < N/2`` is the real part of
@@ -77,7 +79,7 @@ class BlindDatabase:
         params_name: the blind parameter set the diagonals belong to.
     """
 
-    diagonals: np.ndarray
+    diagonals: np.ndarray | Sequence[np.ndarray]
     slot_record: np.ndarray
     signs: np.ndarray
     params_name: str
@@ -85,7 +87,12 @@ class BlindDatabase:
     @property
     def blocks(self) -> int:
         """Number of blocks (answer ciphertexts per query)."""
-        return int(self.diagonals.shape[0])
+        return len(self.diagonals)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of diagonals (in memory, or mapped from disk)."""
+        return sum(int(d.nbytes) for d in self.diagonals)
 
     @property
     def size(self) -> int:
@@ -151,6 +158,79 @@ def _block_steps(progress: Progress, before: int, count: int, dim: int, total: i
     return step
 
 
+def _check_rows(templates: np.ndarray, record_ids: np.ndarray | None, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    g = np.asarray(templates, dtype=np.float64)
+    if g.ndim != 2 or g.shape[1] != dim:
+        raise TemplateError(f"templates must be [n, {dim}], got {list(g.shape)}")
+    ids = np.arange(g.shape[0], dtype=np.int64) if record_ids is None else np.asarray(record_ids, dtype=np.int64)
+    if ids.shape != (g.shape[0],):
+        raise TemplateError("record_ids must give one id per template")
+    return g, ids
+
+
+def _random_signs(n: int) -> np.ndarray:
+    bits = np.unpackbits(np.frombuffer(secrets.token_bytes(n // 8 + 1), dtype=np.uint8))
+    return 1.0 - 2.0 * bits[:n].astype(np.float64)
+
+
+def _encode_rows(ctx: BlindContext, g: np.ndarray, slot_row: np.ndarray, signs: np.ndarray, out: np.ndarray,
+                 pool: ThreadPoolExecutor, step: Callable[[int], None] | None) -> None:
+    """Encode the block whose position k holds row ``slot_row[k]`` of ``g`` (-1: empty) into ``out``."""
+    p = ctx.params
+    slots = p.slots
+    rows = np.zeros((p.templates_per_block, p.dim), dtype=np.float64)
+    used = slot_row >= 0
+    rows[used] = g[slot_row[used]] * signs[used, None]
+    values: np.ndarray = block_diagonals(rows[:slots], p.baby_steps)
+    if p.complex_packing:
+        # Position slots + j sits in the imaginary part of slot j.
+        values = values + 1j * block_diagonals(rows[slots:], p.baby_steps)
+    _encode_block(ctx, values.reshape(p.dim, slots), out.reshape(p.dim, p.data_primes, ctx.n), pool, step)
+
+
+def build_block(templates: np.ndarray, ctx: BlindContext, *, record_ids: np.ndarray | None = None,
+                pool: ThreadPoolExecutor | None = None,
+                progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One block of diagonals for up to ``templates_per_block`` templates, under a fresh secret layout.
+
+    A database that changes a block at a time (:mod:`pprm.node.blind_store`)
+    rebuilds only that block with this; its other blocks keep theirs.
+
+    Args:
+        templates: ``float[n, d]`` unit-norm templates, ``n <= templates_per_block``.
+        ctx: the blind context.
+        record_ids: ``int64[n]`` record id of each row (default: the row number).
+        pool: threads to encode on (default: a pool of one per core, for this call).
+        progress: called with ``(templates done, n)`` as the diagonals are encoded.
+
+    Returns:
+        ``(diagonals uint64[g2, b1, L, N], slot_record int64[templates_per_block],
+        signs float64[templates_per_block])``, as one block of :class:`BlindDatabase`.
+
+    Raises:
+        TemplateError: wrong dimension, or more templates than a block holds.
+    """
+    p = ctx.params
+    g, ids = _check_rows(templates, record_ids, p.dim)
+    per_block = p.templates_per_block
+    if g.shape[0] > per_block:
+        raise TemplateError(f"a block holds at most {per_block} templates, got {g.shape[0]}")
+    positions = secret_permutation(per_block)
+    slot_row = np.full(per_block, -1, dtype=np.int64)
+    slot_row[positions[: g.shape[0]]] = np.arange(g.shape[0])
+    signs = _random_signs(per_block)
+    diag = np.empty((p.giant_steps, p.baby_steps, p.data_primes, ctx.n), dtype=np.uint64)
+    n = g.shape[0]
+    step = None if progress is None else _block_steps(progress, 0, n, p.dim, n)
+    if pool is None:
+        with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="pprm-encode") as own:
+            _encode_rows(ctx, g, slot_row, signs, diag, own, step)
+    else:
+        _encode_rows(ctx, g, slot_row, signs, diag, pool, step)
+    slot_record = np.where(slot_row >= 0, ids[np.maximum(slot_row, 0)] if ids.size else -1, -1)
+    return diag, slot_record, signs
+
+
 def build_database(templates: np.ndarray, ctx: BlindContext, *, record_ids: np.ndarray | None = None,
                    progress: Progress | None = None) -> BlindDatabase:
     """Lay out, encode and NTT-transform a gallery's diagonals.
@@ -161,50 +241,35 @@ def build_database(templates: np.ndarray, ctx: BlindContext, *, record_ids: np.n
         record_ids: ``int64[n]`` record id of each row (default: the row number).
         progress: called with ``(templates done, templates)``: at the start,
             then after every batch of diagonals, a block's templates counting
-            as done in proportion to its diagonals encoded (a block of N/2
-            templates is the unit of work, and one block is all of a gallery
-            of up to N/2); the last call is ``(n, n)``.
+            as done in proportion to its diagonals encoded (a block is the
+            unit of work, and one block is all of a gallery of up to
+            ``templates_per_block``); the last call is ``(n, n)``.
 
     Returns:
-        The database, under a fresh secret slot permutation.
+        The database, under a fresh secret layout over all its positions.
 
     Raises:
         TemplateError: wrong dimension.
     """
     p = ctx.params
-    g = np.asarray(templates, dtype=np.float64)
-    if g.ndim != 2 or g.shape[1] != p.dim:
-        raise TemplateError(f"templates must be [n, {p.dim}], got {list(g.shape)}")
-    ids = np.arange(g.shape[0], dtype=np.int64) if record_ids is None else np.asarray(record_ids, dtype=np.int64)
-    if ids.shape != (g.shape[0],):
-        raise TemplateError("record_ids must give one id per template")
-    slots = p.slots
+    g, ids = _check_rows(templates, record_ids, p.dim)
     per_block = p.templates_per_block
     blocks = max(1, -(-g.shape[0] // per_block))
     positions = secret_permutation(blocks * per_block)
     slot_row = np.full(blocks * per_block, -1, dtype=np.int64)
     slot_row[positions[: g.shape[0]]] = np.arange(g.shape[0])
     slot_row = slot_row.reshape(blocks, per_block)
-    bits = np.unpackbits(np.frombuffer(secrets.token_bytes(blocks * per_block // 8 + 1), dtype=np.uint8))
-    signs = (1.0 - 2.0 * bits[: blocks * per_block].astype(np.float64)).reshape(blocks, per_block)
-    lvl = p.data_primes
-    diag = np.empty((blocks, p.giant_steps, p.baby_steps, lvl, ctx.n), dtype=np.uint64)
+    signs = _random_signs(blocks * per_block).reshape(blocks, per_block)
+    diag = np.empty((blocks, p.giant_steps, p.baby_steps, p.data_primes, ctx.n), dtype=np.uint64)
     n = g.shape[0]
     if progress is not None:
         progress(0, n)
     done = 0
     with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="pprm-encode") as pool:
         for blk in range(blocks):
-            rows = np.zeros((per_block, p.dim), dtype=np.float64)
-            used = slot_row[blk] >= 0
-            rows[used] = g[slot_row[blk][used]] * signs[blk][used, None]
-            count = int(used.sum())
+            count = int((slot_row[blk] >= 0).sum())
             step = None if progress is None else _block_steps(progress, done, count, p.dim, n)
-            values: np.ndarray = block_diagonals(rows[:slots], p.baby_steps)
-            if p.complex_packing:
-                # Position slots + j sits in the imaginary part of slot j.
-                values = values + 1j * block_diagonals(rows[slots:], p.baby_steps)
-            _encode_block(ctx, values.reshape(p.dim, slots), diag[blk].reshape(p.dim, lvl, ctx.n), pool, step)
+            _encode_rows(ctx, g, slot_row[blk], signs[blk], diag[blk], pool, step)
             done += count
     slot_record = np.where(slot_row >= 0, ids[np.maximum(slot_row, 0)] if ids.size else -1, -1)
     return BlindDatabase(diag, slot_record, signs, p.name)

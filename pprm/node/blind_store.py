@@ -7,18 +7,30 @@
         public.bin  galois.bin  relin.bin  meta.json   (peer, expiry, retired_by)
       queries/QUERY_ID.json  answered blind queries: peer, key id, block
                              order, database version, follow-ups so far
-      db/VERSION/            the gallery's diagonals for one gallery version
-        layout.sealed        slot -> record map and slot signs (SecretBox)
-        block-K.sealed       diagonals of block K (SecretBox)
+    DIR/private/blind.key    SecretBox key for the sealed layout (0600)
+    DIR/private/blind-db/VERSION/   the diagonals of one gallery version (0700)
+        layout.sealed        position -> record map, signs and each block's
+                             digest (SecretBox)
+        block-K.npy          diagonals of block K, memory-mapped when loaded
         complete             written last, inside a temporary directory that
                              is then renamed to VERSION
-    DIR/private/blind.key    SecretBox key for the sealed files (0600)
 
-The diagonals are an encoding of the plaintext gallery, so they are sealed
-at rest with XSalsa20-Poly1305 (PyNaCl SecretBox); they are rebuilt only
-when the gallery changes, under a fresh secret layout. When a rebuild
-happens, the old version keeps only its layout, which follow-ups on older
-answers still need.
+The diagonals are an encoding of the plaintext gallery, so they live in
+``private/`` with the secret keys: a backup or copy that leaves out
+``private/`` holds no template. They are not encrypted there, so that a
+restart maps them instead of decrypting them (the state's CKKS secret key in
+the same directory decrypts the gallery anyway).
+
+A gallery change rebuilds only the blocks it touched. Each block remembers
+its records and a digest of their templates; a rebuild keeps every block
+whose records are all still enrolled and unchanged (hard-linked into the new
+version), drops removed records from theirs, puts new records into the
+blocks that change anyway (then those with room, then new blocks), and
+encodes only the changed blocks, each under a fresh secret permutation and
+fresh signs. When a rebuild happens, the old version keeps only its layout,
+which follow-ups on older answers still need. Versions written by earlier
+releases (``DIR/blind/db/VERSION/``, sealed blocks) are never loaded again:
+the first use rebuilds, and only their layouts are kept.
 
 The database of the current gallery version is made in one of three ways:
 inside the first blind answer that needs it (:meth:`BlindStore.database`),
@@ -32,6 +44,7 @@ templates)``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import os
@@ -40,6 +53,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -53,7 +67,7 @@ from pprm.crypto import blind_keys
 from pprm.crypto.context import BlindContext
 from pprm.errors import GalleryError, KeyRotationError, PprmError, StateError
 from pprm.matching.blind import AnnouncedKeys
-from pprm.matching.diagonals import BlindDatabase, build_database
+from pprm.matching.diagonals import BlindDatabase, build_block
 from pprm.protocol.blind_messages import KeyAnnouncementBody
 
 __all__ = ["BlindStore", "AnsweredQuery", "BlindRebuilder", "InUse", "Prepared"]
@@ -65,12 +79,12 @@ Progress = Callable[[int, int], None]
 Lock = Callable[[], AbstractContextManager[object]]
 
 # How one progress bar is shared between the steps of a long call, from
-# times measured with pprm-blind-n16384-v2 (8192 templates per block, 2 cores):
-# a build encodes for 6 s and seals and writes for 2.5 s per block; a load
-# takes 1.5-2.5 s per block, and the answer itself about 1 s.
-_ENCODE_SHARE = 0.7  # of a build: encoding (the rest: sealing and writing)
+# times measured with pprm-blind-n16384-complex-v3 (16,384 templates per
+# block, 2 cores): a build encodes for about 6 s and writes 0.2 s per block; a
+# load maps the files (milliseconds), and the first answer reads them.
+_ENCODE_SHARE = 0.95  # of a build: encoding (the rest: writing)
 _BUILD_SHARE = 0.9  # of an answer that must build the database first
-_LOAD_SHARE = 0.7  # of an answer that must load it from the sealed store first
+_LOAD_SHARE = 0.1  # of an answer that must map it from the store first
 
 
 @dataclass(frozen=True)
@@ -100,6 +114,8 @@ class Prepared:
         blocks: its blocks (answer ciphertexts per query).
         built: True if it was built by this call, False if it was there already.
         seconds: wall time of the call.
+        reused: blocks of the previous version kept as they were (a build
+            encodes only ``blocks - reused``).
     """
 
     version: str
@@ -107,10 +123,72 @@ class Prepared:
     blocks: int
     built: bool
     seconds: float
+    reused: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"version": self.version, "templates": self.templates, "blocks": self.blocks, "built": self.built,
-                "seconds": round(self.seconds, 3)}
+                "reused": self.reused, "seconds": round(self.seconds, 3)}
+
+
+@dataclass
+class _OldBlock:
+    """A block of the previous version that a rebuild may keep: its index there and its layout."""
+
+    index: int
+    slot_record: np.ndarray
+    signs: np.ndarray
+
+
+@dataclass
+class _Block:
+    """One block of a version being built: its records, their digest, and the old block it reuses (if any)."""
+
+    records: list[int]
+    digest: bytes
+    source: tuple[str, _OldBlock] | None
+
+
+class _Layout(NamedTuple):
+    slot_record: np.ndarray
+    signs: np.ndarray
+    digests: np.ndarray
+
+
+def _digest(records: list[int], row_of: dict[int, int], templates: np.ndarray) -> bytes:
+    """SHA-256 over a block's record ids and templates, in record order (what decides whether it is unchanged)."""
+    ordered = sorted(records)
+    h = hashlib.sha256(np.asarray(ordered, dtype="<i8").tobytes())
+    if ordered:
+        # + 0.0 turns -0.0 into 0.0: a decryption may give either for the same grid value.
+        h.update(np.ascontiguousarray(templates[[row_of[r] for r in ordered]] + 0.0, dtype="<f8").tobytes())
+    return h.digest()
+
+
+def _save_block(path: str, diagonals: np.ndarray) -> None:
+    """Write one block's diagonals as ``.npy`` (0600), flushed to disk; the directory is renamed into place later."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        np.save(fh, diagonals, allow_pickle=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Share an unchanged block's file with the new version (a copy where hard links are not possible)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+        os.chmod(dst, 0o600)
+
+
+def _offset(progress: Progress, before: int, total: int) -> Progress:
+    """A block's own ``(done, count)`` as ``(before + done, total)``."""
+
+    def report(done: int, _count: int) -> None:
+        progress(before + done, total)
+
+    return report
 
 
 class InUse(NamedTuple):
@@ -141,6 +219,7 @@ class BlindStore:
 
     def __init__(self, root: str, ctx: BlindContext, box_key: Callable[[], bytes]) -> None:
         self.dir = os.path.join(root, "blind")
+        self.db_dir = os.path.join(root, "private", "blind-db")
         self.ctx = ctx
         self._box_key = box_key
         self._secret_box: nacl.secret.SecretBox | None = None
@@ -167,6 +246,9 @@ class BlindStore:
 
     def _path(self, *parts: str) -> str:
         return os.path.join(self.dir, *parts)
+
+    def _db(self, *parts: str) -> str:
+        return os.path.join(self.db_dir, *parts)
 
     # -- announced keys ------------------------------------------------
     def check_new_keys(self, peer: str, body: KeyAnnouncementBody, now: float) -> AnnouncedKeys:
@@ -313,11 +395,11 @@ class BlindStore:
         return None if cached is None else cached[0]
 
     def complete(self, version: str) -> bool:
-        """Whether the sealed store holds the whole database of ``version``."""
-        return os.path.exists(self._path("db", version, "complete"))
+        """Whether the store holds the whole database of ``version``."""
+        return os.path.exists(self._db(version, "complete"))
 
     def database(self, version: str, export: Export, *, progress: Progress | None = None) -> BlindDatabase:
-        """The diagonals for gallery ``version``: from memory, from the sealed store, or built (caller holds the lock).
+        """The diagonals for gallery ``version``: from memory, mapped from the store, or built (caller holds the lock).
 
         Args:
             version: the gallery version (:attr:`EncryptedGallery.version`).
@@ -331,23 +413,23 @@ class BlindStore:
             The database (kept in memory for the next call in this process).
 
         Raises:
-            StateError: a sealed file fails authentication.
+            StateError: the sealed layout fails authentication, or a block file is missing or malformed.
 
         Warning:
             The database is the gallery in clear, encoded: it stays in this
-            process's memory, and reaches the disk only sealed, under
-            ``DIR/blind/db/`` (``KEYDIR`` for a split state).
+            process's memory, and on disk only under ``DIR/private/blind-db/``
+            (``KEYDIR`` for a split state), beside the secret keys.
         """
         cached = self._cache
         if cached is not None and cached[0] == version:
             _finished(progress, cached[1].size)
             return cached[1]
-        vdir = self._path("db", version)
+        vdir = self._db(version)
         if self.complete(version):
             db = self._load(vdir, progress)
         else:
             ids, templates = export()
-            db, tmp = self._build(vdir, ids, templates, progress)
+            db, tmp, _reused = self._build(vdir, ids, templates, progress)
             if self._publish(tmp, vdir):
                 self._prune(version)
             else:  # published meanwhile by a process that did not take the lock: the layout on disk wins
@@ -404,7 +486,7 @@ class BlindStore:
 
     def prepare(self, lock: Lock, version_of: Callable[[], str], export: Export, *,
                 progress: Progress | None = None, keep: bool = False) -> Prepared:
-        """Build the sealed database of the current gallery version now, unless it is there already.
+        """Build the database of the current gallery version now, unless it is there already.
 
         The state lock is taken only to read the gallery (version and
         export) and to publish the result; encoding, sealing and writing run
@@ -424,24 +506,24 @@ class BlindStore:
                 templates)`` when there is nothing to do.
             keep: also hold the database in this process's memory (a key
                 service or a service, which answer from it next); without
-                it, a database already sealed is only looked at.
+                it, a database already in the store is only looked at.
 
         Returns:
             What was found or built.
 
         Raises:
-            StateError: a sealed file fails authentication.
+            StateError: the sealed layout fails authentication, or a block file is missing or malformed.
 
         Warning:
             Building decrypts the whole gallery (``export``) in this
-            process's memory; the database is written only sealed.
+            process's memory; the database is written only under ``private/``.
         """
         t0 = time.monotonic()
         while True:
             ids = templates = None
             with lock():
                 version = version_of()
-                vdir = self._path("db", version)
+                vdir = self._db(version)
                 cached = self._cache
                 if cached is not None and cached[0] == version:
                     return _prepared(version, cached[1].slot_record, False, t0, progress)
@@ -456,7 +538,7 @@ class BlindStore:
                     continue
                 self._cache = (version, db)
                 return _prepared(version, db.slot_record, False, t0, None)
-            db, tmp = self._build(vdir, ids, templates, progress)
+            db, tmp, reused = self._build(vdir, ids, templates, progress)
             del ids, templates
             with lock():
                 current = version_of() == version
@@ -469,11 +551,11 @@ class BlindStore:
                 continue  # the gallery changed, or another process was first: look again
             if keep:
                 self._cache = (version, db)
-            return Prepared(version, db.size, db.blocks, True, time.monotonic() - t0)
+            return Prepared(version, db.size, db.blocks, True, time.monotonic() - t0, reused)
 
     def newest_complete(self) -> str | None:
-        """The most recently completed version in the sealed store (older ones keep only their layout)."""
-        root = self._path("db")
+        """The most recently completed version in the store (older ones keep only their layout)."""
+        root = self._db()
         best: tuple[int, str] | None = None
         with contextlib.suppress(FileNotFoundError):
             for name in os.listdir(root):
@@ -498,7 +580,9 @@ class BlindStore:
 
     def layout(self, version: str) -> np.ndarray:
         """The slot -> record map of a database version (kept after rebuilds for follow-ups)."""
-        path = self._path("db", version, "layout.sealed")
+        path = self._db(version, "layout.sealed")
+        if not os.path.exists(path):
+            path = self._path("db", version, "layout.sealed")  # written by an earlier release
         if not os.path.exists(path):
             raise GalleryError("the gallery layout of this answer is gone")
         return self._open_arrays(path)["slot_record"]
@@ -523,38 +607,114 @@ class BlindStore:
         return self._open_arrays(os.path.join(vdir, "layout.sealed"))["slot_record"]
 
     def _build(self, vdir: str, ids: np.ndarray, templates: np.ndarray,
-               progress: Progress | None) -> tuple[BlindDatabase, str]:
-        """Encode a database and write it, sealed, to a fresh temporary directory beside ``vdir``.
+               progress: Progress | None) -> tuple[BlindDatabase, str, int]:
+        """Write the database of a gallery to a fresh temporary directory beside ``vdir``, block by block.
+
+        Blocks of the newest complete version whose records are all still
+        enrolled, with the same templates, and get no new record are
+        hard-linked; the others are encoded afresh (see the module docstring).
 
         Returns:
-            The database and the temporary directory (see :meth:`_publish`).
+            The database (memory-mapped from the temporary directory), the
+            directory (see :meth:`_publish`) and the number of blocks reused.
         """
-        db = build_database(templates, self.ctx, record_ids=ids, progress=_span(progress, 0.0, _ENCODE_SHARE))
-        return db, self._write(vdir, db, _span(progress, _ENCODE_SHARE, 1.0))
-
-    def _write(self, vdir: str, db: BlindDatabase, progress: Progress | None) -> str:
-        # A name no other thread or process uses: a service's background
-        # rebuild and `pprm prepare` may write the same version at once.
+        per_block = self.ctx.params.templates_per_block
+        row_of = {int(r): k for k, r in enumerate(ids.tolist())}
+        plan = self._plan(row_of, templates, per_block)
         tmp = f"{vdir}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        os.makedirs(tmp)
-        counts = (db.slot_record >= 0).sum(axis=1)
+        os.makedirs(tmp, mode=0o700)
+        n = len(row_of)
+        encode = _span(progress, 0.0, _ENCODE_SHARE)
+        if encode is not None:
+            encode(0, n)
         try:
+            blocks: list[np.ndarray] = []
+            records: list[np.ndarray] = []
+            signs: list[np.ndarray] = []
+            digests: list[bytes] = []
+            done = reused = 0
+            with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="pprm-encode") as pool:
+                for k, block in enumerate(plan):
+                    path = os.path.join(tmp, f"block-{k}.npy")
+                    if block.source is not None:
+                        src_dir, src = block.source
+                        _link_or_copy(os.path.join(src_dir, f"block-{src.index}.npy"), path)
+                        rec, sg = src.slot_record, src.signs
+                        reused += 1
+                    else:
+                        rows = np.asarray([row_of[r] for r in block.records], dtype=np.int64)
+                        step = None if encode is None else _offset(encode, done, n)
+                        diag, rec, sg = build_block(templates[rows], self.ctx, record_ids=ids[rows], pool=pool,
+                                                    progress=step)
+                        _save_block(path, diag)
+                        del diag
+                    blocks.append(np.load(path, mmap_mode="r"))
+                    records.append(rec)
+                    signs.append(sg)
+                    digests.append(block.digest)
+                    done += len(block.records)
+                    if encode is not None:
+                        encode(done, n)
+            digest_arr = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(plan), -1)
             atomic_write_bytes(os.path.join(tmp, "layout.sealed"),
-                               self._seal_arrays(slot_record=db.slot_record, signs=db.signs))
-            for k in range(db.blocks):
-                before, count = int(counts[:k].sum()), int(counts[k])
-                sealed = self._seal_arrays(d=db.diagonals[k])
-                if progress is not None:  # sealing and writing take about as long as each other
-                    progress(before + count // 2, db.size)
-                atomic_write_bytes(os.path.join(tmp, f"block-{k}.sealed"), sealed)
-                del sealed
-                if progress is not None:
-                    progress(before + count, db.size)
+                               self._seal_arrays(slot_record=np.stack(records), signs=np.stack(signs),
+                                                 digests=digest_arr))
             atomic_write_bytes(os.path.join(tmp, "complete"), str(int(time.time())).encode())
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return tmp
+        _finished(progress, n)
+        db = BlindDatabase(blocks, np.stack(records), np.stack(signs), self.ctx.params.name)
+        return db, tmp, reused
+
+    def _plan(self, row_of: dict[int, int], templates: np.ndarray, per_block: int) -> list[_Block]:
+        """Which records go in which block, and which blocks of the newest version can be kept as they are."""
+        previous = self._previous()
+        placed: set[int] = set()
+        plan: list[_Block] = []
+        if previous is not None:
+            src_dir, old = previous
+            for k in range(old.slot_record.shape[0]):
+                rec = old.slot_record[k]
+                had = [int(r) for r in rec[rec >= 0]]
+                keep = [r for r in had if r in row_of]
+                placed.update(keep)
+                digest = _digest(keep, row_of, templates)
+                same = len(keep) == len(had) and digest == bytes(old.digests[k])
+                source = (src_dir, _OldBlock(k, rec, old.signs[k])) if same else None
+                plan.append(_Block(keep, digest, source))
+        new = [r for r in row_of if r not in placed]
+        # New records go where a block is re-encoded anyway, then into the blocks with the most room
+        # (so that a few new records touch one block), then into new blocks.
+        for block in sorted(plan, key=lambda b: (b.source is not None, len(b.records))):
+            if not new:
+                break
+            room = per_block - len(block.records)
+            if room > 0:
+                block.records.extend(new[:room])
+                del new[:room]
+                block.source = None
+        for start in range(0, len(new), per_block):
+            plan.append(_Block(new[start:start + per_block], b"", None))
+        plan = [b for b in plan if b.records] or [_Block([], b"", None)]
+        for block in plan:
+            if block.source is None:
+                block.digest = _digest(block.records, row_of, templates)
+        return plan
+
+    def _previous(self) -> tuple[str, _Layout] | None:
+        """The newest complete version's directory and layout, if there is one with digests to trust."""
+        newest = self.newest_complete()
+        if newest is None:
+            return None
+        vdir = self._db(newest)
+        try:
+            arrays = self._open_arrays(os.path.join(vdir, "layout.sealed"))
+        except (OSError, StateError):
+            return None
+        if "digests" not in arrays or arrays["slot_record"].shape[1:] != (self.ctx.params.templates_per_block,):
+            return None
+        return vdir, _Layout(arrays["slot_record"], arrays["signs"], arrays["digests"])
 
     def _publish(self, tmp: str, vdir: str) -> bool:
         """Rename a written version into place (caller holds the lock); False if it is there already."""
@@ -565,29 +725,46 @@ class BlindStore:
         return True
 
     def _load(self, vdir: str, progress: Progress | None = None) -> BlindDatabase:
+        """Map a complete version's blocks (nothing is read until a query touches them)."""
         arrays = self._open_arrays(os.path.join(vdir, "layout.sealed"))
         slot_record, signs = arrays["slot_record"], arrays["signs"]
-        counts = (slot_record >= 0).sum(axis=1)
-        size = int(counts.sum())
+        size = int((slot_record >= 0).sum())
         if progress is not None:
             progress(0, size)
         p = self.ctx.params
-        diag = np.empty((slot_record.shape[0], p.giant_steps, p.baby_steps, p.data_primes, self.ctx.n),
-                        dtype=np.uint64)
-        for k in range(diag.shape[0]):
-            diag[k] = self._open_arrays(os.path.join(vdir, f"block-{k}.sealed"))["d"]
-            if progress is not None:
-                progress(int(counts[:k + 1].sum()), size)
-        return BlindDatabase(diag, slot_record, signs, p.name)
+        shape = (p.giant_steps, p.baby_steps, p.data_primes, self.ctx.n)
+        blocks = []
+        for k in range(slot_record.shape[0]):
+            try:
+                arr = np.load(os.path.join(vdir, f"block-{k}.npy"), mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError):
+                raise StateError(f"blind database block {k} of version {os.path.basename(vdir)[:12]} "
+                                 f"is missing or unreadable") from None
+            if arr.shape != shape or arr.dtype != np.uint64:
+                raise StateError(f"blind database block {k} has shape {arr.shape}, expected {shape}")
+            blocks.append(arr)
+        _finished(progress, size)
+        return BlindDatabase(blocks, slot_record, signs, p.name)
 
     def _prune(self, keep: str) -> None:
         """Drop the diagonals of older versions; keep their layouts for follow-ups.
 
         A version another process (or thread) answers from stays in its
-        memory; only its sealed copy goes. Temporary directories of processes
+        memory; only its files go (a mapped file stays readable until unmapped). Temporary directories of processes
         that no longer run (killed while writing) are deleted.
         """
-        root = self._path("db")
+        root = self._db()
+        legacy = self._path("db")
+        for name in os.listdir(legacy) if os.path.isdir(legacy) else ():
+            # An earlier release's sealed blocks: never loaded again; the layout stays for follow-ups.
+            vdir = os.path.join(legacy, name)
+            if ".tmp-" in name:
+                if not _writer_alive(name):
+                    shutil.rmtree(vdir, ignore_errors=True)
+                continue
+            for fname in os.listdir(vdir) if os.path.isdir(vdir) else ():
+                if fname.startswith("block-") or fname == "complete":
+                    os.unlink(os.path.join(vdir, fname))
         for name in os.listdir(root):
             vdir = os.path.join(root, name)
             if ".tmp-" in name:
@@ -704,7 +881,7 @@ class BlindRebuilder:
             current (no database in memory and none sealed).
 
         Raises:
-            StateError: a sealed file fails authentication.
+            StateError: the sealed layout fails authentication, or a block file is missing or malformed.
         """
         store = self.store
         current, newest = True, None
@@ -719,7 +896,7 @@ class BlindRebuilder:
             if stale and store.in_memory is None:
                 # Warm start from the last version sealed (the gallery changed
                 # while no service ran): answer from it while the current one builds.
-                db = store._load(store._path("db", newest))
+                db = store._load(store._db(newest))
                 if store.in_memory is None:
                     store._cache = (newest, db)
                     log.warning("blind database: answering from gallery version %s while the current one builds",

@@ -26,7 +26,7 @@ from tests.helpers import INSECURE_BLIND, INSECURE_SEALED, cli, ok, ok_json, pla
 
 DIM = 512
 GALLERY = 100
-KEYS = {"format", "ok", "state", "version", "templates", "blocks", "built", "seconds", "key_service"}
+KEYS = {"format", "ok", "state", "version", "templates", "blocks", "built", "reused", "seconds", "key_service"}
 
 
 def _init(root: Path, names: tuple[str, ...]) -> dict[str, Path]:
@@ -80,20 +80,20 @@ def test_prepare_builds_then_does_nothing_then_refreshes_after_an_enrolment(tmp_
     assert first["state"] == "BB" and first["version"] == v1 and first["built"] is True
     assert (first["templates"], first["blocks"], first["key_service"]) == (GALLERY, 1, None)
     assert isinstance(first["seconds"], float) and first["seconds"] >= 0
-    assert (bb / "blind" / "db" / v1 / "complete").exists()
+    assert (bb / "private" / "blind-db" / v1 / "complete").exists()
 
-    sealed = snapshot(str(bb / "blind" / "db"))
+    sealed = snapshot(str(bb / "private" / "blind-db"))
     again = ok("prepare", bb)
     assert again.err == "" and "nothing to do" in again.out and v1[:12] in again.out
     assert ok_json("prepare", bb)["built"] is False
-    assert snapshot(str(bb / "blind" / "db")) == sealed
+    assert snapshot(str(bb / "private" / "blind-db")) == sealed
 
     # A blind answer after prepare uses the prepared database (nothing rebuilt) and finds the truth.
     probe = synthetic.mate_probe(g, 9, seed=1)
     truth = _truth([g], probe)
     assert truth == {g.references[9]}
     assert len(_search(dirs, tmp_path, probe, "C-1")) == len(truth)
-    assert snapshot(str(bb / "blind" / "db")) == sealed
+    assert snapshot(str(bb / "private" / "blind-db")) == sealed
 
     # After an enrolment the next prepare builds the new version; the old one keeps only its layout.
     extra = synthetic.make_gallery(5, dim=DIM, seed=52, prefix="XX")
@@ -102,8 +102,9 @@ def test_prepare_builds_then_does_nothing_then_refreshes_after_an_enrolment(tmp_
     assert v2 != v1
     refreshed = ok_json("prepare", bb)
     assert (refreshed["version"], refreshed["built"], refreshed["templates"]) == (v2, True, GALLERY + 5)
-    assert sorted(p.name for p in (bb / "blind" / "db" / v1).iterdir()) == ["layout.sealed"]
-    assert (bb / "blind" / "db" / v2 / "complete").exists()
+    assert refreshed["reused"] == 0  # the five went into the one block, which is re-encoded
+    assert sorted(p.name for p in (bb / "private" / "blind-db" / v1).iterdir()) == ["layout.sealed"]
+    assert (bb / "private" / "blind-db" / v2 / "complete").exists()
     assert ok_json("prepare", bb)["built"] is False
 
     probe = synthetic.mate_probe(extra, 2, seed=3)
@@ -116,7 +117,7 @@ def test_prepare_refuses_a_key_service_for_a_state_that_is_not_split(tmp_path: P
     dirs = _init(tmp_path, ("BB",))
     r = cli("prepare", dirs["BB"], "--key-service", "/tmp/nowhere.sock")
     assert r.code == 1 and r.out == "" and r.err.count("\n") == 1 and "not split" in r.err
-    assert not (dirs["BB"] / "blind" / "db").exists()
+    assert not (dirs["BB"] / "private" / "blind-db").exists()
     r = cli("prepare", tmp_path / "missing")
     assert r.code == 1 and r.err.startswith("pprm: error:")
 
@@ -141,7 +142,7 @@ def test_prepare_a_split_state_through_its_key_service(
     # No key service running: one error line, nothing built anywhere.
     r = cli("prepare", bb)
     assert r.code == 1 and r.err.count("\n") == 1 and "key service" in r.err
-    assert not (keydir / "blind" / "db").exists()
+    assert not (keydir / "private" / "blind-db").exists()
 
     ks = spawn(["keyservice", "serve", str(keydir)])
     try:
@@ -151,8 +152,8 @@ def test_prepare_a_split_state_through_its_key_service(
         done = json.loads(r.out)
         assert set(done) == KEYS and done["key_service"] == address
         assert (done["version"], done["built"], done["templates"]) == (version, True, GALLERY)
-        assert (keydir / "blind" / "db" / version / "complete").exists()
-        assert not (bb / "blind").exists()  # the front never holds the database
+        assert (keydir / "private" / "blind-db" / version / "complete").exists()
+        assert not (bb / "blind").exists() and not (bb / "private" / "blind-db").exists()  # never at the front
         text = ok("prepare", bb).out
         assert "nothing to do" in text and "key service" in text
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from pprm import synthetic
-from pprm.matching.diagonals import build_database
+from pprm.matching.diagonals import build_block
 from pprm.net import Directory, ask, send_follow_up
 from pprm.net.service import StateService, create_app
 from pprm.node import blind_store
@@ -78,7 +78,7 @@ def test_answers_during_a_rebuild_come_from_the_previous_version(world: dict[str
     v1 = hu.gallery().version
     assert hu.blind_store.prepare(hu.lock, lambda: hu.gallery().version, ks.export_templates).built
     gate = _Gate()
-    monkeypatch.setattr(blind_store, "build_database", gate.wrap(build_database))
+    monkeypatch.setattr(blind_store, "build_block", gate.wrap(build_block))
 
     app = create_app(hu.dir)
     svc: StateService = app.state.service
@@ -144,7 +144,7 @@ def test_answers_during_a_rebuild_come_from_the_previous_version(world: dict[str
         assert all(hu.blind_store.answered(r["outcome"].query_id).version == v2 for r in outcomes[after + 1:])
 
         # The previous version's blocks are gone, its layout stays: a follow-up on a stale answer resolves.
-        assert sorted(os.listdir(hu.path("blind", "db", v1))) == ["layout.sealed"]
+        assert sorted(os.listdir(hu.path("private", "blind-db", v1))) == ["layout.sealed"]
         assert stale_hit is not None
         ack = send_follow_up(de, Path(stale_hit.answer_path).read_bytes(), stale_hit.candidates[0], where)
         assert ack["status"] == "resolved"

@@ -88,4 +88,4 @@ def test_a_malformed_blind_probe_changes_nothing(tmp_path: Path) -> None:
     with pytest.raises(CiphertextError):
         Responder(fr).answer(bad)
     assert snapshot(fr.dir) == before
-    assert not Path(fr.path("blind", "db")).exists()
+    assert not Path(fr.path("private", "blind-db")).exists()

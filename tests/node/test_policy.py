@@ -376,7 +376,7 @@ def test_blind_queries_are_refused_the_same_way_before_any_matching(tmp_path: Pa
     h = header_of(res.message)
     assert (h.type, h.profile, h.params) == ("refusal", "blind", b.config.blind_parameter_set.digest)
     # No matching work: the blind database was never built, no answer was kept.
-    assert not os.path.exists(b.path("blind", "db"))
+    assert not os.path.exists(b.path("private", "blind-db"))
     assert not os.path.exists(b.path("blind", "queries"))
     assert [e["reason"] for e in events(b, "refuse")] == ["purpose"]
     assert events(b, "answer") == [] and quota_file(b) == {}
@@ -393,7 +393,7 @@ def test_blind_queries_are_refused_the_same_way_before_any_matching(tmp_path: Pa
     answer = resp.answer(q2, now=T0 + 2)
     assert header_of(answer).type == "answer"
     assert req.open(answer, now=T0 + 2).hit
-    assert os.path.isdir(b.path("blind", "db"))  # matching builds it: the check above means something
+    assert os.path.isdir(b.path("private", "blind-db"))  # matching builds it: the check above means something
     # The case quota (1) is used up now.
     _ann3, q3 = req.blind_query("BB", probe, "C-B", "serious-crime", now=T0 + 3)
     res3 = resp.respond(q3, now=T0 + 3)
