@@ -31,6 +31,7 @@ SIZE_KEYS = {
     "announcement_galois_bytes", "announcement_mb", "answer_bytes", "answer_block_bytes",
     "answer_bytes_per_template", "answer_bytes_per_position", "load_average", "correct", "announcement_relin_bytes",
     "matcher_checks_ms", "matcher_no_checks_ms", "checks_overhead", "checks_pct", "numpy_min_ms",
+    "db_build_to_enroll", "db_map_s", "db_rebuild_one_s", "db_rebuild_reused_blocks",
 }
 
 
