@@ -638,8 +638,12 @@ class BlindStore:
                     path = os.path.join(tmp, f"block-{k}.npy")
                     if block.source is not None:
                         src_dir, src = block.source
-                        _link_or_copy(os.path.join(src_dir, f"block-{src.index}.npy"), path)
-                        rec, sg = src.slot_record, src.signs
+                        try:
+                            _link_or_copy(os.path.join(src_dir, f"block-{src.index}.npy"), path)
+                        except FileNotFoundError:  # pruned meanwhile by a process that published a newer version
+                            block.source = None
+                    if block.source is not None:
+                        rec, sg = block.source[1].slot_record, block.source[1].signs
                         reused += 1
                     else:
                         rows = np.asarray([row_of[r] for r in block.records], dtype=np.int64)

@@ -148,3 +148,18 @@ def test_a_missing_block_file_is_one_clear_error(state: tuple[State, synthetic.S
         _database(fresh)
     assert "\n" not in str(info.value)
     assert snapshot(st.dir) == before
+
+
+def test_a_kept_block_whose_file_vanished_is_encoded_again(state: tuple[State, synthetic.SyntheticGallery]) -> None:
+    # Another process may publish a newer version and prune this one's files while a rebuild reads them.
+    st, g = state
+    v1 = _prepare(st).version
+    before = _blocks(st, v1)
+    gone_id = next(rid for rid, ref in st.gallery().index.references.items() if ref == g.references[3])
+    untouched = next(k for k, (_ino, recs) in enumerate(before) if gone_id not in recs)
+    os.unlink(st.path("private", "blind-db", v1, f"block-{untouched}.npy"))
+    KeyService(st).remove(g.references[3])
+    done = _prepare(st)
+    assert (done.built, done.blocks, done.reused, done.templates) == (True, 3, 1, N - 1)
+    after = _blocks(st, done.version)
+    assert after[untouched][1] == before[untouched][1] and after[untouched][0] != before[untouched][0]
