@@ -32,6 +32,7 @@ Warning:
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 from collections.abc import Callable, Sequence
@@ -43,6 +44,8 @@ import numpy as np
 from pprm.crypto.context import BlindContext
 from pprm.crypto.encoding import coefficients_to_residues, encode_coefficients
 from pprm.errors import TemplateError
+from pprm.matching import kernel
+from pprm.matching.mask_kernel import NativeNtt
 
 __all__ = ["BlindDatabase", "build_block", "build_database", "secret_permutation"]
 
@@ -135,18 +138,33 @@ def _encode_block(ctx: BlindContext, values: np.ndarray, out: np.ndarray, pool: 
     """
     p = ctx.params
     moduli = ctx.moduli[:p.data_primes]
+    ntt = _native_ntt(ctx)
 
     def encode(start: int) -> np.ndarray:
         coeffs = encode_coefficients(values[start:start + _ENCODE_BATCH], p.diagonal_scale_bits, ctx.n)
-        return coefficients_to_residues(coeffs, moduli)
+        residues = coefficients_to_residues(coeffs, moduli)
+        return residues if ntt is None else ntt.forward(residues)
 
-    # The long-double FFTs release the GIL: batches are encoded on every core,
-    # and SEAL's NTT (which holds it) runs here as each batch is ready.
+    # The long-double FFTs and the native NTT release the GIL: batches are
+    # encoded on every core. SEAL's NTT (the numpy backend's) holds it and
+    # runs here as each batch is ready.
     starts = range(0, values.shape[0], _ENCODE_BATCH)
     for start, residues in zip(starts, pool.map(encode, starts), strict=True):
-        out[start:start + _ENCODE_BATCH] = ctx.to_ntt(residues)
+        out[start:start + _ENCODE_BATCH] = residues if ntt is not None else ctx.to_ntt(residues)
         if step is not None:
             step(min(start + _ENCODE_BATCH, values.shape[0]))
+
+
+@functools.lru_cache(maxsize=4)
+def _native_ntt_for(n: int, moduli: tuple[int, ...]) -> NativeNtt:
+    return NativeNtt(n, moduli)
+
+
+def _native_ntt(ctx: BlindContext) -> NativeNtt | None:
+    """The C NTT for this context's primes on the native backend, else None (SEAL's, through a stream)."""
+    if kernel.backend() != "native":
+        return None
+    return _native_ntt_for(ctx.n, tuple(int(q) for q in ctx.moduli))
 
 
 def _block_steps(progress: Progress, before: int, count: int, dim: int, total: int) -> Callable[[int], None]:

@@ -32,7 +32,7 @@ from pprm.crypto.context import CkksContext
 from pprm.errors import BackendError, ParameterError
 from pprm.matching import kernel_native
 
-__all__ = ["NttTable", "NativeMasker", "ntt_table", "conjugation_permutation"]
+__all__ = ["NttTable", "NativeMasker", "NativeNtt", "ntt_table", "conjugation_permutation"]
 
 
 def _bitrev(x: int, bits: int) -> int:
@@ -245,4 +245,72 @@ class NativeMasker:
         rc = self._lib.pprm_ntt(self._ffi.from_buffer("uint64_t[]", out, require_writable=True), t, int(inverse))
         if rc != self._lib.PPRM_MASK_OK:
             raise BackendError("native NTT failed: an input is not reduced")
+        return out
+
+
+class NativeNtt:
+    """SEAL's forward negacyclic NTT for every prime of a level, in C (no SEAL object, no stream).
+
+    The blind database's diagonals are encoded once per rebuild and turned
+    into NTT form; going through SEAL means serialising each batch into a
+    ciphertext and back. This is the transform :class:`NativeMasker` uses,
+    bit for bit SEAL's (``tests/matching/test_mask_kernel.py``), for any
+    primes below 2**61. The C call releases the GIL, so encoding threads run
+    it in parallel.
+
+    Args:
+        n: the ring dimension.
+        moduli: the primes, in SEAL's order.
+
+    Raises:
+        BackendError: the native extension is not built.
+        ParameterError: a prime has no primitive 2n-th root of unity, or is
+            not below 2**61.
+    """
+
+    def __init__(self, n: int, moduli: tuple[int, ...]) -> None:
+        self._ffi, self._lib = kernel_native.handles()
+        if any(not 2 <= q < 2**61 for q in moduli):
+            raise ParameterError("the native NTT takes primes below 2**61")
+        self.n = n
+        self.moduli = tuple(int(q) for q in moduli)
+        self._keep: list[Any] = []
+        self._tables = []
+        for q in self.moduli:
+            t = ntt_table(q, n)
+            c = self._ffi.new("pprm_ntt_table *")
+            c.q, c.n = t.q, t.n
+            for name in ("roots", "roots_shoup", "inv_roots", "inv_roots_shoup"):
+                view = self._ffi.from_buffer("uint64_t[]", getattr(t, name), require_writable=False)
+                self._keep.append(view)
+                setattr(c, name, view)
+            c.inv_n, c.inv_n_shoup = t.inv_n, t.inv_n_shoup
+            self._tables.append(c)
+
+    def __repr__(self) -> str:
+        return f"NativeNtt(n={self.n}, primes={len(self.moduli)})"
+
+    def forward(self, polys: np.ndarray) -> np.ndarray:
+        """NTT of coefficient-form residues, as :meth:`pprm.crypto.context.CkksContext.to_ntt` computes it.
+
+        Args:
+            polys: ``uint64[..., L, N]`` residues in ``[0, q_l)``, ``L`` the
+                first primes of :attr:`moduli`.
+
+        Returns:
+            A new array of the same shape in NTT form.
+
+        Raises:
+            BackendError: a shape the primes do not fit, or a word not reduced.
+        """
+        out = np.array(polys, dtype=np.uint64, order="C", copy=True)
+        if out.ndim < 2 or out.shape[-1] != self.n or out.shape[-2] > len(self.moduli):
+            raise BackendError(f"expected [..., L <= {len(self.moduli)}, {self.n}] residues, got {list(out.shape)}")
+        rows = out.reshape(-1, out.shape[-2], self.n)
+        for poly in rows:
+            for j in range(poly.shape[0]):
+                rc = self._lib.pprm_ntt(self._ffi.from_buffer("uint64_t[]", poly[j], require_writable=True),
+                                        self._tables[j], 0)
+                if rc != self._lib.PPRM_MASK_OK:
+                    raise BackendError("native NTT failed: a word is not reduced below its prime")
         return out

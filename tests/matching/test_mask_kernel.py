@@ -191,3 +191,23 @@ def test_extreme_words_mask_like_seal(small: tuple[CkksContext, seal.GaloisKeys,
     top = np.full(ctx.n, q0 - 1, dtype=np.uint64)
     assert np.array_equal(m.ntt(top), ctx.to_ntt(top[None, None])[0, 0])
     assert np.array_equal(m.ntt(m.ntt(top), inverse=True), top)
+
+
+@pytest.mark.parametrize("name", ["pprm-blind-n16384-complex-v3", "INSECURE-blind-n1024-complex-v3"])
+def test_native_ntt_is_seals_for_the_blind_primes(name: str) -> None:
+    # The blind database's diagonals go through NativeNtt on the native backend: it must give SEAL's words.
+    from pprm.crypto import blind_params
+    from pprm.crypto.context import BlindContext
+    from pprm.matching.mask_kernel import NativeNtt
+
+    ctx = BlindContext(blind_params.get(name, allow_insecure=True))
+    rng = np.random.default_rng(3)
+    polys = np.stack([np.stack([rng.integers(0, q, ctx.n, dtype=np.uint64) for q in ctx.moduli]) for _ in range(3)])
+    polys[0, :, :4] = [[q - 1] * 4 for q in ctx.moduli]  # the largest words
+    ntt = NativeNtt(ctx.n, tuple(ctx.moduli))
+    assert np.array_equal(ntt.forward(polys), ctx.to_ntt(polys))
+    assert np.array_equal(ntt.forward(polys[:, :2]), ctx.to_ntt(polys[:, :2]))  # one level down
+    bad = polys.copy()
+    bad[1, 2, 5] = ctx.moduli[2]
+    with pytest.raises(BackendError, match="not reduced"):
+        ntt.forward(bad)
