@@ -56,12 +56,21 @@ ffibuilder.cdef(
     #define PPRM_ENC_NOISE_BYTES ...
     int pprm_encrypt_block(const int64_t *m, const uint64_t *pool, size_t pool_words, const uint8_t *noise,
                            const uint64_t *s, const pprm_ntt_table *t, uint64_t *out, size_t rows, int threads);
+    #define PPRM_ENCODE_OK ...
+    #define PPRM_ENCODE_EINVAL ...
+    #define PPRM_ENCODE_ENOMEM ...
+    #define PPRM_ENCODE_ERANGE ...
+    int pprm_encode_residues(const double *values, size_t k, size_t m, int scale_bits, const uint32_t *place,
+                             const long double *stages, const long double *twist, const uint64_t *moduli,
+                             size_t nprimes, size_t n, uint64_t *out);
     """
 )
 ffibuilder.set_source(
     "pprm._native_kernel",
-    '#include "pprm_kernel.h"\n#include "pprm_batch.h"\n#include "pprm_mask.h"\n#include "pprm_encrypt.h"',
-    sources=["native/pprm_kernel.c", "native/pprm_batch.c", "native/pprm_mask.c", "native/pprm_encrypt.c"],
+    '#include "pprm_kernel.h"\n#include "pprm_batch.h"\n#include "pprm_mask.h"\n#include "pprm_encrypt.h"\n'
+    '#include "pprm_encode.h"',
+    sources=["native/pprm_kernel.c", "native/pprm_batch.c", "native/pprm_mask.c", "native/pprm_encrypt.c",
+             "native/pprm_encode.c"],
     depends=[
         "native/pprm_kernel.h",
         "native/pprm_batch.h",
@@ -70,6 +79,7 @@ ffibuilder.set_source(
         "native/pprm_jobs.h",
         "native/pprm_mask.h",
         "native/pprm_encrypt.h",
+        "native/pprm_encode.h",
     ],
     include_dirs=["native"],
     # No -march=native: the C source picks AVX-512/AVX2 at load time (target_clones),

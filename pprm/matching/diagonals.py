@@ -45,6 +45,7 @@ from pprm.crypto.context import BlindContext
 from pprm.crypto.encoding import coefficients_to_residues, encode_coefficients
 from pprm.errors import TemplateError
 from pprm.matching import kernel
+from pprm.matching.encode_native import NativeEncoder
 from pprm.matching.mask_kernel import NativeNtt
 
 __all__ = ["BlindDatabase", "build_block", "build_database", "secret_permutation"]
@@ -138,16 +139,19 @@ def _encode_block(ctx: BlindContext, values: np.ndarray, out: np.ndarray, pool: 
     """
     p = ctx.params
     moduli = ctx.moduli[:p.data_primes]
-    ntt = _native_ntt(ctx)
+    ntt, encoder = _native(ctx)
 
     def encode(start: int) -> np.ndarray:
-        coeffs = encode_coefficients(values[start:start + _ENCODE_BATCH], p.diagonal_scale_bits, ctx.n)
-        residues = coefficients_to_residues(coeffs, moduli)
+        batch = values[start:start + _ENCODE_BATCH]
+        if encoder is None:
+            residues = coefficients_to_residues(encode_coefficients(batch, p.diagonal_scale_bits, ctx.n), moduli)
+        else:
+            residues = encoder.residues(batch, p.diagonal_scale_bits)
         return residues if ntt is None else ntt.forward(residues)
 
-    # The long-double FFTs and the native NTT release the GIL: batches are
-    # encoded on every core. SEAL's NTT (the numpy backend's) holds it and
-    # runs here as each batch is ready.
+    # The long-double FFTs (numpy's or the C encoder's) and the native NTT
+    # release the GIL: batches are encoded on every core. SEAL's NTT (the
+    # numpy backend's) holds it and runs here as each batch is ready.
     starts = range(0, values.shape[0], _ENCODE_BATCH)
     for start, residues in zip(starts, pool.map(encode, starts), strict=True):
         out[start:start + _ENCODE_BATCH] = residues if ntt is not None else ctx.to_ntt(residues)
@@ -156,15 +160,19 @@ def _encode_block(ctx: BlindContext, values: np.ndarray, out: np.ndarray, pool: 
 
 
 @functools.lru_cache(maxsize=4)
-def _native_ntt_for(n: int, moduli: tuple[int, ...]) -> NativeNtt:
-    return NativeNtt(n, moduli)
+def _native_for(n: int, moduli: tuple[int, ...]) -> tuple[NativeNtt, NativeEncoder]:
+    return NativeNtt(n, moduli), NativeEncoder(n, moduli)
 
 
-def _native_ntt(ctx: BlindContext) -> NativeNtt | None:
-    """The C NTT for this context's primes on the native backend, else None (SEAL's, through a stream)."""
+def _native(ctx: BlindContext) -> tuple[NativeNtt | None, NativeEncoder | None]:
+    """The C NTT and encoder for this context's data primes on the native backend, else None (numpy and SEAL).
+
+    Both give the numpy path's words exactly (tests/matching/test_mask_kernel.py and
+    tests/matching/test_encode_native.py), so the database is the same either way.
+    """
     if kernel.backend() != "native":
-        return None
-    return _native_ntt_for(ctx.n, tuple(int(q) for q in ctx.moduli))
+        return None, None
+    return _native_for(ctx.n, tuple(int(q) for q in ctx.moduli[:ctx.params.data_primes]))
 
 
 def _block_steps(progress: Progress, before: int, count: int, dim: int, total: int) -> Callable[[int], None]:
@@ -199,10 +207,13 @@ def _encode_rows(ctx: BlindContext, g: np.ndarray, slot_row: np.ndarray, signs: 
     rows = np.zeros((p.templates_per_block, p.dim), dtype=np.float64)
     used = slot_row >= 0
     rows[used] = g[slot_row[used]] * signs[used, None]
-    values: np.ndarray = block_diagonals(rows[:slots], p.baby_steps)
     if p.complex_packing:
-        # Position slots + j sits in the imaginary part of slot j.
-        values = values + 1j * block_diagonals(rows[slots:], p.baby_steps)
+        # Position slots + j sits in the imaginary part of slot j (filled in place: these are 64 MB arrays).
+        values = np.empty((p.giant_steps, p.baby_steps, slots), dtype=np.complex128)
+        values.real = block_diagonals(rows[:slots], p.baby_steps)
+        values.imag = block_diagonals(rows[slots:], p.baby_steps)
+    else:
+        values = block_diagonals(rows[:slots], p.baby_steps)
     _encode_block(ctx, values.reshape(p.dim, slots), out.reshape(p.dim, p.data_primes, ctx.n), pool, step)
 
 

@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,12 @@ def key_service_thread(keydir: str, address: str | None = None) -> Iterator[None
                                                                        "stop": stop.is_set}, daemon=True)
     t.start()
     assert ready.wait(20)
+    # The key service warms its blind database in a thread of its own, which takes the state lock
+    # (creating KEYDIR/.lock): let it finish, so that tests comparing KEYDIR snapshots see only their own change.
+    deadline = time.monotonic() + 20
+    while any(x.name == "pprm-blind-warm" for x in threading.enumerate()):
+        assert time.monotonic() < deadline, "the blind warm-up thread did not finish"
+        time.sleep(0.01)
     try:
         yield
     finally:
