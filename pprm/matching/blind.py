@@ -63,6 +63,7 @@ from pprm.crypto.encoding import coefficients_to_residues, encode_coefficients
 from pprm.errors import CiphertextError, ParameterError
 from pprm.matching import kernel
 from pprm.matching.diagonals import BlindDatabase, secret_permutation
+from pprm.matching.encode_native import native_transforms
 from pprm.matching.flood import uniform_residues
 from pprm.matching.kernel_numpy import mulmod_pow2
 from pprm.matching.mask import csprng_uniform
@@ -477,10 +478,8 @@ class BlindEvaluator:
             if galois is None:
                 raise ParameterError("complex packing separates the two templates of a slot with the conjugation key")
             return self._mask_complex(score, signs, tau, masks, galois)
-        coeffs = np.stack([encode_coefficients(signs * masks.r, p.mask_scale_bits, ctx.n),
-                           encode_coefficients(masks.e, p.top_scale_bits, ctx.n),
-                           encode_coefficients(signs * tau, p.score_scale_bits, ctx.n)])
-        ntt = ctx.to_ntt(coefficients_to_residues(coeffs, moduli))
+        ntt = _encode_ntt(ctx, [(signs * masks.r, p.mask_scale_bits, False), (masks.e, p.top_scale_bits, False),
+                                (signs * tau, p.score_scale_bits, False)], len(moduli))
         c = score.copy()
         c[0] = _sub(c[0], ntt[2], moduli)
         c = _mulmod(ntt[0], c, moduli)
@@ -506,13 +505,10 @@ class BlindEvaluator:
         h = p.slots
         ua, ub = signs[:h], signs[h:]
         ra, rb = masks.r[:h], masks.r[h:]
-        exact = _real_coefficients(np.stack([(ua * ra + ub * rb) / 2.0, (ua * ra - ub * rb) / 2.0]),
-                                   p.mask_scale_bits, ctx.n)
-        coeffs = np.concatenate([exact,
-                                 encode_coefficients(np.stack([masks.e[:h] + 1j * masks.e[h:]]), p.top_scale_bits,
-                                                     ctx.n),
-                                 encode_coefficients(np.stack([tau * (ua + 1j * ub)]), p.score_scale_bits, ctx.n)])
-        ntt = ctx.to_ntt(coefficients_to_residues(coeffs, moduli))
+        ntt = _encode_ntt(ctx, [((ua * ra + ub * rb) / 2.0, p.mask_scale_bits, True),
+                                ((ua * ra - ub * rb) / 2.0, p.mask_scale_bits, True),
+                                (masks.e[:h] + 1j * masks.e[h:], p.top_scale_bits, False),
+                                (tau * (ua + 1j * ub), p.score_scale_bits, False)], len(moduli))
         z = score.copy()
         z[0] = _sub(z[0], ntt[3], moduli)
         with _seal_errors():
@@ -554,9 +550,8 @@ class BlindEvaluator:
             # A's real part and B's imaginary part, each with its own r; the
             # projected norms and check are doubled (see prepare), so halve.
             r = (masks.r[:p.slots] + 1j * masks.r[p.slots:]) / 2.0
-        factors = np.stack([encode_coefficients(-r * (tau / 2.0) * ratio, p.norm_factor_bits, ctx.n),
-                            encode_coefficients(-r, p.key_check_factor_bits, ctx.n)])
-        f = ctx.to_ntt(coefficients_to_residues(factors, moduli))
+        f = _encode_ntt(ctx, [(-r * (tau / 2.0) * ratio, p.norm_factor_bits, False),
+                              (-r, p.key_check_factor_bits, False)], len(moduli))
         c = _add(c, _mulmod(f[0], prepared.norm_gap, moduli), moduli)
         return _add(c, _mulmod(f[1], prepared.key_check, moduli), moduli), scale
 
@@ -709,6 +704,38 @@ class BlindMatcher(BlindEvaluator):
         order = [int(i) for i in secret_permutation(self.db.blocks)]
         out = self.evaluate(probe, keys, tau, [(self.db.diagonals[b], self.db.signs[b]) for b in order], progress)
         return BlindAnswer(out, order)
+
+
+def _encode_ntt(ctx: BlindContext, rows: Sequence[tuple[np.ndarray, int, bool]], primes: int) -> np.ndarray:
+    """Encode slot vectors exactly and NTT-transform them at the first ``primes`` primes.
+
+    Each row is ``(values, scale_bits, exact_real)``; ``exact_real`` rows are
+    made exactly real in every slot (:func:`_real_coefficients`). On the
+    native backend the C encoder and NTT do it (the numpy path's words
+    exactly: tests/matching/test_encode_native.py, test_mask_kernel.py),
+    otherwise numpy's long-double encoder and SEAL's NTT.
+
+    Returns:
+        ``uint64[len(rows), primes, N]``.
+    """
+    moduli = tuple(int(q) for q in ctx.moduli[:primes])
+    native = native_transforms(ctx.n, moduli)
+    if native is None:
+        coeffs = np.stack([_real_coefficients(v, b, ctx.n) if real else encode_coefficients(v, b, ctx.n)
+                           for v, b, real in rows])
+        return ctx.to_ntt(coefficients_to_residues(coeffs, moduli))
+    encoder, ntt = native
+    out = np.stack([encoder.residues(v, b) for v, b, _real in rows])
+    half = ctx.n // 2
+    for k, (_v, _b, real) in enumerate(rows):
+        if real:
+            # The residues of m_{N-k} = -m_k and m_{N/2} = 0 (see _real_coefficients).
+            for j, q in enumerate(moduli):
+                row = out[k, j]
+                row[half] = 0
+                low = row[1:half][::-1]
+                row[half + 1:] = np.where(low == 0, low, np.uint64(q) - low)
+    return ntt.forward(out)
 
 
 def _real_coefficients(values: np.ndarray, scale_bits: int, n: int) -> np.ndarray:

@@ -32,7 +32,6 @@ Warning:
 
 from __future__ import annotations
 
-import functools
 import os
 import secrets
 from collections.abc import Callable, Sequence
@@ -44,8 +43,7 @@ import numpy as np
 from pprm.crypto.context import BlindContext
 from pprm.crypto.encoding import coefficients_to_residues, encode_coefficients
 from pprm.errors import TemplateError
-from pprm.matching import kernel
-from pprm.matching.encode_native import NativeEncoder
+from pprm.matching.encode_native import NativeEncoder, native_transforms
 from pprm.matching.mask_kernel import NativeNtt
 
 __all__ = ["BlindDatabase", "build_block", "build_database", "secret_permutation"]
@@ -159,20 +157,14 @@ def _encode_block(ctx: BlindContext, values: np.ndarray, out: np.ndarray, pool: 
             step(min(start + _ENCODE_BATCH, values.shape[0]))
 
 
-@functools.lru_cache(maxsize=4)
-def _native_for(n: int, moduli: tuple[int, ...]) -> tuple[NativeNtt, NativeEncoder]:
-    return NativeNtt(n, moduli), NativeEncoder(n, moduli)
-
-
 def _native(ctx: BlindContext) -> tuple[NativeNtt | None, NativeEncoder | None]:
     """The C NTT and encoder for this context's data primes on the native backend, else None (numpy and SEAL).
 
     Both give the numpy path's words exactly (tests/matching/test_mask_kernel.py and
     tests/matching/test_encode_native.py), so the database is the same either way.
     """
-    if kernel.backend() != "native":
-        return None, None
-    return _native_for(ctx.n, tuple(int(q) for q in ctx.moduli[:ctx.params.data_primes]))
+    native = native_transforms(ctx.n, tuple(int(q) for q in ctx.moduli[:ctx.params.data_primes]))
+    return (None, None) if native is None else (native[1], native[0])
 
 
 def _block_steps(progress: Progress, before: int, count: int, dim: int, total: int) -> Callable[[int], None]:

@@ -13,15 +13,17 @@ releases the GIL, so encoding threads run it in parallel.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 
 from pprm.crypto import encoding
 from pprm.errors import BackendError, CiphertextError, ParameterError
-from pprm.matching import kernel_native
+from pprm.matching import kernel, kernel_native
+from pprm.matching.mask_kernel import NativeNtt
 
-__all__ = ["NativeEncoder"]
+__all__ = ["NativeEncoder", "native_transforms"]
 
 _LD_MANTISSA_BITS = 64
 # ldexp saturates to infinity (or zero) long before 2**16: clamping scale_bits
@@ -126,3 +128,24 @@ class NativeEncoder:
             reason = "out of memory" if rc == lib.PPRM_ENCODE_ENOMEM else "invalid arguments"
             raise BackendError(f"native encoding failed: {reason}")
         return out
+
+
+@functools.lru_cache(maxsize=8)
+def _transforms(n: int, moduli: tuple[int, ...]) -> tuple[NativeEncoder, NativeNtt]:
+    return NativeEncoder(n, moduli), NativeNtt(n, moduli)
+
+
+def native_transforms(n: int, moduli: tuple[int, ...]) -> tuple[NativeEncoder, NativeNtt] | None:
+    """The C encoder and NTT for these primes on the native backend (cached), else None.
+
+    Args:
+        n: the ring dimension.
+        moduli: the primes.
+
+    Returns:
+        ``(encoder, ntt)``, or None on the numpy backend, where callers use
+        :mod:`pprm.crypto.encoding` and SEAL's NTT (the same words).
+    """
+    if kernel.backend() != "native":
+        return None
+    return _transforms(n, tuple(int(q) for q in moduli))

@@ -249,4 +249,25 @@ def test_c_refuses_what_it_cannot_encode() -> None:
 
 def test_repr() -> None:
     assert repr(NativeEncoder(64, (97, 101))) == "NativeEncoder(n=64, primes=2)"
-    assert encode_native.__all__ == ["NativeEncoder"]
+    assert encode_native.__all__ == ["NativeEncoder", "native_transforms"]
+
+
+def test_the_blind_matchers_encodings_are_the_numpy_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    # pprm.matching.blind encodes masks, noise, tau and the fold's factors per block with the C
+    # encoder and NTT on the native backend; the words must be the numpy and SEAL path's, exact-real
+    # rows (the separating masks) included.
+    from pprm.crypto import blind_params
+    from pprm.crypto.context import BlindContext
+    from pprm.matching import blind, encode_native
+
+    ctx = BlindContext(blind_params.get("pprm-blind-n16384-complex-v3"))
+    rng = np.random.default_rng(11)
+    h = ctx.params.slots
+    rows = [(rng.uniform(-2.0**13, 2.0**13, h), 11, True), (rng.uniform(1.0, 2.0**13, h), 11, True),
+            (rng.normal(size=h) + 1j * rng.normal(size=h), 164, False), (0.4 * (1 + 1j) * np.ones(h), 153, False)]
+    for primes in (3, 2):
+        native = blind._encode_ntt(ctx, rows, primes)
+        monkeypatch.setattr(blind, "native_transforms", lambda n, moduli: None)
+        reference = blind._encode_ntt(ctx, rows, primes)
+        monkeypatch.setattr(blind, "native_transforms", encode_native.native_transforms)
+        assert native.shape == (4, primes, ctx.n) and np.array_equal(native, reference)
