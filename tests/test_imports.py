@@ -43,6 +43,7 @@ ALLOWED = {
     "pprm.matching.blind_client",
     "pprm.matching.decide",
     "pprm.matching.diagonals",
+    "pprm.matching.encode_native",
     "pprm.matching.flood",
     "pprm.matching.gallery",
     "pprm.matching.kernel",
