@@ -6,7 +6,7 @@ responder holding a synthetic gallery with planted mates, and a requester
 that trusts it), then measures:
 
 * one-off figures: the sealed enrolment the gallery needs first, the blind
-  database (export the gallery, encode its diagonals, seal them to disk; the
+  database (export the gallery, encode its diagonals, write them to disk; the
   first blind answer would otherwise pay for it), loading the sealed database
   after a restart, key generation, the key announcement (public key and
   Galois keys), ``accept_keys`` and the first answer;

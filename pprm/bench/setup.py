@@ -223,7 +223,7 @@ class BenchSetup:
 
         Returns:
             ``(seconds, export_seconds)``: the whole call (export the gallery,
-            encode the diagonals, seal them to disk) and the export alone.
+            encode the diagonals, write them to disk) and the export alone.
         """
         st = self.responder
         ks = KeyService(st)
@@ -241,7 +241,7 @@ class BenchSetup:
         return self.database_seconds, export_s[0]
 
     def close(self) -> None:
-        """Delete the scratch directory (states, gallery, sealed diagonals)."""
+        """Delete the scratch directory (states, gallery, diagonals)."""
         shutil.rmtree(self.root, ignore_errors=True)
 
 

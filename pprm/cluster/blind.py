@@ -12,8 +12,9 @@ exactly like :class:`~pprm.matching.blind.BlindMatcher`'s.
 Warning:
     The diagonals are the gallery in pre-encoded plaintext. Unlike sealed
     shards, blind shards must stay on machines inside the owner's trusted
-    cluster. Every database version (every gallery change) has a fresh secret
-    layout, so after a change the whole blind database travels again.
+    cluster. Shards hold blocks by database version, so after a gallery change
+    the whole blind database travels again, its unchanged blocks too (only the
+    changed ones have a fresh secret layout; see :mod:`pprm.node.blind_store`).
 """
 
 from __future__ import annotations

@@ -335,7 +335,7 @@ class GalleryOwner:
 
         Warning:
             This is the plaintext gallery. It exists to build the blind
-            profile's diagonals (which are sealed at rest); callers must not
+            profile's diagonals (kept under ``private/`` at rest); callers must not
             write it anywhere.
         """
         ids: list[np.ndarray] = []

@@ -786,7 +786,7 @@ class BlindRebuilder:
     """Keeps a store's database current in a background thread, for a long-running process (``pprm serve``).
 
     Once the store holds a database in memory (or, at start, finds one
-    sealed on disk, which it loads), the rebuilder watches the gallery:
+    in the store, which it maps), the rebuilder watches the gallery:
     after a change it builds the new version's database in the background
     (:meth:`BlindStore.prepare`, which takes the state lock only to read the
     gallery and to publish), while :meth:`BlindStore.answering` keeps
@@ -829,7 +829,7 @@ class BlindRebuilder:
         return f"BlindRebuilder({self.store.dir!r}, in_memory={self.store.in_memory})"
 
     def start(self) -> None:
-        """Attach to the store and start the thread (it first loads what is sealed on disk, if anything)."""
+        """Attach to the store and start the thread (it first maps what is in the store, if anything)."""
         self.store.rebuilder = self
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="pprm-blind-rebuild", daemon=True)

@@ -11,7 +11,8 @@
         identity.key        Ed25519 seed | X25519 secret
         ckks-secret.key     CKKS secret key (its own file)
         token.key           key for candidate tokens
-        blind.key           SecretBox key for the blind profile's sealed diagonals
+        blind.key           SecretBox key for the blind database's sealed layouts
+        blind-db/           the blind database's diagonals (memory-mapped .npy)
         blind/KEY_ID.sk     this state's blind-profile secret keys (as requester)
       roster/CODE.card      trusted peers' cards
       gallery/              encrypted gallery (pprm.matching.gallery)
