@@ -96,6 +96,10 @@ def test_same_decisions_give_indistinguishable_answers(
         blind_prod_ctx: BlindContext, blind_prod_keypair: blind_keys.BlindKeyPair,
         blind_prod_announced: blind_keys.EvaluationKeys) -> None:
     p = blind_prod_ctx.params
+    if not p.complex_packing and kernel.backend() == "numpy":
+        # The backends compute the same words (tests/matching/test_kernel_*.py); the numpy
+        # backend's run keeps this statistical replication to the default set, for time.
+        pytest.skip("one template per slot: replicated on the native backend only")
     rng = np.random.default_rng(77)
     q = normalise_probe(rng.normal(size=p.dim), p.dim).astype(np.float64)
     a = rng.normal(size=(p.templates_per_block, p.dim))
