@@ -166,3 +166,28 @@ def test_a_kept_block_whose_file_vanished_is_encoded_again(state: tuple[State, s
     # Encoded again, under a fresh layout (an inode number may be reused, a layout is not).
     old, new = st.blind_store.layout(v1)[untouched], st.blind_store.layout(done.version)[untouched]
     assert not np.array_equal(old, new)
+
+
+def test_a_copy_without_private_holds_no_diagonal(state: tuple[State, synthetic.SyntheticGallery]) -> None:
+    # The storage thief of THREAT_MODEL §3.10 who copies the state directory but not private/:
+    # the diagonals are stored unencrypted (to be memory-mapped), so they must all be in private/.
+    st, g = state
+    version = _prepare(st).version
+    block = np.load(st.path("private", "blind-db", version, "block-0.npy"))
+    # Needles: stretches of the encoded diagonals, and of the templates as float64 and float32.
+    needles = [block.reshape(-1)[i:i + 8].tobytes() for i in (0, 12_345, block.size // 2)]
+    needles += [g.templates[i].astype(np.float64).tobytes()[:64] for i in (0, 100)]
+    needles += [g.templates[i].astype(np.float32).tobytes()[:32] for i in (0, 100)]
+    with open(st.path("private", "blind-db", version, "block-0.npy"), "rb") as fh:
+        stored = fh.read()
+    assert all(n in stored for n in needles[:3])  # the search finds diagonals where they are
+    outside = []
+    for root, dirs, files in os.walk(st.dir):
+        dirs[:] = [d for d in dirs if os.path.join(root, d) != st.path("private")]
+        outside += [os.path.join(root, f) for f in files]
+    assert outside and not any(f.endswith(".npy") and "blind" in f for f in outside)
+    for path in outside:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        assert not any(n in data for n in needles), path
+    assert os.stat(st.path("private", "blind-db", version, "block-0.npy")).st_mode & 0o077 == 0
