@@ -60,6 +60,35 @@ ffibuilder.cdef(
     #define PPRM_ENCODE_EINVAL ...
     #define PPRM_ENCODE_ENOMEM ...
     #define PPRM_ENCODE_ERANGE ...
+    #define PPRM_MD_OK ...
+    #define PPRM_MD_EINVAL ...
+    #define PPRM_MD_OVER_CAP ...
+    typedef struct {
+        size_t h;
+        const uint32_t *pos;
+        const uint8_t *conjugated;
+        const double *tw_re;
+        const double *tw_im;
+        const double *untwist_re;
+        const double *untwist_im;
+        double log2_max;
+        double quarter_margin;
+        double rho_cap;
+        double mask_scale;
+        double result_scale;
+        uint64_t q0;
+    } pprm_maskdraw_ctx;
+    int pprm_masks_from_words(const uint64_t *words, const uint8_t *occupied, const pprm_maskdraw_ctx *c,
+                              int64_t *mask_a, int64_t *mask_b, uint64_t *noise);
+    typedef struct {
+        double scale0, scale1;
+        unsigned c0_bits, c1_bits;
+    } pprm_pack_params;
+    #define PPRM_GROUP_DONE ...
+    #define PPRM_GROUP_REDRAW ...
+    int pprm_mask_group(size_t count, const uint64_t *cts, const uint64_t *tau, const uint64_t *words,
+                        const uint8_t *occupied, const pprm_mask_ctx *mc, const pprm_maskdraw_ctx *dc,
+                        const pprm_pack_params *pk, uint64_t *out, int *status, int threads);
     int pprm_encode_residues(const double *values, size_t k, size_t m, int scale_bits, const uint32_t *place,
                              const long double *stages, const long double *twist, const uint64_t *moduli,
                              size_t nprimes, size_t n, uint64_t *out);
@@ -68,9 +97,9 @@ ffibuilder.cdef(
 ffibuilder.set_source(
     "pprm._native_kernel",
     '#include "pprm_kernel.h"\n#include "pprm_batch.h"\n#include "pprm_mask.h"\n#include "pprm_encrypt.h"\n'
-    '#include "pprm_encode.h"',
+    '#include "pprm_encode.h"\n#include "pprm_maskdraw.h"\n#include "pprm_mask_group.h"',
     sources=["native/pprm_kernel.c", "native/pprm_batch.c", "native/pprm_mask.c", "native/pprm_encrypt.c",
-             "native/pprm_encode.c"],
+             "native/pprm_encode.c", "native/pprm_maskdraw.c", "native/pprm_mask_group.c"],
     depends=[
         "native/pprm_kernel.h",
         "native/pprm_batch.h",
@@ -80,11 +109,13 @@ ffibuilder.set_source(
         "native/pprm_mask.h",
         "native/pprm_encrypt.h",
         "native/pprm_encode.h",
+        "native/pprm_maskdraw.h",
+        "native/pprm_mask_group.h",
     ],
     include_dirs=["native"],
     # No -march=native: the C source picks AVX-512/AVX2 at load time (target_clones),
     # so the built module stays valid on any x86-64 it is copied to.
     extra_compile_args=["-O3", "-std=gnu11", "-pthread"],
     extra_link_args=["-pthread"],
-    libraries=["pthread"],
+    libraries=["pthread", "m"],
 )

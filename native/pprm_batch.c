@@ -44,17 +44,19 @@
  * Few probes. From 1 to STREAM_MAX_NB probes there is too little arithmetic
  * to hide the packing round trip through L2, so the block is streamed
  * instead (stream_thread_main, FN(stream) in pprm_batch_isa.h): the columns
- * are cut into tiles of STREAM_TW, and for a tile every block row is read as
- * one contiguous run (which the hardware prefetcher follows), STREAM_KU rows
+ * are cut into tiles (one per thread, 2048 to 8192 columns), and for a tile
+ * every block row is read as one contiguous run (which the hardware prefetcher follows), STREAM_KU rows
  * at a time; each word is split into its two limbs in registers and
- * w[b][k] * limb is added into per-column accumulators (nb x 2 STREAM_TW
- * doubles, in L1/L2), which are reduced per output word as above. Exactness
+ * w[b][k] * limb is added into per-column accumulators (nb x 2 x tile
+ * doubles, in L2), which are reduced per output word as above. Exactness
  * is the same argument: each accumulator is a sum, in some order, of
  * products w * limb with sum_k |w| <= 2**23 and limb < 2**30, so every
  * partial sum is an integer of magnitude below 2**53 and every float64
  * operation on it is exact; the results are the same words bit for bit.
- * Measured per 64 MiB block on the 2-core AVX-512 VM: 1.4 ms at one probe,
- * against 3.6 ms for the panel path (memory streams at about 29 GB/s).
+ * Measured per 64 MiB block on the 2-core AVX-512 VM, distinct blocks
+ * streamed from memory: 2.4 ms at one probe (28 GB/s; a plain read of the
+ * block takes 2.1 ms). One block repeated, which that VM's L3 holds: 1.4 ms
+ * at one probe, against 3.6 ms for the panel path.
  *
  * Instruction sets. The three hot loops (pprm_batch_isa.h) are compiled for
  * AVX-512 (zmm, 6 probes x 32 columns), AVX2+FMA (ymm, 6 x 8) and the
@@ -99,7 +101,21 @@
    worse); 4 rows per pass beat 2 and tied 8. */
 #define STREAM_MAX_NB 5  /* most probes it takes */
 #define STREAM_KU 4      /* block rows per pass over the accumulators */
-#define STREAM_TW 4096   /* columns per tile: nb * 2 * STREAM_TW doubles (64 KiB a probe) of accumulators */
+/* Columns per tile: one tile per thread where the block allows (the longest
+   runs each thread can stream), between these bounds; nb * 2 * tw doubles of
+   accumulators (128 KiB a probe at 8192, in L2). Measured over distinct
+   blocks streamed from memory (not one block repeated, which the 480 MiB L3
+   of that VM holds), 2 threads: 2.41 ms a block at 8192 columns against
+   2.68 at 4096 and 2.75 at 2048; the pure read of the block takes 2.1 ms. */
+/* Words ahead of each load that the few-probes path prefetches (to L1):
+   a gallery mapped from the page cache sits on 4 KiB pages, where the
+   hardware prefetcher stops at every page boundary; a software prefetch
+   2 KiB ahead starts the next page's walk and fetch early. Measured on the
+   1M gallery, memory-mapped: 2.7 ms a block against 3.1 without; 128 to
+   384 words tied, 1024 and more lost, and non-temporal prefetches lost. */
+#define STREAM_PREFETCH 256
+#define STREAM_TW_MIN 2048
+#define STREAM_TW_MAX 8192
 
 typedef struct {
     /* Split rows into the panel; returns the OR of the words read. */
@@ -200,6 +216,7 @@ typedef struct {
     double *acc;             /* this job's own: nb * VC doubles */
     size_t d, nb, n, rn;
     size_t strips;
+    size_t tw;               /* the few-probes path's tile width */
     size_t *next_strip;      /* shared by the jobs of one call: the next strip nobody has taken */
     uint64_t seen;           /* OR of every block word read */
 } many_job_t;
@@ -281,9 +298,9 @@ static void many_strip(many_job_t *job, size_t j0, size_t len, size_t next_j0) {
         reduce_run(acc + p * VC, acc + p * VC + SW, job->mods, job->n, j0, len, job->out + p * rn + j0);
 }
 
-/* The few-probes path: tiles of STREAM_TW columns, taken one at a time from
+/* The few-probes path: tiles of job->tw columns, taken one at a time from
    the shared counter (as the strips of many_thread_main), all d rows of a
-   tile streamed into the accumulators (nb * 2 * STREAM_TW doubles: for probe
+   tile streamed into the accumulators (nb * 2 * tw doubles: for probe
    p the low limb sums, then the high), then reduced. */
 static void *stream_thread_main(void *arg) {
     many_job_t *job = arg;
@@ -292,7 +309,7 @@ static void *stream_thread_main(void *arg) {
         const size_t t = __atomic_fetch_add(job->next_strip, 1, __ATOMIC_RELAXED);
         if (t >= job->strips)
             break;
-        const size_t j0 = t * STREAM_TW, len = rn - j0 < STREAM_TW ? rn - j0 : STREAM_TW;
+        const size_t j0 = t * job->tw, len = rn - j0 < job->tw ? rn - j0 : job->tw;
         memset(job->acc, 0, nb * 2 * len * sizeof job->acc[0]);
         job->seen |= job->isa->stream(job->block + j0, rn, job->d, len, job->wt, nb, job->acc);
         for (size_t p = 0; p < nb; ++p) {
@@ -347,16 +364,23 @@ int pprm_mac_many(const uint64_t *block, const int64_t *weights, const uint64_t 
     }
 
     /* Few probes: stream the block rows (stream_thread_main); the work units
-       are then tiles of STREAM_TW columns rather than strips of SW. */
+       are then tiles of tw columns rather than strips of SW. */
     const int stream = nb <= STREAM_MAX_NB;
-    const size_t strips = stream ? (rn + STREAM_TW - 1) / STREAM_TW : (rn + SW - 1) / SW;
     long want = threads > 0 ? threads : online_cores();
     if (want > MAX_THREADS)
         want = MAX_THREADS;
+    size_t strips = stream ? (rn + STREAM_TW_MIN - 1) / STREAM_TW_MIN : (rn + SW - 1) / SW;
     size_t nthreads = (size_t)want < strips ? (size_t)want : strips;
     const size_t by_work = d * rn / MIN_WORDS_PER_THREAD;
     if (nthreads > by_work)
         nthreads = by_work > 0 ? by_work : 1;
+    size_t tw = STREAM_TW_MAX;
+    if (stream) {
+        /* One tile per thread, in whole 64-byte lines, within the bounds. */
+        tw = ((rn + nthreads - 1) / nthreads + 7) / 8 * 8;
+        tw = tw < STREAM_TW_MIN ? STREAM_TW_MIN : tw > STREAM_TW_MAX ? STREAM_TW_MAX : tw;
+        strips = (rn + tw - 1) / tw;
+    }
 
     /* Refuse sizes whose buffers would overflow size_t. */
     if (nb > SIZE_MAX / (MAX_THREADS * VC * sizeof(double)) || d > SIZE_MAX / (nb * sizeof(double)))
@@ -365,8 +389,8 @@ int pprm_mac_many(const uint64_t *block, const int64_t *weights, const uint64_t 
     row_mod_t *mods = malloc(rows * sizeof *mods);
     double *wt = malloc(d * nb * sizeof *wt);
     /* Per job: a panel and the accumulators, both multiples of 64 bytes (VC * 8 = 1 KiB);
-       or, streaming, the accumulators only (2 * STREAM_TW * 8 bytes a probe). */
-    const size_t per_job = stream ? nb * 2 * STREAM_TW : KC * VC + nb * VC;
+       or, streaming, the accumulators only (2 * tw * 8 bytes a probe). */
+    const size_t per_job = stream ? nb * 2 * tw : KC * VC + nb * VC;
     double *scratch = aligned_alloc(64, nthreads * per_job * sizeof(double));
     if (!jobs || !mods || !wt || !scratch) {
         free(jobs);
@@ -386,7 +410,7 @@ int pprm_mac_many(const uint64_t *block, const int64_t *weights, const uint64_t 
     size_t next_strip = 0;
     for (size_t i = 0; i < nthreads; ++i) {
         double *mine = scratch + i * per_job;
-        jobs[i] = (many_job_t){isa, block, wt, mods, out, mine, mine + KC * VC, d, nb, n, rn, strips, &next_strip, 0};
+        jobs[i] = (many_job_t){isa, block, wt, mods, out, mine, mine + KC * VC, d, nb, n, rn, strips, tw, &next_strip, 0};
         if (stream) {
             jobs[i].panel = NULL;
             jobs[i].acc = mine;

@@ -184,6 +184,7 @@ static inline __attribute__((always_inline)) uint64_t FN(stream_body)(const uint
             }
 #pragma GCC unroll 8
             for (int r = 0; r < STREAM_KU; ++r) {
+                __builtin_prefetch(row + r * rn + c + STREAM_PREFETCH, 0, 3);
                 const FN(vu) x = *(const FN(vuu) *)(row + r * rn + c);
                 seen |= x;
                 const FN(vd) lo = (FN(vd))((x & mask) | magic) - two52;

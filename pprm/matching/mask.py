@@ -16,7 +16,8 @@ import numpy as np
 
 from pprm.errors import ParameterError
 
-__all__ = ["Masks", "MaskParams", "draw_masks", "draw_block_masks", "csprng_uniform", "MAX_DRAWS"]
+__all__ = ["Masks", "MaskParams", "draw_masks", "draw_block_masks", "masks_from_uniform", "csprng_uniform",
+           "uniform_from_words", "MAX_DRAWS"]
 
 # A free or removed slot decrypts to about r*(0 - tau) + e; forcing r = 1 and
 # e = -1 puts it more than one unit below zero: a certain non-hit.
@@ -28,10 +29,14 @@ _PADDING_E = -1.0
 MAX_DRAWS = 8
 
 
+def uniform_from_words(words: np.ndarray) -> np.ndarray:
+    """Uniform floats in [0, 1) from random 64-bit words: the top 53 bits of each."""
+    return (np.asarray(words, dtype=np.uint64) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
 def csprng_uniform(n: int) -> np.ndarray:
     """``n`` uniform floats in [0, 1) with 53 random bits each, from ``os.urandom``."""
-    raw = np.frombuffer(os.urandom(8 * n), dtype=np.uint64)
-    return (raw >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    return uniform_from_words(np.frombuffer(os.urandom(8 * n), dtype=np.uint64))
 
 
 class MaskParams(Protocol):
@@ -72,11 +77,25 @@ def draw_masks(occupied: np.ndarray, params: MaskParams) -> Masks:
         the same ``e`` leaves even more room there.
     """
     n = occupied.size
-    r = np.exp2(csprng_uniform(n) * params.mask_log2_max)
-    e = (2.0 * csprng_uniform(n) - 1.0) * r * (params.decision_margin / 4.0)
-    r = np.where(occupied, r, _PADDING_R)
-    e = np.where(occupied, e, _PADDING_E)
-    return Masks(r, e)
+    return masks_from_uniform(csprng_uniform(n), csprng_uniform(n), occupied, params)
+
+
+def masks_from_uniform(u: np.ndarray, v: np.ndarray, occupied: np.ndarray, params: MaskParams) -> Masks:
+    """The masks :func:`draw_masks` makes from the uniforms ``u`` (for r) and ``v`` (for e).
+
+    Args:
+        u: uniforms in [0, 1), one per slot.
+        v: uniforms in [0, 1), one per slot.
+        occupied: bool per slot.
+        params: gives the mask range and the decision margin.
+
+    Returns:
+        ``r = 2**(u * mask_log2_max)``, ``e = (2v - 1) * r * margin / 4``;
+        free slots get ``r = 1``, ``e = -1``.
+    """
+    r = np.exp2(u * params.mask_log2_max)
+    e = (2.0 * v - 1.0) * r * (params.decision_margin / 4.0)
+    return Masks(np.where(occupied, r, _PADDING_R), np.where(occupied, e, _PADDING_E))
 
 
 def draw_block_masks(parts: Sequence[np.ndarray], params: MaskParams, cap: float) -> list[Masks]:

@@ -234,6 +234,56 @@ class NativeMasker:
             raise BackendError(f"native masking failed: {reason}")
         return out
 
+    def mask_group(self, cts: np.ndarray, tau: np.ndarray, words: np.ndarray, occupied: np.ndarray,
+                   drawer: Any, layout: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Draw, mask and pack a group of blocks in one C call on every core (``native/pprm_mask_group.c``).
+
+        Args:
+            cts: ``uint64[G, 2, N]``: the blocks' encrypted scores, NTT form at q0.
+            tau: ``uint64[N]``: tau's plaintext, NTT form at q0.
+            words: ``uint64[G, 2N]`` random words, each block's as
+                :meth:`pprm.matching.mask_draw_native.NativeMaskDrawer.from_words` takes them.
+            occupied: ``bool[G, N]``.
+            drawer: the :class:`~pprm.matching.mask_draw_native.NativeMaskDrawer` of this set.
+            layout: the set's :class:`~pprm.crypto.masked_codec.MaskedLayout`.
+
+        Returns:
+            ``(packed, redraw)``: ``uint64[G, N]`` the packed words of each
+            block (as :func:`pprm.crypto.masked_codec.encode_masked` packs
+            them), and ``bool[G]``, the blocks whose words gave masks over
+            the cap, to be masked again with fresh words (their rows of
+            ``packed`` are meaningless).
+
+        Raises:
+            BackendError: a shape the set does not fit, an input word not
+                reduced, or memory ran out.
+        """
+        ffi = self._ffi
+        g = cts.shape[0]
+        src = np.ascontiguousarray(cts, dtype=np.uint64)
+        w = np.ascontiguousarray(words, dtype=np.uint64)
+        occ = np.ascontiguousarray(occupied, dtype=np.uint8)
+        if src.shape != (g, 2, self.n) or w.shape != (g, 2 * self.n) or occ.shape != (g, self.n):
+            raise BackendError(f"mask_group: expected [G, 2, {self.n}] scores, [G, {2 * self.n}] words and "
+                               f"[G, {self.n}] occupancy")
+        pk = ffi.new("pprm_pack_params *")
+        f = layout.gain / layout.q0
+        pk.scale0, pk.scale1 = f * 2.0**layout.c0_bits, f * 2.0**layout.c1_bits
+        pk.c0_bits, pk.c1_bits = layout.c0_bits, layout.c1_bits
+        out = np.empty((g, self.n), dtype=np.uint64)
+        status = np.empty(g, dtype=np.intc)
+        rc = self._lib.pprm_mask_group(
+            g, ffi.from_buffer("uint64_t[]", src, require_writable=False),
+            ffi.from_buffer("uint64_t[]", np.ascontiguousarray(tau, dtype=np.uint64), require_writable=False),
+            ffi.from_buffer("uint64_t[]", w, require_writable=False),
+            ffi.from_buffer("uint8_t[]", occ, require_writable=False), self._c, drawer.ctx, pk,
+            ffi.from_buffer("uint64_t[]", out, require_writable=True),
+            ffi.from_buffer("int[]", status, require_writable=True), 0)
+        if rc != self._lib.PPRM_MASK_OK:
+            reason = "out of memory" if rc == self._lib.PPRM_MASK_ENOMEM else "an input is not reduced"
+            raise BackendError(f"native masking failed: {reason}")
+        return out, status == self._lib.PPRM_GROUP_REDRAW
+
     def ntt(self, poly: np.ndarray, *, prime: int = 0, inverse: bool = False) -> np.ndarray:
         """SEAL's (inverse) NTT of one polynomial at q0 (``prime=0``) or P (``prime=1``), for tests.
 

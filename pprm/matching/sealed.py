@@ -50,12 +50,19 @@ from pprm.errors import ParameterError
 from pprm.matching import kernel, kernel_batch
 from pprm.matching.gallery import EncryptedGallery
 from pprm.matching.mask import draw_block_masks
+from pprm.matching.mask_draw_native import NativeMaskDrawer
 from pprm.matching.mask_kernel import NativeMasker
 from pprm.matching.templates import normalise_probe
 
 __all__ = ["BlockScorer", "MaskedResult", "SealedMatcher", "quantise_probe"]
 
 Progress = Callable[[int, int], None]
+
+# Blocks the native path sends through the kernel before masking them
+# together: 16 result ciphertexts (2 MiB a probe) held at a time, enough to
+# keep every masking thread busy, few enough that memory does not grow with
+# the gallery (4 and 64 measured no better at 1M).
+_GROUP_BLOCKS = 16
 
 
 def quantise_probe(probe: np.ndarray, probe_scale_bits: int) -> np.ndarray:
@@ -114,6 +121,10 @@ class BlockScorer:
         # path below is the numpy backend's and the reference it is tested against.
         self._native = (NativeMasker(ctx, conjugation_key) if conjugation_key is not None
                         and ctx.params.packing == "complex" and kernel.backend() == "native" else None)
+        # With it, the masks are drawn in C too, so that nothing of a block's
+        # masking holds the GIL and blocks are masked on every core.
+        self._drawer = (NativeMaskDrawer(ctx.params, ctx.moduli[0], masked_layout(ctx.params, ctx.moduli[0]).rho_cap)
+                        if self._native is not None else None)
 
     def weights(self, probe: np.ndarray, threshold: float, dim: int) -> np.ndarray:
         """The probe's integer weights, after checking the probe and the threshold.
@@ -134,7 +145,7 @@ class BlockScorer:
             Per block, its packed masked ciphertexts (one,
             :data:`pprm.crypto.masked_codec.CIPHERTEXTS_PER_BLOCK`).
         """
-        out: list[list[bytes]] = []
+        out: list[list[bytes]] = [[] for _ in range(count)]
         if count == 0:
             return out
         tau, tau_ntt = self._tau(threshold)
@@ -150,13 +161,23 @@ class BlockScorer:
             return kernel.multiply_accumulate(residues(b), w, self.ctx.moduli)
 
         def finish(b: int, res: np.ndarray) -> None:
-            out.append(self._mask(res, tau, occupancy(b), tau_ntt))
+            out[b] = self._mask(res, tau, occupancy(b), tau_ntt)
 
-        # Masking in C takes about 1 ms a block: each block's steps run in
-        # turn, the kernel on every core (overlapping them made the kernel's
-        # threads wait for the masking one: 512 against 610-650 ms per match
-        # at 1M). Through SEAL, masking costs as much as the kernel: overlap.
-        self._blocks(count, mac, finish, progress, overlap=self._native is None)
+        # Native: the kernel needs every core to stream a block at the memory's
+        # pace, and masking beside it made the kernel's threads wait. So a
+        # group of blocks goes through the kernel, then the group is masked in
+        # one C call on every core. Through SEAL, masking costs as much as the
+        # kernel: overlap the two.
+        if self._native is None or self._drawer is None:
+            self._blocks(count, mac, finish, progress)
+            return out
+        for group in self._groups(count):
+            res = np.stack([mac(b) for b in group])
+            for b, blob in zip(group, self._mask_group(res, [occupancy(b) for b in group], tau, tau_ntt),
+                               strict=True):
+                out[b] = [blob]
+            if progress:
+                progress(group.stop, count)
         return out
 
     def run_many(self, count: int, residues: Callable[[int], np.ndarray], occupancy: Callable[[int], np.ndarray],
@@ -174,7 +195,7 @@ class BlockScorer:
         Returns:
             Per probe, per block, its packed masked ciphertexts.
         """
-        out: list[list[list[bytes]]] = [[] for _ in range(ws.shape[0])]
+        out: list[list[list[bytes]]] = [[[] for _ in range(count)] for _ in range(ws.shape[0])]
         if count == 0 or ws.shape[0] == 0:
             return out
         tau, tau_ntt = self._tau(threshold)
@@ -184,10 +205,22 @@ class BlockScorer:
 
         def finish(b: int, res: np.ndarray) -> None:
             for i, blobs in enumerate(self._mask_many(res, tau, occupancy(b), tau_ntt)):
-                out[i].append(blobs)
+                out[i][b] = blobs
 
-        # A batch's masking costs more than its kernel even in C: overlap them.
-        self._blocks(count, mac, finish, progress, overlap=True)
+        if self._native is None or self._drawer is None:
+            # A batch's masking costs more than its kernel: overlap them.
+            self._blocks(count, mac, finish, progress)
+            return out
+        nb = ws.shape[0]
+        for group in self._groups(count):
+            # Block-major: item k is probe k % nb of block group[k // nb].
+            res = np.concatenate([mac(b) for b in group])
+            occ = [occupancy(b) for b in group for _ in range(nb)]
+            blobs = self._mask_group(res, occ, tau, tau_ntt)
+            for k, blob in enumerate(blobs):
+                out[k % nb][group[k // nb]] = [blob]
+            if progress:
+                progress(group.stop, count)
         return out
 
     def _tau(self, threshold: float) -> tuple[seal.Plaintext, np.ndarray | None]:
@@ -199,15 +232,37 @@ class BlockScorer:
         return tau, self._plaintext_residues(tau) if self._native is not None else None
 
     @staticmethod
+    def _groups(count: int) -> list[range]:
+        """The blocks ``0 .. count`` cut into runs of :data:`_GROUP_BLOCKS`."""
+        return [range(g0, min(count, g0 + _GROUP_BLOCKS)) for g0 in range(0, count, _GROUP_BLOCKS)]
+
+    def _mask_group(self, res: np.ndarray, occupied: list[np.ndarray], tau: seal.Plaintext,
+                    tau_ntt: np.ndarray | None) -> list[bytes]:
+        """The native path's :meth:`_mask` for a group of items (block, probe) at once.
+
+        Args:
+            res: ``uint64[G, 2, 1, N]``: each item's encrypted scores.
+            occupied: each item's block occupancy.
+
+        Returns:
+            Each item's packed masked ciphertext, in order.
+        """
+        if self._native is None or self._drawer is None or tau_ntt is None:  # pragma: no cover - callers check
+            raise ParameterError("group masking needs the native masker")
+        lay = masked_layout(self.ctx.params, self.ctx.moduli[0])
+        packed, redraw = self._native.mask_group(res[:, :, 0, :], tau_ntt, self._drawer.fresh_words(res.shape[0]),
+                                                 np.stack(occupied), self._drawer, lay)
+        blobs = [row.astype("<u8").tobytes() for row in packed]
+        # A draw over the cap (about 2**-40 a block) is discarded and the item
+        # masked again alone, with fresh words.
+        for k in np.flatnonzero(redraw):
+            blobs[k] = self._mask(res[k], tau, occupied[k], tau_ntt)[0]
+        return blobs
+
+    @staticmethod
     def _blocks(count: int, mac: Callable[[int], np.ndarray], finish: Callable[[int, np.ndarray], None],
-                progress: Progress | None, *, overlap: bool) -> None:
-        """``finish(b, mac(b))`` for every block, in order; with ``overlap``, ``mac(b + 1)`` runs meanwhile."""
-        if not overlap:
-            for b in range(count):
-                finish(b, mac(b))
-                if progress:
-                    progress(b + 1, count)
-            return
+                progress: Progress | None) -> None:
+        """``finish(b, mac(b))`` for every block, in order, ``mac(b + 1)`` running meanwhile."""
         # The kernel releases the GIL: computing block b + 1 in a worker while
         # block b is masked overlaps the two.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pprm-mac") as pool:
@@ -284,6 +339,9 @@ class BlockScorer:
         Every probe's masks are drawn on their own (each its own CSPRNG
         draws and its own redraw test); only the encodings run together.
         """
+        if self._drawer is not None:
+            drawn = [self._drawer.draw(occupied) for _ in range(count)]
+            return np.stack([x for x, _ in drawn]), np.stack([y for _, y in drawn])
         p = self.ctx.params
         t = slot_transform(self.ctx.n)
         h = p.slots

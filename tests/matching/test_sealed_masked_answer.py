@@ -90,16 +90,25 @@ def keyed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     return Keyed(ctx, sk, BlockScorer(ctx, conj))
 
 
-def _fixed_masks(monkeypatch: pytest.MonkeyPatch, r: np.ndarray, e: np.ndarray) -> None:
-    """Make the matcher use these masks (by position), after checking they respect the layout's cap."""
+def _fixed_masks(monkeypatch: pytest.MonkeyPatch, keyed: Keyed, r: np.ndarray, e: np.ndarray) -> list[int]:
+    """Make the matcher use these masks (by position), after checking they respect the layout's cap.
+
+    The native backend draws masks in C; the scorer is sent through the
+    Python draw here (its masking still runs in C), so that the planted
+    masks are the ones used. Returns a list that counts the draws.
+    """
+    used: list[int] = []
 
     def fixed(parts: Sequence[np.ndarray], p: params.ParameterSet, cap: float) -> list[Masks]:
         n = parts[0].size
         rs = [r[i * n:(i + 1) * n] for i in range(len(parts))]
         assert float(np.sqrt(np.sum([x * x for x in rs], axis=0)).mean()) <= cap
+        used.append(1)
         return [Masks(rs[i], e[i * n:(i + 1) * n]) for i in range(len(parts))]
 
     monkeypatch.setattr(sealed, "draw_block_masks", fixed)
+    monkeypatch.setattr(keyed.scorer, "_drawer", None)
+    return used
 
 
 def _planted(ps: params.ParameterSet, tau: float, r_near: float, r_far: float, near_half: int,
@@ -136,8 +145,9 @@ def test_planted_pairs_at_the_margin_decide_exactly_under_extreme_masks(
     for tau in (0.4, 0.3):
         for near_half in halves:
             scores, r, e = _planted(ps, tau, r_near, r_far, near_half, rng)
-            _fixed_masks(monkeypatch, r, e)
+            used = _fixed_masks(monkeypatch, keyed, r, e)
             (signs,) = keyed.signs([keyed.block(scores)], tau)
+            assert used, "the planted masks were not used"
             want = scores > tau
             assert np.array_equal(signs, want), (
                 f"{ps.name} tau={tau} r=({r_near}, {r_far}): {int((signs != want).sum())} wrong, at "
@@ -165,8 +175,9 @@ def test_the_largest_values_the_cap_allows_still_decrypt(
     for tau, s in ((0.99, -1.0), (0.01, 1.0)):
         scores = np.full(n, s)
         e = np.sign(scores - tau) * r * ps.decision_margin / 4
-        _fixed_masks(monkeypatch, r, e)
+        used = _fixed_masks(monkeypatch, keyed, r, e)
         (signs,) = keyed.signs([keyed.block(scores)], tau)
+        assert used, "the planted masks were not used"
         assert np.array_equal(signs, scores > tau)
 
 
@@ -232,3 +243,28 @@ def test_malformed_or_truncated_answers_are_refused(make_world: Callable[..., Sc
         assert "\n" not in str(exc.value)
     with pytest.raises(CiphertextError, match="number of ciphertexts"):
         decider.hits(dataclasses.replace(result, ciphertexts=result.ciphertexts[:1]))
+
+
+def test_a_block_whose_draw_passes_the_cap_is_masked_again_with_fresh_words(
+        keyed: Keyed, monkeypatch: pytest.MonkeyPatch) -> None:
+    drawer = keyed.scorer._drawer
+    if drawer is None:
+        pytest.skip("masks are drawn in C for complex packing on the native backend only")
+    real = drawer.fresh_words
+    calls: list[int] = []
+
+    def first_over_cap(blocks: int) -> np.ndarray:
+        words = np.array(real(blocks))
+        if not calls:  # the group's draw: block 0 gets uniforms next to 1, r = 2**8 everywhere
+            words[0] = np.uint64(2**64 - 1)
+        calls.append(blocks)
+        return words
+
+    monkeypatch.setattr(drawer, "fresh_words", first_over_cap)
+    ps = keyed.ps
+    scores = np.random.default_rng(3).uniform(-0.5, 0.9, ps.templates_per_block)
+    signs = keyed.signs([keyed.block(scores), keyed.block(scores[::-1].copy())], 0.4)
+    assert calls == [2, 1], "the refused block was not drawn again on its own"
+    far = np.abs(scores - 0.4) >= ps.decision_margin
+    assert np.array_equal(signs[0][far], (scores > 0.4)[far])
+    assert np.array_equal(signs[1][far[::-1]], (scores[::-1] > 0.4)[far[::-1]])
