@@ -110,8 +110,16 @@ class NativeMaskDrawer:
         return self._c
 
     def fresh_words(self, blocks: int) -> np.ndarray:
-        """Random words for ``blocks`` blocks' masks, ``uint64[blocks, 2N]``, from :func:`csprng_bytes`."""
-        return np.frombuffer(csprng_bytes(32 * self.h * blocks), dtype=np.uint64).reshape(blocks, 4 * self.h)
+        """Random words for ``blocks`` blocks' masks, ``uint64[blocks, 2N]``, from :func:`csprng_bytes`.
+
+        Each block's words come from their own seed (one call each: PyNaCl
+        copies its output once more, which costs more than the keystream for
+        large requests).
+        """
+        out = np.empty((blocks, 4 * self.h), dtype=np.uint64)
+        for i in range(blocks):
+            out[i] = np.frombuffer(csprng_bytes(32 * self.h), dtype=np.uint64)
+        return out
 
     def from_words(self, words: np.ndarray, occupied: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """The block's masks from ``4 * N/2`` random words, or None when the draw exceeds the cap.
