@@ -13,9 +13,9 @@
  * [0, q), so c0 is computed as NTT(m - e) - a * s: the same words as SEAL's
  * order of operations, with one transform per ciphertext instead of two.
  *
- * Randomness: none is drawn here. The caller passes bytes from the OS CSPRNG
- * (Python's os.urandom), so this file is deterministic given its inputs and
- * easy to audit:
+ * Randomness: none is drawn here. The caller passes bytes from a CSPRNG (a
+ * ChaCha20 keystream under a seed fresh from os.urandom), so this file is
+ * deterministic given its inputs and easy to audit:
  *   - a: each 64-bit word of `pool` is masked to bitlen(q) bits and kept if
  *     below q (rejection sampling), which makes every kept word exactly
  *     uniform on [0, q); the acceptance rate is q / 2**bitlen(q) (above 1/2

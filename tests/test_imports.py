@@ -53,6 +53,8 @@ ALLOWED = {
     "pprm.matching.mac_args",
     "pprm.matching.mask",
     "pprm.matching.mask_kernel",
+    "pprm.matching.mask_draw_native",
+    "pprm.crypto.csprng",
     "pprm.matching.owner",
     "pprm.matching.protocols",
     "pprm.matching.sealed",

@@ -25,8 +25,10 @@ added), and what is computed here, word for word in the same ring:
   :meth:`pprm.crypto.embedding.SlotTransform.encode_complex` (numpy FFT,
   rounded), the same real polynomial SEAL's encoder rounds.
 
-Randomness comes only from the OS CSPRNG (:func:`os.urandom`, one call per
-32 rows for each of ``a`` and ``e``); the C code draws none of its own.
+Randomness comes from a ChaCha20 keystream under a seed fresh from the OS
+CSPRNG (:func:`pprm.crypto.csprng.csprng_bytes`, one seed per 32 rows for
+each of ``a`` and ``e``; SEAL seeds its own generator from the OS the same
+way); the C code draws none of its own.
 ``a`` is rejection-sampled: each 64-bit word is masked to ``bitlen(q0)``
 bits and kept when below q0, an acceptance rate of ``q0 / 2**bitlen(q0)``
 (at least 1/2 for any prime; ``1 - 8.5e-14`` for the 60-bit prime
@@ -39,7 +41,6 @@ six bytes per coefficient, as SEAL's ``sample_poly_cbd``.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -48,6 +49,7 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from pprm.crypto.context import CkksContext
+from pprm.crypto.csprng import csprng_bytes
 from pprm.crypto.embedding import slot_transform
 from pprm.errors import BackendError, CiphertextError, GalleryError, ParameterError
 from pprm.matching import kernel_native
@@ -119,8 +121,9 @@ class NativeEncryptor:
         array), so they sit in this process's memory as SEAL's own copy of
         the key does. :meth:`close` (also run on deletion, and by ``with``)
         zeroes that copy; a C call also wipes the key-derived words it
-        computes. Python's ``bytes`` from :func:`os.urandom` holding the noise
-        cannot be wiped in place: they are released to the allocator, as
+        computes. Python's ``bytes`` holding the noise (from
+        :func:`~pprm.crypto.csprng.csprng_bytes`) cannot be wiped in place:
+        they are released to the allocator, as
         SEAL releases its noise polynomials to its memory pool. The
         encryptor never puts a key word into a repr, a log or an exception.
     """
@@ -207,11 +210,11 @@ class NativeEncryptor:
         spans = [(start, min(d, start + ROWS_PER_CALL)) for start in range(0, d, ROWS_PER_CALL)]
         if not spans:
             return out
-        # The OS CSPRNG costs about as much as everything else together, and
-        # os.urandom releases the GIL: the next span's bytes are drawn on a
+        # Drawing the randomness costs about as much as the encoding, and
+        # the keystream releases the GIL: the next span's bytes are drawn on a
         # helper thread while this one is encoded and encrypted. Each draw
         # is used by exactly one span.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pprm-urandom") as helper:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pprm-random") as helper:
             drawn = helper.submit(self._draw, spans[0][1] - spans[0][0])
             for i, (start, stop) in enumerate(spans):
                 # Span by span: numpy's temporaries stay small and cache-resident.
@@ -227,10 +230,10 @@ class NativeEncryptor:
         return out
 
     def _draw(self, rows: int, words: int | None = None) -> tuple[bytes, bytes, int]:
-        """Fresh OS randomness for ``rows`` ciphertexts: ``(pool of words, noise bytes, words)``."""
+        """Fresh randomness for ``rows`` ciphertexts: ``(pool of words, noise bytes, words)``."""
         if words is None:
             words = _pool_words(rows * self.n, self.q)
-        return os.urandom(8 * words), os.urandom(self._lib.PPRM_ENC_NOISE_BYTES * rows * self.n), words
+        return csprng_bytes(8 * words), csprng_bytes(self._lib.PPRM_ENC_NOISE_BYTES * rows * self.n), words
 
     def _encrypt_rows(self, m: np.ndarray, out: np.ndarray,
                       rand: tuple[bytes, bytes, int] | None = None) -> None:
@@ -257,7 +260,7 @@ class NativeEncryptor:
             if rc == lib.PPRM_ENC_OK:
                 return
             if rc == lib.PPRM_ENC_EAGAIN:
-                # Fresh OS randomness, twice as many words. Discarding a pool
+                # Fresh randomness, twice as many words. Discarding a pool
                 # that ran short leaves the distribution exact: the accepted
                 # words are independent of how many were rejected.
                 draw = self._draw(rows, 2 * words)

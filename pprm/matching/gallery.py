@@ -34,12 +34,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import os
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -312,27 +313,65 @@ class EncryptedGallery:
             total += os.path.getsize(os.path.join(self.directory, self.index.refs_file))
         return total + os.path.getsize(os.path.join(self.directory, "index.json"))
 
-    def commit(self, index: GalleryIndex, changed: dict[int, np.ndarray],
+    def write_block(self, arr: np.ndarray) -> str:
+        """Write one block's residues to a fresh, durable file that nothing references yet.
+
+        :meth:`commit` takes the returned name in place of the array, so a
+        caller can write blocks while it computes the next ones. A file that
+        no commit ever references is removed by the next commit.
+
+        Args:
+            arr: ``uint64`` residues of :attr:`block_shape`.
+
+        Returns:
+            The file's name under ``blocks/``.
+
+        Raises:
+            GalleryError: the array has the wrong shape or dtype.
+        """
+        if arr.shape != self.block_shape or arr.dtype != np.uint64:
+            raise GalleryError("refusing to store a block of the wrong shape")
+        blocks_dir = os.path.join(self.directory, "blocks")
+        os.makedirs(blocks_dir, exist_ok=True)
+        name = f"b-{uuid.uuid4().hex}.npy"
+        atomic_save_npy(os.path.join(blocks_dir, name), arr)
+        return name
+
+    def discard_block(self, name: str) -> None:
+        """Remove a file :meth:`write_block` wrote and no commit references (a change given up)."""
+        if name in {blk.file for blk in self.index.blocks} or os.path.basename(name) != name:
+            raise GalleryError("refusing to discard a block the gallery references")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.directory, "blocks", name))
+
+    def commit(self, index: GalleryIndex, changed: Mapping[int, np.ndarray | str],
                before_switch: Callable[[str, int], None] | None = None) -> None:
         """Write changed blocks and the references to fresh files, then switch the index atomically.
 
         Args:
             index: the new index (a :meth:`GalleryIndex.copy` that was edited);
                 blocks in ``changed`` get new file names here.
-            changed: block number -> residues to store.
+            changed: block number -> residues to store, or the name
+                :meth:`write_block` returned for them.
             before_switch: called with the new index's :attr:`version` and
                 record count once every new file is durable and just before
                 the index switches to them (the write-ahead point: the owner
                 logs the change here, so a crash can never leave a change
                 without its log entry).
+
+        Raises:
+            GalleryError: a block of the wrong shape, or a name that is not a
+                written block file.
         """
         blocks_dir = os.path.join(self.directory, "blocks")
         os.makedirs(blocks_dir, exist_ok=True)
         for b, arr in sorted(changed.items()):
-            if arr.shape != self.block_shape or arr.dtype != np.uint64:
-                raise GalleryError("refusing to store a block of the wrong shape")
-            name = f"b-{uuid.uuid4().hex}.npy"
-            atomic_save_npy(os.path.join(blocks_dir, name), arr)
+            if isinstance(arr, str):
+                if os.path.basename(arr) != arr or not os.path.isfile(os.path.join(blocks_dir, arr)):
+                    raise GalleryError("commit names a block file that was not written")
+                name = arr
+            else:
+                name = self.write_block(arr)
             index.blocks[b].file = name
         refs = {str(k): v for k, v in sorted(index.references.items())}
         index.refs_file = f"refs-{uuid.uuid4().hex}.json"

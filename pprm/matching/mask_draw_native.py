@@ -13,42 +13,24 @@ applied to the same words, and the polynomials are encoded as
 within one per coefficient: the two FFTs round differently in the last
 bits; tests/matching/test_mask_draw.py).
 
-The words come from :func:`csprng_bytes` (ChaCha20 keyed by the OS CSPRNG,
-computed without the GIL); the C code draws no randomness of its own.
+The words come from :func:`pprm.crypto.csprng.csprng_bytes` (ChaCha20 keyed
+by the OS CSPRNG, computed without the GIL); the C code draws none of its own.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-import nacl.bindings
 import numpy as np
 
+from pprm.crypto.csprng import csprng_bytes
 from pprm.crypto.embedding import slot_transform
 from pprm.crypto.params import ParameterSet
 from pprm.errors import BackendError, ParameterError
 from pprm.matching import kernel_native
 from pprm.matching.mask import MAX_DRAWS
 
-__all__ = ["NativeMaskDrawer", "csprng_bytes"]
-
-
-def csprng_bytes(size: int) -> bytes:
-    """``size`` bytes of ChaCha20 keystream keyed by 32 fresh bytes of :func:`os.urandom`.
-
-    libsodium's ``randombytes_buf_deterministic`` (through PyNaCl) expands a
-    seed four times faster than the kernel's getrandom (0.05 against 0.22 ms
-    for the 128 KiB a block's masks take, on the 2-core Xeon VM), and
-    releases the GIL while it does.
-
-    Warning:
-        The seed is drawn from the OS CSPRNG for every call and never kept,
-        so every call's output is fresh; the stream is as good as ChaCha20
-        keyed by a uniform 256-bit key, which is what the kernel's own
-        generator is.
-    """
-    return nacl.bindings.randombytes_buf_deterministic(size, os.urandom(32))
+__all__ = ["NativeMaskDrawer"]
 
 
 class NativeMaskDrawer:
@@ -110,7 +92,7 @@ class NativeMaskDrawer:
         return self._c
 
     def fresh_words(self, blocks: int) -> np.ndarray:
-        """Random words for ``blocks`` blocks' masks, ``uint64[blocks, 2N]``, from :func:`csprng_bytes`.
+        """Random words for ``blocks`` blocks' masks: ``uint64[blocks, 2N]``, each block's from its own seed.
 
         Each block's words come from their own seed (one call each: PyNaCl
         copies its output once more, which costs more than the keystream for
@@ -156,7 +138,7 @@ class NativeMaskDrawer:
         return exact, noise
 
     def draw(self, occupied: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Fresh masks for one block, from :func:`csprng_bytes`, redrawn while over the cap.
+        """Fresh masks for one block, from :func:`~pprm.crypto.csprng.csprng_bytes`, redrawn while over the cap.
 
         Args:
             occupied: ``bool[N]``, half A then half B.

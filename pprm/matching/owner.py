@@ -22,6 +22,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,6 +35,7 @@ from pprm.matching.gallery import (
     MAX_ENCRYPTIONS_PER_BLOCK,
     Block,
     EncryptedGallery,
+    GalleryIndex,
     pack_columns,
     unpack_slots,
 )
@@ -153,7 +155,7 @@ class GalleryOwner:
                 as done in proportion to its components encrypted (one
                 ciphertext per component, whatever the number of templates in
                 the block); the last call, once everything is encrypted and
-                before the blocks are written, is ``(N, N)``.
+                before the last blocks are durable, is ``(N, N)``.
             before_switch: see :meth:`EncryptedGallery.commit`.
 
         Returns:
@@ -167,7 +169,7 @@ class GalleryOwner:
         g = self.gallery
         # References first: checking them is cheap, and a generator must fail before any work.
         refs = reference_list(references)
-        tpl = self._grid(normalise_templates(templates, g.dim).astype(np.float64))
+        tpl = normalise_templates(templates, g.dim)  # float32; put on the grid block by block
         refs = validate_references(refs, tpl.shape[0], g.index.references.values())
         index = g.index.copy()
         slots = self.ctx.templates_per_block
@@ -190,21 +192,45 @@ class GalleryOwner:
             placements[b] = [(row + i, i) for i in range(n)]
             row += n
         ids: list[int] = []
-        changed: dict[int, np.ndarray] = {}
         total = len(refs)
-        done = 0
         if progress is not None:
             progress(0, total)
+        # Each block is written (and fsynced) on a helper thread while the
+        # next one is encrypted: writing 64 MiB runs at the disk's pace once
+        # the page cache's dirty limit is reached, which took as long as the
+        # encryption itself. Nothing references the files until the commit.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pprm-write") as writer:
+            pending: dict[int, Future[str]] = {}
+            try:
+                self._enroll_blocks(placements, index, tpl, refs, ids, progress, total, writer, pending)
+                changed = {b: f.result() for b, f in pending.items()}
+            except BaseException:
+                for f in pending.values():
+                    with contextlib.suppress(BaseException):
+                        g.discard_block(f.result())
+                raise
+        g.commit(index, changed, before_switch)
+        return ids
+
+    def _enroll_blocks(self, placements: dict[int, list[tuple[int, int]]], index: GalleryIndex, tpl: np.ndarray,
+                       refs: list[str], ids: list[int], progress: Progress | None, total: int,
+                       writer: ThreadPoolExecutor, pending: dict[int, Future[str]]) -> None:
+        """Encrypt each placement's block and hand it to ``writer``; see :meth:`enroll`."""
+        g = self.gallery
+        slots = self.ctx.templates_per_block
+        done = 0
+        cols = np.empty((g.dim, slots), dtype=np.float64)  # reused: a fresh one per block costs page faults
         for b, items in sorted(placements.items()):
-            cols = np.zeros((g.dim, slots), dtype=np.float64)
             blk = index.blocks[b]
-            for r, s in items:
-                cols[:, s] = tpl[r]
-                rid = index.next_id
-                index.next_id += 1
-                blk.slots[s] = rid
-                index.references[rid] = refs[r]
-                ids.append(rid)
+            rows = np.fromiter((r for r, _ in items), dtype=np.int64, count=len(items))
+            at = np.fromiter((s for _, s in items), dtype=np.int64, count=len(items))
+            cols.fill(0.0)
+            cols[:, at] = self._grid(tpl[rows].astype(np.float64)).T
+            rids = list(range(index.next_id, index.next_id + len(items)))
+            index.next_id += len(items)
+            blk.slots[at] = rids
+            index.references.update(zip(rids, (refs[r] for r in rows.tolist()), strict=True))
+            ids.extend(rids)
             # Counted in templates: a block with few new templates costs as much as a full one.
             steps = None if progress is None else _template_steps(progress, done, len(items), g.dim, total)
             fresh = self._encrypt_columns(cols, steps, 0, g.dim)
@@ -216,9 +242,7 @@ class GalleryOwner:
                     s_ = old[:, :, j, :] + fresh[:, :, j, :]  # < 2**61, no overflow
                     fresh[:, :, j, :] = np.where(s_ >= np.uint64(q), s_ - np.uint64(q), s_)
             blk.encryptions += 1
-            changed[b] = fresh
-        g.commit(index, changed, before_switch)
-        return ids
+            pending[b] = writer.submit(g.write_block, fresh)
 
     def remove(self, reference: str, before_switch: Callable[[str, int], None] | None = None) -> int:
         """Remove one reference: its slot is zeroed and its block re-encrypted.

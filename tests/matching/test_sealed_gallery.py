@@ -218,6 +218,47 @@ def test_failed_enrolment_changes_no_files(env: Env) -> None:
     assert gallery.index.to_json() == index_before
 
 
+def test_an_enrolment_that_fails_after_writing_blocks_leaves_no_file(
+        env: Env, sealed_ctx: CkksContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Blocks are written while the next is encrypted; a failure on a later
+    # block must take the files already written with it.
+    gallery, owner = env
+    owner.enroll(_templates(4, 7), _refs("A", 4))
+    before = _snapshot(Path(gallery.directory))
+    index_before = gallery.index.to_json()
+    real = owner._encrypt_columns
+    calls: list[int] = []
+
+    def fail_on_third(*args: object, **kwargs: object) -> np.ndarray:
+        calls.append(1)
+        if len(calls) == 3:
+            raise MemoryError("simulated")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(owner, "_encrypt_columns", fail_on_third)
+    n = 2 * sealed_ctx.templates_per_block + 1  # the free block, then two new ones
+    with pytest.raises(MemoryError):
+        owner.enroll(_templates(n, 9), _refs("B", n))
+    assert len(calls) == 3
+    assert _snapshot(Path(gallery.directory)) == before
+    assert gallery.index.to_json() == index_before
+
+
+def test_commit_takes_only_written_block_files(env: Env) -> None:
+    gallery, owner = env
+    owner.enroll(_templates(4, 7), _refs("A", 4))
+    index = gallery.index.copy()
+    with pytest.raises(GalleryError, match="not written"):
+        gallery.commit(index, {0: "b-never-written.npy"})
+    with pytest.raises(GalleryError, match="not written"):
+        gallery.commit(index, {0: "../index.json"})
+    with pytest.raises(GalleryError, match="references"):
+        gallery.discard_block(gallery.index.blocks[0].file)
+    name = gallery.write_block(gallery.block(0).copy())
+    gallery.discard_block(name)
+    assert not Path(gallery.directory, "blocks", name).exists()
+
+
 def test_gallery_is_bound_to_key_params_and_dimension(env: Env, sealed_ctx: CkksContext, sealed_key_id: str) -> None:
     gallery, owner = env
     owner.enroll(_templates(2, 9), _refs("A", 2))
