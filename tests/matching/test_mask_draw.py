@@ -35,9 +35,15 @@ from tests.matching.test_mask_kernel import _world
 pytestmark = pytest.mark.skipif(not kernel_native.available(), reason="native extension not built")
 
 PRODUCTION = "pprm-sealed-n8192-complex-v1"
-# Coefficients that may differ by one between the two FFTs: measured 118 of
-# 491,520 (2.4e-4) at N = 8192; the bound leaves a factor of 4.
-MAX_DIFFERING = 1e-3
+# Share of coefficients that may differ by one between the two FFTs. The
+# mask polynomials are small integers (scale 2**9), where float error almost
+# never reaches a tie; the noise polynomial's coefficients reach 2**44 (scale
+# 2**48), where the FFTs' last-bit differences are a few units in 2**8 of a
+# coefficient and flip a rounding now and then (measured: 118 of 491,520
+# coefficients at N = 8192, 4 of 1,024 at N = 1024). Either rounding is a
+# valid encoding: the error budget counts half a unit per coefficient.
+MAX_DIFFERING_MASK = 1e-3
+MAX_DIFFERING_NOISE = 2e-2
 
 
 def _drawer(name: str) -> tuple[params.ParameterSet, int, NativeMaskDrawer]:
@@ -81,7 +87,8 @@ def test_the_c_masks_are_the_numpy_masks(drawer: tuple[params.ParameterSet, int,
     nd = np.abs(noise.astype(np.int64) - want_noise.astype(np.int64))
     nd = np.minimum(nd, q0 - nd)
     assert int(diff.max()) <= 1 and int(nd.max()) <= 1
-    assert (np.count_nonzero(diff) + np.count_nonzero(nd)) <= MAX_DIFFERING * 3 * n
+    assert np.count_nonzero(diff) <= MAX_DIFFERING_MASK * 2 * n
+    assert np.count_nonzero(nd) <= MAX_DIFFERING_NOISE * n
     # What the separation of the two halves rests on: exactly real slots.
     assert (exact[:, h] == 0).all()
     assert np.array_equal(exact[:, h + 1:], -exact[:, h - 1:0:-1])

@@ -372,3 +372,22 @@ def test_references_live_in_one_switched_file_off_the_matcher_path(
     broken = EncryptedGallery(gallery.directory, sealed_ctx.params, sealed_key_id, DIM)
     with pytest.raises(StateError, match="references"):
         _ = broken.index.references
+
+
+def test_a_reopened_gallery_sees_every_commit_and_shares_no_writable_map(
+        env: Env, sealed_ctx: CkksContext, sealed_key_id: str) -> None:
+    # Opening a gallery reuses the parsed index while index.json is the same
+    # file; every commit renames a new file over it.
+    gallery, owner = env
+    owner.enroll(_templates(4, 7), _refs("A", 4))
+    first = EncryptedGallery(gallery.directory, sealed_ctx.params, sealed_key_id, DIM)
+    again = EncryptedGallery(gallery.directory, sealed_ctx.params, sealed_key_id, DIM)
+    assert again.version == first.version and len(again) == 4
+    with pytest.raises(ValueError):
+        again.index.blocks[0].slots[0] = 7  # shared maps are read-only
+    owner.enroll(_templates(3, 8), _refs("B", 3))
+    owner.remove("A-00001")
+    after = EncryptedGallery(gallery.directory, sealed_ctx.params, sealed_key_id, DIM)
+    assert after.version == gallery.version != first.version
+    assert len(after) == 6 and len(first) == 4
+    assert sorted(after.index.references.values()) == sorted(gallery.index.references.values())
