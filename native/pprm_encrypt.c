@@ -179,3 +179,88 @@ done:
     free(started);
     return rc;
 }
+
+/* Decryption, the inverse at the same prime: m = INTT(c0 + c1 * s), centred
+ * into (-q/2, q/2]. SEAL's Decryptor::decrypt for a size-2 NTT-form
+ * ciphertext at one data prime computes the same words (dot product with
+ * (1, s) in NTT form, then the inverse NTT); the key service uses it to
+ * export the gallery for the blind database, where going through SEAL's
+ * binding cost a file round trip per ciphertext. m holds the plaintext
+ * (the enrolled values plus noise), so a row's words are wiped if its
+ * transform fails. */
+typedef struct {
+    const uint64_t *ct, *s, *s_shoup;
+    const pprm_ntt_table *t;
+    int64_t *out;
+    size_t first, last;
+    int rc;
+} djob;
+
+static void *run_decrypt(void *arg) {
+    djob *jb = arg;
+    const pprm_ntt_table *t = jb->t;
+    const uint64_t q = t->q, half = q >> 1;
+    const size_t n = t->n;
+    for (size_t r = jb->first; r < jb->last; ++r) {
+        const uint64_t *c0 = jb->ct + 2 * r * n, *c1 = c0 + n;
+        uint64_t *m = (uint64_t *)(jb->out + r * n);
+        for (size_t j = 0; j < n; ++j) {
+            const uint64_t p = mul_shoup(c1[j], jb->s[j], jb->s_shoup[j], q);
+            m[j] = reduce_once(c0[j] + p, q); /* c0, p < q < 2**61: the sum fits */
+        }
+        if (pprm_ntt(m, t, 1) != PPRM_MASK_OK) { /* cannot happen: every word is reduced */
+            wipe(m, n * sizeof *m);
+            jb->rc = PPRM_ENC_EINVAL;
+            return NULL;
+        }
+        for (size_t j = 0; j < n; ++j)
+            jb->out[r * n + j] = m[j] > half ? (int64_t)m[j] - (int64_t)q : (int64_t)m[j];
+    }
+    jb->rc = PPRM_ENC_OK;
+    return NULL;
+}
+
+int pprm_decrypt_block(const uint64_t *ct, const uint64_t *s, const pprm_ntt_table *t, int64_t *out, size_t rows,
+                       int threads) {
+    const uint64_t q = t->q;
+    const size_t n = t->n;
+    if (q < 2 || q >= (UINT64_C(1) << 61) || n < 2 || (n & (n - 1))) return PPRM_ENC_EINVAL;
+    if (rows == 0) return PPRM_ENC_OK;
+    uint64_t bad = 0;
+    for (size_t j = 0; j < n; ++j) bad |= s[j] >= q;
+    for (size_t j = 0; j < 2 * rows * n; ++j) bad |= ct[j] >= q;
+    if (bad) return PPRM_ENC_EINVAL;
+    uint64_t *s_shoup = malloc(n * sizeof *s_shoup);
+    if (!s_shoup) return PPRM_ENC_ENOMEM;
+    for (size_t j = 0; j < n; ++j) s_shoup[j] = (uint64_t)(((u128)s[j] << 64) / q);
+    long cores = threads > 0 ? threads : sysconf(_SC_NPROCESSORS_ONLN);
+    size_t nt = cores > 0 ? (size_t)cores : 1;
+    if (nt > rows) nt = rows;
+    djob *jobs = calloc(nt, sizeof *jobs);
+    pthread_t *tids = calloc(nt, sizeof *tids);
+    int *started = calloc(nt, sizeof *started);
+    int rc = PPRM_ENC_OK;
+    if (!jobs || !tids || !started) {
+        rc = PPRM_ENC_ENOMEM;
+        goto done;
+    }
+    for (size_t i = 0; i < nt; ++i)
+        jobs[i] = (djob){ct, s, s_shoup, t, out, rows * i / nt, rows * (i + 1) / nt, PPRM_ENC_OK};
+    for (size_t i = 1; i < nt; ++i) started[i] = pthread_create(&tids[i], NULL, run_decrypt, &jobs[i]) == 0;
+    run_decrypt(&jobs[0]);
+    for (size_t i = 1; i < nt; ++i) {
+        if (started[i])
+            pthread_join(tids[i], NULL);
+        else
+            run_decrypt(&jobs[i]);
+    }
+    for (size_t i = 0; i < nt; ++i)
+        if (jobs[i].rc != PPRM_ENC_OK) rc = jobs[i].rc;
+done:
+    wipe(s_shoup, n * sizeof *s_shoup);
+    free(s_shoup);
+    free(jobs);
+    free(tids);
+    free(started);
+    return rc;
+}

@@ -34,4 +34,15 @@
 int pprm_encrypt_block(const int64_t *m, const uint64_t *pool, size_t pool_words, const uint8_t *noise,
                        const uint64_t *s, const pprm_ntt_table *t, uint64_t *out, size_t rows, int threads);
 
+/* Decrypt `rows` ciphertexts under s: m = INTT(c0 + c1 * s), each
+ * coefficient centred into (-q/2, q/2], as SEAL's Decryptor computes it.
+ *
+ * ct:     uint64[rows][2][N] in NTT form at q, all words < q.
+ * out:    int64[rows][N] the plaintext coefficients.
+ *
+ * Returns PPRM_ENC_OK, or PPRM_ENC_EINVAL (a word not reduced: out is not
+ * written) or PPRM_ENC_ENOMEM. */
+int pprm_decrypt_block(const uint64_t *ct, const uint64_t *s, const pprm_ntt_table *t, int64_t *out, size_t rows,
+                       int threads);
+
 #endif

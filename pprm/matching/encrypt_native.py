@@ -229,6 +229,43 @@ class NativeEncryptor:
                     progress(stop)
         return out
 
+    def decrypt_coefficients(self, residues: np.ndarray) -> np.ndarray:
+        """Decrypt a block's ciphertexts to their plaintext coefficients, in C.
+
+        ``m = INTT(c0 + c1 * s)`` centred into ``(-q0/2, q0/2]``, the words
+        SEAL's ``Decryptor`` computes for these ciphertexts.
+
+        Args:
+            residues: ``uint64[d, 2, 1, N]`` as the gallery stores a block.
+
+        Returns:
+            ``int64[d, N]``: each ciphertext's plaintext polynomial (the
+            encoded values plus the encryption noise).
+
+        Raises:
+            BackendError: the encryptor is closed, a word is not reduced, or
+                memory ran out.
+
+        Warning:
+            The result is plaintext: the caller decodes it in memory and
+            must not write, log or send it.
+        """
+        if self._closed:
+            raise BackendError("the native encryptor is closed")
+        ct = np.ascontiguousarray(residues, dtype=np.uint64)
+        if ct.ndim != 4 or ct.shape[1:] != (2, 1, self.n):
+            raise BackendError(f"expected [d, 2, 1, {self.n}] residues, got {list(ct.shape)}")
+        out = np.empty((ct.shape[0], self.n), dtype=np.int64)
+        rc = self._lib.pprm_decrypt_block(
+            self._ffi.from_buffer("uint64_t[]", ct, require_writable=False),
+            self._ffi.from_buffer("uint64_t[]", self._s, require_writable=False), self._t,
+            self._ffi.from_buffer("int64_t[]", out, require_writable=True), ct.shape[0], self._threads)
+        if rc == self._lib.PPRM_ENC_ENOMEM:
+            raise BackendError("native decryption ran out of memory")
+        if rc != self._lib.PPRM_ENC_OK:
+            raise BackendError("native decryption: a ciphertext word is not reduced")
+        return out
+
     def _draw(self, rows: int, words: int | None = None) -> tuple[bytes, bytes, int]:
         """Fresh randomness for ``rows`` ciphertexts: ``(pool of words, noise bytes, words)``."""
         if words is None:

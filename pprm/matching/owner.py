@@ -29,6 +29,7 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from pprm.crypto.context import CkksContext
+from pprm.crypto.embedding import slot_transform
 from pprm.errors import GalleryError, TemplateError
 from pprm.matching import kernel
 from pprm.matching.gallery import (
@@ -70,6 +71,19 @@ class GalleryOwner:
     def __repr__(self) -> str:
         return f"GalleryOwner({self.ctx.params.name}, records={len(self.gallery)})"
 
+    def _native_encryptor(self) -> NativeEncryptor | None:
+        """The C encryptor when the native backend serves this set (one data prime), else None."""
+        p = self.ctx.params
+        # kernel.backend() last: its first call runs the native self-check.
+        if len(self.ctx.moduli) == 1 and p.packing in ("real", "complex") and kernel.backend() == "native":
+            if self._native is None:
+                # Imported here: enrolment and export are the only users, and `import pprm` stays lean.
+                from pprm.matching.encrypt_native import NativeEncryptor
+
+                self._native = NativeEncryptor(self.ctx, self._secret_key)
+            return self._native
+        return None
+
     def _encrypt_columns(self, columns: np.ndarray, progress: Progress | None = None,
                          done: int = 0, total: int = 0) -> np.ndarray:
         """Encrypt ``columns[k]`` (component k by position) into block residues.
@@ -81,19 +95,14 @@ class GalleryOwner:
         every 32 ciphertexts and after the last one.
         """
         p = self.ctx.params
-        # kernel.backend() last: its first call runs the native self-check.
-        if len(self.ctx.moduli) == 1 and p.packing in ("real", "complex") and kernel.backend() == "native":
-            if self._native is None:
-                # Imported here: enrolment is the only user, and `import pprm` stays lean.
-                from pprm.matching.encrypt_native import NativeEncryptor
-
-                self._native = NativeEncryptor(self.ctx, self._secret_key)
+        native = self._native_encryptor()
+        if native is not None:
 
             def rows_done(k: int) -> None:
                 if progress:
                     progress(done + k, total)
 
-            return self._native.encrypt_columns(columns, rows_done)
+            return native.encrypt_columns(columns, rows_done)
         out = np.empty(self.gallery.block_shape, dtype=np.uint64)
         ct = seal.Ciphertext(self.ctx.seal)
         slot_values = pack_columns(columns, p)
@@ -127,9 +136,21 @@ class GalleryOwner:
         return self._decrypt_block(block)[:, slot].copy()
 
     def _decrypt_block(self, b: int) -> np.ndarray:
-        """Enrolled values of block ``b`` as ``float64[d, templates_per_block]``, exactly (memory only)."""
+        """Enrolled values of block ``b`` as ``float64[d, templates_per_block]``, exactly (memory only).
+
+        With the native backend the ciphertexts are decrypted in C and
+        decoded with the float64 embedding (:mod:`pprm.crypto.embedding`):
+        the values are the enrolment grid's plus noise of about 1e-5, which
+        the grid rounding removes, so both paths give the same values.
+        """
         p = self.ctx.params
         arr = self.gallery.block(b)
+        native = self._native_encryptor()
+        if native is not None:
+            t = slot_transform(self.ctx.n)
+            values = t.to_slots(t.spectrum(native.decrypt_coefficients(arr).astype(np.float64)))
+            values /= float(2**p.gallery_scale_bits)
+            return self._grid(unpack_slots(values if p.packing == "complex" else values.real, p))
         cols = np.empty((arr.shape[0], p.templates_per_block), dtype=np.float64)
         pt = seal.Plaintext()
         for k in range(arr.shape[0]):

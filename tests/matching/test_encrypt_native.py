@@ -368,3 +368,46 @@ def test_deleting_the_encryptor_zeroes_its_key_copy(
     assert s.any()
     del enc
     assert not s.any()
+
+
+def test_decryption_gives_seals_plaintext_words(setup: tuple[CkksContext, seal.SecretKey, NativeEncryptor]) -> None:
+    ctx, sk, enc = setup
+    block = enc.encrypt_columns(_columns(ctx, 6, 21))
+    dec = seal.Decryptor(ctx.seal, sk)
+    pt = seal.Plaintext()
+    theirs = np.empty((6, ctx.n), dtype=np.uint64)
+    for k in range(6):
+        dec.decrypt(ctx.from_residues(block[k], 1.0), pt)
+        theirs[k] = _plain_residues(ctx, pt)
+    assert np.array_equal(enc.decrypt_coefficients(block), _from_ntt(ctx, theirs))
+
+
+def test_the_export_reads_the_same_values_through_c_and_through_seal(
+        setup: tuple[CkksContext, seal.SecretKey, NativeEncryptor], tmp_path: object,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ctx, sk, _enc = setup
+    gallery = EncryptedGallery(str(tmp_path), ctx.params, "k" * 64, 12)
+    owner = GalleryOwner(ctx, sk, gallery)
+    tpl = np.random.default_rng(4).standard_normal((ctx.params.templates_per_block + 5, 12)).astype(np.float32)
+    owner.enroll(tpl, [f"R-{i}" for i in range(tpl.shape[0])])
+    assert owner._native_encryptor() is not None
+    ids_c, rows_c = owner.export_templates()
+    monkeypatch.setattr(owner, "_native_encryptor", lambda: None)
+    ids_s, rows_s = owner.export_templates()
+    assert np.array_equal(ids_c, ids_s) and np.array_equal(rows_c, rows_s)
+    step = float(2**ctx.params.template_grid_bits)
+    want = np.rint(normalise_templates(tpl, 12).astype(np.float64) * step) / step
+    assert np.array_equal(rows_c, want)
+
+
+def test_decryption_refuses_unreduced_words_and_a_closed_encryptor(
+        setup: tuple[CkksContext, seal.SecretKey, NativeEncryptor]) -> None:
+    ctx, sk, _enc = setup
+    bad = np.full((1, 2, 1, ctx.n), np.uint64(ctx.moduli[0]))
+    with NativeEncryptor(ctx, sk) as enc:
+        with pytest.raises(BackendError, match="not reduced"):
+            enc.decrypt_coefficients(bad)
+        with pytest.raises(BackendError):
+            enc.decrypt_coefficients(np.zeros((1, 2, ctx.n), dtype=np.uint64))
+    with pytest.raises(BackendError, match="closed"):
+        enc.decrypt_coefficients(np.zeros((1, 2, 1, ctx.n), dtype=np.uint64))
