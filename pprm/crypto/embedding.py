@@ -99,8 +99,10 @@ class SlotTransform:
         Returns:
             ``complex128[..., N/2]``: slot ``j`` as SEAL's decoder would give it.
         """
-        s = spectrum[..., self.index]
-        return np.where(self.conjugated, np.conj(s), s)
+        s = np.asarray(spectrum)[..., self.index].astype(np.complex128, copy=False)
+        # In place: one array the size of the input, not three.
+        s.imag *= self.imag_sign
+        return s
 
     def from_slots(self, slots: np.ndarray) -> np.ndarray:
         """The spectrum of SEAL slot values (inverse of :meth:`to_slots`).

@@ -105,20 +105,23 @@ class BlindDatabase:
         return f"BlindDatabase({self.params_name}, {self.size} templates, {self.blocks} blocks)"
 
 
-def block_diagonals(block: np.ndarray, baby: int) -> np.ndarray:
+def block_diagonals(block: np.ndarray, baby: int, out: np.ndarray | None = None) -> np.ndarray:
     """The rotated diagonals ``D'_{g,b}`` of one block as slot values.
 
     Args:
         block: ``float64[N/2, d]`` templates in slot order (zero rows for
             empty slots).
         baby: b1.
+        out: where to write them (e.g. the real or imaginary part of a
+            complex array); a new array when None.
 
     Returns:
-        ``float64[g2, b1, N/2]``.
+        ``float64[g2, b1, N/2]`` (``out`` when given).
     """
     slots, d = block.shape
     j = np.arange(slots)
-    out = np.empty((d // baby, baby, slots), dtype=np.float64)
+    if out is None:
+        out = np.empty((d // baby, baby, slots), dtype=np.float64)
     for g in range(d // baby):
         shift = g * baby
         # D'_{g,b}[j] = D_{g*b1+b}[(j - g*b1) mod slots] and D_i[j] = G[j, (i + j) mod d].
@@ -202,8 +205,8 @@ def _encode_rows(ctx: BlindContext, g: np.ndarray, slot_row: np.ndarray, signs: 
     if p.complex_packing:
         # Position slots + j sits in the imaginary part of slot j (filled in place: these are 64 MB arrays).
         values = np.empty((p.giant_steps, p.baby_steps, slots), dtype=np.complex128)
-        values.real = block_diagonals(rows[:slots], p.baby_steps)
-        values.imag = block_diagonals(rows[slots:], p.baby_steps)
+        block_diagonals(rows[:slots], p.baby_steps, out=values.real)
+        block_diagonals(rows[slots:], p.baby_steps, out=values.imag)
     else:
         values = block_diagonals(rows[:slots], p.baby_steps)
     _encode_block(ctx, values.reshape(p.dim, slots), out.reshape(p.dim, p.data_primes, ctx.n), pool, step)

@@ -383,18 +383,23 @@ class GalleryOwner:
             profile's diagonals (kept under ``private/`` at rest); callers must not
             write it anywhere.
         """
-        ids: list[np.ndarray] = []
-        rows: list[np.ndarray] = []
-        for b, blk in enumerate(self.gallery.index.blocks):
-            used = blk.occupancy()
-            if not used.any():
+        blocks = self.gallery.index.blocks
+        used = [blk.occupancy() for blk in blocks]
+        total = sum(int(u.sum()) for u in used)
+        # Filled in place: the plaintext gallery is the largest array here,
+        # and a copy per block plus a concatenation touched it three times.
+        ids = np.empty(total, dtype=np.int64)
+        rows = np.empty((total, self.gallery.dim), dtype=np.float64)
+        at = 0
+        for b, blk in enumerate(blocks):
+            count = int(used[b].sum())
+            if not count:
                 continue
             cols = self._decrypt_block(b)
-            ids.append(blk.slots[used].astype(np.int64))
-            rows.append(cols[:, used].T.copy())
-        if not ids:
-            return np.zeros(0, dtype=np.int64), np.zeros((0, self.gallery.dim), dtype=np.float64)
-        return np.concatenate(ids), np.concatenate(rows)
+            ids[at:at + count] = blk.slots[used[b]]
+            rows[at:at + count] = cols[:, used[b]].T
+            at += count
+        return ids, rows
 
 
 def _record_ids(enrolled: dict[int, str], references: Sequence[str]) -> list[int]:

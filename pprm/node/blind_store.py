@@ -53,7 +53,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -628,12 +628,18 @@ class BlindStore:
         if encode is not None:
             encode(0, n)
         try:
-            blocks: list[np.ndarray] = []
             records: list[np.ndarray] = []
             signs: list[np.ndarray] = []
             digests: list[bytes] = []
             done = reused = 0
-            with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="pprm-encode") as pool:
+            paths: list[str] = []
+            # A block's file is written (and fsynced) on a helper thread while
+            # the next block is encoded; at most one write is pending, so at
+            # most two blocks of diagonals are in memory.
+            cores = max(1, os.cpu_count() or 1)
+            with ThreadPoolExecutor(max_workers=cores, thread_name_prefix="pprm-encode") as pool, \
+                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="pprm-write") as writer:
+                pending: Future[None] | None = None
                 for k, block in enumerate(plan):
                     path = os.path.join(tmp, f"block-{k}.npy")
                     if block.source is not None:
@@ -650,15 +656,20 @@ class BlindStore:
                         step = None if encode is None else _offset(encode, done, n)
                         diag, rec, sg = build_block(templates[rows], self.ctx, record_ids=ids[rows], pool=pool,
                                                     progress=step)
-                        _save_block(path, diag)
+                        if pending is not None:
+                            pending.result()
+                        pending = writer.submit(_save_block, path, diag)
                         del diag
-                    blocks.append(np.load(path, mmap_mode="r"))
+                    paths.append(path)
                     records.append(rec)
                     signs.append(sg)
                     digests.append(block.digest)
                     done += len(block.records)
                     if encode is not None:
                         encode(done, n)
+                if pending is not None:
+                    pending.result()
+            blocks = [np.load(path, mmap_mode="r") for path in paths]
             digest_arr = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(plan), -1)
             atomic_write_bytes(os.path.join(tmp, "layout.sealed"),
                                self._seal_arrays(slot_record=np.stack(records), signs=np.stack(signs),
