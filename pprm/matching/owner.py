@@ -49,6 +49,9 @@ __all__ = ["GalleryOwner"]
 
 Progress = Callable[[int, int], None]
 
+# Ciphertexts decrypted and decoded at a time by the native export.
+_DECODE_ROWS = 32
+
 
 class GalleryOwner:
     """Encrypts templates into, and removes records from, an encrypted gallery.
@@ -116,7 +119,10 @@ class GalleryOwner:
 
     def _grid(self, values: np.ndarray) -> np.ndarray:
         step = float(2**self.ctx.params.template_grid_bits)
-        return np.rint(values * step) / step
+        out = np.multiply(values, step, dtype=np.float64)
+        np.rint(out, out=out)
+        out /= step
+        return out
 
     def decrypt_record(self, block: int, slot: int) -> np.ndarray:
         """One enrolled template, exactly as enrolled (its block decrypted in memory, its slot kept).
@@ -148,9 +154,16 @@ class GalleryOwner:
         native = self._native_encryptor()
         if native is not None:
             t = slot_transform(self.ctx.n)
-            values = t.to_slots(t.spectrum(native.decrypt_coefficients(arr).astype(np.float64)))
-            values /= float(2**p.gallery_scale_bits)
-            return self._grid(unpack_slots(values if p.packing == "complex" else values.real, p))
+            out = np.empty((arr.shape[0], p.templates_per_block), dtype=np.float64)
+            # A few dozen ciphertexts at a time: the temporaries (a few MiB)
+            # are reused from one chunk to the next instead of a fresh 32 MiB
+            # array per step, which cost more in page faults than the work.
+            for k0 in range(0, arr.shape[0], _DECODE_ROWS):
+                coeffs = native.decrypt_coefficients(arr[k0:k0 + _DECODE_ROWS]).astype(np.float64)
+                values = t.to_slots(t.spectrum(coeffs))
+                values /= float(2**p.gallery_scale_bits)
+                out[k0:k0 + _DECODE_ROWS] = unpack_slots(values if p.packing == "complex" else values.real, p)
+            return self._grid(out)
         cols = np.empty((arr.shape[0], p.templates_per_block), dtype=np.float64)
         pt = seal.Plaintext()
         for k in range(arr.shape[0]):
