@@ -32,10 +32,10 @@
  */
 #include "pprm_encrypt.h"
 
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
+
+#include "pprm_jobs.h"
 
 typedef unsigned __int128 u128;
 
@@ -69,6 +69,22 @@ static inline uint32_t popcount24(uint32_t x) {
 static void wipe(void *p, size_t n) {
     memset(p, 0, n);
     __asm__ __volatile__("" : : "r"(p) : "memory");
+}
+
+/* The Shoup quotients of the key's words (secret-derived: the caller wipes
+ * and frees them), or NULL when memory runs out. */
+static uint64_t *key_shoup(const uint64_t *s, size_t n, uint64_t q) {
+    uint64_t *out = malloc(n * sizeof *out);
+    if (out)
+        for (size_t j = 0; j < n; ++j) out[j] = (uint64_t)(((u128)s[j] << 64) / q);
+    return out;
+}
+
+/* Threads for `rows` rows: `threads`, or every online core when <= 0; never more than rows. */
+static size_t threads_for(int threads, size_t rows) {
+    const long cores = threads > 0 ? threads : online_cores();
+    const size_t nt = cores > 0 ? (size_t)cores : 1;
+    return nt < rows ? nt : rows;
 }
 
 typedef struct {
@@ -141,42 +157,27 @@ int pprm_encrypt_block(const int64_t *m, const uint64_t *pool, size_t pool_words
         }
     }
 
-    uint64_t *s_shoup = malloc(n * sizeof *s_shoup);
+    uint64_t *s_shoup = key_shoup(s, n, q);
     if (!s_shoup) return PPRM_ENC_ENOMEM;
-    for (size_t j = 0; j < n; ++j) s_shoup[j] = (uint64_t)(((u128)s[j] << 64) / q);
 
-    long cores = threads > 0 ? threads : sysconf(_SC_NPROCESSORS_ONLN);
-    size_t nt = cores > 0 ? (size_t)cores : 1;
-    if (nt > rows) nt = rows;
+    const size_t nt = threads_for(threads, rows);
     job *jobs = calloc(nt, sizeof *jobs);
-    pthread_t *tids = calloc(nt, sizeof *tids);
-    int *started = calloc(nt, sizeof *started);
     int rc = PPRM_ENC_OK;
-    if (!jobs || !tids || !started) {
+    if (!jobs) {
         rc = PPRM_ENC_ENOMEM;
         goto done;
     }
-    for (size_t i = 0; i < nt; ++i) {
-        jobs[i] = (job){m, noise, s, s_shoup, t, out, rows * i / nt, rows * (i + 1) / nt, PPRM_ENC_OK};
-    }
-    /* The calling thread takes the first share; a thread that cannot be
-     * created has its share done here, so the work always completes. */
-    for (size_t i = 1; i < nt; ++i) started[i] = pthread_create(&tids[i], NULL, run, &jobs[i]) == 0;
-    run(&jobs[0]);
-    for (size_t i = 1; i < nt; ++i) {
-        if (started[i])
-            pthread_join(tids[i], NULL);
-        else
-            run(&jobs[i]);
-    }
     for (size_t i = 0; i < nt; ++i)
+        jobs[i] = (job){m, noise, s, s_shoup, t, out, rows * i / nt, rows * (i + 1) / nt, PPRM_ENC_OK};
+    /* The calling thread takes the first share; a thread that cannot be
+     * created has its share done there, so the work always completes. */
+    if (run_jobs(run, jobs, sizeof *jobs, nt)) rc = PPRM_ENC_ENOMEM;
+    for (size_t i = 0; i < nt && rc == PPRM_ENC_OK; ++i)
         if (jobs[i].rc != PPRM_ENC_OK) rc = jobs[i].rc;
 done:
     wipe(s_shoup, n * sizeof *s_shoup);
     free(s_shoup);
     free(jobs);
-    free(tids);
-    free(started);
     return rc;
 }
 
@@ -230,37 +231,23 @@ int pprm_decrypt_block(const uint64_t *ct, const uint64_t *s, const pprm_ntt_tab
     for (size_t j = 0; j < n; ++j) bad |= s[j] >= q;
     for (size_t j = 0; j < 2 * rows * n; ++j) bad |= ct[j] >= q;
     if (bad) return PPRM_ENC_EINVAL;
-    uint64_t *s_shoup = malloc(n * sizeof *s_shoup);
+    uint64_t *s_shoup = key_shoup(s, n, q);
     if (!s_shoup) return PPRM_ENC_ENOMEM;
-    for (size_t j = 0; j < n; ++j) s_shoup[j] = (uint64_t)(((u128)s[j] << 64) / q);
-    long cores = threads > 0 ? threads : sysconf(_SC_NPROCESSORS_ONLN);
-    size_t nt = cores > 0 ? (size_t)cores : 1;
-    if (nt > rows) nt = rows;
+    const size_t nt = threads_for(threads, rows);
     djob *jobs = calloc(nt, sizeof *jobs);
-    pthread_t *tids = calloc(nt, sizeof *tids);
-    int *started = calloc(nt, sizeof *started);
     int rc = PPRM_ENC_OK;
-    if (!jobs || !tids || !started) {
+    if (!jobs) {
         rc = PPRM_ENC_ENOMEM;
         goto done;
     }
     for (size_t i = 0; i < nt; ++i)
         jobs[i] = (djob){ct, s, s_shoup, t, out, rows * i / nt, rows * (i + 1) / nt, PPRM_ENC_OK};
-    for (size_t i = 1; i < nt; ++i) started[i] = pthread_create(&tids[i], NULL, run_decrypt, &jobs[i]) == 0;
-    run_decrypt(&jobs[0]);
-    for (size_t i = 1; i < nt; ++i) {
-        if (started[i])
-            pthread_join(tids[i], NULL);
-        else
-            run_decrypt(&jobs[i]);
-    }
-    for (size_t i = 0; i < nt; ++i)
+    if (run_jobs(run_decrypt, jobs, sizeof *jobs, nt)) rc = PPRM_ENC_ENOMEM;
+    for (size_t i = 0; i < nt && rc == PPRM_ENC_OK; ++i)
         if (jobs[i].rc != PPRM_ENC_OK) rc = jobs[i].rc;
 done:
     wipe(s_shoup, n * sizeof *s_shoup);
     free(s_shoup);
     free(jobs);
-    free(tids);
-    free(started);
     return rc;
 }
