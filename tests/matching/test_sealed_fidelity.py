@@ -23,6 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from pprm.crypto import keys, params
 from pprm.crypto.context import CkksContext
@@ -116,3 +117,62 @@ def test_masked_values_carry_only_the_sign(tmp_path: Path) -> None:
     assert ratio.min() > 0.9 and ratio.max() < 2.0**ps.mask_log2_max * 1.1
     assert ratio.max() / ratio.min() > 2.0 ** (ps.mask_log2_max - 1)
     assert np.unique(np.round(values, 6)).size > 0.99 * values.size
+
+
+def _ks_uniform(u: np.ndarray) -> float:
+    """Kolmogorov-Smirnov distance of samples in [0, 1] from the uniform law."""
+    x = np.sort(u)
+    n = x.size
+    i = np.arange(1, n + 1)
+    return float(max((i / n - x).max(), (x - (i - 1) / n).max()))
+
+
+@pytest.mark.parametrize("name", ["pprm-sealed-n8192-complex-v1", "pprm-sealed-n8192-v1"])
+def test_the_key_service_sees_fresh_log_uniform_masks(tmp_path: Path, name: str) -> None:
+    """The key service's view, decrypted with its own key: what THREAT_MODEL promises about r.
+
+    Every template scores the same, so each decrypted value is ``g * r * (s - tau)``
+    plus noise below ``r * margin / 4`` (``g`` = 2 with complex packing). The key
+    service tries to learn more than the sign: it finds ``log2 r`` uniform on
+    [0, mask_log2_max] (KS), unrelated between the two templates of a slot, and
+    unrelated between two queries of the same probe. On the native backend these
+    masks are the ones drawn in C.
+    """
+    ps = params.get(name)
+    ctx = CkksContext(ps)
+    sk, pk = keys.generate(ctx)
+    conj = None
+    key_blobs = [keys.public_key_bytes(ctx, pk)]
+    if ps.packing == "complex":
+        gk_path = tmp_path / "galois.key"
+        gk_path.write_bytes(keys.conjugation_key_bytes(ctx, sk))
+        conj = keys.load_conjugation_key(ctx, str(gk_path))
+        key_blobs.append(gk_path.read_bytes())
+    gallery = EncryptedGallery(str(tmp_path / "g"), ps, keys.key_id_of(*key_blobs), 16)
+    owner = GalleryOwner(ctx, sk, gallery)
+    n = ps.templates_per_block
+    rows = np.zeros((n, 16), dtype=np.float32)
+    rows[:, 0], rows[:, 1] = 0.6, 0.8
+    owner.enroll(rows, [f"S-{i}" for i in range(n)])
+    probe = np.zeros(16, dtype=np.float32)
+    probe[0] = 1.0
+    matcher = SealedMatcher(ctx, gallery, conj)
+    gain = 2.0 if ps.packing == "complex" else 1.0
+    s = float(np.rint(0.6 * 2**ps.template_grid_bits) / 2**ps.template_grid_bits)
+    logs = []
+    for _ in range(2):
+        (values,) = masked_values(ctx, sk, matcher.match(probe, 0.4))
+        assert (values > 0).all()
+        logs.append(np.log2(values / (gain * (s - 0.4))) / ps.mask_log2_max)
+    first, second = logs
+    bound = float(np.sqrt(-np.log(1e-6 / 2) / (2 * n)))  # a 1e-6 false alarm per check
+    for u in logs:
+        # r's encoding error is absolute (at most 0.54 in g * r, masked_codec's
+        # budget): it moves log2 r visibly only near r = 1.
+        assert u.min() > np.log2(1 - 0.54 / gain) / ps.mask_log2_max and u.max() < 1 + 1e-3
+        assert _ks_uniform(np.clip(u, 0.0, 1.0)) < bound
+    assert abs(float(np.corrcoef(first, second)[0, 1])) < 0.06  # fresh per query
+    assert not np.isclose(first, second, rtol=0, atol=1e-9).any()
+    if ps.packing == "complex":
+        h = ps.slots
+        assert abs(float(np.corrcoef(first[:h], first[h:])[0, 1])) < 0.08  # two masks per slot
