@@ -19,6 +19,7 @@ by the OS CSPRNG, computed without the GIL); the C code draws none of its own.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,28 @@ from pprm.matching import kernel_native
 from pprm.matching.mask import MAX_DRAWS
 
 __all__ = ["NativeMaskDrawer"]
+
+
+@lru_cache(maxsize=4)
+def _tables(n: int) -> dict[str, np.ndarray]:
+    """The slot placement, FFT twiddles and untwist factors of ring dimension ``n`` (read-only)."""
+    h = n // 2
+    t = slot_transform(n)
+    bits = h.bit_length() - 1
+    rev = np.zeros(h, dtype=np.int64)
+    for b in range(bits):  # bit-reverse every index at once, one bit at a time
+        rev |= ((np.arange(h) >> b) & 1) << (bits - 1 - b)
+    tw = np.exp(-2j * np.pi * np.arange(h // 2) / h)
+    untwist = np.exp(-1j * np.pi * np.arange(h) / n) / h
+    arrays: dict[str, np.ndarray] = {
+        "pos": np.ascontiguousarray(rev[t.index], dtype=np.uint32),
+        "conjugated": np.ascontiguousarray(t.conjugated, dtype=np.uint8),
+        "tw_re": np.ascontiguousarray(tw.real), "tw_im": np.ascontiguousarray(tw.imag),
+        "untwist_re": np.ascontiguousarray(untwist.real), "untwist_im": np.ascontiguousarray(untwist.imag),
+    }
+    for arr in arrays.values():
+        arr.setflags(write=False)
+    return arrays
 
 
 class NativeMaskDrawer:
@@ -53,24 +76,13 @@ class NativeMaskDrawer:
         self._ffi, self._lib = kernel_native.handles()
         n = params.poly_modulus_degree
         h = n // 2
-        t = slot_transform(n)
-        bits = h.bit_length() - 1
-        rev = np.array([int(format(i, f"0{bits}b")[::-1], 2) for i in range(h)], dtype=np.int64)
-        k = np.arange(h)
-        tw = np.exp(-2j * np.pi * np.arange(h // 2) / h)
-        untwist = np.exp(-1j * np.pi * k / n) / h
         self.n, self.h = n, h
-        self._arrays: dict[str, np.ndarray] = {
-            "pos": np.ascontiguousarray(rev[t.index], dtype=np.uint32),
-            "conjugated": np.ascontiguousarray(t.conjugated, dtype=np.uint8),
-            "tw_re": np.ascontiguousarray(tw.real), "tw_im": np.ascontiguousarray(tw.imag),
-            "untwist_re": np.ascontiguousarray(untwist.real), "untwist_im": np.ascontiguousarray(untwist.imag),
-        }
+        # Shared, read-only: a scorer (and so a drawer) is made per query.
+        self._arrays = _tables(n)
         self._keep: list[Any] = []
         c = self._ffi.new("pprm_maskdraw_ctx *")
         c.h = h
         for name, arr in self._arrays.items():
-            arr.setflags(write=False)
             ctype = {"pos": "uint32_t[]", "conjugated": "uint8_t[]"}.get(name, "double[]")
             view = self._ffi.from_buffer(ctype, arr, require_writable=False)
             self._keep.append(view)
