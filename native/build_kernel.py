@@ -91,6 +91,21 @@ ffibuilder.cdef(
     int pprm_mask_group(size_t count, const uint64_t *cts, const uint64_t *tau, const uint64_t *words,
                         const uint8_t *occupied, const pprm_mask_ctx *mc, const pprm_maskdraw_ctx *dc,
                         const pprm_pack_params *pk, uint64_t *out, int *status, int threads);
+    #define PPRM_GALOIS_OK ...
+    #define PPRM_GALOIS_EINVAL ...
+    #define PPRM_GALOIS_ENOMEM ...
+    #define PPRM_GALOIS_TRANSPARENT ...
+    typedef struct {
+        size_t n;
+        size_t digits;
+        const pprm_ntt_table *tables;
+        const uint32_t *perm;
+        const uint64_t *key;
+        const uint64_t *key_shoup;
+        const uint64_t *p_inv;
+        const uint64_t *p_inv_shoup;
+    } pprm_galois_key;
+    int pprm_apply_galois(const uint64_t *ct, size_t level, const pprm_galois_key *k, uint64_t *out);
     int pprm_encode_residues(const double *values, size_t k, size_t m, int scale_bits, const uint32_t *place,
                              const long double *stages, const long double *twist, const uint64_t *moduli,
                              size_t nprimes, size_t n, uint64_t *out);
@@ -99,9 +114,9 @@ ffibuilder.cdef(
 ffibuilder.set_source(
     "pprm._native_kernel",
     '#include "pprm_kernel.h"\n#include "pprm_batch.h"\n#include "pprm_mask.h"\n#include "pprm_encrypt.h"\n'
-    '#include "pprm_encode.h"\n#include "pprm_maskdraw.h"\n#include "pprm_mask_group.h"',
+    '#include "pprm_encode.h"\n#include "pprm_maskdraw.h"\n#include "pprm_mask_group.h"\n#include "pprm_galois.h"',
     sources=["native/pprm_kernel.c", "native/pprm_batch.c", "native/pprm_mask.c", "native/pprm_encrypt.c",
-             "native/pprm_encode.c", "native/pprm_maskdraw.c", "native/pprm_mask_group.c"],
+             "native/pprm_encode.c", "native/pprm_maskdraw.c", "native/pprm_mask_group.c", "native/pprm_galois.c"],
     depends=[
         "native/pprm_kernel.h",
         "native/pprm_batch.h",
@@ -113,6 +128,7 @@ ffibuilder.set_source(
         "native/pprm_encode.h",
         "native/pprm_maskdraw.h",
         "native/pprm_mask_group.h",
+        "native/pprm_galois.h",
     ],
     include_dirs=["native"],
     # No -march=native: the C source picks AVX-512/AVX2 at load time (target_clones),

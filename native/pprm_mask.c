@@ -537,6 +537,35 @@ static void mul_lazy(uint64_t *dst, const uint64_t *a, const uint64_t *w, const 
     for (size_t j = 0; j < n; j++) dst[j] = mul_shoup_lazy(a[j], w[j], wq[j], q);
 }
 
+/* The transforms and products for the other native sources (pprm_galois.c);
+ * not part of the cffi interface. */
+void pprm_ntt_forward_lazy(uint64_t *a, const pprm_ntt_table *t) { ntt_forward(a, t); }
+
+void pprm_ntt_inverse_lazy(uint64_t *a, const pprm_ntt_table *t) { ntt_inverse(a, t, NULL); }
+
+void pprm_mul_lazy(uint64_t *dst, const uint64_t *a, const uint64_t *w, const uint64_t *wq, size_t n, uint64_t q) {
+    mul_lazy(dst, a, w, wq, n, q);
+}
+
+#if PPRM_MASK_AVX512
+AVX512 static void mul_const_avx512(uint64_t *dst, const uint64_t *a, uint64_t w, uint64_t wq, size_t n, uint64_t q) {
+    const __m512i vq = _mm512_set1_epi64((long long)q), vw = _mm512_set1_epi64((long long)w);
+    const __m512i vwq = _mm512_set1_epi64((long long)wq), vwq_hi = _mm512_srli_epi64(vwq, 32);
+    for (size_t j = 0; j < n; j += 8)
+        _mm512_storeu_si512(dst + j, vreduce(vmul_shoup_lazy(_mm512_loadu_si512(a + j), vw, vwq, vwq_hi, vq), vq));
+}
+#endif
+
+void pprm_mul_const(uint64_t *dst, const uint64_t *a, uint64_t w, uint64_t wq, size_t n, uint64_t q) {
+#if PPRM_MASK_AVX512
+    if (use_avx512(n)) {
+        mul_const_avx512(dst, a, w, wq, n, q);
+        return;
+    }
+#endif
+    for (size_t j = 0; j < n; j++) dst[j] = mul_shoup(a[j], w, wq, q);
+}
+
 /* ((g1 * key at q0) - t_q) / P at q0, into dst or (accumulate) added to it.
  * The difference is below 3q0 (lazy product below 2q0), which Shoup takes
  * as it is. */

@@ -46,6 +46,7 @@ ALLOWED = {
     "pprm.matching.encode_native",
     "pprm.matching.flood",
     "pprm.matching.gallery",
+    "pprm.matching.galois_native",
     "pprm.matching.kernel",
     "pprm.matching.kernel_native",
     "pprm.matching.kernel_batch",

@@ -47,6 +47,7 @@ responder can map (position, slot) back to a record.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -65,6 +66,7 @@ from pprm.matching import kernel
 from pprm.matching.diagonals import BlindDatabase, secret_permutation
 from pprm.matching.encode_native import native_transforms
 from pprm.matching.flood import uniform_residues
+from pprm.matching.galois_native import NativeGalois, native_galois
 from pprm.matching.kernel_numpy import mulmod_pow2
 from pprm.matching.mask import csprng_uniform
 
@@ -286,6 +288,9 @@ class BlindEvaluator:
                 ev.add_inplace(ct, ctx.conjugate(ct, keys.galois))
             else:
                 ev.add(probe, probe, ct)
+            gal = native_galois(ctx, keys.galois)
+            if gal is not None:
+                return self._prepare_native(ctx.to_residues(ct), keys, gal)
             baby = np.empty((p.baby_steps, 2, p.data_primes, ctx.n), dtype=np.uint64)
             baby[0] = ctx.to_residues(ct)
             cur = ct
@@ -298,8 +303,35 @@ class BlindEvaluator:
                 return PreparedProbe(baby, None)
             return self._window_norms(baby[0], keys, baby)
 
-    def _window_norms(self, projected: np.ndarray, keys: EvaluationKeys, baby: np.ndarray) -> PreparedProbe:
-        """``W - 1`` one level down, from the projected probe's residues (caller maps SEAL errors)."""
+    def _prepare_native(self, projected: np.ndarray, keys: EvaluationKeys, gal: NativeGalois) -> PreparedProbe:
+        """:meth:`prepare` after the projection, with the rotations in C (caller maps SEAL errors).
+
+        The baby steps and the window norms are two independent chains of
+        rotations; the C automorphisms release the interpreter, so the baby
+        steps run in a worker while this thread computes the norms.
+        """
+        p = self.ctx.params
+
+        def baby_steps() -> np.ndarray:
+            baby = np.empty((p.baby_steps, 2, p.data_primes, self.ctx.n), dtype=np.uint64)
+            baby[0] = projected
+            for b in range(1, p.baby_steps):
+                baby[b] = gal.rotate(baby[b - 1], 1)
+            return baby
+
+        if not self.checks:
+            return PreparedProbe(baby_steps(), None)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pprm-blind-baby") as pool:
+            pending = pool.submit(baby_steps)
+            norms = self._window_norms(projected, keys, None, gal)
+            return dataclasses.replace(norms, baby=pending.result())
+
+    def _window_norms(self, projected: np.ndarray, keys: EvaluationKeys, baby: np.ndarray | None,
+                      gal: NativeGalois | None = None) -> PreparedProbe:
+        """``W - 1`` one level down, from the projected probe's residues (caller maps SEAL errors).
+
+        ``baby`` is passed through into the result (None: the caller fills it in).
+        """
         p = self.ctx.params
         ctx = self.ctx
         ev = ctx.evaluator
@@ -316,6 +348,10 @@ class BlindEvaluator:
         squares = ctx.to_residues(h3, lvl)
         sq = seal.Ciphertext(ctx.seal)
         ev.relinearize(h3, keys.relin, sq)
+        if gal is not None:
+            relinearised = ctx.to_residues(sq, lvl)
+            return self._norms_result(baby, self._window_sums(relinearised, gal), sq.scale, keys, squares,
+                                      relinearised, low.scale, gal)
         # Sum over b1 consecutive slots (b1 - 1 rotations by one), then over
         # the g2 giant steps (g2 - 1 rotations by b1): every slot's window.
         step = seal.Ciphertext(ctx.seal)
@@ -333,14 +369,36 @@ class BlindEvaluator:
             ev.rotate_vector(norms, p.baby_steps, keys.galois, nxt)
             ev.add_inplace(nxt, window)
             norms = nxt
-        scale = norms.scale
-        gap = ctx.to_residues(norms, lvl)
+        return self._norms_result(baby, ctx.to_residues(norms, lvl), norms.scale, keys, squares,
+                                  ctx.to_residues(sq, lvl), low.scale, None)
+
+    def _window_sums(self, sq: np.ndarray, gal: NativeGalois) -> np.ndarray:
+        """The window sums of :meth:`_window_norms` on residues, rotated in C."""
+        p = self.ctx.params
+        moduli = self.ctx.moduli[:sq.shape[1]]
+        step = gal.rotate(sq, 1)
+        window = _add(sq, step, moduli)
+        for _ in range(2, p.baby_steps):
+            step = gal.rotate(step, 1)
+            window = _add(window, step, moduli)
+        norms = window
+        for _ in range(1, p.giant_steps):
+            norms = _add(gal.rotate(norms, p.baby_steps), window, moduli)
+        return norms
+
+    def _norms_result(self, baby: np.ndarray | None, gap: np.ndarray, scale: float, keys: EvaluationKeys,
+                      squares: np.ndarray, relinearised: np.ndarray, low_scale: float,
+                      gal: NativeGalois | None) -> PreparedProbe:
+        """``W - 1`` from the window sums ``gap`` (at ``scale``), the key check, and the real projection."""
+        p = self.ctx.params
+        ctx = self.ctx
+        lvl = p.data_primes - 1
         for j, q in enumerate(ctx.moduli[:lvl]):
             # The constant 1 at this scale is the same value at every NTT point.
             one = np.uint64(round(scale) % q)
             row = gap[0, j]
             gap[0, j] = np.where(row >= one, row - one, row + (np.uint64(q) - one))
-        check = self._key_check(keys, squares, ctx.to_residues(sq, lvl), low.scale)
+        check = self._key_check(keys, squares, relinearised, low_scale, gal)
         if p.complex_packing:
             # Two templates share a slot and the fold multiplies W - 1 and the
             # check by r_A + i*r_B, which would carry their imaginary noise
@@ -349,18 +407,21 @@ class BlindEvaluator:
             # query, only the conjugation's key-switching noise is left there
             # (about 2**-61; a dishonest key's is outweighed by the key check).
             # The values are doubled: fold_norms halves the factors.
-            gap = _add(gap, self._conjugate_residues(gap, scale, keys), ctx.moduli[:lvl])
-            check = _add(check, self._conjugate_residues(check, 1.0, keys), ctx.moduli[:lvl])
-        return PreparedProbe(baby, gap, scale, check)
+            gap = _add(gap, self._conjugate_residues(gap, scale, keys.galois, gal), ctx.moduli[:lvl])
+            check = _add(check, self._conjugate_residues(check, 1.0, keys.galois, gal), ctx.moduli[:lvl])
+        return PreparedProbe(baby if baby is not None else np.empty(0, dtype=np.uint64), gap, scale, check)
 
-    def _conjugate_residues(self, residues: np.ndarray, scale: float, keys: EvaluationKeys) -> np.ndarray:
+    def _conjugate_residues(self, residues: np.ndarray, scale: float, galois: seal.GaloisKeys,
+                            gal: NativeGalois | None) -> np.ndarray:
         """The residues of ``conj`` of a ciphertext given by its residues (at its own level)."""
+        if gal is not None:
+            return gal.conjugate(residues)
         ctx = self.ctx
-        conj = ctx.conjugate(ctx.from_residues(residues, scale), keys.galois)
+        conj = ctx.conjugate(ctx.from_residues(residues, scale), galois)
         return ctx.to_residues(conj, residues.shape[1])
 
     def _key_check(self, keys: EvaluationKeys, squares: np.ndarray, relinearised: np.ndarray,
-                   low_scale: float) -> np.ndarray:
+                   low_scale: float, gal: NativeGalois | None = None) -> np.ndarray:
         """The check term that turns any noise a dishonest key adds into a stricter threshold.
 
         Evaluation keys cannot be checked for honesty, and the noise of a
@@ -391,15 +452,22 @@ class BlindEvaluator:
         total = np.zeros((3, lvl, ctx.n), dtype=np.uint64)
         for kind in ("rot1", "rotb1", "conj"):
             z = self.encrypt_zero(keys.public)
-            t = seal.Ciphertext(ctx.seal)
-            if kind == "rot1":
-                ev.rotate_vector(z, 1, keys.galois, t)
-            elif kind == "rotb1":
-                ev.rotate_vector(z, p.baby_steps, keys.galois, t)
+            if gal is not None:
+                zr = ctx.to_residues(z)
+                tr = gal.rotate(zr, 1) if kind == "rot1" else (
+                    gal.rotate(zr, p.baby_steps) if kind == "rotb1" else gal.conjugate(zr))
+                tc = gal.conjugate(tr)
             else:
-                t = ctx.conjugate(z, keys.galois)
+                t = seal.Ciphertext(ctx.seal)
+                if kind == "rot1":
+                    ev.rotate_vector(z, 1, keys.galois, t)
+                elif kind == "rotb1":
+                    ev.rotate_vector(z, p.baby_steps, keys.galois, t)
+                else:
+                    t = ctx.conjugate(z, keys.galois)
+                tr, tc = ctx.to_residues(t), ctx.to_residues(ctx.conjugate(t, keys.galois))
             # |T|**2 at the data level; dropping q_L's residues is SEAL's exact mod switch.
-            sq = _tensor(ctx.to_residues(t), ctx.to_residues(ctx.conjugate(t, keys.galois)), ctx.moduli)[:, :lvl]
+            sq = _tensor(tr, tc, ctx.moduli)[:, :lvl]
             for j, q in enumerate(moduli):
                 sq[:, j] = mulmod_pow2(sq[:, j], 2 * p.key_check_lift_bits, q)
             total = _add(total, sq, moduli)
@@ -407,9 +475,8 @@ class BlindEvaluator:
         with_zero = ctx.from_residues(_add(squares, _tensor(z3, z4, moduli), moduli), low_scale * low_scale)
         ev.relinearize_inplace(with_zero, keys.relin)
         diff = _sub(ctx.to_residues(with_zero, lvl), relinearised, moduli)
-        diff_ct = ctx.from_residues(diff, low_scale * low_scale)
-        total = _add(total, _tensor(diff, ctx.to_residues(ctx.conjugate(diff_ct, keys.galois), lvl), moduli),
-                     moduli)
+        total = _add(total, _tensor(diff, self._conjugate_residues(diff, low_scale * low_scale, keys.galois, gal),
+                                    moduli), moduli)
         check = ctx.from_residues(total, 1.0)
         ev.relinearize_inplace(check, keys.relin)
         return ctx.to_residues(check, lvl)
@@ -425,6 +492,12 @@ class BlindEvaluator:
         p = self.ctx.params
         ev = self.ctx.evaluator
         scale = float(2**p.score_scale_bits)
+        gal = native_galois(self.ctx, galois)
+        if gal is not None:
+            acc = inner[-1]
+            for g in range(p.giant_steps - 2, -1, -1):
+                acc = _add(gal.rotate(acc, p.baby_steps), inner[g], self.ctx.moduli)
+            return acc
         with _seal_errors():
             acc = self.ctx.from_residues(inner[-1], scale)
             for g in range(p.giant_steps - 2, -1, -1):
@@ -512,7 +585,7 @@ class BlindEvaluator:
         z = score.copy()
         z[0] = _sub(z[0], ntt[3], moduli)
         with _seal_errors():
-            zc = ctx.to_residues(ctx.conjugate(ctx.from_residues(z, float(2**p.score_scale_bits)), galois))
+            zc = self._conjugate_residues(z, float(2**p.score_scale_bits), galois, native_galois(ctx, galois))
         c = _add(_mulmod(ntt[0], z, moduli), _mulmod(ntt[1], zc, moduli), moduli)
         c[0] = _add(c[0], ntt[2], moduli)
         return c
@@ -770,10 +843,9 @@ def _tensor(a: np.ndarray, b: np.ndarray, moduli: tuple[int, ...]) -> np.ndarray
 
 
 def _add(a: np.ndarray, b: np.ndarray, moduli: tuple[int, ...]) -> np.ndarray:
-    out = a + b
-    for j, q in enumerate(moduli):
-        row = out[..., j, :]
-        out[..., j, :] = np.where(row >= np.uint64(q), row - np.uint64(q), row)
+    out = a + b  # below 2**62: every prime is below 2**61
+    # out - q wraps around to above out exactly when out < q: the minimum is the reduced word.
+    np.minimum(out, out - np.array(moduli, dtype=np.uint64)[:, None], out=out)
     return out
 
 

@@ -32,7 +32,7 @@ from pprm.crypto.context import CkksContext
 from pprm.errors import BackendError, ParameterError
 from pprm.matching import kernel_native
 
-__all__ = ["NttTable", "NativeMasker", "NativeNtt", "ntt_table", "conjugation_permutation"]
+__all__ = ["NttTable", "NativeMasker", "NativeNtt", "ntt_table", "conjugation_permutation", "galois_permutation"]
 
 
 def _bitrev(x: int, bits: int) -> int:
@@ -114,17 +114,30 @@ def ntt_table(q: int, n: int) -> NttTable:
                     (inv_n << 64) // q)
 
 
-@lru_cache(maxsize=4)
-def conjugation_permutation(n: int) -> np.ndarray:
-    """SEAL's NTT-slot permutation for the Galois element 2n - 1: ``out[j] = in[perm[j]]``."""
+@lru_cache(maxsize=8)
+def galois_permutation(n: int, elt: int) -> np.ndarray:
+    """SEAL's NTT-slot permutation for Galois element ``elt`` (odd, below 2n): ``out[j] = in[perm[j]]``.
+
+    ``GaloisTool::generate_table_ntt``: slot ``i`` takes the slot whose
+    bit-reversed odd exponent ``elt`` maps onto ``i``'s.
+
+    Raises:
+        ParameterError: ``elt`` is not odd or not below ``2n``.
+    """
+    if elt % 2 == 0 or not 0 < elt < 2 * n:
+        raise ParameterError(f"Galois element {elt} is not odd and below 2N")
     bits = n.bit_length() - 1
-    elt = 2 * n - 1
     perm = np.empty(n, dtype=np.uint32)
     for i in range(n, 2 * n):
         raw = (elt * _bitrev(i, bits + 1)) >> 1
         perm[i - n] = _bitrev(raw & (n - 1), bits)
     perm.setflags(write=False)
     return perm
+
+
+def conjugation_permutation(n: int) -> np.ndarray:
+    """SEAL's NTT-slot permutation for the Galois element 2n - 1: ``out[j] = in[perm[j]]``."""
+    return galois_permutation(n, 2 * n - 1)
 
 
 class NativeMasker:
