@@ -42,11 +42,11 @@ import numpy as np
 
 from pprm.crypto.context import BlindContext
 from pprm.crypto.encoding import coefficients_to_residues, encode_coefficients
-from pprm.errors import TemplateError
+from pprm.errors import ParameterError, TemplateError
 from pprm.matching.encode_native import NativeEncoder, native_transforms
 from pprm.matching.mask_kernel import NativeNtt
 
-__all__ = ["BlindDatabase", "build_block", "build_database", "secret_permutation"]
+__all__ = ["BlindDatabase", "BlockScratch", "build_block", "build_database", "secret_permutation"]
 
 Progress = Callable[[int, int], None]
 
@@ -142,20 +142,22 @@ def _encode_block(ctx: BlindContext, values: np.ndarray, out: np.ndarray, pool: 
     moduli = ctx.moduli[:p.data_primes]
     ntt, encoder = _native(ctx)
 
-    def encode(start: int) -> np.ndarray:
+    def encode(start: int) -> np.ndarray | None:
         batch = values[start:start + _ENCODE_BATCH]
-        if encoder is None:
-            residues = coefficients_to_residues(encode_coefficients(batch, p.diagonal_scale_bits, ctx.n), moduli)
-        else:
-            residues = encoder.residues(batch, p.diagonal_scale_bits)
-        return residues if ntt is None else ntt.forward(residues)
+        if encoder is None or ntt is None:
+            return coefficients_to_residues(encode_coefficients(batch, p.diagonal_scale_bits, ctx.n), moduli)
+        # Straight into the block: fresh memory costs more than the copy on some VMs.
+        dst = out[start:start + _ENCODE_BATCH]
+        ntt.forward(encoder.residues(batch, p.diagonal_scale_bits, out=dst), in_place=True)
+        return None
 
     # The long-double FFTs (numpy's or the C encoder's) and the native NTT
     # release the GIL: batches are encoded on every core. SEAL's NTT (the
     # numpy backend's) holds it and runs here as each batch is ready.
     starts = range(0, values.shape[0], _ENCODE_BATCH)
     for start, residues in zip(starts, pool.map(encode, starts), strict=True):
-        out[start:start + _ENCODE_BATCH] = residues if ntt is not None else ctx.to_ntt(residues)
+        if residues is not None:
+            out[start:start + _ENCODE_BATCH] = ctx.to_ntt(residues)
         if step is not None:
             step(min(start + _ENCODE_BATCH, values.shape[0]))
 
@@ -194,27 +196,57 @@ def _random_signs(n: int) -> np.ndarray:
     return 1.0 - 2.0 * bits[:n].astype(np.float64)
 
 
+class BlockScratch:
+    """The work arrays of :func:`build_block` (128 MB at N = 16384), kept from one block to the next.
+
+    A database build encodes block after block; fresh arrays per block cost
+    more in page faults than the arithmetic on some VMs. One build, one
+    scratch: it is not for concurrent calls.
+
+    Args:
+        ctx: the blind context the blocks are encoded for.
+    """
+
+    def __init__(self, ctx: BlindContext) -> None:
+        p = ctx.params
+        self.rows = np.empty((p.templates_per_block, p.dim), dtype=np.float64)
+        self.values = np.empty((p.giant_steps, p.baby_steps, p.slots),
+                               dtype=np.complex128 if p.complex_packing else np.float64)
+
+    def __repr__(self) -> str:
+        return f"BlockScratch({self.rows.shape[0]} positions)"
+
+
 def _encode_rows(ctx: BlindContext, g: np.ndarray, slot_row: np.ndarray, signs: np.ndarray, out: np.ndarray,
-                 pool: ThreadPoolExecutor, step: Callable[[int], None] | None) -> None:
+                 pool: ThreadPoolExecutor, step: Callable[[int], None] | None,
+                 scratch: BlockScratch | None = None) -> None:
     """Encode the block whose position k holds row ``slot_row[k]`` of ``g`` (-1: empty) into ``out``."""
     p = ctx.params
     slots = p.slots
-    rows = np.zeros((p.templates_per_block, p.dim), dtype=np.float64)
-    used = slot_row >= 0
-    rows[used] = g[slot_row[used]] * signs[used, None]
+    work = scratch if scratch is not None else BlockScratch(ctx)
+    rows, values = work.rows, work.values
+    rows.fill(0.0)
+    filled = np.flatnonzero(slot_row >= 0)
+    if filled.size == g.shape[0]:  # every row of g is in this block: scattered from g itself, no gathered copy
+        at = np.empty(g.shape[0], dtype=np.int64)
+        at[slot_row[filled]] = filled
+        rows[at] = g
+    else:
+        rows[filled] = g[slot_row[filled]]
+    rows *= signs[:, None]  # empty positions stay zero
     if p.complex_packing:
         # Position slots + j sits in the imaginary part of slot j (filled in place: these are 64 MB arrays).
-        values = np.empty((p.giant_steps, p.baby_steps, slots), dtype=np.complex128)
         block_diagonals(rows[:slots], p.baby_steps, out=values.real)
         block_diagonals(rows[slots:], p.baby_steps, out=values.imag)
     else:
-        values = block_diagonals(rows[:slots], p.baby_steps)
+        block_diagonals(rows[:slots], p.baby_steps, out=values)
     _encode_block(ctx, values.reshape(p.dim, slots), out.reshape(p.dim, p.data_primes, ctx.n), pool, step)
 
 
 def build_block(templates: np.ndarray, ctx: BlindContext, *, record_ids: np.ndarray | None = None,
-                pool: ThreadPoolExecutor | None = None,
-                progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                pool: ThreadPoolExecutor | None = None, progress: Progress | None = None,
+                out: np.ndarray | None = None,
+                scratch: BlockScratch | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One block of diagonals for up to ``templates_per_block`` templates, under a fresh secret layout.
 
     A database that changes a block at a time (:mod:`pprm.node.blind_store`)
@@ -226,13 +258,20 @@ def build_block(templates: np.ndarray, ctx: BlindContext, *, record_ids: np.ndar
         record_ids: ``int64[n]`` record id of each row (default: the row number).
         pool: threads to encode on (default: a pool of one per core, for this call).
         progress: called with ``(templates done, n)`` as the diagonals are encoded.
+        out: a C-contiguous ``uint64[g2, b1, L, N]`` array to encode into
+            (every word is overwritten); a new one when None. A database
+            build alternates two, so that it does not fault in 200 MB of
+            fresh memory per block.
+        scratch: work arrays kept from an earlier call (:class:`BlockScratch`).
 
     Returns:
         ``(diagonals uint64[g2, b1, L, N], slot_record int64[templates_per_block],
-        signs float64[templates_per_block])``, as one block of :class:`BlindDatabase`.
+        signs float64[templates_per_block])``, as one block of :class:`BlindDatabase`
+        (the diagonals are ``out`` when given).
 
     Raises:
         TemplateError: wrong dimension, or more templates than a block holds.
+        ParameterError: ``out`` has another shape or layout.
     """
     p = ctx.params
     g, ids = _check_rows(templates, record_ids, p.dim)
@@ -243,14 +282,20 @@ def build_block(templates: np.ndarray, ctx: BlindContext, *, record_ids: np.ndar
     slot_row = np.full(per_block, -1, dtype=np.int64)
     slot_row[positions[: g.shape[0]]] = np.arange(g.shape[0])
     signs = _random_signs(per_block)
-    diag = np.empty((p.giant_steps, p.baby_steps, p.data_primes, ctx.n), dtype=np.uint64)
+    shape = (p.giant_steps, p.baby_steps, p.data_primes, ctx.n)
+    if out is None:
+        diag = np.empty(shape, dtype=np.uint64)
+    elif out.shape != shape or out.dtype != np.uint64 or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ParameterError(f"out must be a writable C-contiguous uint64 array of shape {list(shape)}")
+    else:
+        diag = out
     n = g.shape[0]
     step = None if progress is None else _block_steps(progress, 0, n, p.dim, n)
     if pool is None:
         with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="pprm-encode") as own:
-            _encode_rows(ctx, g, slot_row, signs, diag, own, step)
+            _encode_rows(ctx, g, slot_row, signs, diag, own, step, scratch)
     else:
-        _encode_rows(ctx, g, slot_row, signs, diag, pool, step)
+        _encode_rows(ctx, g, slot_row, signs, diag, pool, step, scratch)
     slot_record = np.where(slot_row >= 0, ids[np.maximum(slot_row, 0)] if ids.size else -1, -1)
     return diag, slot_record, signs
 
@@ -289,11 +334,12 @@ def build_database(templates: np.ndarray, ctx: BlindContext, *, record_ids: np.n
     if progress is not None:
         progress(0, n)
     done = 0
+    scratch = BlockScratch(ctx)
     with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="pprm-encode") as pool:
         for blk in range(blocks):
             count = int((slot_row[blk] >= 0).sum())
             step = None if progress is None else _block_steps(progress, done, count, p.dim, n)
-            _encode_rows(ctx, g, slot_row[blk], signs[blk], diag[blk], pool, step)
+            _encode_rows(ctx, g, slot_row[blk], signs[blk], diag[blk], pool, step, scratch)
             done += count
     slot_record = np.where(slot_row >= 0, ids[np.maximum(slot_row, 0)] if ids.size else -1, -1)
     return BlindDatabase(diag, slot_record, signs, p.name)

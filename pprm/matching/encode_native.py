@@ -76,7 +76,7 @@ class NativeEncoder:
     def __repr__(self) -> str:
         return f"NativeEncoder(n={self.n}, primes={len(self.moduli)})"
 
-    def residues(self, values: np.ndarray, scale_bits: int) -> np.ndarray:
+    def residues(self, values: np.ndarray, scale_bits: int, *, out: np.ndarray | None = None) -> np.ndarray:
         """``coefficients_to_residues(encode_coefficients(values, scale_bits, n), moduli)``, in C.
 
         Args:
@@ -85,9 +85,13 @@ class NativeEncoder:
                 numpy path takes them as clongdouble: both exactly);
                 missing slots are zero.
             scale_bits: log2 of the encoding scale.
+            out: where to write them (C-contiguous ``uint64[..., L, N]``);
+                a new array when None. Blocks of diagonals are encoded
+                straight into the block, without a temporary per batch.
 
         Returns:
-            ``uint64[..., L, N]`` residues in ``[0, q_l)``, word for word the numpy path's.
+            ``uint64[..., L, N]`` residues in ``[0, q_l)``, word for word the numpy path's
+            (``out`` when given).
 
         Raises:
             CiphertextError: too many values, values of another dtype (long
@@ -105,7 +109,11 @@ class NativeEncoder:
         if m > self.n // 2:
             raise CiphertextError(f"cannot encode {m} values into {self.n // 2} slots")
         k = int(np.prod(lead, dtype=np.int64))
-        out = np.empty((*lead, len(self.moduli), self.n), dtype=np.uint64)
+        shape = (*lead, len(self.moduli), self.n)
+        if out is None:
+            out = np.empty(shape, dtype=np.uint64)
+        elif out.shape != shape or out.dtype != np.uint64 or not out.flags.c_contiguous or not out.flags.writeable:
+            raise BackendError(f"out must be a writable C-contiguous uint64 array of shape {list(shape)}")
         place, stages, twist, q = self._views
         lib = self._lib
         rc = lib.pprm_encode_residues(

@@ -353,20 +353,28 @@ class NativeNtt:
     def __repr__(self) -> str:
         return f"NativeNtt(n={self.n}, primes={len(self.moduli)})"
 
-    def forward(self, polys: np.ndarray) -> np.ndarray:
+    def forward(self, polys: np.ndarray, *, in_place: bool = False) -> np.ndarray:
         """NTT of coefficient-form residues, as :meth:`pprm.crypto.context.CkksContext.to_ntt` computes it.
 
         Args:
             polys: ``uint64[..., L, N]`` residues in ``[0, q_l)``, ``L`` the
                 first primes of :attr:`moduli`.
+            in_place: transform ``polys`` itself (it must then be a writable
+                C-contiguous uint64 array) instead of a copy.
 
         Returns:
-            A new array of the same shape in NTT form.
+            The residues in NTT form: a new array, or ``polys`` itself.
 
         Raises:
-            BackendError: a shape the primes do not fit, or a word not reduced.
+            BackendError: a shape the primes do not fit, a word not reduced,
+                or ``in_place`` on an array it cannot write.
         """
-        out = np.array(polys, dtype=np.uint64, order="C", copy=True)
+        if in_place:
+            if polys.dtype != np.uint64 or not polys.flags.c_contiguous or not polys.flags.writeable:
+                raise BackendError("an in-place NTT needs a writable C-contiguous uint64 array")
+            out = polys
+        else:
+            out = np.array(polys, dtype=np.uint64, order="C", copy=True)
         if out.ndim < 2 or out.shape[-1] != self.n or out.shape[-2] > len(self.moduli):
             raise BackendError(f"expected [..., L <= {len(self.moduli)}, {self.n}] residues, got {list(out.shape)}")
         rows = out.reshape(-1, out.shape[-2], self.n)

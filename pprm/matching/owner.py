@@ -118,11 +118,12 @@ class GalleryOwner:
         return out
 
     def _grid(self, values: np.ndarray) -> np.ndarray:
+        """``values`` (float64) rounded to the enrolment grid, in place."""
         step = float(2**self.ctx.params.template_grid_bits)
-        out = np.multiply(values, step, dtype=np.float64)
-        np.rint(out, out=out)
-        out /= step
-        return out
+        values *= step
+        np.rint(values, out=values)
+        values /= step
+        return values
 
     def decrypt_record(self, block: int, slot: int) -> np.ndarray:
         """One enrolled template, exactly as enrolled (its block decrypted in memory, its slot kept).
@@ -141,8 +142,11 @@ class GalleryOwner:
         """
         return self._decrypt_block(block)[:, slot].copy()
 
-    def _decrypt_block(self, b: int) -> np.ndarray:
+    def _decrypt_block(self, b: int, out: np.ndarray | None = None) -> np.ndarray:
         """Enrolled values of block ``b`` as ``float64[d, templates_per_block]``, exactly (memory only).
+
+        ``out``, when given, is overwritten and returned: the export decrypts
+        every block into one buffer instead of faulting in fresh memory per block.
 
         With the native backend the ciphertexts are decrypted in C and
         decoded with the float64 embedding (:mod:`pprm.crypto.embedding`):
@@ -154,7 +158,8 @@ class GalleryOwner:
         native = self._native_encryptor()
         if native is not None:
             t = slot_transform(self.ctx.n)
-            out = np.empty((arr.shape[0], p.templates_per_block), dtype=np.float64)
+            if out is None:
+                out = np.empty((arr.shape[0], p.templates_per_block), dtype=np.float64)
             # A few dozen ciphertexts at a time: the temporaries (a few MiB)
             # are reused from one chunk to the next instead of a fresh 32 MiB
             # array per step, which cost more in page faults than the work.
@@ -164,7 +169,7 @@ class GalleryOwner:
                 values /= float(2**p.gallery_scale_bits)
                 out[k0:k0 + _DECODE_ROWS] = unpack_slots(values if p.packing == "complex" else values.real, p)
             return self._grid(out)
-        cols = np.empty((arr.shape[0], p.templates_per_block), dtype=np.float64)
+        cols = np.empty((arr.shape[0], p.templates_per_block), dtype=np.float64) if out is None else out
         pt = seal.Plaintext()
         for k in range(arr.shape[0]):
             self._decryptor.decrypt(self.ctx.from_residues(arr[k], float(2**p.gallery_scale_bits)), pt)
@@ -404,13 +409,14 @@ class GalleryOwner:
         ids = np.empty(total, dtype=np.int64)
         rows = np.empty((total, self.gallery.dim), dtype=np.float64)
         at = 0
+        cols: np.ndarray | None = None
         for b, blk in enumerate(blocks):
             count = int(used[b].sum())
             if not count:
                 continue
-            cols = self._decrypt_block(b)
+            cols = self._decrypt_block(b, cols)
             ids[at:at + count] = blk.slots[used[b]]
-            rows[at:at + count] = cols[:, used[b]].T
+            rows[at:at + count] = cols.T if count == cols.shape[1] else cols[:, used[b]].T
             at += count
         return ids, rows
 

@@ -67,7 +67,7 @@ from pprm.crypto import blind_keys
 from pprm.crypto.context import BlindContext
 from pprm.errors import GalleryError, KeyRotationError, PprmError, StateError
 from pprm.matching.blind import AnnouncedKeys
-from pprm.matching.diagonals import BlindDatabase, build_block
+from pprm.matching.diagonals import BlindDatabase, BlockScratch, build_block
 from pprm.protocol.blind_messages import KeyAnnouncementBody
 
 __all__ = ["BlindStore", "AnsweredQuery", "BlindRebuilder", "InUse", "Prepared"]
@@ -637,6 +637,13 @@ class BlindStore:
             # the next block is encoded; at most one write is pending, so at
             # most two blocks of diagonals are in memory.
             cores = max(1, os.cpu_count() or 1)
+            # Two block buffers, taken in turn: the one being written is never
+            # the one being encoded (a write is awaited before the next is
+            # submitted), and fresh memory per block cost about a second per
+            # GB in page faults on the test VMs.
+            buffers: list[np.ndarray] = []
+            scratch: BlockScratch | None = None
+            encoded = 0
             with ThreadPoolExecutor(max_workers=cores, thread_name_prefix="pprm-encode") as pool, \
                     ThreadPoolExecutor(max_workers=1, thread_name_prefix="pprm-write") as writer:
                 pending: Future[None] | None = None
@@ -654,8 +661,12 @@ class BlindStore:
                     else:
                         rows = np.asarray([row_of[r] for r in block.records], dtype=np.int64)
                         step = None if encode is None else _offset(encode, done, n)
+                        if len(buffers) < 2:
+                            buffers.append(np.empty(self._block_shape(), dtype=np.uint64))
+                        scratch = scratch or BlockScratch(self.ctx)
                         diag, rec, sg = build_block(templates[rows], self.ctx, record_ids=ids[rows], pool=pool,
-                                                    progress=step)
+                                                    progress=step, out=buffers[encoded % 2], scratch=scratch)
+                        encoded += 1
                         if pending is not None:
                             pending.result()
                         pending = writer.submit(_save_block, path, diag)
@@ -739,6 +750,11 @@ class BlindStore:
         os.rename(tmp, vdir)
         return True
 
+    def _block_shape(self) -> tuple[int, int, int, int]:
+        """One block's diagonals: ``[g2, b1, L, N]``."""
+        p = self.ctx.params
+        return (p.giant_steps, p.baby_steps, p.data_primes, self.ctx.n)
+
     def _load(self, vdir: str, progress: Progress | None = None) -> BlindDatabase:
         """Map a complete version's blocks (nothing is read until a query touches them)."""
         arrays = self._open_arrays(os.path.join(vdir, "layout.sealed"))
@@ -746,8 +762,7 @@ class BlindStore:
         size = int((slot_record >= 0).sum())
         if progress is not None:
             progress(0, size)
-        p = self.ctx.params
-        shape = (p.giant_steps, p.baby_steps, p.data_primes, self.ctx.n)
+        shape = self._block_shape()
         blocks = []
         for k in range(slot_record.shape[0]):
             try:
@@ -759,7 +774,7 @@ class BlindStore:
                 raise StateError(f"blind database block {k} has shape {arr.shape}, expected {shape}")
             blocks.append(arr)
         _finished(progress, size)
-        return BlindDatabase(blocks, slot_record, signs, p.name)
+        return BlindDatabase(blocks, slot_record, signs, self.ctx.params.name)
 
     def _prune(self, keep: str) -> None:
         """Drop the diagonals of older versions; keep their layouts for follow-ups.

@@ -130,6 +130,19 @@ def test_leading_axes_and_empty_batches() -> None:
     assert _assert_same(np.zeros((0, 40)), 70, n, moduli).shape == (0, 3, n)
 
 
+def test_encoding_into_a_given_array_gives_the_same_words() -> None:
+    _, n, moduli = _setup(INSECURE_BLIND)
+    values = _random(np.random.default_rng(8), 4, 60, "complex")
+    want = _reference(values, 70, n, moduli)
+    out = np.full((4, len(moduli), n), np.uint64(2**63), dtype=np.uint64)
+    got = _encoder(n, moduli).residues(values, 70, out=out)
+    assert got is out and np.array_equal(out, want)
+    for bad in (np.empty((4, len(moduli), n - 1), dtype=np.uint64), np.empty((4, len(moduli), n), dtype=np.int64),
+                np.empty((4, n, len(moduli)), dtype=np.uint64).transpose(0, 2, 1)):
+        with pytest.raises(BackendError, match="out must be"):
+            _encoder(n, moduli).residues(values, 70, out=bad)
+
+
 def test_threads_give_the_sequential_words() -> None:
     # No state is shared between calls: batches encoded concurrently match one by one.
     _, n, moduli = _setup(INSECURE_BLIND)

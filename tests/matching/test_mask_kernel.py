@@ -211,3 +211,13 @@ def test_native_ntt_is_seals_for_the_blind_primes(name: str) -> None:
     bad[1, 2, 5] = ctx.moduli[2]
     with pytest.raises(BackendError, match="not reduced"):
         ntt.forward(bad)
+    # In place: the same words, in the array given.
+    inplace = polys.copy()
+    assert ntt.forward(inplace, in_place=True) is inplace
+    assert np.array_equal(inplace, ctx.to_ntt(polys))
+    with pytest.raises(BackendError, match="in-place"):
+        ntt.forward(polys[:, ::-1], in_place=True)
+    frozen = polys.copy()
+    frozen.setflags(write=False)
+    with pytest.raises(BackendError, match="in-place"):
+        ntt.forward(frozen, in_place=True)

@@ -191,3 +191,21 @@ def test_a_copy_without_private_holds_no_diagonal(state: tuple[State, synthetic.
             data = fh.read()
         assert not any(n in data for n in needles), path
     assert os.stat(st.path("private", "blind-db", version, "block-0.npy")).st_mode & 0o077 == 0
+
+
+def test_a_block_encoded_into_a_given_buffer_overwrites_every_word() -> None:
+    from pprm.crypto import blind_params
+    from pprm.crypto.context import BlindContext
+    from pprm.errors import ParameterError
+    from pprm.matching.diagonals import build_block
+
+    ctx = BlindContext(blind_params.get(INSECURE_BLIND, allow_insecure=True))
+    p = ctx.params
+    g = synthetic.make_gallery(300, dim=p.dim, seed=3, prefix="BU").templates
+    shape = (p.giant_steps, p.baby_steps, p.data_primes, ctx.n)
+    buf = np.full(shape, np.uint64(2**63), dtype=np.uint64)  # no residue is this large
+    diag, rec, _signs = build_block(g, ctx, out=buf)
+    assert diag is buf and (rec >= 0).sum() == 300
+    assert all((buf[:, :, j] < np.uint64(q)).all() for j, q in enumerate(ctx.moduli[:p.data_primes]))
+    with pytest.raises(ParameterError, match="out must be"):
+        build_block(g, ctx, out=np.empty(shape[:-1] + (ctx.n - 1,), dtype=np.uint64))
