@@ -22,6 +22,9 @@ ffibuilder.cdef(
                         uint64_t *out, size_t d, size_t rows, size_t n, int threads);
     int pprm_mac_plain(const uint64_t *pts, const uint64_t *cts, const uint64_t *moduli, uint64_t *out,
                        size_t g, size_t b, size_t s, size_t l, size_t n, int threads);
+    int pprm_mac_plain_scalar(const uint64_t *pts, const uint64_t *cts, const uint64_t *moduli, uint64_t *out,
+                              size_t g, size_t b, size_t s, size_t l, size_t n, int threads);
+    int pprm_mac_plain_simd(void);
     #define PPRM_MANY_MAX_ROW_L1 ...
     int pprm_mac_many(const uint64_t *block, const int64_t *weights, const uint64_t *moduli, uint64_t *out,
                       size_t d, size_t nb, size_t rows, size_t n, int threads);

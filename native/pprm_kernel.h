@@ -17,4 +17,11 @@ int pprm_mac_sealed(const uint64_t *block, const int64_t *weights, const uint64_
 int pprm_mac_plain(const uint64_t *pts, const uint64_t *cts, const uint64_t *moduli, uint64_t *out,
                    size_t g, size_t b, size_t s, size_t l, size_t n, int threads);
 
+/* For tests and measurements: pprm_mac_plain always on its portable scalar loop,
+   the reference that the AVX-512 path must match bit for bit; and whether
+   pprm_mac_plain takes the AVX-512 path on this CPU (1) or the scalar one (0). */
+int pprm_mac_plain_scalar(const uint64_t *pts, const uint64_t *cts, const uint64_t *moduli, uint64_t *out,
+                          size_t g, size_t b, size_t s, size_t l, size_t n, int threads);
+int pprm_mac_plain_simd(void);
+
 #endif

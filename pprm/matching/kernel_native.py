@@ -4,9 +4,10 @@ The C kernels (``native/pprm_kernel.c``, built by cffi in API mode as
 ``pprm._native_kernel``) compute exactly what the numpy kernels of
 :mod:`pprm.matching.kernel_numpy` compute, under the same names and with the
 same arguments, checks and results, but stream the residues once with
-128-bit lazy accumulation and split the work over pthreads (the optional
-``threads`` argument). cffi releases the GIL for the duration of a call, so
-other Python threads keep running.
+128-bit lazy accumulation (``plain_mac`` on AVX-512: exact float64 limb
+products, see :func:`plain_mac_simd`) and split the work over pthreads (the
+optional ``threads`` argument). cffi releases the GIL for the duration of a
+call, so other Python threads keep running.
 
 The extension is optional: :func:`available` says whether it was built and
 loads. Loading waits for the first call, so importing this module costs
@@ -168,7 +169,18 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def plain_mac(pts: np.ndarray, cts: np.ndarray, moduli: tuple[int, ...], threads: int | None = None) -> np.ndarray:
+def plain_mac_simd() -> bool:
+    """Whether :func:`plain_mac` runs its AVX-512 loop on this CPU (else its portable scalar one).
+
+    Returns:
+        True if the extension is built and the CPU has AVX-512F and AVX-512DQ.
+    """
+    return available() and bool(_lib.pprm_mac_plain_simd())
+
+
+def plain_mac(
+    pts: np.ndarray, cts: np.ndarray, moduli: tuple[int, ...], threads: int | None = None, *, scalar: bool = False
+) -> np.ndarray:
     """Compute ``out[g, s] = sum_b pts[g, b] * cts[b, s] mod q_l`` exactly, in C.
 
     Same contract as :func:`pprm.matching.kernel.plain_mac`.
@@ -180,6 +192,8 @@ def plain_mac(pts: np.ndarray, cts: np.ndarray, moduli: tuple[int, ...], threads
         moduli: the L primes, each in ``[2, 2**60)``.
         threads: worker threads; 0 means every core this process may use,
             None means ``PPRM_THREADS`` or else every such core.
+        scalar: test hook: take the portable scalar loop even where the
+            AVX-512 one runs, so that tests can compare the two bit for bit.
 
     Returns:
         ``uint64[G, S, L, N]``: the residues of the G sums, each in ``[0, q_l)``.
@@ -204,7 +218,8 @@ def plain_mac(pts: np.ndarray, cts: np.ndarray, moduli: tuple[int, ...], threads
         return out
     q = np.array([int(m) for m in moduli], dtype=np.uint64)
     ffi, lib = _ffi, _lib
-    rc = lib.pprm_mac_plain(
+    entry = lib.pprm_mac_plain_scalar if scalar else lib.pprm_mac_plain
+    rc = entry(
         ffi.from_buffer("uint64_t[]", pts, require_writable=False),
         ffi.from_buffer("uint64_t[]", cts, require_writable=False),
         ffi.from_buffer("uint64_t[]", q, require_writable=False),

@@ -3,8 +3,10 @@
 ``out[g, s, l, n] = (sum_b pts[g, b, l, n] * cts[b, s, l, n]) mod q_l``. The
 numpy path is checked against a Python-int reference and SEAL's own
 ``multiply_plain`` + ``add`` chain; the native kernel against the numpy path,
-bit for bit, on many shapes. Tests that need the native kernel skip when it
-is not built or failed its self-check (``"native" not in available_backends()``).
+bit for bit, on many shapes, and its AVX-512 loop against its scalar one
+(``kernel_native.plain_mac(..., scalar=True)``). Tests that need the native
+kernel skip when it is not built or failed its self-check (``"native" not in
+available_backends()``); those of the AVX-512 loop only when it does not run.
 """
 
 from __future__ import annotations
@@ -189,6 +191,93 @@ def test_concurrent_python_threads_agree() -> None:
     for i in range(3):
         for r, got in enumerate(results[i]):
             np.testing.assert_array_equal(got, expected[r % len(cases)])
+
+
+# -- the AVX-512 loop against the scalar one, bit for bit ---------------------
+
+# Not gated on the self-check (as needs_native is): a wrong AVX-512 loop must fail
+# these tests, not turn them into skips along with the whole native backend.
+needs_simd = pytest.mark.skipif(
+    not kernel_native.plain_mac_simd(),
+    reason="the native kernel is not built, or its AVX-512 loop does not run on this CPU",
+)
+
+# (G, B, S, L, N): the B that matter to the float64 sums (one row, a few, 64 and 65,
+# one 128-row run and one row more, the largest), odd and even G and S, and N
+# cutting the 64-column units and the 256-column tiles unevenly.
+SIMD_SHAPES = [
+    (1, 1, 1, 1, 1),
+    (3, 1, 2, 2, 300),
+    (2, 3, 3, 3, 77),
+    (8, 64, 2, 3, 1024),  # the real geometry, smaller N
+    (3, 65, 1, 2, 130),
+    (2, 128, 2, 1, 72),
+    (5, 129, 3, 2, 9),
+    (2, 256, 2, 2, 513),
+    (1, 256, 5, 1, 64),
+]
+# Primes of 30 to 60 bits, the largest below 2**60, and the smallest modulus.
+SIMD_MODULI = (Q_TOP, PRIMES_60[0], PRIMES_SMALL[0], PRIMES_SMALL[1], PRIMES_SMALL[2], 2)
+
+
+@needs_simd
+@pytest.mark.parametrize("shape", SIMD_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("mode", ["random", "max", "mixed"])
+def test_simd_matches_scalar(shape: tuple[int, int, int, int, int], mode: str) -> None:
+    g, b, s, nl, n = shape
+    rng = np.random.default_rng(sum(shape) + len(mode))
+    # Prime row 0 is always Q_TOP: q - 1 = 2**60 - 94 has (nearly) all-ones limbs, the
+    # largest float64 sums the kernel can meet ("max" mode at B = 256 is the worst case).
+    others = rng.permutation(np.array(SIMD_MODULI[1:], dtype=np.uint64))
+    moduli = (Q_TOP, *(int(q) for q in others[: nl - 1]))
+    pts, cts = random_case(rng, shape, moduli, mode)
+    expected = kernel_native.plain_mac(pts, cts, moduli, threads=1, scalar=True)
+    for threads in (1, 2, 3):
+        np.testing.assert_array_equal(kernel_native.plain_mac(pts, cts, moduli, threads=threads), expected)
+    if g * b * s * nl * n <= 50_000:
+        np.testing.assert_array_equal(expected, reference(pts, cts, moduli))
+
+
+@needs_simd
+@settings(max_examples=30, deadline=None)
+@given(
+    g=st.integers(1, 4),
+    b=st.sampled_from([1, 2, 5, 63, 64, 65, 127, 128, 129, 255, 256]),
+    s=st.integers(1, 4),
+    moduli=st.lists(st.sampled_from(SIMD_MODULI), min_size=1, max_size=3).map(tuple),
+    n=st.integers(1, 600),
+    mode=st.sampled_from(["random", "max", "mixed"]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_simd_matches_scalar_on_random_shapes(
+    g: int, b: int, s: int, moduli: tuple[int, ...], n: int, mode: str, seed: int
+) -> None:
+    pts, cts = random_case(np.random.default_rng(seed), (g, b, s, len(moduli), n), moduli, mode)
+    np.testing.assert_array_equal(
+        kernel_native.plain_mac(pts, cts, moduli, threads=2),
+        kernel_native.plain_mac(pts, cts, moduli, threads=1, scalar=True),
+    )
+
+
+@needs_simd
+@pytest.mark.parametrize("where", ["pts", "cts"])
+@pytest.mark.parametrize("column", [0, 70, 299])  # the first unit, a later one, the last (partial) vector
+@pytest.mark.parametrize("value", ["q", "q + 1", "2**64 - 1"])
+def test_simd_refuses_a_word_not_below_its_modulus(where: str, column: int, value: str) -> None:
+    # Prime row 0 has the larger modulus: the word must be refused by its own row's modulus.
+    moduli = (PRIMES_60[0], PRIMES_SMALL[2])
+    pts, cts = random_case(np.random.default_rng(column), (3, 65, 3, 2, 300), moduli)
+    arr = pts[2, 64] if where == "pts" else cts[64, 2]
+    arr[1, column] = {"q": moduli[1], "q + 1": moduli[1] + 1, "2**64 - 1": 2**64 - 1}[value]
+    for scalar in (False, True):
+        for threads in (1, 2):
+            with pytest.raises(BackendError, match=PLAIN_RANGE_ERROR):
+                kernel_native.plain_mac(pts, cts, moduli, threads=threads, scalar=scalar)
+    arr[1, column] = moduli[1] - 1
+    np.testing.assert_array_equal(
+        kernel_native.plain_mac(pts, cts, moduli, threads=2),
+        kernel_native.plain_mac(pts, cts, moduli, scalar=True),
+    )
 
 
 # -- both backends --------------------------------------------------------------

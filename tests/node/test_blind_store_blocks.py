@@ -208,4 +208,4 @@ def test_a_block_encoded_into_a_given_buffer_overwrites_every_word() -> None:
     assert diag is buf and (rec >= 0).sum() == 300
     assert all((buf[:, :, j] < np.uint64(q)).all() for j, q in enumerate(ctx.moduli[:p.data_primes]))
     with pytest.raises(ParameterError, match="out must be"):
-        build_block(g, ctx, out=np.empty(shape[:-1] + (ctx.n - 1,), dtype=np.uint64))
+        build_block(g, ctx, out=np.empty((*shape[:-1], ctx.n - 1), dtype=np.uint64))
