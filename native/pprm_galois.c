@@ -54,12 +54,6 @@ static inline uint64_t reduce_once(uint64_t r, uint64_t q) {
 #define PPRM_CLONES
 #endif
 
-PPRM_CLONES static int any_unreduced(const uint64_t *a, size_t n, uint64_t q) {
-    uint64_t bad = 0;
-    for (size_t j = 0; j < n; j++) bad |= a[j] >= q;
-    return bad != 0;
-}
-
 PPRM_CLONES static int all_zero(const uint64_t *a, size_t n) {
     uint64_t any = 0;
     for (size_t j = 0; j < n; j++) any |= a[j];
@@ -111,7 +105,7 @@ int pprm_apply_galois(const uint64_t *ct, size_t level, const pprm_galois_key *k
     if (level < 1 || level > L || !key_fits(k)) return PPRM_GALOIS_EINVAL;
     for (size_t c = 0; c < 2; c++)
         for (size_t i = 0; i < level; i++)
-            if (any_unreduced(ct + (c * level + i) * n, n, k->tables[i].q)) return PPRM_GALOIS_EINVAL;
+            if (pprm_any_unreduced(ct + (c * level + i) * n, n, k->tables[i].q)) return PPRM_GALOIS_EINVAL;
     /* g1 in NTT form and in coefficient form (level rows each), an
      * accumulator per component and output prime (2 x (level + 1) rows), a
      * digit read at another prime, and a product. */

@@ -541,6 +541,8 @@ static void mul_lazy(uint64_t *dst, const uint64_t *a, const uint64_t *w, const 
  * not part of the cffi interface. */
 void pprm_ntt_forward_lazy(uint64_t *a, const pprm_ntt_table *t) { ntt_forward(a, t); }
 
+int pprm_any_unreduced(const uint64_t *a, size_t n, uint64_t q) { return any_unreduced(a, n, q); }
+
 void pprm_ntt_inverse_lazy(uint64_t *a, const pprm_ntt_table *t) { ntt_inverse(a, t, NULL); }
 
 void pprm_mul_lazy(uint64_t *dst, const uint64_t *a, const uint64_t *w, const uint64_t *wq, size_t n, uint64_t q) {

@@ -41,6 +41,8 @@ int pprm_mask_complex(const uint64_t *ct, const uint64_t *tau, const int64_t *ma
 /* For the other native sources, not the cffi interface. Outputs in [0, q). */
 void pprm_ntt_forward_lazy(uint64_t *a, const pprm_ntt_table *t); /* inputs below 4q */
 void pprm_ntt_inverse_lazy(uint64_t *a, const pprm_ntt_table *t); /* inputs below 2q */
+/* Whether any a[j] >= q. */
+int pprm_any_unreduced(const uint64_t *a, size_t n, uint64_t q);
 /* dst = a * w (Shoup quotients wq), below 2q for any 64-bit a. */
 void pprm_mul_lazy(uint64_t *dst, const uint64_t *a, const uint64_t *w, const uint64_t *wq, size_t n, uint64_t q);
 /* dst = a * w mod q in [0, q), one constant w. */

@@ -26,7 +26,7 @@ from pprm.crypto import seal_stream
 from pprm.crypto.context import BlindContext
 from pprm.errors import BackendError, CiphertextError, ParameterError
 from pprm.matching import kernel, kernel_native
-from pprm.matching.mask_kernel import galois_permutation, ntt_table
+from pprm.matching.mask_kernel import fill_table, galois_permutation, ntt_table
 
 __all__ = ["NativeGalois", "fits", "galois_element", "native_galois"]
 
@@ -72,14 +72,7 @@ class NativeGalois:
         tables = ffi.new("pprm_ntt_table[]", digits + 1)
         self._keep.append(tables)
         for i, q in enumerate(primes):
-            t = ntt_table(q, n)
-            dst = tables[i]
-            dst.q, dst.n = t.q, t.n
-            dst.roots = self._view("uint64_t[]", t.roots)
-            dst.roots_shoup = self._view("uint64_t[]", t.roots_shoup)
-            dst.inv_roots = self._view("uint64_t[]", t.inv_roots)
-            dst.inv_roots_shoup = self._view("uint64_t[]", t.inv_roots_shoup)
-            dst.inv_n, dst.inv_n_shoup = t.inv_n, t.inv_n_shoup
+            fill_table(ffi, tables[i], ntt_table(q, n), self._keep)
         p = primes[-1]
         p_inv = np.array([pow(p, -1, q) for q in primes[:-1]], dtype=np.uint64)
         p_inv_shoup = np.array([(int(v) << 64) // q for v, q in zip(p_inv, primes, strict=False)], dtype=np.uint64)

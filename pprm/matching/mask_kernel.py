@@ -32,7 +32,8 @@ from pprm.crypto.context import CkksContext
 from pprm.errors import BackendError, ParameterError
 from pprm.matching import kernel_native
 
-__all__ = ["NttTable", "NativeMasker", "NativeNtt", "ntt_table", "conjugation_permutation", "galois_permutation"]
+__all__ = ["NttTable", "NativeMasker", "NativeNtt", "conjugation_permutation", "fill_table", "galois_permutation",
+           "ntt_table"]
 
 
 def _bitrev(x: int, bits: int) -> int:
@@ -114,6 +115,16 @@ def ntt_table(q: int, n: int) -> NttTable:
                     (inv_n << 64) // q)
 
 
+def fill_table(ffi: Any, dst: Any, t: NttTable, keep: list[Any]) -> None:
+    """Point a cffi ``pprm_ntt_table`` at ``t``'s arrays; the views go into ``keep``, which must outlive ``dst``."""
+    dst.q, dst.n = t.q, t.n
+    for name in ("roots", "roots_shoup", "inv_roots", "inv_roots_shoup"):
+        view = ffi.from_buffer("uint64_t[]", getattr(t, name), require_writable=False)
+        keep.append(view)
+        setattr(dst, name, view)
+    dst.inv_n, dst.inv_n_shoup = t.inv_n, t.inv_n_shoup
+
+
 @lru_cache(maxsize=8)
 def galois_permutation(n: int, elt: int) -> np.ndarray:
     """SEAL's NTT-slot permutation for Galois element ``elt`` (odd, below 2n): ``out[j] = in[perm[j]]``.
@@ -182,8 +193,8 @@ class NativeMasker:
         p_inv = pow(p, -1, q0)
         self._c = self._ffi.new("pprm_mask_ctx *")
         self._keep: list[Any] = []  # the cffi views the struct points into must outlive it
-        self._fill(self._c.q0, self._t0)
-        self._fill(self._c.p, self._tp)
+        fill_table(self._ffi, self._c.q0, self._t0, self._keep)
+        fill_table(self._ffi, self._c.p, self._tp, self._keep)
         self._c.q0_ratio = [ratio & (2**64 - 1), ratio >> 64]
         self._c.perm = self._view("uint32_t[]", self._perm)
         self._c.key = self._view("uint64_t[]", self._key)
@@ -198,14 +209,6 @@ class NativeMasker:
         v = self._ffi.from_buffer(ctype, arr, require_writable=False)
         self._keep.append(v)
         return v
-
-    def _fill(self, dst: Any, t: NttTable) -> None:
-        dst.q, dst.n = t.q, t.n
-        dst.roots = self._view("uint64_t[]", t.roots)
-        dst.roots_shoup = self._view("uint64_t[]", t.roots_shoup)
-        dst.inv_roots = self._view("uint64_t[]", t.inv_roots)
-        dst.inv_roots_shoup = self._view("uint64_t[]", t.inv_roots_shoup)
-        dst.inv_n, dst.inv_n_shoup = t.inv_n, t.inv_n_shoup
 
     def _shoup_into(self, w: np.ndarray, out: np.ndarray, q: int) -> None:
         rc = self._lib.pprm_shoup(self._ffi.from_buffer("uint64_t[]", w, require_writable=False),
@@ -340,14 +343,8 @@ class NativeNtt:
         self._keep: list[Any] = []
         self._tables = []
         for q in self.moduli:
-            t = ntt_table(q, n)
             c = self._ffi.new("pprm_ntt_table *")
-            c.q, c.n = t.q, t.n
-            for name in ("roots", "roots_shoup", "inv_roots", "inv_roots_shoup"):
-                view = self._ffi.from_buffer("uint64_t[]", getattr(t, name), require_writable=False)
-                self._keep.append(view)
-                setattr(c, name, view)
-            c.inv_n, c.inv_n_shoup = t.inv_n, t.inv_n_shoup
+            fill_table(self._ffi, c, ntt_table(q, n), self._keep)
             self._tables.append(c)
 
     def __repr__(self) -> str:
