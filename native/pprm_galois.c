@@ -34,8 +34,8 @@
  * ciphertext, which only a degenerate key can give); so does this, with
  * PPRM_GALOIS_TRANSPARENT.
  *
- * No threads: one call is a dozen or so transforms (20 at three primes),
- * about a millisecond; the caller runs independent chains of rotations
+ * No threads: one call is 20 transforms at three primes, 2.2-2.5 ms at
+ * N = 16384 on the 2-core Xeon VM; the caller runs independent chains of rotations
  * side by side instead (cffi releases the GIL).
  */
 #include "pprm_galois.h"
