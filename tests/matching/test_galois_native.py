@@ -131,3 +131,54 @@ def test_repr_names_no_key_material() -> None:
     ctx, _pair, keys = blind_setup(INSECURE_BLIND)
     text = repr(NativeGalois(ctx, keys.galois))
     assert text.startswith("NativeGalois(") and len(text) < 80
+
+
+def test_an_attackers_rigged_keys_rotate_in_c_exactly_as_in_seal() -> None:
+    """Galois keys of another secret key (THREAT_MODEL 1.5, "The same keys in C"): C and SEAL agree word for word.
+
+    So whatever the SEAL-path argument says about rigged keys holds for the C path too.
+    """
+    ctx, attacker, _keys = blind_setup(INSECURE_BLIND)
+    other = blind_keys.generate(ctx)
+    rigged = blind_keys.load_announced(ctx, attacker.public_blob, other.galois_blob, other.relin_blob)
+    gal = NativeGalois(ctx, rigged.galois)
+    rng = np.random.default_rng(11)
+    for level in range(ctx.params.data_primes, 0, -1):
+        res = _random_ct(ctx, level, rng)
+        for step in (1, ctx.params.baby_steps, 0):
+            assert np.array_equal(_native_apply(gal, res, step), _seal_apply(ctx, rigged, res, step))
+
+
+def test_the_matcher_applies_an_attackers_keys_through_c_on_the_native_backend(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An answer to the attacker's own probe and rigged keys goes through the C automorphisms, not around them."""
+    from pprm import synthetic
+    from pprm.matching import kernel
+    from pprm.matching.blind import BlindMatcher
+    from pprm.matching.blind_client import encrypt_probe
+    from pprm.matching.diagonals import build_database
+
+    ctx, attacker, _keys = blind_setup(INSECURE_BLIND)
+    other = blind_keys.generate(ctx)
+    rigged = blind_keys.load_announced(ctx, attacker.public_blob, other.galois_blob, other.relin_blob)
+    gallery = synthetic.make_gallery(200, dim=ctx.params.dim, seed=5, prefix="GA").templates
+    db = build_database(gallery, ctx)
+    probe = ctx.load_seeded_ciphertext(encrypt_probe(ctx, attacker.secret_key, 10.0 * gallery[0]),
+                                       scale=float(2**ctx.params.probe_scale_bits))
+    calls: list[int] = []
+    original = NativeGalois.apply
+
+    def counted(self: NativeGalois, residues: np.ndarray, elt: int) -> np.ndarray:
+        calls.append(elt)
+        return original(self, residues, elt)
+
+    monkeypatch.setattr(NativeGalois, "apply", counted)
+    answer = BlindMatcher(ctx, db).answer(probe, rigged, 0.4)
+    assert len(answer.ciphertexts) == db.blocks
+    if kernel.backend() == "native":
+        p = ctx.params
+        # 63 baby steps, 63 + 7 window rotations, and g2 - 1 giant steps per block at least.
+        assert len(calls) >= (p.baby_steps - 1) * 2 + (p.giant_steps - 1) * (1 + db.blocks)
+        assert {galois_element(ctx.n, 1), galois_element(ctx.n, p.baby_steps), 2 * ctx.n - 1} <= set(calls)
+    else:
+        assert calls == []
