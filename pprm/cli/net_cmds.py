@@ -7,6 +7,7 @@ when one of these runs, so the other verbs do not pay for it at start-up.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -49,11 +50,19 @@ def _announce(host: str, what: str, url: str) -> None:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
+    from pprm.matching.gallery import GALLERY_MEMORY_ENV, gallery_memory
     from pprm.net.server import bind, run
     from pprm.net.service import create_app
 
+    if args.gallery_memory:
+        os.environ[GALLERY_MEMORY_ENV] = args.gallery_memory  # cluster workers started from here inherit it
     app = create_app(args.dir, cluster=args.cluster, replicas=args.replicas, key_service=args.key_service)
     name = app.state.service.name
+    if gallery_memory() == "resident" and not args.cluster:
+        from pprm.node.state import State
+
+        print(f"pprm serve: {name}: reading the sealed gallery into memory", flush=True)
+        State.open(args.dir).gallery().preload()
     sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
@@ -171,6 +180,9 @@ def _add_serve(verbs: Verbs) -> None:
                    help="shard the gallery (sealed ciphertexts, blind database) over a Dask cluster: "
                    "tcp://HOST:PORT, or local:N worker processes")
     p.add_argument("--replicas", type=int, default=1, help="copies of each gallery block on the cluster (default 1)")
+    p.add_argument("--gallery-memory", choices=("mapped", "resident"), default=None,
+                   help="sealed gallery blocks memory-mapped (default) or read into this process's memory "
+                   "before serving (faster queries, slower start; sets PPRM_GALLERY_MEMORY)")
     add_key_service_arg(p)
 
 

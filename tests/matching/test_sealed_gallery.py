@@ -23,8 +23,8 @@ import tenseal.sealapi as seal
 
 from pprm.crypto import params
 from pprm.crypto.context import CkksContext
-from pprm.errors import GalleryError, StateError, TemplateError
-from pprm.matching.gallery import MAX_ENCRYPTIONS_PER_BLOCK, EncryptedGallery
+from pprm.errors import GalleryError, ParameterError, PprmError, StateError, TemplateError
+from pprm.matching.gallery import GALLERY_MEMORY_ENV, MAX_ENCRYPTIONS_PER_BLOCK, EncryptedGallery, gallery_memory
 from pprm.matching.owner import GalleryOwner
 from pprm.matching.templates import normalise_templates
 
@@ -325,6 +325,54 @@ def test_blocks_load_memory_mapped_read_only(env: Env, sealed_ctx: CkksContext, 
     assert not arr.flags.writeable
     assert fresh.block(0) is arr  # mapped once, then reused
     assert fresh.stored_bytes() >= arr.nbytes
+
+
+def test_resident_blocks_hold_the_same_words_in_process_memory(
+        env: Env, sealed_ctx: CkksContext, sealed_key_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    gallery, owner = env
+    owner.enroll(_templates(600, 14), _refs("A", 600))  # two blocks at 512 slots
+    mapped = [np.array(gallery.block(b)) for b in range(2)]
+    monkeypatch.setenv(GALLERY_MEMORY_ENV, "resident")
+    assert gallery_memory() == "resident"
+    view = EncryptedGallery(gallery.directory, sealed_ctx.params, sealed_key_id, DIM)
+    seen: list[tuple[int, int]] = []
+    view.preload(lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 2), (2, 2)]
+    for b in range(2):
+        arr = view.block(b)
+        assert not isinstance(arr, np.memmap) and not arr.flags.writeable
+        assert np.array_equal(arr, mapped[b])
+    # Other views of the process share the resident copy; back to mapped, files are mapped again.
+    assert EncryptedGallery(gallery.directory, sealed_ctx.params, sealed_key_id, DIM).block(0) is view.block(0)
+    monkeypatch.setenv(GALLERY_MEMORY_ENV, "mapped")
+    assert isinstance(EncryptedGallery(gallery.directory, sealed_ctx.params, sealed_key_id, DIM).block(0), np.memmap)
+
+
+def test_resident_blocks_are_checked_as_mapped_ones(
+        env: Env, sealed_ctx: CkksContext, sealed_key_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    gallery, owner = env
+    owner.enroll(_templates(2, 15), _refs("A", 2))
+    monkeypatch.setenv(GALLERY_MEMORY_ENV, "resident")
+    path = _block_path(gallery, 0)
+    np.save(path, np.zeros((DIM, 2, 1, 8), dtype=np.uint64))
+    with pytest.raises(GalleryError, match="shape"):
+        EncryptedGallery(gallery.directory, sealed_ctx.params, sealed_key_id, DIM).block(0)
+    path.write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(GalleryError, match="unreadable"):
+        EncryptedGallery(gallery.directory, sealed_ctx.params, sealed_key_id, DIM).block(0)
+
+
+@pytest.mark.parametrize("value", ["ram", "RESIDENTS", "1"])
+def test_an_unknown_gallery_memory_mode_is_one_typed_line(
+        env: Env, sealed_ctx: CkksContext, sealed_key_id: str, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    gallery, owner = env
+    owner.enroll(_templates(2, 16), _refs("A", 2))
+    monkeypatch.setenv(GALLERY_MEMORY_ENV, value)
+    with pytest.raises(ParameterError, match=GALLERY_MEMORY_ENV) as err:
+        EncryptedGallery(gallery.directory, sealed_ctx.params, sealed_key_id, DIM).block(0)
+    assert isinstance(err.value, PprmError) and "\n" not in str(err.value)
+    monkeypatch.setenv(GALLERY_MEMORY_ENV, " Resident ")  # case and spaces do not matter
+    assert gallery_memory() == "resident"
 
 
 def test_views_share_their_maps_until_a_block_changes(env: Env, sealed_ctx: CkksContext,

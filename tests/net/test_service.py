@@ -378,6 +378,25 @@ def test_service_log_names_no_case_and_no_reference(tmp_path):
     assert "C-LOG-7731" not in err and nodes["FR"].gallery.references[17] not in err
 
 
+def test_a_service_with_a_resident_gallery_reads_it_first_and_answers_the_same(tmp_path):
+    nodes = _world(tmp_path, ("DE", "FR"))
+    fr = nodes["FR"].gallery
+    proc = spawn(["serve", nodes["FR"].state.dir, "--port", "0", "--gallery-memory", "resident"])
+    try:
+        for record in (17, 3):
+            probe = synthetic.mate_probe(fr, record, seed=5)
+            truth = plaintext_hits(fr.templates, fr.references, probe, nodes["FR"].state.config.threshold)
+            assert truth == {fr.references[record]}
+            (o,) = ask(nodes["DE"].state, probe, ["FR"], case=f"C-RES-{record}", purpose=PURPOSE,
+                       directory=Directory({"FR": proc.url}))
+            assert o.status == "hit" and o.profile == "sealed" and len(o.candidates) == 1
+    finally:
+        code, _err = proc.stop()
+    assert code in (0, -15)
+    with pytest.raises(RuntimeError, match="invalid choice"):
+        spawn(["serve", nodes["FR"].state.dir, "--port", "0", "--gallery-memory", "ram"], timeout=30)
+
+
 def test_a_failed_blind_delivery_does_not_strand_the_key(world):
     nodes, procs = world
     de = nodes["DE"].state
