@@ -112,14 +112,40 @@ ffibuilder.cdef(
     int pprm_encode_residues(const double *values, size_t k, size_t m, int scale_bits, const uint32_t *place,
                              const long double *stages, const long double *twist, const uint64_t *moduli,
                              size_t nprimes, size_t n, uint64_t *out);
+    #define PPRM_DECIDE_OK ...
+    #define PPRM_DECIDE_EINVAL ...
+    #define PPRM_DECIDE_ENOMEM ...
+    #define PPRM_DECIDE_TRANSPARENT ...
+    #define PPRM_FFT_MAX ...
+    typedef struct {
+        size_t h;
+        const double *fft_tw;
+        const double *twist_re;
+        const double *twist_im;
+        const double *untwist_re;
+        const double *untwist_im;
+        const double *key_re;
+        const double *key_im;
+        const uint32_t *pos;
+        const uint8_t *conjugated;
+        unsigned c0_bits, c1_bits;
+        int complex_packing;
+    } pprm_decide_ctx;
+    size_t pprm_fft_table_len(size_t h);
+    int pprm_fft_tables(size_t h, double *out);
+    int pprm_fft(double *re, double *im, size_t h, const double *tw, int inverse);
+    int pprm_decide(const uint64_t *words, size_t count, const pprm_decide_ctx *c, uint8_t *signs_out,
+                    double *values_out, int threads);
     """
 )
 ffibuilder.set_source(
     "pprm._native_kernel",
     '#include "pprm_kernel.h"\n#include "pprm_batch.h"\n#include "pprm_mask.h"\n#include "pprm_encrypt.h"\n'
-    '#include "pprm_encode.h"\n#include "pprm_maskdraw.h"\n#include "pprm_mask_group.h"\n#include "pprm_galois.h"',
+    '#include "pprm_encode.h"\n#include "pprm_maskdraw.h"\n#include "pprm_mask_group.h"\n#include "pprm_galois.h"\n'
+    '#include "pprm_decide.h"',
     sources=["native/pprm_kernel.c", "native/pprm_batch.c", "native/pprm_mask.c", "native/pprm_encrypt.c",
-             "native/pprm_encode.c", "native/pprm_maskdraw.c", "native/pprm_mask_group.c", "native/pprm_galois.c"],
+             "native/pprm_encode.c", "native/pprm_maskdraw.c", "native/pprm_mask_group.c", "native/pprm_galois.c",
+             "native/pprm_decide.c"],
     depends=[
         "native/pprm_kernel.h",
         "native/pprm_batch.h",
@@ -132,6 +158,7 @@ ffibuilder.set_source(
         "native/pprm_maskdraw.h",
         "native/pprm_mask_group.h",
         "native/pprm_galois.h",
+        "native/pprm_decide.h",
     ],
     include_dirs=["native"],
     # No -march=native: the C source picks AVX-512/AVX2 at load time (target_clones),

@@ -42,6 +42,7 @@ ALLOWED = {
     "pprm.matching.blind",
     "pprm.matching.blind_client",
     "pprm.matching.decide",
+    "pprm.matching.decide_native",
     "pprm.matching.diagonals",
     "pprm.matching.encode_native",
     "pprm.matching.flood",

@@ -67,7 +67,7 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from pprm.crypto.context import CkksContext
-from pprm.crypto.embedding import slot_transform
+from pprm.crypto.embedding import SlotTransform, slot_transform
 from pprm.crypto.params import ParameterSet
 from pprm.errors import BackendError, CiphertextError, ParameterError
 
@@ -78,6 +78,7 @@ __all__ = [
     "masked_layout",
     "encode_masked",
     "unpack_masked",
+    "refuse_transparent",
     "rebuild_ciphertext",
 ]
 
@@ -275,12 +276,15 @@ def encode_masked(layout: MaskedLayout, coeffs: np.ndarray) -> bytes:
     return word.astype("<u8").tobytes()
 
 
-def unpack_masked(layout: MaskedLayout, blobs: Sequence[bytes]) -> np.ndarray:
+def unpack_masked(layout: MaskedLayout, blobs: Sequence[bytes], check_transparent: bool = True) -> np.ndarray:
     """Strictly read masked ciphertexts from outside.
 
     Args:
         layout: the parameter set's layout.
         blobs: one packed ciphertext per block.
+        check_transparent: refuse transparent ciphertexts here (a pass over
+            every word); False only for a caller that refuses them itself
+            (:class:`pprm.matching.decide_native.NativeSigns`, in its C pass).
 
     Returns:
         ``uint64[len(blobs), N]`` words.
@@ -296,10 +300,24 @@ def unpack_masked(layout: MaskedLayout, blobs: Sequence[bytes]) -> np.ndarray:
             raise CiphertextError(f"masked ciphertext {i} is {len(blob)} bytes, expected {layout.nbytes}")
     raw = np.frombuffer(b"".join(blobs), dtype="<u8").reshape(len(blobs), layout.n)
     words = raw.astype(np.uint64, copy=False)
+    if check_transparent:
+        refuse_transparent(layout, words)
+    return words
+
+
+def refuse_transparent(layout: MaskedLayout, words: np.ndarray) -> None:
+    """Refuse masked ciphertexts whose c1 is zero: they would decrypt without the key.
+
+    Args:
+        layout: the parameter set's layout.
+        words: ``uint64[count, N]``, as :func:`unpack_masked` returns them.
+
+    Raises:
+        CiphertextError: naming the first transparent ciphertext.
+    """
     transparent = ~(words >> np.uint64(layout.c0_bits)).any(axis=1)
     if transparent.any():
         raise CiphertextError(f"masked ciphertext {int(np.flatnonzero(transparent)[0])} is transparent")
-    return words
 
 
 def rebuild_ciphertext(ctx: CkksContext, blob: bytes) -> seal.Ciphertext:
@@ -381,6 +399,21 @@ class MaskedDecryptor:
 
     def __repr__(self) -> str:
         return f"MaskedDecryptor(N={self.layout.n}, threads={self.threads})"
+
+    def _native_parts(self) -> tuple[MaskedLayout, str, SlotTransform, np.ndarray]:
+        """What :class:`pprm.matching.decide_native.NativeSigns` computes the same decisions from.
+
+        Returns:
+            ``(layout, packing, transform, key)``: the key is the secret key's
+            spectrum (``complex128[N/2]``), a read-only view of this object's own.
+
+        Warning:
+            The key spectrum is as secret as the key: the caller may copy it
+            only into memory it wipes, and must never log or serialise it.
+        """
+        key = self._key.view()
+        key.flags.writeable = False
+        return self.layout, self.packing, self._t, key
 
     def _spectrum(self, words: np.ndarray) -> np.ndarray:
         """The decryptions' spectra, in output units (``value_scale`` per unit of value)."""
