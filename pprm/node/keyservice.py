@@ -514,7 +514,10 @@ class KeyService:
         h = query.envelope.header
         self._replay.check(h.sender, h.id)
         decider = SealedDecider(self.state.ctx, self._sk, gallery or self.state.gallery())
-        hits = decider.hits(result)
+        try:
+            hits = decider.hits(result)
+        finally:
+            decider.close()  # wipes the C path's copy of the key's embedding now, not at collection
         chosen = list(hits)
         if len(chosen) > self.state.config.k:
             chosen = [chosen[i] for i in sorted(_sample(len(chosen), self.state.config.k))]
