@@ -175,16 +175,19 @@ def main(argv: list[str] | None = None) -> int:
             near = far & (np.abs(s - TAU) <= 0.01)
             return int(far.sum()), int(((s >= TAU) != got)[far].sum()), int(near.sum())
 
-        match_t, decide_t, wrong, decisive, near_pairs = [], [], 0, 0, 0
+        # The plaintext truth is computed after the timed loops: its BLAS
+        # threads keep spinning for a while after each call, and would tax
+        # whatever runs next (measured: about 60 ms of a 1M match).
+        checks: list[tuple[np.ndarray, set[int]]] = []
+        match_t: list[float] = []
+        decide_t: list[float] = []
         for p in probes[:args.probes]:
             t = time.perf_counter()
             res = matcher.match(p, TAU)
             t1 = time.perf_counter()
-            hits = set(decider.hits(res))
+            checks.append((p, set(decider.hits(res))))
             decide_t.append(time.perf_counter() - t1)
             match_t.append(t1 - t)
-            far, bad, near = agree(p, hits)
-            decisive, wrong, near_pairs = decisive + far, wrong + bad, near_pairs + near
         pq = probes[0]
         numpy_s = _median_s(lambda: plain @ pq, 10)
         faiss_s = faiss_batch_s = None
@@ -211,21 +214,24 @@ def main(argv: list[str] | None = None) -> int:
         }
         if args.batch:
             batch = probes[:args.batch]
-            t = time.perf_counter()
-            results = matcher.match_many(list(batch), TAU)
-            t1 = time.perf_counter()
-            batch_hits = [set(decider.hits(r)) for r in results]
-            t2 = time.perf_counter()
-            for p, hits in zip(batch, batch_hits, strict=True):
-                far, bad, near = agree(p, hits)
-                decisive, wrong, near_pairs = decisive + far, wrong + bad, near_pairs + near
+            # Three passes (each draws its own masks), the median timed; every one is checked.
+            passes = []
+            for _ in range(3):
+                t = time.perf_counter()
+                results = matcher.match_many(list(batch), TAU)
+                t1 = time.perf_counter()
+                batch_hits = [set(decider.hits(r)) for r in results]
+                passes.append((time.perf_counter() - t, t1 - t))
+                checks.extend(zip(batch, batch_hits, strict=True))
+            total_s, match_s = sorted(passes)[1]
             single = statistics.median(match_t) + statistics.median(decide_t)
-            per_probe = (t2 - t) / args.batch
+            per_probe = total_s / args.batch
             numpy_batch_s = _median_s(lambda: plain @ batch.T, 3) / args.batch
             if faiss is not None:
                 faiss_batch_s = _median_s(lambda: index.range_search(batch, TAU), 3) / args.batch
             out["batch"] = {
-                "probes": args.batch, "match_ms": (t1 - t) * 1e3, "decide_ms": (t2 - t1) * 1e3,
+                "probes": args.batch, "match_ms": match_s * 1e3, "decide_ms": (total_s - match_s) * 1e3,
+                "pass_ms": [x[0] * 1e3 for x in passes],
                 "per_probe_ms": per_probe * 1e3, "single_match_decide_ms": single * 1e3,
                 "per_probe_over_single": per_probe / single, "per_probe_over_full_query": per_probe / med,
                 "numpy_batched_per_probe_ms": numpy_batch_s * 1e3,
@@ -233,8 +239,12 @@ def main(argv: list[str] | None = None) -> int:
                 "faiss_batched_per_probe_ms": None if faiss_batch_s is None else faiss_batch_s * 1e3,
                 "per_probe_over_faiss_batched": None if faiss_batch_s is None else per_probe / faiss_batch_s,
             }
+        wrong = decisive = near_pairs = 0
+        for p, hits in checks:
+            far, bad, near = agree(p, hits)
+            decisive, wrong, near_pairs = decisive + far, wrong + bad, near_pairs + near
         out["agreement"] = {"pairs": decisive, "disagreements": wrong, "pairs_within_0.01_of_tau": near_pairs,
-                            "probes": args.probes + args.batch}
+                            "probes": args.probes + 3 * args.batch}
         print(json.dumps(out, indent=1))
         return 0 if wrong == 0 else 1
     finally:

@@ -41,7 +41,7 @@ from pprm.bench.setup import DIM
 from pprm.crypto import blind_params as blind_param_sets
 from pprm.crypto import params as param_sets
 from pprm.crypto.context import BlindContext, CkksContext
-from pprm.matching import kernel, kernel_native, kernel_numpy
+from pprm.matching import kernel, kernel_batch, kernel_native, kernel_numpy
 
 __all__ = ["mac_figures", "plain_mac_figures", "bench_plain", "main"]
 
@@ -73,9 +73,12 @@ def _per_backend(runs: dict[str, Callable[[], Any]], rounds: int, macs: int, nby
 def mac_figures(params: param_sets.ParameterSet, rounds: int = 5) -> dict[str, Any]:
     """Time the sealed multiply-accumulate on one block of ``params``' shape, per backend.
 
-    Random residues below the data prime and random 16-bit weights; each
-    backend's median over ``rounds`` calls. The numpy path is always measured
-    (it is the reference); the native kernel too when it is the active backend.
+    Random residues below the data prime and the weights of a random unit
+    probe at 2**15, as a query quantises them; each backend's median over
+    ``rounds`` calls. The numpy path is always measured (it is the
+    reference); the native kernel too when it is the active backend, through
+    the batched kernel at one probe, which is what a sealed query runs
+    (:meth:`pprm.matching.sealed.BlockScorer.run`).
 
     Args:
         params: the sealed parameter set whose block shape is timed.
@@ -89,10 +92,12 @@ def mac_figures(params: param_sets.ParameterSet, rounds: int = 5) -> dict[str, A
     rng = np.random.default_rng(0)
     moduli = CkksContext(params).moduli
     block = rng.integers(0, min(moduli), size=shape, dtype=np.uint64)
-    weights = rng.integers(-(1 << 15), (1 << 15) + 1, size=DIM, dtype=np.int64)
+    unit = rng.standard_normal(DIM)
+    weights = np.rint(unit / np.linalg.norm(unit) * 2.0**15).astype(np.int64)
     runs: dict[str, Callable[[], Any]] = {"numpy": lambda: kernel_numpy.multiply_accumulate(block, weights, moduli)}
     if kernel.backend() == "native":
-        runs["native"] = lambda: kernel.multiply_accumulate(block, weights, moduli)
+        row = weights.reshape(1, -1)
+        runs["native"] = lambda: kernel_batch.multiply_accumulate_many(block, row, moduli)
     macs = DIM * 2 * params.data_primes * params.poly_modulus_degree
     return {"block_shape": list(shape), "templates_per_block": params.templates_per_block,
             "backends": _per_backend(runs, rounds, macs, block.nbytes, params.templates_per_block)}
