@@ -151,6 +151,7 @@ ffibuilder.set_source(
         "native/pprm_batch.h",
         "native/pprm_batch_isa.h",
         "native/pprm_barrett.h",
+        "native/pprm_round.h",
         "native/pprm_jobs.h",
         "native/pprm_mask.h",
         "native/pprm_encrypt.h",

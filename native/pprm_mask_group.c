@@ -25,6 +25,7 @@
 #include <stdlib.h>
 
 #include "pprm_jobs.h"
+#include "pprm_round.h"
 
 typedef struct {
     size_t count, n;
@@ -43,8 +44,8 @@ static void pack(const uint64_t *coeffs, size_t n, const pprm_pack_params *pk, u
     const uint64_t m0 = pk->c0_bits >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << pk->c0_bits) - 1);
     const uint64_t m1 = pk->c1_bits >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << pk->c1_bits) - 1);
     for (size_t j = 0; j < n; ++j) {
-        const uint64_t c0 = (uint64_t)nearbyint((double)coeffs[j] * pk->scale0);
-        const uint64_t c1 = (uint64_t)nearbyint((double)coeffs[n + j] * pk->scale1);
+        const uint64_t c0 = (uint64_t)pprm_rint((double)coeffs[j] * pk->scale0);
+        const uint64_t c1 = (uint64_t)pprm_rint((double)coeffs[n + j] * pk->scale1);
         out[j] = ((c1 & m1) << pk->c0_bits) | (c0 & m0);
     }
 }

@@ -39,6 +39,8 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "pprm_round.h"
+
 /* In-place radix-2 decimation-in-time FFT of length h, input in
    bit-reversed order, X[k] = sum_n x[n] exp(-2 pi i k n / h). */
 static void fft(double *restrict re, double *restrict im, size_t h, const double *tw_re, const double *tw_im) {
@@ -59,17 +61,24 @@ static void fft(double *restrict re, double *restrict im, size_t h, const double
 
 /* Round to nearest, ties to even (numpy's rint), and check the 2**62 bound. */
 static inline int round_checked(double x, int64_t *out) {
-    const double r = nearbyint(x);
+    const double r = pprm_rint(x);
     if (!(fabs(r) < 0x1p62))
         return -1;
     *out = (int64_t)r;
     return 0;
 }
 
-/* x mod q in [0, q), for q < 2**62. */
+/* x mod q in [0, q), for q < 2**62. The noise coefficients are far below
+   q, so a comparison settles almost every one; a 64-bit division costs
+   more than the rest of a coefficient's work. */
 static inline uint64_t mod_q(int64_t x, uint64_t q) {
-    const int64_t r = x % (int64_t)q;
-    return (uint64_t)(r < 0 ? r + (int64_t)q : r);
+    const int64_t qs = (int64_t)q;
+    if (x >= 0 && x < qs)
+        return (uint64_t)x;
+    if (x < 0 && x >= -qs)
+        return (uint64_t)(x + qs);
+    const int64_t r = x % qs;
+    return (uint64_t)(r < 0 ? r + qs : r);
 }
 
 int pprm_masks_from_words(const uint64_t *words, const uint8_t *occupied, const pprm_maskdraw_ctx *c,

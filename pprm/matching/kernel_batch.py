@@ -56,7 +56,8 @@ TILE = 1024
 _MASK = np.uint64((1 << LIMB_BITS) - 1)
 
 
-def multiply_accumulate_many(block: np.ndarray, weights: np.ndarray, moduli: tuple[int, ...]) -> np.ndarray:
+def multiply_accumulate_many(block: np.ndarray, weights: np.ndarray, moduli: tuple[int, ...],
+                             out: np.ndarray | None = None) -> np.ndarray:
     """``out[b] = sum_k weights[b, k] * block[k] mod q_j``, exactly, for every row b at once.
 
     Args:
@@ -65,21 +66,28 @@ def multiply_accumulate_many(block: np.ndarray, weights: np.ndarray, moduli: tup
         weights: ``int64[B, d]``, every row with ``sum_k |w| <= 2**23``
             (the weights of any unit-norm probe at 2**15 qualify).
         moduli: the L primes, each below 2**60.
+        out: where to write the result (``uint64[B, size, L, N]``,
+            C-contiguous, writable, apart from ``block``), or None for a new
+            array (:func:`pprm.matching.kernel_native.result_buffer`).
 
     Returns:
         ``uint64[B, size, L, N]``, each residue in ``[0, q_j)``: row b equals
-        the single-probe kernel's result for ``weights[b]``.
+        the single-probe kernel's result for ``weights[b]``; ``out`` when given.
 
     Raises:
-        BackendError: a dtype, shape or modulus outside the contract, a
-            weight row above the exactness bound, or a block word of 2**60
+        BackendError: a dtype, shape or modulus outside the contract, an
+            ``out`` that does not fit, a weight row above the exactness bound, or a block word of 2**60
             or more; also what :func:`pprm.matching.kernel.backend` raises
             when it chooses the backend (e.g. an unavailable ``PPRM_BACKEND``).
     """
     w = _check(block, weights, moduli)
     if kernel.backend() == "native":
-        return kernel_native.multiply_accumulate_many(block, w, moduli)
-    return _blas_many(block, w, moduli)
+        return kernel_native.multiply_accumulate_many(block, w, moduli, out=out)
+    if out is None:
+        return _blas_many(block, w, moduli)
+    buf = kernel_native.result_buffer(out, (w.shape[0], *block.shape[1:]), block)
+    buf[...] = _blas_many(block, w, moduli)
+    return buf
 
 
 def _blas_many(block: np.ndarray, w: np.ndarray, moduli: tuple[int, ...]) -> np.ndarray:

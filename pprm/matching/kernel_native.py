@@ -36,6 +36,7 @@ __all__ = [
     "WORD_RANGE_ERROR",
     "check_many_args",
     "multiply_accumulate_many",
+    "result_buffer",
 ]
 
 _MODULE = "pprm._native_kernel"
@@ -283,8 +284,26 @@ def check_many_args(block: np.ndarray, weights: np.ndarray, moduli: tuple[int, .
     return w
 
 
+def result_buffer(out: np.ndarray | None, shape: tuple[int, ...], block: np.ndarray) -> np.ndarray:
+    """``out`` checked as a result buffer of ``shape`` for ``block``, or a new one when None.
+
+    Raises:
+        BackendError: ``out`` is not a C-contiguous, writable ``uint64`` array
+            of ``shape``, or it may share memory with ``block``.
+    """
+    if out is None:
+        return np.empty(shape, dtype=np.uint64)
+    if (not isinstance(out, np.ndarray) or out.dtype != np.uint64 or out.shape != shape
+            or not out.flags.c_contiguous or not out.flags.writeable):
+        raise BackendError(f"out must be a writable C-contiguous uint64 array of shape {shape}")
+    if np.may_share_memory(out, block):
+        raise BackendError("out must not overlap the block")
+    return out
+
+
 def multiply_accumulate_many(
-    block: np.ndarray, weights: np.ndarray, moduli: tuple[int, ...], threads: int | None = None
+    block: np.ndarray, weights: np.ndarray, moduli: tuple[int, ...], threads: int | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """``out[b] = sum_k weights[b, k] * block[k] mod q_j``, exactly, for every row b, in C.
 
@@ -301,14 +320,20 @@ def multiply_accumulate_many(
         moduli: the L primes, each below 2**60.
         threads: worker threads; 0 means every core this process may use,
             None means ``PPRM_THREADS`` or else every such core.
+        out: where to write the result (``uint64[B, size, L, N]``,
+            C-contiguous, writable, apart from ``block``), or None for a new
+            array. A caller that runs block after block reuses its buffers:
+            a fresh 2 MiB result per block (16 probes) cost about 5% of the
+            kernel's time in page faults.
 
     Returns:
-        ``uint64[B, size, L, N]``, each residue in ``[0, q_j)``.
+        ``uint64[B, size, L, N]``, each residue in ``[0, q_j)``: ``out`` when given.
 
     Raises:
         BackendError: the extension is not built, an argument fails
-            :func:`check_many_args`, a block word is 2**60 or more, a negative
-            thread count, or the kernel runs out of memory.
+            :func:`check_many_args`, ``out`` has the wrong shape, type or
+            layout, a block word is 2**60 or more, a negative thread count,
+            or the kernel runs out of memory.
     """
     if not available():
         raise BackendError(f"the native kernel is not built ({_load_error})")
@@ -321,7 +346,7 @@ def multiply_accumulate_many(
 
     d, size, nprimes, n = block.shape
     nb = w.shape[0]
-    out = np.empty((nb, size, nprimes, n), dtype=np.uint64)
+    out = result_buffer(out, (nb, size, nprimes, n), block)
     if out.size == 0:
         return out
     # Row (s, j) of the flattened [size * L] axis is reduced by prime j.

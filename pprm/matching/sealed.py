@@ -155,9 +155,9 @@ class BlockScorer:
         many = kernel.backend() == "native"
         row = w.reshape(1, -1)
 
-        def mac(b: int) -> np.ndarray:
+        def mac(b: int, into: np.ndarray | None = None) -> np.ndarray:
             if many:
-                return kernel_batch.multiply_accumulate_many(residues(b), row, self.ctx.moduli)[0]
+                return kernel_batch.multiply_accumulate_many(residues(b), row, self.ctx.moduli, out=into)[0]
             return kernel.multiply_accumulate(residues(b), w, self.ctx.moduli)
 
         def finish(b: int, res: np.ndarray) -> None:
@@ -171,8 +171,12 @@ class BlockScorer:
         if self._native is None or self._drawer is None:
             self._blocks(count, mac, finish, progress)
             return out
+        # One buffer for every group's scores: each group is masked before the next is computed.
+        scores = np.empty((min(count, _GROUP_BLOCKS), 1, 2, self.ctx.params.data_primes, self.ctx.n), dtype=np.uint64)
         for group in self._groups(count):
-            res = np.stack([mac(b) for b in group])
+            for i, b in enumerate(group):
+                mac(b, scores[i])
+            res = scores[:len(group), 0]
             for b, blob in zip(group, self._mask_group(res, [occupancy(b) for b in group], tau, tau_ntt),
                                strict=True):
                 out[b] = [blob]
@@ -200,8 +204,13 @@ class BlockScorer:
             return out
         tau, tau_ntt = self._tau(threshold)
 
+        # Two result buffers taken in turn: block b's is masked while block
+        # b + 1's is computed (_blocks), and b + 2 starts only after b is masked.
+        shape = (ws.shape[0], 2, self.ctx.params.data_primes, self.ctx.n)
+        buffers = (np.empty(shape, dtype=np.uint64), np.empty(shape, dtype=np.uint64))
+
         def mac(b: int) -> np.ndarray:
-            return kernel_batch.multiply_accumulate_many(residues(b), ws, self.ctx.moduli)
+            return kernel_batch.multiply_accumulate_many(residues(b), ws, self.ctx.moduli, out=buffers[b % 2])
 
         def finish(b: int, res: np.ndarray) -> None:
             for i, blobs in enumerate(self._mask_many(res, tau, occupancy(b), tau_ntt)):

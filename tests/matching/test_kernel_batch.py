@@ -263,7 +263,7 @@ def test_native_empty_batch_and_empty_block() -> None:
 def test_the_backend_chooses_the_path(monkeypatch: pytest.MonkeyPatch, chosen: str) -> None:
     calls: list[int] = []
 
-    def spy(block: np.ndarray, w: np.ndarray, moduli: tuple[int, ...]) -> np.ndarray:
+    def spy(block: np.ndarray, w: np.ndarray, moduli: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray:
         calls.append(w.shape[0])
         return kernel_batch._blas_many(block, w, moduli)
 
@@ -278,3 +278,57 @@ def test_the_self_check_covers_the_batched_kernel() -> None:
     from pprm.matching import kernel_selfcheck
 
     assert kernel_selfcheck.native_many_matches_numpy() == kernel_native.available()
+
+
+@pytest.mark.parametrize("nb", [1, 3, 16])
+def test_a_given_result_buffer_is_filled_and_returned(nb: int) -> None:
+    block, w = _random_case(21, 64, 16, nb)
+    want = kernel_batch._blas_many(block, w, Q60)
+    buf = np.full(want.shape, np.uint64(2**63 + 5))  # stale words must all be overwritten
+    got = multiply_accumulate_many(block, w, Q60, out=buf)
+    assert got is buf and np.array_equal(buf, want)
+    again = multiply_accumulate_many(block, w[::-1].copy(), Q60, out=buf)  # reused for another batch
+    assert again is buf and np.array_equal(buf, kernel_batch._blas_many(block, w[::-1].copy(), Q60))
+
+
+def test_a_result_buffer_that_does_not_fit_is_refused() -> None:
+    block, w = _random_case(22, 16, 8, 2)
+    shape = (2, *block.shape[1:])
+    bad = [np.empty((3, *block.shape[1:]), dtype=np.uint64), np.empty(shape, dtype=np.int64),
+           np.empty((shape[0] * 2, *shape[1:]), dtype=np.uint64)[::2]]
+    ro = np.empty(shape, dtype=np.uint64)
+    ro.flags.writeable = False
+    for out in [*bad, ro]:
+        with pytest.raises(BackendError, match="out must be"):
+            multiply_accumulate_many(block, w, Q60, out=out)
+    overlapping = np.empty((2 + block.shape[0], *block.shape[1:]), dtype=np.uint64)
+    overlapping[2:] = block
+    with pytest.raises(BackendError, match="overlap"):
+        multiply_accumulate_many(overlapping[2:], w, Q60, out=overlapping[1:3])
+    # Adjacent is not overlapping.
+    got = multiply_accumulate_many(overlapping[2:], w, Q60, out=overlapping[:2])
+    assert np.array_equal(got, kernel_batch._blas_many(block, w, Q60))
+
+
+@native_only
+@pytest.mark.parametrize("nb", [1, 6])  # the streaming path, then the panel path
+@pytest.mark.parametrize("w", [1, -1, 3, -7, 2**23, -(2**23), 12345, -54321])
+def test_native_reduction_at_half_quotients(w: int, nb: int) -> None:
+    # d = 1: each output is w * x mod q. Words are chosen so that w * x / q
+    # lands within a few units of k + 1/2, the ties of the vector
+    # reduction's rounded quotient, for quotients across the whole range.
+    q = Q60[0]
+    words: set[int] = set()
+    for k in [0, 1, 2, 1000, 2**20, abs(w) - 1]:
+        centre = ((2 * k + 1) * q) // (2 * abs(w))
+        words.update(x for x in range(centre - 3, centre + 4) if 0 <= x < q)
+    words.update({0, 1, q - 1, q // 2, q // 2 + 1})
+    xs = sorted(words)
+    block = np.zeros((1, 2, 1, len(xs) + (-len(xs)) % 8 + 8), dtype=np.uint64)
+    block[0, 0, 0, :len(xs)] = xs
+    block[0, 1, 0, :len(xs)] = xs[::-1]
+    weights = np.full((nb, 1), w, dtype=np.int64)
+    got = kernel_native.multiply_accumulate_many(block, weights, Q60)
+    want = _exact(block, weights[0], q)
+    for row in got:
+        assert np.array_equal(row, want)
