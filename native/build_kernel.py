@@ -72,8 +72,7 @@ ffibuilder.cdef(
         size_t h;
         const uint32_t *pos;
         const uint8_t *conjugated;
-        const double *tw_re;
-        const double *tw_im;
+        const double *fft_tw;
         const double *untwist_re;
         const double *untwist_im;
         double log2_max;
@@ -134,6 +133,7 @@ ffibuilder.cdef(
     size_t pprm_fft_table_len(size_t h);
     int pprm_fft_tables(size_t h, double *out);
     int pprm_fft(double *re, double *im, size_t h, const double *tw, int inverse);
+    int pprm_fft_dit(double *re, double *im, size_t h, const double *tw);
     int pprm_decide(const uint64_t *words, size_t count, const pprm_decide_ctx *c, uint8_t *signs_out,
                     double *values_out, int threads);
     """

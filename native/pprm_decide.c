@@ -369,6 +369,19 @@ static size_t bitrev(size_t x, int lg) {
     return r;
 }
 
+/* fft_dit compiled for each instruction set, for pprm_fft_dit. */
+PPRM_CLONES static void fft_dit_any(double *re, double *im, size_t h, int lg, const double *tw) {
+    fft_dit(re, im, h, lg, tw);
+}
+
+int pprm_fft_dit(double *re, double *im, size_t h, const double *tw) {
+    const int lg = log2_exact(h);
+    if (lg < 0 || !re || !im || !tw)
+        return PPRM_DECIDE_EINVAL;
+    fft_dit_any(re, im, h, lg, tw);
+    return PPRM_DECIDE_OK;
+}
+
 PPRM_CLONES static void fft_natural(double *re, double *im, size_t h, int lg, const double *tw, double *tmp) {
     fft_dif(re, im, h, lg, tw);
     for (size_t k = 0; k < h; ++k) {

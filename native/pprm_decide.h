@@ -44,6 +44,11 @@ int pprm_fft_tables(size_t h, double *out);
    never reorder. */
 int pprm_fft(double *re, double *im, size_t h, const double *tw, int inverse);
 
+/* Forward FFT of length h in place on split arrays, bit-reversed order in
+   and natural order out, X_k = sum_n x_n exp(-2 pi i k n / h): the mask
+   drawing's transform (pprm_maskdraw.c). tw: pprm_fft_tables(h). */
+int pprm_fft_dit(double *re, double *im, size_t h, const double *tw);
+
 /* Decide `count` packed ciphertexts (words: uint64[count][2h]) on `threads`
    pthreads (0: every online core). signs_out: uint8[count][2h] with complex
    packing, else uint8[count][h], 1 where the slot part is positive;

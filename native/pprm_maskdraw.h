@@ -15,8 +15,7 @@ typedef struct {
     size_t h;                    /* slots per ciphertext: N/2, a power of two */
     const uint32_t *pos;         /* slot j -> its bit-reversed spectrum index */
     const uint8_t *conjugated;   /* slot j holds the conjugate of its spectrum entry */
-    const double *tw_re;         /* FFT twiddles exp(-2 pi i k / h), k < h/2 */
-    const double *tw_im;
+    const double *fft_tw;        /* pprm_fft_tables(h) (pprm_decide.h) */
     const double *untwist_re;    /* exp(-i pi k / N) / h, k < h */
     const double *untwist_im;
     double log2_max;             /* r = 2**(u * log2_max) */

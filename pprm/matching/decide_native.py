@@ -35,10 +35,11 @@ from pprm.crypto.masked_codec import MaskedDecryptor, refuse_transparent, unpack
 from pprm.errors import BackendError, CiphertextError, ParameterError
 from pprm.matching import kernel_native
 
-__all__ = ["NativeSigns", "native_fft"]
+__all__ = ["NativeSigns", "native_fft", "fft_table", "bit_reversal"]
 
 
-def _bit_reversal(h: int) -> np.ndarray:
+def bit_reversal(h: int) -> np.ndarray:
+    """``int64[h]``: index ``k`` with its ``log2(h)`` bits reversed (``h`` a power of two)."""
     bits = h.bit_length() - 1
     k = np.arange(h)
     rev = np.zeros(h, dtype=np.int64)
@@ -48,8 +49,13 @@ def _bit_reversal(h: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=4)
-def _fft_table(h: int) -> np.ndarray:
-    """The C FFT's twiddles of length ``h`` (read-only)."""
+def fft_table(h: int) -> np.ndarray:
+    """The C FFT's twiddles of length ``h`` (read-only; shared with the mask drawing).
+
+    Raises:
+        BackendError: the native extension is not built, or its table call fails.
+        ParameterError: ``h`` is not a power of two the C FFT takes.
+    """
     ffi, lib = kernel_native.handles()
     size = int(lib.pprm_fft_table_len(h))
     if size == 0:
@@ -66,7 +72,7 @@ def _tables(n: int) -> dict[str, np.ndarray]:
     """The public tables of ring dimension ``n``: twists, slot map, bit reversal (read-only)."""
     h = n // 2
     t = slot_transform(n)
-    rev = _bit_reversal(h)
+    rev = bit_reversal(h)
     # The same expression as SlotTransform's twist; 1/h is a power of two, so
     # folding it into the untwist rounds exactly as numpy's fft(norm="forward").
     twist = np.exp(1j * np.pi * np.arange(h) / n)
@@ -111,7 +117,7 @@ def native_fft(values: np.ndarray, inverse: bool = False) -> np.ndarray:
     if h < 2 or h & (h - 1):
         raise ParameterError(f"FFT length {h} is not a power of two")
     ffi, lib = kernel_native.handles()
-    table = _fft_table(h)
+    table = fft_table(h)
     re, im = np.ascontiguousarray(x.real), np.ascontiguousarray(x.imag)
     rc = lib.pprm_fft(ffi.from_buffer("double[]", re, require_writable=True),
                       ffi.from_buffer("double[]", im, require_writable=True), h,
@@ -168,7 +174,7 @@ class NativeSigns:
 
         c = ffi.new("pprm_decide_ctx *")
         c.h = h
-        c.fft_tw = view("double[]", _fft_table(h))
+        c.fft_tw = view("double[]", fft_table(h))
         for name in ("twist_re", "twist_im", "untwist_re", "untwist_im"):
             setattr(c, name, view("double[]", tables[name]))
         c.key_re = view("double[]", self._key_re)

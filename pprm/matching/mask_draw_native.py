@@ -29,6 +29,7 @@ from pprm.crypto.embedding import slot_transform
 from pprm.crypto.params import ParameterSet
 from pprm.errors import BackendError, ParameterError
 from pprm.matching import kernel_native
+from pprm.matching.decide_native import bit_reversal, fft_table
 from pprm.matching.mask import MAX_DRAWS
 
 __all__ = ["NativeMaskDrawer"]
@@ -39,16 +40,11 @@ def _tables(n: int) -> dict[str, np.ndarray]:
     """The slot placement, FFT twiddles and untwist factors of ring dimension ``n`` (read-only)."""
     h = n // 2
     t = slot_transform(n)
-    bits = h.bit_length() - 1
-    rev = np.zeros(h, dtype=np.int64)
-    for b in range(bits):  # bit-reverse every index at once, one bit at a time
-        rev |= ((np.arange(h) >> b) & 1) << (bits - 1 - b)
-    tw = np.exp(-2j * np.pi * np.arange(h // 2) / h)
     untwist = np.exp(-1j * np.pi * np.arange(h) / n) / h
     arrays: dict[str, np.ndarray] = {
-        "pos": np.ascontiguousarray(rev[t.index], dtype=np.uint32),
+        "pos": np.ascontiguousarray(bit_reversal(h)[t.index], dtype=np.uint32),
         "conjugated": np.ascontiguousarray(t.conjugated, dtype=np.uint8),
-        "tw_re": np.ascontiguousarray(tw.real), "tw_im": np.ascontiguousarray(tw.imag),
+        "fft_tw": fft_table(h),
         "untwist_re": np.ascontiguousarray(untwist.real), "untwist_im": np.ascontiguousarray(untwist.imag),
     }
     for arr in arrays.values():

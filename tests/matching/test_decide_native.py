@@ -63,6 +63,26 @@ def test_the_fft_is_numpys_for_every_length(h: int) -> None:
 
 
 @native_only
+@pytest.mark.parametrize("h", [2, 4, 8, 16, 32, 2048, 4096, 8192])
+def test_the_mask_drawings_fft_takes_bit_reversed_input(h: int) -> None:
+    # pprm_fft_dit, which pprm_maskdraw.c calls: bit-reversed in, natural out, forward sign.
+    from pprm.matching.decide_native import bit_reversal, fft_table
+
+    ffi, lib = kernel_native.handles()
+    rng = np.random.default_rng(h + 1)
+    x = rng.standard_normal(h) * 1e3 + 1j * rng.standard_normal(h)
+    scrambled = np.empty_like(x)
+    scrambled[bit_reversal(h)] = x
+    re, im = np.ascontiguousarray(scrambled.real), np.ascontiguousarray(scrambled.imag)
+    table = fft_table(h)
+    assert lib.pprm_fft_dit(ffi.from_buffer("double[]", re), ffi.from_buffer("double[]", im), h,
+                            ffi.from_buffer("double[]", table)) == lib.PPRM_DECIDE_OK
+    assert float(np.abs(re + 1j * im - np.fft.fft(x)).max()) <= _fft_error_bound(x)
+    assert lib.pprm_fft_dit(ffi.from_buffer("double[]", re), ffi.from_buffer("double[]", im), 3,
+                            ffi.from_buffer("double[]", table)) == lib.PPRM_DECIDE_EINVAL
+
+
+@native_only
 def test_the_fft_refuses_lengths_it_does_not_serve() -> None:
     for bad in (np.zeros(3, complex), np.zeros(1, complex), np.zeros(32768, complex), np.zeros((2, 4), complex)):
         with pytest.raises(ParameterError):
