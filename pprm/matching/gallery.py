@@ -86,11 +86,12 @@ def gallery_memory() -> str:
     read before a query needs it. ``resident``: each block is read once into
     the process's own memory (where the kernel gives large arrays huge
     pages), and the file's page-cache copy is dropped, so RAM per template is
-    the same. The sealed kernel streams a resident block faster (measured on
-    the 1M gallery of a 2-core VM: 2.3 ms a block against 3.1-3.5 mapped,
-    because 4 KiB pages of the page cache cost a TLB walk each), at the price
-    of reading the whole gallery before the first query (about 7 s per GB on
-    that VM, whose first touch of memory is slow).
+    the same. The sealed kernel streams a resident block faster (measured
+    apart on the 1M gallery of a 2-core VM: 2.3 ms a block against 3.1-3.5
+    mapped, because 4 KiB pages of the page cache cost a TLB walk each; a
+    whole 1M query gained 1-4%), at the price of reading the whole gallery
+    before the first query (3-5 s per GB on that VM, whose first touch of
+    memory is slow).
 
     Returns:
         ``"mapped"`` or ``"resident"``.
