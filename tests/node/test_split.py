@@ -27,6 +27,7 @@ import pytest
 from pprm import synthetic
 from pprm._fs import atomic_write_json
 from pprm.crypto.identity import Identity
+from pprm.crypto.masked_codec import masked_layout
 from pprm.errors import (
     AuthenticationError,
     CiphertextError,
@@ -214,6 +215,14 @@ def test_key_service_refusals_change_nothing(world: Split) -> None:
         remote.release(q2, MaskedResult(tuple(reversed(r2.blocks)), r2.ciphertexts, r2.scale))
     with pytest.raises(CiphertextError):
         remote.release(q2, MaskedResult(r2.blocks, tuple(b[:-7] for b in r2.ciphertexts), r2.scale))
+    # A transparent answer of the front's making (c1 = 0: its c0 would be read as the decryption,
+    # so the front would choose which records get tokens). On the native backend the key service
+    # decides in C, which must refuse it as the numpy path does.
+    lay = masked_layout(world.fr.ctx.params, world.fr.ctx.moduli[0])
+    low = np.uint64((1 << lay.c0_bits) - 1)
+    chosen = tuple((np.frombuffer(b, "<u8") & low).astype("<u8").tobytes() for b in r2.ciphertexts)
+    with pytest.raises(CiphertextError, match="transparent"):
+        remote.release(q2, MaskedResult(r2.blocks, chosen, r2.scale))
     assert snapshot(world.keydir) == before
 
 
