@@ -23,7 +23,7 @@ import numpy as np
 
 from pprm.errors import CiphertextError
 
-__all__ = ["slot_exponents", "encode_coefficients", "coefficients_to_residues"]
+__all__ = ["slot_exponents", "encode_coefficients", "coefficients_to_residues", "bit_reversal"]
 
 # pi to 36 digits; np.longdouble parses a decimal string at full precision.
 _PI = np.longdouble("3.14159265358979323846264338327950288")
@@ -74,11 +74,12 @@ def _plan(n: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], np.ndarray]
     k = np.arange(n, dtype=np.longdouble)
     ang = -_PI * k / n
     twist = (np.cos(ang) + 1j * np.sin(ang)).astype(np.clongdouble)
-    rev = _bit_reverse(n)
+    rev = bit_reversal(n)
     return np.stack([pos, neg]), rev, stages, twist
 
 
-def _bit_reverse(n: int) -> np.ndarray:
+def bit_reversal(n: int) -> np.ndarray:
+    """``int64[n]``: index ``k`` with its ``log2(n)`` bits reversed (``n`` a power of two)."""
     bits = n.bit_length() - 1
     idx = np.arange(n)
     rev = np.zeros(n, dtype=np.int64)

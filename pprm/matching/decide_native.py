@@ -31,21 +31,12 @@ from typing import Any
 import numpy as np
 
 from pprm.crypto.embedding import slot_transform
+from pprm.crypto.encoding import bit_reversal
 from pprm.crypto.masked_codec import MaskedDecryptor, refuse_transparent, unpack_masked
 from pprm.errors import BackendError, CiphertextError, ParameterError
 from pprm.matching import kernel_native
 
-__all__ = ["NativeSigns", "native_fft", "fft_table", "bit_reversal"]
-
-
-def bit_reversal(h: int) -> np.ndarray:
-    """``int64[h]``: index ``k`` with its ``log2(h)`` bits reversed (``h`` a power of two)."""
-    bits = h.bit_length() - 1
-    k = np.arange(h)
-    rev = np.zeros(h, dtype=np.int64)
-    for b in range(bits):  # every index at once, one bit at a time
-        rev |= ((k >> b) & 1) << (bits - 1 - b)
-    return rev
+__all__ = ["NativeSigns", "native_fft", "fft_table"]
 
 
 @lru_cache(maxsize=4)

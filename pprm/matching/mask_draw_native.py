@@ -26,10 +26,11 @@ import numpy as np
 
 from pprm.crypto.csprng import csprng_bytes
 from pprm.crypto.embedding import slot_transform
+from pprm.crypto.encoding import bit_reversal
 from pprm.crypto.params import ParameterSet
 from pprm.errors import BackendError, ParameterError
 from pprm.matching import kernel_native
-from pprm.matching.decide_native import bit_reversal, fft_table
+from pprm.matching.decide_native import fft_table
 from pprm.matching.mask import MAX_DRAWS
 
 __all__ = ["NativeMaskDrawer"]

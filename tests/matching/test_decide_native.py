@@ -66,7 +66,8 @@ def test_the_fft_is_numpys_for_every_length(h: int) -> None:
 @pytest.mark.parametrize("h", [2, 4, 8, 16, 32, 2048, 4096, 8192])
 def test_the_mask_drawings_fft_takes_bit_reversed_input(h: int) -> None:
     # pprm_fft_dit, which pprm_maskdraw.c calls: bit-reversed in, natural out, forward sign.
-    from pprm.matching.decide_native import bit_reversal, fft_table
+    from pprm.crypto.encoding import bit_reversal
+    from pprm.matching.decide_native import fft_table
 
     ffi, lib = kernel_native.handles()
     rng = np.random.default_rng(h + 1)
