@@ -224,7 +224,7 @@ class BlockScorer:
         occ_items = [np.stack([occupancy(b)] * nb) for b in range(count)]
 
         def finish_native(b: int, res: np.ndarray) -> None:
-            for i, blob in enumerate(self._mask_group(res, list(occ_items[b]), tau, tau_ntt)):
+            for i, blob in enumerate(self._mask_group(res, occ_items[b], tau, tau_ntt)):
                 out[i][b] = [blob]
 
         # A batch's kernel is compute-bound and its masking as well; masking
@@ -246,13 +246,13 @@ class BlockScorer:
         """The blocks ``0 .. count`` cut into runs of :data:`_GROUP_BLOCKS`."""
         return [range(g0, min(count, g0 + _GROUP_BLOCKS)) for g0 in range(0, count, _GROUP_BLOCKS)]
 
-    def _mask_group(self, res: np.ndarray, occupied: list[np.ndarray], tau: seal.Plaintext,
+    def _mask_group(self, res: np.ndarray, occupied: np.ndarray | Sequence[np.ndarray], tau: seal.Plaintext,
                     tau_ntt: np.ndarray | None) -> list[bytes]:
         """The native path's :meth:`_mask` for a group of items (block, probe) at once.
 
         Args:
             res: ``uint64[G, 2, 1, N]``: each item's encrypted scores.
-            occupied: each item's block occupancy.
+            occupied: each item's block occupancy (``bool[G, N]``, or G rows).
 
         Returns:
             Each item's packed masked ciphertext, in order.
@@ -260,13 +260,14 @@ class BlockScorer:
         if self._native is None or self._drawer is None or tau_ntt is None:  # pragma: no cover - callers check
             raise ParameterError("group masking needs the native masker")
         lay = masked_layout(self.ctx.params, self.ctx.moduli[0])
+        occ = np.asarray(occupied)  # a batch passes its stacked rows: no copy
         packed, redraw = self._native.mask_group(res[:, :, 0, :], tau_ntt, self._drawer.fresh_words(res.shape[0]),
-                                                 np.stack(occupied), self._drawer, lay)
+                                                 occ, self._drawer, lay)
         blobs = [row.astype("<u8").tobytes() for row in packed]
         # A draw over the cap (about 2**-40 a block) is discarded and the item
         # masked again alone, with fresh words.
         for k in np.flatnonzero(redraw):
-            blobs[k] = self._mask(res[k], tau, occupied[k], tau_ntt)[0]
+            blobs[k] = self._mask(res[k], tau, occ[k], tau_ntt)[0]
         return blobs
 
     @staticmethod
